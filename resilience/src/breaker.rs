@@ -1,0 +1,623 @@
+//! The circuit breaker.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// The three states of a [`CircuitBreaker`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BreakerState {
+    /// Normal operation: calls pass, consecutive failures are counted.
+    Closed,
+    /// Calls are rejected without reaching the downstream until the open timeout ends.
+    Open,
+    /// One trial call is in flight; its outcome closes or re-opens the breaker.
+    HalfOpen,
+}
+
+impl BreakerState {
+    /// The upper-case name used in logs and metrics (`CLOSED`, `OPEN`, `HALF_OPEN`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "CLOSED",
+            Self::Open => "OPEN",
+            Self::HalfOpen => "HALF_OPEN",
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            CLOSED => Self::Closed,
+            OPEN => Self::Open,
+            _ => Self::HalfOpen,
+        }
+    }
+}
+
+impl fmt::Display for BreakerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+const CLOSED: u8 = 0;
+const OPEN: u8 = 1;
+const HALF_OPEN: u8 = 2;
+
+/// A state change of a breaker, passed to the [`on_transition`](CircuitBreakerBuilder::on_transition)
+/// callback (attach metrics or logs there).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// The breaker's name.
+    pub name: Arc<str>,
+    /// State before the change.
+    pub from: BreakerState,
+    /// State after the change.
+    pub to: BreakerState,
+}
+
+/// Tunables of a [`CircuitBreaker`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open the breaker (default 5).
+    pub failure_threshold: u32,
+    /// How long the breaker stays open before admitting a trial call (default 30 s).
+    pub open_timeout: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 5,
+            open_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The error returned when a breaker rejects a call without running it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("circuit breaker `{name}` is open")]
+pub struct CircuitOpen {
+    /// Name of the breaker that rejected the call.
+    pub name: Arc<str>,
+    /// Time until the breaker admits a trial call, when known (zero while a trial runs).
+    pub retry_after: Duration,
+}
+
+/// Error of [`CircuitBreaker::call`]: either the breaker rejected the call, or the call ran
+/// and failed with its own error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BreakerError<E> {
+    /// Rejected without calling the downstream.
+    #[error(transparent)]
+    Open(CircuitOpen),
+    /// The operation ran and returned this error.
+    #[error("{0}")]
+    Inner(E),
+}
+
+impl<E> BreakerError<E> {
+    /// The operation's own error, if the call ran.
+    pub fn into_inner(self) -> Option<E> {
+        match self {
+            Self::Inner(e) => Some(e),
+            Self::Open(_) => None,
+        }
+    }
+
+    /// Whether the breaker rejected the call.
+    pub fn is_open(&self) -> bool {
+        matches!(self, Self::Open(_))
+    }
+}
+
+type Callback = Arc<dyn Fn(&Transition) + Send + Sync>;
+
+struct Inner {
+    name: Arc<str>,
+    config: BreakerConfig,
+    state: AtomicU8,
+    failures: AtomicU32,
+    /// Nanoseconds since `epoch` at which the breaker last opened.
+    opened_at: AtomicU64,
+    epoch: Instant,
+    on_transition: Option<Callback>,
+}
+
+/// A circuit breaker: CLOSED → OPEN after `failure_threshold` consecutive failures →
+/// after `open_timeout` HALF-OPEN, where exactly one trial call is admitted → CLOSED on
+/// its success, OPEN again on its failure.
+///
+/// Cheap to clone (an `Arc`), lock-free: a call in the CLOSED state costs two atomic
+/// loads and one store. Time comes from [`tokio::time::Instant`], so tests can use
+/// `tokio::time::pause()`.
+///
+/// ```
+/// use resilience::{BreakerState, CircuitBreaker};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let breaker = CircuitBreaker::builder("payments").failure_threshold(2).build();
+/// for _ in 0..2 {
+///     let _ = breaker.call(|| async { Err::<(), _>("boom") }).await;
+/// }
+/// assert_eq!(breaker.state(), BreakerState::Open);
+/// let rejected = breaker.call(|| async { Ok::<_, &str>(()) }).await;
+/// assert!(rejected.unwrap_err().is_open());
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct CircuitBreaker {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for CircuitBreaker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreaker")
+            .field("name", &self.inner.name)
+            .field("state", &self.state())
+            .field("failures", &self.inner.failures.load(Ordering::Relaxed))
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+/// Builder for [`CircuitBreaker`].
+pub struct CircuitBreakerBuilder {
+    name: Arc<str>,
+    config: BreakerConfig,
+    on_transition: Option<Callback>,
+}
+
+impl fmt::Debug for CircuitBreakerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreakerBuilder")
+            .field("name", &self.name)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CircuitBreakerBuilder {
+    /// Consecutive failures that open the breaker (at least 1).
+    pub fn failure_threshold(mut self, n: u32) -> Self {
+        self.config.failure_threshold = n.max(1);
+        self
+    }
+
+    /// How long the breaker stays open before a trial call.
+    pub fn open_timeout(mut self, d: Duration) -> Self {
+        self.config.open_timeout = d;
+        self
+    }
+
+    /// Replace the whole configuration.
+    pub fn config(mut self, config: BreakerConfig) -> Self {
+        self.config = config;
+        self.config.failure_threshold = self.config.failure_threshold.max(1);
+        self
+    }
+
+    /// Called synchronously on every state change (keep it cheap: count a metric, log).
+    pub fn on_transition(mut self, f: impl Fn(&Transition) + Send + Sync + 'static) -> Self {
+        self.on_transition = Some(Arc::new(f));
+        self
+    }
+
+    /// Build the breaker, starting CLOSED.
+    pub fn build(self) -> CircuitBreaker {
+        CircuitBreaker {
+            inner: Arc::new(Inner {
+                name: self.name,
+                config: self.config,
+                state: AtomicU8::new(CLOSED),
+                failures: AtomicU32::new(0),
+                opened_at: AtomicU64::new(0),
+                epoch: Instant::now(),
+                on_transition: self.on_transition,
+            }),
+        }
+    }
+}
+
+impl CircuitBreaker {
+    /// A breaker with the default configuration (5 failures, 30 s).
+    pub fn new(name: impl Into<Arc<str>>) -> Self {
+        Self::builder(name).build()
+    }
+
+    /// Start building a breaker.
+    pub fn builder(name: impl Into<Arc<str>>) -> CircuitBreakerBuilder {
+        CircuitBreakerBuilder {
+            name: name.into(),
+            config: BreakerConfig::default(),
+            on_transition: None,
+        }
+    }
+
+    /// The breaker's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> BreakerConfig {
+        self.inner.config
+    }
+
+    /// The current state. An OPEN breaker whose timeout has passed still reports OPEN
+    /// until the next call turns it HALF-OPEN.
+    pub fn state(&self) -> BreakerState {
+        BreakerState::from_u8(self.inner.state.load(Ordering::Acquire))
+    }
+
+    /// Consecutive failures counted in the CLOSED state.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.inner.failures.load(Ordering::Relaxed)
+    }
+
+    fn now_nanos(&self) -> u64 {
+        Instant::now()
+            .saturating_duration_since(self.inner.epoch)
+            .as_nanos()
+            .try_into()
+            .unwrap_or(u64::MAX)
+    }
+
+    fn emit(&self, from: u8, to: u8) {
+        if let Some(cb) = &self.inner.on_transition {
+            cb(&Transition {
+                name: self.inner.name.clone(),
+                from: BreakerState::from_u8(from),
+                to: BreakerState::from_u8(to),
+            });
+        }
+    }
+
+    fn cas(&self, from: u8, to: u8) -> bool {
+        let ok = self
+            .inner
+            .state
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if ok {
+            self.emit(from, to);
+        }
+        ok
+    }
+
+    fn rejected(&self, retry_after: Duration) -> CircuitOpen {
+        CircuitOpen {
+            name: self.inner.name.clone(),
+            retry_after,
+        }
+    }
+
+    /// Ask for permission to make one call. The returned [`Permit`] must be resolved with
+    /// [`Permit::success`] or [`Permit::failure`]; dropping it unresolved (a cancelled
+    /// call) records nothing, and a dropped HALF-OPEN trial lets the next caller try.
+    pub fn try_acquire(&self) -> Result<Permit, CircuitOpen> {
+        match self.inner.state.load(Ordering::Acquire) {
+            CLOSED => Ok(Permit::new(self.clone(), false)),
+            OPEN => {
+                let opened = self.inner.opened_at.load(Ordering::Acquire);
+                let timeout = self.inner.config.open_timeout;
+                let elapsed = Duration::from_nanos(self.now_nanos().saturating_sub(opened));
+                if elapsed >= timeout {
+                    if self.cas(OPEN, HALF_OPEN) {
+                        return Ok(Permit::new(self.clone(), true));
+                    }
+                    // Someone else won the trial (or closed it meanwhile): re-check once.
+                    if self.inner.state.load(Ordering::Acquire) == CLOSED {
+                        return Ok(Permit::new(self.clone(), false));
+                    }
+                    return Err(self.rejected(Duration::ZERO));
+                }
+                Err(self.rejected(timeout - elapsed))
+            }
+            _ => Err(self.rejected(Duration::ZERO)),
+        }
+    }
+
+    fn record_success(&self, trial: bool) {
+        if trial {
+            self.inner.failures.store(0, Ordering::Relaxed);
+            self.cas(HALF_OPEN, CLOSED);
+        } else if self.inner.failures.load(Ordering::Relaxed) != 0 {
+            self.inner.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn record_failure(&self, trial: bool) {
+        if trial {
+            self.inner
+                .opened_at
+                .store(self.now_nanos(), Ordering::Release);
+            self.cas(HALF_OPEN, OPEN);
+            return;
+        }
+        let n = self.inner.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        if n >= self.inner.config.failure_threshold
+            && self.inner.state.load(Ordering::Acquire) == CLOSED
+        {
+            // Publish the open time before the state so that nobody sees OPEN with a
+            // stale timestamp.
+            self.inner
+                .opened_at
+                .store(self.now_nanos(), Ordering::Release);
+            if self.cas(CLOSED, OPEN) {
+                self.inner.failures.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn abandon_trial(&self) {
+        // The trial produced no outcome: go back to OPEN with the old timestamp, so the
+        // next caller may run a new trial straight away.
+        self.cas(HALF_OPEN, OPEN);
+    }
+
+    /// Run `f` through the breaker; every `Err` counts as a failure.
+    pub async fn call<F, Fut, T, E>(&self, f: F) -> Result<T, BreakerError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.call_classified(f, |_| true).await
+    }
+
+    /// Run `f` through the breaker; `is_failure` decides which errors count against the
+    /// downstream (e.g. a timeout does, a validation error does not). Errors that do not
+    /// count are treated as a successful round trip.
+    pub async fn call_classified<F, Fut, T, E, C>(
+        &self,
+        f: F,
+        is_failure: C,
+    ) -> Result<T, BreakerError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        C: FnOnce(&E) -> bool,
+    {
+        let permit = self.try_acquire().map_err(BreakerError::Open)?;
+        match f().await {
+            Ok(v) => {
+                permit.success();
+                Ok(v)
+            }
+            Err(e) => {
+                if is_failure(&e) {
+                    permit.failure();
+                } else {
+                    permit.success();
+                }
+                Err(BreakerError::Inner(e))
+            }
+        }
+    }
+}
+
+/// Permission for one call, from [`CircuitBreaker::try_acquire`].
+#[must_use = "resolve the permit with success() or failure()"]
+pub struct Permit {
+    breaker: CircuitBreaker,
+    trial: bool,
+    resolved: bool,
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("breaker", &self.breaker.inner.name)
+            .field("trial", &self.trial)
+            .finish()
+    }
+}
+
+impl Permit {
+    fn new(breaker: CircuitBreaker, trial: bool) -> Self {
+        Self {
+            breaker,
+            trial,
+            resolved: false,
+        }
+    }
+
+    /// Whether this permit is the single HALF-OPEN trial.
+    pub fn is_trial(&self) -> bool {
+        self.trial
+    }
+
+    /// The call reached the downstream and it answered.
+    pub fn success(mut self) {
+        self.resolved = true;
+        self.breaker.record_success(self.trial);
+    }
+
+    /// The call failed in a way that counts against the downstream.
+    pub fn failure(mut self) {
+        self.resolved = true;
+        self.breaker.record_failure(self.trial);
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if !self.resolved && self.trial {
+            self.breaker.abandon_trial();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn breaker_with_log(
+        threshold: u32,
+    ) -> (
+        CircuitBreaker,
+        Arc<Mutex<Vec<(BreakerState, BreakerState)>>>,
+    ) {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let l = log.clone();
+        let b = CircuitBreaker::builder("test")
+            .failure_threshold(threshold)
+            .open_timeout(Duration::from_secs(30))
+            .on_transition(move |t| l.lock().unwrap().push((t.from, t.to)))
+            .build();
+        (b, log)
+    }
+
+    async fn fail(b: &CircuitBreaker) -> BreakerError<&'static str> {
+        b.call(|| async { Err::<(), _>("down") }).await.unwrap_err()
+    }
+
+    async fn ok(b: &CircuitBreaker) -> Result<(), BreakerError<&'static str>> {
+        b.call(|| async { Ok(()) }).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_after_threshold_consecutive_failures() {
+        let (b, log) = breaker_with_log(5);
+        for _ in 0..4 {
+            assert!(!fail(&b).await.is_open());
+        }
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert!(!fail(&b).await.is_open());
+        assert_eq!(b.state(), BreakerState::Open);
+        assert!(ok(&b).await.unwrap_err().is_open());
+        assert_eq!(
+            *log.lock().unwrap(),
+            vec![(BreakerState::Closed, BreakerState::Open)]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn success_resets_the_consecutive_count() {
+        let (b, _) = breaker_with_log(3);
+        fail(&b).await;
+        fail(&b).await;
+        ok(&b).await.unwrap();
+        fail(&b).await;
+        fail(&b).await;
+        assert_eq!(b.state(), BreakerState::Closed);
+        fail(&b).await;
+        assert_eq!(b.state(), BreakerState::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_rejects_until_timeout_then_half_open_trial_closes() {
+        let (b, log) = breaker_with_log(1);
+        fail(&b).await;
+        tokio::time::advance(Duration::from_secs(29)).await;
+        let err = ok(&b).await.unwrap_err();
+        match err {
+            BreakerError::Open(o) => assert_eq!(o.retry_after, Duration::from_secs(1)),
+            other => panic!("unexpected {other:?}"),
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        ok(&b).await.unwrap();
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert_eq!(
+            *log.lock().unwrap(),
+            vec![
+                (BreakerState::Closed, BreakerState::Open),
+                (BreakerState::Open, BreakerState::HalfOpen),
+                (BreakerState::HalfOpen, BreakerState::Closed),
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_trial_reopens_for_a_full_timeout() {
+        let (b, log) = breaker_with_log(1);
+        fail(&b).await;
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(!fail(&b).await.is_open()); // the trial ran and failed
+        assert_eq!(b.state(), BreakerState::Open);
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert!(ok(&b).await.unwrap_err().is_open());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        ok(&b).await.unwrap();
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert_eq!(log.lock().unwrap().len(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn half_open_admits_exactly_one_concurrent_trial() {
+        let (b, _) = breaker_with_log(1);
+        fail(&b).await;
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+        let b2 = b.clone();
+        let trial = tokio::spawn(async move {
+            b2.call(|| async move {
+                release_rx.await.unwrap();
+                Ok::<_, &str>(())
+            })
+            .await
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        // Every concurrent caller is rejected while the trial runs.
+        let mut rejected = 0;
+        for _ in 0..50 {
+            if ok(&b).await.unwrap_err().is_open() {
+                rejected += 1;
+            }
+        }
+        assert_eq!(rejected, 50);
+        release_tx.send(()).unwrap();
+        trial.await.unwrap().unwrap();
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn many_threads_race_for_the_trial_and_one_wins() {
+        let (b, _) = breaker_with_log(1);
+        fail(&b).await;
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let permits: Vec<_> = (0..64).map(|_| b.try_acquire()).collect();
+        let granted: Vec<_> = permits.into_iter().filter_map(Result::ok).collect();
+        assert_eq!(granted.len(), 1);
+        assert!(granted[0].is_trial());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancelled_trial_does_not_wedge_the_breaker() {
+        let (b, _) = breaker_with_log(1);
+        fail(&b).await;
+        tokio::time::advance(Duration::from_secs(30)).await;
+        {
+            let fut = b.call(|| std::future::pending::<Result<(), &str>>());
+            // Poll once so the permit is taken, then drop (cancel) the call.
+            let timed = tokio::time::timeout(Duration::from_millis(1), fut).await;
+            assert!(timed.is_err());
+        }
+        assert_eq!(b.state(), BreakerState::Open);
+        // The next caller can run a new trial without waiting another 30 s.
+        ok(&b).await.unwrap();
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn classifier_decides_what_counts() {
+        let (b, _) = breaker_with_log(2);
+        for _ in 0..5 {
+            let r = b
+                .call_classified(
+                    || async { Err::<(), _>("not found") },
+                    |e| *e != "not found",
+                )
+                .await;
+            assert!(!r.unwrap_err().is_open());
+        }
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+}

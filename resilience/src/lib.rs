@@ -1,0 +1,44 @@
+//! Resilience primitives for calls that cross a network: a [`CircuitBreaker`] and a
+//! [`Retry`] policy with exponential backoff and jitter.
+//!
+//! Both work as plain async wrappers around any `FnMut() -> Future<Output = Result<T, E>>`
+//! and, with the default `tower` feature, as tower [`Layer`](tower::Layer)s that fit in
+//! front of axum handlers, reqwest-like clients or tonic channels.
+//!
+//! Defaults follow the ordersys specification: the breaker opens after **5** consecutive
+//! failures, stays open for **30 s**, then admits exactly one trial call (HALF-OPEN);
+//! retry makes at most **3** attempts with delays 100 ms → 200 ms (→ 400 ms for a fourth)
+//! and ±10 % jitter.
+//!
+//! ```
+//! use std::time::Duration;
+//! use resilience::{BreakerError, CircuitBreaker, Retry};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let breaker = CircuitBreaker::builder("user-service").failure_threshold(5).build();
+//! let retry = Retry::default();
+//!
+//! // Retry a flaky call, going through the breaker on every attempt; an open breaker
+//! // stops the retries at once.
+//! let result: Result<u32, BreakerError<&str>> = retry
+//!     .call_with_breaker(&breaker, || async { Ok::<_, &str>(42) })
+//!     .await;
+//! assert_eq!(result.unwrap(), 42);
+//! # }
+//! ```
+
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![warn(missing_docs)]
+
+mod breaker;
+mod retry;
+
+#[cfg(feature = "tower")]
+pub mod layer;
+
+pub use breaker::{
+    BreakerConfig, BreakerError, BreakerState, CircuitBreaker, CircuitBreakerBuilder, CircuitOpen,
+    Permit, Transition,
+};
+pub use retry::{Backoff, Retry, RetryError};

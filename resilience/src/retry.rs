@@ -1,0 +1,421 @@
+//! Retry with exponential backoff and symmetric jitter.
+
+use std::future::Future;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::time::Instant;
+
+use crate::{BreakerError, CircuitBreaker};
+
+/// A retry policy: at most `max_attempts` attempts, the n-th retry waiting
+/// `base_delay × multiplier^(n-1)` (capped at `max_delay`) with ±`jitter` applied, and
+/// optionally an overall deadline across all attempts and waits.
+///
+/// The default is the ordersys policy: 3 attempts, 100 ms → 200 ms (→ 400 ms), ±10 %.
+///
+/// ```
+/// use std::sync::atomic::{AtomicU32, Ordering};
+/// use resilience::Retry;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let calls = AtomicU32::new(0);
+/// let result = Retry::default()
+///     .call(|| async {
+///         if calls.fetch_add(1, Ordering::SeqCst) < 2 { Err("flaky") } else { Ok("done") }
+///     })
+///     .await;
+/// assert_eq!(result.unwrap(), "done");
+/// assert_eq!(calls.load(Ordering::SeqCst), 3);
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Retry {
+    max_attempts: u32,
+    base_delay: Duration,
+    multiplier: u32,
+    max_delay: Duration,
+    jitter: f64,
+    deadline: Option<Duration>,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            base_delay: Duration::from_millis(100),
+            multiplier: 2,
+            max_delay: Duration::from_secs(30),
+            jitter: 0.1,
+            deadline: None,
+        }
+    }
+}
+
+/// Why a retried operation finally failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RetryError<E> {
+    /// The last attempt failed and no retry is left (or the error is not retryable).
+    #[error("failed after {attempts} attempt(s): {error}")]
+    Failed {
+        /// The last attempt's error.
+        error: E,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The overall deadline passed before an attempt succeeded.
+    #[error("deadline exceeded after {attempts} attempt(s)")]
+    DeadlineExceeded {
+        /// The last completed attempt's error, if any attempt completed.
+        last: Option<E>,
+        /// Attempts started.
+        attempts: u32,
+    },
+}
+
+impl<E> RetryError<E> {
+    /// The last error an attempt returned, if any.
+    pub fn into_last(self) -> Option<E> {
+        match self {
+            Self::Failed { error, .. } => Some(error),
+            Self::DeadlineExceeded { last, .. } => last,
+        }
+    }
+
+    /// Attempts made (or started, for a deadline).
+    pub fn attempts(&self) -> u32 {
+        match self {
+            Self::Failed { attempts, .. } | Self::DeadlineExceeded { attempts, .. } => *attempts,
+        }
+    }
+}
+
+impl Retry {
+    /// The default policy (see the type docs).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A policy that makes one attempt and never retries.
+    pub fn never() -> Self {
+        Self::default().max_attempts(1)
+    }
+
+    /// Attempts in total, including the first (at least 1).
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n.max(1);
+        self
+    }
+
+    /// Delay before the first retry.
+    pub fn base_delay(mut self, d: Duration) -> Self {
+        self.base_delay = d;
+        self
+    }
+
+    /// Growth factor of the delay per retry (default 2).
+    pub fn multiplier(mut self, m: u32) -> Self {
+        self.multiplier = m.max(1);
+        self
+    }
+
+    /// Upper bound on one delay, before jitter.
+    pub fn max_delay(mut self, d: Duration) -> Self {
+        self.max_delay = d;
+        self
+    }
+
+    /// Symmetric jitter as a fraction of the delay, clamped to `0.0..=1.0` (default 0.1).
+    pub fn jitter(mut self, fraction: f64) -> Self {
+        self.jitter = if fraction.is_finite() {
+            fraction.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        self
+    }
+
+    /// Overall deadline across all attempts and waits.
+    pub fn deadline(mut self, d: Duration) -> Self {
+        self.deadline = Some(d);
+        self
+    }
+
+    /// Attempts in total.
+    pub fn attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// The nominal (un-jittered) delay before retry number `retry` (1-based).
+    pub fn nominal_delay(&self, retry: u32) -> Duration {
+        let exp = retry.saturating_sub(1).min(31);
+        let factor = self.multiplier.saturating_pow(exp);
+        self.base_delay
+            .checked_mul(factor)
+            .unwrap_or(self.max_delay)
+            .min(self.max_delay)
+    }
+
+    /// The delays between attempts, jittered: `max_attempts - 1` values.
+    pub fn backoff(&self) -> Backoff {
+        Backoff {
+            policy: *self,
+            retry: 0,
+        }
+    }
+
+    /// Retry `f` on every error.
+    pub async fn call<F, Fut, T, E>(&self, f: F) -> Result<T, RetryError<E>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.call_if(f, |_| true).await
+    }
+
+    /// Retry `f` while `retryable(&error)` holds.
+    pub async fn call_if<F, Fut, T, E, P>(
+        &self,
+        mut f: F,
+        mut retryable: P,
+    ) -> Result<T, RetryError<E>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        P: FnMut(&E) -> bool,
+    {
+        let deadline = self.deadline.map(|d| Instant::now() + d);
+        let mut delays = self.backoff();
+        let mut attempts = 0;
+        let mut last = None;
+        loop {
+            attempts += 1;
+            let outcome = match deadline {
+                Some(at) => match tokio::time::timeout_at(at, f()).await {
+                    Ok(r) => r,
+                    Err(_) => return Err(RetryError::DeadlineExceeded { last, attempts }),
+                },
+                None => f().await,
+            };
+            let error = match outcome {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            if !retryable(&error) {
+                return Err(RetryError::Failed { error, attempts });
+            }
+            let Some(delay) = delays.next() else {
+                return Err(RetryError::Failed { error, attempts });
+            };
+            if let Some(at) = deadline {
+                if Instant::now() + delay >= at {
+                    return Err(RetryError::DeadlineExceeded {
+                        last: Some(error),
+                        attempts,
+                    });
+                }
+            }
+            last = Some(error);
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Retry `f` through `breaker`: every attempt asks the breaker first, and an open
+    /// breaker ends the retries at once (retrying into an open breaker only burns time).
+    pub async fn call_with_breaker<F, Fut, T, E>(
+        &self,
+        breaker: &CircuitBreaker,
+        mut f: F,
+    ) -> Result<T, BreakerError<E>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.call_if(
+            || {
+                let fut = f();
+                breaker.call(move || fut)
+            },
+            |e| !e.is_open(),
+        )
+        .await
+        .map_err(|e| match e {
+            RetryError::Failed { error, .. } => error,
+            RetryError::DeadlineExceeded { last, .. } => last.unwrap_or_else(|| {
+                BreakerError::Open(crate::CircuitOpen {
+                    name: breaker.name().into(),
+                    retry_after: Duration::ZERO,
+                })
+            }),
+        })
+    }
+}
+
+/// Iterator over the jittered delays of a [`Retry`] policy.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    policy: Retry,
+    retry: u32,
+}
+
+impl Iterator for Backoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        if self.retry + 1 >= self.policy.max_attempts {
+            return None;
+        }
+        self.retry += 1;
+        let nominal = self.policy.nominal_delay(self.retry);
+        let j = self.policy.jitter;
+        if j == 0.0 {
+            return Some(nominal);
+        }
+        let factor = 1.0 + rand::rng().random_range(-j..=j);
+        Some(nominal.mul_f64(factor))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Mutex;
+
+    #[tokio::test(start_paused = true)]
+    async fn makes_exactly_max_attempts() {
+        let calls = AtomicU32::new(0);
+        let r = Retry::default()
+            .call(|| async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err::<(), _>("always")
+            })
+            .await;
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        assert_eq!(
+            r.unwrap_err(),
+            RetryError::Failed {
+                error: "always",
+                attempts: 3
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_delay_is_within_ten_percent_of_nominal() {
+        // Observe the waits between attempts on the paused clock, many times over.
+        for _ in 0..200 {
+            let stamps = Mutex::new(Vec::new());
+            let _ = Retry::default()
+                .max_attempts(4)
+                .call(|| async {
+                    stamps.lock().unwrap().push(Instant::now());
+                    Err::<(), _>(())
+                })
+                .await;
+            let stamps = stamps.into_inner().unwrap();
+            assert_eq!(stamps.len(), 4);
+            for (i, nominal_ms) in [100.0, 200.0, 400.0].into_iter().enumerate() {
+                let waited = (stamps[i + 1] - stamps[i]).as_secs_f64() * 1000.0;
+                assert!(
+                    waited >= nominal_ms * 0.9 - 1e-6 && waited <= nominal_ms * 1.1 + 1.0,
+                    "retry {} waited {waited} ms, nominal {nominal_ms} ms",
+                    i + 1
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn jitter_spreads_both_ways() {
+        let delays: Vec<_> = (0..500)
+            .filter_map(|_| Retry::default().backoff().next())
+            .collect();
+        assert!(delays.iter().any(|d| *d < Duration::from_millis(97)));
+        assert!(delays.iter().any(|d| *d > Duration::from_millis(103)));
+        assert!(delays
+            .iter()
+            .all(|d| *d >= Duration::from_millis(90) && *d <= Duration::from_millis(110)));
+    }
+
+    #[test]
+    fn nominal_delays_double_and_cap() {
+        let r = Retry::default().max_delay(Duration::from_millis(300));
+        assert_eq!(r.nominal_delay(1), Duration::from_millis(100));
+        assert_eq!(r.nominal_delay(2), Duration::from_millis(200));
+        assert_eq!(r.nominal_delay(3), Duration::from_millis(300));
+        assert_eq!(Retry::default().backoff().count(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn non_retryable_errors_stop_at_once() {
+        let calls = AtomicU32::new(0);
+        let r = Retry::default()
+            .call_if(
+                || async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Err::<(), _>("invalid")
+                },
+                |e| *e != "invalid",
+            )
+            .await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(r.unwrap_err().attempts(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadline_cuts_retries_short() {
+        let calls = AtomicU32::new(0);
+        let start = Instant::now();
+        let r = Retry::default()
+            .max_attempts(10)
+            .deadline(Duration::from_millis(250))
+            .call(|| async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err::<(), _>("down")
+            })
+            .await;
+        // 0 ms, ~100 ms, ~300 ms would be past the deadline: two attempts.
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert!(matches!(
+            r,
+            Err(RetryError::DeadlineExceeded {
+                last: Some("down"),
+                attempts: 2
+            })
+        ));
+        assert!(Instant::now() - start < Duration::from_millis(250));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadline_interrupts_a_hanging_attempt() {
+        let r = Retry::default()
+            .deadline(Duration::from_secs(1))
+            .call(|| std::future::pending::<Result<(), ()>>())
+            .await;
+        assert!(matches!(
+            r,
+            Err(RetryError::DeadlineExceeded {
+                last: None,
+                attempts: 1
+            })
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_retries_into_an_open_breaker() {
+        let breaker = CircuitBreaker::builder("b").failure_threshold(2).build();
+        let calls = AtomicU32::new(0);
+        let r = Retry::default()
+            .max_attempts(5)
+            .call_with_breaker(&breaker, || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err::<(), _>("down")
+            })
+            .await;
+        // Two real calls open the breaker; the third attempt is rejected and ends it.
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert!(r.unwrap_err().is_open());
+    }
+}
