@@ -1,1 +1,48 @@
+//! JWT with revocation: tokens that carry a unique `jti`, a [`Blacklist`] of revoked
+//! `jti`s, an [`Authenticator`] that checks both, and (feature `tower`, default) an
+//! [`AuthLayer`](layer::AuthLayer) for axum/tower that authenticates `Authorization: Bearer`.
+//!
+//! The accepted algorithm is fixed by the key, never by the token: an HS256 validator
+//! rejects an EdDSA token and vice versa, and `alg: none` is always rejected.
+//!
+//! ```
+//! use std::{sync::Arc, time::Duration};
+//! use authz::{Authenticator, Error, MemoryBlacklist, SigningKey, TokenIssuer, TokenValidator};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Error> {
+//! let key = SigningKey::hs256(b"an-example-secret-of-at-least-32-bytes!")?;
+//! let issuer = TokenIssuer::new(key.clone(), "ordersys", "ordersys-api")
+//!     .with_ttl(Duration::from_secs(900));
+//! let auth = Authenticator::new(
+//!     TokenValidator::new(key.verifying_key(), "ordersys", "ordersys-api"),
+//!     Arc::new(MemoryBlacklist::new()),
+//! );
+//!
+//! let issued = issuer.issue("user-42")?;
+//! let claims = auth.authenticate(&issued.token).await?;
+//! assert_eq!(claims.sub, "user-42");
+//!
+//! auth.revoke(&claims).await?; // logout
+//! assert!(matches!(auth.authenticate(&issued.token).await, Err(Error::Revoked)));
+//! # Ok(())
+//! # }
+//! ```
 
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![warn(missing_docs)]
+
+mod blacklist;
+mod claims;
+mod error;
+mod keys;
+mod token;
+
+#[cfg(feature = "tower")]
+pub mod layer;
+
+pub use blacklist::{revoke_token, Authenticator, Blacklist, BlacklistFailure, MemoryBlacklist};
+pub use claims::Claims;
+pub use error::{BoxError, Error, Result};
+pub use keys::{SigningKey, VerifyingKey};
+pub use token::{Clock, IssuedToken, TokenIssuer, TokenValidator};

@@ -1,0 +1,166 @@
+//! Revocation: the [`Blacklist`] trait, an in-memory backend, and the [`Authenticator`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+
+use crate::{Claims, Error, Result, TokenValidator};
+
+/// A store of revoked token ids. Implementations: [`MemoryBlacklist`] here; Redis
+/// (`SET jwt:blacklist:{jti} 1 EX ttl`) in the backends.
+///
+/// Backend failures are returned as [`Error::BlacklistUnavailable`] (see [`Error::blacklist`]).
+#[async_trait]
+pub trait Blacklist: Send + Sync {
+    /// Mark `jti` revoked for `ttl` (after which the token has expired anyway).
+    async fn revoke(&self, jti: &str, ttl: Duration) -> Result<()>;
+    /// Whether `jti` is revoked.
+    async fn is_revoked(&self, jti: &str) -> Result<bool>;
+}
+
+#[async_trait]
+impl<T: Blacklist + ?Sized> Blacklist for Arc<T> {
+    async fn revoke(&self, jti: &str, ttl: Duration) -> Result<()> {
+        (**self).revoke(jti, ttl).await
+    }
+    async fn is_revoked(&self, jti: &str) -> Result<bool> {
+        (**self).is_revoked(jti).await
+    }
+}
+
+/// In-process blacklist with expiry, for tests and embedded use. Uses tokio's clock, so
+/// `tokio::time::pause()` works in tests.
+#[derive(Debug, Default)]
+pub struct MemoryBlacklist {
+    entries: Mutex<HashMap<String, Instant>>,
+}
+
+impl MemoryBlacklist {
+    /// An empty blacklist.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of entries not yet expired.
+    pub fn len(&self) -> usize {
+        let now = Instant::now();
+        let map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().filter(|at| **at > now).count()
+    }
+
+    /// Whether no entry is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[async_trait]
+impl Blacklist for MemoryBlacklist {
+    async fn revoke(&self, jti: &str, ttl: Duration) -> Result<()> {
+        let now = Instant::now();
+        let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, at| *at > now);
+        let until = now + ttl;
+        map.entry(jti.to_owned())
+            .and_modify(|at| *at = (*at).max(until))
+            .or_insert(until);
+        Ok(())
+    }
+
+    async fn is_revoked(&self, jti: &str) -> Result<bool> {
+        let map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(map.get(jti).is_some_and(|at| *at > Instant::now()))
+    }
+}
+
+/// What to do when the blacklist cannot be consulted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BlacklistFailure {
+    /// Refuse the token ([`Error::BlacklistUnavailable`]). The safe default.
+    #[default]
+    FailClosed,
+    /// Accept a token that is otherwise valid. Availability over revocation.
+    FailOpen,
+}
+
+/// Validates a token and checks its `jti` against a [`Blacklist`].
+#[derive(Clone)]
+pub struct Authenticator {
+    validator: TokenValidator,
+    blacklist: Arc<dyn Blacklist>,
+    on_failure: BlacklistFailure,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("validator", &self.validator)
+            .field("on_failure", &self.on_failure)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    /// Fail-closed authenticator.
+    pub fn new(validator: TokenValidator, blacklist: Arc<dyn Blacklist>) -> Self {
+        Self {
+            validator,
+            blacklist,
+            on_failure: BlacklistFailure::FailClosed,
+        }
+    }
+
+    /// Choose the policy for blacklist outages.
+    pub fn on_blacklist_failure(mut self, policy: BlacklistFailure) -> Self {
+        self.on_failure = policy;
+        self
+    }
+
+    /// The validator in use.
+    pub fn validator(&self) -> &TokenValidator {
+        &self.validator
+    }
+
+    /// Validate `token` and make sure it is not revoked.
+    pub async fn authenticate(&self, token: &str) -> Result<Claims> {
+        let claims = self.validator.validate(token)?;
+        match self.blacklist.is_revoked(&claims.jti).await {
+            Ok(false) => Ok(claims),
+            Ok(true) => Err(Error::Revoked),
+            Err(e) => match self.on_failure {
+                BlacklistFailure::FailClosed => Err(match e {
+                    Error::BlacklistUnavailable(_) => e,
+                    other => Error::blacklist(other),
+                }),
+                BlacklistFailure::FailOpen => Ok(claims),
+            },
+        }
+    }
+
+    /// Revoke a token (logout) for its remaining lifetime plus the validator's leeway, so
+    /// it cannot come back inside the leeway window.
+    pub async fn revoke(&self, claims: &Claims) -> Result<()> {
+        revoke_token(
+            &*self.blacklist,
+            claims,
+            self.validator.leeway(),
+            self.validator.clock().now(),
+        )
+        .await
+    }
+}
+
+/// Put `claims.jti` on `blacklist` for the token's remaining life at `now` plus `leeway`
+/// (plus one second to cover the rounding of `exp` to whole seconds).
+pub async fn revoke_token<B: Blacklist + ?Sized>(
+    blacklist: &B,
+    claims: &Claims,
+    leeway: Duration,
+    now: i64,
+) -> Result<()> {
+    let ttl = claims.remaining(now) + leeway + Duration::from_secs(1);
+    blacklist.revoke(&claims.jti, ttl).await
+}

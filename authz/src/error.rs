@@ -1,0 +1,101 @@
+//! The crate's error type.
+
+/// A boxed backend error (Redis, a database, ...).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong issuing, validating or revoking a token.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No bearer token was presented.
+    #[error("missing bearer token")]
+    MissingToken,
+    /// The token is not a well-formed JWT with the required claims.
+    #[error("malformed token: {0}")]
+    Malformed(String),
+    /// The signature does not verify with the configured key.
+    #[error("invalid token signature")]
+    InvalidSignature,
+    /// The token's `alg` is not the one the key accepts (including `none`).
+    #[error("token algorithm not accepted")]
+    InvalidAlgorithm,
+    /// `iss` does not match.
+    #[error("invalid token issuer")]
+    InvalidIssuer,
+    /// `aud` does not match.
+    #[error("invalid token audience")]
+    InvalidAudience,
+    /// `exp` has passed (beyond the leeway).
+    #[error("token expired")]
+    Expired,
+    /// `nbf` is still in the future (beyond the leeway).
+    #[error("token not yet valid")]
+    NotYetValid,
+    /// The token's `jti` is on the blacklist.
+    #[error("token revoked")]
+    Revoked,
+    /// The blacklist backend could not answer; with the default fail-closed policy the
+    /// token is refused.
+    #[error("token blacklist unavailable: {0}")]
+    BlacklistUnavailable(#[source] BoxError),
+    /// A key could not be loaded or is unsuitable.
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
+    /// Signing a token failed.
+    #[error("could not sign token: {0}")]
+    Signing(String),
+}
+
+impl Error {
+    /// Wrap a blacklist backend error.
+    pub fn blacklist(err: impl Into<BoxError>) -> Self {
+        Self::BlacklistUnavailable(err.into())
+    }
+
+    /// Whether the client's credentials are at fault (HTTP 401), as opposed to the server
+    /// (a blacklist outage, a bad key: HTTP 503 / 500).
+    pub fn is_unauthorized(&self) -> bool {
+        !matches!(
+            self,
+            Self::BlacklistUnavailable(_) | Self::InvalidKey(_) | Self::Signing(_)
+        )
+    }
+
+    /// A stable machine-readable code for the error (`token_expired`, ...).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MissingToken => "missing_token",
+            Self::Malformed(_) => "invalid_token",
+            Self::InvalidSignature => "invalid_token",
+            Self::InvalidAlgorithm => "invalid_token",
+            Self::InvalidIssuer => "invalid_token",
+            Self::InvalidAudience => "invalid_token",
+            Self::Expired => "token_expired",
+            Self::NotYetValid => "invalid_token",
+            Self::Revoked => "token_revoked",
+            Self::BlacklistUnavailable(_) => "service_unavailable",
+            Self::InvalidKey(_) | Self::Signing(_) => "internal",
+        }
+    }
+}
+
+impl From<jsonwebtoken::errors::Error> for Error {
+    fn from(e: jsonwebtoken::errors::Error) -> Self {
+        use jsonwebtoken::errors::ErrorKind as K;
+        match e.kind() {
+            K::InvalidSignature => Self::InvalidSignature,
+            K::InvalidAlgorithm | K::InvalidAlgorithmName => Self::InvalidAlgorithm,
+            K::InvalidIssuer => Self::InvalidIssuer,
+            K::InvalidAudience => Self::InvalidAudience,
+            K::ExpiredSignature => Self::Expired,
+            K::ImmatureSignature => Self::NotYetValid,
+            K::InvalidEcdsaKey | K::InvalidRsaKey(_) | K::InvalidKeyFormat => {
+                Self::InvalidKey(e.to_string())
+            }
+            _ => Self::Malformed(e.to_string()),
+        }
+    }
+}

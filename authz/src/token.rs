@@ -1,0 +1,205 @@
+//! Issuing and validating tokens.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Header, Validation};
+use uuid::Uuid;
+
+use crate::{Claims, Error, Result, SigningKey, VerifyingKey};
+
+/// Source of "now" in unix seconds. The system clock by default; tests pin it.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> i64 + Send + Sync>);
+
+impl fmt::Debug for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Clock(now={})", self.now())
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::system()
+    }
+}
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Self {
+        Self(Arc::new(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0)
+        }))
+    }
+
+    /// A clock that always reads `unix_secs`.
+    pub fn fixed(unix_secs: i64) -> Self {
+        Self(Arc::new(move || unix_secs))
+    }
+
+    /// A clock backed by any function.
+    pub fn from_fn(f: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    /// Now, in unix seconds.
+    pub fn now(&self) -> i64 {
+        (self.0)()
+    }
+}
+
+/// A freshly issued token and its claims.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IssuedToken {
+    /// The compact JWT to hand to the client.
+    pub token: String,
+    /// What it says.
+    pub claims: Claims,
+}
+
+impl fmt::Debug for IssuedToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The token is a credential: never print it.
+        f.debug_struct("IssuedToken")
+            .field("token", &"<redacted>")
+            .field("claims", &self.claims)
+            .finish()
+    }
+}
+
+/// Issues signed access tokens, each with a fresh random `jti`.
+#[derive(Debug, Clone)]
+pub struct TokenIssuer {
+    key: SigningKey,
+    issuer: String,
+    audience: String,
+    ttl: Duration,
+    clock: Clock,
+}
+
+impl TokenIssuer {
+    /// An issuer with a 15-minute TTL and the system clock.
+    pub fn new(key: SigningKey, issuer: impl Into<String>, audience: impl Into<String>) -> Self {
+        Self {
+            key,
+            issuer: issuer.into(),
+            audience: audience.into(),
+            ttl: Duration::from_secs(900),
+            clock: Clock::system(),
+        }
+    }
+
+    /// Token lifetime (`exp - iat`).
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Use another clock (tests).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The configured lifetime.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Issue a token for `subject`.
+    pub fn issue(&self, subject: impl Into<String>) -> Result<IssuedToken> {
+        let now = self.clock.now();
+        let claims = Claims {
+            sub: subject.into(),
+            jti: Uuid::new_v4().to_string(),
+            iat: now,
+            nbf: now,
+            exp: now.saturating_add(self.ttl.as_secs() as i64),
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+        };
+        self.sign(claims)
+    }
+
+    /// Sign arbitrary claims with this issuer's key (tests, migrations).
+    pub fn sign(&self, claims: Claims) -> Result<IssuedToken> {
+        let header = Header::new(self.key.algorithm());
+        let token = jsonwebtoken::encode(&header, &claims, self.key.encoding())
+            .map_err(|e| Error::Signing(e.to_string()))?;
+        Ok(IssuedToken { token, claims })
+    }
+}
+
+/// Validates signature, algorithm, `iss`, `aud`, `nbf` and `exp` (with leeway). It does
+/// not consult a blacklist: [`Authenticator`](crate::Authenticator) does both.
+#[derive(Debug, Clone)]
+pub struct TokenValidator {
+    key: VerifyingKey,
+    validation: Validation,
+    leeway: Duration,
+    clock: Clock,
+}
+
+impl TokenValidator {
+    /// A validator with a 30-second leeway and the system clock.
+    pub fn new(key: VerifyingKey, issuer: &str, audience: &str) -> Self {
+        let mut validation = Validation::new(key.algorithm());
+        validation.set_issuer(&[issuer]);
+        validation.set_audience(&[audience]);
+        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        // Time claims are checked below against our own clock, so tests can pin it.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.leeway = 0;
+        Self {
+            key,
+            validation,
+            leeway: Duration::from_secs(30),
+            clock: Clock::system(),
+        }
+    }
+
+    /// Tolerance for clock skew on `exp` and `nbf`.
+    pub fn with_leeway(mut self, leeway: Duration) -> Self {
+        self.leeway = leeway;
+        self
+    }
+
+    /// Use another clock (tests).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The configured leeway.
+    pub fn leeway(&self) -> Duration {
+        self.leeway
+    }
+
+    /// The clock in use.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Check a compact JWT and return its claims.
+    pub fn validate(&self, token: &str) -> Result<Claims> {
+        let data = jsonwebtoken::decode::<Claims>(token, self.key.decoding(), &self.validation)?;
+        let claims = data.claims;
+        if claims.jti.is_empty() {
+            return Err(Error::Malformed("empty jti".into()));
+        }
+        let now = self.clock.now();
+        let leeway = self.leeway.as_secs() as i64;
+        if now > claims.exp.saturating_add(leeway) {
+            return Err(Error::Expired);
+        }
+        if now < claims.nbf.saturating_sub(leeway) {
+            return Err(Error::NotYetValid);
+        }
+        Ok(claims)
+    }
+}

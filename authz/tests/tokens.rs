@@ -1,0 +1,319 @@
+//! Token validation, revocation and the auth layer, end to end inside the crate.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use authz::layer::{AuthLayer, BearerToken};
+use authz::{
+    Authenticator, Blacklist, BlacklistFailure, Claims, Clock, Error, MemoryBlacklist, SigningKey,
+    TokenIssuer, TokenValidator,
+};
+use axum::body::Body;
+use axum::routing::get;
+use axum::{Extension, Router};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef-test";
+const NOW: i64 = 1_800_000_000;
+const ISS: &str = "ordersys";
+const AUD: &str = "ordersys-api";
+
+fn key() -> SigningKey {
+    SigningKey::hs256(SECRET).unwrap()
+}
+
+fn issuer_at(now: i64) -> TokenIssuer {
+    TokenIssuer::new(key(), ISS, AUD)
+        .with_ttl(Duration::from_secs(900))
+        .with_clock(Clock::fixed(now))
+}
+
+fn validator_at(now: i64) -> TokenValidator {
+    TokenValidator::new(key().verifying_key(), ISS, AUD)
+        .with_leeway(Duration::from_secs(30))
+        .with_clock(Clock::fixed(now))
+}
+
+fn ed_key() -> SigningKey {
+    SigningKey::ed25519_from_pem(
+        include_bytes!("keys/ed25519.pem"),
+        include_bytes!("keys/ed25519.pub.pem"),
+    )
+    .unwrap()
+}
+
+#[test]
+fn valid_token_round_trips_with_unique_jti() {
+    let a = issuer_at(NOW).issue("u1").unwrap();
+    let b = issuer_at(NOW).issue("u1").unwrap();
+    assert_ne!(a.claims.jti, b.claims.jti);
+    let claims = validator_at(NOW + 10).validate(&a.token).unwrap();
+    assert_eq!(claims, a.claims);
+    assert_eq!(claims.exp - claims.iat, 900);
+}
+
+#[test]
+fn expired_token_is_rejected_after_leeway() {
+    let t = issuer_at(NOW).issue("u1").unwrap();
+    // Inside the leeway it still passes...
+    validator_at(NOW + 900 + 30).validate(&t.token).unwrap();
+    // ...one second past, it does not.
+    assert!(matches!(
+        validator_at(NOW + 931).validate(&t.token),
+        Err(Error::Expired)
+    ));
+}
+
+#[test]
+fn not_yet_valid_token_is_rejected() {
+    let t = issuer_at(NOW + 120).issue("u1").unwrap();
+    assert!(matches!(
+        validator_at(NOW).validate(&t.token),
+        Err(Error::NotYetValid)
+    ));
+    validator_at(NOW + 100).validate(&t.token).unwrap();
+}
+
+#[test]
+fn tampered_payload_is_rejected() {
+    let t = issuer_at(NOW).issue("u1").unwrap();
+    let parts: Vec<&str> = t.token.split('.').collect();
+    let mut claims = t.claims.clone();
+    claims.sub = "admin".into();
+    let forged_payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap());
+    let forged = format!("{}.{}.{}", parts[0], forged_payload, parts[2]);
+    assert!(matches!(
+        validator_at(NOW).validate(&forged),
+        Err(Error::InvalidSignature)
+    ));
+}
+
+#[test]
+fn wrong_key_is_rejected() {
+    let other = SigningKey::hs256(b"another-secret-another-secret-another").unwrap();
+    let t = TokenIssuer::new(other, ISS, AUD)
+        .with_clock(Clock::fixed(NOW))
+        .issue("u1")
+        .unwrap();
+    assert!(matches!(
+        validator_at(NOW).validate(&t.token),
+        Err(Error::InvalidSignature)
+    ));
+}
+
+#[test]
+fn alg_none_is_rejected() {
+    let claims = issuer_at(NOW).issue("u1").unwrap().claims;
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+    let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap());
+    for token in [
+        format!("{header}.{payload}."),
+        format!("{header}.{payload}"),
+    ] {
+        let err = validator_at(NOW).validate(&token).unwrap_err();
+        assert!(err.is_unauthorized(), "{err:?}");
+    }
+}
+
+#[test]
+fn algorithm_is_fixed_by_the_key() {
+    // An HS256 token is refused by an EdDSA validator and the other way round.
+    let hs = issuer_at(NOW).issue("u1").unwrap();
+    let ed_validator =
+        TokenValidator::new(ed_key().verifying_key(), ISS, AUD).with_clock(Clock::fixed(NOW));
+    assert!(matches!(
+        ed_validator.validate(&hs.token),
+        Err(Error::InvalidAlgorithm)
+    ));
+
+    let ed = TokenIssuer::new(ed_key(), ISS, AUD)
+        .with_clock(Clock::fixed(NOW))
+        .issue("u1")
+        .unwrap();
+    ed_validator.validate(&ed.token).unwrap();
+    assert!(matches!(
+        validator_at(NOW).validate(&ed.token),
+        Err(Error::InvalidAlgorithm)
+    ));
+}
+
+#[test]
+fn wrong_issuer_and_audience_are_rejected() {
+    let wrong_iss = TokenIssuer::new(key(), "someone-else", AUD)
+        .with_clock(Clock::fixed(NOW))
+        .issue("u1")
+        .unwrap();
+    assert!(matches!(
+        validator_at(NOW).validate(&wrong_iss.token),
+        Err(Error::InvalidIssuer)
+    ));
+    let wrong_aud = TokenIssuer::new(key(), ISS, "other-api")
+        .with_clock(Clock::fixed(NOW))
+        .issue("u1")
+        .unwrap();
+    assert!(matches!(
+        validator_at(NOW).validate(&wrong_aud.token),
+        Err(Error::InvalidAudience)
+    ));
+}
+
+#[test]
+fn short_hmac_secret_is_refused() {
+    assert!(matches!(
+        SigningKey::hs256(b"short"),
+        Err(Error::InvalidKey(_))
+    ));
+}
+
+#[test]
+fn garbage_is_malformed() {
+    for t in ["", "abc", "a.b.c", "....."] {
+        assert!(validator_at(NOW).validate(t).unwrap_err().is_unauthorized());
+    }
+}
+
+fn authenticator(now: i64, blacklist: Arc<dyn Blacklist>) -> Authenticator {
+    Authenticator::new(validator_at(now), blacklist)
+}
+
+#[tokio::test(start_paused = true)]
+async fn revoked_token_is_rejected_and_others_are_not() {
+    let bl = Arc::new(MemoryBlacklist::new());
+    let auth = authenticator(NOW, bl.clone());
+    let a = issuer_at(NOW).issue("u1").unwrap();
+    let b = issuer_at(NOW).issue("u1").unwrap();
+    auth.revoke(&a.claims).await.unwrap();
+    assert!(matches!(
+        auth.authenticate(&a.token).await,
+        Err(Error::Revoked)
+    ));
+    auth.authenticate(&b.token).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn revocation_outlives_the_token_including_leeway() {
+    let bl = Arc::new(MemoryBlacklist::new());
+    let t = issuer_at(NOW).issue("u1").unwrap();
+    // Logout 100 s after issue: 800 s of life left, +30 s leeway, +1 s rounding.
+    authenticator(NOW + 100, bl.clone())
+        .revoke(&t.claims)
+        .await
+        .unwrap();
+    tokio::time::advance(Duration::from_secs(830)).await;
+    // Token clock: NOW + 930, still inside the leeway: the blacklist must still say no.
+    assert!(matches!(
+        authenticator(NOW + 930, bl.clone())
+            .authenticate(&t.token)
+            .await,
+        Err(Error::Revoked)
+    ));
+    tokio::time::advance(Duration::from_secs(2)).await;
+    // Now both the entry and the token have expired: the answer is "expired".
+    assert!(bl.is_empty());
+    assert!(matches!(
+        authenticator(NOW + 932, bl.clone())
+            .authenticate(&t.token)
+            .await,
+        Err(Error::Expired)
+    ));
+}
+
+struct BrokenBlacklist;
+
+#[async_trait]
+impl Blacklist for BrokenBlacklist {
+    async fn revoke(&self, _: &str, _: Duration) -> authz::Result<()> {
+        Err(Error::blacklist("connection refused"))
+    }
+    async fn is_revoked(&self, _: &str) -> authz::Result<bool> {
+        Err(Error::blacklist("connection refused"))
+    }
+}
+
+#[tokio::test]
+async fn blacklist_outage_fails_closed_by_default_and_open_on_request() {
+    let t = issuer_at(NOW).issue("u1").unwrap();
+    let closed = authenticator(NOW, Arc::new(BrokenBlacklist));
+    let err = closed.authenticate(&t.token).await.unwrap_err();
+    assert!(matches!(err, Error::BlacklistUnavailable(_)));
+    assert!(!err.is_unauthorized());
+    let open = authenticator(NOW, Arc::new(BrokenBlacklist))
+        .on_blacklist_failure(BlacklistFailure::FailOpen);
+    assert_eq!(open.authenticate(&t.token).await.unwrap().sub, "u1");
+    // An invalid token is still invalid when failing open.
+    assert!(matches!(
+        open.authenticate("x.y.z").await,
+        Err(Error::Malformed(_))
+    ));
+}
+
+fn app(auth: Authenticator) -> Router {
+    Router::new()
+        .route(
+            "/me",
+            get(
+                |Extension(c): Extension<Claims>, Extension(t): Extension<BearerToken>| async move {
+                    format!("{}:{}", c.sub, t.0.len())
+                },
+            ),
+        )
+        .layer(AuthLayer::new(auth))
+}
+
+async fn send(app: &Router, auth: Option<&str>) -> (StatusCode, http::HeaderMap, String) {
+    let mut req = Request::get("/me").header("x-correlation-id", "cid-1");
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let resp = app
+        .clone()
+        .oneshot(req.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn layer_passes_claims_and_rejects_with_json_401() {
+    let t = issuer_at(NOW).issue("u7").unwrap();
+    let app = app(authenticator(NOW, Arc::new(MemoryBlacklist::new())));
+
+    let (status, _, body) = send(&app, Some(&format!("Bearer {}", t.token))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, format!("u7:{}", t.token.len()));
+
+    for header in [
+        None,
+        Some("Bearer"),
+        Some("Basic abc"),
+        Some("Bearer not.a.jwt"),
+    ] {
+        let (status, headers, body) = send(&app, header).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{header:?}");
+        assert_eq!(headers["www-authenticate"], "Bearer");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(json["error"]["code"].is_string());
+        assert!(json["error"]["message"].is_string());
+        assert_eq!(json["error"]["correlation_id"], "cid-1");
+    }
+}
+
+#[tokio::test]
+async fn layer_answers_503_when_blacklist_is_down() {
+    let t = issuer_at(NOW).issue("u7").unwrap();
+    let app = app(authenticator(NOW, Arc::new(BrokenBlacklist)));
+    let (status, _, body) = send(&app, Some(&format!("Bearer {}", t.token))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        !body.contains("connection refused"),
+        "backend detail leaked: {body}"
+    );
+}
