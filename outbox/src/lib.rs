@@ -1,1 +1,51 @@
+//! The transactional outbox, and its consumer-side counterpart.
+//!
+//! 1. **Enqueue** a message with [`OutboxStore::enqueue`] inside the same unit of work
+//!    (database transaction) as the business write: both commit or neither does.
+//! 2. A [`Relay`] claims batches, publishes them through a [`Publisher`] (Kafka in
+//!    production) and marks them sent after the broker acknowledged them — at least
+//!    once, in order per key, with leases so several relays can share an outbox.
+//! 3. Consumers run their handler through an [`IdempotentConsumer`]: an [`Inbox`]
+//!    record in the handler's own unit of work drops redeliveries, transient failures
+//!    are retried with backoff, and what still fails goes to a [`DeadLetter`] sink.
+//!
+//! In-memory backends live in [`memory`]; MySQL and Kafka backends come behind cargo
+//! features.
+//!
+//! ```
+//! use outbox::memory::{MemoryBroker, MemoryOutbox};
+//! use outbox::{OutboxMessage, OutboxStore, Relay, RelayConfig, Transactional};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> outbox::Result<()> {
+//! let store = MemoryOutbox::new();
+//! let mut tx = store.begin().await?;
+//! store.enqueue(&mut tx, OutboxMessage::new("saga.commands", "order-1", "debit")).await?;
+//! store.commit(tx).await?;
+//!
+//! let broker = MemoryBroker::new();
+//! let relay = Relay::new(store.clone(), broker.clone(), RelayConfig::default());
+//! let report = relay.run_once().await?;
+//! assert_eq!(report.published, 1);
+//! assert_eq!(broker.published_on("saga.commands").len(), 1);
+//! # Ok(())
+//! # }
+//! ```
 
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![warn(missing_docs)]
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+mod consumer;
+mod error;
+pub mod memory;
+mod message;
+mod relay;
+mod store;
+
+pub use consumer::{Handler, HandlerError, IdempotentConsumer, Outcome};
+pub use error::{BoxError, Error, Result};
+pub use message::{Delivery, Headers, MessageId, OutboxMessage, MESSAGE_ID_HEADER};
+pub use relay::{Relay, RelayConfig, RelayHandle, RoundReport};
+pub use store::{DeadLetter, Inbox, OutboxStore, Publisher, Transactional};

@@ -1,0 +1,358 @@
+//! A conformance suite every [`OutboxStore`] / [`Inbox`] backend must pass (feature
+//! `conformance`). Each function takes a **fresh, empty** store and panics on a
+//! violation; backend crates call them from their integration tests, so the memory,
+//! MySQL and any user-written backend are held to exactly the same contract.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! use outbox::{conformance, memory::MemoryOutbox};
+//! conformance::outbox_store_all(|| async { MemoryOutbox::new() }).await;
+//! # }
+//! ```
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::memory::{MemoryBroker, MemoryDeadLetters};
+use crate::store::{Inbox, OutboxStore};
+use crate::{
+    Delivery, Handler, HandlerError, IdempotentConsumer, MessageId, OutboxMessage, Outcome, Relay,
+    RelayConfig,
+};
+
+fn msg(topic: &str, key: &str, n: usize) -> OutboxMessage {
+    OutboxMessage::new(topic, key, format!("{key}#{n}"))
+        .with_header("traceparent", format!("tp-{n}"))
+}
+
+async fn enqueue_committed<S: OutboxStore>(store: &S, msgs: Vec<OutboxMessage>) {
+    let mut tx = store.begin().await.expect("begin");
+    for m in msgs {
+        store.enqueue(&mut tx, m).await.expect("enqueue");
+    }
+    store.commit(tx).await.expect("commit");
+}
+
+/// Run every outbox-store check, each on a fresh store from `fresh`.
+pub async fn outbox_store_all<S, F, Fut>(fresh: F)
+where
+    S: OutboxStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    rollback_enqueues_nothing(&fresh().await).await;
+    claim_leases_in_order_and_round_trips_fields(&fresh().await).await;
+    per_key_order_across_relays(&fresh().await).await;
+    failure_counts_attempts_and_releases(&fresh().await).await;
+    expired_lease_is_reclaimed(&fresh().await).await;
+    purge_removes_only_old_sent(&fresh().await).await;
+}
+
+/// A unit of work that is dropped leaves nothing in the outbox.
+pub async fn rollback_enqueues_nothing<S: OutboxStore>(store: &S) {
+    let mut tx = store.begin().await.unwrap();
+    store.enqueue(&mut tx, msg("t", "k", 1)).await.unwrap();
+    drop(tx);
+    let claimed = store
+        .claim("r1", 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(claimed.is_empty(), "rolled-back message was claimed");
+}
+
+/// Claims return messages oldest first, with every field intact, and a leased message
+/// is not claimed again.
+pub async fn claim_leases_in_order_and_round_trips_fields<S: OutboxStore>(store: &S) {
+    let msgs: Vec<_> = (0..5)
+        .map(|i| msg("saga.commands", &format!("k{i}"), i))
+        .collect();
+    let ids: Vec<MessageId> = msgs.iter().map(|m| m.id).collect();
+    enqueue_committed(store, msgs.clone()).await;
+
+    let first = store.claim("r1", 3, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(first.iter().map(|m| m.id).collect::<Vec<_>>(), ids[..3]);
+    for (got, want) in first.iter().zip(&msgs) {
+        assert_eq!(got.topic, want.topic);
+        assert_eq!(got.key, want.key);
+        assert_eq!(got.payload, want.payload);
+        assert_eq!(got.headers, want.headers);
+        assert_eq!(got.attempts, 0);
+    }
+    let second = store
+        .claim("r2", 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(second.iter().map(|m| m.id).collect::<Vec<_>>(), ids[3..]);
+    assert!(store
+        .claim("r3", 10, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .is_empty());
+
+    store.mark_sent(&ids).await.unwrap();
+    store.release(&ids).await.unwrap(); // releasing sent messages must not resurrect them
+    assert!(store
+        .claim("r1", 10, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// While one relay holds a key's earlier message, another relay gets none of that key's
+/// later messages; other keys are unaffected.
+pub async fn per_key_order_across_relays<S: OutboxStore>(store: &S) {
+    let a1 = msg("t", "a", 1);
+    let a2 = msg("t", "a", 2);
+    let b1 = msg("t", "b", 1);
+    enqueue_committed(store, vec![a1.clone(), a2.clone(), b1.clone()]).await;
+
+    let r1 = store.claim("r1", 1, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(r1.iter().map(|m| m.id).collect::<Vec<_>>(), vec![a1.id]);
+    let r2 = store
+        .claim("r2", 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        r2.iter().map(|m| m.id).collect::<Vec<_>>(),
+        vec![b1.id],
+        "a#2 must wait for a#1"
+    );
+    store.mark_sent(&[a1.id]).await.unwrap();
+    let r2 = store
+        .claim("r2", 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(r2.iter().map(|m| m.id).collect::<Vec<_>>(), vec![a2.id]);
+}
+
+/// A failed publish counts an attempt, keeps the error and makes the message claimable.
+pub async fn failure_counts_attempts_and_releases<S: OutboxStore>(store: &S) {
+    let m = msg("t", "k", 1);
+    enqueue_committed(store, vec![m.clone()]).await;
+    for expected in 1..=2 {
+        let c = store
+            .claim("r1", 10, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(c.len(), 1);
+        store.record_failure(m.id, "broker down").await.unwrap();
+        let again = store
+            .claim("r1", 10, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].attempts, expected);
+        store.release(&[m.id]).await.unwrap();
+    }
+}
+
+/// A relay that died keeps its lease only until it expires.
+pub async fn expired_lease_is_reclaimed<S: OutboxStore>(store: &S) {
+    let m = msg("t", "k", 1);
+    enqueue_committed(store, vec![m.clone()]).await;
+    let c = store
+        .claim("dead-relay", 10, Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert_eq!(c.len(), 1);
+    assert!(store
+        .claim("r2", 10, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .is_empty());
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let c = store
+        .claim("r2", 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(c.iter().map(|m| m.id).collect::<Vec<_>>(), vec![m.id]);
+}
+
+/// Purging deletes sent messages past retention and nothing else.
+pub async fn purge_removes_only_old_sent<S: OutboxStore>(store: &S) {
+    let sent = msg("t", "k", 1);
+    let unsent = msg("t", "j", 1);
+    enqueue_committed(store, vec![sent.clone(), unsent.clone()]).await;
+    store.claim("r1", 1, Duration::from_secs(30)).await.unwrap();
+    store.mark_sent(&[sent.id]).await.unwrap();
+    assert_eq!(
+        store.purge_sent(Duration::from_secs(3600)).await.unwrap(),
+        0
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(store.purge_sent(Duration::from_secs(1)).await.unwrap(), 1);
+    store.release(&[unsent.id]).await.unwrap();
+    let left = store
+        .claim("r1", 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        left.iter().map(|m| m.id).collect::<Vec<_>>(),
+        vec![unsent.id]
+    );
+}
+
+/// Relay-level guarantees over a store: everything enqueued is published, per-key order
+/// holds under broker failures with two relays, and a relay that dies between publish
+/// and mark-sent causes a republish.
+pub async fn relay_all<S, F, Fut>(fresh: F)
+where
+    S: OutboxStore + Clone,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    everything_is_published_in_key_order(fresh().await).await;
+    crash_after_publish_republishes(fresh().await).await;
+}
+
+fn fast_config(id: &str) -> RelayConfig {
+    RelayConfig {
+        relay_id: id.to_owned(),
+        batch_size: 16,
+        lease: Duration::from_secs(30),
+        poll_interval: Duration::from_millis(20),
+        backoff: resilience::Retry::default()
+            .base_delay(Duration::from_millis(5))
+            .max_attempts(u32::MAX)
+            .max_delay(Duration::from_millis(50)),
+        retention: None,
+    }
+}
+
+/// 4 keys × 25 messages, two relays, a broker failing now and then: every message is
+/// published, and per key in enqueue order.
+pub async fn everything_is_published_in_key_order<S: OutboxStore + Clone>(store: S) {
+    let keys = ["a", "b", "c", "d"];
+    let mut all = Vec::new();
+    for n in 0..25 {
+        let batch: Vec<_> = keys.iter().map(|k| msg("orders", k, n)).collect();
+        all.extend(batch.iter().map(|m| m.id));
+        enqueue_committed(&store, batch).await;
+    }
+    let broker = MemoryBroker::new();
+    broker.fail_next(3);
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    for id in ["relay-1", "relay-2"] {
+        let relay = Relay::new(store.clone(), broker.clone(), fast_config(id));
+        let mut rx = rx.clone();
+        tasks.push(tokio::spawn(relay.run(async move {
+            let _ = rx.wait_for(|s| *s).await;
+        })));
+    }
+    tokio::time::timeout(Duration::from_secs(30), broker.wait_for(all.len()))
+        .await
+        .expect("relays did not publish everything");
+    // Failures injected in the middle must not have produced gaps or reordering.
+    let published = broker.published();
+    let ids: HashSet<MessageId> = published.iter().map(|m| m.id).collect();
+    for id in &all {
+        assert!(ids.contains(id), "message {id} never published");
+    }
+    for k in keys {
+        let seq: Vec<String> = published
+            .iter()
+            .filter(|m| m.key == k)
+            .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+            .collect();
+        let mut dedup = seq.clone();
+        dedup.dedup();
+        let expected: Vec<String> = (0..25).map(|n| format!("{k}#{n}")).collect();
+        assert_eq!(dedup, expected, "key {k} out of order");
+    }
+    stop.send_replace(true);
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert!(store
+        .claim("check", 1000, Duration::from_secs(1))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// Counts messages, transactionally: the increment happens only if the unit of work
+/// commits (as a real handler's database writes would).
+struct Count(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Handler<crate::memory::MemoryTx> for Count {
+    async fn handle(
+        &self,
+        tx: &mut crate::memory::MemoryTx,
+        _msg: &Delivery,
+    ) -> Result<(), HandlerError> {
+        let n = self.0.clone();
+        tx.on_commit(move || {
+            n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        Ok(())
+    }
+}
+
+/// A relay killed after the broker acknowledged but before mark-sent: once the lease
+/// expires another relay publishes the message again, and an idempotent consumer
+/// applies it once.
+pub async fn crash_after_publish_republishes<S: OutboxStore + Clone>(store: S) {
+    let m = msg("saga.commands", "order-1", 1);
+    enqueue_committed(&store, vec![m.clone()]).await;
+
+    // The first relay publishes, then "dies" (its task is dropped) before marking.
+    let broker = MemoryBroker::new();
+    let claimed = store
+        .claim("doomed", 10, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    crate::Publisher::publish(&broker, &claimed[0])
+        .await
+        .unwrap();
+    // (no mark_sent: crash)
+
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let relay = Relay::new(store.clone(), broker.clone(), fast_config("survivor"));
+    let report = relay.run_once().await.unwrap();
+    assert_eq!(
+        report.published, 1,
+        "the unmarked message must be republished"
+    );
+    let published = broker.published();
+    assert_eq!(published.len(), 2);
+    assert!(published.iter().all(|p| p.id == m.id));
+
+    let inbox = crate::memory::MemoryInbox::new();
+    let handled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let consumer = IdempotentConsumer::new("payment", inbox, MemoryDeadLetters::new());
+    let handler = Count(handled.clone());
+    let outcomes: Vec<Outcome> = futures::future::join_all(published.iter().map(|p| {
+        let d = p.to_delivery();
+        let consumer = &consumer;
+        let handler = &handler;
+        async move { consumer.process(&d, handler).await.unwrap() }
+    }))
+    .await;
+    assert_eq!(handled.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(outcomes.contains(&Outcome::Processed));
+    assert!(outcomes.contains(&Outcome::Duplicate));
+}
+
+/// Inbox contract: a record is visible only after commit, a second record of the same
+/// message by the same consumer is refused, other consumers are independent.
+pub async fn inbox_all<I: Inbox>(inbox: &I) {
+    let id = MessageId::new();
+    let mut tx = inbox.begin().await.unwrap();
+    assert!(inbox.try_record(&mut tx, "c1", id).await.unwrap());
+    drop(tx); // rollback
+    let mut tx = inbox.begin().await.unwrap();
+    assert!(
+        inbox.try_record(&mut tx, "c1", id).await.unwrap(),
+        "rolled back record must not count"
+    );
+    inbox.commit(tx).await.unwrap();
+    let mut tx = inbox.begin().await.unwrap();
+    assert!(!inbox.try_record(&mut tx, "c1", id).await.unwrap());
+    assert!(inbox.try_record(&mut tx, "c2", id).await.unwrap());
+    inbox.commit(tx).await.unwrap();
+}

@@ -1,0 +1,200 @@
+//! The consumer side: idempotent handling with an inbox, retry, dead-lettering.
+
+use std::fmt;
+use std::future::Future;
+
+use resilience::{Retry, RetryError};
+
+use crate::error::BoxError;
+use crate::store::{DeadLetter, Inbox};
+use crate::{Delivery, Error, Result};
+
+/// Why a handler failed, which decides whether it is retried.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Might succeed later (a database deadlock, a timeout): retried with backoff.
+    #[error("transient: {0}")]
+    Transient(#[source] BoxError),
+    /// Will never succeed (undecodable payload, violated invariant): dead-lettered at once.
+    #[error("permanent: {0}")]
+    Permanent(#[source] BoxError),
+}
+
+impl HandlerError {
+    /// A transient failure.
+    pub fn transient(e: impl Into<BoxError>) -> Self {
+        Self::Transient(e.into())
+    }
+
+    /// A permanent failure.
+    pub fn permanent(e: impl Into<BoxError>) -> Self {
+        Self::Permanent(e.into())
+    }
+}
+
+/// Business logic for one message, run inside the unit of work that also records the
+/// message in the inbox: its writes (including outbox replies) commit together with
+/// that record, or not at all.
+pub trait Handler<Tx>: Send + Sync {
+    /// Handle `msg`, writing through `tx`.
+    fn handle(
+        &self,
+        tx: &mut Tx,
+        msg: &Delivery,
+    ) -> impl Future<Output = std::result::Result<(), HandlerError>> + Send;
+}
+
+/// What became of a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Handled and committed.
+    Processed,
+    /// Already processed earlier: skipped, nothing written.
+    Duplicate,
+    /// Failed permanently or after the last retry; sent to the dead-letter sink.
+    DeadLettered {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Runs a [`Handler`] for each delivery exactly once in effect: duplicates are dropped
+/// by the [`Inbox`], transient failures retried with a [`Retry`] policy (default 3
+/// attempts, 100/200 ms), and messages that still fail go to a [`DeadLetter`] sink
+/// (also recorded in the inbox, so a redelivery is not dead-lettered twice).
+///
+/// When [`process`](Self::process) returns `Ok`, the delivery is settled and the caller
+/// may commit its offset; on `Err` (the store or the dead-letter sink is down) it must
+/// not, and the message will come again.
+///
+/// ```
+/// use outbox::memory::{MemoryDeadLetters, MemoryInbox, MemoryTx};
+/// use outbox::{Delivery, Handler, HandlerError, IdempotentConsumer, OutboxMessage, Outcome};
+///
+/// struct Print;
+/// impl Handler<MemoryTx> for Print {
+///     async fn handle(&self, _tx: &mut MemoryTx, msg: &Delivery) -> Result<(), HandlerError> {
+///         println!("got {} bytes", msg.payload.len());
+///         Ok(())
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> outbox::Result<()> {
+/// let consumer = IdempotentConsumer::new("payment", MemoryInbox::new(), MemoryDeadLetters::new());
+/// let msg = OutboxMessage::new("saga.commands", "order-1", "debit").to_delivery();
+/// assert_eq!(consumer.process(&msg, &Print).await?, Outcome::Processed);
+/// assert_eq!(consumer.process(&msg, &Print).await?, Outcome::Duplicate);
+/// # Ok(())
+/// # }
+/// ```
+pub struct IdempotentConsumer<I, D> {
+    name: String,
+    inbox: I,
+    dead_letter: D,
+    retry: Retry,
+}
+
+impl<I, D> fmt::Debug for IdempotentConsumer<I, D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdempotentConsumer")
+            .field("name", &self.name)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Attempt {
+    Done(Outcome),
+    Failed(HandlerError),
+}
+
+impl<I: Inbox, D: DeadLetter> IdempotentConsumer<I, D> {
+    /// A consumer named `name` (the inbox key: each consumer keeps its own record).
+    pub fn new(name: impl Into<String>, inbox: I, dead_letter: D) -> Self {
+        Self {
+            name: name.into(),
+            inbox,
+            dead_letter,
+            retry: Retry::default(),
+        }
+    }
+
+    /// Use another retry policy for transient failures.
+    pub fn with_retry(mut self, retry: Retry) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The consumer's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The inbox in use.
+    pub fn inbox(&self) -> &I {
+        &self.inbox
+    }
+
+    async fn attempt<H: Handler<I::Tx>>(&self, msg: &Delivery, handler: &H) -> Result<Attempt> {
+        let mut tx = self.inbox.begin().await?;
+        if !self.inbox.try_record(&mut tx, &self.name, msg.id).await? {
+            return Ok(Attempt::Done(Outcome::Duplicate));
+        }
+        if let Err(e) = handler.handle(&mut tx, msg).await {
+            return Ok(Attempt::Failed(e)); // tx dropped: rolled back
+        }
+        match self.inbox.commit(tx).await {
+            Ok(()) => Ok(Attempt::Done(Outcome::Processed)),
+            // A concurrent delivery of the same message committed first.
+            Err(Error::Conflict(_)) => Ok(Attempt::Done(Outcome::Duplicate)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Handle one delivery (see the type docs for the guarantees).
+    pub async fn process<H: Handler<I::Tx>>(&self, msg: &Delivery, handler: &H) -> Result<Outcome> {
+        enum Fail {
+            Store(Error),
+            Handler(HandlerError),
+        }
+        let result = self
+            .retry
+            .call_if(
+                || async {
+                    match self.attempt(msg, handler).await {
+                        Ok(Attempt::Done(o)) => Ok(o),
+                        Ok(Attempt::Failed(e)) => Err(Fail::Handler(e)),
+                        Err(e) => Err(Fail::Store(e)),
+                    }
+                },
+                |f| !matches!(f, Fail::Handler(HandlerError::Permanent(_))),
+            )
+            .await;
+        let (error, attempts) = match result {
+            Ok(outcome) => return Ok(outcome),
+            Err(RetryError::Failed { error, attempts }) => (error, attempts),
+            Err(RetryError::DeadlineExceeded { last, attempts }) => match last {
+                Some(error) => (error, attempts),
+                None => return Err(Error::Handler("deadline exceeded".into())),
+            },
+        };
+        let reason = match error {
+            // Infrastructure trouble is not the message's fault: do not park it.
+            Fail::Store(e) => return Err(e),
+            Fail::Handler(e) => format!("{e} (after {attempts} attempt(s))"),
+        };
+        tracing::warn!(consumer = %self.name, message_id = %msg.id, reason = %reason,
+            "сообщение отправлено в очередь недоставленных");
+        self.dead_letter.dead_letter(msg, &reason).await?;
+        // Remember it, so that a redelivery is recognised as settled.
+        let mut tx = self.inbox.begin().await?;
+        if self.inbox.try_record(&mut tx, &self.name, msg.id).await? {
+            match self.inbox.commit(tx).await {
+                Ok(()) | Err(Error::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Outcome::DeadLettered { reason })
+    }
+}

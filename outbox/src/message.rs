@@ -1,0 +1,198 @@
+//! Messages as stored in the outbox and as delivered to consumers.
+
+use std::fmt;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use uuid::Uuid;
+
+/// Unique id of a message, carried to consumers (Kafka header `message-id`) and used by
+/// their inbox to drop redeliveries. Time-ordered (UUID v7).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(pub Uuid);
+
+impl MessageId {
+    /// A new time-ordered id.
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    /// Parse from the hyphenated text form.
+    pub fn parse(s: &str) -> Option<Self> {
+        Uuid::parse_str(s).ok().map(Self)
+    }
+}
+
+impl Default for MessageId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MessageId({})", self.0)
+    }
+}
+
+/// Message headers: ordered text key/value pairs (e.g. `traceparent`, `correlation-id`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers(Vec<(String, String)>);
+
+impl Headers {
+    /// No headers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Set `name` (replacing an existing value).
+    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        let name = name.into();
+        let value = value.into();
+        match self.0.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((name, value)),
+        }
+    }
+
+    /// The value of `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Iterate over `(name, value)` pairs in insertion order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
+    /// Number of headers.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let mut h = Headers::new();
+        for (k, v) in iter {
+            h.insert(k, v);
+        }
+        h
+    }
+}
+
+/// Header under which a publisher carries the [`MessageId`].
+pub const MESSAGE_ID_HEADER: &str = "message-id";
+
+/// A message in the outbox.
+///
+/// ```
+/// use outbox::OutboxMessage;
+///
+/// let msg = OutboxMessage::new("saga.commands", "order-17", b"payload".to_vec())
+///     .with_header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+/// assert_eq!(msg.headers.get("traceparent").unwrap().len(), 55);
+/// assert_eq!(msg.attempts, 0);
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct OutboxMessage {
+    /// Unique id (also the consumer-side deduplication key).
+    pub id: MessageId,
+    /// Destination topic.
+    pub topic: String,
+    /// Partition key: the aggregate id. Messages with the same key are published in
+    /// enqueue order.
+    pub key: String,
+    /// Opaque payload (protobuf in ordersys).
+    pub payload: Bytes,
+    /// Headers, e.g. `traceparent`.
+    pub headers: Headers,
+    /// When it was enqueued.
+    pub created_at: SystemTime,
+    /// Failed publish attempts so far.
+    pub attempts: u32,
+}
+
+impl fmt::Debug for OutboxMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutboxMessage")
+            .field("id", &self.id)
+            .field("topic", &self.topic)
+            .field("key", &self.key)
+            .field("payload_len", &self.payload.len())
+            .field("headers", &self.headers)
+            .field("attempts", &self.attempts)
+            .finish()
+    }
+}
+
+impl OutboxMessage {
+    /// A new message with a fresh id.
+    pub fn new(
+        topic: impl Into<String>,
+        key: impl Into<String>,
+        payload: impl Into<Bytes>,
+    ) -> Self {
+        Self {
+            id: MessageId::new(),
+            topic: topic.into(),
+            key: key.into(),
+            payload: payload.into(),
+            headers: Headers::new(),
+            created_at: SystemTime::now(),
+            attempts: 0,
+        }
+    }
+
+    /// Use a chosen id (e.g. derived deterministically from the business operation).
+    pub fn with_id(mut self, id: MessageId) -> Self {
+        self.id = id;
+        self
+    }
+
+    /// Add a header.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+
+    /// What a consumer will see of this message.
+    pub fn to_delivery(&self) -> Delivery {
+        Delivery {
+            id: self.id,
+            topic: self.topic.clone(),
+            key: self.key.clone(),
+            payload: self.payload.clone(),
+            headers: self.headers.clone(),
+        }
+    }
+}
+
+/// A message as a consumer receives it from the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The producer's message id (from the `message-id` header).
+    pub id: MessageId,
+    /// Topic it came from.
+    pub topic: String,
+    /// Partition key.
+    pub key: String,
+    /// Payload.
+    pub payload: Bytes,
+    /// Headers.
+    pub headers: Headers,
+}

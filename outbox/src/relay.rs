@@ -1,0 +1,284 @@
+//! The relay: drains the outbox into the broker.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use resilience::Retry;
+use tokio::sync::Notify;
+
+use crate::store::{OutboxStore, Publisher};
+use crate::{MessageId, OutboxMessage, Result};
+
+/// Tunables of a [`Relay`].
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Identifies this relay's leases (several relays may share one outbox).
+    pub relay_id: String,
+    /// Messages claimed per round (default 100).
+    pub batch_size: usize,
+    /// How long a claimed message stays leased (default 30 s). A relay that dies keeps
+    /// its messages only this long; then another relay republishes them.
+    pub lease: Duration,
+    /// Polling interval when nothing signals new messages (default 1 s).
+    pub poll_interval: Duration,
+    /// Backoff after a failed round: the delays of this policy, then its last delay
+    /// repeated (default 100 ms doubling to 5 s, ±10 %).
+    pub backoff: Retry,
+    /// Sent messages are purged after this long (default 24 h); `None` keeps them.
+    pub retention: Option<Duration>,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            relay_id: format!("relay-{}", uuid::Uuid::new_v4()),
+            batch_size: 100,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+            backoff: Retry::default()
+                .max_attempts(u32::MAX)
+                .max_delay(Duration::from_secs(5)),
+            retention: Some(Duration::from_secs(24 * 3600)),
+        }
+    }
+}
+
+/// What one round of the relay did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoundReport {
+    /// Messages claimed.
+    pub claimed: usize,
+    /// Messages the broker acknowledged and that were marked sent.
+    pub published: usize,
+    /// Messages whose publish failed (attempt recorded).
+    pub failed: usize,
+    /// Messages given back unpublished because an earlier one of the same key failed.
+    pub released: usize,
+}
+
+enum Next {
+    Now,
+    Idle,
+    Backoff(Duration),
+}
+
+/// Wakes a running [`Relay`] at once (e.g. right after committing a unit of work that
+/// enqueued messages, when the store cannot signal commits itself).
+#[derive(Debug, Clone)]
+pub struct RelayHandle {
+    notify: Arc<Notify>,
+}
+
+impl RelayHandle {
+    /// Make the relay start a round now.
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+}
+
+/// Claims batches from an [`OutboxStore`], publishes them with a [`Publisher`] and marks
+/// them sent: at-least-once, in order per key.
+///
+/// A message is marked sent only after the broker acknowledged it; a crash in between
+/// leaves it leased until the lease expires, and it is published again (consumers drop
+/// the duplicate by [`MessageId`]). Messages of different keys are published
+/// concurrently; messages of one key one after the other, and a failure stops that key
+/// for the round.
+///
+/// ```
+/// use outbox::memory::{MemoryBroker, MemoryOutbox};
+/// use outbox::{OutboxMessage, OutboxStore, Relay, RelayConfig, Transactional};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> outbox::Result<()> {
+/// let store = MemoryOutbox::new();
+/// let broker = MemoryBroker::new();
+///
+/// let mut tx = store.begin().await?;
+/// // ... business writes in the same transaction ...
+/// store.enqueue(&mut tx, OutboxMessage::new("saga.commands", "order-1", "debit")).await?;
+/// store.commit(tx).await?;
+///
+/// let relay = Relay::new(store.clone(), broker.clone(), RelayConfig::default());
+/// let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+/// let task = tokio::spawn(relay.run(async move { let _ = stop_rx.await; }));
+/// broker.wait_for(1).await;
+/// stop_tx.send(()).unwrap();
+/// task.await.unwrap()?;
+/// assert_eq!(store.pending(), 0);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Relay<S, P> {
+    store: S,
+    publisher: Arc<P>,
+    config: RelayConfig,
+    notify: Arc<Notify>,
+}
+
+impl<S: OutboxStore, P: Publisher> Relay<S, P> {
+    /// A relay over `store` publishing with `publisher`.
+    pub fn new(store: S, publisher: P, config: RelayConfig) -> Self {
+        let notify = store.commit_signal().unwrap_or_default();
+        Self {
+            store,
+            publisher: Arc::new(publisher),
+            config,
+            notify,
+        }
+    }
+
+    /// A handle that wakes this relay.
+    pub fn handle(&self) -> RelayHandle {
+        RelayHandle {
+            notify: self.notify.clone(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RelayConfig {
+        &self.config
+    }
+
+    /// One round: claim a batch, publish it, mark what was acknowledged.
+    pub async fn run_once(&self) -> Result<RoundReport> {
+        let batch = self
+            .store
+            .claim(
+                &self.config.relay_id,
+                self.config.batch_size,
+                self.config.lease,
+            )
+            .await?;
+        let mut report = RoundReport {
+            claimed: batch.len(),
+            ..RoundReport::default()
+        };
+        if batch.is_empty() {
+            return Ok(report);
+        }
+
+        // Group by key, keeping the claim (= enqueue) order inside each key.
+        let mut order: Vec<&str> = Vec::new();
+        let mut groups: HashMap<&str, Vec<&OutboxMessage>> = HashMap::new();
+        for m in &batch {
+            groups
+                .entry(m.key.as_str())
+                .or_insert_with(|| {
+                    order.push(m.key.as_str());
+                    Vec::new()
+                })
+                .push(m);
+        }
+        let publisher = &self.publisher;
+        let rounds = order.iter().map(|key| {
+            let msgs = &groups[key];
+            async move {
+                let mut sent = Vec::new();
+                for (i, m) in msgs.iter().enumerate() {
+                    match publisher.publish(m).await {
+                        Ok(()) => sent.push(m.id),
+                        Err(e) => {
+                            let rest: Vec<MessageId> = msgs[i + 1..].iter().map(|m| m.id).collect();
+                            return (sent, Some((m.id, e.to_string())), rest);
+                        }
+                    }
+                }
+                (sent, None, Vec::new())
+            }
+        });
+        let results = futures::future::join_all(rounds).await;
+
+        let mut sent_all = Vec::new();
+        let mut released = Vec::new();
+        let mut failures = Vec::new();
+        for (sent, failure, rest) in results {
+            sent_all.extend(sent);
+            released.extend(rest);
+            failures.extend(failure);
+        }
+        if !sent_all.is_empty() {
+            self.store.mark_sent(&sent_all).await?;
+        }
+        for (id, err) in &failures {
+            tracing::warn!(message_id = %id, error = %err, "не удалось опубликовать сообщение outbox");
+            self.store.record_failure(*id, err).await?;
+        }
+        if !released.is_empty() {
+            self.store.release(&released).await?;
+        }
+        report.published = sent_all.len();
+        report.failed = failures.len();
+        report.released = released.len();
+        Ok(report)
+    }
+
+    /// Run until `shutdown` resolves. A round in progress is always finished (its
+    /// messages are published and marked, or failed and released) before returning, so
+    /// a graceful stop never leaves a batch leased.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        tokio::pin!(shutdown);
+        let mut backoff = self.config.backoff.backoff();
+        let mut last_delay = self.config.backoff.nominal_delay(1);
+        let mut last_purge = tokio::time::Instant::now();
+        loop {
+            // Register interest before the round so a commit during it is not missed.
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+
+            let next = match self.run_once().await {
+                Ok(r) if r.failed > 0 => {
+                    last_delay = backoff.next().unwrap_or(last_delay);
+                    Next::Backoff(last_delay)
+                }
+                Ok(r) => {
+                    backoff = self.config.backoff.backoff();
+                    if r.claimed >= self.config.batch_size {
+                        Next::Now // more may be waiting
+                    } else {
+                        Next::Idle
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "ошибка хранилища outbox, повтор после паузы");
+                    last_delay = backoff.next().unwrap_or(last_delay);
+                    Next::Backoff(last_delay)
+                }
+            };
+
+            if let Some(retention) = self.config.retention {
+                if last_purge.elapsed() >= retention.min(Duration::from_secs(3600)) {
+                    last_purge = tokio::time::Instant::now();
+                    if let Err(e) = self.store.purge_sent(retention).await {
+                        tracing::warn!(error = %e, "не удалось удалить старые сообщения outbox");
+                    }
+                }
+            }
+
+            match next {
+                Next::Now => {
+                    // Still honour a shutdown between back-to-back rounds.
+                    if futures::poll!(shutdown.as_mut()).is_ready() {
+                        return Ok(());
+                    }
+                }
+                Next::Idle => tokio::select! {
+                    biased;
+                    () = &mut shutdown => return Ok(()),
+                    () = &mut notified => {}
+                    () = tokio::time::sleep(self.config.poll_interval) => {}
+                },
+                // After a failure new commits do not cut the pause short.
+                Next::Backoff(delay) => tokio::select! {
+                    biased;
+                    () = &mut shutdown => return Ok(()),
+                    () = tokio::time::sleep(delay) => {}
+                },
+            }
+        }
+    }
+}

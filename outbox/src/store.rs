@@ -1,0 +1,167 @@
+//! The storage and transport traits. Backends: [`memory`](crate::memory) here; MySQL
+//! (sqlx) and Kafka (rdkafka) behind cargo features.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::{Delivery, MessageId, OutboxMessage, Result};
+
+/// A store whose writes happen inside a unit of work (a database transaction) that the
+/// caller also uses for its business writes. Dropping a `Tx` without committing rolls it
+/// back.
+pub trait Transactional: Send + Sync + 'static {
+    /// The unit of work: `sqlx::Transaction<'static, MySql>` for MySQL,
+    /// [`MemoryTx`](crate::memory::MemoryTx) in memory.
+    type Tx: Send + 'static;
+
+    /// Start a unit of work.
+    fn begin(&self) -> impl Future<Output = Result<Self::Tx>> + Send;
+
+    /// Make everything written in `tx` durable and visible, atomically.
+    fn commit(&self, tx: Self::Tx) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// The outbox table: written in the business transaction, drained by a
+/// [`Relay`](crate::Relay).
+///
+/// Claiming is safe with several relays at once: a claimed message is leased to its
+/// relay until `mark_sent`, `release`, `record_failure` or lease expiry, and a message
+/// is never claimed while an earlier unsent message with the same key is leased to
+/// another relay (per-key order).
+pub trait OutboxStore: Transactional {
+    /// Add `msg` to the outbox inside `tx`.
+    fn enqueue(
+        &self,
+        tx: &mut Self::Tx,
+        msg: OutboxMessage,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Lease up to `limit` unsent messages to `relay_id` for `lease`, oldest first.
+    fn claim(
+        &self,
+        relay_id: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Vec<OutboxMessage>>> + Send;
+
+    /// The broker acknowledged these messages: never publish them again.
+    fn mark_sent(&self, ids: &[MessageId]) -> impl Future<Output = Result<()>> + Send;
+
+    /// Publishing `id` failed: count the attempt, keep the error, release the lease.
+    fn record_failure(&self, id: MessageId, error: &str)
+        -> impl Future<Output = Result<()>> + Send;
+
+    /// Give leased messages back without counting an attempt (e.g. on shutdown, or when
+    /// an earlier message of the same key failed).
+    fn release(&self, ids: &[MessageId]) -> impl Future<Output = Result<()>> + Send;
+
+    /// Delete sent messages older than `retention`; returns how many were deleted.
+    fn purge_sent(&self, retention: Duration) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Signalled when a unit of work that enqueued something committed, if the backend
+    /// can tell (the memory backend can; a SQL backend shared by several processes
+    /// cannot, and the relay falls back to polling).
+    fn commit_signal(&self) -> Option<Arc<Notify>> {
+        None
+    }
+}
+
+/// The consumer-side record of processed messages ("inbox"), written in the same unit of
+/// work as the handler's own writes, so a message's effects happen exactly once even
+/// though it may be delivered more than once.
+pub trait Inbox: Transactional {
+    /// Record that `consumer` processed `id` inside `tx`. Returns `false` if it was
+    /// already recorded (the delivery is a duplicate and must be skipped).
+    fn try_record(
+        &self,
+        tx: &mut Self::Tx,
+        consumer: &str,
+        id: MessageId,
+    ) -> impl Future<Output = Result<bool>> + Send;
+}
+
+/// Sends a message to the broker and resolves once the broker acknowledged it.
+pub trait Publisher: Send + Sync + 'static {
+    /// Publish `msg` to `msg.topic` with `msg.key` and `msg.headers` (plus the
+    /// [`MESSAGE_ID_HEADER`](crate::MESSAGE_ID_HEADER)).
+    fn publish(&self, msg: &OutboxMessage) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// Where messages go that could not be processed (the `dlq.saga` topic in ordersys).
+pub trait DeadLetter: Send + Sync + 'static {
+    /// Park `msg`, with the reason it failed.
+    fn dead_letter(&self, msg: &Delivery, reason: &str) -> impl Future<Output = Result<()>> + Send;
+}
+
+impl<T: Transactional> Transactional for Arc<T> {
+    type Tx = T::Tx;
+    fn begin(&self) -> impl Future<Output = Result<Self::Tx>> + Send {
+        (**self).begin()
+    }
+    fn commit(&self, tx: Self::Tx) -> impl Future<Output = Result<()>> + Send {
+        (**self).commit(tx)
+    }
+}
+
+impl<T: OutboxStore> OutboxStore for Arc<T> {
+    fn enqueue(
+        &self,
+        tx: &mut Self::Tx,
+        msg: OutboxMessage,
+    ) -> impl Future<Output = Result<()>> + Send {
+        (**self).enqueue(tx, msg)
+    }
+    fn claim(
+        &self,
+        relay_id: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Vec<OutboxMessage>>> + Send {
+        (**self).claim(relay_id, limit, lease)
+    }
+    fn mark_sent(&self, ids: &[MessageId]) -> impl Future<Output = Result<()>> + Send {
+        (**self).mark_sent(ids)
+    }
+    fn record_failure(
+        &self,
+        id: MessageId,
+        error: &str,
+    ) -> impl Future<Output = Result<()>> + Send {
+        (**self).record_failure(id, error)
+    }
+    fn release(&self, ids: &[MessageId]) -> impl Future<Output = Result<()>> + Send {
+        (**self).release(ids)
+    }
+    fn purge_sent(&self, retention: Duration) -> impl Future<Output = Result<u64>> + Send {
+        (**self).purge_sent(retention)
+    }
+    fn commit_signal(&self) -> Option<Arc<Notify>> {
+        (**self).commit_signal()
+    }
+}
+
+impl<T: Inbox> Inbox for Arc<T> {
+    fn try_record(
+        &self,
+        tx: &mut Self::Tx,
+        consumer: &str,
+        id: MessageId,
+    ) -> impl Future<Output = Result<bool>> + Send {
+        (**self).try_record(tx, consumer, id)
+    }
+}
+
+impl<T: Publisher> Publisher for Arc<T> {
+    fn publish(&self, msg: &OutboxMessage) -> impl Future<Output = Result<()>> + Send {
+        (**self).publish(msg)
+    }
+}
+
+impl<T: DeadLetter> DeadLetter for Arc<T> {
+    fn dead_letter(&self, msg: &Delivery, reason: &str) -> impl Future<Output = Result<()>> + Send {
+        (**self).dead_letter(msg, reason)
+    }
+}

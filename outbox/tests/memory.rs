@@ -1,0 +1,237 @@
+//! The memory backends against the shared conformance suite, plus relay and consumer
+//! behaviour that needs fault injection.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use outbox::conformance;
+use outbox::memory::{MemoryBroker, MemoryDeadLetters, MemoryInbox, MemoryOutbox, MemoryTx};
+use outbox::{
+    Delivery, Handler, HandlerError, IdempotentConsumer, OutboxMessage, OutboxStore, Outcome,
+    Publisher, Relay, RelayConfig, Transactional,
+};
+
+#[tokio::test(start_paused = true)]
+async fn memory_outbox_conformance() {
+    conformance::outbox_store_all(|| async { MemoryOutbox::new() }).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn memory_relay_conformance() {
+    conformance::relay_all(|| async { MemoryOutbox::new() }).await;
+}
+
+#[tokio::test]
+async fn memory_inbox_conformance() {
+    conformance::inbox_all(&MemoryInbox::new()).await;
+}
+
+fn config() -> RelayConfig {
+    RelayConfig {
+        relay_id: "r".into(),
+        poll_interval: Duration::from_secs(3600),
+        ..RelayConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn relay_wakes_on_commit_without_waiting_for_the_poll() {
+    let store = MemoryOutbox::new();
+    let broker = MemoryBroker::new();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(
+        Relay::new(store.clone(), broker.clone(), config()).run(async {
+            let _ = rx.await;
+        }),
+    );
+    for i in 0..3 {
+        let mut tx = store.begin().await.unwrap();
+        store
+            .enqueue(&mut tx, OutboxMessage::new("t", "k", format!("{i}")))
+            .await
+            .unwrap();
+        store.commit(tx).await.unwrap();
+        // The poll interval is an hour: only the commit signal can make this finish.
+        tokio::time::timeout(Duration::from_secs(10), broker.wait_for(i + 1))
+            .await
+            .expect("relay was not woken by the commit");
+    }
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn relay_backs_off_on_broker_failure_and_counts_attempts() {
+    let store = MemoryOutbox::new();
+    let m = OutboxMessage::new("t", "k", "x");
+    let mut tx = store.begin().await.unwrap();
+    store.enqueue(&mut tx, m.clone()).await.unwrap();
+    store.commit(tx).await.unwrap();
+
+    let broker = MemoryBroker::new();
+    broker.fail_next(3);
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let started = tokio::time::Instant::now();
+    let task = tokio::spawn(
+        Relay::new(store.clone(), broker.clone(), config()).run(async {
+            let _ = rx.await;
+        }),
+    );
+    broker.wait_for(1).await;
+    // Three failed rounds wait ~100 + 200 + 400 ms (±10 %) before the fourth succeeds.
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(630), "{waited:?}");
+    assert!(waited < Duration::from_millis(800), "{waited:?}");
+    let (stored, last_error) = store.get(m.id).unwrap();
+    assert_eq!(stored.attempts, 3);
+    assert!(last_error.unwrap().contains("injected"));
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    assert_eq!(store.pending(), 0);
+}
+
+/// A publisher that takes its time, to stop a relay in the middle of a round.
+#[derive(Clone)]
+struct Slow {
+    inner: MemoryBroker,
+    started: Arc<tokio::sync::Notify>,
+}
+
+impl Publisher for Slow {
+    async fn publish(&self, msg: &OutboxMessage) -> outbox::Result<()> {
+        self.started.notify_one();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.inner.publish(msg).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn graceful_stop_finishes_the_claimed_batch() {
+    let store = MemoryOutbox::new();
+    let mut tx = store.begin().await.unwrap();
+    for i in 0..10 {
+        store
+            .enqueue(&mut tx, OutboxMessage::new("t", "same-key", format!("{i}")))
+            .await
+            .unwrap();
+    }
+    store.commit(tx).await.unwrap();
+    let broker = MemoryBroker::new();
+    let started = Arc::new(tokio::sync::Notify::new());
+    let slow = Slow {
+        inner: broker.clone(),
+        started: started.clone(),
+    };
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(Relay::new(store.clone(), slow, config()).run(async {
+        let _ = rx.await;
+    }));
+    started.notified().await; // the round is under way
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    // The whole claimed batch went out and was marked; nothing is left leased.
+    assert_eq!(broker.published().len(), 10);
+    assert_eq!(store.pending(), 0);
+}
+
+/// Fails transiently every time, like a message the payment service cannot apply.
+struct AlwaysFails(Arc<AtomicU32>);
+
+impl Handler<MemoryTx> for AlwaysFails {
+    async fn handle(&self, _tx: &mut MemoryTx, _msg: &Delivery) -> Result<(), HandlerError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Err(HandlerError::transient("database deadlock"))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn poison_message_is_dead_lettered_after_three_attempts() {
+    let dlq = MemoryDeadLetters::new();
+    let inbox = MemoryInbox::new();
+    let consumer = IdempotentConsumer::new("payment", inbox.clone(), dlq.clone());
+    let calls = Arc::new(AtomicU32::new(0));
+    let handler = AlwaysFails(calls.clone());
+    let d = OutboxMessage::new("saga.commands", "order-9", "poison").to_delivery();
+
+    let outcome = consumer.process(&d, &handler).await.unwrap();
+    assert!(matches!(outcome, Outcome::DeadLettered { ref reason } if reason.contains("deadlock")));
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    let parked = dlq.parked();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].0, d);
+    assert!(parked[0].1.contains("3 attempt"));
+
+    // Redelivered after dead-lettering: recognised as settled, not parked twice.
+    assert_eq!(
+        consumer.process(&d, &handler).await.unwrap(),
+        Outcome::Duplicate
+    );
+    assert_eq!(dlq.parked().len(), 1);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+struct Undecodable;
+
+impl Handler<MemoryTx> for Undecodable {
+    async fn handle(&self, _tx: &mut MemoryTx, _msg: &Delivery) -> Result<(), HandlerError> {
+        Err(HandlerError::permanent("cannot decode payload"))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn permanent_failure_skips_retries() {
+    let dlq = MemoryDeadLetters::new();
+    let consumer = IdempotentConsumer::new("payment", MemoryInbox::new(), dlq.clone());
+    let d = OutboxMessage::new("saga.commands", "k", "garbage").to_delivery();
+    let outcome = consumer.process(&d, &Undecodable).await.unwrap();
+    assert!(
+        matches!(outcome, Outcome::DeadLettered { ref reason } if reason.contains("1 attempt"))
+    );
+    assert_eq!(dlq.parked().len(), 1);
+}
+
+/// Handler whose writes (an outbox reply) go through the same unit of work as the inbox.
+struct Reply(MemoryOutbox);
+
+impl Handler<MemoryTx> for Reply {
+    async fn handle(&self, tx: &mut MemoryTx, msg: &Delivery) -> Result<(), HandlerError> {
+        self.0
+            .enqueue(
+                tx,
+                OutboxMessage::new("saga.replies", msg.key.clone(), "ok"),
+            )
+            .await
+            .map_err(HandlerError::transient)
+    }
+}
+
+#[tokio::test]
+async fn handler_writes_commit_with_the_inbox_record_exactly_once() {
+    let replies = MemoryOutbox::new();
+    let consumer = IdempotentConsumer::new("payment", MemoryInbox::new(), MemoryDeadLetters::new());
+    let d = OutboxMessage::new("saga.commands", "order-1", "debit").to_delivery();
+    let handler = Reply(replies.clone());
+    let outcomes = futures_join(&consumer, &handler, &d).await;
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| **o == Outcome::Processed)
+            .count(),
+        1
+    );
+    assert_eq!(replies.pending(), 1, "exactly one reply for one command");
+}
+
+async fn futures_join(
+    consumer: &IdempotentConsumer<MemoryInbox, MemoryDeadLetters>,
+    handler: &Reply,
+    d: &Delivery,
+) -> Vec<Outcome> {
+    let (a, b, c) = tokio::join!(
+        consumer.process(d, handler),
+        consumer.process(d, handler),
+        consumer.process(d, handler)
+    );
+    vec![a.unwrap(), b.unwrap(), c.unwrap()]
+}
