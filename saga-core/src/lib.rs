@@ -1,1 +1,67 @@
+//! Saga orchestration for distributed transactions.
+//!
+//! - [`SagaDefinition`]: ordered [`Step`]s, each an action command with an optional
+//!   compensation and a reply deadline.
+//! - [`transition`]: the state machine as a pure function over [`SagaState`] and
+//!   [`SagaEvent`] (STARTED → *step*_PENDING → COMPLETED, or COMPENSATING → FAILED),
+//!   handling deadlines, late successes, duplicates and out-of-order replies.
+//! - [`SagaStore`]: persistence with optimistic concurrency, in the application's unit
+//!   of work ([`MemorySagaStore`] here; MySQL behind a feature).
+//! - [`Orchestrator`]: loads, transitions, dispatches commands through a
+//!   [`CommandSink`] (typically into the transactional outbox) and saves — atomically.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use outbox::memory::MemoryTx;
+//! use saga_core::*;
+//!
+//! /// Remote steps are "sent"; local ones run in place.
+//! struct Sink;
+//! impl CommandSink<MemoryTx> for Sink {
+//!     async fn dispatch(&self, _tx: &mut MemoryTx, _saga: &SagaInstance, cmd: &SagaCommand)
+//!         -> saga_core::Result<Dispatch> {
+//!         Ok(if cmd.name.starts_with("payment.") { Dispatch::Sent } else { Dispatch::Succeeded })
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> saga_core::Result<()> {
+//! let def = SagaDefinition::new("create_order")
+//!     .step(Step::new("create_order").compensate_with("cancel_order"))
+//!     .step(Step::new("payment").action("payment.debit").compensate_with("payment.refund"))
+//!     .step(Step::new("confirm_order"))
+//!     .build()?;
+//! let orch = Orchestrator::new(MemorySagaStore::new(), Sink).register(def);
+//!
+//! let id = SagaId::new();
+//! let mut tx = MemoryTx::new();
+//! let started = orch.start(&mut tx, "create_order", id, Bytes::new()).await?;
+//! tx.commit()?;
+//! assert_eq!(started.sent[0].name, "payment.debit");
+//!
+//! // The payment service replied "debited":
+//! let done = orch.handle_now(id, SagaEvent::StepSucceeded { step: 1 }).await?;
+//! assert_eq!(done.saga.state.status, SagaStatus::Completed);
+//! # Ok(())
+//! # }
+//! ```
 
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![warn(missing_docs)]
+
+mod definition;
+mod error;
+mod instance;
+mod machine;
+mod orchestrator;
+mod store;
+
+pub use definition::{SagaDefinition, SagaDefinitionBuilder, Step};
+pub use error::{Error, Result};
+pub use instance::{SagaId, SagaInstance};
+pub use machine::{
+    transition, CommandKind, Ignored, SagaEvent, SagaState, SagaStatus, StepCommand, StepStatus,
+    Transition,
+};
+pub use orchestrator::{Applied, CommandSink, Dispatch, Orchestrator, SagaCommand};
+pub use store::{MemorySagaStore, SagaStore};

@@ -1,0 +1,155 @@
+//! Saga definitions: ordered steps, each with an action and an optional compensation.
+
+use std::time::Duration;
+
+use crate::{Error, Result};
+
+/// One step of a saga.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// Step name, unique in its saga (`payment`).
+    pub name: String,
+    /// Name of the command that performs the step (`payment.debit`).
+    pub action: String,
+    /// Name of the command that undoes it (`payment.refund`), if it can be undone.
+    pub compensation: Option<String>,
+    /// How long to wait for the step's reply before giving up on it (and, for a
+    /// compensation, before sending it again). `None`: wait forever.
+    pub deadline: Option<Duration>,
+    /// When the step's reply does not come in time and the step has a compensation,
+    /// send the compensation at once (the default): the participant may have acted and
+    /// the reply got lost. Participants must then accept a compensation that arrives
+    /// before, or without, its action. When `false` the step is only compensated if a
+    /// late success reply arrives.
+    pub compensate_on_timeout: bool,
+    /// The saga state shown while this step is awaited (`PAYMENT_PENDING`).
+    pub pending_state: String,
+}
+
+impl Step {
+    /// A step named `name` whose action command is also `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        let name = name.into();
+        Self {
+            pending_state: format!("{}_PENDING", name.to_uppercase()),
+            action: name.clone(),
+            name,
+            compensation: None,
+            deadline: None,
+            compensate_on_timeout: true,
+        }
+    }
+
+    /// Use `command` as the action's command name.
+    pub fn action(mut self, command: impl Into<String>) -> Self {
+        self.action = command.into();
+        self
+    }
+
+    /// Undo the step with `command`.
+    pub fn compensate_with(mut self, command: impl Into<String>) -> Self {
+        self.compensation = Some(command.into());
+        self
+    }
+
+    /// Give up on (or resend) the step after `d` without a reply.
+    pub fn deadline(mut self, d: Duration) -> Self {
+        self.deadline = Some(d);
+        self
+    }
+
+    /// See [`Step::compensate_on_timeout`].
+    pub fn compensate_on_timeout(mut self, yes: bool) -> Self {
+        self.compensate_on_timeout = yes;
+        self
+    }
+
+    /// The state label shown while the step is awaited.
+    pub fn pending_state(mut self, label: impl Into<String>) -> Self {
+        self.pending_state = label.into();
+        self
+    }
+}
+
+/// An ordered list of steps under a saga type name.
+///
+/// The order-creation saga of ordersys:
+///
+/// ```
+/// use std::time::Duration;
+/// use saga_core::{SagaDefinition, Step};
+///
+/// let create_order = SagaDefinition::new("create_order")
+///     .step(Step::new("create_order").compensate_with("cancel_order"))
+///     .step(Step::new("payment").action("payment.debit").compensate_with("payment.refund")
+///         .deadline(Duration::from_secs(30)))
+///     .step(Step::new("confirm_order"))
+///     .build()
+///     .unwrap();
+/// assert_eq!(create_order.steps()[1].pending_state, "PAYMENT_PENDING");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SagaDefinition {
+    name: String,
+    steps: Vec<Step>,
+}
+
+impl SagaDefinition {
+    /// Start a definition for saga type `name`.
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new(name: impl Into<String>) -> SagaDefinitionBuilder {
+        SagaDefinitionBuilder {
+            name: name.into(),
+            steps: Vec::new(),
+        }
+    }
+
+    /// The saga type name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The steps, in execution order.
+    pub fn steps(&self) -> &[Step] {
+        &self.steps
+    }
+}
+
+/// Builder returned by [`SagaDefinition::new`].
+#[derive(Debug, Clone)]
+pub struct SagaDefinitionBuilder {
+    name: String,
+    steps: Vec<Step>,
+}
+
+impl SagaDefinitionBuilder {
+    /// Append a step.
+    pub fn step(mut self, step: Step) -> Self {
+        self.steps.push(step);
+        self
+    }
+
+    /// Validate and build.
+    pub fn build(self) -> Result<SagaDefinition> {
+        if self.name.is_empty() {
+            return Err(Error::InvalidDefinition("empty saga name".into()));
+        }
+        if self.steps.is_empty() {
+            return Err(Error::InvalidDefinition(
+                "a saga needs at least one step".into(),
+            ));
+        }
+        for (i, s) in self.steps.iter().enumerate() {
+            if self.steps[..i].iter().any(|o| o.name == s.name) {
+                return Err(Error::InvalidDefinition(format!(
+                    "duplicate step `{}`",
+                    s.name
+                )));
+            }
+        }
+        Ok(SagaDefinition {
+            name: self.name,
+            steps: self.steps,
+        })
+    }
+}

@@ -1,0 +1,87 @@
+//! A persisted saga instance.
+
+use std::fmt;
+
+use bytes::Bytes;
+use uuid::Uuid;
+
+use crate::{SagaDefinition, SagaState};
+
+/// Identifier of a saga instance.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SagaId(pub Uuid);
+
+impl SagaId {
+    /// A new time-ordered id.
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+}
+
+impl Default for SagaId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for SagaId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Debug for SagaId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SagaId({})", self.0)
+    }
+}
+
+/// A saga instance as stored: its definition's name, state, the application's data
+/// (opaque bytes, e.g. protobuf), per-step deadlines and an optimistic-lock version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SagaInstance {
+    /// Id.
+    pub id: SagaId,
+    /// Name of the [`SagaDefinition`].
+    pub saga_type: String,
+    /// State machine state.
+    pub state: SagaState,
+    /// Application data the commands are built from (order id, amount, ...).
+    pub data: Bytes,
+    /// Deadline per step, in unix milliseconds, for the command last sent for it.
+    pub deadlines: Vec<Option<i64>>,
+    /// Incremented on every update; updates check it (optimistic concurrency).
+    pub version: u64,
+    /// Creation time, unix milliseconds.
+    pub created_at: i64,
+    /// Last update, unix milliseconds.
+    pub updated_at: i64,
+}
+
+impl SagaInstance {
+    /// A new instance of `def` in the STARTED state (version 0).
+    pub fn new(def: &SagaDefinition, id: SagaId, data: Bytes, now_ms: i64) -> Self {
+        Self {
+            id,
+            saga_type: def.name().to_owned(),
+            state: SagaState::new(def),
+            data,
+            deadlines: vec![None; def.steps().len()],
+            version: 0,
+            created_at: now_ms,
+            updated_at: now_ms,
+        }
+    }
+
+    /// The earliest pending deadline (what a store indexes for the deadline sweep).
+    pub fn next_deadline(&self) -> Option<i64> {
+        self.deadlines.iter().flatten().min().copied()
+    }
+
+    /// The deterministic idempotency key of a step command:
+    /// `{saga_id}:{step}:{action|compensation}`. Resends use the same key, so the
+    /// participant applies a command at most once.
+    pub fn idempotency_key(&self, step: usize, kind: crate::CommandKind) -> String {
+        format!("{}:{}:{}", self.id, step, kind.as_str())
+    }
+}

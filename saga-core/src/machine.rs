@@ -1,0 +1,960 @@
+//! The saga state machine as a pure function: `(definition, state, event) → (state,
+//! commands)`. No I/O, no clock: the [`Orchestrator`](crate::Orchestrator) persists the
+//! result and dispatches the commands.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::SagaDefinition;
+
+/// Overall status of a saga (the SPEC states; `Running` is shown with the awaited
+/// step's label, e.g. `PAYMENT_PENDING`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SagaStatus {
+    /// Created, no step dispatched yet.
+    Started,
+    /// A step's action is awaited.
+    Running,
+    /// Every step succeeded. Terminal.
+    Completed,
+    /// Undoing succeeded steps in reverse order.
+    Compensating,
+    /// Compensation finished (or nothing needed undoing). Terminal unless a late
+    /// success of an abandoned step arrives and must be compensated.
+    Failed,
+}
+
+impl SagaStatus {
+    /// `STARTED`, `RUNNING`, `COMPLETED`, `COMPENSATING`, `FAILED`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Started => "STARTED",
+            Self::Running => "RUNNING",
+            Self::Completed => "COMPLETED",
+            Self::Compensating => "COMPENSATING",
+            Self::Failed => "FAILED",
+        }
+    }
+
+    /// Parse the upper-case name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "STARTED" => Self::Started,
+            "RUNNING" => Self::Running,
+            "COMPLETED" => Self::Completed,
+            "COMPENSATING" => Self::Compensating,
+            "FAILED" => Self::Failed,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for SagaStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Progress of one step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// Not dispatched.
+    NotStarted,
+    /// Action dispatched, reply awaited.
+    Awaiting,
+    /// Action succeeded.
+    Succeeded,
+    /// Action failed (nothing to undo).
+    Failed,
+    /// No reply in time (or aborted) and not compensated yet: outcome unknown; a late
+    /// success triggers the compensation.
+    Abandoned,
+    /// Compensation dispatched, reply awaited.
+    Compensating,
+    /// Compensation succeeded.
+    Compensated,
+}
+
+/// The mutable part of a saga instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SagaState {
+    /// Overall status.
+    pub status: SagaStatus,
+    /// One entry per step of the definition.
+    pub steps: Vec<StepStatus>,
+    /// Why the saga is compensating / failed.
+    pub failure_reason: Option<String>,
+}
+
+impl SagaState {
+    /// The initial state for `def`.
+    pub fn new(def: &SagaDefinition) -> Self {
+        Self {
+            status: SagaStatus::Started,
+            steps: vec![StepStatus::NotStarted; def.steps().len()],
+            failure_reason: None,
+        }
+    }
+
+    /// The step whose action is awaited, if any.
+    pub fn awaiting_step(&self) -> Option<usize> {
+        self.steps.iter().position(|s| *s == StepStatus::Awaiting)
+    }
+
+    /// The label for users: `STARTED`, the awaited step's pending label (e.g.
+    /// `PAYMENT_PENDING`), `COMPLETED`, `COMPENSATING` or `FAILED`.
+    pub fn label(&self, def: &SagaDefinition) -> String {
+        match (self.status, self.awaiting_step()) {
+            (SagaStatus::Running, Some(i)) => def.steps()[i].pending_state.clone(),
+            (status, _) => status.as_str().to_owned(),
+        }
+    }
+
+    /// Whether nothing more will happen (COMPLETED, or FAILED with no abandoned step
+    /// that a late reply could still revive).
+    pub fn is_terminal(&self) -> bool {
+        match self.status {
+            SagaStatus::Completed => true,
+            SagaStatus::Failed => !self.steps.contains(&StepStatus::Abandoned),
+            _ => false,
+        }
+    }
+}
+
+/// Something that happened to a saga.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SagaEvent {
+    /// Begin: dispatch the first step.
+    Start,
+    /// Step `step`'s action succeeded.
+    StepSucceeded {
+        /// Step index.
+        step: usize,
+    },
+    /// Step `step`'s action failed (a business refusal, e.g. insufficient funds).
+    StepFailed {
+        /// Step index.
+        step: usize,
+        /// Why.
+        reason: String,
+    },
+    /// The deadline of the command sent for step `step` passed without a reply.
+    DeadlineExpired {
+        /// Step index.
+        step: usize,
+    },
+    /// Step `step`'s compensation succeeded.
+    CompensationSucceeded {
+        /// Step index.
+        step: usize,
+    },
+    /// Step `step`'s compensation failed; it will be sent again.
+    CompensationFailed {
+        /// Step index.
+        step: usize,
+        /// Why.
+        reason: String,
+    },
+    /// Stop a running saga and compensate (e.g. the user cancelled a pending order).
+    Abort {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Which command of a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandKind {
+    /// The step's action.
+    Action,
+    /// The step's compensation.
+    Compensation,
+}
+
+impl CommandKind {
+    /// `action` / `compensation`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Action => "action",
+            Self::Compensation => "compensation",
+        }
+    }
+}
+
+/// A command the state machine asks to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepCommand {
+    /// Step index.
+    pub step: usize,
+    /// Action or compensation.
+    pub kind: CommandKind,
+    /// The command name from the definition (`payment.debit`).
+    pub name: String,
+}
+
+/// Result of a transition that changed something.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// The new state.
+    pub state: SagaState,
+    /// Commands to send, in order.
+    pub commands: Vec<StepCommand>,
+}
+
+/// Why an event changed nothing (a duplicate, an out-of-order or a stale reply).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("event ignored: {0}")]
+pub struct Ignored(pub String);
+
+fn ignored(state: &SagaState, event: &SagaEvent) -> Ignored {
+    Ignored(format!(
+        "{event:?} in {:?} with steps {:?}",
+        state.status, state.steps
+    ))
+}
+
+/// Apply `event` to `state`. Pure: the same inputs always give the same output.
+///
+/// Rules in short: steps run in order; a failure (or a missed deadline, or an abort)
+/// compensates the succeeded steps in reverse order, one at a time, and ends FAILED; a
+/// missed deadline of a step with a compensation compensates that step too (its
+/// outcome is unknown); a success that arrives after its step was given up triggers
+/// that step's compensation; a failed or timed-out compensation is sent again;
+/// duplicates, stale and out-of-order replies are [`Ignored`].
+///
+/// ```
+/// use saga_core::{transition, SagaDefinition, SagaEvent, SagaState, SagaStatus, Step};
+///
+/// let def = SagaDefinition::new("s")
+///     .step(Step::new("a").compensate_with("undo_a"))
+///     .step(Step::new("b"))
+///     .build().unwrap();
+/// let s0 = SagaState::new(&def);
+/// let t1 = transition(&def, &s0, &SagaEvent::Start).unwrap();
+/// let t2 = transition(&def, &t1.state, &SagaEvent::StepSucceeded { step: 0 }).unwrap();
+/// let t3 = transition(&def, &t2.state, &SagaEvent::StepFailed { step: 1, reason: "no".into() }).unwrap();
+/// assert_eq!(t3.state.status, SagaStatus::Compensating);
+/// assert_eq!(t3.commands[0].name, "undo_a");
+/// // The same reply again changes nothing.
+/// assert!(transition(&def, &t3.state, &SagaEvent::StepFailed { step: 1, reason: "no".into() }).is_err());
+/// ```
+pub fn transition(
+    def: &SagaDefinition,
+    state: &SagaState,
+    event: &SagaEvent,
+) -> Result<Transition, Ignored> {
+    let n = def.steps().len();
+    if state.steps.len() != n {
+        return Err(Ignored(format!(
+            "state has {} steps, definition `{}` has {n}",
+            state.steps.len(),
+            def.name()
+        )));
+    }
+    let mut next = state.clone();
+    let mut commands = Vec::new();
+    let step_of = |e: &SagaEvent| match e {
+        SagaEvent::StepSucceeded { step }
+        | SagaEvent::StepFailed { step, .. }
+        | SagaEvent::DeadlineExpired { step }
+        | SagaEvent::CompensationSucceeded { step }
+        | SagaEvent::CompensationFailed { step, .. } => Some(*step),
+        _ => None,
+    };
+    if let Some(i) = step_of(event) {
+        if i >= n {
+            return Err(ignored(state, event));
+        }
+    }
+    use SagaStatus as S;
+    use StepStatus as P;
+
+    let changed = match event {
+        SagaEvent::Start => {
+            if state.status != S::Started {
+                false
+            } else {
+                next.status = S::Running;
+                next.steps[0] = P::Awaiting;
+                commands.push(action(def, 0));
+                true
+            }
+        }
+        SagaEvent::StepSucceeded { step } => {
+            let i = *step;
+            match state.steps[i] {
+                P::Awaiting if state.status == S::Running => {
+                    next.steps[i] = P::Succeeded;
+                    if i + 1 < n {
+                        next.steps[i + 1] = P::Awaiting;
+                        commands.push(action(def, i + 1));
+                    } else {
+                        next.status = S::Completed;
+                    }
+                    true
+                }
+                // A late success of a step we gave up on: undo it.
+                P::Abandoned if def.steps()[i].compensation.is_some() => {
+                    next.steps[i] = P::Compensating;
+                    next.status = S::Compensating;
+                    commands.push(compensation(def, i));
+                    true
+                }
+                P::Abandoned => {
+                    // Nothing can undo it; record that it did happen.
+                    next.steps[i] = P::Succeeded;
+                    true
+                }
+                _ => false,
+            }
+        }
+        SagaEvent::StepFailed { step, reason } => {
+            let i = *step;
+            match state.steps[i] {
+                P::Awaiting if state.status == S::Running => {
+                    next.steps[i] = P::Failed;
+                    begin_compensation(def, &mut next, &mut commands, reason.clone());
+                    true
+                }
+                P::Abandoned => {
+                    next.steps[i] = P::Failed;
+                    true
+                }
+                _ => false,
+            }
+        }
+        SagaEvent::DeadlineExpired { step } => {
+            let i = *step;
+            match state.steps[i] {
+                P::Awaiting if state.status == S::Running => {
+                    give_up(
+                        def,
+                        &mut next,
+                        &mut commands,
+                        i,
+                        format!("step `{}` timed out", def.steps()[i].name),
+                    );
+                    true
+                }
+                // A compensation went unanswered: send it again.
+                P::Compensating => {
+                    commands.push(compensation(def, i));
+                    true
+                }
+                _ => false,
+            }
+        }
+        SagaEvent::CompensationSucceeded { step } => {
+            let i = *step;
+            if state.steps[i] == P::Compensating {
+                next.steps[i] = P::Compensated;
+                continue_compensation(def, &mut next, &mut commands);
+                true
+            } else {
+                false
+            }
+        }
+        SagaEvent::CompensationFailed { step, .. } => {
+            let i = *step;
+            if state.steps[i] == P::Compensating {
+                commands.push(compensation(def, i));
+                true
+            } else {
+                false
+            }
+        }
+        SagaEvent::Abort { reason } => match state.status {
+            S::Started => {
+                next.status = S::Failed;
+                next.failure_reason = Some(reason.clone());
+                true
+            }
+            S::Running => {
+                let i = state.awaiting_step().expect("a running saga awaits a step");
+                give_up(def, &mut next, &mut commands, i, reason.clone());
+                true
+            }
+            _ => false,
+        },
+    };
+    if changed {
+        Ok(Transition {
+            state: next,
+            commands,
+        })
+    } else {
+        Err(ignored(state, event))
+    }
+}
+
+fn action(def: &SagaDefinition, i: usize) -> StepCommand {
+    StepCommand {
+        step: i,
+        kind: CommandKind::Action,
+        name: def.steps()[i].action.clone(),
+    }
+}
+
+fn compensation(def: &SagaDefinition, i: usize) -> StepCommand {
+    StepCommand {
+        step: i,
+        kind: CommandKind::Compensation,
+        name: def.steps()[i]
+            .compensation
+            .clone()
+            .expect("compensation() is only called for compensable steps"),
+    }
+}
+
+/// The awaited step `i` will not be waited for any longer.
+fn give_up(
+    def: &SagaDefinition,
+    next: &mut SagaState,
+    commands: &mut Vec<StepCommand>,
+    i: usize,
+    reason: String,
+) {
+    let step = &def.steps()[i];
+    if step.compensation.is_some() && step.compensate_on_timeout {
+        next.steps[i] = StepStatus::Compensating;
+        commands.push(compensation(def, i));
+    } else {
+        next.steps[i] = StepStatus::Abandoned;
+    }
+    begin_compensation(def, next, commands, reason);
+}
+
+fn begin_compensation(
+    def: &SagaDefinition,
+    next: &mut SagaState,
+    commands: &mut Vec<StepCommand>,
+    reason: String,
+) {
+    next.status = SagaStatus::Compensating;
+    next.failure_reason = Some(reason);
+    continue_compensation(def, next, commands);
+}
+
+/// Compensate the highest succeeded step, one at a time; FAILED when none is left.
+fn continue_compensation(
+    def: &SagaDefinition,
+    next: &mut SagaState,
+    commands: &mut Vec<StepCommand>,
+) {
+    if next.steps.contains(&StepStatus::Compensating) {
+        next.status = SagaStatus::Compensating;
+        return;
+    }
+    let candidate = (0..next.steps.len())
+        .rev()
+        .find(|&j| next.steps[j] == StepStatus::Succeeded && def.steps()[j].compensation.is_some());
+    match candidate {
+        Some(j) => {
+            next.steps[j] = StepStatus::Compensating;
+            next.status = SagaStatus::Compensating;
+            commands.push(compensation(def, j));
+        }
+        None => next.status = SagaStatus::Failed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every (state, event) pair over the SPEC saga: the table lists the pairs that change
+    //! something; every other pair must be ignored.
+
+    use super::*;
+    use crate::Step;
+    use std::time::Duration;
+
+    fn spec_def(compensate_on_timeout: bool) -> SagaDefinition {
+        SagaDefinition::new("create_order")
+            .step(Step::new("create_order").compensate_with("cancel_order"))
+            .step(
+                Step::new("payment")
+                    .action("payment.debit")
+                    .compensate_with("payment.refund")
+                    .deadline(Duration::from_secs(30))
+                    .compensate_on_timeout(compensate_on_timeout),
+            )
+            .step(Step::new("confirm_order"))
+            .build()
+            .unwrap()
+    }
+
+    fn st(status: SagaStatus, steps: &str) -> SagaState {
+        SagaState {
+            status,
+            steps: steps
+                .chars()
+                .map(|c| match c {
+                    'N' => StepStatus::NotStarted,
+                    'A' => StepStatus::Awaiting,
+                    'S' => StepStatus::Succeeded,
+                    'F' => StepStatus::Failed,
+                    'B' => StepStatus::Abandoned,
+                    'C' => StepStatus::Compensating,
+                    'D' => StepStatus::Compensated,
+                    _ => panic!("bad step code {c}"),
+                })
+                .collect(),
+            failure_reason: None,
+        }
+    }
+
+    fn all_events() -> Vec<SagaEvent> {
+        let mut v = vec![
+            SagaEvent::Start,
+            SagaEvent::Abort {
+                reason: "user".into(),
+            },
+        ];
+        for step in 0..4 {
+            // step 3 is out of range for a 3-step saga
+            v.push(SagaEvent::StepSucceeded { step });
+            v.push(SagaEvent::StepFailed {
+                step,
+                reason: "declined".into(),
+            });
+            v.push(SagaEvent::DeadlineExpired { step });
+            v.push(SagaEvent::CompensationSucceeded { step });
+            v.push(SagaEvent::CompensationFailed {
+                step,
+                reason: "db down".into(),
+            });
+        }
+        v
+    }
+
+    use SagaStatus::*;
+
+    struct Row {
+        state: SagaState,
+        event: SagaEvent,
+        status: SagaStatus,
+        steps: &'static str,
+        commands: &'static [&'static str],
+    }
+
+    fn row(
+        state: SagaState,
+        event: SagaEvent,
+        status: SagaStatus,
+        steps: &'static str,
+        commands: &'static [&'static str],
+    ) -> Row {
+        Row {
+            state,
+            event,
+            status,
+            steps,
+            commands,
+        }
+    }
+
+    fn check(def: &SagaDefinition, states: &[SagaState], table: &[Row]) {
+        let mut checked = 0;
+        for state in states {
+            for event in all_events() {
+                let expected = table.iter().find(|r| r.state == *state && r.event == event);
+                let got = transition(def, state, &event);
+                match (expected, got) {
+                    (None, Err(_)) => {}
+                    (None, Ok(t)) => panic!("{state:?} + {event:?} should be ignored, got {t:?}"),
+                    (Some(_), Err(e)) => panic!("{state:?} + {event:?} should change, got {e}"),
+                    (Some(r), Ok(t)) => {
+                        assert_eq!(t.state.status, r.status, "{state:?} + {event:?}");
+                        assert_eq!(
+                            t.state.steps,
+                            st(r.status, r.steps).steps,
+                            "{state:?} + {event:?}"
+                        );
+                        let names: Vec<&str> = t.commands.iter().map(|c| c.name.as_str()).collect();
+                        assert_eq!(names, r.commands, "{state:?} + {event:?}");
+                    }
+                }
+                checked += 1;
+            }
+        }
+        // Every table row must name a state from the list (no dead rows).
+        for r in table {
+            assert!(
+                states.contains(&r.state),
+                "row for unlisted state {:?}",
+                r.state
+            );
+        }
+        assert_eq!(checked, states.len() * all_events().len());
+    }
+
+    fn succ(step: usize) -> SagaEvent {
+        SagaEvent::StepSucceeded { step }
+    }
+    fn fail(step: usize) -> SagaEvent {
+        SagaEvent::StepFailed {
+            step,
+            reason: "declined".into(),
+        }
+    }
+    fn late(step: usize) -> SagaEvent {
+        SagaEvent::DeadlineExpired { step }
+    }
+    fn csucc(step: usize) -> SagaEvent {
+        SagaEvent::CompensationSucceeded { step }
+    }
+    fn cfail(step: usize) -> SagaEvent {
+        SagaEvent::CompensationFailed {
+            step,
+            reason: "db down".into(),
+        }
+    }
+    fn abort() -> SagaEvent {
+        SagaEvent::Abort {
+            reason: "user".into(),
+        }
+    }
+
+    #[test]
+    fn every_state_event_pair_compensating_on_timeout() {
+        let def = spec_def(true);
+        let states = vec![
+            st(Started, "NNN"),
+            st(Running, "ANN"),
+            st(Running, "SAN"),
+            st(Running, "SSA"),
+            st(Completed, "SSS"),
+            st(Compensating, "CFN"), // payment declined, undoing the order
+            st(Compensating, "SCN"), // payment timed out, refunding blindly
+            st(Compensating, "CDN"), // refund done, cancelling the order
+            st(Compensating, "SCF"), // confirm failed, refunding
+            st(Compensating, "SCB"), // confirm timed out (no compensation), refunding
+            st(Failed, "DFN"),
+            st(Failed, "DDN"),
+            st(Failed, "FNN"),
+            st(Failed, "NNN"),
+        ];
+        let table = vec![
+            row(
+                st(Started, "NNN"),
+                SagaEvent::Start,
+                Running,
+                "ANN",
+                &["create_order"],
+            ),
+            row(st(Started, "NNN"), abort(), Failed, "NNN", &[]),
+            row(
+                st(Running, "ANN"),
+                succ(0),
+                Running,
+                "SAN",
+                &["payment.debit"],
+            ),
+            row(st(Running, "ANN"), fail(0), Failed, "FNN", &[]),
+            row(
+                st(Running, "ANN"),
+                late(0),
+                Compensating,
+                "CNN",
+                &["cancel_order"],
+            ),
+            row(
+                st(Running, "ANN"),
+                abort(),
+                Compensating,
+                "CNN",
+                &["cancel_order"],
+            ),
+            row(
+                st(Running, "SAN"),
+                succ(1),
+                Running,
+                "SSA",
+                &["confirm_order"],
+            ),
+            row(
+                st(Running, "SAN"),
+                fail(1),
+                Compensating,
+                "CFN",
+                &["cancel_order"],
+            ),
+            row(
+                st(Running, "SAN"),
+                late(1),
+                Compensating,
+                "SCN",
+                &["payment.refund"],
+            ),
+            row(
+                st(Running, "SAN"),
+                abort(),
+                Compensating,
+                "SCN",
+                &["payment.refund"],
+            ),
+            row(st(Running, "SSA"), succ(2), Completed, "SSS", &[]),
+            row(
+                st(Running, "SSA"),
+                fail(2),
+                Compensating,
+                "SCF",
+                &["payment.refund"],
+            ),
+            row(
+                st(Running, "SSA"),
+                late(2),
+                Compensating,
+                "SCB",
+                &["payment.refund"],
+            ),
+            row(
+                st(Running, "SSA"),
+                abort(),
+                Compensating,
+                "SCB",
+                &["payment.refund"],
+            ),
+            row(st(Compensating, "CFN"), csucc(0), Failed, "DFN", &[]),
+            row(
+                st(Compensating, "CFN"),
+                cfail(0),
+                Compensating,
+                "CFN",
+                &["cancel_order"],
+            ),
+            row(
+                st(Compensating, "CFN"),
+                late(0),
+                Compensating,
+                "CFN",
+                &["cancel_order"],
+            ),
+            row(
+                st(Compensating, "SCN"),
+                csucc(1),
+                Compensating,
+                "CDN",
+                &["cancel_order"],
+            ),
+            row(
+                st(Compensating, "SCN"),
+                cfail(1),
+                Compensating,
+                "SCN",
+                &["payment.refund"],
+            ),
+            row(
+                st(Compensating, "SCN"),
+                late(1),
+                Compensating,
+                "SCN",
+                &["payment.refund"],
+            ),
+            row(st(Compensating, "CDN"), csucc(0), Failed, "DDN", &[]),
+            row(
+                st(Compensating, "CDN"),
+                cfail(0),
+                Compensating,
+                "CDN",
+                &["cancel_order"],
+            ),
+            row(
+                st(Compensating, "CDN"),
+                late(0),
+                Compensating,
+                "CDN",
+                &["cancel_order"],
+            ),
+            row(
+                st(Compensating, "SCF"),
+                csucc(1),
+                Compensating,
+                "CDF",
+                &["cancel_order"],
+            ),
+            row(
+                st(Compensating, "SCF"),
+                cfail(1),
+                Compensating,
+                "SCF",
+                &["payment.refund"],
+            ),
+            row(
+                st(Compensating, "SCF"),
+                late(1),
+                Compensating,
+                "SCF",
+                &["payment.refund"],
+            ),
+            row(
+                st(Compensating, "SCB"),
+                csucc(1),
+                Compensating,
+                "CDB",
+                &["cancel_order"],
+            ),
+            row(
+                st(Compensating, "SCB"),
+                cfail(1),
+                Compensating,
+                "SCB",
+                &["payment.refund"],
+            ),
+            row(
+                st(Compensating, "SCB"),
+                late(1),
+                Compensating,
+                "SCB",
+                &["payment.refund"],
+            ),
+            // A late answer from the abandoned confirm step: it cannot be undone, so it
+            // is only recorded; a late failure likewise.
+            row(st(Compensating, "SCB"), succ(2), Compensating, "SCS", &[]),
+            row(st(Compensating, "SCB"), fail(2), Compensating, "SCF", &[]),
+        ];
+        check(&def, &states, &table);
+    }
+
+    #[test]
+    fn every_state_event_pair_awaiting_late_reply() {
+        // With compensate_on_timeout = false, a timed-out payment is abandoned and only
+        // a late success triggers its refund.
+        let def = spec_def(false);
+        let states = vec![
+            st(Running, "SAN"),
+            st(Compensating, "CBN"),
+            st(Failed, "DBN"),
+            st(Compensating, "DCN"),
+            st(Failed, "DDN"),
+        ];
+        let table = vec![
+            row(
+                st(Running, "SAN"),
+                succ(1),
+                Running,
+                "SSA",
+                &["confirm_order"],
+            ),
+            row(
+                st(Running, "SAN"),
+                fail(1),
+                Compensating,
+                "CFN",
+                &["cancel_order"],
+            ),
+            row(
+                st(Running, "SAN"),
+                late(1),
+                Compensating,
+                "CBN",
+                &["cancel_order"],
+            ),
+            row(
+                st(Running, "SAN"),
+                abort(),
+                Compensating,
+                "CBN",
+                &["cancel_order"],
+            ),
+            row(st(Compensating, "CBN"), csucc(0), Failed, "DBN", &[]),
+            row(
+                st(Compensating, "CBN"),
+                cfail(0),
+                Compensating,
+                "CBN",
+                &["cancel_order"],
+            ),
+            row(
+                st(Compensating, "CBN"),
+                late(0),
+                Compensating,
+                "CBN",
+                &["cancel_order"],
+            ),
+            // The late success after compensation began: refund it.
+            row(
+                st(Compensating, "CBN"),
+                succ(1),
+                Compensating,
+                "CCN",
+                &["payment.refund"],
+            ),
+            row(st(Compensating, "CBN"), fail(1), Compensating, "CFN", &[]),
+            // ...and after the saga already FAILED.
+            row(
+                st(Failed, "DBN"),
+                succ(1),
+                Compensating,
+                "DCN",
+                &["payment.refund"],
+            ),
+            row(st(Failed, "DBN"), fail(1), Failed, "DFN", &[]),
+            row(st(Compensating, "DCN"), csucc(1), Failed, "DDN", &[]),
+            row(
+                st(Compensating, "DCN"),
+                cfail(1),
+                Compensating,
+                "DCN",
+                &["payment.refund"],
+            ),
+            row(
+                st(Compensating, "DCN"),
+                late(1),
+                Compensating,
+                "DCN",
+                &["payment.refund"],
+            ),
+        ];
+        check(&def, &states, &table);
+    }
+
+    #[test]
+    fn labels_follow_the_spec_names() {
+        let def = spec_def(true);
+        assert_eq!(st(Started, "NNN").label(&def), "STARTED");
+        assert_eq!(st(Running, "SAN").label(&def), "PAYMENT_PENDING");
+        assert_eq!(st(Completed, "SSS").label(&def), "COMPLETED");
+        assert_eq!(st(Compensating, "CFN").label(&def), "COMPENSATING");
+        assert_eq!(st(Failed, "DFN").label(&def), "FAILED");
+        assert!(st(Failed, "DFN").is_terminal());
+        assert!(!st(Failed, "DBN").is_terminal());
+    }
+
+    #[test]
+    fn compensation_runs_in_reverse_order_one_at_a_time() {
+        let def = SagaDefinition::new("four")
+            .step(Step::new("a").compensate_with("undo_a"))
+            .step(Step::new("b").compensate_with("undo_b"))
+            .step(Step::new("c"))
+            .step(Step::new("d").compensate_with("undo_d"))
+            .build()
+            .unwrap();
+        let mut s = SagaState::new(&def);
+        for e in [SagaEvent::Start, succ(0), succ(1), succ(2)] {
+            s = transition(&def, &s, &e).unwrap().state;
+        }
+        let mut t = transition(&def, &s, &fail(3)).unwrap();
+        let mut undone = Vec::new();
+        loop {
+            assert!(t.commands.len() <= 1, "one compensation at a time");
+            let Some(c) = t.commands.first().cloned() else {
+                break;
+            };
+            undone.push(c.name.clone());
+            t = transition(&def, &t.state, &csucc(c.step)).unwrap();
+        }
+        assert_eq!(undone, ["undo_b", "undo_a"]); // c has no compensation, d failed
+        assert_eq!(t.state.status, Failed);
+        assert_eq!(t.state.failure_reason.as_deref(), Some("declined"));
+    }
+
+    #[test]
+    fn mismatched_state_is_ignored_not_panicking() {
+        let def = spec_def(true);
+        assert!(transition(&def, &st(Started, "NN"), &SagaEvent::Start).is_err());
+    }
+}

@@ -1,0 +1,322 @@
+//! The orchestrator: applies events to persisted sagas and dispatches their commands in
+//! the same unit of work.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::{
+    transition, CommandKind, Error, Result, SagaDefinition, SagaEvent, SagaId, SagaInstance,
+    SagaStore, StepStatus,
+};
+
+/// A command to carry out, handed to the [`CommandSink`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SagaCommand {
+    /// The saga it belongs to.
+    pub saga_id: SagaId,
+    /// The saga's type name.
+    pub saga_type: String,
+    /// Step index.
+    pub step: usize,
+    /// Step name.
+    pub step_name: String,
+    /// Action or compensation.
+    pub kind: CommandKind,
+    /// Command name from the definition (`payment.debit`).
+    pub name: String,
+    /// Deterministic key for the participant's idempotency: resends carry the same key.
+    pub idempotency_key: String,
+}
+
+/// What the sink did with a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dispatch {
+    /// Handed on (written to the outbox); the reply comes later as an event.
+    Sent,
+    /// Executed locally within the unit of work, successfully.
+    Succeeded,
+    /// Executed locally within the unit of work, and refused for this reason.
+    Failed(String),
+}
+
+/// Carries out saga commands inside the orchestrator's unit of work: writes remote
+/// commands to the outbox (in the same transaction as the saga update), or runs local
+/// steps (e.g. "confirm the order row") directly.
+pub trait CommandSink<Tx>: Send + Sync {
+    /// Carry out `cmd` for `saga`.
+    fn dispatch(
+        &self,
+        tx: &mut Tx,
+        saga: &SagaInstance,
+        cmd: &SagaCommand,
+    ) -> impl Future<Output = Result<Dispatch>> + Send;
+}
+
+/// What [`Orchestrator::handle`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The saga after the event (as it will be once the unit of work commits).
+    pub saga: SagaInstance,
+    /// Whether anything changed (false: the event was a duplicate / stale / out of order).
+    pub changed: bool,
+    /// Commands handed on with [`Dispatch::Sent`].
+    pub sent: Vec<SagaCommand>,
+}
+
+type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// Drives sagas: start them, feed them replies and deadlines, persist, dispatch.
+///
+/// Everything for one event — loading the saga, running the state machine (and any local
+/// steps it leads to), writing outgoing commands and updating the saga — happens in one
+/// unit of work, so a crash at any point leaves either the old state or the new state
+/// with its commands, never one without the other.
+pub struct Orchestrator<S, D> {
+    store: S,
+    sink: D,
+    definitions: HashMap<String, Arc<SagaDefinition>>,
+    clock: Clock,
+    default_retry: Duration,
+}
+
+impl<S, D> fmt::Debug for Orchestrator<S, D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Orchestrator")
+            .field("definitions", &self.definitions.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+fn system_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// How many times [`Orchestrator::handle_now`] retries after an optimistic-lock conflict.
+const CONFLICT_RETRIES: usize = 5;
+
+impl<S: SagaStore, D: CommandSink<S::Tx>> Orchestrator<S, D> {
+    /// An orchestrator over `store`, dispatching through `sink`.
+    pub fn new(store: S, sink: D) -> Self {
+        Self {
+            store,
+            sink,
+            definitions: HashMap::new(),
+            clock: Arc::new(system_now_ms),
+            default_retry: Duration::from_secs(30),
+        }
+    }
+
+    /// Register a saga definition under its name.
+    pub fn register(mut self, def: SagaDefinition) -> Self {
+        self.definitions
+            .insert(def.name().to_owned(), Arc::new(def));
+        self
+    }
+
+    /// Use another clock (unix milliseconds), e.g. in tests.
+    pub fn with_clock(mut self, clock: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// When a local compensation fails, try it again after this long (default 30 s;
+    /// a step's own deadline wins).
+    pub fn with_local_retry(mut self, d: Duration) -> Self {
+        self.default_retry = d;
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The sink.
+    pub fn sink(&self) -> &D {
+        &self.sink
+    }
+
+    /// A registered definition.
+    pub fn definition(&self, saga_type: &str) -> Result<&Arc<SagaDefinition>> {
+        self.definitions
+            .get(saga_type)
+            .ok_or_else(|| Error::UnknownType(saga_type.to_owned()))
+    }
+
+    /// Create saga `id` of `saga_type` with `data` inside `tx` (next to the business
+    /// write that begins it) and start it: its first commands are dispatched in `tx`.
+    pub async fn start(
+        &self,
+        tx: &mut S::Tx,
+        saga_type: &str,
+        id: SagaId,
+        data: Bytes,
+    ) -> Result<Applied> {
+        let def = self.definition(saga_type)?.clone();
+        let now = (self.clock)();
+        let saga = SagaInstance::new(&def, id, data, now);
+        let applied = self.drive(tx, &def, saga, SagaEvent::Start).await?;
+        self.store.insert(tx, &applied.saga).await?;
+        Ok(applied)
+    }
+
+    /// Apply `event` to saga `id` inside `tx`.
+    pub async fn handle(&self, tx: &mut S::Tx, id: SagaId, event: SagaEvent) -> Result<Applied> {
+        let saga = self.store.load(tx, id).await?.ok_or(Error::NotFound(id))?;
+        let def = self.definition(&saga.saga_type)?.clone();
+        let applied = self.drive(tx, &def, saga, event).await?;
+        if applied.changed {
+            self.store.update(tx, &applied.saga).await?;
+        }
+        Ok(applied)
+    }
+
+    /// Apply `event` in a unit of work of its own, retrying on optimistic-lock conflicts.
+    pub async fn handle_now(&self, id: SagaId, event: SagaEvent) -> Result<Applied> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut tx = self.store.begin().await?;
+            let result = match self.handle(&mut tx, id, event.clone()).await {
+                Ok(applied) if !applied.changed => return Ok(applied), // nothing to commit
+                Ok(applied) => match self.store.commit(tx).await {
+                    Ok(()) => return Ok(applied),
+                    Err(outbox::Error::Conflict(_)) => Err(Error::Conflict(id)),
+                    Err(e) => Err(e.into()),
+                },
+                Err(e) => Err(e),
+            };
+            match result {
+                Err(Error::Conflict(_)) if attempt <= CONFLICT_RETRIES => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// Feed [`SagaEvent::DeadlineExpired`] to up to `limit` sagas whose deadline has
+    /// passed. Returns how many sagas changed. Run it periodically (every second or so).
+    pub async fn fire_due_deadlines(&self, limit: usize) -> Result<usize> {
+        let now = (self.clock)();
+        let mut changed = 0;
+        for id in self.store.due(now, limit).await? {
+            let mut tx = self.store.begin().await?;
+            let Some(saga) = self.store.load(&mut tx, id).await? else {
+                continue;
+            };
+            let due_steps: Vec<usize> = saga
+                .deadlines
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| d.is_some_and(|d| d <= now))
+                .map(|(i, _)| i)
+                .collect();
+            drop(tx);
+            for step in due_steps {
+                tracing::warn!(saga_id = %id, step, "истёк срок ожидания ответа шага саги");
+                match self
+                    .handle_now(id, SagaEvent::DeadlineExpired { step })
+                    .await
+                {
+                    Ok(a) if a.changed => changed += 1,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(saga_id = %id, error = %e, "не удалось обработать истёкший срок")
+                    }
+                }
+            }
+        }
+        Ok(changed)
+    }
+
+    async fn drive(
+        &self,
+        tx: &mut S::Tx,
+        def: &SagaDefinition,
+        mut saga: SagaInstance,
+        event: SagaEvent,
+    ) -> Result<Applied> {
+        let now = (self.clock)();
+        let mut queue = VecDeque::from([event]);
+        let mut changed = false;
+        let mut sent = Vec::new();
+        // Every local step moves the machine forward; a generous bound stops a buggy
+        // sink that keeps answering "failed" to a compensation from looping forever.
+        let mut budget = 4 * def.steps().len() + 8;
+        while let Some(event) = queue.pop_front() {
+            budget = budget
+                .checked_sub(1)
+                .ok_or_else(|| Error::dispatch(format!("saga {} did not settle", saga.id)))?;
+            let t = match transition(def, &saga.state, &event) {
+                Ok(t) => t,
+                Err(ignored) => {
+                    tracing::debug!(saga_id = %saga.id, reason = %ignored, "событие саги проигнорировано");
+                    continue;
+                }
+            };
+            changed = true;
+            let from = saga.state.label(def);
+            saga.state = t.state;
+            for (i, st) in saga.state.steps.iter().enumerate() {
+                if !matches!(st, StepStatus::Awaiting | StepStatus::Compensating) {
+                    saga.deadlines[i] = None;
+                }
+            }
+            tracing::info!(saga_id = %saga.id, saga_type = %saga.saga_type, from = %from,
+                to = %saga.state.label(def), "сага сменила состояние");
+            for c in t.commands {
+                let step = &def.steps()[c.step];
+                let cmd = SagaCommand {
+                    saga_id: saga.id,
+                    saga_type: saga.saga_type.clone(),
+                    step: c.step,
+                    step_name: step.name.clone(),
+                    kind: c.kind,
+                    name: c.name,
+                    idempotency_key: saga.idempotency_key(c.step, c.kind),
+                };
+                match self.sink.dispatch(tx, &saga, &cmd).await? {
+                    Dispatch::Sent => {
+                        saga.deadlines[c.step] = step.deadline.map(|d| now + d.as_millis() as i64);
+                        sent.push(cmd);
+                    }
+                    Dispatch::Succeeded => queue.push_back(match c.kind {
+                        CommandKind::Action => SagaEvent::StepSucceeded { step: c.step },
+                        CommandKind::Compensation => {
+                            SagaEvent::CompensationSucceeded { step: c.step }
+                        }
+                    }),
+                    Dispatch::Failed(reason) => match c.kind {
+                        CommandKind::Action => queue.push_back(SagaEvent::StepFailed {
+                            step: c.step,
+                            reason,
+                        }),
+                        CommandKind::Compensation => {
+                            // Retry later through the deadline sweep, not in a tight loop.
+                            tracing::warn!(saga_id = %saga.id, step = c.step, reason = %reason,
+                                "локальная компенсация не удалась, повтор позже");
+                            let retry = step.deadline.unwrap_or(self.default_retry);
+                            saga.deadlines[c.step] = Some(now + retry.as_millis() as i64);
+                        }
+                    },
+                }
+            }
+        }
+        if changed {
+            saga.version += 1;
+            saga.updated_at = now;
+        }
+        Ok(Applied {
+            saga,
+            changed,
+            sent,
+        })
+    }
+}

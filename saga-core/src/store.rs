@@ -1,0 +1,150 @@
+//! Persistence of saga instances.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use outbox::memory::MemoryTx;
+use outbox::Transactional;
+
+use crate::{Error, Result, SagaId, SagaInstance};
+
+/// Stores saga instances inside the application's unit of work (the same transaction as
+/// the business rows and the outbox), with optimistic concurrency on `version`.
+pub trait SagaStore: Transactional {
+    /// Insert a new instance; [`Error::AlreadyExists`] if the id is taken.
+    fn insert(
+        &self,
+        tx: &mut Self::Tx,
+        saga: &SagaInstance,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Load an instance (SQL backends lock the row for the rest of `tx`).
+    fn load(
+        &self,
+        tx: &mut Self::Tx,
+        id: SagaId,
+    ) -> impl Future<Output = Result<Option<SagaInstance>>> + Send;
+
+    /// Store `saga`, whose `version` is one more than the stored one; otherwise (someone
+    /// else updated it) [`Error::Conflict`], possibly only at commit.
+    fn update(
+        &self,
+        tx: &mut Self::Tx,
+        saga: &SagaInstance,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Ids of sagas with a deadline at or before `now_ms`, earliest first.
+    fn due(&self, now_ms: i64, limit: usize) -> impl Future<Output = Result<Vec<SagaId>>> + Send;
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// In-memory [`SagaStore`] sharing [`MemoryTx`] with the memory outbox and inbox, so a
+/// saga update and its outgoing commands commit together.
+#[derive(Debug, Clone, Default)]
+pub struct MemorySagaStore {
+    sagas: Arc<Mutex<HashMap<SagaId, SagaInstance>>>,
+}
+
+impl MemorySagaStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The committed state of a saga.
+    pub fn get(&self, id: SagaId) -> Option<SagaInstance> {
+        lock(&self.sagas).get(&id).cloned()
+    }
+
+    /// Number of sagas.
+    pub fn len(&self) -> usize {
+        lock(&self.sagas).len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Transactional for MemorySagaStore {
+    type Tx = MemoryTx;
+
+    async fn begin(&self) -> outbox::Result<MemoryTx> {
+        Ok(MemoryTx::new())
+    }
+
+    async fn commit(&self, tx: MemoryTx) -> outbox::Result<()> {
+        tx.commit()
+    }
+}
+
+impl SagaStore for MemorySagaStore {
+    async fn insert(&self, tx: &mut MemoryTx, saga: &SagaInstance) -> Result<()> {
+        if lock(&self.sagas).contains_key(&saga.id) {
+            return Err(Error::AlreadyExists(saga.id));
+        }
+        let id = saga.id;
+        let sagas = self.sagas.clone();
+        tx.check(move || {
+            if lock(&sagas).contains_key(&id) {
+                Err(format!("saga {id} already exists"))
+            } else {
+                Ok(())
+            }
+        });
+        let sagas = self.sagas.clone();
+        let saga = saga.clone();
+        tx.on_commit(move || {
+            lock(&sagas).insert(saga.id, saga);
+        });
+        Ok(())
+    }
+
+    async fn load(&self, _tx: &mut MemoryTx, id: SagaId) -> Result<Option<SagaInstance>> {
+        Ok(lock(&self.sagas).get(&id).cloned())
+    }
+
+    async fn update(&self, tx: &mut MemoryTx, saga: &SagaInstance) -> Result<()> {
+        let expected = saga
+            .version
+            .checked_sub(1)
+            .ok_or(Error::Conflict(saga.id))?;
+        let current = lock(&self.sagas).get(&saga.id).map(|s| s.version);
+        match current {
+            None => return Err(Error::NotFound(saga.id)),
+            Some(v) if v != expected => return Err(Error::Conflict(saga.id)),
+            Some(_) => {}
+        }
+        let id = saga.id;
+        let sagas = self.sagas.clone();
+        tx.check(move || match lock(&sagas).get(&id) {
+            Some(s) if s.version == expected => Ok(()),
+            _ => Err(format!("saga {id} was modified concurrently")),
+        });
+        let sagas = self.sagas.clone();
+        let saga = saga.clone();
+        tx.on_commit(move || {
+            lock(&sagas).insert(saga.id, saga);
+        });
+        Ok(())
+    }
+
+    async fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<SagaId>> {
+        let sagas = lock(&self.sagas);
+        let mut due: Vec<(i64, SagaId)> = sagas
+            .values()
+            .filter_map(|s| {
+                s.next_deadline()
+                    .filter(|d| *d <= now_ms)
+                    .map(|d| (d, s.id))
+            })
+            .collect();
+        due.sort();
+        Ok(due.into_iter().take(limit).map(|(_, id)| id).collect())
+    }
+}

@@ -1,0 +1,393 @@
+//! The orchestrator over the memory backends, composed as a service would compose it:
+//! saga state, business rows and outgoing commands in one unit of work.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use outbox::memory::{MemoryOutbox, MemoryTx};
+use outbox::{OutboxMessage, OutboxStore, Transactional};
+use saga_core::{
+    CommandKind, CommandSink, Dispatch, MemorySagaStore, Orchestrator, SagaCommand, SagaDefinition,
+    SagaEvent, SagaId, SagaInstance, SagaStatus, SagaStore, Step, StepStatus,
+};
+
+/// Order rows, committed through the unit of work like a real repository.
+#[derive(Clone, Default)]
+struct Orders(Arc<Mutex<HashMap<SagaId, &'static str>>>);
+
+impl Orders {
+    fn set(&self, tx: &mut MemoryTx, id: SagaId, status: &'static str) {
+        let rows = self.0.clone();
+        tx.on_commit(move || {
+            rows.lock().unwrap().insert(id, status);
+        });
+    }
+    fn get(&self, id: SagaId) -> Option<&'static str> {
+        self.0.lock().unwrap().get(&id).copied()
+    }
+}
+
+/// Local steps touch the order rows; payment commands go to the outbox.
+#[derive(Clone)]
+struct Sink {
+    orders: Orders,
+    outbox: MemoryOutbox,
+    fail_confirm: bool,
+}
+
+impl CommandSink<MemoryTx> for Sink {
+    async fn dispatch(
+        &self,
+        tx: &mut MemoryTx,
+        saga: &SagaInstance,
+        cmd: &SagaCommand,
+    ) -> saga_core::Result<Dispatch> {
+        match cmd.name.as_str() {
+            "create_order" => {
+                self.orders.set(tx, saga.id, "PENDING");
+                Ok(Dispatch::Succeeded)
+            }
+            "cancel_order" => {
+                self.orders.set(tx, saga.id, "CANCELLED");
+                Ok(Dispatch::Succeeded)
+            }
+            "confirm_order" if self.fail_confirm => {
+                Ok(Dispatch::Failed("order was cancelled".into()))
+            }
+            "confirm_order" => {
+                self.orders.set(tx, saga.id, "CONFIRMED");
+                Ok(Dispatch::Succeeded)
+            }
+            remote => {
+                let msg =
+                    OutboxMessage::new("saga.commands", saga.id.to_string(), remote.to_owned())
+                        .with_header("idempotency-key", cmd.idempotency_key.clone());
+                self.outbox
+                    .enqueue(tx, msg)
+                    .await
+                    .map_err(saga_core::Error::dispatch)?;
+                Ok(Dispatch::Sent)
+            }
+        }
+    }
+}
+
+struct World {
+    orch: Orchestrator<MemorySagaStore, Sink>,
+    orders: Orders,
+    outbox: MemoryOutbox,
+    clock: Arc<AtomicI64>,
+}
+
+fn definition(compensate_on_timeout: bool) -> SagaDefinition {
+    SagaDefinition::new("create_order")
+        .step(Step::new("create_order").compensate_with("cancel_order"))
+        .step(
+            Step::new("payment")
+                .action("payment.debit")
+                .compensate_with("payment.refund")
+                .deadline(Duration::from_secs(30))
+                .compensate_on_timeout(compensate_on_timeout),
+        )
+        .step(Step::new("confirm_order"))
+        .build()
+        .unwrap()
+}
+
+fn world(compensate_on_timeout: bool, fail_confirm: bool) -> World {
+    let orders = Orders::default();
+    let outbox = MemoryOutbox::new();
+    let clock = Arc::new(AtomicI64::new(1_000_000));
+    let c = clock.clone();
+    let orch = Orchestrator::new(
+        MemorySagaStore::new(),
+        Sink {
+            orders: orders.clone(),
+            outbox: outbox.clone(),
+            fail_confirm,
+        },
+    )
+    .register(definition(compensate_on_timeout))
+    .with_clock(move || c.load(Ordering::SeqCst));
+    World {
+        orch,
+        orders,
+        outbox,
+        clock,
+    }
+}
+
+impl World {
+    async fn start(&self) -> SagaId {
+        let id = SagaId::new();
+        let mut tx = self.orch.store().begin().await.unwrap();
+        let applied = self
+            .orch
+            .start(
+                &mut tx,
+                "create_order",
+                id,
+                Bytes::from_static(b"order data"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(applied.sent.len(), 1);
+        assert_eq!(applied.sent[0].name, "payment.debit");
+        assert_eq!(applied.sent[0].idempotency_key, format!("{id}:1:action"));
+        self.orch.store().commit(tx).await.unwrap();
+        id
+    }
+
+    fn saga(&self, id: SagaId) -> SagaInstance {
+        self.orch.store().get(id).unwrap()
+    }
+
+    fn label(&self, id: SagaId) -> String {
+        let def = self.orch.definition("create_order").unwrap();
+        self.saga(id).state.label(def)
+    }
+
+    /// Drain the outbox: claim everything, mark it sent, return the payloads.
+    async fn commands(&self) -> Vec<String> {
+        let batch = self
+            .outbox
+            .claim("test", 1000, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let ids: Vec<_> = batch.iter().map(|m| m.id).collect();
+        self.outbox.mark_sent(&ids).await.unwrap();
+        batch
+            .into_iter()
+            .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn happy_path_commits_saga_order_and_command_together() {
+    let w = world(true, false);
+    let id = w.start().await;
+    assert_eq!(w.orders.get(id), Some("PENDING"));
+    assert_eq!(w.label(id), "PAYMENT_PENDING");
+    assert_eq!(w.commands().await, ["payment.debit"]);
+
+    let a = w
+        .orch
+        .handle_now(id, SagaEvent::StepSucceeded { step: 1 })
+        .await
+        .unwrap();
+    assert!(a.changed);
+    assert_eq!(w.label(id), "COMPLETED");
+    assert_eq!(w.orders.get(id), Some("CONFIRMED"));
+    assert_eq!(w.saga(id).deadlines, vec![None, None, None]);
+    assert!(w.commands().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declined_payment_cancels_the_order_and_fails() {
+    let w = world(true, false);
+    let id = w.start().await;
+    w.orch
+        .handle_now(
+            id,
+            SagaEvent::StepFailed {
+                step: 1,
+                reason: "insufficient funds".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let saga = w.saga(id);
+    assert_eq!(saga.state.status, SagaStatus::Failed);
+    assert_eq!(
+        saga.state.failure_reason.as_deref(),
+        Some("insufficient funds")
+    );
+    assert_eq!(w.orders.get(id), Some("CANCELLED"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_and_stale_replies_change_nothing() {
+    let w = world(true, false);
+    let id = w.start().await;
+    w.orch
+        .handle_now(id, SagaEvent::StepSucceeded { step: 1 })
+        .await
+        .unwrap();
+    let version = w.saga(id).version;
+    for e in [
+        SagaEvent::StepSucceeded { step: 1 },
+        SagaEvent::StepFailed {
+            step: 1,
+            reason: "late".into(),
+        },
+        SagaEvent::DeadlineExpired { step: 1 },
+        SagaEvent::CompensationSucceeded { step: 1 },
+    ] {
+        let a = w.orch.handle_now(id, e).await.unwrap();
+        assert!(!a.changed);
+    }
+    assert_eq!(w.saga(id).version, version);
+    assert_eq!(w.orders.get(id), Some("CONFIRMED"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missed_deadline_refunds_blindly_then_cancels() {
+    let w = world(true, false);
+    let id = w.start().await;
+    w.commands().await;
+    assert_eq!(w.saga(id).deadlines[1], Some(1_000_000 + 30_000));
+    // Nothing is due yet.
+    assert_eq!(w.orch.fire_due_deadlines(10).await.unwrap(), 0);
+    w.clock.fetch_add(30_000, Ordering::SeqCst);
+    assert_eq!(w.orch.fire_due_deadlines(10).await.unwrap(), 1);
+    assert_eq!(w.label(id), "COMPENSATING");
+    assert_eq!(w.commands().await, ["payment.refund"]);
+    // The refund goes unanswered too: it is sent again after another deadline.
+    w.clock.fetch_add(30_000, Ordering::SeqCst);
+    assert_eq!(w.orch.fire_due_deadlines(10).await.unwrap(), 1);
+    assert_eq!(w.commands().await, ["payment.refund"]);
+    // A late debit success while the refund is in flight changes nothing.
+    assert!(
+        !w.orch
+            .handle_now(id, SagaEvent::StepSucceeded { step: 1 })
+            .await
+            .unwrap()
+            .changed
+    );
+    w.orch
+        .handle_now(id, SagaEvent::CompensationSucceeded { step: 1 })
+        .await
+        .unwrap();
+    assert_eq!(w.label(id), "FAILED");
+    assert_eq!(w.orders.get(id), Some("CANCELLED"));
+    assert_eq!(w.saga(id).state.steps[1], StepStatus::Compensated);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_success_after_failure_is_refunded() {
+    let w = world(false, false);
+    let id = w.start().await;
+    w.commands().await;
+    w.clock.fetch_add(30_001, Ordering::SeqCst);
+    w.orch.fire_due_deadlines(10).await.unwrap();
+    assert_eq!(w.label(id), "FAILED");
+    assert_eq!(w.orders.get(id), Some("CANCELLED"));
+    assert!(
+        w.commands().await.is_empty(),
+        "no blind refund in this mode"
+    );
+    // The debit did happen after all:
+    let a = w
+        .orch
+        .handle_now(id, SagaEvent::StepSucceeded { step: 1 })
+        .await
+        .unwrap();
+    assert_eq!(a.sent.len(), 1);
+    assert_eq!(a.sent[0].kind, CommandKind::Compensation);
+    assert_eq!(w.commands().await, ["payment.refund"]);
+    w.orch
+        .handle_now(id, SagaEvent::CompensationSucceeded { step: 1 })
+        .await
+        .unwrap();
+    assert_eq!(w.label(id), "FAILED");
+    assert!(w.saga(id).state.is_terminal());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_step_failure_compensates_the_remote_one() {
+    let w = world(true, true);
+    let id = w.start().await;
+    w.commands().await;
+    w.orch
+        .handle_now(id, SagaEvent::StepSucceeded { step: 1 })
+        .await
+        .unwrap();
+    assert_eq!(w.label(id), "COMPENSATING");
+    assert_eq!(w.commands().await, ["payment.refund"]);
+    w.orch
+        .handle_now(id, SagaEvent::CompensationSucceeded { step: 1 })
+        .await
+        .unwrap();
+    assert_eq!(w.label(id), "FAILED");
+    assert_eq!(w.orders.get(id), Some("CANCELLED"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_unit_of_work_leaves_no_trace() {
+    let w = world(true, false);
+    let id = SagaId::new();
+    let mut tx = w.orch.store().begin().await.unwrap();
+    w.orch
+        .start(&mut tx, "create_order", id, Bytes::new())
+        .await
+        .unwrap();
+    drop(tx); // e.g. the order insert failed afterwards
+    assert!(w.orch.store().get(id).is_none());
+    assert_eq!(w.orders.get(id), None);
+    assert!(w.commands().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_replies_apply_once() {
+    let w = Arc::new(world(true, false));
+    let id = w.start().await;
+    w.commands().await;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let w = w.clone();
+        tasks.push(tokio::spawn(async move {
+            w.orch
+                .handle_now(id, SagaEvent::StepSucceeded { step: 1 })
+                .await
+                .unwrap()
+                .changed
+        }));
+    }
+    let mut changed = 0;
+    for t in tasks {
+        changed += t.await.unwrap() as usize;
+    }
+    assert_eq!(changed, 1, "exactly one delivery may apply the reply");
+    assert_eq!(w.saga(id).version, 2);
+    assert_eq!(w.label(id), "COMPLETED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_version_update_conflicts() {
+    let w = world(true, false);
+    let id = w.start().await;
+    let store = w.orch.store();
+    let mut a = store.get(id).unwrap();
+    let mut b = a.clone();
+    a.version += 1;
+    b.version += 1;
+    let mut tx1 = store.begin().await.unwrap();
+    store.update(&mut tx1, &a).await.unwrap();
+    let mut tx2 = store.begin().await.unwrap();
+    store.update(&mut tx2, &b).await.unwrap();
+    store.commit(tx1).await.unwrap();
+    assert!(matches!(
+        store.commit(tx2).await,
+        Err(outbox::Error::Conflict(_))
+    ));
+}
+
+#[tokio::test]
+async fn unknown_saga_and_type_are_errors() {
+    let w = world(true, false);
+    assert!(matches!(
+        w.orch.handle_now(SagaId::new(), SagaEvent::Start).await,
+        Err(saga_core::Error::NotFound(_))
+    ));
+    let mut tx = MemoryTx::new();
+    assert!(matches!(
+        w.orch
+            .start(&mut tx, "nope", SagaId::new(), Bytes::new())
+            .await,
+        Err(saga_core::Error::UnknownType(_))
+    ));
+}
