@@ -1,6 +1,6 @@
 //! A tower layer (works with axum) that authenticates `Authorization: Bearer <jwt>`.
 //!
-//! On success the request gets the [`Claims`] and the raw [`BearerToken`] in its
+//! On success the request gets the [`Claims`](crate::Claims) and the raw [`BearerToken`] in its
 //! extensions (axum: `Extension<Claims>`). On failure the inner service is not called
 //! and the response is `401` (or `503` when the blacklist is down and the policy is
 //! fail-closed) with a JSON body

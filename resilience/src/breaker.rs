@@ -458,12 +458,9 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
-    fn breaker_with_log(
-        threshold: u32,
-    ) -> (
-        CircuitBreaker,
-        Arc<Mutex<Vec<(BreakerState, BreakerState)>>>,
-    ) {
+    type Log = Arc<Mutex<Vec<(BreakerState, BreakerState)>>>;
+
+    fn breaker_with_log(threshold: u32) -> (CircuitBreaker, Log) {
         let log = Arc::new(Mutex::new(Vec::new()));
         let l = log.clone();
         let b = CircuitBreaker::builder("test")
@@ -595,7 +592,7 @@ mod tests {
         fail(&b).await;
         tokio::time::advance(Duration::from_secs(30)).await;
         {
-            let fut = b.call(|| std::future::pending::<Result<(), &str>>());
+            let fut = b.call(std::future::pending::<Result<(), &str>>);
             // Poll once so the permit is taken, then drop (cancel) the call.
             let timed = tokio::time::timeout(Duration::from_millis(1), fut).await;
             assert!(timed.is_err());

@@ -312,8 +312,9 @@ where
                             match ready_first {
                                 Some(mut s) => s.call(req).await.map_err(Into::into),
                                 None => {
-                                    use tower::ServiceExt;
-                                    svc.ready().await.map_err(Into::into)?;
+                                    std::future::poll_fn(|cx| svc.poll_ready(cx))
+                                        .await
+                                        .map_err(Into::into)?;
                                     svc.call(req).await.map_err(Into::into)
                                 }
                             }

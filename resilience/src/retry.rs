@@ -392,7 +392,7 @@ mod tests {
     async fn deadline_interrupts_a_hanging_attempt() {
         let r = Retry::default()
             .deadline(Duration::from_secs(1))
-            .call(|| std::future::pending::<Result<(), ()>>())
+            .call(std::future::pending::<Result<(), ()>>)
             .await;
         assert!(matches!(
             r,

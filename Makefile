@@ -1,0 +1,32 @@
+# ordersys — developer entry points. `make test` is the test command CI runs.
+CARGO ?= cargo
+
+.PHONY: test lint fmt doc example check
+
+## Run the whole test suite (unit, integration, doctests) of every crate.
+test:
+	$(CARGO) test --workspace --all-features --no-fail-fast
+
+SDK_CRATES := resilience authz outbox saga-core
+
+## fmt --check, clippy with warnings as errors, and each SDK crate building on its own
+## with no default features (a user who wants only the breaker compiles nothing else).
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
+	for c in $(SDK_CRATES); do $(CARGO) check -q -p $$c --no-default-features || exit 1; done
+
+## Format the code.
+fmt:
+	$(CARGO) fmt --all
+
+## Build the API docs (what docs.rs shows) and fail on broken links.
+doc:
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --all-features
+
+## Run the in-memory saga example.
+example:
+	$(CARGO) run -p example-saga-in-memory
+
+## Everything CI checks.
+check: lint test doc
