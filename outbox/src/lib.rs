@@ -41,6 +41,8 @@ mod consumer;
 mod error;
 pub mod memory;
 mod message;
+#[cfg(feature = "mysql")]
+pub mod mysql;
 mod relay;
 mod store;
 

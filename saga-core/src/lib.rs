@@ -49,10 +49,14 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 #![warn(missing_docs)]
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
 mod definition;
 mod error;
 mod instance;
 mod machine;
+#[cfg(feature = "mysql")]
+pub mod mysql;
 mod orchestrator;
 mod store;
 

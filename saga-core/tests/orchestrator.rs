@@ -391,3 +391,8 @@ async fn unknown_saga_and_type_are_errors() {
         Err(saga_core::Error::UnknownType(_))
     ));
 }
+
+#[tokio::test]
+async fn memory_saga_store_conformance() {
+    saga_core::conformance::saga_store_all(|| async { MemorySagaStore::new() }).await;
+}

@@ -1,0 +1,379 @@
+//! MySQL backends (feature `mysql`): [`MySqlOutbox`] and [`MySqlInbox`], whose unit of
+//! work is the application's own `sqlx::Transaction<'static, MySql>`.
+//!
+//! Tables come with the crate: run [`migrate`] (or copy `outbox/migrations/*.sql` into
+//! your own migrations). The SQL is portable between MySQL 8.0 and MariaDB ≥ 10.6.
+//!
+//! **Claiming.** Relays take turns on one lock row (`outbox_claim_lock`) for the few
+//! milliseconds a claim takes; inside, a read-committed scan sees only committed rows
+//! (an enqueue still in flight is simply not there yet — there is no high-water mark,
+//! so a row whose auto-increment id committed late is never skipped) and leases the
+//! chosen rows with `lease_until = NOW(6) + lease`. A key whose earlier row is leased
+//! elsewhere is skipped, which keeps per-key order with any number of relays.
+//!
+//! ```no_run
+//! # async fn demo() -> outbox::Result<()> {
+//! use outbox::mysql::{migrate, MySqlOutbox};
+//! use outbox::{OutboxMessage, OutboxStore, Transactional};
+//!
+//! let pool = sqlx::MySqlPool::connect("mysql://root@127.0.0.1:3306/test").await.unwrap();
+//! migrate(&pool).await?;
+//! let outbox = MySqlOutbox::new(pool);
+//! let mut tx = outbox.begin().await?;
+//! // sqlx::query("INSERT INTO orders ...").execute(&mut *tx).await?;
+//! outbox.enqueue(&mut tx, OutboxMessage::new("saga.commands", "order-1", "debit")).await?;
+//! outbox.commit(tx).await?;
+//! # Ok(()) }
+//! ```
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use sqlx::mysql::MySqlRow;
+use sqlx::{Acquire, MySql, MySqlPool, QueryBuilder, Row, Transaction};
+use uuid::Uuid;
+
+use crate::store::{Inbox, OutboxStore, Transactional};
+use crate::{Error, Headers, MessageId, OutboxMessage, Result};
+
+/// The transaction type of the MySQL backends.
+pub type MySqlTx = Transaction<'static, MySql>;
+
+/// Apply this crate's migrations (idempotent; coexists with other crates' migrations in
+/// the same database).
+pub async fn migrate(pool: &MySqlPool) -> Result<()> {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_ignore_missing(true);
+    migrator.run(pool).await.map_err(Error::storage)
+}
+
+fn storage(e: sqlx::Error) -> Error {
+    Error::storage(e)
+}
+
+/// Begin a unit of work on `pool` (what every MySQL store's `begin` does).
+pub async fn begin(pool: &MySqlPool) -> Result<MySqlTx> {
+    pool.begin().await.map_err(storage)
+}
+
+/// Commit a unit of work; a serialization failure becomes [`Error::Conflict`].
+pub async fn commit(tx: MySqlTx) -> Result<()> {
+    tx.commit().await.map_err(|e| match &e {
+        // Serialization failure / deadlock: the unit of work did not apply.
+        sqlx::Error::Database(d) if d.code().as_deref() == Some("40001") => {
+            Error::Conflict(e.to_string())
+        }
+        _ => storage(e),
+    })
+}
+
+fn encode_headers(h: &Headers) -> String {
+    let pairs: Vec<(&str, &str)> = h.iter().collect();
+    serde_json::to_string(&pairs).expect("string pairs always serialise")
+}
+
+fn decode_headers(s: &str) -> Result<Headers> {
+    let pairs: Vec<(String, String)> = serde_json::from_str(s).map_err(Error::storage)?;
+    Ok(pairs.into_iter().collect())
+}
+
+fn id_bytes(id: &MessageId) -> Vec<u8> {
+    id.0.as_bytes().to_vec()
+}
+
+fn id_from(bytes: &[u8]) -> Result<MessageId> {
+    Uuid::from_slice(bytes)
+        .map(MessageId)
+        .map_err(Error::storage)
+}
+
+fn row_to_message(row: &MySqlRow) -> Result<OutboxMessage> {
+    let created_us: i64 = row.try_get("created_at_us").map_err(storage)?;
+    let payload: Vec<u8> = row.try_get("payload").map_err(storage)?;
+    let headers: String = row.try_get("headers").map_err(storage)?;
+    let id: Vec<u8> = row.try_get("id").map_err(storage)?;
+    let attempts: u32 = row.try_get("attempts").map_err(storage)?;
+    Ok(OutboxMessage {
+        id: id_from(&id)?,
+        topic: row.try_get("topic").map_err(storage)?,
+        key: row.try_get("msg_key").map_err(storage)?,
+        payload: payload.into(),
+        headers: decode_headers(&headers)?,
+        created_at: UNIX_EPOCH + Duration::from_micros(created_us.max(0) as u64),
+        attempts,
+    })
+}
+
+/// MySQL [`OutboxStore`] over the `outbox_messages` table.
+#[derive(Debug, Clone)]
+pub struct MySqlOutbox {
+    pool: MySqlPool,
+}
+
+impl MySqlOutbox {
+    /// An outbox over `pool` (run [`migrate`] first).
+    pub fn new(pool: MySqlPool) -> Self {
+        Self { pool }
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &MySqlPool {
+        &self.pool
+    }
+
+    /// Rows not yet sent (for health checks and metrics).
+    pub async fn pending(&self) -> Result<u64> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM outbox_messages WHERE sent_at IS NULL")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(storage)?;
+        Ok(n as u64)
+    }
+
+    /// The last publish error recorded for a message.
+    pub async fn last_error(&self, id: MessageId) -> Result<Option<String>> {
+        sqlx::query_scalar("SELECT last_error FROM outbox_messages WHERE id = ?")
+            .bind(id_bytes(&id))
+            .fetch_optional(&self.pool)
+            .await
+            .map(Option::flatten)
+            .map_err(storage)
+    }
+}
+
+impl Transactional for MySqlOutbox {
+    type Tx = MySqlTx;
+
+    async fn begin(&self) -> Result<MySqlTx> {
+        begin(&self.pool).await
+    }
+
+    async fn commit(&self, tx: MySqlTx) -> Result<()> {
+        commit(tx).await
+    }
+}
+
+/// How far past `limit` a claim looks for rows of keys that are not blocked.
+const SCAN_FACTOR: usize = 4;
+
+impl OutboxStore for MySqlOutbox {
+    async fn enqueue(&self, tx: &mut MySqlTx, msg: OutboxMessage) -> Result<()> {
+        let created_us = msg
+            .created_at
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        sqlx::query(
+            "INSERT INTO outbox_messages (id, topic, msg_key, payload, headers, created_at_us, attempts) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(id_bytes(&msg.id))
+        .bind(&msg.topic)
+        .bind(&msg.key)
+        .bind(msg.payload.as_ref())
+        .bind(encode_headers(&msg.headers))
+        .bind(created_us)
+        .bind(msg.attempts)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                Error::Conflict(format!("outbox message {} already exists", msg.id))
+            }
+            _ => storage(e),
+        })?;
+        Ok(())
+    }
+
+    async fn claim(
+        &self,
+        relay_id: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<OutboxMessage>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.pool.acquire().await.map_err(storage)?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            .execute(&mut *conn)
+            .await
+            .map_err(storage)?;
+        let mut tx = conn.begin().await.map_err(storage)?;
+        sqlx::query("SELECT name FROM outbox_claim_lock WHERE name = 'relay' FOR UPDATE")
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(storage)?;
+        let rows = sqlx::query(
+            "SELECT seq, id, topic, msg_key, payload, headers, created_at_us, attempts, \
+                    (lease_until IS NOT NULL AND lease_until > NOW(6)) AS leased \
+             FROM outbox_messages WHERE sent_at IS NULL ORDER BY seq LIMIT ?",
+        )
+        .bind((limit.saturating_mul(SCAN_FACTOR)) as u64)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(storage)?;
+
+        let mut blocked = std::collections::HashSet::new();
+        let mut chosen = Vec::new();
+        let mut seqs = Vec::new();
+        for row in &rows {
+            if chosen.len() >= limit {
+                break;
+            }
+            let key: String = row.try_get("msg_key").map_err(storage)?;
+            let leased: i64 = row.try_get("leased").map_err(storage)?;
+            if leased != 0 || blocked.contains(&key) {
+                blocked.insert(key);
+                continue;
+            }
+            let seq: u64 = row.try_get("seq").map_err(storage)?;
+            seqs.push(seq);
+            chosen.push(row_to_message(row)?);
+        }
+        if !seqs.is_empty() {
+            let mut q = QueryBuilder::<MySql>::new("UPDATE outbox_messages SET leased_by = ");
+            q.push_bind(relay_id)
+                .push(", lease_until = NOW(6) + INTERVAL ")
+                .push_bind(lease.as_micros() as u64)
+                .push(" MICROSECOND WHERE seq IN (");
+            let mut sep = q.separated(", ");
+            for s in &seqs {
+                sep.push_bind(*s);
+            }
+            q.push(")");
+            q.build().execute(&mut *tx).await.map_err(storage)?;
+        }
+        tx.commit().await.map_err(storage)?;
+        Ok(chosen)
+    }
+
+    async fn mark_sent(&self, ids: &[MessageId]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut q = QueryBuilder::<MySql>::new(
+            "UPDATE outbox_messages SET sent_at = NOW(6), leased_by = NULL, lease_until = NULL \
+             WHERE sent_at IS NULL AND id IN (",
+        );
+        let mut sep = q.separated(", ");
+        for id in ids {
+            sep.push_bind(id_bytes(id));
+        }
+        q.push(")");
+        q.build().execute(&self.pool).await.map_err(storage)?;
+        Ok(())
+    }
+
+    async fn record_failure(&self, id: MessageId, error: &str) -> Result<()> {
+        let error: String = error.chars().take(4000).collect();
+        sqlx::query(
+            "UPDATE outbox_messages SET attempts = attempts + 1, last_error = ?, \
+             leased_by = NULL, lease_until = NULL WHERE id = ? AND sent_at IS NULL",
+        )
+        .bind(error)
+        .bind(id_bytes(&id))
+        .execute(&self.pool)
+        .await
+        .map_err(storage)?;
+        Ok(())
+    }
+
+    async fn release(&self, ids: &[MessageId]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut q = QueryBuilder::<MySql>::new(
+            "UPDATE outbox_messages SET leased_by = NULL, lease_until = NULL \
+             WHERE sent_at IS NULL AND id IN (",
+        );
+        let mut sep = q.separated(", ");
+        for id in ids {
+            sep.push_bind(id_bytes(id));
+        }
+        q.push(")");
+        q.build().execute(&self.pool).await.map_err(storage)?;
+        Ok(())
+    }
+
+    async fn purge_sent(&self, retention: Duration) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            let n = sqlx::query(
+                "DELETE FROM outbox_messages WHERE sent_at IS NOT NULL \
+                 AND sent_at < NOW(6) - INTERVAL ? MICROSECOND LIMIT 5000",
+            )
+            .bind(retention.as_micros() as u64)
+            .execute(&self.pool)
+            .await
+            .map_err(storage)?
+            .rows_affected();
+            total += n;
+            if n < 5000 {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+/// MySQL [`Inbox`] over the `inbox_messages` table.
+#[derive(Debug, Clone)]
+pub struct MySqlInbox {
+    pool: MySqlPool,
+}
+
+impl MySqlInbox {
+    /// An inbox over `pool` (run [`migrate`] first).
+    pub fn new(pool: MySqlPool) -> Self {
+        Self { pool }
+    }
+
+    /// Forget records older than `retention` (keep it longer than any redelivery can
+    /// take — the broker's retention). Returns how many were deleted.
+    pub async fn purge(&self, retention: Duration) -> Result<u64> {
+        sqlx::query(
+            "DELETE FROM inbox_messages WHERE processed_at < NOW(6) - INTERVAL ? MICROSECOND",
+        )
+        .bind(retention.as_micros() as u64)
+        .execute(&self.pool)
+        .await
+        .map(|r| r.rows_affected())
+        .map_err(storage)
+    }
+}
+
+impl Transactional for MySqlInbox {
+    type Tx = MySqlTx;
+
+    async fn begin(&self) -> Result<MySqlTx> {
+        begin(&self.pool).await
+    }
+
+    async fn commit(&self, tx: MySqlTx) -> Result<()> {
+        commit(tx).await
+    }
+}
+
+impl Inbox for MySqlInbox {
+    async fn try_record(&self, tx: &mut MySqlTx, consumer: &str, id: MessageId) -> Result<bool> {
+        if consumer.is_empty() || consumer.len() > 128 {
+            return Err(Error::storage(format!(
+                "consumer name must be 1..=128 bytes: {consumer:?}"
+            )));
+        }
+        // A concurrent delivery holding the same key makes this wait for its outcome:
+        // duplicate if it committed, inserted if it rolled back.
+        let r = sqlx::query(
+            "INSERT INTO inbox_messages (consumer, message_id, processed_at) VALUES (?, ?, NOW(6))",
+        )
+        .bind(consumer)
+        .bind(id_bytes(&id))
+        .execute(&mut **tx)
+        .await;
+        match r {
+            Ok(_) => Ok(true),
+            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Ok(false),
+            Err(e) => Err(storage(e)),
+        }
+    }
+}
