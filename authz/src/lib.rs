@@ -34,8 +34,12 @@
 
 mod blacklist;
 mod claims;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 mod error;
 mod keys;
+#[cfg(feature = "redis")]
+pub mod redis;
 mod token;
 
 #[cfg(feature = "tower")]

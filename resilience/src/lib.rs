@@ -32,6 +32,7 @@
 #![warn(missing_docs)]
 
 mod breaker;
+pub mod rate_limit;
 mod retry;
 
 #[cfg(feature = "tower")]
@@ -41,4 +42,5 @@ pub use breaker::{
     BreakerConfig, BreakerError, BreakerState, CircuitBreaker, CircuitBreakerBuilder, CircuitOpen,
     Permit, Transition,
 };
+pub use rate_limit::{MemoryRateLimiter, RateDecision, RateLimitError, RateLimiter};
 pub use retry::{Backoff, Retry, RetryError};

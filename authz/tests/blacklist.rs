@@ -1,0 +1,128 @@
+//! Blacklist backends against the conformance suite: memory, and Redis for real
+//! (`REDIS_URL`, default the local server; see scripts/services-up).
+
+use authz::conformance::blacklist_all;
+use authz::MemoryBlacklist;
+
+#[tokio::test(start_paused = true)]
+async fn memory_blacklist_conformance() {
+    blacklist_all(&MemoryBlacklist::new()).await;
+}
+
+#[cfg(feature = "redis")]
+mod redis_backend {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use authz::redis::RedisBlacklist;
+    use authz::{Authenticator, Clock, Error, SigningKey, TokenIssuer, TokenValidator};
+    use redis::aio::ConnectionManager;
+
+    async fn redis() -> ConnectionManager {
+        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
+        redis::Client::open(url.as_str())
+            .expect("REDIS_URL")
+            .get_connection_manager()
+            .await
+            .unwrap_or_else(|e| {
+                panic!("Redis at {url} is not reachable ({e}); run scripts/services-up")
+            })
+    }
+
+    #[tokio::test]
+    async fn redis_blacklist_conformance() {
+        let prefix = format!("test:{}:jwt:blacklist:", uuid::Uuid::new_v4().simple());
+        super::blacklist_all(&RedisBlacklist::new(redis().await).with_prefix(prefix)).await;
+    }
+
+    #[tokio::test]
+    async fn logout_sets_the_spec_key_for_the_remaining_lifetime() {
+        let mut conn = redis().await;
+        let key = SigningKey::hs256(b"0123456789abcdef0123456789abcdef-test").unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        // Issued 300 s ago with a 900 s TTL: 600 s left.
+        let token = TokenIssuer::new(key.clone(), "ordersys", "api")
+            .with_clock(Clock::fixed(now - 300))
+            .issue("u1")
+            .unwrap();
+        let auth = Authenticator::new(
+            TokenValidator::new(key.verifying_key(), "ordersys", "api")
+                .with_leeway(Duration::from_secs(30)),
+            Arc::new(RedisBlacklist::new(conn.clone())),
+        );
+        auth.authenticate(&token.token).await.unwrap();
+        auth.revoke(&token.claims).await.unwrap();
+        let redis_key = format!("jwt:blacklist:{}", token.claims.jti);
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(&redis_key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        // 600 s remaining + 30 s leeway + 1 s rounding.
+        assert!((628..=631).contains(&ttl), "TTL {ttl}");
+        let value: String = redis::cmd("GET")
+            .arg(&redis_key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(value, "1");
+        assert!(matches!(
+            auth.authenticate(&token.token).await,
+            Err(Error::Revoked)
+        ));
+        let _: () = redis::cmd("DEL")
+            .arg(&redis_key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn redis_outage_fails_closed() {
+        // A Redis of our own that we can kill.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+        let mut conn = None;
+        for _ in 0..100 {
+            if let Ok(c) = client.get_connection_manager().await {
+                conn = Some(c);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let key = SigningKey::hs256(b"0123456789abcdef0123456789abcdef-test").unwrap();
+        let token = TokenIssuer::new(key.clone(), "ordersys", "api")
+            .issue("u1")
+            .unwrap();
+        let auth = Authenticator::new(
+            TokenValidator::new(key.verifying_key(), "ordersys", "api"),
+            Arc::new(RedisBlacklist::new(conn.expect("test redis started"))),
+        );
+        auth.authenticate(&token.token).await.unwrap();
+        server.kill().unwrap();
+        server.wait().unwrap();
+        let err = auth.authenticate(&token.token).await.unwrap_err();
+        assert!(matches!(err, Error::BlacklistUnavailable(_)), "{err:?}");
+    }
+}

@@ -1,0 +1,83 @@
+//! Rate limiter backends against the conformance suite: memory, and Redis for real
+//! (`REDIS_URL`, default the local server; see scripts/services-up).
+
+use std::time::Duration;
+
+use resilience::rate_limit::conformance::rate_limiter_all;
+use resilience::MemoryRateLimiter;
+
+#[tokio::test(start_paused = true)]
+async fn memory_rate_limiter_conformance() {
+    let window = Duration::from_millis(500);
+    rate_limiter_all(&MemoryRateLimiter::new(3, window), 3, window).await;
+}
+
+#[cfg(feature = "redis")]
+mod redis_backend {
+    use super::*;
+    use redis::aio::ConnectionManager;
+    use resilience::rate_limit::RedisRateLimiter;
+    use resilience::RateLimiter;
+
+    async fn redis() -> ConnectionManager {
+        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
+        redis::Client::open(url.as_str())
+            .expect("REDIS_URL")
+            .get_connection_manager()
+            .await
+            .unwrap_or_else(|e| {
+                panic!("Redis at {url} is not reachable ({e}); run scripts/services-up")
+            })
+    }
+
+    #[tokio::test]
+    async fn redis_rate_limiter_conformance() {
+        let prefix = format!("test:{}:rate:", uuid::Uuid::new_v4().simple());
+        let window = Duration::from_millis(500);
+        let limiter = RedisRateLimiter::new(redis().await, 3, window).with_prefix(prefix);
+        rate_limiter_all(&limiter, 3, window).await;
+    }
+
+    #[tokio::test]
+    async fn redis_keys_follow_the_spec() {
+        let mut conn = redis().await;
+        let client = format!("client-{}", uuid::Uuid::new_v4().simple());
+        let limiter = RedisRateLimiter::new(conn.clone(), 100, Duration::from_secs(60));
+        let d = limiter.check(&client).await.unwrap();
+        assert!(d.allowed);
+        let key = format!("rate:{client}");
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            ttl > 55_000 && ttl <= 60_000,
+            "rate:{{ip}} must live one minute, PTTL {ttl}"
+        );
+        let count: i64 = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(count, 1);
+        let _: () = redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_are_counted_exactly() {
+        let prefix = format!("test:{}:rate:", uuid::Uuid::new_v4().simple());
+        let limiter =
+            RedisRateLimiter::new(redis().await, 50, Duration::from_secs(60)).with_prefix(prefix);
+        let results = futures::future::join_all((0..80).map(|_| limiter.check("same-ip"))).await;
+        let allowed = results
+            .iter()
+            .filter(|r| r.as_ref().unwrap().allowed)
+            .count();
+        assert_eq!(allowed, 50);
+    }
+}
