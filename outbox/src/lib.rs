@@ -39,6 +39,7 @@
 pub mod conformance;
 mod consumer;
 mod error;
+pub mod idempotency;
 pub mod memory;
 mod message;
 #[cfg(feature = "mysql")]

@@ -1,0 +1,351 @@
+//! Idempotency of requests (e.g. an `Idempotency-Key` header) and a small TTL cache:
+//! the [`IdempotencyStore`] and [`Cache`] traits with in-memory backends here and Redis
+//! backends behind the `redis` feature (`idempotency:{key}` for 24 h, `order:{id}` for
+//! 10 min in ordersys).
+//!
+//! The idempotency store is the *fast path*; the guarantee against doing a thing twice
+//! belongs in the database (a unique constraint written in the same transaction).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use crate::Result;
+
+/// State of an idempotency key after [`IdempotencyStore::reserve`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reservation {
+    /// The key was free and is now reserved by this caller: do the work, then
+    /// [`complete`](IdempotencyStore::complete) (or [`release`](IdempotencyStore::release)
+    /// on failure).
+    Reserved,
+    /// Someone reserved it and has not finished: answer "in progress" / retry later.
+    InProgress,
+    /// Done before; here is the stored result to return again.
+    Completed(Bytes),
+}
+
+/// `SET key pending NX` semantics with a retrievable result.
+///
+/// ```
+/// use std::time::Duration;
+/// use outbox::idempotency::{IdempotencyStore, MemoryIdempotencyStore, Reservation};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> outbox::Result<()> {
+/// let store = MemoryIdempotencyStore::new();
+/// let day = Duration::from_secs(86_400);
+/// assert_eq!(store.reserve("create-order:abc", day).await?, Reservation::Reserved);
+/// assert_eq!(store.reserve("create-order:abc", day).await?, Reservation::InProgress);
+/// store.complete("create-order:abc", b"order-17", day).await?;
+/// assert_eq!(store.reserve("create-order:abc", day).await?, Reservation::Completed("order-17".into()));
+/// # Ok(())
+/// # }
+/// ```
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync {
+    /// Reserve `key` for `ttl` unless it is reserved or completed already.
+    async fn reserve(&self, key: &str, ttl: Duration) -> Result<Reservation>;
+    /// Store the result for `key` (kept for `ttl`).
+    async fn complete(&self, key: &str, result: &[u8], ttl: Duration) -> Result<()>;
+    /// Drop a reservation whose work failed, so a retry may run.
+    async fn release(&self, key: &str) -> Result<()>;
+}
+
+/// A key/value cache with per-entry TTL.
+#[async_trait]
+pub trait Cache: Send + Sync {
+    /// The cached value, if present and not expired.
+    async fn get(&self, key: &str) -> Result<Option<Bytes>>;
+    /// Cache `value` for `ttl`.
+    async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()>;
+    /// Invalidate.
+    async fn delete(&self, key: &str) -> Result<()>;
+}
+
+#[derive(Debug, Clone)]
+enum Slot {
+    Pending,
+    Done(Bytes),
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// In-memory [`IdempotencyStore`] (tests, embedded mode). Uses tokio's clock.
+#[derive(Debug, Default)]
+pub struct MemoryIdempotencyStore {
+    slots: Mutex<HashMap<String, (Slot, Instant)>>,
+}
+
+impl MemoryIdempotencyStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for MemoryIdempotencyStore {
+    async fn reserve(&self, key: &str, ttl: Duration) -> Result<Reservation> {
+        let now = Instant::now();
+        let mut slots = lock(&self.slots);
+        match slots.get(key) {
+            Some((slot, until)) if *until > now => Ok(match slot {
+                Slot::Pending => Reservation::InProgress,
+                Slot::Done(b) => Reservation::Completed(b.clone()),
+            }),
+            _ => {
+                slots.insert(key.to_owned(), (Slot::Pending, now + ttl));
+                Ok(Reservation::Reserved)
+            }
+        }
+    }
+
+    async fn complete(&self, key: &str, result: &[u8], ttl: Duration) -> Result<()> {
+        lock(&self.slots).insert(
+            key.to_owned(),
+            (
+                Slot::Done(Bytes::copy_from_slice(result)),
+                Instant::now() + ttl,
+            ),
+        );
+        Ok(())
+    }
+
+    async fn release(&self, key: &str) -> Result<()> {
+        let mut slots = lock(&self.slots);
+        if matches!(slots.get(key), Some((Slot::Pending, _))) {
+            slots.remove(key);
+        }
+        Ok(())
+    }
+}
+
+/// In-memory [`Cache`] (tests, embedded mode). Uses tokio's clock.
+#[derive(Debug, Default)]
+pub struct MemoryCache {
+    entries: Mutex<HashMap<String, (Bytes, Instant)>>,
+}
+
+impl MemoryCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl Cache for MemoryCache {
+    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        let now = Instant::now();
+        let mut entries = lock(&self.entries);
+        match entries.get(key) {
+            Some((v, until)) if *until > now => Ok(Some(v.clone())),
+            Some(_) => {
+                entries.remove(key);
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
+        let now = Instant::now();
+        let mut entries = lock(&self.entries);
+        if entries.len() > 100_000 {
+            entries.retain(|_, (_, until)| *until > now);
+        }
+        entries.insert(key.to_owned(), (Bytes::copy_from_slice(value), now + ttl));
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        lock(&self.entries).remove(key);
+        Ok(())
+    }
+}
+
+#[cfg(feature = "redis")]
+pub use self::redis_backend::{RedisCache, RedisIdempotencyStore};
+
+#[cfg(feature = "redis")]
+mod redis_backend {
+    use super::*;
+    use crate::Error;
+    use redis::aio::ConnectionManager;
+
+    const PENDING: &[u8] = b"p";
+    const DONE: u8 = b'd';
+
+    /// `SET key pending NX PX ttl`; if taken, return what is there — one round trip.
+    const RESERVE: &str = r#"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {1, ''}
+end
+local v = redis.call('GET', KEYS[1])
+if not v then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return {1, ''}
+end
+return {0, v}
+"#;
+
+    /// Delete only a pending reservation, never a completed result.
+    const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+
+    fn ms(d: Duration) -> u64 {
+        (d.as_millis() as u64).max(1)
+    }
+
+    /// Redis [`IdempotencyStore`]: keys `idempotency:{key}`.
+    #[derive(Clone)]
+    pub struct RedisIdempotencyStore {
+        conn: ConnectionManager,
+        prefix: String,
+        reserve: redis::Script,
+        release: redis::Script,
+    }
+
+    impl std::fmt::Debug for RedisIdempotencyStore {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("RedisIdempotencyStore")
+                .field("prefix", &self.prefix)
+                .finish_non_exhaustive()
+        }
+    }
+
+    impl RedisIdempotencyStore {
+        /// Keys `idempotency:{key}`.
+        pub fn new(conn: ConnectionManager) -> Self {
+            Self {
+                conn,
+                prefix: "idempotency:".into(),
+                reserve: redis::Script::new(RESERVE),
+                release: redis::Script::new(RELEASE),
+            }
+        }
+
+        /// Use another key prefix.
+        pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+            self.prefix = prefix.into();
+            self
+        }
+    }
+
+    #[async_trait]
+    impl IdempotencyStore for RedisIdempotencyStore {
+        async fn reserve(&self, key: &str, ttl: Duration) -> Result<Reservation> {
+            let mut conn = self.conn.clone();
+            let (fresh, value): (i64, Vec<u8>) = self
+                .reserve
+                .key(format!("{}{key}", self.prefix))
+                .arg(PENDING)
+                .arg(ms(ttl))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(Error::storage)?;
+            Ok(match (fresh, value.first()) {
+                (1, _) => Reservation::Reserved,
+                (_, Some(&DONE)) => Reservation::Completed(Bytes::copy_from_slice(&value[1..])),
+                _ => Reservation::InProgress,
+            })
+        }
+
+        async fn complete(&self, key: &str, result: &[u8], ttl: Duration) -> Result<()> {
+            let mut value = Vec::with_capacity(result.len() + 1);
+            value.push(DONE);
+            value.extend_from_slice(result);
+            let mut conn = self.conn.clone();
+            redis::cmd("SET")
+                .arg(format!("{}{key}", self.prefix))
+                .arg(value)
+                .arg("PX")
+                .arg(ms(ttl))
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(Error::storage)
+        }
+
+        async fn release(&self, key: &str) -> Result<()> {
+            let mut conn = self.conn.clone();
+            self.release
+                .key(format!("{}{key}", self.prefix))
+                .arg(PENDING)
+                .invoke_async::<i64>(&mut conn)
+                .await
+                .map(drop)
+                .map_err(Error::storage)
+        }
+    }
+
+    /// Redis [`Cache`] with a key prefix (e.g. `order:` for `order:{id}`).
+    #[derive(Clone)]
+    pub struct RedisCache {
+        conn: ConnectionManager,
+        prefix: String,
+    }
+
+    impl std::fmt::Debug for RedisCache {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("RedisCache")
+                .field("prefix", &self.prefix)
+                .finish_non_exhaustive()
+        }
+    }
+
+    impl RedisCache {
+        /// A cache whose keys are `{prefix}{key}`.
+        pub fn new(conn: ConnectionManager, prefix: impl Into<String>) -> Self {
+            Self {
+                conn,
+                prefix: prefix.into(),
+            }
+        }
+    }
+
+    #[async_trait]
+    impl Cache for RedisCache {
+        async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+            let mut conn = self.conn.clone();
+            let v: Option<Vec<u8>> = redis::cmd("GET")
+                .arg(format!("{}{key}", self.prefix))
+                .query_async(&mut conn)
+                .await
+                .map_err(Error::storage)?;
+            Ok(v.map(Bytes::from))
+        }
+
+        async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
+            let mut conn = self.conn.clone();
+            redis::cmd("SET")
+                .arg(format!("{}{key}", self.prefix))
+                .arg(value)
+                .arg("PX")
+                .arg(ms(ttl))
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(Error::storage)
+        }
+
+        async fn delete(&self, key: &str) -> Result<()> {
+            let mut conn = self.conn.clone();
+            redis::cmd("DEL")
+                .arg(format!("{}{key}", self.prefix))
+                .query_async::<i64>(&mut conn)
+                .await
+                .map(drop)
+                .map_err(Error::storage)
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! Idempotency store and cache backends against the conformance suite: memory, and
+//! Redis for real (`REDIS_URL`, default the local server; see scripts/services-up).
+
+use outbox::conformance::{cache_all, idempotency_all};
+use outbox::idempotency::{MemoryCache, MemoryIdempotencyStore};
+
+#[tokio::test(start_paused = true)]
+async fn memory_idempotency_conformance() {
+    idempotency_all(&MemoryIdempotencyStore::new()).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn memory_cache_conformance() {
+    cache_all(&MemoryCache::new()).await;
+}
+
+#[cfg(feature = "redis")]
+mod redis_backend {
+    use std::time::Duration;
+
+    use outbox::idempotency::{
+        Cache, IdempotencyStore, RedisCache, RedisIdempotencyStore, Reservation,
+    };
+    use redis::aio::ConnectionManager;
+
+    async fn redis() -> ConnectionManager {
+        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
+        redis::Client::open(url.as_str())
+            .expect("REDIS_URL")
+            .get_connection_manager()
+            .await
+            .unwrap_or_else(|e| {
+                panic!("Redis at {url} is not reachable ({e}); run scripts/services-up")
+            })
+    }
+
+    fn prefix(what: &str) -> String {
+        format!("test:{}:{what}:", uuid::Uuid::new_v4().simple())
+    }
+
+    #[tokio::test]
+    async fn redis_idempotency_conformance() {
+        super::idempotency_all(
+            &RedisIdempotencyStore::new(redis().await).with_prefix(prefix("idempotency")),
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn redis_cache_conformance() {
+        super::cache_all(&RedisCache::new(redis().await, prefix("order"))).await;
+    }
+
+    #[tokio::test]
+    async fn spec_keys_and_ttls() {
+        let mut conn = redis().await;
+        let key = uuid::Uuid::new_v4().to_string();
+        let store = RedisIdempotencyStore::new(conn.clone());
+        assert_eq!(
+            store
+                .reserve(&key, Duration::from_secs(86_400))
+                .await
+                .unwrap(),
+            Reservation::Reserved
+        );
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(format!("idempotency:{key}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!((86_390..=86_400).contains(&ttl), "idempotency TTL {ttl}");
+
+        let cache = RedisCache::new(conn.clone(), "order:");
+        cache
+            .set(&key, b"{}", Duration::from_secs(600))
+            .await
+            .unwrap();
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(format!("order:{key}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!((590..=600).contains(&ttl), "order cache TTL {ttl}");
+        let _: () = redis::cmd("DEL")
+            .arg(format!("idempotency:{key}"))
+            .arg(format!("order:{key}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
