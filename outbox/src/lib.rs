@@ -40,6 +40,8 @@ pub mod conformance;
 mod consumer;
 mod error;
 pub mod idempotency;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod memory;
 mod message;
 #[cfg(feature = "mysql")]

@@ -1,0 +1,384 @@
+//! Kafka backends (feature `kafka`, rdkafka with its bundled librdkafka):
+//! [`KafkaPublisher`] for the relay, [`KafkaDeadLetter`] for the `dlq.saga` topic,
+//! [`run_consumer`] for at-least-once consumption through an [`IdempotentConsumer`],
+//! and [`ensure_topics`].
+//!
+//! Works with Apache Kafka 3.x and Kafka-protocol brokers; only standard client features
+//! are used.
+
+use std::future::Future;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers as _, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
+use uuid::Uuid;
+
+use crate::store::{DeadLetter, Inbox, Publisher};
+use crate::{
+    Delivery, Error, Handler, Headers, IdempotentConsumer, MessageId, OutboxMessage, Outcome,
+    Result, MESSAGE_ID_HEADER,
+};
+
+/// Header carrying the reason on a dead-lettered message.
+pub const DLQ_REASON_HEADER: &str = "dlq-reason";
+/// Header carrying the original topic on a dead-lettered message.
+pub const DLQ_TOPIC_HEADER: &str = "dlq-original-topic";
+
+fn kafka_err(e: KafkaError) -> Error {
+    Error::storage(e)
+}
+
+/// Producer settings used by [`KafkaPublisher::new`]: idempotent, `acks=all`.
+pub fn producer_config(brokers: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", "30000")
+        .set("linger.ms", "5");
+    c
+}
+
+/// Publishes outbox messages to Kafka and resolves once the broker acknowledged them
+/// (so the relay marks a row sent only after delivery). Key = the message key (the
+/// aggregate id, so one aggregate's messages share a partition and keep their order);
+/// headers = the message headers plus `message-id`.
+#[derive(Clone)]
+pub struct KafkaPublisher {
+    producer: FutureProducer,
+    queue_timeout: Duration,
+}
+
+impl std::fmt::Debug for KafkaPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaPublisher").finish_non_exhaustive()
+    }
+}
+
+impl KafkaPublisher {
+    /// An idempotent producer (`enable.idempotence=true`, `acks=all`) for `brokers`.
+    pub fn new(brokers: &str) -> Result<Self> {
+        Self::from_config(&producer_config(brokers))
+    }
+
+    /// A producer from explicit librdkafka settings.
+    pub fn from_config(config: &ClientConfig) -> Result<Self> {
+        Ok(Self {
+            producer: config.create().map_err(kafka_err)?,
+            queue_timeout: Duration::from_secs(5),
+        })
+    }
+
+    /// Wait for everything in flight (call before shutdown).
+    pub fn flush(&self, timeout: Duration) -> Result<()> {
+        rdkafka::producer::Producer::flush(&self.producer, timeout).map_err(kafka_err)
+    }
+}
+
+fn kafka_headers(msg: &OutboxMessage, extra: &[(&str, &str)]) -> OwnedHeaders {
+    let id = msg.id.to_string();
+    let mut h = OwnedHeaders::new_with_capacity(msg.headers.len() + 1 + extra.len());
+    for (k, v) in msg.headers.iter().chain(extra.iter().copied()) {
+        if k != MESSAGE_ID_HEADER {
+            h = h.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+    }
+    h.insert(Header {
+        key: MESSAGE_ID_HEADER,
+        value: Some(&id),
+    })
+}
+
+impl KafkaPublisher {
+    async fn send(&self, msg: &OutboxMessage, extra: &[(&str, &str)]) -> Result<()> {
+        let record = FutureRecord::to(&msg.topic)
+            .key(msg.key.as_bytes())
+            .payload(msg.payload.as_ref())
+            .headers(kafka_headers(msg, extra));
+        self.producer
+            .send(record, self.queue_timeout)
+            .await
+            .map(drop)
+            .map_err(|(e, _)| Error::publish(&msg.topic, e))
+    }
+}
+
+impl Publisher for KafkaPublisher {
+    async fn publish(&self, msg: &OutboxMessage) -> Result<()> {
+        self.send(msg, &[]).await
+    }
+}
+
+/// Sends messages that could not be processed to a dead-letter topic (`dlq.saga` by
+/// default) with the original key, payload and headers, plus `dlq-reason` and
+/// `dlq-original-topic`.
+#[derive(Debug, Clone)]
+pub struct KafkaDeadLetter {
+    publisher: KafkaPublisher,
+    topic: String,
+}
+
+impl KafkaDeadLetter {
+    /// Dead-letter to `dlq.saga` through `publisher`.
+    pub fn new(publisher: KafkaPublisher) -> Self {
+        Self {
+            publisher,
+            topic: "dlq.saga".into(),
+        }
+    }
+
+    /// Use another topic.
+    pub fn with_topic(mut self, topic: impl Into<String>) -> Self {
+        self.topic = topic.into();
+        self
+    }
+}
+
+impl DeadLetter for KafkaDeadLetter {
+    async fn dead_letter(&self, msg: &Delivery, reason: &str) -> Result<()> {
+        let parked = OutboxMessage {
+            id: msg.id,
+            topic: self.topic.clone(),
+            key: msg.key.clone(),
+            payload: msg.payload.clone(),
+            headers: msg.headers.clone(),
+            created_at: std::time::SystemTime::now(),
+            attempts: 0,
+        };
+        let reason: String = reason.chars().take(2000).collect();
+        self.publisher
+            .send(
+                &parked,
+                &[(DLQ_REASON_HEADER, &reason), (DLQ_TOPIC_HEADER, &msg.topic)],
+            )
+            .await
+            .map_err(|e| Error::DeadLetter(Box::new(e)))
+    }
+}
+
+/// Create the topics that do not exist yet (`(name, partitions)`, replication 1 —
+/// adjust on a real cluster with `ensure_topics_with`). Existing topics are left alone.
+pub async fn ensure_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<()> {
+    ensure_topics_with(brokers, topics, 1).await
+}
+
+/// [`ensure_topics`] with a replication factor.
+pub async fn ensure_topics_with(
+    brokers: &str,
+    topics: &[(&str, i32)],
+    replication: i32,
+) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .map_err(kafka_err)?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, partitions)| {
+            NewTopic::new(name, *partitions, TopicReplication::Fixed(replication))
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics(&new, &opts).await.map_err(kafka_err)? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(Error::storage(format!(
+                    "creating topic {name} failed: {code}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Settings of [`run_consumer`].
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Consumer group.
+    pub group_id: String,
+    /// Topics to subscribe to.
+    pub topics: Vec<String>,
+    /// `session.timeout.ms` (default 10 s; short keeps rebalances quick).
+    pub session_timeout: Duration,
+    /// Pause between tries when the store is down (default 100 ms doubling to 5 s).
+    pub store_backoff: resilience::Retry,
+    /// Upper bound on closing the consumer (leaving the group) at shutdown (default 5 s).
+    pub close_timeout: Duration,
+    /// More librdkafka settings.
+    pub extra: Vec<(String, String)>,
+}
+
+impl ConsumerConfig {
+    /// Consume `topics` in group `group_id` from `brokers`.
+    pub fn new(brokers: impl Into<String>, group_id: impl Into<String>, topics: &[&str]) -> Self {
+        Self {
+            brokers: brokers.into(),
+            group_id: group_id.into(),
+            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+            session_timeout: Duration::from_secs(10),
+            store_backoff: resilience::Retry::default()
+                .max_attempts(u32::MAX)
+                .max_delay(Duration::from_secs(5)),
+            close_timeout: Duration::from_secs(5),
+            extra: Vec::new(),
+        }
+    }
+}
+
+/// What a consumer run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConsumerStats {
+    /// Deliveries handled and committed.
+    pub processed: u64,
+    /// Redeliveries dropped by the inbox.
+    pub duplicates: u64,
+    /// Deliveries sent to the dead-letter sink.
+    pub dead_lettered: u64,
+}
+
+/// Turn a Kafka message into a [`Delivery`]. A message without a valid `message-id`
+/// header gets an id derived from its topic, partition and offset, which is stable
+/// across redeliveries.
+pub fn to_delivery(m: &BorrowedMessage<'_>) -> Delivery {
+    let mut headers = Headers::new();
+    let mut id = None;
+    if let Some(hs) = m.headers() {
+        for h in hs.iter() {
+            let value = h
+                .value
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default();
+            if h.key == MESSAGE_ID_HEADER {
+                id = MessageId::parse(&value);
+            }
+            headers.insert(h.key, value);
+        }
+    }
+    let id = id.unwrap_or_else(|| {
+        let name = format!("{}/{}/{}", m.topic(), m.partition(), m.offset());
+        MessageId(Uuid::new_v5(&Uuid::NAMESPACE_OID, name.as_bytes()))
+    });
+    Delivery {
+        id,
+        topic: m.topic().to_owned(),
+        key: m
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default(),
+        payload: m
+            .payload()
+            .map(bytes::Bytes::copy_from_slice)
+            .unwrap_or_default(),
+        headers,
+    }
+}
+
+/// Consume `config.topics` until `shutdown` resolves, handing each message to
+/// `consumer.process(.., handler)`.
+///
+/// At-least-once: an offset is stored only after its message was processed (or
+/// dead-lettered) and committed; stored offsets are committed every second and at
+/// shutdown. While the store is down the same message is retried with backoff, so
+/// nothing is skipped. A message in progress is finished before shutdown; closing the
+/// consumer is bounded by `close_timeout`.
+pub async fn run_consumer<I, D, H>(
+    config: &ConsumerConfig,
+    consumer: &IdempotentConsumer<I, D>,
+    handler: &H,
+    shutdown: impl Future<Output = ()>,
+) -> Result<ConsumerStats>
+where
+    I: Inbox,
+    D: DeadLetter,
+    H: Handler<I::Tx>,
+{
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &config.brokers)
+        .set("group.id", &config.group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set(
+            "session.timeout.ms",
+            config.session_timeout.as_millis().to_string(),
+        );
+    for (k, v) in &config.extra {
+        cc.set(k, v);
+    }
+    let kafka: StreamConsumer = cc.create().map_err(kafka_err)?;
+    let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+    kafka.subscribe(&topics).map_err(kafka_err)?;
+
+    tokio::pin!(shutdown);
+    let mut stats = ConsumerStats::default();
+    'outer: loop {
+        let msg = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            m = kafka.recv() => m,
+        };
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "ошибка получения сообщения из Kafka");
+                continue;
+            }
+        };
+        let delivery = to_delivery(&msg);
+        let mut backoff = config.store_backoff.backoff();
+        let outcome = loop {
+            match consumer.process(&delivery, handler).await {
+                Ok(o) => break o,
+                Err(e) => {
+                    let wait = backoff.next().unwrap_or(Duration::from_secs(5));
+                    tracing::error!(error = %e, message_id = %delivery.id, topic = %delivery.topic,
+                        "не удалось обработать сообщение, повтор");
+                    tokio::select! {
+                        biased;
+                        // Not processed: do not store its offset; it comes again.
+                        () = &mut shutdown => break 'outer,
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        };
+        match outcome {
+            Outcome::Processed => stats.processed += 1,
+            Outcome::Duplicate => stats.duplicates += 1,
+            Outcome::DeadLettered { .. } => stats.dead_lettered += 1,
+        }
+        if let Err(e) = kafka.store_offset_from_message(&msg) {
+            // E.g. the partition was revoked in a rebalance: the new owner redelivers,
+            // and the inbox drops the duplicate.
+            tracing::warn!(error = %e, "не удалось сохранить смещение");
+        }
+    }
+
+    if let Err(e) = kafka.commit_consumer_state(CommitMode::Sync) {
+        if !matches!(e, KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) {
+            tracing::warn!(error = %e, "не удалось зафиксировать смещения при остановке");
+        }
+    }
+    // Leaving the group can hang on some brokers; never let it block shutdown.
+    let close = tokio::task::spawn_blocking(move || drop(kafka));
+    if tokio::time::timeout(config.close_timeout, close)
+        .await
+        .is_err()
+    {
+        tracing::warn!("закрытие Kafka-консьюмера не уложилось в отведённое время");
+    }
+    Ok(stats)
+}

@@ -1,0 +1,352 @@
+//! Kafka publisher, consumer runner and dead-letter topic against a real
+//! Kafka-protocol broker (`KAFKA_BROKERS`, default 127.0.0.1:9092; scripts/kafka-up).
+//! Every test uses topics and consumer groups of its own.
+#![cfg(feature = "kafka")]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use outbox::kafka::{
+    ensure_topics, run_consumer, ConsumerConfig, KafkaDeadLetter, KafkaPublisher,
+    DLQ_REASON_HEADER, DLQ_TOPIC_HEADER,
+};
+use outbox::memory::{MemoryDeadLetters, MemoryInbox, MemoryOutbox, MemoryTx};
+use outbox::{
+    Delivery, Handler, HandlerError, IdempotentConsumer, OutboxMessage, OutboxStore, Relay,
+    RelayConfig, Transactional,
+};
+use tokio::sync::watch;
+
+fn brokers() -> String {
+    let b = std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let first = b.split(',').next().unwrap().to_owned();
+    std::net::TcpStream::connect_timeout(
+        &first.parse().expect("KAFKA_BROKERS host:port"),
+        Duration::from_secs(3),
+    )
+    .unwrap_or_else(|e| panic!("Kafka at {b} is not reachable ({e}); run scripts/kafka-up"));
+    b
+}
+
+fn unique(name: &str) -> String {
+    format!("test.{name}.{}", uuid::Uuid::new_v4().simple())
+}
+
+fn consumer_config(topic: &str) -> ConsumerConfig {
+    let mut c = ConsumerConfig::new(brokers(), unique("group"), &[topic]);
+    c.session_timeout = Duration::from_secs(6);
+    c
+}
+
+/// Collects what it handles, transactionally (on commit of the inbox unit of work).
+#[derive(Clone, Default)]
+struct Collect {
+    seen: Arc<Mutex<Vec<Delivery>>>,
+    count: Arc<watch::Sender<usize>>,
+    poison: Option<&'static str>,
+}
+
+impl Collect {
+    async fn wait_for(&self, n: usize) {
+        let mut rx = self.count.subscribe();
+        tokio::time::timeout(Duration::from_secs(60), rx.wait_for(|c| *c >= n))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "only {} of {n} messages arrived",
+                    self.seen.lock().unwrap().len()
+                )
+            })
+            .unwrap();
+    }
+}
+
+impl Handler<MemoryTx> for Collect {
+    async fn handle(&self, tx: &mut MemoryTx, msg: &Delivery) -> Result<(), HandlerError> {
+        if Some(&msg.payload[..]) == self.poison.map(str::as_bytes) {
+            return Err(HandlerError::permanent("cannot decode payload"));
+        }
+        let (seen, count, msg) = (self.seen.clone(), self.count.clone(), msg.clone());
+        tx.on_commit(move || {
+            let mut s = seen.lock().unwrap();
+            s.push(msg);
+            count.send_replace(s.len());
+        });
+        Ok(())
+    }
+}
+
+fn stopper() -> (
+    watch::Sender<bool>,
+    impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+) {
+    let (tx, rx) = watch::channel(false);
+    let make = move || {
+        let mut rx = rx.clone();
+        Box::pin(async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+    };
+    (tx, make)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_to_kafka_to_idempotent_consumer_keeps_keys_headers_and_order() {
+    let topic = unique("commands");
+    ensure_topics(&brokers(), &[(&topic, 3)]).await.unwrap();
+    ensure_topics(&brokers(), &[(&topic, 3)]).await.unwrap(); // idempotent
+
+    let outbox = MemoryOutbox::new();
+    let mut tx = outbox.begin().await.unwrap();
+    for i in 0..30 {
+        let key = format!("order-{}", i % 3);
+        let msg = OutboxMessage::new(topic.clone(), key, format!("{i}")).with_header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        );
+        outbox.enqueue(&mut tx, msg).await.unwrap();
+    }
+    outbox.commit(tx).await.unwrap();
+
+    let (stop, stopped) = stopper();
+    let relay = Relay::new(
+        outbox.clone(),
+        KafkaPublisher::new(&brokers()).unwrap(),
+        RelayConfig::default(),
+    );
+    let relay_task = tokio::spawn(relay.run(stopped()));
+
+    let collect = Collect::default();
+    let consumer = Arc::new(IdempotentConsumer::new(
+        "test",
+        MemoryInbox::new(),
+        MemoryDeadLetters::new(),
+    ));
+    let config = consumer_config(&topic);
+    let (c, h, s) = (consumer.clone(), collect.clone(), stopped());
+    let consumer_task = tokio::spawn(async move { run_consumer(&config, &c, &h, s).await });
+
+    collect.wait_for(30).await;
+    stop.send_replace(true);
+    relay_task.await.unwrap().unwrap();
+    let stats = consumer_task.await.unwrap().unwrap();
+    assert_eq!(stats.processed, 30);
+    assert_eq!(outbox.pending(), 0);
+
+    let seen = collect.seen.lock().unwrap().clone();
+    for key in ["order-0", "order-1", "order-2"] {
+        let payloads: Vec<u32> = seen
+            .iter()
+            .filter(|d| d.key == key)
+            .map(|d| std::str::from_utf8(&d.payload).unwrap().parse().unwrap())
+            .collect();
+        let mut sorted = payloads.clone();
+        sorted.sort();
+        assert_eq!(payloads, sorted, "per-key order for {key}");
+        assert_eq!(payloads.len(), 10);
+    }
+    for d in &seen {
+        assert_eq!(d.headers.get("traceparent").unwrap().len(), 55);
+        assert_eq!(d.headers.get("message-id").unwrap(), d.id.to_string());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_consumer_resumes_from_committed_offsets_without_double_processing() {
+    let topic = unique("resume");
+    ensure_topics(&brokers(), &[(&topic, 1)]).await.unwrap();
+    let publisher = KafkaPublisher::new(&brokers()).unwrap();
+    let msgs: Vec<_> = (0..20)
+        .map(|i| OutboxMessage::new(topic.clone(), "k", format!("{i}")))
+        .collect();
+    for m in &msgs[..10] {
+        outbox::Publisher::publish(&publisher, m).await.unwrap();
+    }
+    // One message published twice (a relay that crashed before mark-sent).
+    outbox::Publisher::publish(&publisher, &msgs[3])
+        .await
+        .unwrap();
+
+    let inbox = MemoryInbox::new();
+    let consumer = Arc::new(IdempotentConsumer::new(
+        "test",
+        inbox.clone(),
+        MemoryDeadLetters::new(),
+    ));
+    let config = consumer_config(&topic);
+    let collect = Collect::default();
+
+    let (stop, stopped) = stopper();
+    let (c, h, cfg, s) = (consumer.clone(), collect.clone(), config.clone(), stopped());
+    let first = tokio::spawn(async move { run_consumer(&cfg, &c, &h, s).await });
+    collect.wait_for(10).await;
+    stop.send_replace(true);
+    let s1 = first.await.unwrap().unwrap();
+
+    for m in &msgs[10..] {
+        outbox::Publisher::publish(&publisher, m).await.unwrap();
+    }
+    let (stop, stopped) = stopper();
+    let (c, h, cfg, s) = (consumer.clone(), collect.clone(), config.clone(), stopped());
+    let second = tokio::spawn(async move { run_consumer(&cfg, &c, &h, s).await });
+    collect.wait_for(20).await;
+    stop.send_replace(true);
+    let s2 = second.await.unwrap().unwrap();
+
+    assert_eq!(
+        s1.processed + s2.processed,
+        20,
+        "every message processed exactly once"
+    );
+    // Only the republished message was a duplicate: the second run started from the
+    // committed offset, not from the beginning of the topic.
+    assert_eq!(s1.duplicates + s2.duplicates, 1);
+    let seen = collect.seen.lock().unwrap();
+    let payloads: Vec<String> = seen
+        .iter()
+        .map(|d| String::from_utf8(d.payload.to_vec()).unwrap())
+        .collect();
+    let expected: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+    assert_eq!(payloads, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_message_goes_to_the_dead_letter_topic_and_the_consumer_carries_on() {
+    let topic = unique("poison");
+    let dlq = unique("dlq");
+    ensure_topics(&brokers(), &[(&topic, 1), (&dlq, 1)])
+        .await
+        .unwrap();
+    let publisher = KafkaPublisher::new(&brokers()).unwrap();
+    for p in ["good-1", "poison", "good-2"] {
+        let m = OutboxMessage::new(topic.clone(), "k", p).with_header("traceparent", "tp");
+        outbox::Publisher::publish(&publisher, &m).await.unwrap();
+    }
+
+    let dead = KafkaDeadLetter::new(publisher.clone()).with_topic(dlq.clone());
+    let consumer = Arc::new(IdempotentConsumer::new("test", MemoryInbox::new(), dead));
+    let collect = Collect {
+        poison: Some("poison"),
+        ..Collect::default()
+    };
+    let (stop, stopped) = stopper();
+    let (c, h, cfg, s) = (
+        consumer.clone(),
+        collect.clone(),
+        consumer_config(&topic),
+        stopped(),
+    );
+    let task = tokio::spawn(async move { run_consumer(&cfg, &c, &h, s).await });
+
+    // Read the dead-letter topic with a plain collecting consumer.
+    let parked = Collect::default();
+    let dlq_consumer = Arc::new(IdempotentConsumer::new(
+        "dlq-reader",
+        MemoryInbox::new(),
+        MemoryDeadLetters::new(),
+    ));
+    let (p, cfg, s) = (parked.clone(), consumer_config(&dlq), stopped());
+    let dlq_task = tokio::spawn(async move { run_consumer(&cfg, &dlq_consumer, &p, s).await });
+
+    collect.wait_for(2).await;
+    parked.wait_for(1).await;
+    stop.send_replace(true);
+    let stats = task.await.unwrap().unwrap();
+    dlq_task.await.unwrap().unwrap();
+    assert_eq!(stats.processed, 2);
+    assert_eq!(stats.dead_lettered, 1);
+    let good: Vec<_> = collect
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|d| d.payload.clone())
+        .collect();
+    assert_eq!(good, ["good-1", "good-2"]);
+    let parked = parked.seen.lock().unwrap()[0].clone();
+    assert_eq!(&parked.payload[..], b"poison");
+    assert_eq!(parked.key, "k");
+    assert_eq!(parked.headers.get("traceparent"), Some("tp"));
+    assert_eq!(parked.headers.get(DLQ_TOPIC_HEADER), Some(topic.as_str()));
+    assert!(parked
+        .headers
+        .get(DLQ_REASON_HEADER)
+        .unwrap()
+        .contains("cannot decode"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_group_member_joining_midway_loses_and_doubles_nothing() {
+    let topic = unique("rebalance");
+    ensure_topics(&brokers(), &[(&topic, 3)]).await.unwrap();
+    let publisher = KafkaPublisher::new(&brokers()).unwrap();
+    let publish = |i: u32| {
+        let (publisher, topic) = (publisher.clone(), topic.clone());
+        async move {
+            let m = OutboxMessage::new(topic.clone(), format!("key-{}", i % 7), i.to_string());
+            outbox::Publisher::publish(&publisher, &m).await.unwrap();
+        }
+    };
+    for i in 0..30 {
+        publish(i).await;
+    }
+
+    let inbox = MemoryInbox::new(); // the database both members share
+    let all = Collect::default(); // everything, across members
+    let config = consumer_config(&topic);
+    let (stop, stopped) = stopper();
+    let spawn_member = |mine: Collect| {
+        let consumer = IdempotentConsumer::new("test", inbox.clone(), MemoryDeadLetters::new());
+        let (h, cfg, s) = (Both(all.clone(), mine), config.clone(), stopped());
+        tokio::spawn(async move { run_consumer(&cfg, &consumer, &h, s).await })
+    };
+    let a = spawn_member(Collect::default());
+    all.wait_for(10).await;
+    let b_seen = Collect::default();
+    let b = spawn_member(b_seen.clone()); // joins the group: a rebalance follows
+
+    // Keep producing until the new member owns partitions and has processed something.
+    let mut next = 30;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    while b_seen.seen.lock().unwrap().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second member never got a partition"
+        );
+        publish(next).await;
+        next += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for i in next..next + 30 {
+        publish(i).await;
+    }
+    let total = next + 30;
+    all.wait_for(total as usize).await;
+    stop.send_replace(true);
+    let (sa, sb) = (a.await.unwrap().unwrap(), b.await.unwrap().unwrap());
+    assert!(sb.processed > 0);
+    assert_eq!(
+        sa.processed + sb.processed,
+        u64::from(total),
+        "{sa:?} {sb:?}"
+    );
+    let mut payloads: Vec<u32> = all
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|d| std::str::from_utf8(&d.payload).unwrap().parse().unwrap())
+        .collect();
+    payloads.sort();
+    assert_eq!(payloads, (0..total).collect::<Vec<_>>());
+}
+
+/// Records into two collectors (all members, and this member).
+struct Both(Collect, Collect);
+
+impl Handler<MemoryTx> for Both {
+    async fn handle(&self, tx: &mut MemoryTx, msg: &Delivery) -> Result<(), HandlerError> {
+        self.0.handle(tx, msg).await?;
+        self.1.handle(tx, msg).await
+    }
+}
