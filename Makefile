@@ -1,11 +1,24 @@
 # ordersys — developer entry points. `make test` is the test command CI runs.
 CARGO ?= cargo
 
-.PHONY: test lint fmt doc example check
+.PHONY: test test-unit services-up kafka-down lint fmt doc example check
 
-## Run the whole test suite (unit, integration, doctests) of every crate.
-test:
+## Run the whole test suite (unit, integration against real MariaDB/Redis/Kafka,
+## doctests) of every crate, starting the servers first if they are down.
+test: services-up
 	$(CARGO) test --workspace --all-features --no-fail-fast
+
+## Only what needs no server: default features, memory backends.
+test-unit:
+	$(CARGO) test --workspace
+
+## Start MariaDB, Redis and the local Kafka broker if they are not running.
+services-up:
+	scripts/services-up
+
+## Stop the local Kafka broker started by services-up.
+kafka-down:
+	scripts/kafka-down
 
 SDK_CRATES := resilience authz outbox saga-core
 
