@@ -1,4 +1,4 @@
-//! Conformance suite for [`Blacklist`](crate::Blacklist) backends (feature `conformance`).
+//! Conformance suite for [`Blacklist`] backends (feature `conformance`).
 
 use std::time::Duration;
 
