@@ -1,0 +1,126 @@
+//! The admin HTTP endpoints every service serves: `/healthz` (alive), `/readyz`
+//! (dependencies reachable) and `/metrics` (Prometheus text).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus::{Encoder, Registry, TextEncoder};
+
+/// A readiness check: resolves to `Err(reason)` when a dependency is not usable.
+pub type Check = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+/// What the admin endpoints report on.
+#[derive(Clone)]
+pub struct Admin {
+    service: &'static str,
+    checks: Vec<(&'static str, Check)>,
+    registry: Registry,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin").field("service", &self.service).finish_non_exhaustive()
+    }
+}
+
+impl Admin {
+    /// Endpoints for `service` with a fresh metrics registry.
+    pub fn new(service: &'static str) -> Self {
+        Self {
+            service,
+            checks: Vec::new(),
+            registry: Registry::new(),
+        }
+    }
+
+    /// Add a readiness check named `name`.
+    pub fn check<F, Fut>(mut self, name: &'static str, f: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.checks.push((name, Arc::new(move || Box::pin(f()))));
+        self
+    }
+
+    /// The metrics registry (register the service's collectors here).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Run every check (each bounded by 2 s); `Err` lists what failed.
+    pub async fn ready(&self) -> Result<(), Vec<(String, String)>> {
+        let results = futures::future::join_all(self.checks.iter().map(|(name, check)| async move {
+            let r = match tokio::time::timeout(Duration::from_secs(2), check()).await {
+                Ok(r) => r,
+                Err(_) => Err("timed out".to_owned()),
+            };
+            (name.to_string(), r)
+        }))
+        .await;
+        let failed: Vec<(String, String)> = results
+            .into_iter()
+            .filter_map(|(n, r)| r.err().map(|e| (n, e)))
+            .collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed)
+        }
+    }
+
+    /// The admin routes (mount on the admin port, or merge into the gateway's router).
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics))
+            .with_state(Arc::new(self))
+    }
+}
+
+async fn healthz(State(a): State<Arc<Admin>>) -> impl IntoResponse {
+    Json(serde_json::json!({ "status": "ok", "service": a.service }))
+}
+
+async fn readyz(State(a): State<Arc<Admin>>) -> Response {
+    match a.ready().await {
+        Ok(()) => Json(serde_json::json!({ "status": "ready", "service": a.service })).into_response(),
+        Err(failed) => {
+            let checks: serde_json::Map<String, serde_json::Value> =
+                failed.into_iter().map(|(n, e)| (n, e.into())).collect();
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({ "status": "not_ready", "service": a.service, "failed": checks })),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn metrics(State(a): State<Arc<Admin>>) -> Response {
+    let mut buf = Vec::new();
+    let families = a.registry.gather();
+    if TextEncoder::new().encode(&families, &mut buf).is_err() {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], buf).into_response()
+}
+
+/// Serve `router` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,43 @@
+//! MySQL connection helpers.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+use sqlx::{ConnectOptions, Connection, MySqlPool};
+
+/// Connect to `url`, creating its database first if it does not exist (so a fresh
+/// server needs no manual setup). Retries for up to `wait` while the server is not up.
+pub async fn connect(url: &str, max_connections: u32, wait: Duration) -> anyhow::Result<MySqlPool> {
+    let opts = MySqlConnectOptions::from_str(url)?;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match try_connect(&opts, max_connections).await {
+            Ok(pool) => return Ok(pool),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "база данных недоступна, повтор подключения");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn try_connect(opts: &MySqlConnectOptions, max_connections: u32) -> anyhow::Result<MySqlPool> {
+    if let Some(db) = opts.get_database() {
+        anyhow::ensure!(
+            db.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+            "database name {db:?} must be [A-Za-z0-9_]"
+        );
+        let mut admin = opts.clone().database("").connect().await?;
+        sqlx::query(&format!("CREATE DATABASE IF NOT EXISTS `{db}`"))
+            .execute(&mut admin)
+            .await?;
+        let _ = admin.close().await;
+    }
+    Ok(MySqlPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(opts.clone())
+        .await?)
+}

@@ -1,0 +1,110 @@
+//! The ordersys user service: register (argon2id), login (JWT with a unique `jti`),
+//! logout (the `jti` goes on the Redis blacklist for the token's remaining life).
+//!
+//! Layers: [`domain`] (rules, no I/O) ← [`repository`] (MySQL) ← [`service`] (use cases)
+//! ← [`grpc`] (tonic). `main.rs` only loads config and calls [`run`].
+
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod domain;
+pub mod grpc;
+pub mod repository;
+pub mod service;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use authz::redis::RedisBlacklist;
+use authz::{Authenticator, SigningKey, TokenIssuer, TokenValidator};
+use ordersys_kit::admin::{self, Admin};
+use ordersys_kit::context::ContextLayer;
+use ordersys_kit::shutdown::Shutdown;
+use ordersys_proto::user::v1::user_service_server::UserServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use config::Config;
+
+/// The sockets the service serves on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// gRPC.
+    pub grpc: TcpListener,
+    /// Admin HTTP.
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Bind the configured addresses.
+    pub async fn bind(config: &Config) -> anyhow::Result<Self> {
+        Ok(Self {
+            grpc: TcpListener::bind(&config.grpc_addr).await?,
+            admin: TcpListener::bind(&config.admin_addr).await?,
+        })
+    }
+}
+
+/// Run the service until `shutdown` resolves; in-flight requests are finished first.
+pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let key = SigningKey::hs256(config.jwt_secret.as_bytes())
+        .map_err(|e| anyhow::anyhow!("JWT_SECRET: {e}"))?;
+    let pool = ordersys_kit::db::connect(&config.database_url, 10, Duration::from_secs(30)).await?;
+    let repo = repository::MySqlUsers::new(pool.clone());
+    repo.migrate().await?;
+    let redis = redis::Client::open(config.redis_url.as_str())?;
+    let redis_conn = redis.get_connection_manager().await?;
+
+    let ttl = Duration::from_secs(config.jwt_ttl_secs);
+    let issuer = TokenIssuer::new(key.clone(), &config.jwt_issuer, &config.jwt_audience).with_ttl(ttl);
+    let auth = Authenticator::new(
+        TokenValidator::new(key.verifying_key(), &config.jwt_issuer, &config.jwt_audience),
+        Arc::new(RedisBlacklist::new(redis_conn.clone())),
+    );
+    let service = service::UserService::new(Arc::new(repo), issuer, auth).await?;
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<UserServiceServer<grpc::UserGrpc>>()
+        .await;
+
+    let (trigger, stop) = Shutdown::new();
+    let db = pool.clone();
+    let admin = Admin::new("user")
+        .check("mysql", move || {
+            let db = db.clone();
+            async move { sqlx::query("SELECT 1").execute(&db).await.map(drop).map_err(|e| e.to_string()) }
+        })
+        .check("redis", move || {
+            let mut conn = redis_conn.clone();
+            async move {
+                redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+        });
+    let grpc_addr = listeners.grpc.local_addr()?;
+    let admin_addr = listeners.admin.local_addr()?;
+    let admin_task = tokio::spawn(admin::serve(listeners.admin, admin.router(), stop.clone().wait()));
+    let grpc = tonic::transport::Server::builder()
+        .layer(ContextLayer)
+        .add_service(health_service)
+        .add_service(UserServiceServer::new(grpc::UserGrpc::new(service)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), stop.wait());
+    tracing::info!(grpc = %grpc_addr, admin = %admin_addr, "сервис пользователей запущен");
+
+    let watcher = tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("получен сигнал остановки, завершаем обработку запросов");
+        trigger.fire();
+    });
+    let result = grpc.await;
+    watcher.abort();
+    admin_task.await??;
+    pool.close().await;
+    tracing::info!("сервис пользователей остановлен");
+    result.map_err(Into::into)
+}

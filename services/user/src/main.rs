@@ -1,0 +1,10 @@
+//! `ordersys-user`: load config, set up logs, run until SIGTERM/Ctrl-C.
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    ordersys_kit::telemetry::init("user");
+    let config = ordersys_user::Config::load()?;
+    tracing::info!(config = ?config, "конфигурация загружена");
+    let listeners = ordersys_user::Listeners::bind(&config).await?;
+    ordersys_user::run(config, listeners, ordersys_kit::shutdown::signal()).await
+}
