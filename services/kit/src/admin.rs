@@ -14,7 +14,8 @@ use axum::{Json, Router};
 use prometheus::{Encoder, Registry, TextEncoder};
 
 /// A readiness check: resolves to `Err(reason)` when a dependency is not usable.
-pub type Check = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+pub type Check =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
 /// What the admin endpoints report on.
 #[derive(Clone)]
@@ -26,7 +27,9 @@ pub struct Admin {
 
 impl std::fmt::Debug for Admin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Admin").field("service", &self.service).finish_non_exhaustive()
+        f.debug_struct("Admin")
+            .field("service", &self.service)
+            .finish_non_exhaustive()
     }
 }
 
@@ -57,14 +60,15 @@ impl Admin {
 
     /// Run every check (each bounded by 2 s); `Err` lists what failed.
     pub async fn ready(&self) -> Result<(), Vec<(String, String)>> {
-        let results = futures::future::join_all(self.checks.iter().map(|(name, check)| async move {
-            let r = match tokio::time::timeout(Duration::from_secs(2), check()).await {
-                Ok(r) => r,
-                Err(_) => Err("timed out".to_owned()),
-            };
-            (name.to_string(), r)
-        }))
-        .await;
+        let results =
+            futures::future::join_all(self.checks.iter().map(|(name, check)| async move {
+                let r = match tokio::time::timeout(Duration::from_secs(2), check()).await {
+                    Ok(r) => r,
+                    Err(_) => Err("timed out".to_owned()),
+                };
+                (name.to_string(), r)
+            }))
+            .await;
         let failed: Vec<(String, String)> = results
             .into_iter()
             .filter_map(|(n, r)| r.err().map(|e| (n, e)))
@@ -92,7 +96,9 @@ async fn healthz(State(a): State<Arc<Admin>>) -> impl IntoResponse {
 
 async fn readyz(State(a): State<Arc<Admin>>) -> Response {
     match a.ready().await {
-        Ok(()) => Json(serde_json::json!({ "status": "ready", "service": a.service })).into_response(),
+        Ok(()) => {
+            Json(serde_json::json!({ "status": "ready", "service": a.service })).into_response()
+        }
         Err(failed) => {
             let checks: serde_json::Map<String, serde_json::Value> =
                 failed.into_iter().map(|(n, e)| (n, e.into())).collect();
@@ -120,7 +126,10 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }

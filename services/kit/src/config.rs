@@ -24,7 +24,11 @@ where
     let fields: Vec<String> = fields.iter().map(|f| f.to_lowercase()).collect();
     fig = fig.merge(
         Env::raw()
-            .filter(move |k| fields.iter().any(|f| f.as_str() == k.as_str().to_lowercase()))
+            .filter(move |k| {
+                fields
+                    .iter()
+                    .any(|f| f.as_str() == k.as_str().to_lowercase())
+            })
             .lowercase(true),
     );
     Ok(fig.extract()?)

@@ -37,13 +37,16 @@ impl fmt::Debug for RequestContext {
 fn valid_correlation_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
 }
 
 fn random_hex(bytes: usize) -> String {
     use rand::Rng;
     let mut rng = rand::rng();
-    (0..bytes).map(|_| format!("{:02x}", rng.random::<u8>())).collect()
+    (0..bytes)
+        .map(|_| format!("{:02x}", rng.random::<u8>()))
+        .collect()
 }
 
 /// Parse a W3C `traceparent`; returns the trace id if well-formed.
@@ -138,6 +141,10 @@ where
             path = %req.uri().path(),
         );
         let cid = HeaderValue::from_str(&ctx.correlation_id).ok();
+        if let Some(v) = &cid {
+            // Inner layers (auth errors, handlers) see the id in force.
+            req.headers_mut().insert(CORRELATION_ID, v.clone());
+        }
         req.extensions_mut().insert(ctx);
         let fut = {
             let _enter = span.enter();
@@ -171,13 +178,19 @@ mod tests {
         let ctx = RequestContext::from_headers(&h);
         assert_eq!(ctx.correlation_id, "abc-123");
         assert_eq!(ctx.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert!(!ctx.traceparent.contains("00f067aa0ba902b7"), "a new span id per hop");
+        assert!(
+            !ctx.traceparent.contains("00f067aa0ba902b7"),
+            "a new span id per hop"
+        );
     }
 
     #[test]
     fn replaces_missing_or_hostile_values() {
         let mut h = HeaderMap::new();
-        h.insert(CORRELATION_ID, HeaderValue::from_static("evil\"id with spaces"));
+        h.insert(
+            CORRELATION_ID,
+            HeaderValue::from_static("evil\"id with spaces"),
+        );
         h.insert(TRACEPARENT, HeaderValue::from_static("garbage"));
         let ctx = RequestContext::from_headers(&h);
         assert_eq!(ctx.correlation_id.len(), 36);

@@ -23,7 +23,10 @@ pub async fn connect(url: &str, max_connections: u32, wait: Duration) -> anyhow:
     }
 }
 
-async fn try_connect(opts: &MySqlConnectOptions, max_connections: u32) -> anyhow::Result<MySqlPool> {
+async fn try_connect(
+    opts: &MySqlConnectOptions,
+    max_connections: u32,
+) -> anyhow::Result<MySqlPool> {
     if let Some(db) = opts.get_database() {
         anyhow::ensure!(
             db.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),

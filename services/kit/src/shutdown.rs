@@ -2,8 +2,24 @@
 
 use tokio::sync::watch;
 
-/// Resolves on Ctrl-C or SIGTERM.
+/// Resolves on Ctrl-C or SIGTERM — and, when `ORDERSYS_STDIN_LIFELINE=1`, when standard
+/// input reaches end-of-file (test harnesses use this so that services never outlive
+/// the process that started them).
 pub async fn signal() {
+    let lifeline = async {
+        if std::env::var("ORDERSYS_STDIN_LIFELINE").as_deref() == Ok("1") {
+            use tokio::io::AsyncReadExt;
+            let mut stdin = tokio::io::stdin();
+            let mut buf = [0u8; 64];
+            while let Ok(n) = stdin.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -21,6 +37,7 @@ pub async fn signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+        () = lifeline => {},
     }
 }
 

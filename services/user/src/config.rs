@@ -46,7 +46,10 @@ impl std::fmt::Debug for Config {
             .field("admin_addr", &self.admin_addr)
             .field("database_url", &"<redacted>")
             .field("redis_url", &"<redacted>")
-            .field("jwt_secret", &ordersys_kit::config::redact(&self.jwt_secret))
+            .field(
+                "jwt_secret",
+                &ordersys_kit::config::redact(&self.jwt_secret),
+            )
             .field("jwt_issuer", &self.jwt_issuer)
             .field("jwt_audience", &self.jwt_audience)
             .field("jwt_ttl_secs", &self.jwt_ttl_secs)

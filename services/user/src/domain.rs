@@ -16,7 +16,9 @@ impl UserId {
 
     /// Parse the text form.
     pub fn parse(s: &str) -> Result<Self, ValidationError> {
-        Uuid::parse_str(s).map(Self).map_err(|_| ValidationError::BadUserId)
+        Uuid::parse_str(s)
+            .map(Self)
+            .map_err(|_| ValidationError::BadUserId)
     }
 }
 
@@ -67,9 +69,17 @@ impl Email {
         }
         let (local, domain) = s.split_once('@').ok_or(ValidationError::BadEmail)?;
         let labels_ok = domain.split('.').all(|l| {
-            !l.is_empty() && !l.starts_with('-') && !l.ends_with('-') && l.chars().all(|c| c.is_alphanumeric() || c == '-')
+            !l.is_empty()
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_alphanumeric() || c == '-')
         });
-        if local.is_empty() || local.len() > 64 || domain.contains('@') || !domain.contains('.') || !labels_ok {
+        if local.is_empty()
+            || local.len() > 64
+            || domain.contains('@')
+            || !domain.contains('.')
+            || !labels_ok
+        {
             return Err(ValidationError::BadEmail);
         }
         Ok(Self(s))
@@ -129,8 +139,21 @@ mod tests {
 
     #[test]
     fn emails_are_validated_and_normalised() {
-        assert_eq!(Email::parse("  Alice@Example.COM ").unwrap().as_str(), "alice@example.com");
-        for bad in ["", "alice", "@example.com", "alice@", "alice@example", "a b@example.com", "a@b@c.com", "alice@-x.com", "alice@example..com"] {
+        assert_eq!(
+            Email::parse("  Alice@Example.COM ").unwrap().as_str(),
+            "alice@example.com"
+        );
+        for bad in [
+            "",
+            "alice",
+            "@example.com",
+            "alice@",
+            "alice@example",
+            "a b@example.com",
+            "a@b@c.com",
+            "alice@-x.com",
+            "alice@example..com",
+        ] {
             assert_eq!(Email::parse(bad), Err(ValidationError::BadEmail), "{bad:?}");
         }
         assert!(Email::parse(&format!("{}@example.com", "a".repeat(65))).is_err());
@@ -138,8 +161,14 @@ mod tests {
 
     #[test]
     fn passwords_have_length_bounds_and_stay_secret() {
-        assert_eq!(Password::new("short").unwrap_err(), ValidationError::ShortPassword);
-        assert_eq!(Password::new(&"x".repeat(129)).unwrap_err(), ValidationError::LongPassword);
+        assert_eq!(
+            Password::new("short").unwrap_err(),
+            ValidationError::ShortPassword
+        );
+        assert_eq!(
+            Password::new(&"x".repeat(129)).unwrap_err(),
+            ValidationError::LongPassword
+        );
         let p = Password::new("correct horse").unwrap();
         assert!(!format!("{p:?}").contains("horse"));
         // Length counts characters, not bytes.

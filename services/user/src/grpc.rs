@@ -41,7 +41,10 @@ impl From<UserError> for Status {
 
 #[tonic::async_trait]
 impl Rpc for UserGrpc {
-    async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+    async fn register(
+        &self,
+        req: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
         let r = req.into_inner();
         let user = self.service.register(&r.email, &r.password).await?;
         Ok(Response::new(pb::RegisterResponse {
@@ -50,7 +53,10 @@ impl Rpc for UserGrpc {
         }))
     }
 
-    async fn login(&self, req: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
+    async fn login(
+        &self,
+        req: Request<pb::LoginRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
         let r = req.into_inner();
         let token = self.service.login(&r.email, &r.password).await?;
         Ok(Response::new(pb::LoginResponse {
@@ -60,12 +66,18 @@ impl Rpc for UserGrpc {
         }))
     }
 
-    async fn logout(&self, req: Request<pb::LogoutRequest>) -> Result<Response<pb::LogoutResponse>, Status> {
+    async fn logout(
+        &self,
+        req: Request<pb::LogoutRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
         self.service.logout(&req.into_inner().access_token).await?;
         Ok(Response::new(pb::LogoutResponse {}))
     }
 
-    async fn get_user(&self, req: Request<pb::GetUserRequest>) -> Result<Response<pb::User>, Status> {
+    async fn get_user(
+        &self,
+        req: Request<pb::GetUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
         let user = self.service.get(&req.into_inner().user_id).await?;
         Ok(Response::new(pb::User {
             user_id: user.id.to_string(),

@@ -47,7 +47,11 @@ impl Listeners {
 }
 
 /// Run the service until `shutdown` resolves; in-flight requests are finished first.
-pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let key = SigningKey::hs256(config.jwt_secret.as_bytes())
         .map_err(|e| anyhow::anyhow!("JWT_SECRET: {e}"))?;
     let pool = ordersys_kit::db::connect(&config.database_url, 10, Duration::from_secs(30)).await?;
@@ -57,9 +61,14 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
     let redis_conn = redis.get_connection_manager().await?;
 
     let ttl = Duration::from_secs(config.jwt_ttl_secs);
-    let issuer = TokenIssuer::new(key.clone(), &config.jwt_issuer, &config.jwt_audience).with_ttl(ttl);
+    let issuer =
+        TokenIssuer::new(key.clone(), &config.jwt_issuer, &config.jwt_audience).with_ttl(ttl);
     let auth = Authenticator::new(
-        TokenValidator::new(key.verifying_key(), &config.jwt_issuer, &config.jwt_audience),
+        TokenValidator::new(
+            key.verifying_key(),
+            &config.jwt_issuer,
+            &config.jwt_audience,
+        ),
         Arc::new(RedisBlacklist::new(redis_conn.clone())),
     );
     let service = service::UserService::new(Arc::new(repo), issuer, auth).await?;
@@ -74,7 +83,13 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
     let admin = Admin::new("user")
         .check("mysql", move || {
             let db = db.clone();
-            async move { sqlx::query("SELECT 1").execute(&db).await.map(drop).map_err(|e| e.to_string()) }
+            async move {
+                sqlx::query("SELECT 1")
+                    .execute(&db)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
         })
         .check("redis", move || {
             let mut conn = redis_conn.clone();
@@ -88,7 +103,11 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
         });
     let grpc_addr = listeners.grpc.local_addr()?;
     let admin_addr = listeners.admin.local_addr()?;
-    let admin_task = tokio::spawn(admin::serve(listeners.admin, admin.router(), stop.clone().wait()));
+    let admin_task = tokio::spawn(admin::serve(
+        listeners.admin,
+        admin.router(),
+        stop.clone().wait(),
+    ));
     let grpc = tonic::transport::Server::builder()
         .layer(ContextLayer)
         .add_service(health_service)

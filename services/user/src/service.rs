@@ -79,11 +79,17 @@ fn hash(password: &str) -> Result<String, UserError> {
 
 fn verify(password: &str, phc: &str) -> bool {
     PasswordHash::new(phc)
-        .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
         .unwrap_or(false)
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, UserError> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, UserError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| UserError::Internal(e.to_string()))
@@ -91,7 +97,11 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 impl UserService {
     /// Assemble the service (computes the dummy hash once).
-    pub async fn new(repo: Arc<dyn UserRepository>, issuer: TokenIssuer, auth: Authenticator) -> Result<Self, UserError> {
+    pub async fn new(
+        repo: Arc<dyn UserRepository>,
+        issuer: TokenIssuer,
+        auth: Authenticator,
+    ) -> Result<Self, UserError> {
         let dummy_hash = blocking(|| hash("not-a-real-password-0000")).await??;
         Ok(Self {
             repo,
@@ -156,7 +166,9 @@ impl UserService {
         let claims = match self.auth.authenticate(token).await {
             Ok(c) => c,
             Err(authz::Error::Revoked) => return Ok(()),
-            Err(e @ authz::Error::BlacklistUnavailable(_)) => return Err(UserError::Unavailable(e.to_string())),
+            Err(e @ authz::Error::BlacklistUnavailable(_)) => {
+                return Err(UserError::Unavailable(e.to_string()))
+            }
             Err(e) => return Err(UserError::Unauthenticated(e)),
         };
         self.auth
@@ -201,7 +213,13 @@ mod tests {
             Ok(())
         }
         async fn by_email(&self, email: &Email) -> Result<Option<User>, RepoError> {
-            Ok(self.0.lock().unwrap().iter().find(|u| &u.email == email).cloned())
+            Ok(self
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|u| &u.email == email)
+                .cloned())
         }
         async fn by_id(&self, id: UserId) -> Result<Option<User>, RepoError> {
             Ok(self.0.lock().unwrap().iter().find(|u| u.id == id).cloned())
@@ -215,30 +233,46 @@ mod tests {
             TokenValidator::new(key.verifying_key(), "ordersys", "api"),
             Arc::new(MemoryBlacklist::new()),
         );
-        UserService::new(Arc::new(Users::default()), issuer, auth).await.unwrap()
+        UserService::new(Arc::new(Users::default()), issuer, auth)
+            .await
+            .unwrap()
     }
 
     #[tokio::test]
     async fn register_login_logout() {
         let s = service().await;
-        let u = s.register("Bob@Example.com", "hunter2hunter2").await.unwrap();
+        let u = s
+            .register("Bob@Example.com", "hunter2hunter2")
+            .await
+            .unwrap();
         assert_eq!(u.email.as_str(), "bob@example.com");
         assert!(u.password_hash.starts_with("$argon2id$"));
-        assert!(matches!(s.register("bob@example.com", "another-password").await, Err(UserError::DuplicateEmail)));
+        assert!(matches!(
+            s.register("bob@example.com", "another-password").await,
+            Err(UserError::DuplicateEmail)
+        ));
 
         let t = s.login("bob@example.com", "hunter2hunter2").await.unwrap();
         assert_eq!(t.claims.sub, u.id.to_string());
         s.auth.authenticate(&t.token).await.unwrap();
         s.logout(&t.token).await.unwrap();
-        assert!(matches!(s.auth.authenticate(&t.token).await, Err(authz::Error::Revoked)));
+        assert!(matches!(
+            s.auth.authenticate(&t.token).await,
+            Err(authz::Error::Revoked)
+        ));
         s.logout(&t.token).await.unwrap(); // idempotent
-        assert!(matches!(s.logout("garbage").await, Err(UserError::Unauthenticated(_))));
+        assert!(matches!(
+            s.logout("garbage").await,
+            Err(UserError::Unauthenticated(_))
+        ));
     }
 
     #[tokio::test]
     async fn login_failures_look_alike() {
         let s = service().await;
-        s.register("carol@example.com", "correct-horse").await.unwrap();
+        s.register("carol@example.com", "correct-horse")
+            .await
+            .unwrap();
         for (email, pw) in [
             ("carol@example.com", "wrong-horse"),
             ("nobody@example.com", "correct-horse"),
@@ -253,7 +287,13 @@ mod tests {
     #[tokio::test]
     async fn validation_errors() {
         let s = service().await;
-        assert!(matches!(s.register("bad", "long-enough-pw").await, Err(UserError::Validation(ValidationError::BadEmail))));
-        assert!(matches!(s.register("a@b.co", "short").await, Err(UserError::Validation(ValidationError::ShortPassword))));
+        assert!(matches!(
+            s.register("bad", "long-enough-pw").await,
+            Err(UserError::Validation(ValidationError::BadEmail))
+        ));
+        assert!(matches!(
+            s.register("a@b.co", "short").await,
+            Err(UserError::Validation(ValidationError::ShortPassword))
+        ));
     }
 }

@@ -1,0 +1,103 @@
+//! Typed configuration (defaults → `CONFIG_FILE` → environment).
+
+use serde::{Deserialize, Serialize};
+
+/// Gateway settings. Environment variables are the upper-case field names.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// REST listen address (`HTTP_ADDR`, default 0.0.0.0:8080); also serves /healthz,
+    /// /readyz and /metrics.
+    pub http_addr: String,
+    /// The user service (`USER_SERVICE_URL`).
+    pub user_service_url: String,
+    /// Redis (`REDIS_URL`): JWT blacklist and rate limits.
+    pub redis_url: String,
+    /// HS256 secret shared with the user service (`JWT_SECRET`, required).
+    pub jwt_secret: String,
+    /// `iss` (`JWT_ISSUER`).
+    pub jwt_issuer: String,
+    /// `aud` (`JWT_AUDIENCE`).
+    pub jwt_audience: String,
+    /// Requests per minute per client IP (`RATE_LIMIT_PER_MINUTE`, default 100).
+    pub rate_limit_per_minute: u32,
+    /// Redis key prefix of the rate-limit counters (`RATE_LIMIT_KEY_PREFIX`, default `rate:`).
+    pub rate_limit_key_prefix: String,
+    /// Proxies whose `X-Forwarded-For` is believed (`TRUSTED_PROXIES`, comma-separated
+    /// IPs or CIDRs; default none).
+    pub trusted_proxies: String,
+    /// Largest accepted request body in bytes (`BODY_LIMIT_BYTES`, default 64 KiB).
+    pub body_limit_bytes: usize,
+    /// Consecutive downstream failures that open a breaker (`BREAKER_FAILURE_THRESHOLD`, 5).
+    pub breaker_failure_threshold: u32,
+    /// Seconds a breaker stays open (`BREAKER_OPEN_SECS`, 30).
+    pub breaker_open_secs: u64,
+    /// Per-call deadline for downstream gRPC calls in ms (`DOWNSTREAM_TIMEOUT_MS`, 3000).
+    pub downstream_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            http_addr: "0.0.0.0:8080".into(),
+            user_service_url: "http://127.0.0.1:50051".into(),
+            redis_url: "redis://127.0.0.1:6379/".into(),
+            jwt_secret: String::new(),
+            jwt_issuer: "ordersys".into(),
+            jwt_audience: "ordersys-api".into(),
+            rate_limit_per_minute: 100,
+            rate_limit_key_prefix: "rate:".into(),
+            trusted_proxies: String::new(),
+            body_limit_bytes: 64 * 1024,
+            breaker_failure_threshold: 5,
+            breaker_open_secs: 30,
+            downstream_timeout_ms: 3000,
+        }
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("http_addr", &self.http_addr)
+            .field("user_service_url", &self.user_service_url)
+            .field("redis_url", &"<redacted>")
+            .field(
+                "jwt_secret",
+                &ordersys_kit::config::redact(&self.jwt_secret),
+            )
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_audience", &self.jwt_audience)
+            .field("rate_limit_per_minute", &self.rate_limit_per_minute)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("body_limit_bytes", &self.body_limit_bytes)
+            .field("breaker_failure_threshold", &self.breaker_failure_threshold)
+            .field("breaker_open_secs", &self.breaker_open_secs)
+            .field("downstream_timeout_ms", &self.downstream_timeout_ms)
+            .finish()
+    }
+}
+
+impl Config {
+    /// The environment variables the gateway reads.
+    pub const ENV: &'static [&'static str] = &[
+        "HTTP_ADDR",
+        "USER_SERVICE_URL",
+        "REDIS_URL",
+        "JWT_SECRET",
+        "JWT_ISSUER",
+        "JWT_AUDIENCE",
+        "RATE_LIMIT_PER_MINUTE",
+        "RATE_LIMIT_KEY_PREFIX",
+        "TRUSTED_PROXIES",
+        "BODY_LIMIT_BYTES",
+        "BREAKER_FAILURE_THRESHOLD",
+        "BREAKER_OPEN_SECS",
+        "DOWNSTREAM_TIMEOUT_MS",
+    ];
+
+    /// Load from defaults, `CONFIG_FILE` and the environment.
+    pub fn load() -> anyhow::Result<Self> {
+        ordersys_kit::config::load(Self::ENV)
+    }
+}

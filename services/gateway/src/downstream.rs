@@ -1,0 +1,90 @@
+//! Calls to the gRPC services, each behind a circuit breaker, with the request's
+//! correlation id and trace context in the metadata.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use ordersys_kit::context::RequestContext;
+use resilience::{BreakerError, CircuitBreaker};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::error::ApiError;
+
+/// A lazily connected channel with per-call deadline.
+pub fn channel(url: &str, timeout: Duration) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(timeout)
+        .connect_lazy())
+}
+
+/// A gRPC request carrying `x-correlation-id` and `traceparent`.
+pub fn request<T>(ctx: &RequestContext, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if let Ok(v) = ctx.correlation_id.parse() {
+        r.metadata_mut().insert("x-correlation-id", v);
+    }
+    if let Ok(v) = ctx.traceparent.parse() {
+        r.metadata_mut().insert("traceparent", v);
+    }
+    r
+}
+
+/// Whether a status means "the downstream is in trouble" (counts against its breaker),
+/// as opposed to a refusal of this particular request.
+pub fn is_outage(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Unknown
+            | Code::Internal
+            | Code::ResourceExhausted
+            | Code::Cancelled
+    )
+}
+
+/// Map a downstream status to the REST error.
+pub fn to_api_error(service: &str, s: &Status) -> ApiError {
+    match s.code() {
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+            ApiError::validation(s.message())
+        }
+        Code::AlreadyExists => ApiError::conflict(s.message()),
+        Code::Aborted => ApiError::conflict(s.message()),
+        Code::Unauthenticated => ApiError::unauthorized(s.message()),
+        Code::PermissionDenied => ApiError::new(StatusCode::FORBIDDEN, "forbidden", s.message()),
+        Code::NotFound => ApiError::not_found(s.message()),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::ResourceExhausted => {
+            tracing::warn!(service, code = ?s.code(), "нижестоящий сервис недоступен");
+            ApiError::unavailable(format!("{service} service is unavailable"))
+        }
+        _ => {
+            tracing::error!(service, code = ?s.code(), message = s.message(), "ошибка нижестоящего сервиса");
+            ApiError::internal()
+        }
+    }
+}
+
+/// Run one call through `breaker`; an open breaker answers 503 at once, with
+/// `Retry-After`.
+pub async fn call<T, F>(service: &str, breaker: &CircuitBreaker, f: F) -> Result<T, ApiError>
+where
+    F: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+{
+    match breaker.call_classified(|| f, is_outage).await {
+        Ok(r) => Ok(r.into_inner()),
+        Err(BreakerError::Open(open)) => {
+            tracing::warn!(
+                service,
+                "автоматический выключатель разомкнут, запрос отклонён"
+            );
+            Err(
+                ApiError::unavailable(format!("{service} service is unavailable (circuit open)"))
+                    .retry_after(open.retry_after.as_secs().max(1)),
+            )
+        }
+        Err(BreakerError::Inner(s)) => Err(to_api_error(service, &s)),
+    }
+}

@@ -1,0 +1,281 @@
+//! The ordersys API gateway: the public REST API (SPEC §8) in front of the gRPC
+//! services, with JWT + blacklist authentication, per-IP rate limiting, a circuit
+//! breaker per downstream, correlation ids and W3C trace context, a body limit, and
+//! every error as `{"error":{"code","message","correlation_id"}}`.
+
+#![warn(missing_docs)]
+
+pub mod client_ip;
+pub mod config;
+pub mod downstream;
+pub mod error;
+pub mod routes;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use authz::layer::AuthLayer;
+use authz::redis::RedisBlacklist;
+use authz::{Authenticator, SigningKey, TokenValidator};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use ordersys_kit::admin::Admin;
+use ordersys_kit::context::ContextLayer;
+use ordersys_proto::user::v1::user_service_client::UserServiceClient;
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
+use resilience::rate_limit::RedisRateLimiter;
+use resilience::{CircuitBreaker, RateLimiter};
+use tonic::transport::Channel;
+
+pub use config::Config;
+use error::ApiError;
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// User service client.
+    pub users: UserServiceClient<Channel>,
+    /// Its breaker.
+    pub users_breaker: CircuitBreaker,
+    limiter: Arc<dyn RateLimiter>,
+    proxies: client_ip::TrustedProxies,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone)]
+struct Metrics {
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    rate_limited: IntCounterVec,
+}
+
+fn breaker(name: &'static str, config: &Config, states: IntGaugeVec) -> CircuitBreaker {
+    states.with_label_values(&[name]).set(0);
+    CircuitBreaker::builder(name)
+        .failure_threshold(config.breaker_failure_threshold)
+        .open_timeout(Duration::from_secs(config.breaker_open_secs))
+        .on_transition(move |t| {
+            let v = match t.to {
+                resilience::BreakerState::Closed => 0,
+                resilience::BreakerState::Open => 1,
+                resilience::BreakerState::HalfOpen => 2,
+            };
+            states.with_label_values(&[name]).set(v);
+            tracing::warn!(breaker = name, from = %t.from, to = %t.to, "автоматический выключатель сменил состояние");
+        })
+        .build()
+}
+
+/// Build the router (REST API + health + metrics) and its readiness checks.
+pub async fn app(config: &Config) -> anyhow::Result<Router> {
+    let key = SigningKey::hs256(config.jwt_secret.as_bytes())
+        .map_err(|e| anyhow::anyhow!("JWT_SECRET: {e}"))?;
+    let redis = redis::Client::open(config.redis_url.as_str())?;
+    let redis_conn = redis.get_connection_manager().await?;
+    let auth = Authenticator::new(
+        TokenValidator::new(
+            key.verifying_key(),
+            &config.jwt_issuer,
+            &config.jwt_audience,
+        ),
+        Arc::new(RedisBlacklist::new(redis_conn.clone())),
+    );
+    let limiter = RedisRateLimiter::new(
+        redis_conn.clone(),
+        config.rate_limit_per_minute,
+        Duration::from_secs(60),
+    )
+    .with_prefix(config.rate_limit_key_prefix.clone());
+    let user_channel = downstream::channel(
+        &config.user_service_url,
+        Duration::from_millis(config.downstream_timeout_ms),
+    )?;
+
+    let health_channel = user_channel.clone();
+    let ping = redis_conn.clone();
+    let admin = Admin::new("gateway")
+        .check("redis", move || {
+            let mut conn = ping.clone();
+            async move {
+                redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .check("user-service", move || {
+            let mut client =
+                tonic_health::pb::health_client::HealthClient::new(health_channel.clone());
+            async move {
+                client
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                    .map(drop)
+                    .map_err(|s| s.message().to_owned())
+            }
+        });
+    let registry = admin.registry().clone();
+    let metrics = Metrics {
+        requests: IntCounterVec::new(
+            Opts::new("http_requests_total", "REST requests by route and status"),
+            &["method", "route", "status"],
+        )?,
+        latency: HistogramVec::new(
+            HistogramOpts::new("http_request_duration_seconds", "REST request latency"),
+            &["method", "route"],
+        )?,
+        rate_limited: IntCounterVec::new(
+            Opts::new("rate_limited_total", "requests refused with 429"),
+            &["route"],
+        )?,
+    };
+    let breaker_states = IntGaugeVec::new(
+        Opts::new("circuit_breaker_state", "0 closed, 1 open, 2 half-open"),
+        &["downstream"],
+    )?;
+    registry.register(Box::new(metrics.requests.clone()))?;
+    registry.register(Box::new(metrics.latency.clone()))?;
+    registry.register(Box::new(metrics.rate_limited.clone()))?;
+    registry.register(Box::new(breaker_states.clone()))?;
+
+    let state = AppState {
+        users: UserServiceClient::new(user_channel),
+        users_breaker: breaker("user", config, breaker_states),
+        limiter: Arc::new(limiter),
+        proxies: client_ip::TrustedProxies::parse(&config.trusted_proxies)?,
+        metrics: metrics.clone(),
+    };
+
+    let protected = Router::new()
+        .route("/api/v1/auth/logout", post(routes::auth::logout))
+        .route("/api/v1/auth/me", get(routes::auth::me))
+        .route_layer(AuthLayer::new(auth));
+    let api = Router::new()
+        .route("/api/v1/auth/register", post(routes::auth::register))
+        .route("/api/v1/auth/login", post(routes::auth::login))
+        .merge(protected)
+        .route_layer(middleware::from_fn_with_state(state.clone(), rate_limit));
+
+    Ok(Router::new()
+        .merge(api)
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed",
+            )
+        })
+        .with_state(state.clone())
+        .merge(admin.router())
+        .layer(DefaultBodyLimit::max(config.body_limit_bytes))
+        .layer(middleware::from_fn(error::with_correlation_id))
+        .layer(middleware::from_fn_with_state(state, observe))
+        .layer(ContextLayer))
+}
+
+/// Count and time every request by its route template.
+async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    state
+        .metrics
+        .latency
+        .with_label_values(&[method.as_str(), route.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    state
+        .metrics
+        .requests
+        .with_label_values(&[method.as_str(), route.as_str(), resp.status().as_str()])
+        .inc();
+    resp
+}
+
+/// Per-client-IP fixed window (`RATE_LIMIT_PER_MINUTE`); 429 with `Retry-After`.
+async fn rate_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+    let ip = state.proxies.client_ip(peer, req.headers());
+    match state.limiter.check(&ip.to_string()).await {
+        Ok(d) if !d.allowed => {
+            let route = req
+                .extensions()
+                .get::<MatchedPath>()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_default();
+            state
+                .metrics
+                .rate_limited
+                .with_label_values(&[route.as_str()])
+                .inc();
+            tracing::warn!(client_ip = %ip, "превышен лимит запросов");
+            let mut resp = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests",
+            )
+            .retry_after(d.retry_after_secs())
+            .into_response();
+            resp.headers_mut()
+                .insert("x-ratelimit-limit", HeaderValue::from(d.limit));
+            resp.headers_mut()
+                .insert("x-ratelimit-remaining", HeaderValue::from(0));
+            resp
+        }
+        Ok(d) => {
+            let mut resp = next.run(req).await;
+            resp.headers_mut()
+                .insert("x-ratelimit-limit", HeaderValue::from(d.limit));
+            resp.headers_mut()
+                .insert("x-ratelimit-remaining", HeaderValue::from(d.remaining));
+            resp
+        }
+        Err(e) => {
+            // Availability over strictness: a Redis outage must not take the API down.
+            tracing::error!(error = %e, "ограничитель запросов недоступен, запрос пропущен");
+            next.run(req).await
+        }
+    }
+}
+
+/// Serve on `listener` until `shutdown` resolves (in-flight requests finish).
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let router = app(&config).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(http = %addr, "шлюз запущен");
+    ordersys_kit::admin::serve(listener, router, async move {
+        shutdown.await;
+        tracing::info!("получен сигнал остановки, завершаем обработку запросов");
+    })
+    .await?;
+    tracing::info!("шлюз остановлен");
+    Ok(())
+}

@@ -1,0 +1,10 @@
+//! `ordersys-gateway`: load config, set up logs, serve until SIGTERM/Ctrl-C.
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    ordersys_kit::telemetry::init("gateway");
+    let config = ordersys_gateway::Config::load()?;
+    tracing::info!(config = ?config, "конфигурация загружена");
+    let listener = tokio::net::TcpListener::bind(&config.http_addr).await?;
+    ordersys_gateway::run(config, listener, ordersys_kit::shutdown::signal()).await
+}

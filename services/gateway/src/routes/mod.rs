@@ -1,0 +1,3 @@
+//! REST handlers.
+
+pub mod auth;
