@@ -1,11 +1,12 @@
 # ordersys — developer entry points. `make test` is the test command CI runs.
 CARGO ?= cargo
 
-.PHONY: test test-unit services-up kafka-down lint fmt doc example check
+.PHONY: test test-unit services-up kafka-down dev-up dev-down lint fmt doc example check
 
 ## Run the whole test suite (unit, integration against real MariaDB/Redis/Kafka,
 ## doctests) of every crate, starting the servers first if they are down.
 test: services-up
+	$(CARGO) build --workspace --bins --all-features
 	$(CARGO) test --workspace --all-features --no-fail-fast
 
 ## Only what needs no server: default features, memory backends.
@@ -15,6 +16,15 @@ test-unit:
 ## Start MariaDB, Redis and the local Kafka broker if they are not running.
 services-up:
 	scripts/services-up
+
+## Run the services as background processes against the local servers; returns once
+## the gateway on :8080 is ready.
+dev-up:
+	scripts/dev-up
+
+## Stop what dev-up started.
+dev-down:
+	scripts/dev-down
 
 ## Stop the local Kafka broker started by services-up.
 kafka-down:

@@ -1,0 +1,365 @@
+//! Harness for end-to-end tests: start the real service binaries as processes on free
+//! ports against the local MariaDB, Redis and Kafka, wait until they are ready, and stop
+//! them when dropped (and, through their stdin lifeline, when the test process dies).
+//!
+//! The binaries must be built first (`make test` does: `cargo build --workspace --bins`).
+
+#![warn(missing_docs)]
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The HS256 secret the e2e systems share (tests forge tokens with it).
+pub const JWT_SECRET: &str = "e2e-secret-0123456789abcdef0123456789abcdef";
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the service binaries first (`cargo build --workspace --bins --all-features`, which `make test` runs)",
+        path.display()
+    );
+    path
+}
+
+/// One running service process.
+#[derive(Debug)]
+pub struct Service {
+    name: &'static str,
+    env: HashMap<String, String>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Service {
+    /// Start binary `name` with `env`; its output goes to a log file under the temp dir.
+    pub fn start(name: &'static str, env: HashMap<String, String>) -> Self {
+        let log = std::env::temp_dir().join(format!(
+            "ordersys-e2e-{name}-{}.log",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let mut s = Self {
+            name,
+            env,
+            child: None,
+            log,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let out = std::fs::File::create(&self.log).expect("log file");
+        let child = Command::new(bin(self.name))
+            .envs(&self.env)
+            .env("ORDERSYS_STDIN_LIFELINE", "1")
+            .env(
+                "RUST_LOG",
+                self.env
+                    .get("RUST_LOG")
+                    .map(String::as_str)
+                    .unwrap_or("info"),
+            )
+            .stdin(Stdio::piped())
+            .stdout(out.try_clone().expect("log file"))
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", self.name));
+        self.child = Some(child);
+    }
+
+    /// Kill the process now (a crash, as far as everyone else can tell).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start it again with the same settings.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// What it logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => c.try_wait().ok().flatten().is_some(),
+            None => true,
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Wait until `url` answers 200, or panic with the service's log.
+pub async fn wait_ready(url: &str, service: &mut Service, timeout: Duration) {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(r) = client.get(url).timeout(Duration::from_secs(2)).send().await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        if service.exited() || Instant::now() > deadline {
+            panic!(
+                "{} did not become ready at {url}; log:\n{}",
+                service.name,
+                service.logs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn env_or(key: &str, default: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| default.to_owned())
+}
+
+/// Settings shared by the services of one system.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Extra gateway environment (e.g. `RATE_LIMIT_PER_MINUTE`).
+    pub gateway_env: Vec<(String, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            gateway_env: vec![("RATE_LIMIT_PER_MINUTE".into(), "100000".into())],
+        }
+    }
+}
+
+/// A user service and a gateway in front of it, each on free ports, with a database
+/// of their own.
+#[derive(Debug)]
+pub struct System {
+    /// The user service.
+    pub user: Service,
+    /// The gateway.
+    pub gateway: Service,
+    /// `http://127.0.0.1:<port>` of the gateway.
+    pub base: String,
+    /// The user service's admin base URL.
+    pub user_admin: String,
+    db: String,
+}
+
+impl System {
+    /// Start and wait until the gateway is ready.
+    pub async fn start(opts: Options) -> Self {
+        let mysql = env_or("DATABASE_SERVER_URL", "mysql://root@127.0.0.1:3306");
+        let redis = env_or("REDIS_URL", "redis://127.0.0.1:6379/");
+        let db = format!("ordersys_e2e_{}", uuid::Uuid::new_v4().simple());
+        let (grpc, admin, http) = (free_port(), free_port(), free_port());
+        let common = |extra: &[(&str, String)]| -> HashMap<String, String> {
+            let mut m: HashMap<String, String> = [
+                ("REDIS_URL", redis.clone()),
+                ("JWT_SECRET", JWT_SECRET.to_owned()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+            for (k, v) in extra {
+                m.insert((*k).to_owned(), v.clone());
+            }
+            m
+        };
+        let mut user = Service::start(
+            "ordersys-user",
+            common(&[
+                ("GRPC_ADDR", format!("127.0.0.1:{grpc}")),
+                ("ADMIN_ADDR", format!("127.0.0.1:{admin}")),
+                ("DATABASE_URL", format!("{mysql}/{db}")),
+            ]),
+        );
+        let mut genv = common(&[
+            ("HTTP_ADDR", format!("127.0.0.1:{http}")),
+            ("USER_SERVICE_URL", format!("http://127.0.0.1:{grpc}")),
+            (
+                "RATE_LIMIT_KEY_PREFIX",
+                format!("e2e:{}:rate:", uuid::Uuid::new_v4().simple()),
+            ),
+        ]);
+        genv.extend(opts.gateway_env);
+        let mut gateway = Service::start("ordersys-gateway", genv);
+        let user_admin = format!("http://127.0.0.1:{admin}");
+        wait_ready(
+            &format!("{user_admin}/readyz"),
+            &mut user,
+            Duration::from_secs(60),
+        )
+        .await;
+        let base = format!("http://127.0.0.1:{http}");
+        wait_ready(
+            &format!("{base}/readyz"),
+            &mut gateway,
+            Duration::from_secs(60),
+        )
+        .await;
+        Self {
+            user,
+            gateway,
+            base,
+            user_admin,
+            db,
+        }
+    }
+
+    /// The URL of `path` on the gateway.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Stop the services and drop the database.
+    pub async fn stop(mut self) {
+        self.gateway.kill();
+        self.user.kill();
+        let mysql = env_or("DATABASE_SERVER_URL", "mysql://root@127.0.0.1:3306");
+        let _ = drop_database(&mysql, &self.db).await;
+    }
+}
+
+async fn drop_database(server: &str, db: &str) -> anyhow::Result<()> {
+    use sqlx::{ConnectOptions, Connection};
+    use std::str::FromStr;
+    let mut conn = sqlx::mysql::MySqlConnectOptions::from_str(server)?
+        .connect()
+        .await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS `{db}`"))
+        .execute(&mut conn)
+        .await?;
+    let _ = conn.close().await;
+    Ok(())
+}
+
+/// A JSON API client for the gateway.
+#[derive(Debug, Clone)]
+pub struct Api {
+    client: reqwest::Client,
+    base: String,
+}
+
+/// A response: status, headers, JSON body (`Null` if none).
+#[derive(Debug)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Headers.
+    pub headers: reqwest::header::HeaderMap,
+    /// Body as JSON, or `Value::String` when not JSON.
+    pub body: serde_json::Value,
+}
+
+impl Reply {
+    /// `body.error.code`.
+    pub fn error_code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+impl Api {
+    /// A client for the gateway at `base`.
+    pub fn new(base: &str) -> Self {
+        Self {
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .expect("client"),
+            base: base.to_owned(),
+        }
+    }
+
+    /// Send a request with an optional JSON body and bearer token.
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+        token: Option<&str>,
+    ) -> Reply {
+        let mut rb = self.client.request(
+            method.parse().expect("method"),
+            format!("{}{path}", self.base),
+        );
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        if let Some(t) = token {
+            rb = rb.bearer_auth(t);
+        }
+        Self::reply(rb).await
+    }
+
+    /// Send a raw request (for malformed bodies and custom headers).
+    pub async fn raw(&self, rb: reqwest::RequestBuilder) -> Reply {
+        Self::reply(rb).await
+    }
+
+    /// The underlying client, for [`raw`](Self::raw).
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    async fn reply(rb: reqwest::RequestBuilder) -> Reply {
+        let r = rb.send().await.expect("request sent");
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let text = r.text().await.unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(if text.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::Value::String(text)
+        });
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// Register, then log in; returns the access token.
+    pub async fn signup(&self, email: &str, password: &str) -> String {
+        let creds = serde_json::json!({ "email": email, "password": password });
+        let r = self
+            .send("POST", "/api/v1/auth/register", Some(creds.clone()), None)
+            .await;
+        assert_eq!(r.status, 201, "{r:?}");
+        let r = self
+            .send("POST", "/api/v1/auth/login", Some(creds), None)
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        r.body["access_token"].as_str().expect("token").to_owned()
+    }
+}
+
+/// A unique e-mail address.
+pub fn email() -> String {
+    format!("user-{}@example.com", uuid::Uuid::new_v4().simple())
+}

@@ -1,0 +1,396 @@
+//! SPEC §8 auth routes end to end: real user service and gateway processes, real
+//! MariaDB and Redis, through REST.
+
+use std::time::Duration;
+
+use authz::{Claims, Clock, SigningKey, TokenIssuer};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use ordersys_e2e::{email, Api, Options, System, JWT_SECRET};
+use serde_json::json;
+
+fn creds(email: &str, password: &str) -> Option<serde_json::Value> {
+    Some(json!({ "email": email, "password": password }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_flow_and_contract() {
+    let sys = System::start(Options::default()).await;
+    let api = Api::new(&sys.base);
+
+    // register → login → protected call
+    let e = email();
+    let r = api
+        .send(
+            "POST",
+            "/api/v1/auth/register",
+            creds(&e, "password-123"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    assert_eq!(r.body["email"], e.as_str());
+    let user_id = r.body["user_id"].as_str().unwrap().to_owned();
+    let r = api
+        .send(
+            "POST",
+            "/api/v1/auth/login",
+            creds(&e, "password-123"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["token_type"], "Bearer");
+    assert_eq!(r.body["expires_in"], 900);
+    let token = r.body["access_token"].as_str().unwrap().to_owned();
+    let me = api.send("GET", "/api/v1/auth/me", None, Some(&token)).await;
+    assert_eq!(me.status, 200);
+    assert_eq!(me.body["user_id"], user_id.as_str());
+
+    // duplicate email → 409 (case-insensitive)
+    let r = api
+        .send(
+            "POST",
+            "/api/v1/auth/register",
+            creds(&e.to_uppercase(), "password-456"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 409);
+    assert_eq!(r.error_code(), "conflict");
+
+    // wrong password and unknown email → the same 401
+    let wrong = api
+        .send(
+            "POST",
+            "/api/v1/auth/login",
+            creds(&e, "password-999"),
+            None,
+        )
+        .await;
+    let unknown = api
+        .send(
+            "POST",
+            "/api/v1/auth/login",
+            creds(&email(), "password-123"),
+            None,
+        )
+        .await;
+    assert_eq!((wrong.status, unknown.status), (401, 401));
+    assert_eq!(
+        wrong.body["error"]["message"],
+        unknown.body["error"]["message"]
+    );
+
+    // validation → 422, malformed JSON → 400, missing field → 422, oversize → 413
+    let r = api
+        .send(
+            "POST",
+            "/api/v1/auth/register",
+            creds("not-an-email", "password-123"),
+            None,
+        )
+        .await;
+    assert_eq!((r.status, r.error_code()), (422, "validation_failed"));
+    let r = api
+        .send(
+            "POST",
+            "/api/v1/auth/register",
+            creds(&email(), "short"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 422);
+    let r = api
+        .raw(
+            api.client()
+                .post(sys.url("/api/v1/auth/login"))
+                .header("content-type", "application/json")
+                .body("{\"email\":"),
+        )
+        .await;
+    assert_eq!((r.status, r.error_code()), (400, "bad_request"));
+    let r = api
+        .send(
+            "POST",
+            "/api/v1/auth/login",
+            Some(json!({ "email": e })),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 422);
+    let big = "x".repeat(70 * 1024);
+    let r = api
+        .send("POST", "/api/v1/auth/register", creds(&email(), &big), None)
+        .await;
+    assert_eq!((r.status, r.error_code()), (413, "payload_too_large"));
+
+    // every error has the SPEC shape, and the correlation id is echoed
+    let r = api
+        .raw(
+            api.client()
+                .post(sys.url("/api/v1/auth/login"))
+                .header("x-correlation-id", "e2e-corr-42")
+                .json(&json!({ "email": e, "password": "nope-nope-nope" })),
+        )
+        .await;
+    assert_eq!(r.headers["x-correlation-id"], "e2e-corr-42");
+    assert_eq!(r.body["error"]["correlation_id"], "e2e-corr-42");
+    assert!(r.body["error"]["message"].is_string());
+    let r = api.send("GET", "/api/v1/nowhere", None, None).await;
+    assert_eq!((r.status, r.error_code()), (404, "not_found"));
+    assert!(r.headers.contains_key("x-correlation-id"));
+
+    // the correlation id reached the user service's logs
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(sys
+        .user
+        .logs()
+        .contains("\"correlation_id\":\"e2e-corr-42\""));
+
+    // health, readiness and metrics on the gateway and the user service's admin port
+    let client = reqwest::Client::new();
+    for url in [
+        sys.url("/healthz"),
+        sys.url("/readyz"),
+        format!("{}/healthz", sys.user_admin),
+        format!("{}/readyz", sys.user_admin),
+    ] {
+        assert_eq!(
+            client.get(&url).send().await.unwrap().status(),
+            200,
+            "{url}"
+        );
+    }
+    let metrics = client
+        .get(sys.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains(
+        "http_requests_total{method=\"POST\",route=\"/api/v1/auth/login\",status=\"401\"}"
+    ));
+    assert!(metrics.contains("circuit_breaker_state{downstream=\"user\"} 0"));
+
+    // no password or token in the logs
+    let logs = sys.user.logs() + &sys.gateway.logs();
+    assert!(!logs.contains("password-123"));
+    assert!(!logs.contains(&token));
+    assert!(!logs.contains(JWT_SECRET));
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_revokes_only_that_token() {
+    let sys = System::start(Options::default()).await;
+    let api = Api::new(&sys.base);
+    let e = email();
+    let first = api.signup(&e, "password-123").await;
+    let r = api
+        .send(
+            "POST",
+            "/api/v1/auth/login",
+            creds(&e, "password-123"),
+            None,
+        )
+        .await;
+    let second = r.body["access_token"].as_str().unwrap().to_owned();
+
+    let r = api
+        .send("POST", "/api/v1/auth/logout", None, Some(&first))
+        .await;
+    assert_eq!(r.status, 204);
+    for (method, path) in [("GET", "/api/v1/auth/me"), ("POST", "/api/v1/auth/logout")] {
+        let r = api.send(method, path, None, Some(&first)).await;
+        assert_eq!(r.status, 401, "{method} {path}");
+        assert_eq!(r.error_code(), "token_revoked");
+    }
+    // Another session of the same user is unaffected.
+    assert_eq!(
+        api.send("GET", "/api/v1/auth/me", None, Some(&second))
+            .await
+            .status,
+        200
+    );
+    // No token at all.
+    let r = api.send("GET", "/api/v1/auth/me", None, None).await;
+    assert_eq!((r.status, r.error_code()), (401, "missing_token"));
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_tokens_are_refused() {
+    let sys = System::start(Options::default()).await;
+    let api = Api::new(&sys.base);
+    let token = api.signup(&email(), "password-123").await;
+    let me = api.send("GET", "/api/v1/auth/me", None, Some(&token)).await;
+    let user_id = me.body["user_id"].as_str().unwrap().to_owned();
+
+    // tampered: another subject, old signature
+    let parts: Vec<&str> = token.split('.').collect();
+    let mut claims: Claims =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    claims.sub = "00000000-0000-0000-0000-000000000001".into();
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap()),
+        parts[2]
+    );
+
+    // expired: properly signed, but an hour old
+    let key = SigningKey::hs256(JWT_SECRET.as_bytes()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let expired = TokenIssuer::new(key.clone(), "ordersys", "ordersys-api")
+        .with_clock(Clock::fixed(now - 3600))
+        .issue(user_id.clone())
+        .unwrap()
+        .token;
+
+    // alg: none
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+    let mut c = claims.clone();
+    c.sub = user_id.clone();
+    let none = format!(
+        "{header}.{}.",
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&c).unwrap())
+    );
+
+    // signed with another key
+    let other = TokenIssuer::new(
+        SigningKey::hs256(b"some-other-secret-some-other-secret!!").unwrap(),
+        "ordersys",
+        "ordersys-api",
+    )
+    .issue(user_id)
+    .unwrap()
+    .token;
+
+    for (name, t) in [
+        ("tampered", &tampered),
+        ("expired", &expired),
+        ("alg none", &none),
+        ("other key", &other),
+    ] {
+        let r = api.send("GET", "/api/v1/auth/me", None, Some(t)).await;
+        assert_eq!(r.status, 401, "{name}: {r:?}");
+        assert!(r.headers.contains_key("www-authenticate"));
+    }
+    assert_eq!(
+        api.send("GET", "/api/v1/auth/me", None, Some(&token))
+            .await
+            .status,
+        200
+    );
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_answers_429_with_retry_after() {
+    let sys = System::start(Options {
+        gateway_env: vec![("RATE_LIMIT_PER_MINUTE".into(), "5".into())],
+    })
+    .await;
+    let api = Api::new(&sys.base);
+    let body = creds(&email(), "password-123");
+    let mut statuses = Vec::new();
+    let mut last = None;
+    for _ in 0..7 {
+        let r = api
+            .send("POST", "/api/v1/auth/login", body.clone(), None)
+            .await;
+        statuses.push(r.status);
+        last = Some(r);
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429, 429]);
+    let r = last.unwrap();
+    assert_eq!(r.error_code(), "rate_limited");
+    let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    // Health endpoints are not rate limited.
+    assert_eq!(
+        reqwest::get(sys.url("/healthz")).await.unwrap().status(),
+        200
+    );
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_opens_when_the_user_service_is_down_and_recovers() {
+    let mut sys = System::start(Options {
+        gateway_env: vec![
+            ("RATE_LIMIT_PER_MINUTE".into(), "100000".into()),
+            ("BREAKER_OPEN_SECS".into(), "2".into()),
+        ],
+    })
+    .await;
+    let api = Api::new(&sys.base);
+    let e = email();
+    api.signup(&e, "password-123").await;
+    let login = creds(&e, "password-123");
+
+    sys.user.kill();
+    // Five calls reach the dead service and fail; they open the breaker.
+    for i in 0..5 {
+        let r = api
+            .send("POST", "/api/v1/auth/login", login.clone(), None)
+            .await;
+        assert_eq!(r.status, 503, "call {i}: {r:?}");
+        assert!(
+            !r.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("circuit open"),
+            "call {i}"
+        );
+    }
+    // Now the gateway answers without trying: 503, circuit open, Retry-After.
+    let r = api
+        .send("POST", "/api/v1/auth/login", login.clone(), None)
+        .await;
+    assert_eq!((r.status, r.error_code()), (503, "service_unavailable"));
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("circuit open"),
+        "{r:?}"
+    );
+    assert!(r.headers.contains_key("retry-after"));
+    let metrics = reqwest::get(sys.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("circuit_breaker_state{downstream=\"user\"} 1"));
+
+    // The service comes back; after the open period a trial call closes the breaker.
+    sys.user.restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = api
+            .send("POST", "/api/v1/auth/login", login.clone(), None)
+            .await;
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 503);
+        assert!(tokio::time::Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let metrics = reqwest::get(sys.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("circuit_breaker_state{downstream=\"user\"} 0"));
+    sys.stop().await;
+}
