@@ -42,6 +42,14 @@ pub trait Handler<Tx>: Send + Sync {
         tx: &mut Tx,
         msg: &Delivery,
     ) -> impl Future<Output = std::result::Result<(), HandlerError>> + Send;
+
+    /// Called after the unit of work of a processed message committed: side effects
+    /// that must only follow a commit, like invalidating a cache. Not called for
+    /// duplicates or dead-lettered messages. Default: nothing.
+    fn after_commit(&self, msg: &Delivery) -> impl Future<Output = ()> + Send {
+        let _ = msg;
+        async {}
+    }
 }
 
 /// What became of a delivery.
@@ -172,7 +180,12 @@ impl<I: Inbox, D: DeadLetter> IdempotentConsumer<I, D> {
             )
             .await;
         let (error, attempts) = match result {
-            Ok(outcome) => return Ok(outcome),
+            Ok(outcome) => {
+                if outcome == Outcome::Processed {
+                    handler.after_commit(msg).await;
+                }
+                return Ok(outcome);
+            }
             Err(RetryError::Failed { error, attempts }) => (error, attempts),
             Err(RetryError::DeadlineExceeded { last, attempts }) => match last {
                 Some(error) => (error, attempts),

@@ -22,6 +22,10 @@ pub struct Step {
     /// before, or without, its action. When `false` the step is only compensated if a
     /// late success reply arrives.
     pub compensate_on_timeout: bool,
+    /// When the step's reply does not come in time, send the action again instead of
+    /// giving up (for steps that must happen, like a refund, and whose participant
+    /// applies a command at most once per idempotency key).
+    pub resend_on_timeout: bool,
     /// The saga state shown while this step is awaited (`PAYMENT_PENDING`).
     pub pending_state: String,
 }
@@ -37,6 +41,7 @@ impl Step {
             compensation: None,
             deadline: None,
             compensate_on_timeout: true,
+            resend_on_timeout: false,
         }
     }
 
@@ -61,6 +66,12 @@ impl Step {
     /// See [`Step::compensate_on_timeout`].
     pub fn compensate_on_timeout(mut self, yes: bool) -> Self {
         self.compensate_on_timeout = yes;
+        self
+    }
+
+    /// See [`Step::resend_on_timeout`].
+    pub fn resend_on_timeout(mut self, yes: bool) -> Self {
+        self.resend_on_timeout = yes;
         self
     }
 

@@ -330,6 +330,11 @@ pub fn transition(
         SagaEvent::DeadlineExpired { step } => {
             let i = *step;
             match state.steps[i] {
+                // A step that must happen: ask again (same idempotency key).
+                P::Awaiting if state.status == S::Running && def.steps()[i].resend_on_timeout => {
+                    commands.push(action(def, i));
+                    true
+                }
                 P::Awaiting if state.status == S::Running => {
                     give_up(
                         def,
@@ -908,6 +913,62 @@ mod tests {
                 "DCN",
                 &["payment.refund"],
             ),
+        ];
+        check(&def, &states, &table);
+    }
+
+    #[test]
+    fn every_state_event_pair_of_a_must_happen_step() {
+        // The cancel saga: a refund that is resent until answered, then a local step.
+        let def = SagaDefinition::new("cancel_order")
+            .step(
+                Step::new("refund")
+                    .action("payment.refund")
+                    .deadline(Duration::from_secs(30))
+                    .resend_on_timeout(true),
+            )
+            .step(Step::new("mark_cancelled"))
+            .build()
+            .unwrap();
+        let states = vec![
+            st(Started, "NN"),
+            st(Running, "AN"),
+            st(Running, "SA"),
+            st(Completed, "SS"),
+            st(Failed, "BN"),
+        ];
+        let table = vec![
+            row(
+                st(Started, "NN"),
+                SagaEvent::Start,
+                Running,
+                "AN",
+                &["payment.refund"],
+            ),
+            row(st(Started, "NN"), abort(), Failed, "NN", &[]),
+            row(
+                st(Running, "AN"),
+                succ(0),
+                Running,
+                "SA",
+                &["mark_cancelled"],
+            ),
+            row(st(Running, "AN"), fail(0), Failed, "FN", &[]),
+            row(
+                st(Running, "AN"),
+                late(0),
+                Running,
+                "AN",
+                &["payment.refund"],
+            ),
+            row(st(Running, "AN"), abort(), Failed, "BN", &[]),
+            row(st(Running, "SA"), succ(1), Completed, "SS", &[]),
+            row(st(Running, "SA"), fail(1), Failed, "SF", &[]),
+            row(st(Running, "SA"), late(1), Failed, "SB", &[]),
+            row(st(Running, "SA"), abort(), Failed, "SB", &[]),
+            // Late answers of the abandoned refund are recorded, nothing to undo.
+            row(st(Failed, "BN"), succ(0), Failed, "SN", &[]),
+            row(st(Failed, "BN"), fail(0), Failed, "FN", &[]),
         ];
         check(&def, &states, &table);
     }
