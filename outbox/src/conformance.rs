@@ -486,6 +486,19 @@ pub async fn cache_all<C: crate::idempotency::Cache>(cache: &C) {
     assert_eq!(cache.get(&key).await.unwrap().as_deref(), Some(&b"v2"[..]));
     cache.delete(&key).await.unwrap();
     assert!(cache.get(&key).await.unwrap().is_none());
+    assert!(cache
+        .set_if_absent(&key, b"first", Duration::from_secs(600))
+        .await
+        .unwrap());
+    assert!(!cache
+        .set_if_absent(&key, b"second", Duration::from_secs(600))
+        .await
+        .unwrap());
+    assert_eq!(
+        cache.get(&key).await.unwrap().as_deref(),
+        Some(&b"first"[..])
+    );
+    cache.delete(&key).await.unwrap();
     cache
         .set(&key, b"short", Duration::from_millis(300))
         .await

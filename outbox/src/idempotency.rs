@@ -63,6 +63,10 @@ pub trait Cache: Send + Sync {
     async fn get(&self, key: &str) -> Result<Option<Bytes>>;
     /// Cache `value` for `ttl`.
     async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()>;
+    /// Cache `value` for `ttl` only if the key holds nothing; returns whether it was set.
+    /// Readers filling the cache use this, so a writer's invalidation marker (written
+    /// with [`set`](Self::set)) cannot be overwritten by a value read before the write.
+    async fn set_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool>;
     /// Invalidate.
     async fn delete(&self, key: &str) -> Result<()>;
 }
@@ -163,6 +167,16 @@ impl Cache for MemoryCache {
         }
         entries.insert(key.to_owned(), (Bytes::copy_from_slice(value), now + ttl));
         Ok(())
+    }
+
+    async fn set_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool> {
+        let now = Instant::now();
+        let mut entries = lock(&self.entries);
+        if entries.get(key).is_some_and(|(_, until)| *until > now) {
+            return Ok(false);
+        }
+        entries.insert(key.to_owned(), (Bytes::copy_from_slice(value), now + ttl));
+        Ok(true)
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
@@ -336,6 +350,20 @@ return 0
                 .query_async::<()>(&mut conn)
                 .await
                 .map_err(Error::storage)
+        }
+
+        async fn set_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool> {
+            let mut conn = self.conn.clone();
+            let r: Option<String> = redis::cmd("SET")
+                .arg(format!("{}{key}", self.prefix))
+                .arg(value)
+                .arg("NX")
+                .arg("PX")
+                .arg(ms(ttl))
+                .query_async(&mut conn)
+                .await
+                .map_err(Error::storage)?;
+            Ok(r.is_some())
         }
 
         async fn delete(&self, key: &str) -> Result<()> {

@@ -202,10 +202,10 @@ impl<S: SagaStore, D: CommandSink<S::Tx>> Orchestrator<S, D> {
     }
 
     /// Feed [`SagaEvent::DeadlineExpired`] to up to `limit` sagas whose deadline has
-    /// passed. Returns how many sagas changed. Run it periodically (every second or so).
-    pub async fn fire_due_deadlines(&self, limit: usize) -> Result<usize> {
+    /// passed. Returns the sagas that changed. Run it periodically (every second or so).
+    pub async fn fire_due_deadlines(&self, limit: usize) -> Result<Vec<SagaId>> {
         let now = (self.clock)();
-        let mut changed = 0;
+        let mut changed = Vec::new();
         for id in self.store.due(now, limit).await? {
             let mut tx = self.store.begin().await?;
             let Some(saga) = self.store.load(&mut tx, id).await? else {
@@ -225,7 +225,7 @@ impl<S: SagaStore, D: CommandSink<S::Tx>> Orchestrator<S, D> {
                     .handle_now(id, SagaEvent::DeadlineExpired { step })
                     .await
                 {
-                    Ok(a) if a.changed => changed += 1,
+                    Ok(a) if a.changed => changed.push(id),
                     Ok(_) => {}
                     Err(e) => {
                         tracing::error!(saga_id = %id, error = %e, "не удалось обработать истёкший срок")

@@ -241,14 +241,14 @@ async fn missed_deadline_refunds_blindly_then_cancels() {
     w.commands().await;
     assert_eq!(w.saga(id).deadlines[1], Some(1_000_000 + 30_000));
     // Nothing is due yet.
-    assert_eq!(w.orch.fire_due_deadlines(10).await.unwrap(), 0);
+    assert_eq!(w.orch.fire_due_deadlines(10).await.unwrap().len(), 0);
     w.clock.fetch_add(30_000, Ordering::SeqCst);
-    assert_eq!(w.orch.fire_due_deadlines(10).await.unwrap(), 1);
+    assert_eq!(w.orch.fire_due_deadlines(10).await.unwrap(), vec![id]);
     assert_eq!(w.label(id), "COMPENSATING");
     assert_eq!(w.commands().await, ["payment.refund"]);
     // The refund goes unanswered too: it is sent again after another deadline.
     w.clock.fetch_add(30_000, Ordering::SeqCst);
-    assert_eq!(w.orch.fire_due_deadlines(10).await.unwrap(), 1);
+    assert_eq!(w.orch.fire_due_deadlines(10).await.unwrap(), vec![id]);
     assert_eq!(w.commands().await, ["payment.refund"]);
     // A late debit success while the refund is in flight changes nothing.
     assert!(

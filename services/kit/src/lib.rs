@@ -9,5 +9,6 @@ pub mod admin;
 pub mod config;
 pub mod context;
 pub mod db;
+pub mod messaging;
 pub mod shutdown;
 pub mod telemetry;

@@ -75,3 +75,42 @@ impl Shutdown {
         *self.rx.borrow()
     }
 }
+
+/// Wait for `shutdown` or for any task to end; then stop everything (`trigger`) and
+/// wait for all tasks. A task that ends early (or fails) is an error: the process
+/// should exit and be restarted rather than limp on without, say, its consumer.
+pub async fn supervise(
+    mut tasks: tokio::task::JoinSet<anyhow::Result<()>>,
+    shutdown: impl std::future::Future<Output = ()>,
+    trigger: Trigger,
+) -> anyhow::Result<()> {
+    let mut first_error = None;
+    tokio::select! {
+        () = shutdown => {
+            tracing::info!("получен сигнал остановки, завершаем работу");
+        }
+        Some(done) = tasks.join_next() => {
+            let err = match done {
+                Ok(Ok(())) => anyhow::anyhow!("a service task stopped unexpectedly"),
+                Ok(Err(e)) => e,
+                Err(e) => anyhow::anyhow!("a service task panicked: {e}"),
+            };
+            tracing::error!(error = %err, "задача сервиса завершилась, останавливаем сервис");
+            first_error = Some(err);
+        }
+    }
+    trigger.fire();
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "ошибка при остановке задачи");
+                first_error.get_or_insert(e);
+            }
+            Err(e) => {
+                first_error.get_or_insert(anyhow::anyhow!("a service task panicked: {e}"));
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}

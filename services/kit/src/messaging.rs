@@ -1,0 +1,90 @@
+//! Kafka wiring shared by the services: topic names, bootstrap, the outbox relay task.
+
+use std::time::Duration;
+
+use outbox::kafka::{ensure_topics, KafkaPublisher};
+use outbox::mysql::MySqlOutbox;
+use outbox::{Relay, RelayConfig, RelayHandle};
+
+/// The saga topics, with an optional prefix (tests run isolated systems on one broker).
+#[derive(Debug, Clone)]
+pub struct Topics {
+    /// `saga.commands`.
+    pub commands: String,
+    /// `saga.replies`.
+    pub replies: String,
+    /// `dlq.saga`.
+    pub dlq: String,
+    /// Prefix for consumer group ids.
+    pub prefix: String,
+}
+
+impl Topics {
+    /// Topic names under `prefix` (empty: the SPEC names).
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            commands: format!("{prefix}saga.commands"),
+            replies: format!("{prefix}saga.replies"),
+            dlq: format!("{prefix}dlq.saga"),
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// A consumer group id for `service`.
+    pub fn group(&self, service: &str) -> String {
+        format!("{}{service}", self.prefix)
+    }
+
+    /// Create the topics if missing (3 partitions each), retrying while the broker is
+    /// not up yet.
+    pub async fn ensure(&self, brokers: &str, wait: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let r = ensure_topics(
+                brokers,
+                &[(&self.commands, 3), (&self.replies, 3), (&self.dlq, 1)],
+            )
+            .await;
+            match r {
+                Ok(()) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "Kafka недоступна, повтор создания топиков");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// A relay from `outbox` to Kafka, and the handle that wakes it after commits.
+pub fn relay(
+    outbox: MySqlOutbox,
+    publisher: KafkaPublisher,
+    service: &str,
+) -> (Relay<MySqlOutbox, KafkaPublisher>, RelayHandle) {
+    let relay = Relay::new(
+        outbox,
+        publisher,
+        RelayConfig {
+            relay_id: format!("{service}-{}", uuid::Uuid::new_v4()),
+            poll_interval: Duration::from_millis(500),
+            ..RelayConfig::default()
+        },
+    );
+    let handle = relay.handle();
+    (relay, handle)
+}
+
+/// Correlation headers to put on an outgoing message, taken from an incoming one.
+pub fn forward_headers(
+    from: &outbox::Headers,
+    mut msg: outbox::OutboxMessage,
+) -> outbox::OutboxMessage {
+    for name in [crate::context::CORRELATION_ID, crate::context::TRACEPARENT] {
+        if let Some(v) = from.get(name) {
+            msg.headers.insert(name, v);
+        }
+    }
+    msg
+}

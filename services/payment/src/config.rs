@@ -1,0 +1,74 @@
+//! Typed configuration (defaults → `CONFIG_FILE` → environment).
+
+use serde::{Deserialize, Serialize};
+
+/// Payment service settings. Environment variables are the upper-case field names.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// gRPC listen address (`GRPC_ADDR`, default 0.0.0.0:50053).
+    pub grpc_addr: String,
+    /// Admin HTTP listen address (`ADMIN_ADDR`, default 0.0.0.0:8083).
+    pub admin_addr: String,
+    /// MySQL (`DATABASE_URL`); the database is created if missing.
+    pub database_url: String,
+    /// Redis (`REDIS_URL`): the idempotency fast path.
+    pub redis_url: String,
+    /// Kafka (`KAFKA_BROKERS`).
+    pub kafka_brokers: String,
+    /// Prefix of topic names and consumer groups (`KAFKA_TOPIC_PREFIX`, default none).
+    pub kafka_topic_prefix: String,
+    /// Balance of a new account in minor units (`INITIAL_BALANCE`, default 100000).
+    pub initial_balance: i64,
+    /// Currency of accounts (`ACCOUNT_CURRENCY`, default USD).
+    pub account_currency: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            grpc_addr: "0.0.0.0:50053".into(),
+            admin_addr: "0.0.0.0:8083".into(),
+            database_url: "mysql://root@127.0.0.1:3306/ordersys_payment".into(),
+            redis_url: "redis://127.0.0.1:6379/".into(),
+            kafka_brokers: "127.0.0.1:9092".into(),
+            kafka_topic_prefix: String::new(),
+            initial_balance: 100_000,
+            account_currency: "USD".into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("grpc_addr", &self.grpc_addr)
+            .field("admin_addr", &self.admin_addr)
+            .field("database_url", &"<redacted>")
+            .field("redis_url", &"<redacted>")
+            .field("kafka_brokers", &self.kafka_brokers)
+            .field("kafka_topic_prefix", &self.kafka_topic_prefix)
+            .field("initial_balance", &self.initial_balance)
+            .field("account_currency", &self.account_currency)
+            .finish()
+    }
+}
+
+impl Config {
+    /// The environment variables this service reads.
+    pub const ENV: &'static [&'static str] = &[
+        "GRPC_ADDR",
+        "ADMIN_ADDR",
+        "DATABASE_URL",
+        "REDIS_URL",
+        "KAFKA_BROKERS",
+        "KAFKA_TOPIC_PREFIX",
+        "INITIAL_BALANCE",
+        "ACCOUNT_CURRENCY",
+    ];
+
+    /// Load from defaults, `CONFIG_FILE` and the environment.
+    pub fn load() -> anyhow::Result<Self> {
+        ordersys_kit::config::load(Self::ENV)
+    }
+}

@@ -1,0 +1,41 @@
+//! The gRPC face of the service.
+
+use ordersys_proto::payment::v1 as pb;
+use pb::payment_service_server::PaymentService as Rpc;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::service::Wallets;
+
+/// tonic handler.
+#[derive(Debug, Clone)]
+pub struct PaymentGrpc {
+    wallets: Wallets,
+}
+
+impl PaymentGrpc {
+    /// Wrap the read side.
+    pub fn new(wallets: Wallets) -> Self {
+        Self { wallets }
+    }
+}
+
+#[tonic::async_trait]
+impl Rpc for PaymentGrpc {
+    async fn get_wallet(
+        &self,
+        req: Request<pb::GetWalletRequest>,
+    ) -> Result<Response<pb::Wallet>, Status> {
+        let user_id = req.into_inner().user_id;
+        let user = Uuid::parse_str(&user_id)
+            .map_err(|_| Status::invalid_argument("user_id is not a UUID"))?;
+        let balance = self.wallets.get(user).await.map_err(|e| {
+            tracing::error!(error = %e, "ошибка чтения счёта");
+            Status::unavailable("payment database unavailable")
+        })?;
+        Ok(Response::new(pb::Wallet {
+            user_id,
+            balance: Some(balance),
+        }))
+    }
+}

@@ -1,0 +1,170 @@
+//! The ordersys payment service: an account per user (opened with `INITIAL_BALANCE`),
+//! saga commands from `saga.commands` applied exactly once (inbox + `payments.order_id`
+//! unique key, Redis `idempotency:{key}` as the fast path), replies through its own
+//! outbox to `saga.replies`, undecodable or failing commands to `dlq.saga`.
+//!
+//! Layers: [`domain`] (rules, no I/O) ← [`repository`] (MySQL) ← [`service`] (use
+//! cases) ← [`grpc`] (tonic). `main.rs` only loads config and calls [`run`].
+
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod domain;
+pub mod grpc;
+pub mod repository;
+pub mod service;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ordersys_kit::admin::{self, Admin};
+use ordersys_kit::context::ContextLayer;
+use ordersys_kit::messaging::{relay, Topics};
+use ordersys_kit::shutdown::Shutdown;
+use ordersys_proto::payment::v1::payment_service_server::PaymentServiceServer;
+use outbox::idempotency::RedisIdempotencyStore;
+use outbox::kafka::{run_consumer, ConsumerConfig, KafkaDeadLetter, KafkaPublisher};
+use outbox::mysql::{MySqlInbox, MySqlOutbox};
+use outbox::IdempotentConsumer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use config::Config;
+
+/// The sockets the service serves on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// gRPC.
+    pub grpc: TcpListener,
+    /// Admin HTTP.
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Bind both addresses.
+    pub async fn bind(grpc: &str, admin: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            grpc: TcpListener::bind(grpc).await?,
+            admin: TcpListener::bind(admin).await?,
+        })
+    }
+}
+
+/// Run until `shutdown` resolves: the message in progress is finished, the relay
+/// finishes its round, in-flight gRPC calls complete.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        config.initial_balance >= 0,
+        "INITIAL_BALANCE must not be negative"
+    );
+    anyhow::ensure!(
+        config.account_currency.len() == 3
+            && config
+                .account_currency
+                .bytes()
+                .all(|b| b.is_ascii_uppercase()),
+        "ACCOUNT_CURRENCY must be a 3-letter ISO 4217 code"
+    );
+    let pool = ordersys_kit::db::connect(&config.database_url, 10, Duration::from_secs(30)).await?;
+    repository::migrate(&pool).await?;
+    let redis_conn = redis::Client::open(config.redis_url.as_str())?
+        .get_connection_manager()
+        .await?;
+    let topics = Topics::new(&config.kafka_topic_prefix);
+    topics
+        .ensure(&config.kafka_brokers, Duration::from_secs(30))
+        .await?;
+    let publisher = KafkaPublisher::new(&config.kafka_brokers)?;
+
+    let accounts = service::Accounts {
+        initial_balance: config.initial_balance,
+        currency: config.account_currency.clone(),
+    };
+    let outbox = MySqlOutbox::new(pool.clone());
+    let (relay, relay_handle) = relay(outbox.clone(), publisher.clone(), "payment");
+    let handler = service::CommandHandler::new(
+        accounts.clone(),
+        outbox,
+        topics.clone(),
+        Arc::new(RedisIdempotencyStore::new(redis_conn.clone())),
+    )
+    .waking(relay_handle);
+    let consumer = IdempotentConsumer::new(
+        "payment",
+        MySqlInbox::new(pool.clone()),
+        KafkaDeadLetter::new(publisher.clone()).with_topic(topics.dlq.clone()),
+    );
+    let consumer_config = ConsumerConfig::new(
+        &config.kafka_brokers,
+        topics.group("payment"),
+        &[&topics.commands],
+    );
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<PaymentServiceServer<grpc::PaymentGrpc>>()
+        .await;
+    let db = pool.clone();
+    let admin = Admin::new("payment")
+        .check("mysql", move || {
+            let db = db.clone();
+            async move {
+                sqlx::query("SELECT 1")
+                    .execute(&db)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .check("redis", move || {
+            let mut conn = redis_conn.clone();
+            async move {
+                redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+        });
+
+    let (trigger, stop) = Shutdown::new();
+    let grpc_addr = listeners.grpc.local_addr()?;
+    let admin_addr = listeners.admin.local_addr()?;
+    let mut tasks = tokio::task::JoinSet::new();
+    let s = stop.clone();
+    tasks.spawn(async move {
+        admin::serve(listeners.admin, admin.router(), s.wait())
+            .await
+            .map_err(anyhow::Error::from)
+    });
+    let s = stop.clone();
+    tasks.spawn(async move { relay.run(s.wait()).await.map_err(anyhow::Error::from) });
+    let s = stop.clone();
+    tasks.spawn(async move {
+        run_consumer(&consumer_config, &consumer, &handler, s.wait())
+            .await
+            .map(drop)
+            .map_err(anyhow::Error::from)
+    });
+    let s = stop.clone();
+    let wallets = service::Wallets::new(pool.clone(), accounts);
+    tasks.spawn(async move {
+        tonic::transport::Server::builder()
+            .layer(ContextLayer)
+            .add_service(health_service)
+            .add_service(PaymentServiceServer::new(grpc::PaymentGrpc::new(wallets)))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), s.wait())
+            .await
+            .map_err(anyhow::Error::from)
+    });
+    tracing::info!(grpc = %grpc_addr, admin = %admin_addr, "платёжный сервис запущен");
+    let result = ordersys_kit::shutdown::supervise(tasks, shutdown, trigger).await;
+    pool.close().await;
+    tracing::info!("платёжный сервис остановлен");
+    result
+}

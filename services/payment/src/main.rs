@@ -1,0 +1,11 @@
+//! `ordersys-payment`: load config, set up logs, run until SIGTERM/Ctrl-C.
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    ordersys_kit::telemetry::init("payment");
+    let config = ordersys_payment::Config::load()?;
+    tracing::info!(config = ?config, "конфигурация загружена");
+    let listeners =
+        ordersys_payment::Listeners::bind(&config.grpc_addr, &config.admin_addr).await?;
+    ordersys_payment::run(config, listeners, ordersys_kit::shutdown::signal()).await
+}

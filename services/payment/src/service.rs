@@ -1,0 +1,360 @@
+//! Use cases: apply saga commands (debit, refund) exactly once, and read wallets.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ordersys_kit::messaging::{forward_headers, Topics};
+use ordersys_proto::common::v1::Money;
+use ordersys_proto::saga::v1::{CommandType, ReplyStatus, SagaCommand, SagaReply};
+use outbox::idempotency::{IdempotencyStore, Reservation};
+use outbox::mysql::{MySqlOutbox, MySqlTx};
+use outbox::{Delivery, Handler, HandlerError, MessageId, OutboxMessage, OutboxStore};
+use prost::Message;
+use sqlx::MySqlPool;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::domain::{decide_debit, decide_refund, DebitDecision, PaymentStatus, RefundDecision};
+use crate::repository as repo;
+
+/// Account settings.
+#[derive(Debug, Clone)]
+pub struct Accounts {
+    /// Balance of a new account, minor units.
+    pub initial_balance: i64,
+    /// Currency of every account.
+    pub currency: String,
+}
+
+/// Applies `saga.commands`: debit and refund, idempotently, replying through the
+/// payment outbox in the same transaction.
+///
+/// Idempotency has two levels: Redis `idempotency:{key}` (24 h) is the fast path that
+/// answers a resent command with the stored reply; the `payments.order_id` unique key is
+/// the guarantee — a debit can only ever be recorded once per order.
+pub struct CommandHandler {
+    accounts: Accounts,
+    outbox: MySqlOutbox,
+    topics: Topics,
+    idempotency: Arc<dyn IdempotencyStore>,
+    /// Replies of the current unit of work, stored in Redis only after it committed.
+    pending: Mutex<HashMap<MessageId, (String, Vec<u8>)>>,
+    /// Wakes the relay once a reply is committed to the outbox.
+    relay: Option<outbox::RelayHandle>,
+}
+
+impl std::fmt::Debug for CommandHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandHandler")
+            .field("accounts", &self.accounts)
+            .finish_non_exhaustive()
+    }
+}
+
+const RESULT_TTL: Duration = Duration::from_secs(24 * 3600);
+const PENDING_TTL: Duration = Duration::from_secs(60);
+
+fn parse_uuid(field: &str, s: &str) -> Result<Uuid, HandlerError> {
+    Uuid::parse_str(s).map_err(|_| HandlerError::permanent(format!("{field} is not a UUID: {s:?}")))
+}
+
+fn transient(e: impl std::fmt::Display) -> HandlerError {
+    HandlerError::transient(e.to_string())
+}
+
+impl CommandHandler {
+    /// A handler writing replies to `topics.replies` through `outbox`.
+    pub fn new(
+        accounts: Accounts,
+        outbox: MySqlOutbox,
+        topics: Topics,
+        idempotency: Arc<dyn IdempotencyStore>,
+    ) -> Self {
+        Self {
+            accounts,
+            outbox,
+            topics,
+            idempotency,
+            pending: Mutex::new(HashMap::new()),
+            relay: None,
+        }
+    }
+
+    /// Wake `relay` after each committed reply (the MySQL outbox cannot signal commits).
+    pub fn waking(mut self, relay: outbox::RelayHandle) -> Self {
+        self.relay = Some(relay);
+        self
+    }
+
+    async fn debit(
+        &self,
+        tx: &mut MySqlTx,
+        cmd: &SagaCommand,
+        order: Uuid,
+        user: Uuid,
+    ) -> Result<SagaReply, HandlerError> {
+        let money = cmd.amount.clone().unwrap_or_default();
+        repo::ensure_account(
+            &mut **tx,
+            user,
+            self.accounts.initial_balance,
+            &self.accounts.currency,
+        )
+        .await
+        .map_err(transient)?;
+        let existing = repo::lock_payment(tx, order).await.map_err(transient)?;
+        let (balance, account_currency) = repo::lock_account(tx, user).await.map_err(transient)?;
+        let decision = decide_debit(
+            existing.as_ref().map(|p| (p.status, p.reason.clone())),
+            balance,
+            &account_currency,
+            money.amount_minor,
+            &money.currency,
+        );
+        let mut reply = reply_to(cmd);
+        match decision {
+            DebitDecision::Take => {
+                let id = Uuid::now_v7();
+                repo::add_balance(tx, user, -money.amount_minor)
+                    .await
+                    .map_err(transient)?;
+                repo::insert_payment(
+                    tx,
+                    id,
+                    order,
+                    user,
+                    money.amount_minor,
+                    &money.currency,
+                    PaymentStatus::Debited,
+                    None,
+                )
+                .await
+                .map_err(transient)?;
+                tracing::info!(order_id = %order, user_id = %user, amount = money.amount_minor, payment_id = %id, "средства списаны");
+                reply.status = ReplyStatus::Succeeded as i32;
+                reply.payment_id = id.to_string();
+            }
+            DebitDecision::Decline(reason) => {
+                repo::insert_payment(
+                    tx,
+                    Uuid::now_v7(),
+                    order,
+                    user,
+                    money.amount_minor,
+                    &money.currency,
+                    PaymentStatus::Declined,
+                    Some(&reason),
+                )
+                .await
+                .map_err(transient)?;
+                tracing::info!(order_id = %order, user_id = %user, reason = %reason, "списание отклонено");
+                reply.status = ReplyStatus::Failed as i32;
+                reply.error = reason;
+            }
+            DebitDecision::AlreadyDebited => {
+                tracing::info!(order_id = %order, "повторная команда списания, средства уже списаны");
+                reply.status = ReplyStatus::Succeeded as i32;
+                reply.payment_id = existing.map(|p| p.id.to_string()).unwrap_or_default();
+            }
+            DebitDecision::AlreadyRefused(reason) => {
+                reply.status = ReplyStatus::Failed as i32;
+                reply.error = reason;
+            }
+        }
+        Ok(reply)
+    }
+
+    async fn refund(
+        &self,
+        tx: &mut MySqlTx,
+        cmd: &SagaCommand,
+        order: Uuid,
+        user: Uuid,
+    ) -> Result<SagaReply, HandlerError> {
+        let existing = repo::lock_payment(tx, order).await.map_err(transient)?;
+        let mut reply = reply_to(cmd);
+        reply.status = ReplyStatus::Succeeded as i32;
+        match decide_refund(existing.as_ref().map(|p| p.status)) {
+            RefundDecision::GiveBack => {
+                let p = existing.expect("GiveBack implies a payment");
+                repo::add_balance(tx, user, p.amount)
+                    .await
+                    .map_err(transient)?;
+                repo::set_status(tx, p.id, PaymentStatus::Refunded)
+                    .await
+                    .map_err(transient)?;
+                reply.payment_id = p.id.to_string();
+                tracing::info!(order_id = %order, amount = p.amount, "средства возвращены");
+            }
+            RefundDecision::Tombstone => {
+                let currency = cmd
+                    .amount
+                    .as_ref()
+                    .map(|m| m.currency.clone())
+                    .unwrap_or_default();
+                repo::insert_payment(
+                    tx,
+                    Uuid::now_v7(),
+                    order,
+                    user,
+                    0,
+                    &currency,
+                    PaymentStatus::Cancelled,
+                    Some("refunded before debit"),
+                )
+                .await
+                .map_err(transient)?;
+                tracing::info!(order_id = %order, "возврат до списания: списание по заказу заблокировано");
+            }
+            RefundDecision::Nothing => {
+                reply.payment_id = existing.map(|p| p.id.to_string()).unwrap_or_default();
+            }
+        }
+        Ok(reply)
+    }
+
+    async fn apply(
+        &self,
+        tx: &mut MySqlTx,
+        msg: &Delivery,
+        cmd: &SagaCommand,
+        order: Uuid,
+        user: Uuid,
+    ) -> Result<(), HandlerError> {
+        // Fast path: a command we already answered gets the same answer again.
+        let key = format!("payment:{}", cmd.idempotency_key);
+        match self.idempotency.reserve(&key, PENDING_TTL).await {
+            Ok(Reservation::Completed(bytes)) => {
+                if let Ok(reply) = SagaReply::decode(bytes.as_ref()) {
+                    tracing::info!("повторная команда: ответ из кэша идемпотентности");
+                    return self.send_reply(tx, msg, &reply).await;
+                }
+            }
+            Ok(_) => {}
+            // Redis down: the database still guarantees at-most-once.
+            Err(e) => tracing::warn!(error = %e, "хранилище идемпотентности недоступно"),
+        }
+        let reply = match CommandType::try_from(cmd.command) {
+            Ok(CommandType::Debit) => self.debit(tx, cmd, order, user).await,
+            Ok(CommandType::Refund) => self.refund(tx, cmd, order, user).await,
+            _ => Err(HandlerError::permanent(format!(
+                "unknown saga command {}",
+                cmd.command
+            ))),
+        };
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = self.idempotency.release(&key).await;
+                return Err(e);
+            }
+        };
+        self.send_reply(tx, msg, &reply).await?;
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(msg.id, (key, reply.encode_to_vec()));
+        Ok(())
+    }
+
+    async fn send_reply(
+        &self,
+        tx: &mut MySqlTx,
+        msg: &Delivery,
+        reply: &SagaReply,
+    ) -> Result<(), HandlerError> {
+        let out = forward_headers(
+            &msg.headers,
+            OutboxMessage::new(
+                self.topics.replies.clone(),
+                msg.key.clone(),
+                reply.encode_to_vec(),
+            ),
+        );
+        self.outbox.enqueue(tx, out).await.map_err(transient)
+    }
+}
+
+fn reply_to(cmd: &SagaCommand) -> SagaReply {
+    SagaReply {
+        saga_id: cmd.saga_id.clone(),
+        command: cmd.command,
+        status: ReplyStatus::Unspecified as i32,
+        payment_id: String::new(),
+        error: String::new(),
+        idempotency_key: cmd.idempotency_key.clone(),
+        step: cmd.step,
+        kind: cmd.kind.clone(),
+    }
+}
+
+impl Handler<MySqlTx> for CommandHandler {
+    async fn handle(&self, tx: &mut MySqlTx, msg: &Delivery) -> Result<(), HandlerError> {
+        let cmd = SagaCommand::decode(msg.payload.as_ref())
+            .map_err(|e| HandlerError::permanent(format!("undecodable saga command: {e}")))?;
+        let order = parse_uuid("order_id", &cmd.order_id)?;
+        let user = parse_uuid("user_id", &cmd.user_id)?;
+        if cmd.idempotency_key.is_empty() {
+            return Err(HandlerError::permanent(
+                "saga command without idempotency key",
+            ));
+        }
+        let span = tracing::info_span!(
+            "saga_command",
+            correlation_id = msg.headers.get(ordersys_kit::context::CORRELATION_ID).unwrap_or(""),
+            saga_id = %cmd.saga_id,
+            order_id = %order,
+            command = ?CommandType::try_from(cmd.command).unwrap_or(CommandType::Unspecified),
+        );
+        self.apply(tx, msg, &cmd, order, user)
+            .instrument(span)
+            .await
+    }
+
+    async fn after_commit(&self, msg: &Delivery) {
+        if let Some(r) = &self.relay {
+            r.wake();
+        }
+        let done = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&msg.id);
+        if let Some((key, reply)) = done {
+            if let Err(e) = self.idempotency.complete(&key, &reply, RESULT_TTL).await {
+                tracing::warn!(error = %e, "не удалось сохранить результат в хранилище идемпотентности");
+            }
+        }
+    }
+}
+
+/// Read side: wallets.
+#[derive(Debug, Clone)]
+pub struct Wallets {
+    pool: MySqlPool,
+    accounts: Accounts,
+}
+
+impl Wallets {
+    /// Wallets over `pool`.
+    pub fn new(pool: MySqlPool, accounts: Accounts) -> Self {
+        Self { pool, accounts }
+    }
+
+    /// The balance of `user` (the account is opened on first use).
+    pub async fn get(&self, user: Uuid) -> sqlx::Result<Money> {
+        repo::ensure_account(
+            &self.pool,
+            user,
+            self.accounts.initial_balance,
+            &self.accounts.currency,
+        )
+        .await?;
+        let (balance, currency) = repo::account(&self.pool, user).await?;
+        Ok(Money {
+            amount_minor: balance,
+            currency,
+        })
+    }
+}
