@@ -1,0 +1,70 @@
+//! Typed configuration (defaults → `CONFIG_FILE` → environment).
+
+use serde::{Deserialize, Serialize};
+
+/// Order service settings. Environment variables are the upper-case field names.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// gRPC listen address (`GRPC_ADDR`, default 0.0.0.0:50052).
+    pub grpc_addr: String,
+    /// Admin HTTP listen address (`ADMIN_ADDR`, default 0.0.0.0:8082).
+    pub admin_addr: String,
+    /// MySQL (`DATABASE_URL`); the database is created if missing.
+    pub database_url: String,
+    /// Redis (`REDIS_URL`): order cache and idempotency keys.
+    pub redis_url: String,
+    /// Kafka (`KAFKA_BROKERS`).
+    pub kafka_brokers: String,
+    /// Prefix of topic names and consumer groups (`KAFKA_TOPIC_PREFIX`).
+    pub kafka_topic_prefix: String,
+    /// How long the payment step may take before the saga compensates
+    /// (`PAYMENT_DEADLINE_SECS`, default 30).
+    pub payment_deadline_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            grpc_addr: "0.0.0.0:50052".into(),
+            admin_addr: "0.0.0.0:8082".into(),
+            database_url: "mysql://root@127.0.0.1:3306/ordersys_order".into(),
+            redis_url: "redis://127.0.0.1:6379/".into(),
+            kafka_brokers: "127.0.0.1:9092".into(),
+            kafka_topic_prefix: String::new(),
+            payment_deadline_secs: 30,
+        }
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("grpc_addr", &self.grpc_addr)
+            .field("admin_addr", &self.admin_addr)
+            .field("database_url", &"<redacted>")
+            .field("redis_url", &"<redacted>")
+            .field("kafka_brokers", &self.kafka_brokers)
+            .field("kafka_topic_prefix", &self.kafka_topic_prefix)
+            .field("payment_deadline_secs", &self.payment_deadline_secs)
+            .finish()
+    }
+}
+
+impl Config {
+    /// The environment variables this service reads.
+    pub const ENV: &'static [&'static str] = &[
+        "GRPC_ADDR",
+        "ADMIN_ADDR",
+        "DATABASE_URL",
+        "REDIS_URL",
+        "KAFKA_BROKERS",
+        "KAFKA_TOPIC_PREFIX",
+        "PAYMENT_DEADLINE_SECS",
+    ];
+
+    /// Load from defaults, `CONFIG_FILE` and the environment.
+    pub fn load() -> anyhow::Result<Self> {
+        ordersys_kit::config::load(Self::ENV)
+    }
+}

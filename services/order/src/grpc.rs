@@ -1,0 +1,91 @@
+//! The gRPC face of the service.
+
+use ordersys_kit::context::RequestContext;
+use ordersys_proto::common::v1::Money;
+use ordersys_proto::order::v1 as pb;
+use pb::order_service_server::OrderService as Rpc;
+use tonic::{Request, Response, Status};
+
+use crate::domain::{Item, Order};
+use crate::service::{OrderError, OrderService};
+
+/// tonic handler over [`OrderService`].
+#[derive(Debug, Clone)]
+pub struct OrderGrpc {
+    service: OrderService,
+}
+
+impl OrderGrpc {
+    /// Wrap the service.
+    pub fn new(service: OrderService) -> Self {
+        Self { service }
+    }
+}
+
+impl From<OrderError> for Status {
+    fn from(e: OrderError) -> Self {
+        match e {
+            OrderError::Validation(v) => Status::invalid_argument(v.to_string()),
+            OrderError::NotFound => Status::not_found("order not found"),
+            OrderError::AlreadyCancelled => Status::failed_precondition("order is already cancelled"),
+            OrderError::InProgress => Status::aborted(e.to_string()),
+            OrderError::Unavailable(msg) => {
+                tracing::error!(error = %msg, "зависимость недоступна");
+                Status::unavailable("a dependency of the order service is unavailable")
+            }
+        }
+    }
+}
+
+fn to_pb(o: Order) -> pb::Order {
+    pb::Order {
+        order_id: o.id.to_string(),
+        user_id: o.user_id.to_string(),
+        status: o.status.as_str().to_owned(),
+        saga_state: o.saga_state,
+        total: Some(Money { amount_minor: o.total, currency: o.currency }),
+        items: o
+            .items
+            .into_iter()
+            .map(|i| pb::OrderItem { product_id: i.product_id, quantity: i.quantity, unit_price: i.unit_price })
+            .collect(),
+        payment_id: o.payment_id.unwrap_or_default(),
+        failure_reason: o.failure_reason.unwrap_or_default(),
+        created_at: o.created_at,
+    }
+}
+
+#[tonic::async_trait]
+impl Rpc for OrderGrpc {
+    async fn create_order(&self, req: Request<pb::CreateOrderRequest>) -> Result<Response<pb::Order>, Status> {
+        let ctx = req.extensions().get::<RequestContext>().cloned();
+        let r = req.into_inner();
+        let items = r
+            .items
+            .into_iter()
+            .map(|i| Item { product_id: i.product_id, quantity: i.quantity, unit_price: i.unit_price })
+            .collect();
+        let o = self.service.create(&r.user_id, items, &r.currency, &r.idempotency_key, ctx.as_ref()).await?;
+        Ok(Response::new(to_pb(o)))
+    }
+
+    async fn get_order(&self, req: Request<pb::GetOrderRequest>) -> Result<Response<pb::Order>, Status> {
+        let r = req.into_inner();
+        Ok(Response::new(to_pb(self.service.get(&r.user_id, &r.order_id).await?)))
+    }
+
+    async fn list_orders(&self, req: Request<pb::ListOrdersRequest>) -> Result<Response<pb::ListOrdersResponse>, Status> {
+        let r = req.into_inner();
+        let (orders, next) = self.service.list(&r.user_id, r.limit, &r.cursor).await?;
+        Ok(Response::new(pb::ListOrdersResponse {
+            orders: orders.into_iter().map(to_pb).collect(),
+            next_cursor: next.unwrap_or_default(),
+        }))
+    }
+
+    async fn cancel_order(&self, req: Request<pb::CancelOrderRequest>) -> Result<Response<pb::Order>, Status> {
+        let ctx = req.extensions().get::<RequestContext>().cloned();
+        let r = req.into_inner();
+        Ok(Response::new(to_pb(self.service.cancel(&r.user_id, &r.order_id, ctx.as_ref()).await?)))
+    }
+}

@@ -1,0 +1,282 @@
+//! Use cases: create (starts the saga), get (cached), list, cancel.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ordersys_kit::context::RequestContext;
+use outbox::idempotency::{Cache, IdempotencyStore, Reservation};
+use outbox::{RelayHandle, Transactional};
+use saga_core::{SagaDefinition, SagaEvent, SagaId};
+use sqlx::MySqlPool;
+use uuid::Uuid;
+
+use crate::domain::{idempotency_key, Cursor, Item, NewOrder, Order, OrderStatus, SagaData, ValidationError};
+use crate::repository::{self as repo, OrderRow};
+use crate::saga::{cache_key, invalidate, OrderOrchestrator, CANCEL, CREATE};
+
+/// Why a use case failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OrderError {
+    /// Bad input.
+    #[error(transparent)]
+    Validation(#[from] ValidationError),
+    /// No such order (or not the caller's).
+    #[error("order not found")]
+    NotFound,
+    /// Cancelling a cancelled order.
+    #[error("order is already cancelled")]
+    AlreadyCancelled,
+    /// The same Idempotency-Key is being processed right now.
+    #[error("a request with this Idempotency-Key is in progress")]
+    InProgress,
+    /// A dependency is down.
+    #[error("dependency unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<sqlx::Error> for OrderError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+impl From<saga_core::Error> for OrderError {
+    fn from(e: saga_core::Error) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+impl From<outbox::Error> for OrderError {
+    fn from(e: outbox::Error) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+/// Cache entry lifetime (SPEC: `order:{id}` for 10 minutes).
+const CACHE_TTL: Duration = Duration::from_secs(600);
+/// Idempotency result lifetime (SPEC: 24 hours).
+const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The order service's logic.
+#[derive(Clone)]
+pub struct OrderService {
+    pool: MySqlPool,
+    orchestrator: Arc<OrderOrchestrator>,
+    create_def: Arc<SagaDefinition>,
+    cache: Arc<dyn Cache>,
+    idempotency: Arc<dyn IdempotencyStore>,
+    relay: RelayHandle,
+}
+
+impl std::fmt::Debug for OrderService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrderService").finish_non_exhaustive()
+    }
+}
+
+fn user_id(s: &str) -> Result<Uuid, OrderError> {
+    Uuid::parse_str(s).map_err(|_| OrderError::NotFound)
+}
+
+impl OrderService {
+    /// Assemble.
+    pub fn new(
+        pool: MySqlPool,
+        orchestrator: Arc<OrderOrchestrator>,
+        cache: Arc<dyn Cache>,
+        idempotency: Arc<dyn IdempotencyStore>,
+        relay: RelayHandle,
+    ) -> Self {
+        let create_def = orchestrator.definition(CREATE).expect("create saga registered").clone();
+        Self { pool, orchestrator, create_def, cache, idempotency, relay }
+    }
+
+    fn to_order(&self, row: OrderRow) -> Order {
+        let saga_state = row
+            .saga_state
+            .as_ref()
+            .map(|s| s.label(&self.create_def))
+            .unwrap_or_else(|| "UNKNOWN".into());
+        Order {
+            id: row.id,
+            user_id: row.user_id,
+            status: row.status,
+            currency: row.currency,
+            total: row.total,
+            items: row.items,
+            payment_id: row.payment_id,
+            failure_reason: row.failure_reason,
+            saga_id: row.saga_id,
+            cancel_saga_id: row.cancel_saga_id,
+            saga_state,
+            created_at: row.created_at,
+        }
+    }
+
+    async fn load(&self, id: Uuid) -> Result<Option<Order>, OrderError> {
+        Ok(repo::get(&self.pool, id).await?.map(|r| self.to_order(r)))
+    }
+
+    /// Place an order and start its saga: the order row, the saga and the debit command
+    /// commit together.
+    pub async fn create(
+        &self,
+        user: &str,
+        items: Vec<Item>,
+        currency: &str,
+        idempotency: &str,
+        ctx: Option<&RequestContext>,
+    ) -> Result<Order, OrderError> {
+        let user = user_id(user)?;
+        let new = NewOrder::new(items, currency)?;
+        let key = idempotency_key(idempotency)?;
+        let redis_key = key.as_ref().map(|k| format!("order:{user}:{k}"));
+
+        if let (Some(k), Some(rk)) = (&key, &redis_key) {
+            match self.idempotency.reserve(rk, Duration::from_secs(30)).await {
+                Ok(Reservation::Completed(id)) => {
+                    if let Some(o) = std::str::from_utf8(&id).ok().and_then(|s| Uuid::parse_str(s).ok()) {
+                        if let Some(order) = self.load(o).await? {
+                            return Ok(order);
+                        }
+                    }
+                }
+                Ok(Reservation::InProgress) => {
+                    // Another request with this key is being handled: give it a moment.
+                    for _ in 0..20 {
+                        if let Some(id) = repo::by_idempotency_key(&self.pool, user, k).await? {
+                            return self.load(id).await?.ok_or(OrderError::NotFound);
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    return Err(OrderError::InProgress);
+                }
+                Ok(Reservation::Reserved) => {}
+                Err(e) => tracing::warn!(error = %e, "хранилище идемпотентности недоступно"),
+            }
+        }
+
+        let id = Uuid::now_v7();
+        let data = SagaData {
+            order_id: id,
+            user_id: user,
+            amount: new.total,
+            currency: new.currency.clone(),
+            correlation_id: ctx.map(|c| c.correlation_id.clone()).unwrap_or_default(),
+            traceparent: ctx.map(|c| c.traceparent.clone()).unwrap_or_default(),
+        };
+        let store = self.orchestrator.store();
+        let mut tx = store.begin().await?;
+        let inserted = repo::insert(&mut tx, id, user, &new.currency, new.total, &new.items, id, key.as_deref()).await?;
+        if !inserted {
+            // The database says this key was used: the same order, never a second one.
+            drop(tx);
+            let existing = repo::by_idempotency_key(&self.pool, user, key.as_deref().unwrap_or_default())
+                .await?
+                .ok_or(OrderError::NotFound)?;
+            return self.load(existing).await?.ok_or(OrderError::NotFound);
+        }
+        let bytes = Bytes::from(serde_json::to_vec(&data).expect("saga data serialises"));
+        self.orchestrator.start(&mut tx, CREATE, SagaId(id), bytes).await?;
+        store.commit(tx).await?;
+        self.relay.wake();
+        tracing::info!(order_id = %id, user_id = %user, total = new.total, currency = %new.currency, "заказ создан, сага запущена");
+        if let Some(rk) = &redis_key {
+            if let Err(e) = self.idempotency.complete(rk, id.to_string().as_bytes(), IDEMPOTENCY_TTL).await {
+                tracing::warn!(error = %e, "не удалось сохранить ключ идемпотентности");
+            }
+        }
+        self.load(id).await?.ok_or(OrderError::NotFound)
+    }
+
+    /// One of the caller's orders (from the cache when possible).
+    pub async fn get(&self, user: &str, id: &str) -> Result<Order, OrderError> {
+        let user = user_id(user)?;
+        let id = Uuid::parse_str(id).map_err(|_| OrderError::NotFound)?;
+        let key = cache_key(id);
+        match self.cache.get(&key).await {
+            Ok(Some(b)) if !b.is_empty() => {
+                if let Ok(o) = serde_json::from_slice::<Order>(&b) {
+                    return if o.user_id == user { Ok(o) } else { Err(OrderError::NotFound) };
+                }
+            }
+            Ok(Some(_)) => {
+                // Just invalidated: read through, do not refill yet.
+                let o = self.load(id).await?.ok_or(OrderError::NotFound)?;
+                return if o.user_id == user { Ok(o) } else { Err(OrderError::NotFound) };
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "кэш заказов недоступен"),
+        }
+        let o = self.load(id).await?.ok_or(OrderError::NotFound)?;
+        if let Ok(bytes) = serde_json::to_vec(&o) {
+            let _ = self.cache.set_if_absent(&key, &bytes, CACHE_TTL).await;
+        }
+        if o.user_id == user {
+            Ok(o)
+        } else {
+            Err(OrderError::NotFound)
+        }
+    }
+
+    /// The caller's orders, newest first; returns the page and the next cursor.
+    pub async fn list(&self, user: &str, limit: u32, cursor: &str) -> Result<(Vec<Order>, Option<String>), OrderError> {
+        let user = user_id(user)?;
+        let limit = if limit == 0 { 20 } else { limit };
+        if limit > 100 {
+            return Err(ValidationError::BadLimit.into());
+        }
+        let cursor = if cursor.is_empty() {
+            None
+        } else {
+            Some(Cursor::decode(cursor).ok_or(ValidationError::BadCursor)?)
+        };
+        let mut rows = repo::list(&self.pool, user, cursor, limit + 1).await?;
+        let next = if rows.len() > limit as usize {
+            rows.truncate(limit as usize);
+            rows.last().map(|r| Cursor { created_at: r.created_at, id: r.id }.encode())
+        } else {
+            None
+        };
+        Ok((rows.into_iter().map(|r| self.to_order(r)).collect(), next))
+    }
+
+    /// Cancel: a pending order's saga is aborted (its debit, if any, refunded); a
+    /// confirmed order gets a cancel saga (refund, then CANCELLED).
+    pub async fn cancel(&self, user: &str, id: &str, ctx: Option<&RequestContext>) -> Result<Order, OrderError> {
+        let user = user_id(user)?;
+        let id = Uuid::parse_str(id).map_err(|_| OrderError::NotFound)?;
+        let store = self.orchestrator.store();
+        let mut tx = store.begin().await?;
+        let row = repo::lock(&mut tx, id).await?.filter(|r| r.user_id == user).ok_or(OrderError::NotFound)?;
+        match row.status {
+            OrderStatus::Cancelled => return Err(OrderError::AlreadyCancelled),
+            OrderStatus::Pending => {
+                self.orchestrator
+                    .handle(&mut tx, SagaId(row.saga_id), SagaEvent::Abort { reason: "cancelled by the customer".into() })
+                    .await?;
+            }
+            OrderStatus::Confirmed if row.cancel_saga_id.is_some() => {} // already under way
+            OrderStatus::Confirmed => {
+                let saga = Uuid::now_v7();
+                let data = SagaData {
+                    order_id: id,
+                    user_id: user,
+                    amount: row.total,
+                    currency: row.currency.clone(),
+                    correlation_id: ctx.map(|c| c.correlation_id.clone()).unwrap_or_default(),
+                    traceparent: ctx.map(|c| c.traceparent.clone()).unwrap_or_default(),
+                };
+                let bytes = Bytes::from(serde_json::to_vec(&data).expect("saga data serialises"));
+                self.orchestrator.start(&mut tx, CANCEL, SagaId(saga), bytes).await?;
+                repo::set_cancel_saga(&mut tx, id, saga).await?;
+            }
+        }
+        store.commit(tx).await?;
+        self.relay.wake();
+        invalidate(&*self.cache, id).await;
+        tracing::info!(order_id = %id, "запрошена отмена заказа");
+        self.load(id).await?.ok_or(OrderError::NotFound)
+    }
+}
