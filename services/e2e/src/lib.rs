@@ -141,94 +141,158 @@ fn env_or(key: &str, default: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| default.to_owned())
 }
 
-/// Settings shared by the services of one system.
+/// Settings of one system.
 #[derive(Debug, Clone)]
 pub struct Options {
     /// Extra gateway environment (e.g. `RATE_LIMIT_PER_MINUTE`).
     pub gateway_env: Vec<(String, String)>,
+    /// Extra order service environment.
+    pub order_env: Vec<(String, String)>,
+    /// Extra payment service environment.
+    pub payment_env: Vec<(String, String)>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
             gateway_env: vec![("RATE_LIMIT_PER_MINUTE".into(), "100000".into())],
+            order_env: Vec::new(),
+            payment_env: Vec::new(),
         }
     }
 }
 
-/// A user service and a gateway in front of it, each on free ports, with a database
-/// of their own.
+/// The whole system — user, order and payment services and the gateway — each on free
+/// ports, with databases and Kafka topics of their own.
 #[derive(Debug)]
 pub struct System {
     /// The user service.
     pub user: Service,
+    /// The order service.
+    pub order: Service,
+    /// The payment service.
+    pub payment: Service,
     /// The gateway.
     pub gateway: Service,
     /// `http://127.0.0.1:<port>` of the gateway.
     pub base: String,
     /// The user service's admin base URL.
     pub user_admin: String,
-    db: String,
+    /// The Kafka topic prefix of this system.
+    pub topic_prefix: String,
+    /// Kafka brokers.
+    pub brokers: String,
+    /// The payment database URL.
+    pub payment_db_url: String,
+    dbs: Vec<String>,
 }
 
 impl System {
-    /// Start and wait until the gateway is ready.
+    /// Start everything and wait until the gateway is ready.
     pub async fn start(opts: Options) -> Self {
         let mysql = env_or("DATABASE_SERVER_URL", "mysql://root@127.0.0.1:3306");
         let redis = env_or("REDIS_URL", "redis://127.0.0.1:6379/");
-        let db = format!("ordersys_e2e_{}", uuid::Uuid::new_v4().simple());
-        let (grpc, admin, http) = (free_port(), free_port(), free_port());
-        let common = |extra: &[(&str, String)]| -> HashMap<String, String> {
+        let brokers = env_or("KAFKA_BROKERS", "127.0.0.1:9092");
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let dbs: Vec<String> = ["user", "order", "payment"]
+            .iter()
+            .map(|s| format!("ordersys_e2e_{s}_{id}"))
+            .collect();
+        let topic_prefix = format!("e2e.{id}.");
+        let ports: Vec<u16> = (0..7).map(|_| free_port()).collect();
+        let (user_grpc, user_admin, order_grpc, order_admin, pay_grpc, pay_admin, http) = (
+            ports[0], ports[1], ports[2], ports[3], ports[4], ports[5], ports[6],
+        );
+        let env = |pairs: &[(&str, String)]| -> HashMap<String, String> {
             let mut m: HashMap<String, String> = [
                 ("REDIS_URL", redis.clone()),
                 ("JWT_SECRET", JWT_SECRET.to_owned()),
+                ("KAFKA_BROKERS", brokers.clone()),
+                ("KAFKA_TOPIC_PREFIX", topic_prefix.clone()),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
             .collect();
-            for (k, v) in extra {
+            for (k, v) in pairs {
                 m.insert((*k).to_owned(), v.clone());
             }
             m
         };
         let mut user = Service::start(
             "ordersys-user",
-            common(&[
-                ("GRPC_ADDR", format!("127.0.0.1:{grpc}")),
-                ("ADMIN_ADDR", format!("127.0.0.1:{admin}")),
-                ("DATABASE_URL", format!("{mysql}/{db}")),
+            env(&[
+                ("GRPC_ADDR", format!("127.0.0.1:{user_grpc}")),
+                ("ADMIN_ADDR", format!("127.0.0.1:{user_admin}")),
+                ("DATABASE_URL", format!("{mysql}/{}", dbs[0])),
             ]),
         );
-        let mut genv = common(&[
+        let mut order_env = env(&[
+            ("GRPC_ADDR", format!("127.0.0.1:{order_grpc}")),
+            ("ADMIN_ADDR", format!("127.0.0.1:{order_admin}")),
+            ("DATABASE_URL", format!("{mysql}/{}", dbs[1])),
+        ]);
+        order_env.extend(opts.order_env);
+        let mut order = Service::start("ordersys-order", order_env);
+        let payment_db_url = format!("{mysql}/{}", dbs[2]);
+        let mut payment_env = env(&[
+            ("GRPC_ADDR", format!("127.0.0.1:{pay_grpc}")),
+            ("ADMIN_ADDR", format!("127.0.0.1:{pay_admin}")),
+            ("DATABASE_URL", payment_db_url.clone()),
+        ]);
+        payment_env.extend(opts.payment_env);
+        let mut payment = Service::start("ordersys-payment", payment_env);
+        let mut genv = env(&[
             ("HTTP_ADDR", format!("127.0.0.1:{http}")),
-            ("USER_SERVICE_URL", format!("http://127.0.0.1:{grpc}")),
+            ("USER_SERVICE_URL", format!("http://127.0.0.1:{user_grpc}")),
             (
-                "RATE_LIMIT_KEY_PREFIX",
-                format!("e2e:{}:rate:", uuid::Uuid::new_v4().simple()),
+                "ORDER_SERVICE_URL",
+                format!("http://127.0.0.1:{order_grpc}"),
             ),
+            (
+                "PAYMENT_SERVICE_URL",
+                format!("http://127.0.0.1:{pay_grpc}"),
+            ),
+            ("RATE_LIMIT_KEY_PREFIX", format!("e2e:{id}:rate:")),
         ]);
         genv.extend(opts.gateway_env);
         let mut gateway = Service::start("ordersys-gateway", genv);
-        let user_admin = format!("http://127.0.0.1:{admin}");
+        let user_admin = format!("http://127.0.0.1:{user_admin}");
         wait_ready(
             &format!("{user_admin}/readyz"),
             &mut user,
-            Duration::from_secs(60),
+            Duration::from_secs(90),
+        )
+        .await;
+        wait_ready(
+            &format!("http://127.0.0.1:{order_admin}/readyz"),
+            &mut order,
+            Duration::from_secs(90),
+        )
+        .await;
+        wait_ready(
+            &format!("http://127.0.0.1:{pay_admin}/readyz"),
+            &mut payment,
+            Duration::from_secs(90),
         )
         .await;
         let base = format!("http://127.0.0.1:{http}");
         wait_ready(
             &format!("{base}/readyz"),
             &mut gateway,
-            Duration::from_secs(60),
+            Duration::from_secs(90),
         )
         .await;
         Self {
             user,
+            order,
+            payment,
             gateway,
             base,
             user_admin,
-            db,
+            topic_prefix,
+            brokers,
+            payment_db_url,
+            dbs,
         }
     }
 
@@ -237,12 +301,16 @@ impl System {
         format!("{}{path}", self.base)
     }
 
-    /// Stop the services and drop the database.
+    /// Stop the services and drop the databases.
     pub async fn stop(mut self) {
         self.gateway.kill();
+        self.order.kill();
+        self.payment.kill();
         self.user.kill();
         let mysql = env_or("DATABASE_SERVER_URL", "mysql://root@127.0.0.1:3306");
-        let _ = drop_database(&mysql, &self.db).await;
+        for db in &self.dbs {
+            let _ = drop_database(&mysql, db).await;
+        }
     }
 }
 

@@ -295,6 +295,7 @@ async fn forged_tokens_are_refused() {
 async fn rate_limit_answers_429_with_retry_after() {
     let sys = System::start(Options {
         gateway_env: vec![("RATE_LIMIT_PER_MINUTE".into(), "5".into())],
+        ..Options::default()
     })
     .await;
     let api = Api::new(&sys.base);
@@ -328,6 +329,7 @@ async fn breaker_opens_when_the_user_service_is_down_and_recovers() {
             ("RATE_LIMIT_PER_MINUTE".into(), "100000".into()),
             ("BREAKER_OPEN_SECS".into(), "2".into()),
         ],
+        ..Options::default()
     })
     .await;
     let api = Api::new(&sys.base);

@@ -11,6 +11,10 @@ pub struct Config {
     pub http_addr: String,
     /// The user service (`USER_SERVICE_URL`).
     pub user_service_url: String,
+    /// The order service (`ORDER_SERVICE_URL`).
+    pub order_service_url: String,
+    /// The payment service (`PAYMENT_SERVICE_URL`).
+    pub payment_service_url: String,
     /// Redis (`REDIS_URL`): JWT blacklist and rate limits.
     pub redis_url: String,
     /// HS256 secret shared with the user service (`JWT_SECRET`, required).
@@ -41,6 +45,8 @@ impl Default for Config {
         Self {
             http_addr: "0.0.0.0:8080".into(),
             user_service_url: "http://127.0.0.1:50051".into(),
+            order_service_url: "http://127.0.0.1:50052".into(),
+            payment_service_url: "http://127.0.0.1:50053".into(),
             redis_url: "redis://127.0.0.1:6379/".into(),
             jwt_secret: String::new(),
             jwt_issuer: "ordersys".into(),
@@ -61,6 +67,8 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("http_addr", &self.http_addr)
             .field("user_service_url", &self.user_service_url)
+            .field("order_service_url", &self.order_service_url)
+            .field("payment_service_url", &self.payment_service_url)
             .field("redis_url", &"<redacted>")
             .field(
                 "jwt_secret",
@@ -83,6 +91,8 @@ impl Config {
     pub const ENV: &'static [&'static str] = &[
         "HTTP_ADDR",
         "USER_SERVICE_URL",
+        "ORDER_SERVICE_URL",
+        "PAYMENT_SERVICE_URL",
         "REDIS_URL",
         "JWT_SECRET",
         "JWT_ISSUER",

@@ -48,10 +48,9 @@ pub fn is_outage(s: &Status) -> bool {
 /// Map a downstream status to the REST error.
 pub fn to_api_error(service: &str, s: &Status) -> ApiError {
     match s.code() {
-        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
-            ApiError::validation(s.message())
-        }
-        Code::AlreadyExists => ApiError::conflict(s.message()),
+        Code::InvalidArgument | Code::OutOfRange => ApiError::validation(s.message()),
+        // A state conflict: e.g. cancelling a cancelled order.
+        Code::AlreadyExists | Code::FailedPrecondition => ApiError::conflict(s.message()),
         Code::Aborted => ApiError::conflict(s.message()),
         Code::Unauthenticated => ApiError::unauthorized(s.message()),
         Code::PermissionDenied => ApiError::new(StatusCode::FORBIDDEN, "forbidden", s.message()),

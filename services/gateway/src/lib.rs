@@ -27,6 +27,8 @@ use axum::routing::{get, post};
 use axum::Router;
 use ordersys_kit::admin::Admin;
 use ordersys_kit::context::ContextLayer;
+use ordersys_proto::order::v1::order_service_client::OrderServiceClient;
+use ordersys_proto::payment::v1::payment_service_client::PaymentServiceClient;
 use ordersys_proto::user::v1::user_service_client::UserServiceClient;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
 use resilience::rate_limit::RedisRateLimiter;
@@ -43,6 +45,14 @@ pub struct AppState {
     pub users: UserServiceClient<Channel>,
     /// Its breaker.
     pub users_breaker: CircuitBreaker,
+    /// Order service client.
+    pub orders: OrderServiceClient<Channel>,
+    /// Its breaker.
+    pub orders_breaker: CircuitBreaker,
+    /// Payment service client.
+    pub payments: PaymentServiceClient<Channel>,
+    /// Its breaker.
+    pub payments_breaker: CircuitBreaker,
     limiter: Arc<dyn RateLimiter>,
     proxies: client_ip::TrustedProxies,
     metrics: Metrics,
@@ -78,6 +88,27 @@ fn breaker(name: &'static str, config: &Config, states: IntGaugeVec) -> CircuitB
         .build()
 }
 
+/// A readiness check: the downstream's gRPC health service answers.
+fn grpc_health(
+    channel: Channel,
+) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+       + Send
+       + Sync
+       + 'static {
+    move || {
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        Box::pin(async move {
+            client
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .map(drop)
+                .map_err(|s| s.message().to_owned())
+        })
+    }
+}
+
 /// Build the router (REST API + health + metrics) and its readiness checks.
 pub async fn app(config: &Config) -> anyhow::Result<Router> {
     let key = SigningKey::hs256(config.jwt_secret.as_bytes())
@@ -98,12 +129,11 @@ pub async fn app(config: &Config) -> anyhow::Result<Router> {
         Duration::from_secs(60),
     )
     .with_prefix(config.rate_limit_key_prefix.clone());
-    let user_channel = downstream::channel(
-        &config.user_service_url,
-        Duration::from_millis(config.downstream_timeout_ms),
-    )?;
+    let timeout = Duration::from_millis(config.downstream_timeout_ms);
+    let user_channel = downstream::channel(&config.user_service_url, timeout)?;
+    let order_channel = downstream::channel(&config.order_service_url, timeout)?;
+    let payment_channel = downstream::channel(&config.payment_service_url, timeout)?;
 
-    let health_channel = user_channel.clone();
     let ping = redis_conn.clone();
     let admin = Admin::new("gateway")
         .check("redis", move || {
@@ -116,19 +146,9 @@ pub async fn app(config: &Config) -> anyhow::Result<Router> {
                     .map_err(|e| e.to_string())
             }
         })
-        .check("user-service", move || {
-            let mut client =
-                tonic_health::pb::health_client::HealthClient::new(health_channel.clone());
-            async move {
-                client
-                    .check(tonic_health::pb::HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await
-                    .map(drop)
-                    .map_err(|s| s.message().to_owned())
-            }
-        });
+        .check("user-service", grpc_health(user_channel.clone()))
+        .check("order-service", grpc_health(order_channel.clone()))
+        .check("payment-service", grpc_health(payment_channel.clone()));
     let registry = admin.registry().clone();
     let metrics = Metrics {
         requests: IntCounterVec::new(
@@ -155,7 +175,11 @@ pub async fn app(config: &Config) -> anyhow::Result<Router> {
 
     let state = AppState {
         users: UserServiceClient::new(user_channel),
-        users_breaker: breaker("user", config, breaker_states),
+        users_breaker: breaker("user", config, breaker_states.clone()),
+        orders: OrderServiceClient::new(order_channel),
+        orders_breaker: breaker("order", config, breaker_states.clone()),
+        payments: PaymentServiceClient::new(payment_channel),
+        payments_breaker: breaker("payment", config, breaker_states),
         limiter: Arc::new(limiter),
         proxies: client_ip::TrustedProxies::parse(&config.trusted_proxies)?,
         metrics: metrics.clone(),
@@ -164,6 +188,13 @@ pub async fn app(config: &Config) -> anyhow::Result<Router> {
     let protected = Router::new()
         .route("/api/v1/auth/logout", post(routes::auth::logout))
         .route("/api/v1/auth/me", get(routes::auth::me))
+        .route(
+            "/api/v1/orders",
+            post(routes::orders::create).get(routes::orders::list),
+        )
+        .route("/api/v1/orders/{id}", get(routes::orders::get))
+        .route("/api/v1/orders/{id}/cancel", post(routes::orders::cancel))
+        .route("/api/v1/wallet", get(routes::orders::wallet))
         .route_layer(AuthLayer::new(auth));
     let api = Router::new()
         .route("/api/v1/auth/register", post(routes::auth::register))

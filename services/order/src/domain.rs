@@ -121,7 +121,10 @@ impl NewOrder {
             if it.unit_price <= 0 {
                 return Err(ValidationError::BadPrice(i));
             }
-            let line = it.unit_price.checked_mul(i64::from(it.quantity)).ok_or(ValidationError::Overflow)?;
+            let line = it
+                .unit_price
+                .checked_mul(i64::from(it.quantity))
+                .ok_or(ValidationError::Overflow)?;
             total = total.checked_add(line).ok_or(ValidationError::Overflow)?;
         }
         Ok(Self {
@@ -219,7 +222,11 @@ mod tests {
     use super::*;
 
     fn item(q: i32, p: i64) -> Item {
-        Item { product_id: "sku-1".into(), quantity: q, unit_price: p }
+        Item {
+            product_id: "sku-1".into(),
+            quantity: q,
+            unit_price: p,
+        }
     }
 
     #[test]
@@ -227,24 +234,58 @@ mod tests {
         let o = NewOrder::new(vec![item(2, 1500), item(1, 250)], "USD").unwrap();
         assert_eq!(o.total, 3250);
         assert_eq!(NewOrder::new(vec![], "USD"), Err(ValidationError::NoItems));
-        assert_eq!(NewOrder::new(vec![item(0, 1)], "USD"), Err(ValidationError::BadQuantity(0)));
-        assert_eq!(NewOrder::new(vec![item(1, 1), item(-1, 1)], "USD"), Err(ValidationError::BadQuantity(1)));
-        assert_eq!(NewOrder::new(vec![item(1, 0)], "USD"), Err(ValidationError::BadPrice(0)));
-        assert_eq!(NewOrder::new(vec![item(1, 1)], "XYZ"), Err(ValidationError::BadCurrency("XYZ".into())));
-        assert_eq!(NewOrder::new(vec![item(1, 1)], "usd"), Err(ValidationError::BadCurrency("usd".into())));
-        assert_eq!(NewOrder::new(vec![item(i32::MAX, i64::MAX / 2)], "USD"), Err(ValidationError::Overflow));
-        let empty = Item { product_id: String::new(), quantity: 1, unit_price: 1 };
-        assert_eq!(NewOrder::new(vec![empty], "USD"), Err(ValidationError::BadProduct(0)));
-        assert_eq!(NewOrder::new(vec![item(1, 1); 101], "USD"), Err(ValidationError::TooManyItems));
+        assert_eq!(
+            NewOrder::new(vec![item(0, 1)], "USD"),
+            Err(ValidationError::BadQuantity(0))
+        );
+        assert_eq!(
+            NewOrder::new(vec![item(1, 1), item(-1, 1)], "USD"),
+            Err(ValidationError::BadQuantity(1))
+        );
+        assert_eq!(
+            NewOrder::new(vec![item(1, 0)], "USD"),
+            Err(ValidationError::BadPrice(0))
+        );
+        assert_eq!(
+            NewOrder::new(vec![item(1, 1)], "XYZ"),
+            Err(ValidationError::BadCurrency("XYZ".into()))
+        );
+        assert_eq!(
+            NewOrder::new(vec![item(1, 1)], "usd"),
+            Err(ValidationError::BadCurrency("usd".into()))
+        );
+        assert_eq!(
+            NewOrder::new(vec![item(i32::MAX, i64::MAX / 2)], "USD"),
+            Err(ValidationError::Overflow)
+        );
+        let empty = Item {
+            product_id: String::new(),
+            quantity: 1,
+            unit_price: 1,
+        };
+        assert_eq!(
+            NewOrder::new(vec![empty], "USD"),
+            Err(ValidationError::BadProduct(0))
+        );
+        assert_eq!(
+            NewOrder::new(vec![item(1, 1); 101], "USD"),
+            Err(ValidationError::TooManyItems)
+        );
     }
 
     #[test]
     fn idempotency_keys_and_cursors() {
         assert_eq!(idempotency_key("").unwrap(), None);
-        assert_eq!(idempotency_key("abc-123").unwrap().as_deref(), Some("abc-123"));
+        assert_eq!(
+            idempotency_key("abc-123").unwrap().as_deref(),
+            Some("abc-123")
+        );
         assert!(idempotency_key("has space").is_err());
         assert!(idempotency_key(&"k".repeat(129)).is_err());
-        let c = Cursor { created_at: 1_700_000_000_123, id: Uuid::now_v7() };
+        let c = Cursor {
+            created_at: 1_700_000_000_123,
+            id: Uuid::now_v7(),
+        };
         assert_eq!(Cursor::decode(&c.encode()), Some(c));
         assert_eq!(Cursor::decode("garbage"), None);
         assert_eq!(Cursor::decode("12_nothex"), None);

@@ -27,7 +27,9 @@ impl From<OrderError> for Status {
         match e {
             OrderError::Validation(v) => Status::invalid_argument(v.to_string()),
             OrderError::NotFound => Status::not_found("order not found"),
-            OrderError::AlreadyCancelled => Status::failed_precondition("order is already cancelled"),
+            OrderError::AlreadyCancelled => {
+                Status::failed_precondition("order is already cancelled")
+            }
             OrderError::InProgress => Status::aborted(e.to_string()),
             OrderError::Unavailable(msg) => {
                 tracing::error!(error = %msg, "зависимость недоступна");
@@ -43,11 +45,18 @@ fn to_pb(o: Order) -> pb::Order {
         user_id: o.user_id.to_string(),
         status: o.status.as_str().to_owned(),
         saga_state: o.saga_state,
-        total: Some(Money { amount_minor: o.total, currency: o.currency }),
+        total: Some(Money {
+            amount_minor: o.total,
+            currency: o.currency,
+        }),
         items: o
             .items
             .into_iter()
-            .map(|i| pb::OrderItem { product_id: i.product_id, quantity: i.quantity, unit_price: i.unit_price })
+            .map(|i| pb::OrderItem {
+                product_id: i.product_id,
+                quantity: i.quantity,
+                unit_price: i.unit_price,
+            })
             .collect(),
         payment_id: o.payment_id.unwrap_or_default(),
         failure_reason: o.failure_reason.unwrap_or_default(),
@@ -57,24 +66,48 @@ fn to_pb(o: Order) -> pb::Order {
 
 #[tonic::async_trait]
 impl Rpc for OrderGrpc {
-    async fn create_order(&self, req: Request<pb::CreateOrderRequest>) -> Result<Response<pb::Order>, Status> {
+    async fn create_order(
+        &self,
+        req: Request<pb::CreateOrderRequest>,
+    ) -> Result<Response<pb::Order>, Status> {
         let ctx = req.extensions().get::<RequestContext>().cloned();
         let r = req.into_inner();
         let items = r
             .items
             .into_iter()
-            .map(|i| Item { product_id: i.product_id, quantity: i.quantity, unit_price: i.unit_price })
+            .map(|i| Item {
+                product_id: i.product_id,
+                quantity: i.quantity,
+                unit_price: i.unit_price,
+            })
             .collect();
-        let o = self.service.create(&r.user_id, items, &r.currency, &r.idempotency_key, ctx.as_ref()).await?;
+        let o = self
+            .service
+            .create(
+                &r.user_id,
+                items,
+                &r.currency,
+                &r.idempotency_key,
+                ctx.as_ref(),
+            )
+            .await?;
         Ok(Response::new(to_pb(o)))
     }
 
-    async fn get_order(&self, req: Request<pb::GetOrderRequest>) -> Result<Response<pb::Order>, Status> {
+    async fn get_order(
+        &self,
+        req: Request<pb::GetOrderRequest>,
+    ) -> Result<Response<pb::Order>, Status> {
         let r = req.into_inner();
-        Ok(Response::new(to_pb(self.service.get(&r.user_id, &r.order_id).await?)))
+        Ok(Response::new(to_pb(
+            self.service.get(&r.user_id, &r.order_id).await?,
+        )))
     }
 
-    async fn list_orders(&self, req: Request<pb::ListOrdersRequest>) -> Result<Response<pb::ListOrdersResponse>, Status> {
+    async fn list_orders(
+        &self,
+        req: Request<pb::ListOrdersRequest>,
+    ) -> Result<Response<pb::ListOrdersResponse>, Status> {
         let r = req.into_inner();
         let (orders, next) = self.service.list(&r.user_id, r.limit, &r.cursor).await?;
         Ok(Response::new(pb::ListOrdersResponse {
@@ -83,9 +116,16 @@ impl Rpc for OrderGrpc {
         }))
     }
 
-    async fn cancel_order(&self, req: Request<pb::CancelOrderRequest>) -> Result<Response<pb::Order>, Status> {
+    async fn cancel_order(
+        &self,
+        req: Request<pb::CancelOrderRequest>,
+    ) -> Result<Response<pb::Order>, Status> {
         let ctx = req.extensions().get::<RequestContext>().cloned();
         let r = req.into_inner();
-        Ok(Response::new(to_pb(self.service.cancel(&r.user_id, &r.order_id, ctx.as_ref()).await?)))
+        Ok(Response::new(to_pb(
+            self.service
+                .cancel(&r.user_id, &r.order_id, ctx.as_ref())
+                .await?,
+        )))
     }
 }

@@ -54,44 +54,80 @@ impl Listeners {
 }
 
 /// Run until `shutdown` resolves.
-pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let pool = ordersys_kit::db::connect(&config.database_url, 20, Duration::from_secs(30)).await?;
     repository::migrate(&pool).await?;
-    let redis_conn = redis::Client::open(config.redis_url.as_str())?.get_connection_manager().await?;
+    let redis_conn = redis::Client::open(config.redis_url.as_str())?
+        .get_connection_manager()
+        .await?;
     let cache: Arc<dyn Cache> = Arc::new(RedisCache::new(redis_conn.clone(), "order:"));
     let idempotency = Arc::new(RedisIdempotencyStore::new(redis_conn.clone()));
     let topics = Topics::new(&config.kafka_topic_prefix);
-    topics.ensure(&config.kafka_brokers, Duration::from_secs(30)).await?;
+    topics
+        .ensure(&config.kafka_brokers, Duration::from_secs(30))
+        .await?;
     let publisher = KafkaPublisher::new(&config.kafka_brokers)?;
 
     let outbox = MySqlOutbox::new(pool.clone());
     let (relay, relay_handle) = relay(outbox.clone(), publisher.clone(), "order");
     let deadline = Duration::from_secs(config.payment_deadline_secs);
     let orchestrator = Arc::new(
-        Orchestrator::new(MySqlSagaStore::new(pool.clone()), saga::OrderSink::new(outbox, topics.clone()))
-            .register(saga::create_order(deadline))
-            .register(saga::cancel_order(deadline)),
+        Orchestrator::new(
+            MySqlSagaStore::new(pool.clone()),
+            saga::OrderSink::new(outbox, topics.clone()),
+        )
+        .register(saga::create_order(deadline))
+        .register(saga::cancel_order(deadline)),
     );
-    let service = service::OrderService::new(pool.clone(), orchestrator.clone(), cache.clone(), idempotency, relay_handle.clone());
-    let replies = saga::ReplyHandler::new(orchestrator.clone(), cache.clone(), relay_handle.clone());
+    let service = service::OrderService::new(
+        pool.clone(),
+        orchestrator.clone(),
+        cache.clone(),
+        idempotency,
+        relay_handle.clone(),
+    );
+    let replies =
+        saga::ReplyHandler::new(orchestrator.clone(), cache.clone(), relay_handle.clone());
     let consumer = IdempotentConsumer::new(
         "order",
         MySqlInbox::new(pool.clone()),
         KafkaDeadLetter::new(publisher.clone()).with_topic(topics.dlq.clone()),
     );
-    let consumer_config = ConsumerConfig::new(&config.kafka_brokers, topics.group("order"), &[&topics.replies]);
+    let consumer_config = ConsumerConfig::new(
+        &config.kafka_brokers,
+        topics.group("order"),
+        &[&topics.replies],
+    );
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<OrderServiceServer<grpc::OrderGrpc>>().await;
+    health_reporter
+        .set_serving::<OrderServiceServer<grpc::OrderGrpc>>()
+        .await;
     let db = pool.clone();
     let admin = Admin::new("order")
         .check("mysql", move || {
             let db = db.clone();
-            async move { sqlx::query("SELECT 1").execute(&db).await.map(drop).map_err(|e| e.to_string()) }
+            async move {
+                sqlx::query("SELECT 1")
+                    .execute(&db)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
         })
         .check("redis", move || {
             let mut conn = redis_conn.clone();
-            async move { redis::cmd("PING").query_async::<String>(&mut conn).await.map(drop).map_err(|e| e.to_string()) }
+            async move {
+                redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
         });
 
     let (trigger, stop) = Shutdown::new();
@@ -99,7 +135,11 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
     let admin_addr = listeners.admin.local_addr()?;
     let mut tasks = tokio::task::JoinSet::new();
     let s = stop.clone();
-    tasks.spawn(async move { admin::serve(listeners.admin, admin.router(), s.wait()).await.map_err(anyhow::Error::from) });
+    tasks.spawn(async move {
+        admin::serve(listeners.admin, admin.router(), s.wait())
+            .await
+            .map_err(anyhow::Error::from)
+    });
     let s = stop.clone();
     tasks.spawn(async move { relay.run(s.wait()).await.map_err(anyhow::Error::from) });
     let s = stop.clone();
@@ -109,7 +149,13 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
             .map(drop)
             .map_err(anyhow::Error::from)
     });
-    tasks.spawn(saga::sweep_deadlines(orchestrator, pool.clone(), cache, relay_handle, stop.clone()));
+    tasks.spawn(saga::sweep_deadlines(
+        orchestrator,
+        pool.clone(),
+        cache,
+        relay_handle,
+        stop.clone(),
+    ));
     let s = stop.clone();
     tasks.spawn(async move {
         tonic::transport::Server::builder()

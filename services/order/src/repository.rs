@@ -58,20 +58,25 @@ fn decode(row: &MySqlRow) -> sqlx::Result<OrderRow> {
     Ok(OrderRow {
         id: uuid(row, "id")?,
         user_id: uuid(row, "user_id")?,
-        status: OrderStatus::parse(&status).ok_or_else(|| sqlx::Error::Decode(format!("status {status}").into()))?,
+        status: OrderStatus::parse(&status)
+            .ok_or_else(|| sqlx::Error::Decode(format!("status {status}").into()))?,
         currency: row.try_get("currency")?,
         total: row.try_get("total_amount")?,
         items: serde_json::from_str(&items).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
         payment_id: row.try_get("payment_id")?,
         failure_reason: row.try_get("failure_reason")?,
         saga_id: uuid(row, "saga_id")?,
-        cancel_saga_id: cancel.map(|b| Uuid::from_slice(&b)).transpose().map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+        cancel_saga_id: cancel
+            .map(|b| Uuid::from_slice(&b))
+            .transpose()
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
         saga_state: state.and_then(|s| serde_json::from_str(&s).ok()),
         created_at: row.try_get("created_at_ms")?,
     })
 }
 
-const SELECT: &str = "SELECT o.id, o.user_id, o.status, o.currency, o.total_amount, o.items, o.payment_id, \
+const SELECT: &str =
+    "SELECT o.id, o.user_id, o.status, o.currency, o.total_amount, o.items, o.payment_id, \
      o.failure_reason, o.saga_id, o.cancel_saga_id, o.created_at_ms, s.state AS saga_state \
      FROM orders o LEFT JOIN saga_instances s ON s.id = o.saga_id";
 
@@ -121,13 +126,19 @@ pub async fn insert(
 }
 
 /// The order a user created with `key`.
-pub async fn by_idempotency_key(pool: &MySqlPool, user: Uuid, key: &str) -> sqlx::Result<Option<Uuid>> {
-    let id: Option<Vec<u8>> = sqlx::query_scalar("SELECT id FROM orders WHERE user_id = ? AND idempotency_key = ?")
-        .bind(user.as_bytes().as_slice())
-        .bind(key)
-        .fetch_optional(pool)
-        .await?;
-    id.map(|b| Uuid::from_slice(&b).map_err(|e| sqlx::Error::Decode(Box::new(e)))).transpose()
+pub async fn by_idempotency_key(
+    pool: &MySqlPool,
+    user: Uuid,
+    key: &str,
+) -> sqlx::Result<Option<Uuid>> {
+    let id: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT id FROM orders WHERE user_id = ? AND idempotency_key = ?")
+            .bind(user.as_bytes().as_slice())
+            .bind(key)
+            .fetch_optional(pool)
+            .await?;
+    id.map(|b| Uuid::from_slice(&b).map_err(|e| sqlx::Error::Decode(Box::new(e))))
+        .transpose()
 }
 
 /// Read an order.
@@ -153,7 +164,12 @@ pub async fn lock(tx: &mut MySqlTx, id: Uuid) -> sqlx::Result<Option<OrderRow>> 
 }
 
 /// A page of a user's orders, newest first, after `cursor`.
-pub async fn list(pool: &MySqlPool, user: Uuid, cursor: Option<Cursor>, limit: u32) -> sqlx::Result<Vec<OrderRow>> {
+pub async fn list(
+    pool: &MySqlPool,
+    user: Uuid,
+    cursor: Option<Cursor>,
+    limit: u32,
+) -> sqlx::Result<Vec<OrderRow>> {
     let rows = match cursor {
         None => {
             sqlx::query(&format!(
@@ -182,7 +198,12 @@ pub async fn list(pool: &MySqlPool, user: Uuid, cursor: Option<Cursor>, limit: u
 }
 
 /// Change status (and the failure reason, when given).
-pub async fn set_status(tx: &mut MySqlTx, id: Uuid, status: OrderStatus, reason: Option<&str>) -> sqlx::Result<u64> {
+pub async fn set_status(
+    tx: &mut MySqlTx,
+    id: Uuid,
+    status: OrderStatus,
+    reason: Option<&str>,
+) -> sqlx::Result<u64> {
     let guard = match status {
         // Only a pending order can be confirmed.
         OrderStatus::Confirmed => " AND status = 'PENDING'",
@@ -224,11 +245,12 @@ pub async fn set_cancel_saga(tx: &mut MySqlTx, id: Uuid, saga: Uuid) -> sqlx::Re
 
 /// The orders that sagas belong to.
 pub async fn orders_of_saga(pool: &MySqlPool, saga: Uuid) -> sqlx::Result<Vec<Uuid>> {
-    let ids: Vec<Vec<u8>> = sqlx::query_scalar("SELECT id FROM orders WHERE saga_id = ? OR cancel_saga_id = ?")
-        .bind(saga.as_bytes().as_slice())
-        .bind(saga.as_bytes().as_slice())
-        .fetch_all(pool)
-        .await?;
+    let ids: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT id FROM orders WHERE saga_id = ? OR cancel_saga_id = ?")
+            .bind(saga.as_bytes().as_slice())
+            .bind(saga.as_bytes().as_slice())
+            .fetch_all(pool)
+            .await?;
     ids.iter()
         .map(|b| Uuid::from_slice(b).map_err(|e| sqlx::Error::Decode(Box::new(e))))
         .collect()

@@ -13,7 +13,10 @@ use outbox::mysql::{MySqlOutbox, MySqlTx};
 use outbox::{Delivery, Handler, HandlerError, OutboxMessage, OutboxStore, RelayHandle};
 use prost::Message;
 use saga_core::mysql::MySqlSagaStore;
-use saga_core::{CommandKind, CommandSink, Dispatch, Orchestrator, SagaCommand, SagaDefinition, SagaEvent, SagaId, SagaInstance, Step};
+use saga_core::{
+    CommandKind, CommandSink, Dispatch, Orchestrator, SagaCommand, SagaDefinition, SagaEvent,
+    SagaId, SagaInstance, Step,
+};
 use sqlx::MySqlPool;
 use uuid::Uuid;
 
@@ -73,24 +76,37 @@ fn data_of(saga: &SagaInstance) -> saga_core::Result<SagaData> {
 }
 
 impl CommandSink<MySqlTx> for OrderSink {
-    async fn dispatch(&self, tx: &mut MySqlTx, saga: &SagaInstance, cmd: &SagaCommand) -> saga_core::Result<Dispatch> {
+    async fn dispatch(
+        &self,
+        tx: &mut MySqlTx,
+        saga: &SagaInstance,
+        cmd: &SagaCommand,
+    ) -> saga_core::Result<Dispatch> {
         let data = data_of(saga)?;
         let db = |e: sqlx::Error| saga_core::Error::dispatch(e);
         match cmd.name.as_str() {
             // The row was inserted in this same unit of work before the saga started.
             "create_order" => Ok(Dispatch::Succeeded),
             "cancel_order" | "mark_cancelled" => {
-                let reason = saga.state.failure_reason.as_deref().or(if cmd.name == "mark_cancelled" {
-                    Some("cancelled by the customer")
-                } else {
-                    None
-                });
-                repo::set_status(tx, data.order_id, OrderStatus::Cancelled, reason).await.map_err(db)?;
+                let reason =
+                    saga.state
+                        .failure_reason
+                        .as_deref()
+                        .or(if cmd.name == "mark_cancelled" {
+                            Some("cancelled by the customer")
+                        } else {
+                            None
+                        });
+                repo::set_status(tx, data.order_id, OrderStatus::Cancelled, reason)
+                    .await
+                    .map_err(db)?;
                 tracing::info!(order_id = %data.order_id, reason = ?reason, "заказ отменён");
                 Ok(Dispatch::Succeeded)
             }
             "confirm_order" => {
-                let n = repo::set_status(tx, data.order_id, OrderStatus::Confirmed, None).await.map_err(db)?;
+                let n = repo::set_status(tx, data.order_id, OrderStatus::Confirmed, None)
+                    .await
+                    .map_err(db)?;
                 if n == 0 {
                     return Ok(Dispatch::Failed("order is no longer pending".into()));
                 }
@@ -98,30 +114,47 @@ impl CommandSink<MySqlTx> for OrderSink {
                 Ok(Dispatch::Succeeded)
             }
             "payment.debit" | "payment.refund" => {
-                let command = if cmd.name == "payment.debit" { CommandType::Debit } else { CommandType::Refund };
+                let command = if cmd.name == "payment.debit" {
+                    CommandType::Debit
+                } else {
+                    CommandType::Refund
+                };
                 let msg = CommandMsg {
                     saga_id: saga.id.to_string(),
                     command: command as i32,
                     order_id: data.order_id.to_string(),
                     user_id: data.user_id.to_string(),
-                    amount: Some(Money { amount_minor: data.amount, currency: data.currency.clone() }),
+                    amount: Some(Money {
+                        amount_minor: data.amount,
+                        currency: data.currency.clone(),
+                    }),
                     idempotency_key: cmd.idempotency_key.clone(),
                     step: cmd.step as u32,
                     kind: cmd.kind.as_str().to_owned(),
                 };
                 // Key = order id: every message about one order lands in one partition, in order.
-                let mut out = OutboxMessage::new(self.topics.commands.clone(), data.order_id.to_string(), msg.encode_to_vec());
+                let mut out = OutboxMessage::new(
+                    self.topics.commands.clone(),
+                    data.order_id.to_string(),
+                    msg.encode_to_vec(),
+                );
                 if !data.correlation_id.is_empty() {
-                    out.headers.insert(CORRELATION_ID, data.correlation_id.clone());
+                    out.headers
+                        .insert(CORRELATION_ID, data.correlation_id.clone());
                 }
                 if !data.traceparent.is_empty() {
                     out.headers.insert(TRACEPARENT, data.traceparent.clone());
                 }
-                self.outbox.enqueue(tx, out).await.map_err(saga_core::Error::dispatch)?;
+                self.outbox
+                    .enqueue(tx, out)
+                    .await
+                    .map_err(saga_core::Error::dispatch)?;
                 tracing::info!(order_id = %data.order_id, saga_id = %saga.id, command = %cmd.name, "команда саги записана в outbox");
                 Ok(Dispatch::Sent)
             }
-            other => Err(saga_core::Error::dispatch(format!("unknown saga command {other}"))),
+            other => Err(saga_core::Error::dispatch(format!(
+                "unknown saga command {other}"
+            ))),
         }
     }
 }
@@ -145,8 +178,16 @@ impl std::fmt::Debug for ReplyHandler {
 
 impl ReplyHandler {
     /// A handler over `orchestrator`.
-    pub fn new(orchestrator: Arc<OrderOrchestrator>, cache: Arc<dyn Cache>, relay: RelayHandle) -> Self {
-        Self { orchestrator, cache, relay }
+    pub fn new(
+        orchestrator: Arc<OrderOrchestrator>,
+        cache: Arc<dyn Cache>,
+        relay: RelayHandle,
+    ) -> Self {
+        Self {
+            orchestrator,
+            cache,
+            relay,
+        }
     }
 }
 
@@ -158,7 +199,11 @@ pub fn event_of(reply: &SagaReply) -> Result<SagaEvent, String> {
         Ok(ReplyStatus::Failed) => false,
         _ => return Err(format!("reply with unknown status {}", reply.status)),
     };
-    let reason = if reply.error.is_empty() { "payment failed".to_owned() } else { reply.error.clone() };
+    let reason = if reply.error.is_empty() {
+        "payment failed".to_owned()
+    } else {
+        reply.error.clone()
+    };
     Ok(match (reply.kind.as_str(), ok) {
         ("action", true) => SagaEvent::StepSucceeded { step },
         ("action", false) => SagaEvent::StepFailed { step, reason },
@@ -177,7 +222,10 @@ pub fn cache_key(order: Uuid) -> String {
 /// (with `set_if_absent`) cannot overwrite, so a value read before the change cannot
 /// land after it.
 pub async fn invalidate(cache: &dyn Cache, order: Uuid) {
-    if let Err(e) = cache.set(&cache_key(order), b"", Duration::from_secs(2)).await {
+    if let Err(e) = cache
+        .set(&cache_key(order), b"", Duration::from_secs(2))
+        .await
+    {
         tracing::warn!(error = %e, order_id = %order, "не удалось сбросить кэш заказа");
     }
 }
@@ -190,7 +238,9 @@ impl Handler<MySqlTx> for ReplyHandler {
             .map(SagaId)
             .map_err(|_| HandlerError::permanent(format!("bad saga id {:?}", reply.saga_id)))?;
         let event = event_of(&reply).map_err(HandlerError::permanent)?;
-        if let (Ok(CommandType::Debit), SagaEvent::StepSucceeded { .. }) = (CommandType::try_from(reply.command), &event) {
+        if let (Ok(CommandType::Debit), SagaEvent::StepSucceeded { .. }) =
+            (CommandType::try_from(reply.command), &event)
+        {
             if let Ok(order) = Uuid::parse_str(&msg.key) {
                 repo::set_payment(tx, order, &reply.payment_id)
                     .await
@@ -204,7 +254,9 @@ impl Handler<MySqlTx> for ReplyHandler {
                 }
                 Ok(())
             }
-            Err(saga_core::Error::NotFound(_)) => Err(HandlerError::permanent(format!("no saga {saga_id}"))),
+            Err(saga_core::Error::NotFound(_)) => {
+                Err(HandlerError::permanent(format!("no saga {saga_id}")))
+            }
             Err(e) => Err(HandlerError::transient(e.to_string())),
         }
     }
@@ -238,7 +290,10 @@ pub async fn sweep_deadlines(
             Ok(changed) if !changed.is_empty() => {
                 relay.wake();
                 for saga in changed {
-                    for order in repo::orders_of_saga(&pool, saga.0).await.unwrap_or_default() {
+                    for order in repo::orders_of_saga(&pool, saga.0)
+                        .await
+                        .unwrap_or_default()
+                    {
                         invalidate(&*cache, order).await;
                     }
                 }

@@ -11,7 +11,9 @@ use saga_core::{SagaDefinition, SagaEvent, SagaId};
 use sqlx::MySqlPool;
 use uuid::Uuid;
 
-use crate::domain::{idempotency_key, Cursor, Item, NewOrder, Order, OrderStatus, SagaData, ValidationError};
+use crate::domain::{
+    idempotency_key, Cursor, Item, NewOrder, Order, OrderStatus, SagaData, ValidationError,
+};
 use crate::repository::{self as repo, OrderRow};
 use crate::saga::{cache_key, invalidate, OrderOrchestrator, CANCEL, CREATE};
 
@@ -88,8 +90,18 @@ impl OrderService {
         idempotency: Arc<dyn IdempotencyStore>,
         relay: RelayHandle,
     ) -> Self {
-        let create_def = orchestrator.definition(CREATE).expect("create saga registered").clone();
-        Self { pool, orchestrator, create_def, cache, idempotency, relay }
+        let create_def = orchestrator
+            .definition(CREATE)
+            .expect("create saga registered")
+            .clone();
+        Self {
+            pool,
+            orchestrator,
+            create_def,
+            cache,
+            idempotency,
+            relay,
+        }
     }
 
     fn to_order(&self, row: OrderRow) -> Order {
@@ -136,7 +148,10 @@ impl OrderService {
         if let (Some(k), Some(rk)) = (&key, &redis_key) {
             match self.idempotency.reserve(rk, Duration::from_secs(30)).await {
                 Ok(Reservation::Completed(id)) => {
-                    if let Some(o) = std::str::from_utf8(&id).ok().and_then(|s| Uuid::parse_str(s).ok()) {
+                    if let Some(o) = std::str::from_utf8(&id)
+                        .ok()
+                        .and_then(|s| Uuid::parse_str(s).ok())
+                    {
                         if let Some(order) = self.load(o).await? {
                             return Ok(order);
                         }
@@ -168,22 +183,39 @@ impl OrderService {
         };
         let store = self.orchestrator.store();
         let mut tx = store.begin().await?;
-        let inserted = repo::insert(&mut tx, id, user, &new.currency, new.total, &new.items, id, key.as_deref()).await?;
+        let inserted = repo::insert(
+            &mut tx,
+            id,
+            user,
+            &new.currency,
+            new.total,
+            &new.items,
+            id,
+            key.as_deref(),
+        )
+        .await?;
         if !inserted {
             // The database says this key was used: the same order, never a second one.
             drop(tx);
-            let existing = repo::by_idempotency_key(&self.pool, user, key.as_deref().unwrap_or_default())
-                .await?
-                .ok_or(OrderError::NotFound)?;
+            let existing =
+                repo::by_idempotency_key(&self.pool, user, key.as_deref().unwrap_or_default())
+                    .await?
+                    .ok_or(OrderError::NotFound)?;
             return self.load(existing).await?.ok_or(OrderError::NotFound);
         }
         let bytes = Bytes::from(serde_json::to_vec(&data).expect("saga data serialises"));
-        self.orchestrator.start(&mut tx, CREATE, SagaId(id), bytes).await?;
+        self.orchestrator
+            .start(&mut tx, CREATE, SagaId(id), bytes)
+            .await?;
         store.commit(tx).await?;
         self.relay.wake();
         tracing::info!(order_id = %id, user_id = %user, total = new.total, currency = %new.currency, "заказ создан, сага запущена");
         if let Some(rk) = &redis_key {
-            if let Err(e) = self.idempotency.complete(rk, id.to_string().as_bytes(), IDEMPOTENCY_TTL).await {
+            if let Err(e) = self
+                .idempotency
+                .complete(rk, id.to_string().as_bytes(), IDEMPOTENCY_TTL)
+                .await
+            {
                 tracing::warn!(error = %e, "не удалось сохранить ключ идемпотентности");
             }
         }
@@ -198,13 +230,21 @@ impl OrderService {
         match self.cache.get(&key).await {
             Ok(Some(b)) if !b.is_empty() => {
                 if let Ok(o) = serde_json::from_slice::<Order>(&b) {
-                    return if o.user_id == user { Ok(o) } else { Err(OrderError::NotFound) };
+                    return if o.user_id == user {
+                        Ok(o)
+                    } else {
+                        Err(OrderError::NotFound)
+                    };
                 }
             }
             Ok(Some(_)) => {
                 // Just invalidated: read through, do not refill yet.
                 let o = self.load(id).await?.ok_or(OrderError::NotFound)?;
-                return if o.user_id == user { Ok(o) } else { Err(OrderError::NotFound) };
+                return if o.user_id == user {
+                    Ok(o)
+                } else {
+                    Err(OrderError::NotFound)
+                };
             }
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "кэш заказов недоступен"),
@@ -221,7 +261,12 @@ impl OrderService {
     }
 
     /// The caller's orders, newest first; returns the page and the next cursor.
-    pub async fn list(&self, user: &str, limit: u32, cursor: &str) -> Result<(Vec<Order>, Option<String>), OrderError> {
+    pub async fn list(
+        &self,
+        user: &str,
+        limit: u32,
+        cursor: &str,
+    ) -> Result<(Vec<Order>, Option<String>), OrderError> {
         let user = user_id(user)?;
         let limit = if limit == 0 { 20 } else { limit };
         if limit > 100 {
@@ -235,7 +280,13 @@ impl OrderService {
         let mut rows = repo::list(&self.pool, user, cursor, limit + 1).await?;
         let next = if rows.len() > limit as usize {
             rows.truncate(limit as usize);
-            rows.last().map(|r| Cursor { created_at: r.created_at, id: r.id }.encode())
+            rows.last().map(|r| {
+                Cursor {
+                    created_at: r.created_at,
+                    id: r.id,
+                }
+                .encode()
+            })
         } else {
             None
         };
@@ -244,17 +295,31 @@ impl OrderService {
 
     /// Cancel: a pending order's saga is aborted (its debit, if any, refunded); a
     /// confirmed order gets a cancel saga (refund, then CANCELLED).
-    pub async fn cancel(&self, user: &str, id: &str, ctx: Option<&RequestContext>) -> Result<Order, OrderError> {
+    pub async fn cancel(
+        &self,
+        user: &str,
+        id: &str,
+        ctx: Option<&RequestContext>,
+    ) -> Result<Order, OrderError> {
         let user = user_id(user)?;
         let id = Uuid::parse_str(id).map_err(|_| OrderError::NotFound)?;
         let store = self.orchestrator.store();
         let mut tx = store.begin().await?;
-        let row = repo::lock(&mut tx, id).await?.filter(|r| r.user_id == user).ok_or(OrderError::NotFound)?;
+        let row = repo::lock(&mut tx, id)
+            .await?
+            .filter(|r| r.user_id == user)
+            .ok_or(OrderError::NotFound)?;
         match row.status {
             OrderStatus::Cancelled => return Err(OrderError::AlreadyCancelled),
             OrderStatus::Pending => {
                 self.orchestrator
-                    .handle(&mut tx, SagaId(row.saga_id), SagaEvent::Abort { reason: "cancelled by the customer".into() })
+                    .handle(
+                        &mut tx,
+                        SagaId(row.saga_id),
+                        SagaEvent::Abort {
+                            reason: "cancelled by the customer".into(),
+                        },
+                    )
                     .await?;
             }
             OrderStatus::Confirmed if row.cancel_saga_id.is_some() => {} // already under way
@@ -269,7 +334,9 @@ impl OrderService {
                     traceparent: ctx.map(|c| c.traceparent.clone()).unwrap_or_default(),
                 };
                 let bytes = Bytes::from(serde_json::to_vec(&data).expect("saga data serialises"));
-                self.orchestrator.start(&mut tx, CANCEL, SagaId(saga), bytes).await?;
+                self.orchestrator
+                    .start(&mut tx, CANCEL, SagaId(saga), bytes)
+                    .await?;
                 repo::set_cancel_saga(&mut tx, id, saga).await?;
             }
         }

@@ -1,3 +1,4 @@
 //! REST handlers.
 
 pub mod auth;
+pub mod orders;

@@ -1,0 +1,433 @@
+//! SPEC §4–§8 order flow end to end: the create-order saga through REST, the outbox,
+//! Kafka and the payment service — and staying correct under redelivery, timeouts and
+//! outages. Real processes, real MariaDB, Redis and Kafka.
+
+use std::time::Duration;
+
+use ordersys_e2e::{email, Api, Options, Reply, System};
+use ordersys_proto::common::v1::Money;
+use ordersys_proto::saga::v1::{CommandType, SagaCommand};
+use outbox::kafka::KafkaPublisher;
+use outbox::{OutboxMessage, Publisher};
+use prost::Message;
+use serde_json::{json, Value};
+
+fn order_body(lines: &[(i32, i64)], currency: &str) -> Option<Value> {
+    let items: Vec<Value> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, (q, p))| json!({ "product_id": format!("sku-{i}"), "quantity": q, "unit_price": p }))
+        .collect();
+    Some(json!({ "items": items, "currency": currency }))
+}
+
+async fn wait_order(api: &Api, token: &str, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = api
+            .send("GET", &format!("/api/v1/orders/{id}"), None, Some(token))
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        if done(&r.body) {
+            return r.body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "order never reached the expected state: {}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn balance(api: &Api, token: &str) -> i64 {
+    let r = api.send("GET", "/api/v1/wallet", None, Some(token)).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["currency"], "USD");
+    r.body["balance"].as_i64().unwrap()
+}
+
+fn status_is(s: &'static str) -> impl Fn(&Value) -> bool {
+    move |o| o["status"] == s
+}
+
+async fn create(api: &Api, token: &str, lines: &[(i32, i64)]) -> Reply {
+    api.send(
+        "POST",
+        "/api/v1/orders",
+        order_body(lines, "USD"),
+        Some(token),
+    )
+    .await
+}
+
+async fn debits(sys: &System, order_id: &str) -> i64 {
+    use sqlx::{ConnectOptions, Connection};
+    use std::str::FromStr;
+    let mut c = sqlx::mysql::MySqlConnectOptions::from_str(&sys.payment_db_url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM payments WHERE order_id = ? AND status = 'DEBITED'",
+    )
+    .bind(
+        uuid::Uuid::parse_str(order_id)
+            .unwrap()
+            .as_bytes()
+            .as_slice(),
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    let _ = c.close().await;
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_through_the_saga() {
+    let sys = System::start(Options::default()).await;
+    let api = Api::new(&sys.base);
+    let token = api.signup(&email(), "password-123").await;
+    assert_eq!(balance(&api, &token).await, 100_000);
+
+    // Happy path: create → pay → confirm.
+    let r = create(&api, &token, &[(2, 1500), (1, 250)]).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    assert_eq!(r.body["status"], "PENDING");
+    assert_eq!(r.body["total_amount"], 3250);
+    assert_eq!(r.body["currency"], "USD");
+    assert_eq!(r.body["items"].as_array().unwrap().len(), 2);
+    let id = r.body["order_id"].as_str().unwrap().to_owned();
+    let o = wait_order(&api, &token, &id, status_is("CONFIRMED")).await;
+    assert_eq!(o["saga_state"], "COMPLETED");
+    assert!(
+        o["payment_id"].as_str().is_some_and(|p| !p.is_empty()),
+        "{o}"
+    );
+    assert!(o.get("failure_reason").is_none());
+    assert_eq!(balance(&api, &token).await, 100_000 - 3250);
+    assert_eq!(debits(&sys, &id).await, 1);
+
+    // Insufficient funds: compensated, nothing taken.
+    let r = create(&api, &token, &[(1, 200_000)]).await;
+    assert_eq!(r.status, 201);
+    let poor = r.body["order_id"].as_str().unwrap().to_owned();
+    let o = wait_order(&api, &token, &poor, status_is("CANCELLED")).await;
+    assert_eq!(o["saga_state"], "FAILED");
+    assert_eq!(o["failure_reason"], "insufficient funds");
+    assert!(o.get("payment_id").is_none());
+    assert_eq!(balance(&api, &token).await, 100_000 - 3250);
+
+    // Cancel a confirmed order: refunded; a second cancel is a conflict.
+    let r = api
+        .send(
+            "POST",
+            &format!("/api/v1/orders/{id}/cancel"),
+            None,
+            Some(&token),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{r:?}");
+    let o = wait_order(&api, &token, &id, status_is("CANCELLED")).await;
+    assert_eq!(o["failure_reason"], "cancelled by the customer");
+    assert_eq!(balance(&api, &token).await, 100_000);
+    let r = api
+        .send(
+            "POST",
+            &format!("/api/v1/orders/{id}/cancel"),
+            None,
+            Some(&token),
+        )
+        .await;
+    assert_eq!((r.status, r.error_code()), (409, "conflict"));
+
+    // Another user sees none of it.
+    let other = api.signup(&email(), "password-123").await;
+    let r = api
+        .send("GET", &format!("/api/v1/orders/{id}"), None, Some(&other))
+        .await;
+    assert_eq!((r.status, r.error_code()), (404, "not_found"));
+    let r = api
+        .send(
+            "POST",
+            &format!("/api/v1/orders/{id}/cancel"),
+            None,
+            Some(&other),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    let r = api
+        .send("GET", "/api/v1/orders/not-a-uuid", None, Some(&token))
+        .await;
+    assert_eq!(r.status, 404);
+    let r = api.send("GET", "/api/v1/orders", None, Some(&other)).await;
+    assert_eq!(r.body["orders"].as_array().unwrap().len(), 0);
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_and_redelivered_commands_never_charge_twice() {
+    let sys = System::start(Options::default()).await;
+    let api = Api::new(&sys.base);
+    let token = api.signup(&email(), "password-123").await;
+
+    // The same Idempotency-Key, sent three times at once and once more later.
+    let send = || {
+        api.raw(
+            api.client()
+                .post(sys.url("/api/v1/orders"))
+                .bearer_auth(&token)
+                .header("idempotency-key", "checkout-7f3a")
+                .json(&order_body(&[(1, 1000)], "USD").unwrap()),
+        )
+    };
+    let (a, b, c) = tokio::join!(send(), send(), send());
+    let ids: Vec<String> = [a, b, c]
+        .iter()
+        .map(|r| {
+            assert_eq!(r.status, 201, "{r:?}");
+            r.body["order_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
+    let id = ids[0].clone();
+    wait_order(&api, &token, &id, status_is("CONFIRMED")).await;
+    let again = send().await;
+    assert_eq!(again.body["order_id"], id.as_str());
+    assert_eq!(again.body["status"], "CONFIRMED");
+    let list = api.send("GET", "/api/v1/orders", None, Some(&token)).await;
+    assert_eq!(list.body["orders"].as_array().unwrap().len(), 1);
+    assert_eq!(balance(&api, &token).await, 100_000 - 1000);
+
+    // The debit command published again (a relay that died before mark-sent, or a
+    // broker redelivery): a new message id, the same idempotency key.
+    let user_id = api
+        .send("GET", "/api/v1/auth/me", None, Some(&token))
+        .await
+        .body["user_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let cmd = SagaCommand {
+        saga_id: id.clone(),
+        command: CommandType::Debit as i32,
+        order_id: id.clone(),
+        user_id,
+        amount: Some(Money {
+            amount_minor: 1000,
+            currency: "USD".into(),
+        }),
+        idempotency_key: format!("{id}:1:action"),
+        step: 1,
+        kind: "action".into(),
+    };
+    let publisher = KafkaPublisher::new(&sys.brokers).unwrap();
+    let topic = format!("{}saga.commands", sys.topic_prefix);
+    let dup1 = OutboxMessage::new(topic.clone(), id.clone(), cmd.encode_to_vec());
+    let dup2 = OutboxMessage::new(topic, id.clone(), cmd.encode_to_vec());
+    publisher.publish(&dup1).await.unwrap();
+    publisher.publish(&dup1).await.unwrap(); // the very same message twice
+    publisher.publish(&dup2).await.unwrap();
+    // Wait until the payment service has settled both messages.
+    let processed = |msg: uuid::Uuid| {
+        let url = sys.payment_db_url.clone();
+        async move {
+            use sqlx::{ConnectOptions, Connection};
+            use std::str::FromStr;
+            let mut c = sqlx::mysql::MySqlConnectOptions::from_str(&url)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let n: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM inbox_messages WHERE message_id = ?")
+                    .bind(msg.as_bytes().as_slice())
+                    .fetch_one(&mut c)
+                    .await
+                    .unwrap();
+            let _ = c.close().await;
+            n == 1
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !(processed(dup1.id.0).await && processed(dup2.id.0).await) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "duplicates were never processed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(debits(&sys, &id).await, 1);
+    assert_eq!(balance(&api, &token).await, 100_000 - 1000);
+    let o = wait_order(&api, &token, &id, status_is("CONFIRMED")).await;
+    assert_eq!(o["saga_state"], "COMPLETED");
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_and_lists_paginate() {
+    let sys = System::start(Options::default()).await;
+    let api = Api::new(&sys.base);
+    let token = api.signup(&email(), "password-123").await;
+
+    for (name, body) in [
+        ("no items", json!({ "items": [], "currency": "USD" })),
+        ("zero quantity", order_body(&[(0, 100)], "USD").unwrap()),
+        (
+            "negative quantity",
+            order_body(&[(-2, 100)], "USD").unwrap(),
+        ),
+        ("zero price", order_body(&[(1, 0)], "USD").unwrap()),
+        ("unknown currency", order_body(&[(1, 100)], "XYZ").unwrap()),
+        (
+            "missing currency",
+            json!({ "items": [{ "product_id": "a", "quantity": 1, "unit_price": 1 }] }),
+        ),
+        (
+            "quantity as text",
+            json!({ "items": [{ "product_id": "a", "quantity": "1", "unit_price": 1 }], "currency": "USD" }),
+        ),
+    ] {
+        let r = api
+            .send("POST", "/api/v1/orders", Some(body), Some(&token))
+            .await;
+        assert_eq!(
+            (r.status, r.error_code()),
+            (422, "validation_failed"),
+            "{name}: {r:?}"
+        );
+    }
+    let r = api
+        .raw(
+            api.client()
+                .post(sys.url("/api/v1/orders"))
+                .bearer_auth(&token)
+                .header("content-type", "application/json")
+                .body("{\"items\": ["),
+        )
+        .await;
+    assert_eq!((r.status, r.error_code()), (400, "bad_request"));
+    let many: Vec<(i32, i64)> = vec![(1, 1); 3000];
+    let r = api
+        .send(
+            "POST",
+            "/api/v1/orders",
+            order_body(&many, "USD"),
+            Some(&token),
+        )
+        .await;
+    assert_eq!((r.status, r.error_code()), (413, "payload_too_large"));
+    let r = api
+        .send(
+            "POST",
+            "/api/v1/orders",
+            order_body(&[(1, 100)], "USD"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    // Nothing was created by any of that.
+    let r = api.send("GET", "/api/v1/orders", None, Some(&token)).await;
+    assert_eq!(r.body["orders"].as_array().unwrap().len(), 0);
+    assert_eq!(balance(&api, &token).await, 100_000);
+
+    // Pagination: newest first, cursor to the next page, no cursor after the last.
+    let mut ids = Vec::new();
+    for price in [100, 200, 300] {
+        let r = create(&api, &token, &[(1, price)]).await;
+        ids.push(r.body["order_id"].as_str().unwrap().to_owned());
+    }
+    let p1 = api
+        .send("GET", "/api/v1/orders?limit=2", None, Some(&token))
+        .await;
+    let got: Vec<&str> = p1.body["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["order_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, [ids[2].as_str(), ids[1].as_str()]);
+    let cursor = p1.body["next_cursor"]
+        .as_str()
+        .expect("a next cursor")
+        .to_owned();
+    let p2 = api
+        .send(
+            "GET",
+            &format!("/api/v1/orders?limit=2&cursor={cursor}"),
+            None,
+            Some(&token),
+        )
+        .await;
+    let got: Vec<&str> = p2.body["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["order_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, [ids[0].as_str()]);
+    assert!(p2.body["next_cursor"].is_null());
+    for q in ["limit=0", "limit=101", "limit=abc", "cursor=garbage"] {
+        let r = api
+            .send("GET", &format!("/api/v1/orders?{q}"), None, Some(&token))
+            .await;
+        assert_eq!(r.status, 422, "{q}: {r:?}");
+    }
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_outage_past_the_deadline_compensates_and_nothing_is_lost() {
+    let mut sys = System::start(Options {
+        order_env: vec![("PAYMENT_DEADLINE_SECS".into(), "2".into())],
+        ..Options::default()
+    })
+    .await;
+    let api = Api::new(&sys.base);
+    let token = api.signup(&email(), "password-123").await;
+    assert_eq!(balance(&api, &token).await, 100_000); // opens the account
+
+    sys.payment.kill();
+    let r = create(&api, &token, &[(1, 5000)]).await;
+    assert_eq!(r.status, 201);
+    let id = r.body["order_id"].as_str().unwrap().to_owned();
+    assert_eq!(r.body["saga_state"], "PAYMENT_PENDING");
+    // No reply within the deadline: the saga gives up and sends a refund.
+    let o = wait_order(&api, &token, &id, |o| o["saga_state"] == "COMPENSATING").await;
+    assert_eq!(o["status"], "PENDING");
+
+    // Payment comes back: it applies the debit (late) and then the refund, in order.
+    sys.payment.restart();
+    let o = wait_order(&api, &token, &id, status_is("CANCELLED")).await;
+    assert_eq!(o["saga_state"], "FAILED");
+    assert!(
+        o["failure_reason"].as_str().unwrap().contains("timed out"),
+        "{o}"
+    );
+    assert_eq!(
+        balance(&api, &token).await,
+        100_000,
+        "the late debit was refunded"
+    );
+
+    // A pending order cancelled by its owner while payment is down ends the same way.
+    sys.payment.kill();
+    let r = create(&api, &token, &[(1, 700)]).await;
+    let id2 = r.body["order_id"].as_str().unwrap().to_owned();
+    let r = api
+        .send(
+            "POST",
+            &format!("/api/v1/orders/{id2}/cancel"),
+            None,
+            Some(&token),
+        )
+        .await;
+    assert_eq!(r.status, 202);
+    sys.payment.restart();
+    let o = wait_order(&api, &token, &id2, status_is("CANCELLED")).await;
+    assert_eq!(o["failure_reason"], "cancelled by the customer");
+    assert_eq!(balance(&api, &token).await, 100_000);
+    sys.stop().await;
+}
