@@ -431,3 +431,93 @@ async fn a_payment_outage_past_the_deadline_compensates_and_nothing_is_lost() {
     assert_eq!(balance(&api, &token).await, 100_000);
     sys.stop().await;
 }
+
+/// Collects deliveries in memory.
+#[derive(Clone, Default)]
+struct Collect(std::sync::Arc<std::sync::Mutex<Vec<outbox::Delivery>>>);
+
+impl outbox::Handler<outbox::memory::MemoryTx> for Collect {
+    async fn handle(
+        &self,
+        _tx: &mut outbox::memory::MemoryTx,
+        msg: &outbox::Delivery,
+    ) -> Result<(), outbox::HandlerError> {
+        self.0.lock().unwrap().push(msg.clone());
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_command_is_dead_lettered_and_payment_carries_on() {
+    let sys = System::start(Options::default()).await;
+    let api = Api::new(&sys.base);
+    let token = api.signup(&email(), "password-123").await;
+
+    let publisher = KafkaPublisher::new(&sys.brokers).unwrap();
+    let poison = OutboxMessage::new(
+        format!("{}saga.commands", sys.topic_prefix),
+        "garbage",
+        b"\xff\x00not protobuf".to_vec(),
+    );
+    publisher.publish(&poison).await.unwrap();
+
+    // Orders placed after the poison message still go through.
+    let r = create(&api, &token, &[(1, 400)]).await;
+    let id = r.body["order_id"].as_str().unwrap().to_owned();
+    wait_order(&api, &token, &id, status_is("CONFIRMED")).await;
+
+    // The poison message is on the dead-letter topic, with its reason.
+    let seen = Collect::default();
+    let consumer = outbox::IdempotentConsumer::new(
+        "dlq-reader",
+        outbox::memory::MemoryInbox::new(),
+        outbox::memory::MemoryDeadLetters::new(),
+    );
+    let dlq = format!("{}dlq.saga", sys.topic_prefix);
+    let mut config = outbox::kafka::ConsumerConfig::new(
+        &sys.brokers,
+        format!("reader-{}", uuid::Uuid::new_v4()),
+        &[&dlq],
+    );
+    config.session_timeout = Duration::from_secs(6);
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let s = seen.clone();
+    let task = tokio::spawn(async move {
+        outbox::kafka::run_consumer(&config, &consumer, &s, async {
+            let _ = rx.await;
+        })
+        .await
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !seen.0.lock().unwrap().iter().any(|d| d.id == poison.id) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "poison message not on {dlq}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    let parked = seen
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|d| d.id == poison.id)
+        .cloned()
+        .unwrap();
+    assert_eq!(&parked.payload[..], b"\xff\x00not protobuf");
+    assert!(
+        parked
+            .headers
+            .get("dlq-reason")
+            .unwrap()
+            .contains("undecodable"),
+        "{parked:?}"
+    );
+    assert_eq!(
+        parked.headers.get("dlq-original-topic"),
+        Some(format!("{}saga.commands", sys.topic_prefix).as_str())
+    );
+    sys.stop().await;
+}
