@@ -134,18 +134,8 @@ pub async fn app(config: &Config) -> anyhow::Result<Router> {
     let order_channel = downstream::channel(&config.order_service_url, timeout)?;
     let payment_channel = downstream::channel(&config.payment_service_url, timeout)?;
 
-    let ping = redis_conn.clone();
     let admin = Admin::new("gateway")
-        .check("redis", move || {
-            let mut conn = ping.clone();
-            async move {
-                redis::cmd("PING")
-                    .query_async::<String>(&mut conn)
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            }
-        })
+        .redis(redis_conn.clone())
         .check("user-service", grpc_health(user_channel.clone()))
         .check("order-service", grpc_health(order_channel.clone()))
         .check("payment-service", grpc_health(payment_channel.clone()));

@@ -53,6 +53,34 @@ impl Admin {
         self
     }
 
+    /// Readiness of a MySQL pool (`SELECT 1`).
+    pub fn mysql(self, pool: sqlx::MySqlPool) -> Self {
+        self.check("mysql", move || {
+            let pool = pool.clone();
+            async move {
+                sqlx::query("SELECT 1")
+                    .execute(&pool)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+        })
+    }
+
+    /// Readiness of Redis (`PING`).
+    pub fn redis(self, conn: redis::aio::ConnectionManager) -> Self {
+        self.check("redis", move || {
+            let mut conn = conn.clone();
+            async move {
+                redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+        })
+    }
+
     /// The metrics registry (register the service's collectors here).
     pub fn registry(&self) -> &Registry {
         &self.registry

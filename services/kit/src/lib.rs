@@ -12,3 +12,22 @@ pub mod db;
 pub mod messaging;
 pub mod shutdown;
 pub mod telemetry;
+
+/// The sockets a gRPC service serves on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// gRPC.
+    pub grpc: tokio::net::TcpListener,
+    /// Admin HTTP (`/healthz`, `/readyz`, `/metrics`).
+    pub admin: tokio::net::TcpListener,
+}
+
+impl Listeners {
+    /// Bind both addresses.
+    pub async fn bind(grpc: &str, admin: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            grpc: tokio::net::TcpListener::bind(grpc).await?,
+            admin: tokio::net::TcpListener::bind(admin).await?,
+        })
+    }
+}

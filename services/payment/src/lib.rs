@@ -27,29 +27,10 @@ use outbox::idempotency::RedisIdempotencyStore;
 use outbox::kafka::{run_consumer, ConsumerConfig, KafkaDeadLetter, KafkaPublisher};
 use outbox::mysql::{MySqlInbox, MySqlOutbox};
 use outbox::IdempotentConsumer;
-use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 pub use config::Config;
-
-/// The sockets the service serves on.
-#[derive(Debug)]
-pub struct Listeners {
-    /// gRPC.
-    pub grpc: TcpListener,
-    /// Admin HTTP.
-    pub admin: TcpListener,
-}
-
-impl Listeners {
-    /// Bind both addresses.
-    pub async fn bind(grpc: &str, admin: &str) -> anyhow::Result<Self> {
-        Ok(Self {
-            grpc: TcpListener::bind(grpc).await?,
-            admin: TcpListener::bind(admin).await?,
-        })
-    }
-}
+pub use ordersys_kit::Listeners;
 
 /// Run until `shutdown` resolves: the message in progress is finished, the relay
 /// finishes its round, in-flight gRPC calls complete.
@@ -109,28 +90,7 @@ pub async fn run(
     health_reporter
         .set_serving::<PaymentServiceServer<grpc::PaymentGrpc>>()
         .await;
-    let db = pool.clone();
-    let admin = Admin::new("payment")
-        .check("mysql", move || {
-            let db = db.clone();
-            async move {
-                sqlx::query("SELECT 1")
-                    .execute(&db)
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            }
-        })
-        .check("redis", move || {
-            let mut conn = redis_conn.clone();
-            async move {
-                redis::cmd("PING")
-                    .query_async::<String>(&mut conn)
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            }
-        });
+    let admin = Admin::new("payment").mysql(pool.clone()).redis(redis_conn);
 
     let (trigger, stop) = Shutdown::new();
     let grpc_addr = listeners.grpc.local_addr()?;

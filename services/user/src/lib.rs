@@ -22,29 +22,10 @@ use ordersys_kit::admin::{self, Admin};
 use ordersys_kit::context::ContextLayer;
 use ordersys_kit::shutdown::Shutdown;
 use ordersys_proto::user::v1::user_service_server::UserServiceServer;
-use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 pub use config::Config;
-
-/// The sockets the service serves on.
-#[derive(Debug)]
-pub struct Listeners {
-    /// gRPC.
-    pub grpc: TcpListener,
-    /// Admin HTTP.
-    pub admin: TcpListener,
-}
-
-impl Listeners {
-    /// Bind the configured addresses.
-    pub async fn bind(config: &Config) -> anyhow::Result<Self> {
-        Ok(Self {
-            grpc: TcpListener::bind(&config.grpc_addr).await?,
-            admin: TcpListener::bind(&config.admin_addr).await?,
-        })
-    }
-}
+pub use ordersys_kit::Listeners;
 
 /// Run the service until `shutdown` resolves; in-flight requests are finished first.
 pub async fn run(
@@ -79,28 +60,7 @@ pub async fn run(
         .await;
 
     let (trigger, stop) = Shutdown::new();
-    let db = pool.clone();
-    let admin = Admin::new("user")
-        .check("mysql", move || {
-            let db = db.clone();
-            async move {
-                sqlx::query("SELECT 1")
-                    .execute(&db)
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            }
-        })
-        .check("redis", move || {
-            let mut conn = redis_conn.clone();
-            async move {
-                redis::cmd("PING")
-                    .query_async::<String>(&mut conn)
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            }
-        });
+    let admin = Admin::new("user").mysql(pool.clone()).redis(redis_conn);
     let grpc_addr = listeners.grpc.local_addr()?;
     let admin_addr = listeners.admin.local_addr()?;
     let admin_task = tokio::spawn(admin::serve(

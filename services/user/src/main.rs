@@ -5,6 +5,6 @@ async fn main() -> anyhow::Result<()> {
     ordersys_kit::telemetry::init("user");
     let config = ordersys_user::Config::load()?;
     tracing::info!(config = ?config, "конфигурация загружена");
-    let listeners = ordersys_user::Listeners::bind(&config).await?;
+    let listeners = ordersys_user::Listeners::bind(&config.grpc_addr, &config.admin_addr).await?;
     ordersys_user::run(config, listeners, ordersys_kit::shutdown::signal()).await
 }
