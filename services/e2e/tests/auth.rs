@@ -174,6 +174,18 @@ async fn auth_flow_and_contract() {
         "http_requests_total{method=\"POST\",route=\"/api/v1/auth/login\",status=\"401\"}"
     ));
     assert!(metrics.contains("circuit_breaker_state{downstream=\"user\"} 0"));
+    let user_metrics = client
+        .get(format!("{}/metrics", sys.user_admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        user_metrics.contains("grpc_server_requests_total{code=\"16\",method=\"/ordersys.user.v1.UserService/Login\"}"),
+        "{user_metrics}"
+    );
 
     // no password or token in the logs
     let logs = sys.user.logs() + &sys.gateway.logs();
@@ -394,5 +406,6 @@ async fn breaker_opens_when_the_user_service_is_down_and_recovers() {
         .await
         .unwrap();
     assert!(metrics.contains("circuit_breaker_state{downstream=\"user\"} 0"));
+
     sys.stop().await;
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod context;
 pub mod db;
 pub mod messaging;
+pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;
 

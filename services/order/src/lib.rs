@@ -89,6 +89,7 @@ pub async fn run(
         .set_serving::<OrderServiceServer<grpc::OrderGrpc>>()
         .await;
     let admin = Admin::new("order").mysql(pool.clone()).redis(redis_conn);
+    let grpc_metrics = ordersys_kit::metrics::RequestMetricsLayer::new(admin.registry())?;
 
     let (trigger, stop) = Shutdown::new();
     let grpc_addr = listeners.grpc.local_addr()?;
@@ -120,6 +121,7 @@ pub async fn run(
     tasks.spawn(async move {
         tonic::transport::Server::builder()
             .layer(ContextLayer)
+            .layer(grpc_metrics)
             .add_service(health_service)
             .add_service(OrderServiceServer::new(grpc::OrderGrpc::new(service)))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), s.wait())

@@ -91,6 +91,7 @@ pub async fn run(
         .set_serving::<PaymentServiceServer<grpc::PaymentGrpc>>()
         .await;
     let admin = Admin::new("payment").mysql(pool.clone()).redis(redis_conn);
+    let grpc_metrics = ordersys_kit::metrics::RequestMetricsLayer::new(admin.registry())?;
 
     let (trigger, stop) = Shutdown::new();
     let grpc_addr = listeners.grpc.local_addr()?;
@@ -116,6 +117,7 @@ pub async fn run(
     tasks.spawn(async move {
         tonic::transport::Server::builder()
             .layer(ContextLayer)
+            .layer(grpc_metrics)
             .add_service(health_service)
             .add_service(PaymentServiceServer::new(grpc::PaymentGrpc::new(wallets)))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), s.wait())

@@ -251,10 +251,13 @@ impl CommandHandler {
             }
         };
         self.send_reply(tx, msg, &reply).await?;
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(msg.id, (key, reply.encode_to_vec()));
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        // Entries whose unit of work never committed are never taken out; keep the map
+        // bounded (losing an entry only skips the Redis fast path, never correctness).
+        if pending.len() > 10_000 {
+            pending.clear();
+        }
+        pending.insert(msg.id, (key, reply.encode_to_vec()));
         Ok(())
     }
 

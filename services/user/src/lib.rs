@@ -61,6 +61,7 @@ pub async fn run(
 
     let (trigger, stop) = Shutdown::new();
     let admin = Admin::new("user").mysql(pool.clone()).redis(redis_conn);
+    let grpc_metrics = ordersys_kit::metrics::RequestMetricsLayer::new(admin.registry())?;
     let grpc_addr = listeners.grpc.local_addr()?;
     let admin_addr = listeners.admin.local_addr()?;
     let admin_task = tokio::spawn(admin::serve(
@@ -70,6 +71,7 @@ pub async fn run(
     ));
     let grpc = tonic::transport::Server::builder()
         .layer(ContextLayer)
+        .layer(grpc_metrics)
         .add_service(health_service)
         .add_service(UserServiceServer::new(grpc::UserGrpc::new(service)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), stop.wait());
