@@ -40,6 +40,8 @@ mod error;
 mod keys;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 mod token;
 
 #[cfg(feature = "tower")]

@@ -9,6 +9,42 @@ async fn memory_blacklist_conformance() {
     blacklist_all(&MemoryBlacklist::new()).await;
 }
 
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_blacklist_conformance_and_restart() {
+    use authz::sqlite::{migrate, SqliteBlacklist};
+    use authz::Blacklist;
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+    let path =
+        std::env::temp_dir().join(format!("ordersys-bl-{}.db", uuid::Uuid::new_v4().simple()));
+    let open = || {
+        let opts = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true);
+        SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+    };
+    let pool = open().await.unwrap();
+    migrate(&pool).await.unwrap();
+    blacklist_all(&SqliteBlacklist::new(pool.clone())).await;
+    SqliteBlacklist::new(pool.clone())
+        .revoke("kept", std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    pool.close().await;
+    let pool = open().await.unwrap();
+    assert!(
+        SqliteBlacklist::new(pool.clone())
+            .is_revoked("kept")
+            .await
+            .unwrap(),
+        "revocation lost on restart"
+    );
+    pool.close().await;
+    let _ = std::fs::remove_file(&path);
+}
+
 #[cfg(feature = "redis")]
 mod redis_backend {
     use std::sync::Arc;

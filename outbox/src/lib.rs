@@ -47,6 +47,8 @@ mod message;
 #[cfg(feature = "mysql")]
 pub mod mysql;
 mod relay;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 mod store;
 
 pub use consumer::{Handler, HandlerError, IdempotentConsumer, Outcome};

@@ -58,6 +58,8 @@ mod machine;
 #[cfg(feature = "mysql")]
 pub mod mysql;
 mod orchestrator;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 mod store;
 
 pub use definition::{SagaDefinition, SagaDefinitionBuilder, Step};

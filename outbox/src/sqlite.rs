@@ -1,0 +1,402 @@
+//! SQLite backends (feature `sqlite`) for single-process, embedded use:
+//! [`SqliteOutbox`], [`SqliteInbox`] and [`SqliteIdempotencyStore`]. Their unit of work is
+//! `sqlx::Transaction<'static, Sqlite>` opened with `BEGIN IMMEDIATE` (SQLite has one
+//! writer; taking the write lock up front avoids lock-upgrade failures).
+//!
+//! Times are the application's clock (SQLite has no microsecond `NOW()`), which is
+//! right for one process. Run [`migrate`] first; [`connect`] opens a file database in
+//! WAL mode with a busy timeout.
+//!
+//! ```no_run
+//! # async fn demo() -> outbox::Result<()> {
+//! use outbox::sqlite::{connect, migrate, SqliteOutbox};
+//! use outbox::{OutboxMessage, OutboxStore, Transactional};
+//!
+//! let pool = connect("data/orders.db").await?;
+//! migrate(&pool).await?;
+//! let outbox = SqliteOutbox::new(pool);
+//! let mut tx = outbox.begin().await?;
+//! outbox.enqueue(&mut tx, OutboxMessage::new("saga.commands", "order-1", "debit")).await?;
+//! outbox.commit(tx).await?;
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
+use uuid::Uuid;
+
+use crate::idempotency::{IdempotencyStore, Reservation};
+use crate::store::{Inbox, OutboxStore, Transactional};
+use crate::{Error, Headers, MessageId, OutboxMessage, Result};
+
+/// The transaction type of the SQLite backends.
+pub type SqliteTx = Transaction<'static, Sqlite>;
+
+fn storage(e: sqlx::Error) -> Error {
+    Error::storage(e)
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// Open (creating if missing) the SQLite database at `path` — WAL journal, `NORMAL`
+/// sync, 5 s busy timeout, foreign keys on — with a small pool.
+pub async fn connect(path: &str) -> Result<SqlitePool> {
+    if let Some(dir) = std::path::Path::new(path).parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir).map_err(Error::storage)?;
+        }
+    }
+    let opts = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
+        .map_err(storage)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(5))
+        .foreign_keys(true);
+    SqlitePoolOptions::new()
+        .max_connections(8)
+        .connect_with(opts)
+        .await
+        .map_err(storage)
+}
+
+/// Apply this crate's SQLite migrations (idempotent; coexists with other crates').
+pub async fn migrate(pool: &SqlitePool) -> Result<()> {
+    let mut m = sqlx::migrate!("./migrations-sqlite");
+    m.set_ignore_missing(true);
+    m.run(pool).await.map_err(Error::storage)
+}
+
+/// Begin a write unit of work (`BEGIN IMMEDIATE`).
+pub async fn begin(pool: &SqlitePool) -> Result<SqliteTx> {
+    pool.begin_with("BEGIN IMMEDIATE").await.map_err(storage)
+}
+
+/// Commit a unit of work.
+pub async fn commit(tx: SqliteTx) -> Result<()> {
+    tx.commit().await.map_err(storage)
+}
+
+fn encode_headers(h: &Headers) -> String {
+    let pairs: Vec<(&str, &str)> = h.iter().collect();
+    serde_json::to_string(&pairs).expect("string pairs always serialise")
+}
+
+fn row_to_message(row: &SqliteRow) -> Result<OutboxMessage> {
+    let id: Vec<u8> = row.try_get("id").map_err(storage)?;
+    let headers: String = row.try_get("headers").map_err(storage)?;
+    let pairs: Vec<(String, String)> = serde_json::from_str(&headers).map_err(Error::storage)?;
+    let payload: Vec<u8> = row.try_get("payload").map_err(storage)?;
+    let created: i64 = row.try_get("created_at_us").map_err(storage)?;
+    let attempts: i64 = row.try_get("attempts").map_err(storage)?;
+    Ok(OutboxMessage {
+        id: MessageId(Uuid::from_slice(&id).map_err(Error::storage)?),
+        topic: row.try_get("topic").map_err(storage)?,
+        key: row.try_get("msg_key").map_err(storage)?,
+        payload: Bytes::from(payload),
+        headers: pairs.into_iter().collect(),
+        created_at: UNIX_EPOCH + Duration::from_micros(created.max(0) as u64),
+        attempts: attempts.max(0) as u32,
+    })
+}
+
+/// SQLite [`OutboxStore`].
+#[derive(Debug, Clone)]
+pub struct SqliteOutbox {
+    pool: SqlitePool,
+}
+
+impl SqliteOutbox {
+    /// An outbox over `pool` (run [`migrate`] first).
+    pub fn new(pool: SqlitePool) -> Self {
+        Self { pool }
+    }
+
+    /// Rows not yet sent.
+    pub async fn pending(&self) -> Result<u64> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM outbox_messages WHERE sent_at_us IS NULL")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(storage)?;
+        Ok(n as u64)
+    }
+}
+
+impl Transactional for SqliteOutbox {
+    type Tx = SqliteTx;
+
+    async fn begin(&self) -> Result<SqliteTx> {
+        begin(&self.pool).await
+    }
+
+    async fn commit(&self, tx: SqliteTx) -> Result<()> {
+        commit(tx).await
+    }
+}
+
+fn in_list<'a>(q: &mut QueryBuilder<'a, Sqlite>, ids: &'a [MessageId]) {
+    let mut sep = q.separated(", ");
+    for id in ids {
+        sep.push_bind(id.0.as_bytes().as_slice());
+    }
+    q.push(")");
+}
+
+impl OutboxStore for SqliteOutbox {
+    async fn enqueue(&self, tx: &mut SqliteTx, msg: OutboxMessage) -> Result<()> {
+        let created = msg
+            .created_at
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        sqlx::query(
+            "INSERT INTO outbox_messages (id, topic, msg_key, payload, headers, created_at_us, attempts) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(msg.id.0.as_bytes().as_slice())
+        .bind(&msg.topic)
+        .bind(&msg.key)
+        .bind(msg.payload.as_ref())
+        .bind(encode_headers(&msg.headers))
+        .bind(created)
+        .bind(i64::from(msg.attempts))
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                Error::Conflict(format!("outbox message {} already exists", msg.id))
+            }
+            _ => storage(e),
+        })?;
+        Ok(())
+    }
+
+    async fn claim(
+        &self,
+        relay_id: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<OutboxMessage>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let now = now_us();
+        let mut tx = begin(&self.pool).await?;
+        let rows = sqlx::query(
+            "SELECT seq, id, topic, msg_key, payload, headers, created_at_us, attempts, \
+                    (lease_until_us IS NOT NULL AND lease_until_us > ?) AS leased \
+             FROM outbox_messages WHERE sent_at_us IS NULL ORDER BY seq LIMIT ?",
+        )
+        .bind(now)
+        .bind((limit.saturating_mul(4)) as i64)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(storage)?;
+        let mut blocked = HashSet::new();
+        let mut chosen = Vec::new();
+        let mut seqs = Vec::new();
+        for row in &rows {
+            if chosen.len() >= limit {
+                break;
+            }
+            let key: String = row.try_get("msg_key").map_err(storage)?;
+            let leased: i64 = row.try_get("leased").map_err(storage)?;
+            if leased != 0 || blocked.contains(&key) {
+                blocked.insert(key);
+                continue;
+            }
+            seqs.push(row.try_get::<i64, _>("seq").map_err(storage)?);
+            chosen.push(row_to_message(row)?);
+        }
+        if !seqs.is_empty() {
+            let mut q = QueryBuilder::<Sqlite>::new("UPDATE outbox_messages SET leased_by = ");
+            q.push_bind(relay_id)
+                .push(", lease_until_us = ")
+                .push_bind(now + lease.as_micros() as i64)
+                .push(" WHERE seq IN (");
+            let mut sep = q.separated(", ");
+            for s in &seqs {
+                sep.push_bind(*s);
+            }
+            q.push(")");
+            q.build().execute(&mut *tx).await.map_err(storage)?;
+        }
+        commit(tx).await?;
+        Ok(chosen)
+    }
+
+    async fn mark_sent(&self, ids: &[MessageId]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut q = QueryBuilder::<Sqlite>::new("UPDATE outbox_messages SET sent_at_us = ");
+        q.push_bind(now_us())
+            .push(", leased_by = NULL, lease_until_us = NULL WHERE sent_at_us IS NULL AND id IN (");
+        in_list(&mut q, ids);
+        q.build().execute(&self.pool).await.map_err(storage)?;
+        Ok(())
+    }
+
+    async fn record_failure(&self, id: MessageId, error: &str) -> Result<()> {
+        let error: String = error.chars().take(4000).collect();
+        sqlx::query(
+            "UPDATE outbox_messages SET attempts = attempts + 1, last_error = ?, leased_by = NULL, \
+             lease_until_us = NULL WHERE id = ? AND sent_at_us IS NULL",
+        )
+        .bind(error)
+        .bind(id.0.as_bytes().as_slice())
+        .execute(&self.pool)
+        .await
+        .map_err(storage)?;
+        Ok(())
+    }
+
+    async fn release(&self, ids: &[MessageId]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "UPDATE outbox_messages SET leased_by = NULL, lease_until_us = NULL WHERE sent_at_us IS NULL AND id IN (",
+        );
+        in_list(&mut q, ids);
+        q.build().execute(&self.pool).await.map_err(storage)?;
+        Ok(())
+    }
+
+    async fn purge_sent(&self, retention: Duration) -> Result<u64> {
+        sqlx::query("DELETE FROM outbox_messages WHERE sent_at_us IS NOT NULL AND sent_at_us < ?")
+            .bind(now_us() - retention.as_micros() as i64)
+            .execute(&self.pool)
+            .await
+            .map(|r| r.rows_affected())
+            .map_err(storage)
+    }
+}
+
+/// SQLite [`Inbox`].
+#[derive(Debug, Clone)]
+pub struct SqliteInbox {
+    pool: SqlitePool,
+}
+
+impl SqliteInbox {
+    /// An inbox over `pool` (run [`migrate`] first).
+    pub fn new(pool: SqlitePool) -> Self {
+        Self { pool }
+    }
+}
+
+impl Transactional for SqliteInbox {
+    type Tx = SqliteTx;
+
+    async fn begin(&self) -> Result<SqliteTx> {
+        begin(&self.pool).await
+    }
+
+    async fn commit(&self, tx: SqliteTx) -> Result<()> {
+        commit(tx).await
+    }
+}
+
+impl Inbox for SqliteInbox {
+    async fn try_record(&self, tx: &mut SqliteTx, consumer: &str, id: MessageId) -> Result<bool> {
+        let r = sqlx::query(
+            "INSERT INTO inbox_messages (consumer, message_id, processed_at_us) VALUES (?, ?, ?)",
+        )
+        .bind(consumer)
+        .bind(id.0.as_bytes().as_slice())
+        .bind(now_us())
+        .execute(&mut **tx)
+        .await;
+        match r {
+            Ok(_) => Ok(true),
+            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Ok(false),
+            Err(e) => Err(storage(e)),
+        }
+    }
+}
+
+/// SQLite [`IdempotencyStore`]: keys survive a restart of the embedded system.
+#[derive(Debug, Clone)]
+pub struct SqliteIdempotencyStore {
+    pool: SqlitePool,
+}
+
+impl SqliteIdempotencyStore {
+    /// A store over `pool` (run [`migrate`] first).
+    pub fn new(pool: SqlitePool) -> Self {
+        Self { pool }
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for SqliteIdempotencyStore {
+    async fn reserve(&self, key: &str, ttl: Duration) -> Result<Reservation> {
+        let now = now_us();
+        let mut tx = begin(&self.pool).await?;
+        let row = sqlx::query(
+            "SELECT done, result FROM idempotency_keys WHERE key = ? AND expires_at_us > ?",
+        )
+        .bind(key)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(storage)?;
+        let answer = match row {
+            Some(r) => {
+                let done: i64 = r.try_get("done").map_err(storage)?;
+                if done != 0 {
+                    let result: Option<Vec<u8>> = r.try_get("result").map_err(storage)?;
+                    Reservation::Completed(Bytes::from(result.unwrap_or_default()))
+                } else {
+                    Reservation::InProgress
+                }
+            }
+            None => {
+                sqlx::query("INSERT OR REPLACE INTO idempotency_keys (key, done, result, expires_at_us) VALUES (?, 0, NULL, ?)")
+                    .bind(key)
+                    .bind(now + ttl.as_micros() as i64)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(storage)?;
+                Reservation::Reserved
+            }
+        };
+        commit(tx).await?;
+        Ok(answer)
+    }
+
+    async fn complete(&self, key: &str, result: &[u8], ttl: Duration) -> Result<()> {
+        sqlx::query("INSERT OR REPLACE INTO idempotency_keys (key, done, result, expires_at_us) VALUES (?, 1, ?, ?)")
+            .bind(key)
+            .bind(result)
+            .bind(now_us() + ttl.as_micros() as i64)
+            .execute(&self.pool)
+            .await
+            .map_err(storage)?;
+        Ok(())
+    }
+
+    async fn release(&self, key: &str) -> Result<()> {
+        sqlx::query("DELETE FROM idempotency_keys WHERE key = ? AND done = 0")
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .map_err(storage)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,125 @@
+//! The SQLite saga store (embedded mode) against the conformance suite, and a saga that
+//! survives a restart of the process.
+#![cfg(feature = "sqlite")]
+
+use bytes::Bytes;
+use outbox::sqlite::{connect, SqliteOutbox, SqliteTx};
+use outbox::{OutboxMessage, OutboxStore, Transactional};
+use saga_core::sqlite::{migrate, SqliteSagaStore};
+use saga_core::{
+    CommandSink, Dispatch, Orchestrator, SagaCommand, SagaDefinition, SagaEvent, SagaId,
+    SagaInstance, SagaStatus, Step,
+};
+
+async fn fresh(path: &std::path::Path) -> sqlx::SqlitePool {
+    let pool = connect(path.to_str().unwrap()).await.unwrap();
+    outbox::sqlite::migrate(&pool).await.unwrap();
+    migrate(&pool).await.unwrap();
+    pool
+}
+
+fn temp() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!(
+        "ordersys-saga-{}.db",
+        uuid::Uuid::new_v4().simple()
+    ))
+}
+
+fn cleanup(path: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_saga_store_conformance() {
+    let paths = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let p = paths.clone();
+    saga_core::conformance::saga_store_all(move || {
+        let p = p.clone();
+        async move {
+            let path = temp();
+            let pool = fresh(&path).await;
+            p.lock().unwrap().push(path);
+            SqliteSagaStore::new(pool)
+        }
+    })
+    .await;
+    for path in paths.lock().unwrap().iter() {
+        cleanup(path);
+    }
+}
+
+struct Sink(SqliteOutbox);
+
+impl CommandSink<SqliteTx> for Sink {
+    async fn dispatch(
+        &self,
+        tx: &mut SqliteTx,
+        saga: &SagaInstance,
+        cmd: &SagaCommand,
+    ) -> saga_core::Result<Dispatch> {
+        if cmd.name.starts_with("payment.") {
+            let m = OutboxMessage::new("saga.commands", saga.id.to_string(), cmd.name.clone());
+            self.0
+                .enqueue(tx, m)
+                .await
+                .map_err(saga_core::Error::dispatch)?;
+            Ok(Dispatch::Sent)
+        } else {
+            Ok(Dispatch::Succeeded)
+        }
+    }
+}
+
+fn def() -> SagaDefinition {
+    SagaDefinition::new("create_order")
+        .step(Step::new("create_order").compensate_with("cancel_order"))
+        .step(
+            Step::new("payment")
+                .action("payment.debit")
+                .compensate_with("payment.refund"),
+        )
+        .step(Step::new("confirm_order"))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_in_flight_survives_a_restart() {
+    let path = temp();
+    let id = SagaId::new();
+    {
+        let pool = fresh(&path).await;
+        let orch = Orchestrator::new(
+            SqliteSagaStore::new(pool.clone()),
+            Sink(SqliteOutbox::new(pool.clone())),
+        )
+        .register(def());
+        let mut tx = orch.store().begin().await.unwrap();
+        orch.start(&mut tx, "create_order", id, Bytes::from_static(b"data"))
+            .await
+            .unwrap();
+        orch.store().commit(tx).await.unwrap();
+        pool.close().await; // stop in the middle of the saga
+    }
+    let pool = fresh(&path).await;
+    let outbox = SqliteOutbox::new(pool.clone());
+    assert_eq!(
+        outbox.pending().await.unwrap(),
+        1,
+        "the debit command is still there to send"
+    );
+    let orch = Orchestrator::new(SqliteSagaStore::new(pool.clone()), Sink(outbox)).register(def());
+    let done = orch
+        .handle_now(id, SagaEvent::StepSucceeded { step: 1 })
+        .await
+        .unwrap();
+    assert_eq!(done.saga.state.status, SagaStatus::Completed);
+    assert_eq!(
+        orch.store().get(id).await.unwrap().unwrap().data,
+        Bytes::from_static(b"data")
+    );
+    pool.close().await;
+    cleanup(&path);
+}
