@@ -42,6 +42,7 @@ mod error;
 pub mod idempotency;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod local;
 pub mod memory;
 mod message;
 #[cfg(feature = "mysql")]

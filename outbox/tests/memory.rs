@@ -235,3 +235,132 @@ async fn futures_join(
     );
     vec![a.unwrap(), b.unwrap(), c.unwrap()]
 }
+
+mod local_bus {
+    use super::*;
+    use outbox::local::LocalBus;
+
+    /// Records payloads on commit; refuses `poison` permanently unless `accept_all`.
+    #[derive(Clone, Default)]
+    struct Sink {
+        seen: Arc<std::sync::Mutex<Vec<String>>>,
+        accept_all: bool,
+    }
+
+    /// An inbox whose database can be switched off.
+    #[derive(Clone, Default)]
+    struct SwitchableInbox {
+        inner: MemoryInbox,
+        down: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Transactional for SwitchableInbox {
+        type Tx = MemoryTx;
+        async fn begin(&self) -> outbox::Result<MemoryTx> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(outbox::Error::storage("database is down"));
+            }
+            self.inner.begin().await
+        }
+        async fn commit(&self, tx: MemoryTx) -> outbox::Result<()> {
+            self.inner.commit(tx).await
+        }
+    }
+
+    impl outbox::Inbox for SwitchableInbox {
+        async fn try_record(
+            &self,
+            tx: &mut MemoryTx,
+            consumer: &str,
+            id: outbox::MessageId,
+        ) -> outbox::Result<bool> {
+            self.inner.try_record(tx, consumer, id).await
+        }
+    }
+
+    impl Handler<MemoryTx> for Sink {
+        async fn handle(&self, tx: &mut MemoryTx, msg: &Delivery) -> Result<(), HandlerError> {
+            if !self.accept_all && &msg.payload[..] == b"poison" {
+                return Err(HandlerError::permanent("cannot decode"));
+            }
+            let seen = self.seen.clone();
+            let p = String::from_utf8(msg.payload.to_vec()).unwrap();
+            tx.on_commit(move || seen.lock().unwrap().push(p));
+            Ok(())
+        }
+    }
+
+    async fn enqueue(store: &MemoryOutbox, key: &str, payloads: &[&str]) {
+        let mut tx = store.begin().await.unwrap();
+        for p in payloads {
+            store
+                .enqueue(&mut tx, OutboxMessage::new("t", key, p.to_string()))
+                .await
+                .unwrap();
+        }
+        store.commit(tx).await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delivers_in_order_acks_after_commit_and_retries_while_the_consumer_is_down() {
+        let bus = LocalBus::new().with_dead_letter_topic("dlq");
+        let sink = Sink::default();
+        let inbox = SwitchableInbox::default();
+        bus.subscribe(
+            "t",
+            IdempotentConsumer::new("c", inbox.clone(), bus.clone()),
+            sink.clone(),
+        );
+        let parked = Sink {
+            accept_all: true,
+            ..Sink::default()
+        };
+        bus.subscribe(
+            "dlq",
+            IdempotentConsumer::new("dlq-reader", MemoryInbox::new(), MemoryDeadLetters::new()),
+            parked.clone(),
+        );
+
+        let store = MemoryOutbox::new();
+        enqueue(&store, "k", &["1", "2", "poison", "3"]).await;
+        inbox.down.store(true, Ordering::SeqCst);
+        let relay = Relay::new(store.clone(), bus.clone(), config());
+        let r = relay.run_once().await.unwrap();
+        assert_eq!(
+            (r.published, r.failed),
+            (0, 1),
+            "nothing acked while the consumer is down"
+        );
+        assert_eq!(store.pending(), 4);
+
+        inbox.down.store(false, Ordering::SeqCst);
+        let r = relay.run_once().await.unwrap();
+        assert_eq!(r.published, 4);
+        assert_eq!(store.pending(), 0);
+        assert_eq!(*sink.seen.lock().unwrap(), ["1", "2", "3"]);
+        assert_eq!(*parked.seen.lock().unwrap(), ["poison"]);
+
+        // A crash after delivery but before mark-sent: the repeat is dropped by the inbox.
+        let m = OutboxMessage::new("t", "k", "4");
+        bus.publish(&m).await.unwrap();
+        bus.publish(&m).await.unwrap();
+        assert_eq!(*sink.seen.lock().unwrap(), ["1", "2", "3", "4"]);
+    }
+
+    #[tokio::test]
+    async fn no_subscriber_means_not_delivered() {
+        let bus = LocalBus::new();
+        assert!(bus
+            .publish(&OutboxMessage::new("nobody", "k", "x"))
+            .await
+            .is_err());
+        outbox::DeadLetter::dead_letter(
+            &bus,
+            &OutboxMessage::new("t", "k", "x").to_delivery(),
+            "why",
+        )
+        .await
+        .unwrap();
+        assert_eq!(bus.parked().len(), 1);
+    }
+}

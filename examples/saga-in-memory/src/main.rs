@@ -2,40 +2,27 @@
 //!
 //! The create-order saga of ordersys in one process with the in-memory backends:
 //! the order side starts sagas (order row + saga + outbox command in one unit of work),
-//! a relay publishes commands to an in-process "broker", a payment consumer debits
-//! idempotently and replies through its own outbox, and the order side feeds replies to
-//! the orchestrator. One order is paid and confirmed, one is declined and cancelled.
+//! a relay publishes commands on the in-process `LocalBus`, a payment consumer debits
+//! idempotently and replies through its own outbox, and the order side applies replies
+//! to the saga in the unit of work of its inbox. One order is paid and confirmed, one
+//! is declined and cancelled.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use outbox::local::LocalBus;
 use outbox::memory::{MemoryDeadLetters, MemoryInbox, MemoryOutbox, MemoryTx};
 use outbox::{
-    Delivery, Handler, HandlerError, IdempotentConsumer, OutboxMessage, OutboxStore, Publisher,
-    Relay, RelayConfig, Transactional,
+    Delivery, Handler, HandlerError, IdempotentConsumer, OutboxMessage, OutboxStore, Relay,
+    RelayConfig, Transactional,
 };
 use saga_core::{
     CommandSink, Dispatch, MemorySagaStore, Orchestrator, SagaCommand, SagaDefinition, SagaEvent,
     SagaId, SagaInstance, Step,
 };
 use tokio::sync::mpsc;
-
-/// An in-process broker: one channel per topic.
-#[derive(Clone)]
-struct Channels(HashMap<&'static str, mpsc::UnboundedSender<Delivery>>);
-
-impl Publisher for Channels {
-    async fn publish(&self, msg: &OutboxMessage) -> outbox::Result<()> {
-        let tx = self
-            .0
-            .get(msg.topic.as_str())
-            .ok_or_else(|| outbox::Error::publish(&msg.topic, "no such topic"))?;
-        tx.send(msg.to_delivery())
-            .map_err(|e| outbox::Error::publish(&msg.topic, e.to_string()))
-    }
-}
 
 /// Order side: local steps change the order status; payment commands go to the outbox.
 /// The saga data is simply "user:amount".
@@ -115,15 +102,38 @@ impl Handler<MemoryTx> for Payment {
     }
 }
 
+/// Order side: replies move the saga, in the same unit of work as the inbox record.
+struct Replies {
+    orch: Arc<Orchestrator<MemorySagaStore, OrderSink>>,
+    done: mpsc::UnboundedSender<SagaId>,
+}
+
+impl Handler<MemoryTx> for Replies {
+    async fn handle(&self, tx: &mut MemoryTx, msg: &Delivery) -> Result<(), HandlerError> {
+        let id = SagaId(msg.key.parse().map_err(HandlerError::permanent)?);
+        let event = match &msg.payload[..] {
+            b"debit_ok" => SagaEvent::StepSucceeded { step: 1 },
+            b"debit_declined" => SagaEvent::StepFailed {
+                step: 1,
+                reason: "insufficient funds".into(),
+            },
+            _ => SagaEvent::CompensationSucceeded { step: 1 },
+        };
+        let applied = self
+            .orch
+            .handle(tx, id, event)
+            .await
+            .map_err(HandlerError::transient)?;
+        if applied.saga.state.is_terminal() {
+            let _ = self.done.send(id);
+        }
+        Ok(())
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
-    let (reply_tx, mut reply_rx) = mpsc::unbounded_channel();
-    let broker = Channels(HashMap::from([
-        ("saga.commands", cmd_tx),
-        ("saga.replies", reply_tx),
-    ]));
-
+    let bus = LocalBus::new();
     let order_outbox = MemoryOutbox::new();
     let payment_outbox = MemoryOutbox::new();
     let orders = Arc::new(Mutex::new(HashMap::new()));
@@ -153,60 +163,41 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .register(def),
     );
 
+    // Subscriptions: payment consumes commands, the order side consumes replies.
+    let payment = Payment {
+        balances: balances.clone(),
+        replies: payment_outbox.clone(),
+    };
+    bus.subscribe(
+        "saga.commands",
+        IdempotentConsumer::new("payment", MemoryInbox::new(), MemoryDeadLetters::new()),
+        payment,
+    );
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let replies = Replies {
+        orch: orch.clone(),
+        done: done_tx,
+    };
+    bus.subscribe(
+        "saga.replies",
+        IdempotentConsumer::new("order", MemoryInbox::new(), MemoryDeadLetters::new()),
+        replies,
+    );
+
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
     let relays = [
         tokio::spawn(
-            Relay::new(order_outbox.clone(), broker.clone(), RelayConfig::default())
+            Relay::new(order_outbox.clone(), bus.clone(), RelayConfig::default())
                 .run(stop(stop_rx.clone())),
         ),
         tokio::spawn(
-            Relay::new(
-                payment_outbox.clone(),
-                broker.clone(),
-                RelayConfig::default(),
-            )
-            .run(stop(stop_rx.clone())),
+            Relay::new(payment_outbox.clone(), bus.clone(), RelayConfig::default())
+                .run(stop(stop_rx.clone())),
         ),
     ];
-
-    // Payment consumer.
-    let payment = Payment {
-        balances: balances.clone(),
-        replies: payment_outbox.clone(),
-    };
-    let consumer = IdempotentConsumer::new("payment", MemoryInbox::new(), MemoryDeadLetters::new());
-    tokio::spawn(async move {
-        while let Some(d) = cmd_rx.recv().await {
-            consumer
-                .process(&d, &payment)
-                .await
-                .expect("payment store is in memory");
-        }
-    });
-
-    // Reply consumer on the order side.
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-    let o = orch.clone();
-    tokio::spawn(async move {
-        while let Some(d) = reply_rx.recv().await {
-            let id = SagaId(d.key.parse().expect("saga id key"));
-            let event = match &d.payload[..] {
-                b"debit_ok" => SagaEvent::StepSucceeded { step: 1 },
-                b"debit_declined" => SagaEvent::StepFailed {
-                    step: 1,
-                    reason: "insufficient funds".into(),
-                },
-                _ => SagaEvent::CompensationSucceeded { step: 1 },
-            };
-            let applied = o.handle_now(id, event).await.expect("saga update");
-            if applied.saga.state.is_terminal() {
-                let _ = done_tx.send(id);
-            }
-        }
-    });
 
     for (user, amount) in [("alice", 2_500), ("bob", 9_999)] {
         let mut tx = orch.store().begin().await?;
