@@ -44,8 +44,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use crate::store::{DeadLetter, Inbox, Publisher};
 use crate::{Delivery, Error, Handler, IdempotentConsumer, OutboxMessage, Outcome, Result};
 
-type Deliver =
-    Arc<dyn Fn(Delivery) -> Pin<Box<dyn Future<Output = Result<Outcome>> + Send>> + Send + Sync>;
+type Settling = Pin<Box<dyn Future<Output = Result<Outcome>> + Send>>;
+type Deliver = Arc<dyn Fn(Delivery) -> Settling + Send + Sync>;
 
 /// The in-process bus. Cheap to clone; clones share subscriptions.
 #[derive(Clone, Default)]

@@ -119,15 +119,23 @@ impl Handler<MemoryTx> for Replies {
             },
             _ => SagaEvent::CompensationSucceeded { step: 1 },
         };
-        let applied = self
-            .orch
+        self.orch
             .handle(tx, id, event)
             .await
             .map_err(HandlerError::transient)?;
-        if applied.saga.state.is_terminal() {
-            let _ = self.done.send(id);
-        }
         Ok(())
+    }
+
+    async fn after_commit(&self, msg: &Delivery) {
+        // Report only what is committed.
+        let saga = msg
+            .key
+            .parse()
+            .ok()
+            .and_then(|id| self.orch.store().get(SagaId(id)));
+        if let Some(saga) = saga.filter(|s| s.state.is_terminal()) {
+            let _ = self.done.send(saga.id);
+        }
     }
 }
 
