@@ -46,11 +46,13 @@ use crate::{Delivery, Error, Handler, IdempotentConsumer, OutboxMessage, Outcome
 
 type Settling = Pin<Box<dyn Future<Output = Result<Outcome>> + Send>>;
 type Deliver = Arc<dyn Fn(Delivery) -> Settling + Send + Sync>;
+/// Subscriptions: topic → (consumer name, delivery function).
+type Routes = Arc<RwLock<HashMap<String, Vec<(String, Deliver)>>>>;
 
 /// The in-process bus. Cheap to clone; clones share subscriptions.
 #[derive(Clone, Default)]
 pub struct LocalBus {
-    routes: Arc<RwLock<HashMap<String, Vec<(String, Deliver)>>>>,
+    routes: Routes,
     parked: Arc<Mutex<Vec<(Delivery, String)>>>,
     dead_letter_topic: Option<String>,
 }
