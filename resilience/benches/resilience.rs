@@ -1,0 +1,33 @@
+//! Hot-path costs: a call through a CLOSED breaker, a rejected call through an OPEN one,
+//! and a first-try success through retry + breaker.
+//! Run: `cargo bench -p resilience --bench resilience`.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use resilience::{CircuitBreaker, Retry};
+
+fn breaker(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let closed = CircuitBreaker::new("bench");
+    c.bench_function("breaker: permit + success (closed)", |b| {
+        b.iter(|| {
+            let p = closed.try_acquire().unwrap();
+            p.success();
+        })
+    });
+    let open = CircuitBreaker::builder("bench-open").failure_threshold(1).build();
+    rt.block_on(async {
+        let _ = open.call(|| async { Err::<(), _>(()) }).await;
+    });
+    c.bench_function("breaker: rejected (open)", |b| b.iter(|| black_box(open.try_acquire().is_err())));
+    let retry = Retry::default();
+    c.bench_function("retry + breaker: first-try success", |b| {
+        b.to_async(&rt).iter(|| async {
+            black_box(retry.call_with_breaker(&closed, || async { Ok::<_, ()>(1u32) }).await.unwrap())
+        })
+    });
+}
+
+criterion_group!(benches, breaker);
+criterion_main!(benches);
