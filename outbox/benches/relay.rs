@@ -9,7 +9,10 @@ use outbox::{OutboxMessage, OutboxStore, Relay, RelayConfig, Transactional};
 const N: u64 = 1000;
 
 fn relay(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
     let mut g = c.benchmark_group("relay (memory)");
     g.throughput(Throughput::Elements(N));
     g.bench_function("enqueue + publish + mark 1000 messages", |b| {
@@ -18,7 +21,10 @@ fn relay(c: &mut Criterion) {
             let mut tx = store.begin().await.unwrap();
             for i in 0..N {
                 store
-                    .enqueue(&mut tx, OutboxMessage::new("t", format!("k{}", i % 16), vec![0u8; 64]))
+                    .enqueue(
+                        &mut tx,
+                        OutboxMessage::new("t", format!("k{}", i % 16), vec![0u8; 64]),
+                    )
                     .await
                     .unwrap();
             }

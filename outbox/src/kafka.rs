@@ -40,7 +40,9 @@ pub fn producer_config(brokers: &str) -> ClientConfig {
     c.set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("message.timeout.ms", "30000")
+        // Well inside the relay's default 30 s lease: a message is either acknowledged
+        // or failed before another relay may claim it again.
+        .set("message.timeout.ms", "10000")
         .set("linger.ms", "5");
     c
 }
@@ -334,7 +336,12 @@ where
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(error = %e, "ошибка получения сообщения из Kafka");
-                continue;
+                // Do not spin while the broker is unreachable.
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                }
             }
         };
         let delivery = to_delivery(&msg);

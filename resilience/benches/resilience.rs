@@ -8,7 +8,10 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use resilience::{CircuitBreaker, Retry};
 
 fn breaker(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
     let closed = CircuitBreaker::new("bench");
     c.bench_function("breaker: permit + success (closed)", |b| {
         b.iter(|| {
@@ -16,15 +19,24 @@ fn breaker(c: &mut Criterion) {
             p.success();
         })
     });
-    let open = CircuitBreaker::builder("bench-open").failure_threshold(1).build();
+    let open = CircuitBreaker::builder("bench-open")
+        .failure_threshold(1)
+        .build();
     rt.block_on(async {
         let _ = open.call(|| async { Err::<(), _>(()) }).await;
     });
-    c.bench_function("breaker: rejected (open)", |b| b.iter(|| black_box(open.try_acquire().is_err())));
+    c.bench_function("breaker: rejected (open)", |b| {
+        b.iter(|| black_box(open.try_acquire().is_err()))
+    });
     let retry = Retry::default();
     c.bench_function("retry + breaker: first-try success", |b| {
         b.to_async(&rt).iter(|| async {
-            black_box(retry.call_with_breaker(&closed, || async { Ok::<_, ()>(1u32) }).await.unwrap())
+            black_box(
+                retry
+                    .call_with_breaker(&closed, || async { Ok::<_, ()>(1u32) })
+                    .await
+                    .unwrap(),
+            )
         })
     });
 }

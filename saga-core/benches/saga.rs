@@ -7,14 +7,18 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use outbox::memory::MemoryTx;
 use saga_core::{
-    transition, CommandSink, Dispatch, MemorySagaStore, Orchestrator, SagaCommand, SagaDefinition, SagaEvent,
-    SagaId, SagaInstance, SagaState, Step,
+    transition, CommandSink, Dispatch, MemorySagaStore, Orchestrator, SagaCommand, SagaDefinition,
+    SagaEvent, SagaId, SagaInstance, SagaState, Step,
 };
 
 fn def() -> SagaDefinition {
     SagaDefinition::new("create_order")
         .step(Step::new("create_order").compensate_with("cancel_order"))
-        .step(Step::new("payment").action("payment.debit").compensate_with("payment.refund"))
+        .step(
+            Step::new("payment")
+                .action("payment.debit")
+                .compensate_with("payment.refund"),
+        )
         .step(Step::new("confirm_order"))
         .build()
         .unwrap()
@@ -23,31 +27,51 @@ fn def() -> SagaDefinition {
 struct Sink;
 
 impl CommandSink<MemoryTx> for Sink {
-    async fn dispatch(&self, _: &mut MemoryTx, _: &SagaInstance, cmd: &SagaCommand) -> saga_core::Result<Dispatch> {
-        Ok(if cmd.name.starts_with("payment.") { Dispatch::Sent } else { Dispatch::Succeeded })
+    async fn dispatch(
+        &self,
+        _: &mut MemoryTx,
+        _: &SagaInstance,
+        cmd: &SagaCommand,
+    ) -> saga_core::Result<Dispatch> {
+        Ok(if cmd.name.starts_with("payment.") {
+            Dispatch::Sent
+        } else {
+            Dispatch::Succeeded
+        })
     }
 }
 
 fn saga(c: &mut Criterion) {
     let d = def();
     let s0 = SagaState::new(&d);
-    c.bench_function("transition: start → success → completed (3 events)", |b| {
-        b.iter(|| {
-            let t1 = transition(&d, black_box(&s0), &SagaEvent::Start).unwrap();
-            let t2 = transition(&d, &t1.state, &SagaEvent::StepSucceeded { step: 0 }).unwrap();
-            let t3 = transition(&d, &t2.state, &SagaEvent::StepSucceeded { step: 1 }).unwrap();
-            black_box(t3)
-        })
-    });
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    c.bench_function(
+        "transition: start → success → completed (3 events)",
+        |b| {
+            b.iter(|| {
+                let t1 = transition(&d, black_box(&s0), &SagaEvent::Start).unwrap();
+                let t2 = transition(&d, &t1.state, &SagaEvent::StepSucceeded { step: 0 }).unwrap();
+                let t3 = transition(&d, &t2.state, &SagaEvent::StepSucceeded { step: 1 }).unwrap();
+                black_box(t3)
+            })
+        },
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let orch = Orchestrator::new(MemorySagaStore::new(), Sink).register(def());
     c.bench_function("orchestrator (memory): start + reply + commit", |b| {
         b.to_async(&rt).iter(|| async {
             let id = SagaId::new();
             let mut tx = MemoryTx::new();
-            orch.start(&mut tx, "create_order", id, Bytes::new()).await.unwrap();
+            orch.start(&mut tx, "create_order", id, Bytes::new())
+                .await
+                .unwrap();
             tx.commit().unwrap();
-            black_box(orch.handle_now(id, SagaEvent::StepSucceeded { step: 1 }).await.unwrap())
+            black_box(
+                orch.handle_now(id, SagaEvent::StepSucceeded { step: 1 })
+                    .await
+                    .unwrap(),
+            )
         })
     });
 }

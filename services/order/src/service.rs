@@ -172,6 +172,32 @@ impl OrderService {
             }
         }
 
+        let result = self.place(user, new, key.as_deref(), ctx).await;
+        if let Some(rk) = &redis_key {
+            let stored = match &result {
+                Ok(o) => {
+                    self.idempotency
+                        .complete(rk, o.id.to_string().as_bytes(), IDEMPOTENCY_TTL)
+                        .await
+                }
+                // Let a retry with the same key run instead of waiting for the pending
+                // reservation to expire.
+                Err(_) => self.idempotency.release(rk).await,
+            };
+            if let Err(e) = stored {
+                tracing::warn!(error = %e, "не удалось обновить ключ идемпотентности");
+            }
+        }
+        result
+    }
+
+    async fn place(
+        &self,
+        user: Uuid,
+        new: NewOrder,
+        key: Option<&str>,
+        ctx: Option<&RequestContext>,
+    ) -> Result<Order, OrderError> {
         let id = Uuid::now_v7();
         let data = SagaData {
             order_id: id,
@@ -191,16 +217,15 @@ impl OrderService {
             new.total,
             &new.items,
             id,
-            key.as_deref(),
+            key,
         )
         .await?;
         if !inserted {
             // The database says this key was used: the same order, never a second one.
             drop(tx);
-            let existing =
-                repo::by_idempotency_key(&self.pool, user, key.as_deref().unwrap_or_default())
-                    .await?
-                    .ok_or(OrderError::NotFound)?;
+            let existing = repo::by_idempotency_key(&self.pool, user, key.unwrap_or_default())
+                .await?
+                .ok_or(OrderError::NotFound)?;
             return self.load(existing).await?.ok_or(OrderError::NotFound);
         }
         let bytes = Bytes::from(serde_json::to_vec(&data).expect("saga data serialises"));
@@ -210,15 +235,6 @@ impl OrderService {
         store.commit(tx).await?;
         self.relay.wake();
         tracing::info!(order_id = %id, user_id = %user, total = new.total, currency = %new.currency, "заказ создан, сага запущена");
-        if let Some(rk) = &redis_key {
-            if let Err(e) = self
-                .idempotency
-                .complete(rk, id.to_string().as_bytes(), IDEMPOTENCY_TTL)
-                .await
-            {
-                tracing::warn!(error = %e, "не удалось сохранить ключ идемпотентности");
-            }
-        }
         self.load(id).await?.ok_or(OrderError::NotFound)
     }
 
