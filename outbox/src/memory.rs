@@ -5,6 +5,8 @@
 //! outbox, the inbox and (in `saga-core`) the saga store is atomic and isolated.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::store::claimable;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -193,21 +195,19 @@ impl OutboxStore for MemoryOutbox {
     ) -> Result<Vec<OutboxMessage>> {
         let now = Instant::now();
         let mut st = lock(&self.state);
-        let mut blocked: HashSet<String> = HashSet::new();
-        let mut out = Vec::new();
-        for row in st.rows.values_mut() {
-            if out.len() >= limit {
-                break;
-            }
-            if row.sent_at.is_some() {
-                continue;
-            }
-            let leased_elsewhere = matches!(&row.lease, Some((_, until)) if *until > now);
-            if leased_elsewhere || blocked.contains(&row.msg.key) {
-                // An earlier message of this key is in someone's hands: keep order.
-                blocked.insert(row.msg.key.clone());
-                continue;
-            }
+        let unsent: Vec<(u64, String, bool)> = st
+            .rows
+            .iter()
+            .filter(|(_, r)| r.sent_at.is_none())
+            .map(|(seq, r)| {
+                let leased = matches!(&r.lease, Some((_, until)) if *until > now);
+                (*seq, r.msg.key.clone(), leased)
+            })
+            .collect();
+        let chosen = claimable(unsent.iter().map(|(_, k, l)| (k.as_str(), *l)), limit);
+        let mut out = Vec::with_capacity(chosen.len());
+        for i in chosen {
+            let row = st.rows.get_mut(&unsent[i].0).expect("row listed above");
             row.lease = Some((relay_id.to_owned(), now + lease));
             out.push(row.msg.clone());
         }

@@ -85,6 +85,22 @@ impl Headers {
     }
 }
 
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+impl Headers {
+    /// The stored form in SQL backends: a JSON array of `[name, value]` pairs.
+    pub(crate) fn to_json(&self) -> String {
+        let pairs: Vec<(&str, &str)> = self.iter().collect();
+        serde_json::to_string(&pairs).expect("string pairs always serialise")
+    }
+
+    /// Parse [`to_json`](Self::to_json)'s output.
+    pub(crate) fn from_json(s: &str) -> crate::Result<Self> {
+        let pairs: Vec<(String, String)> =
+            serde_json::from_str(s).map_err(crate::Error::storage)?;
+        Ok(pairs.into_iter().collect())
+    }
+}
+
 impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
         let mut h = Headers::new();

@@ -32,7 +32,7 @@ use sqlx::mysql::MySqlRow;
 use sqlx::{Acquire, MySql, MySqlPool, QueryBuilder, Row, Transaction};
 use uuid::Uuid;
 
-use crate::store::{Inbox, OutboxStore, Transactional};
+use crate::store::{claimable, Inbox, OutboxStore, Transactional};
 use crate::{Error, Headers, MessageId, OutboxMessage, Result};
 
 /// The transaction type of the MySQL backends.
@@ -66,16 +66,6 @@ pub async fn commit(tx: MySqlTx) -> Result<()> {
     })
 }
 
-fn encode_headers(h: &Headers) -> String {
-    let pairs: Vec<(&str, &str)> = h.iter().collect();
-    serde_json::to_string(&pairs).expect("string pairs always serialise")
-}
-
-fn decode_headers(s: &str) -> Result<Headers> {
-    let pairs: Vec<(String, String)> = serde_json::from_str(s).map_err(Error::storage)?;
-    Ok(pairs.into_iter().collect())
-}
-
 fn id_bytes(id: &MessageId) -> Vec<u8> {
     id.0.as_bytes().to_vec()
 }
@@ -97,7 +87,7 @@ fn row_to_message(row: &MySqlRow) -> Result<OutboxMessage> {
         topic: row.try_get("topic").map_err(storage)?,
         key: row.try_get("msg_key").map_err(storage)?,
         payload: payload.into(),
-        headers: decode_headers(&headers)?,
+        headers: Headers::from_json(&headers)?,
         created_at: UNIX_EPOCH + Duration::from_micros(created_us.max(0) as u64),
         attempts,
     })
@@ -171,7 +161,7 @@ impl OutboxStore for MySqlOutbox {
         .bind(&msg.topic)
         .bind(&msg.key)
         .bind(msg.payload.as_ref())
-        .bind(encode_headers(&msg.headers))
+        .bind(msg.headers.to_json())
         .bind(created_us)
         .bind(msg.attempts)
         .execute(&mut **tx)
@@ -214,22 +204,17 @@ impl OutboxStore for MySqlOutbox {
         .await
         .map_err(storage)?;
 
-        let mut blocked = std::collections::HashSet::new();
-        let mut chosen = Vec::new();
-        let mut seqs = Vec::new();
+        let mut keys = Vec::with_capacity(rows.len());
         for row in &rows {
-            if chosen.len() >= limit {
-                break;
-            }
             let key: String = row.try_get("msg_key").map_err(storage)?;
             let leased: i64 = row.try_get("leased").map_err(storage)?;
-            if leased != 0 || blocked.contains(&key) {
-                blocked.insert(key);
-                continue;
-            }
-            let seq: u64 = row.try_get("seq").map_err(storage)?;
-            seqs.push(seq);
-            chosen.push(row_to_message(row)?);
+            keys.push((key, leased != 0));
+        }
+        let mut chosen = Vec::new();
+        let mut seqs = Vec::new();
+        for i in claimable(keys.iter().map(|(k, l)| (k.as_str(), *l)), limit) {
+            seqs.push(rows[i].try_get::<u64, _>("seq").map_err(storage)?);
+            chosen.push(row_to_message(&rows[i])?);
         }
         if !seqs.is_empty() {
             let mut q = QueryBuilder::<MySql>::new("UPDATE outbox_messages SET leased_by = ");

@@ -21,7 +21,6 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -34,7 +33,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
 use uuid::Uuid;
 
 use crate::idempotency::{IdempotencyStore, Reservation};
-use crate::store::{Inbox, OutboxStore, Transactional};
+use crate::store::{claimable, Inbox, OutboxStore, Transactional};
 use crate::{Error, Headers, MessageId, OutboxMessage, Result};
 
 /// The transaction type of the SQLite backends.
@@ -90,15 +89,9 @@ pub async fn commit(tx: SqliteTx) -> Result<()> {
     tx.commit().await.map_err(storage)
 }
 
-fn encode_headers(h: &Headers) -> String {
-    let pairs: Vec<(&str, &str)> = h.iter().collect();
-    serde_json::to_string(&pairs).expect("string pairs always serialise")
-}
-
 fn row_to_message(row: &SqliteRow) -> Result<OutboxMessage> {
     let id: Vec<u8> = row.try_get("id").map_err(storage)?;
     let headers: String = row.try_get("headers").map_err(storage)?;
-    let pairs: Vec<(String, String)> = serde_json::from_str(&headers).map_err(Error::storage)?;
     let payload: Vec<u8> = row.try_get("payload").map_err(storage)?;
     let created: i64 = row.try_get("created_at_us").map_err(storage)?;
     let attempts: i64 = row.try_get("attempts").map_err(storage)?;
@@ -107,7 +100,7 @@ fn row_to_message(row: &SqliteRow) -> Result<OutboxMessage> {
         topic: row.try_get("topic").map_err(storage)?,
         key: row.try_get("msg_key").map_err(storage)?,
         payload: Bytes::from(payload),
-        headers: pairs.into_iter().collect(),
+        headers: Headers::from_json(&headers)?,
         created_at: UNIX_EPOCH + Duration::from_micros(created.max(0) as u64),
         attempts: attempts.max(0) as u32,
     })
@@ -171,7 +164,7 @@ impl OutboxStore for SqliteOutbox {
         .bind(&msg.topic)
         .bind(&msg.key)
         .bind(msg.payload.as_ref())
-        .bind(encode_headers(&msg.headers))
+        .bind(msg.headers.to_json())
         .bind(created)
         .bind(i64::from(msg.attempts))
         .execute(&mut **tx)
@@ -206,21 +199,17 @@ impl OutboxStore for SqliteOutbox {
         .fetch_all(&mut *tx)
         .await
         .map_err(storage)?;
-        let mut blocked = HashSet::new();
-        let mut chosen = Vec::new();
-        let mut seqs = Vec::new();
+        let mut keys = Vec::with_capacity(rows.len());
         for row in &rows {
-            if chosen.len() >= limit {
-                break;
-            }
             let key: String = row.try_get("msg_key").map_err(storage)?;
             let leased: i64 = row.try_get("leased").map_err(storage)?;
-            if leased != 0 || blocked.contains(&key) {
-                blocked.insert(key);
-                continue;
-            }
-            seqs.push(row.try_get::<i64, _>("seq").map_err(storage)?);
-            chosen.push(row_to_message(row)?);
+            keys.push((key, leased != 0));
+        }
+        let mut chosen = Vec::new();
+        let mut seqs = Vec::new();
+        for i in claimable(keys.iter().map(|(k, l)| (k.as_str(), *l)), limit) {
+            seqs.push(rows[i].try_get::<i64, _>("seq").map_err(storage)?);
+            chosen.push(row_to_message(&rows[i])?);
         }
         if !seqs.is_empty() {
             let mut q = QueryBuilder::<Sqlite>::new("UPDATE outbox_messages SET leased_by = ");

@@ -9,6 +9,29 @@ use tokio::sync::Notify;
 
 use crate::{Delivery, MessageId, OutboxMessage, Result};
 
+/// The claim rule every backend applies to its unsent messages, oldest first: take up to
+/// `limit`, skipping every message whose key already has an earlier message that is
+/// leased elsewhere (or was skipped) — that is what keeps per-key order with several
+/// relays. `candidates` yields `(key, leased_elsewhere)`; returns the chosen indexes.
+pub(crate) fn claimable<'a>(
+    candidates: impl IntoIterator<Item = (&'a str, bool)>,
+    limit: usize,
+) -> Vec<usize> {
+    let mut blocked = std::collections::HashSet::new();
+    let mut chosen = Vec::new();
+    for (i, (key, leased)) in candidates.into_iter().enumerate() {
+        if chosen.len() >= limit {
+            break;
+        }
+        if leased || blocked.contains(key) {
+            blocked.insert(key);
+            continue;
+        }
+        chosen.push(i);
+    }
+    chosen
+}
+
 /// A store whose writes happen inside a unit of work (a database transaction) that the
 /// caller also uses for its business writes. Dropping a `Tx` without committing rolls it
 /// back.
@@ -163,5 +186,27 @@ impl<T: Publisher> Publisher for Arc<T> {
 impl<T: DeadLetter> DeadLetter for Arc<T> {
     fn dead_letter(&self, msg: &Delivery, reason: &str) -> impl Future<Output = Result<()>> + Send {
         (**self).dead_letter(msg, reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::claimable;
+
+    #[test]
+    fn claim_rule_keeps_keys_in_order_and_respects_the_limit() {
+        // a1 leased elsewhere → a2, a3 wait; b and c are free.
+        let rows = [
+            ("a", true),
+            ("b", false),
+            ("a", false),
+            ("c", false),
+            ("a", false),
+            ("b", false),
+        ];
+        assert_eq!(claimable(rows, 10), vec![1, 3, 5]);
+        assert_eq!(claimable(rows, 2), vec![1, 3]);
+        assert!(claimable(rows, 0).is_empty());
+        assert_eq!(claimable([("x", false), ("x", false)], 10), vec![0, 1]);
     }
 }
