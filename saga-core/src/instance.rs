@@ -78,6 +78,40 @@ impl SagaInstance {
         self.deadlines.iter().flatten().min().copied()
     }
 
+    /// The state and the deadlines as stored by SQL backends (JSON text).
+    #[cfg(any(feature = "mysql", feature = "sqlite"))]
+    pub(crate) fn json_columns(&self) -> crate::Result<(String, String)> {
+        Ok((
+            serde_json::to_string(&self.state).map_err(crate::Error::storage)?,
+            serde_json::to_string(&self.deadlines).map_err(crate::Error::storage)?,
+        ))
+    }
+
+    /// Rebuild from the columns SQL backends store.
+    #[cfg(any(feature = "mysql", feature = "sqlite"))]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn from_columns(
+        id: &[u8],
+        saga_type: String,
+        state: &str,
+        data: Vec<u8>,
+        deadlines: &str,
+        version: u64,
+        created_at: i64,
+        updated_at: i64,
+    ) -> crate::Result<Self> {
+        Ok(Self {
+            id: SagaId(Uuid::from_slice(id).map_err(crate::Error::storage)?),
+            saga_type,
+            state: serde_json::from_str(state).map_err(crate::Error::storage)?,
+            data: data.into(),
+            deadlines: serde_json::from_str(deadlines).map_err(crate::Error::storage)?,
+            version,
+            created_at,
+            updated_at,
+        })
+    }
+
     /// The deterministic idempotency key of a step command:
     /// `{saga_id}:{step}:{action|compensation}`. Resends use the same key, so the
     /// participant applies a command at most once.

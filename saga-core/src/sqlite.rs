@@ -18,7 +18,7 @@ use uuid::Uuid;
 use outbox::sqlite::SqliteTx;
 use outbox::Transactional;
 
-use crate::{Error, Result, SagaId, SagaInstance, SagaState, SagaStore};
+use crate::{Error, Result, SagaId, SagaInstance, SagaStore};
 
 /// Apply this crate's SQLite migrations.
 pub async fn migrate(pool: &SqlitePool) -> Result<()> {
@@ -55,28 +55,20 @@ const SELECT: &str =
                       FROM saga_instances WHERE id = ?";
 
 fn decode(row: &SqliteRow) -> Result<SagaInstance> {
-    let id: Vec<u8> = row.try_get("id").map_err(Error::storage)?;
-    let state: String = row.try_get("state").map_err(Error::storage)?;
-    let deadlines: String = row.try_get("deadlines").map_err(Error::storage)?;
-    let data: Vec<u8> = row.try_get("data").map_err(Error::storage)?;
-    let version: i64 = row.try_get("version").map_err(Error::storage)?;
-    Ok(SagaInstance {
-        id: SagaId(Uuid::from_slice(&id).map_err(Error::storage)?),
-        saga_type: row.try_get("saga_type").map_err(Error::storage)?,
-        state: serde_json::from_str::<SagaState>(&state).map_err(Error::storage)?,
-        data: data.into(),
-        deadlines: serde_json::from_str(&deadlines).map_err(Error::storage)?,
-        version: version as u64,
-        created_at: row.try_get("created_at_ms").map_err(Error::storage)?,
-        updated_at: row.try_get("updated_at_ms").map_err(Error::storage)?,
-    })
-}
-
-fn encode(saga: &SagaInstance) -> Result<(String, String)> {
-    Ok((
-        serde_json::to_string(&saga.state).map_err(Error::storage)?,
-        serde_json::to_string(&saga.deadlines).map_err(Error::storage)?,
-    ))
+    let get = |e: sqlx::Error| Error::storage(e);
+    let id: Vec<u8> = row.try_get("id").map_err(get)?;
+    let state: String = row.try_get("state").map_err(get)?;
+    let deadlines: String = row.try_get("deadlines").map_err(get)?;
+    SagaInstance::from_columns(
+        &id,
+        row.try_get("saga_type").map_err(get)?,
+        &state,
+        row.try_get("data").map_err(get)?,
+        &deadlines,
+        row.try_get::<i64, _>("version").map_err(Error::storage)? as u64,
+        row.try_get("created_at_ms").map_err(get)?,
+        row.try_get("updated_at_ms").map_err(get)?,
+    )
 }
 
 impl Transactional for SqliteSagaStore {
@@ -93,7 +85,7 @@ impl Transactional for SqliteSagaStore {
 
 impl SagaStore for SqliteSagaStore {
     async fn insert(&self, tx: &mut SqliteTx, saga: &SagaInstance) -> Result<()> {
-        let (state, deadlines) = encode(saga)?;
+        let (state, deadlines) = saga.json_columns()?;
         sqlx::query(
             "INSERT INTO saga_instances (id, saga_type, status, state, data, deadlines, next_deadline, \
              version, created_at_ms, updated_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -132,7 +124,7 @@ impl SagaStore for SqliteSagaStore {
             .version
             .checked_sub(1)
             .ok_or(Error::Conflict(saga.id))?;
-        let (state, deadlines) = encode(saga)?;
+        let (state, deadlines) = saga.json_columns()?;
         let done = sqlx::query(
             "UPDATE saga_instances SET status = ?, state = ?, data = ?, deadlines = ?, next_deadline = ?, \
              version = ?, updated_at_ms = ? WHERE id = ? AND version = ?",
