@@ -1,7 +1,7 @@
 # ordersys — developer entry points. `make test` is the test command CI runs.
 CARGO ?= cargo
 
-.PHONY: test test-unit services-up kafka-down dev-up dev-down lint fmt doc example check
+.PHONY: test test-unit services-up kafka-down dev-up dev-down lint fmt doc bench example check
 
 ## Run the whole test suite (unit, integration against real MariaDB/Redis/Kafka,
 ## doctests) of every crate, starting the servers first if they are down.
@@ -46,6 +46,12 @@ fmt:
 ## Build the API docs (what docs.rs shows) and fail on broken links.
 doc:
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --all-features
+
+## Criterion benchmarks of the SDK hot paths (results: docs/BENCHMARKS.md).
+bench:
+	$(CARGO) bench -p resilience --bench resilience
+	$(CARGO) bench -p saga-core --bench saga
+	$(CARGO) bench -p outbox --bench relay
 
 ## Run the in-memory saga example.
 example:
