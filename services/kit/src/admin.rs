@@ -67,6 +67,20 @@ impl Admin {
         })
     }
 
+    /// Readiness of a SQLite pool (`SELECT 1`).
+    pub fn sqlite(self, pool: sqlx::SqlitePool) -> Self {
+        self.check("sqlite", move || {
+            let pool = pool.clone();
+            async move {
+                sqlx::query("SELECT 1")
+                    .execute(&pool)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+        })
+    }
+
     /// Readiness of Redis (`PING`).
     pub fn redis(self, conn: redis::aio::ConnectionManager) -> Self {
         self.check("redis", move || {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use authz::redis::RedisBlacklist;
-use authz::{Authenticator, SigningKey, TokenIssuer, TokenValidator};
+use authz::{Authenticator, Blacklist, SigningKey, TokenIssuer, TokenValidator};
 use ordersys_kit::admin::{self, Admin};
 use ordersys_kit::context::ContextLayer;
 use ordersys_kit::shutdown::Shutdown;
@@ -35,11 +35,42 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let key = SigningKey::hs256(config.jwt_secret.as_bytes())
         .map_err(|e| anyhow::anyhow!("JWT_SECRET: {e}"))?;
-    let pool = ordersys_kit::db::connect(&config.database_url, 10, Duration::from_secs(30)).await?;
-    let repo = repository::MySqlUsers::new(pool.clone());
-    repo.migrate().await?;
-    let redis = redis::Client::open(config.redis_url.as_str())?;
-    let redis_conn = redis.get_connection_manager().await?;
+    // Backends by configuration: MySQL or SQLite for users; Redis or (with SQLite) the
+    // same database for revoked tokens.
+    let mut admin = Admin::new("user");
+    let (repo, blacklist): (Arc<dyn repository::UserRepository>, Arc<dyn Blacklist>) =
+        if ordersys_kit::db::is_sqlite(&config.database_url) {
+            let pool = ordersys_kit::db::connect_sqlite(&config.database_url).await?;
+            let repo = repository::SqliteUsers::new(pool.clone());
+            repo.migrate().await?;
+            admin = admin.sqlite(pool.clone());
+            let blacklist: Arc<dyn Blacklist> = if config.redis_url.is_empty() {
+                authz::sqlite::migrate(&pool).await?;
+                Arc::new(authz::sqlite::SqliteBlacklist::new(pool))
+            } else {
+                let conn = redis::Client::open(config.redis_url.as_str())?
+                    .get_connection_manager()
+                    .await?;
+                admin = admin.redis(conn.clone());
+                Arc::new(RedisBlacklist::new(conn))
+            };
+            (Arc::new(repo), blacklist)
+        } else {
+            let pool = ordersys_kit::db::connect(&config.database_url, 10, Duration::from_secs(30))
+                .await?;
+            let repo = repository::MySqlUsers::new(pool.clone());
+            repo.migrate().await?;
+            admin = admin.mysql(pool);
+            anyhow::ensure!(
+                !config.redis_url.is_empty(),
+                "REDIS_URL is required with a MySQL database"
+            );
+            let conn = redis::Client::open(config.redis_url.as_str())?
+                .get_connection_manager()
+                .await?;
+            admin = admin.redis(conn.clone());
+            (Arc::new(repo), Arc::new(RedisBlacklist::new(conn)))
+        };
 
     let ttl = Duration::from_secs(config.jwt_ttl_secs);
     let issuer =
@@ -50,9 +81,9 @@ pub async fn run(
             &config.jwt_issuer,
             &config.jwt_audience,
         ),
-        Arc::new(RedisBlacklist::new(redis_conn.clone())),
+        blacklist,
     );
-    let service = service::UserService::new(Arc::new(repo), issuer, auth).await?;
+    let service = service::UserService::new(repo, issuer, auth).await?;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -60,7 +91,6 @@ pub async fn run(
         .await;
 
     let (trigger, stop) = Shutdown::new();
-    let admin = Admin::new("user").mysql(pool.clone()).redis(redis_conn);
     let grpc_metrics = ordersys_kit::metrics::RequestMetricsLayer::new(admin.registry())?;
     let grpc_addr = listeners.grpc.local_addr()?;
     let admin_addr = listeners.admin.local_addr()?;
@@ -85,7 +115,6 @@ pub async fn run(
     let result = grpc.await;
     watcher.abort();
     admin_task.await??;
-    pool.close().await;
     tracing::info!("сервис пользователей остановлен");
     result.map_err(Into::into)
 }

@@ -1,4 +1,4 @@
-//! Persistence of users (MySQL via sqlx).
+//! Persistence of users: MySQL for the reference deployment, SQLite for the embedded mode.
 
 use async_trait::async_trait;
 use sqlx::{MySqlPool, Row};
@@ -47,7 +47,13 @@ impl MySqlUsers {
     }
 }
 
-fn decode(row: &sqlx::mysql::MySqlRow) -> Result<User, RepoError> {
+fn decode<R: Row>(row: &R) -> Result<User, RepoError>
+where
+    for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+{
     let id: Vec<u8> = row.try_get("id")?;
     let email: String = row.try_get("email")?;
     Ok(User {
@@ -60,6 +66,68 @@ fn decode(row: &sqlx::mysql::MySqlRow) -> Result<User, RepoError> {
 
 #[async_trait]
 impl UserRepository for MySqlUsers {
+    async fn insert(&self, user: &User) -> Result<(), RepoError> {
+        let r = sqlx::query(
+            "INSERT INTO users (id, email, password_hash, created_at_ms) VALUES (?, ?, ?, ?)",
+        )
+        .bind(user.id.0.as_bytes().as_slice())
+        .bind(user.email.as_str())
+        .bind(&user.password_hash)
+        .bind(user.created_at)
+        .execute(&self.pool)
+        .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+                Err(RepoError::DuplicateEmail)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn by_email(&self, email: &Email) -> Result<Option<User>, RepoError> {
+        let row = sqlx::query(
+            "SELECT id, email, password_hash, created_at_ms FROM users WHERE email = ?",
+        )
+        .bind(email.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(decode).transpose()
+    }
+
+    async fn by_id(&self, id: UserId) -> Result<Option<User>, RepoError> {
+        let row =
+            sqlx::query("SELECT id, email, password_hash, created_at_ms FROM users WHERE id = ?")
+                .bind(id.0.as_bytes().as_slice())
+                .fetch_optional(&self.pool)
+                .await?;
+        row.as_ref().map(decode).transpose()
+    }
+}
+
+/// The SQLite repository (embedded mode).
+#[derive(Debug, Clone)]
+pub struct SqliteUsers {
+    pool: sqlx::SqlitePool,
+}
+
+impl SqliteUsers {
+    /// A repository over `pool`.
+    pub fn new(pool: sqlx::SqlitePool) -> Self {
+        Self { pool }
+    }
+
+    /// Apply the service's SQLite migrations.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        let mut m = sqlx::migrate!("./migrations-sqlite");
+        m.set_ignore_missing(true);
+        m.run(&self.pool).await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl UserRepository for SqliteUsers {
     async fn insert(&self, user: &User) -> Result<(), RepoError> {
         let r = sqlx::query(
             "INSERT INTO users (id, email, password_hash, created_at_ms) VALUES (?, ?, ?, ?)",
