@@ -3,8 +3,7 @@
 use std::time::Duration;
 
 use outbox::kafka::{ensure_topics, KafkaPublisher};
-use outbox::mysql::MySqlOutbox;
-use outbox::{Relay, RelayConfig, RelayHandle};
+use outbox::{OutboxStore, Relay, RelayConfig, RelayHandle};
 
 /// The saga topics, with an optional prefix (tests run isolated systems on one broker).
 #[derive(Debug, Clone)]
@@ -58,11 +57,11 @@ impl Topics {
 }
 
 /// A relay from `outbox` to Kafka, and the handle that wakes it after commits.
-pub fn relay(
-    outbox: MySqlOutbox,
+pub fn relay<O: OutboxStore>(
+    outbox: O,
     publisher: KafkaPublisher,
     service: &str,
-) -> (Relay<MySqlOutbox, KafkaPublisher>, RelayHandle) {
+) -> (Relay<O, KafkaPublisher>, RelayHandle) {
     let relay = Relay::new(
         outbox,
         publisher,

@@ -5,23 +5,24 @@ use pb::payment_service_server::PaymentService as Rpc;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use crate::repository::PaymentRepo;
 use crate::service::Wallets;
 
 /// tonic handler.
 #[derive(Debug, Clone)]
-pub struct PaymentGrpc {
-    wallets: Wallets,
+pub struct PaymentGrpc<R> {
+    wallets: Wallets<R>,
 }
 
-impl PaymentGrpc {
+impl<R> PaymentGrpc<R> {
     /// Wrap the read side.
-    pub fn new(wallets: Wallets) -> Self {
+    pub fn new(wallets: Wallets<R>) -> Self {
         Self { wallets }
     }
 }
 
 #[tonic::async_trait]
-impl Rpc for PaymentGrpc {
+impl<R: PaymentRepo> Rpc for PaymentGrpc<R> {
     async fn get_wallet(
         &self,
         req: Request<pb::GetWalletRequest>,

@@ -23,10 +23,11 @@ use ordersys_kit::context::ContextLayer;
 use ordersys_kit::messaging::{relay, Topics};
 use ordersys_kit::shutdown::Shutdown;
 use ordersys_proto::payment::v1::payment_service_server::PaymentServiceServer;
-use outbox::idempotency::RedisIdempotencyStore;
+use outbox::idempotency::{IdempotencyStore, RedisIdempotencyStore};
 use outbox::kafka::{run_consumer, ConsumerConfig, KafkaDeadLetter, KafkaPublisher};
 use outbox::mysql::{MySqlInbox, MySqlOutbox};
-use outbox::IdempotentConsumer;
+use outbox::sqlite::{SqliteIdempotencyStore, SqliteInbox, SqliteOutbox};
+use outbox::{IdempotentConsumer, Inbox, OutboxStore};
 use tokio_stream::wrappers::TcpListenerStream;
 
 pub use config::Config;
@@ -51,11 +52,80 @@ pub async fn run(
                 .all(|b| b.is_ascii_uppercase()),
         "ACCOUNT_CURRENCY must be a 3-letter ISO 4217 code"
     );
-    let pool = ordersys_kit::db::connect(&config.database_url, 10, Duration::from_secs(30)).await?;
-    repository::migrate(&pool).await?;
-    let redis_conn = redis::Client::open(config.redis_url.as_str())?
-        .get_connection_manager()
-        .await?;
+    // Backends by configuration: MySQL or SQLite (DATABASE_URL); Redis for the
+    // idempotency fast path, or the SQLite database itself when REDIS_URL is empty.
+    if ordersys_kit::db::is_sqlite(&config.database_url) {
+        let pool = ordersys_kit::db::connect_sqlite(&config.database_url).await?;
+        let repo = repository::SqlitePayments::new(pool.clone());
+        repo.migrate().await?;
+        let mut admin = Admin::new("payment").sqlite(pool.clone());
+        let idempotency: Arc<dyn IdempotencyStore> = if config.redis_url.is_empty() {
+            Arc::new(SqliteIdempotencyStore::new(pool.clone()))
+        } else {
+            let conn = redis::Client::open(config.redis_url.as_str())?
+                .get_connection_manager()
+                .await?;
+            admin = admin.redis(conn.clone());
+            Arc::new(RedisIdempotencyStore::new(conn))
+        };
+        let (outbox, inbox) = (SqliteOutbox::new(pool.clone()), SqliteInbox::new(pool));
+        serve(
+            config,
+            listeners,
+            shutdown,
+            repo,
+            outbox,
+            inbox,
+            idempotency,
+            admin,
+        )
+        .await
+    } else {
+        let pool =
+            ordersys_kit::db::connect(&config.database_url, 10, Duration::from_secs(30)).await?;
+        let repo = repository::MySqlPayments::new(pool.clone());
+        repo.migrate().await?;
+        anyhow::ensure!(
+            !config.redis_url.is_empty(),
+            "REDIS_URL is required with a MySQL database"
+        );
+        let conn = redis::Client::open(config.redis_url.as_str())?
+            .get_connection_manager()
+            .await?;
+        let admin = Admin::new("payment")
+            .mysql(pool.clone())
+            .redis(conn.clone());
+        let (outbox, inbox) = (MySqlOutbox::new(pool.clone()), MySqlInbox::new(pool));
+        serve(
+            config,
+            listeners,
+            shutdown,
+            repo,
+            outbox,
+            inbox,
+            Arc::new(RedisIdempotencyStore::new(conn)),
+            admin,
+        )
+        .await
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve<R, O, I>(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    repo: R,
+    outbox: O,
+    inbox: I,
+    idempotency: Arc<dyn IdempotencyStore>,
+    admin: Admin,
+) -> anyhow::Result<()>
+where
+    R: repository::PaymentRepo,
+    O: OutboxStore<Tx = R::Tx> + Clone,
+    I: Inbox<Tx = R::Tx>,
+{
     let topics = Topics::new(&config.kafka_topic_prefix);
     topics
         .ensure(&config.kafka_brokers, Duration::from_secs(30))
@@ -66,18 +136,18 @@ pub async fn run(
         initial_balance: config.initial_balance,
         currency: config.account_currency.clone(),
     };
-    let outbox = MySqlOutbox::new(pool.clone());
     let (relay, relay_handle) = relay(outbox.clone(), publisher.clone(), "payment");
     let handler = service::CommandHandler::new(
         accounts.clone(),
+        repo.clone(),
         outbox,
         topics.clone(),
-        Arc::new(RedisIdempotencyStore::new(redis_conn.clone())),
+        idempotency,
     )
     .waking(relay_handle);
     let consumer = IdempotentConsumer::new(
         "payment",
-        MySqlInbox::new(pool.clone()),
+        inbox,
         KafkaDeadLetter::new(publisher.clone()).with_topic(topics.dlq.clone()),
     );
     let consumer_config = ConsumerConfig::new(
@@ -88,9 +158,8 @@ pub async fn run(
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
-        .set_serving::<PaymentServiceServer<grpc::PaymentGrpc>>()
+        .set_serving::<PaymentServiceServer<grpc::PaymentGrpc<R>>>()
         .await;
-    let admin = Admin::new("payment").mysql(pool.clone()).redis(redis_conn);
     let grpc_metrics = ordersys_kit::metrics::RequestMetricsLayer::new(admin.registry())?;
 
     let (trigger, stop) = Shutdown::new();
@@ -113,7 +182,7 @@ pub async fn run(
             .map_err(anyhow::Error::from)
     });
     let s = stop.clone();
-    let wallets = service::Wallets::new(pool.clone(), accounts);
+    let wallets = service::Wallets::new(repo, accounts);
     tasks.spawn(async move {
         tonic::transport::Server::builder()
             .layer(ContextLayer)
@@ -126,7 +195,6 @@ pub async fn run(
     });
     tracing::info!(grpc = %grpc_addr, admin = %admin_addr, "платёжный сервис запущен");
     let result = ordersys_kit::shutdown::supervise(tasks, shutdown, trigger).await;
-    pool.close().await;
     tracing::info!("платёжный сервис остановлен");
     result
 }

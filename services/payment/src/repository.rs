@@ -1,7 +1,11 @@
-//! Accounts and payments in MySQL, inside the consumer's transaction.
+//! Accounts and payments: the [`PaymentRepo`] the use cases need, inside the consumer's
+//! unit of work, with a MySQL and a SQLite implementation.
+
+use std::future::Future;
 
 use outbox::mysql::MySqlTx;
-use sqlx::{MySqlPool, Row};
+use outbox::sqlite::SqliteTx;
+use sqlx::{MySqlPool, Row, SqlitePool};
 use uuid::Uuid;
 
 use crate::domain::PaymentStatus;
@@ -13,65 +17,7 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Apply the service's migrations (and the outbox/inbox tables).
-pub async fn migrate(pool: &MySqlPool) -> anyhow::Result<()> {
-    let mut m = sqlx::migrate!("./migrations");
-    m.set_ignore_missing(true);
-    m.run(pool).await?;
-    outbox::mysql::migrate(pool).await?;
-    Ok(())
-}
-
-/// Open the account with `initial` if it does not exist.
-pub async fn ensure_account<'c, E>(
-    db: E,
-    user: Uuid,
-    initial: i64,
-    currency: &str,
-) -> sqlx::Result<()>
-where
-    E: sqlx::Executor<'c, Database = sqlx::MySql>,
-{
-    sqlx::query("INSERT IGNORE INTO accounts (user_id, balance, currency, updated_at_ms) VALUES (?, ?, ?, ?)")
-        .bind(user.as_bytes().as_slice())
-        .bind(initial)
-        .bind(currency)
-        .bind(now_ms())
-        .execute(db)
-        .await?;
-    Ok(())
-}
-
-/// Balance and currency (locks the row in `tx`).
-pub async fn lock_account(tx: &mut MySqlTx, user: Uuid) -> sqlx::Result<(i64, String)> {
-    let row = sqlx::query("SELECT balance, currency FROM accounts WHERE user_id = ? FOR UPDATE")
-        .bind(user.as_bytes().as_slice())
-        .fetch_one(&mut **tx)
-        .await?;
-    Ok((row.try_get("balance")?, row.try_get("currency")?))
-}
-
-/// Balance and currency.
-pub async fn account(pool: &MySqlPool, user: Uuid) -> sqlx::Result<(i64, String)> {
-    let row = sqlx::query("SELECT balance, currency FROM accounts WHERE user_id = ?")
-        .bind(user.as_bytes().as_slice())
-        .fetch_one(pool)
-        .await?;
-    Ok((row.try_get("balance")?, row.try_get("currency")?))
-}
-
-/// Add `delta` to the balance.
-pub async fn add_balance(tx: &mut MySqlTx, user: Uuid, delta: i64) -> sqlx::Result<()> {
-    sqlx::query("UPDATE accounts SET balance = balance + ?, updated_at_ms = ? WHERE user_id = ?")
-        .bind(delta)
-        .bind(now_ms())
-        .bind(user.as_bytes().as_slice())
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-/// An order's payment row, locked in `tx`.
+/// An order's payment row.
 #[derive(Debug, Clone)]
 pub struct PaymentRow {
     /// Payment id.
@@ -84,74 +30,246 @@ pub struct PaymentRow {
     pub amount: i64,
 }
 
-/// The payment of `order`, locked.
-pub async fn lock_payment(tx: &mut MySqlTx, order: Uuid) -> sqlx::Result<Option<PaymentRow>> {
-    let row = sqlx::query(
-        "SELECT id, status, reason, amount FROM payments WHERE order_id = ? FOR UPDATE",
-    )
-    .bind(order.as_bytes().as_slice())
-    .fetch_optional(&mut **tx)
-    .await?;
-    row.map(|r| {
-        let id: Vec<u8> = r.try_get("id")?;
-        let status: String = r.try_get("status")?;
-        Ok(PaymentRow {
-            id: Uuid::from_slice(&id).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
-            status: PaymentStatus::parse(&status)
-                .ok_or_else(|| sqlx::Error::Decode(format!("status {status}").into()))?,
-            reason: r.try_get("reason")?,
-            amount: r.try_get("amount")?,
-        })
+/// A payment row to insert.
+#[derive(Debug, Clone)]
+pub struct NewPayment<'a> {
+    /// Payment id.
+    pub id: Uuid,
+    /// The order (unique: one payment row per order).
+    pub order: Uuid,
+    /// The payer.
+    pub user: Uuid,
+    /// Amount, minor units.
+    pub amount: i64,
+    /// Currency.
+    pub currency: &'a str,
+    /// Status.
+    pub status: PaymentStatus,
+    /// Why (declines, tombstones).
+    pub reason: Option<&'a str>,
+}
+
+/// Persistence of accounts and payments. Writes take the unit of work shared with the
+/// inbox and the outbox.
+pub trait PaymentRepo: Clone + Send + Sync + 'static {
+    /// The unit of work.
+    type Tx: Send + 'static;
+    /// Open the account with `initial` if missing (inside `tx`).
+    fn ensure_account(
+        &self,
+        tx: &mut Self::Tx,
+        user: Uuid,
+        initial: i64,
+        currency: &str,
+    ) -> impl Future<Output = sqlx::Result<()>> + Send;
+    /// Open the account with `initial` if missing (own statement).
+    fn open_account(
+        &self,
+        user: Uuid,
+        initial: i64,
+        currency: &str,
+    ) -> impl Future<Output = sqlx::Result<()>> + Send;
+    /// Balance and currency, write-locked for the rest of `tx`.
+    fn lock_account(
+        &self,
+        tx: &mut Self::Tx,
+        user: Uuid,
+    ) -> impl Future<Output = sqlx::Result<(i64, String)>> + Send;
+    /// Balance and currency.
+    fn account(&self, user: Uuid) -> impl Future<Output = sqlx::Result<(i64, String)>> + Send;
+    /// Add `delta` to the balance.
+    fn add_balance(
+        &self,
+        tx: &mut Self::Tx,
+        user: Uuid,
+        delta: i64,
+    ) -> impl Future<Output = sqlx::Result<()>> + Send;
+    /// The payment of `order`, write-locked.
+    fn lock_payment(
+        &self,
+        tx: &mut Self::Tx,
+        order: Uuid,
+    ) -> impl Future<Output = sqlx::Result<Option<PaymentRow>>> + Send;
+    /// Record a payment (the unique `order_id` refuses a second one).
+    fn insert_payment(
+        &self,
+        tx: &mut Self::Tx,
+        p: NewPayment<'_>,
+    ) -> impl Future<Output = sqlx::Result<()>> + Send;
+    /// Change a payment's status.
+    fn set_status(
+        &self,
+        tx: &mut Self::Tx,
+        id: Uuid,
+        status: PaymentStatus,
+    ) -> impl Future<Output = sqlx::Result<()>> + Send;
+}
+
+fn decode_payment<R: Row>(r: &R) -> sqlx::Result<PaymentRow>
+where
+    for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+{
+    let id: Vec<u8> = r.try_get("id")?;
+    let status: String = r.try_get("status")?;
+    Ok(PaymentRow {
+        id: Uuid::from_slice(&id).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+        status: PaymentStatus::parse(&status)
+            .ok_or_else(|| sqlx::Error::Decode(format!("status {status}").into()))?,
+        reason: r.try_get("reason")?,
+        amount: r.try_get("amount")?,
     })
-    .transpose()
 }
 
-/// Record the payment of `order` (the unique key on `order_id` refuses a second one).
-#[allow(clippy::too_many_arguments)]
-pub async fn insert_payment(
-    tx: &mut MySqlTx,
-    id: Uuid,
-    order: Uuid,
-    user: Uuid,
-    amount: i64,
-    currency: &str,
-    status: PaymentStatus,
-    reason: Option<&str>,
-) -> sqlx::Result<()> {
-    let now = now_ms();
-    sqlx::query(
-        "INSERT INTO payments (id, order_id, user_id, amount, currency, status, reason, created_at_ms, updated_at_ms) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(id.as_bytes().as_slice())
-    .bind(order.as_bytes().as_slice())
-    .bind(user.as_bytes().as_slice())
-    .bind(amount)
-    .bind(currency)
-    .bind(status.as_str())
-    .bind(reason)
-    .bind(now)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+macro_rules! sql_repo {
+    ($name:ident, $pool:ty, $tx:ty, $insert_ignore:literal, $for_update:literal) => {
+        impl PaymentRepo for $name {
+            type Tx = $tx;
+
+            async fn ensure_account(&self, tx: &mut $tx, user: Uuid, initial: i64, currency: &str) -> sqlx::Result<()> {
+                sqlx::query(concat!($insert_ignore, " INTO accounts (user_id, balance, currency, updated_at_ms) VALUES (?, ?, ?, ?)"))
+                    .bind(user.as_bytes().as_slice())
+                    .bind(initial)
+                    .bind(currency)
+                    .bind(now_ms())
+                    .execute(&mut **tx)
+                    .await
+                    .map(drop)
+            }
+
+            async fn open_account(&self, user: Uuid, initial: i64, currency: &str) -> sqlx::Result<()> {
+                sqlx::query(concat!($insert_ignore, " INTO accounts (user_id, balance, currency, updated_at_ms) VALUES (?, ?, ?, ?)"))
+                    .bind(user.as_bytes().as_slice())
+                    .bind(initial)
+                    .bind(currency)
+                    .bind(now_ms())
+                    .execute(&self.pool)
+                    .await
+                    .map(drop)
+            }
+
+            async fn lock_account(&self, tx: &mut $tx, user: Uuid) -> sqlx::Result<(i64, String)> {
+                let row = sqlx::query(concat!("SELECT balance, currency FROM accounts WHERE user_id = ?", $for_update))
+                    .bind(user.as_bytes().as_slice())
+                    .fetch_one(&mut **tx)
+                    .await?;
+                Ok((row.try_get("balance")?, row.try_get("currency")?))
+            }
+
+            async fn account(&self, user: Uuid) -> sqlx::Result<(i64, String)> {
+                let row = sqlx::query("SELECT balance, currency FROM accounts WHERE user_id = ?")
+                    .bind(user.as_bytes().as_slice())
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok((row.try_get("balance")?, row.try_get("currency")?))
+            }
+
+            async fn add_balance(&self, tx: &mut $tx, user: Uuid, delta: i64) -> sqlx::Result<()> {
+                sqlx::query("UPDATE accounts SET balance = balance + ?, updated_at_ms = ? WHERE user_id = ?")
+                    .bind(delta)
+                    .bind(now_ms())
+                    .bind(user.as_bytes().as_slice())
+                    .execute(&mut **tx)
+                    .await
+                    .map(drop)
+            }
+
+            async fn lock_payment(&self, tx: &mut $tx, order: Uuid) -> sqlx::Result<Option<PaymentRow>> {
+                sqlx::query(concat!("SELECT id, status, reason, amount FROM payments WHERE order_id = ?", $for_update))
+                    .bind(order.as_bytes().as_slice())
+                    .fetch_optional(&mut **tx)
+                    .await?
+                    .as_ref()
+                    .map(decode_payment)
+                    .transpose()
+            }
+
+            async fn insert_payment(&self, tx: &mut $tx, p: NewPayment<'_>) -> sqlx::Result<()> {
+                let now = now_ms();
+                sqlx::query(
+                    "INSERT INTO payments (id, order_id, user_id, amount, currency, status, reason, created_at_ms, updated_at_ms) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(p.id.as_bytes().as_slice())
+                .bind(p.order.as_bytes().as_slice())
+                .bind(p.user.as_bytes().as_slice())
+                .bind(p.amount)
+                .bind(p.currency)
+                .bind(p.status.as_str())
+                .bind(p.reason)
+                .bind(now)
+                .bind(now)
+                .execute(&mut **tx)
+                .await
+                .map(drop)
+            }
+
+            async fn set_status(&self, tx: &mut $tx, id: Uuid, status: PaymentStatus) -> sqlx::Result<()> {
+                sqlx::query("UPDATE payments SET status = ?, updated_at_ms = ? WHERE id = ?")
+                    .bind(status.as_str())
+                    .bind(now_ms())
+                    .bind(id.as_bytes().as_slice())
+                    .execute(&mut **tx)
+                    .await
+                    .map(drop)
+            }
+        }
+    };
 }
 
-/// Change a payment's status.
-pub async fn set_status(tx: &mut MySqlTx, id: Uuid, status: PaymentStatus) -> sqlx::Result<()> {
-    sqlx::query("UPDATE payments SET status = ?, updated_at_ms = ? WHERE id = ?")
-        .bind(status.as_str())
-        .bind(now_ms())
-        .bind(id.as_bytes().as_slice())
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+/// MySQL accounts and payments.
+#[derive(Debug, Clone)]
+pub struct MySqlPayments {
+    pool: MySqlPool,
 }
 
-/// How many payments of `order` are `DEBITED` (tests and checks: never more than one).
-pub async fn debits_of(pool: &MySqlPool, order: Uuid) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT COUNT(*) FROM payments WHERE order_id = ? AND status = 'DEBITED'")
-        .bind(order.as_bytes().as_slice())
-        .fetch_one(pool)
-        .await
+impl MySqlPayments {
+    /// Over `pool`.
+    pub fn new(pool: MySqlPool) -> Self {
+        Self { pool }
+    }
+
+    /// Apply the service's migrations (and the outbox/inbox tables).
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        let mut m = sqlx::migrate!("./migrations");
+        m.set_ignore_missing(true);
+        m.run(&self.pool).await?;
+        outbox::mysql::migrate(&self.pool).await?;
+        Ok(())
+    }
 }
+
+/// SQLite accounts and payments (embedded mode). SQLite has no `FOR UPDATE`: the
+/// `BEGIN IMMEDIATE` unit of work already holds the database's write lock.
+#[derive(Debug, Clone)]
+pub struct SqlitePayments {
+    pool: SqlitePool,
+}
+
+impl SqlitePayments {
+    /// Over `pool`.
+    pub fn new(pool: SqlitePool) -> Self {
+        Self { pool }
+    }
+
+    /// Apply the service's SQLite migrations (and the outbox/inbox tables).
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        let mut m = sqlx::migrate!("./migrations-sqlite");
+        m.set_ignore_missing(true);
+        m.run(&self.pool).await?;
+        outbox::sqlite::migrate(&self.pool).await?;
+        Ok(())
+    }
+}
+
+sql_repo!(
+    MySqlPayments,
+    MySqlPool,
+    MySqlTx,
+    "INSERT IGNORE",
+    " FOR UPDATE"
+);
+sql_repo!(SqlitePayments, SqlitePool, SqliteTx, "INSERT OR IGNORE", "");

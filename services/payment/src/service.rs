@@ -8,15 +8,13 @@ use ordersys_kit::messaging::{forward_headers, Topics};
 use ordersys_proto::common::v1::Money;
 use ordersys_proto::saga::v1::{CommandType, ReplyStatus, SagaCommand, SagaReply};
 use outbox::idempotency::{IdempotencyStore, Reservation};
-use outbox::mysql::{MySqlOutbox, MySqlTx};
 use outbox::{Delivery, Handler, HandlerError, MessageId, OutboxMessage, OutboxStore};
 use prost::Message;
-use sqlx::MySqlPool;
 use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::domain::{decide_debit, decide_refund, DebitDecision, PaymentStatus, RefundDecision};
-use crate::repository as repo;
+use crate::repository::{NewPayment, PaymentRepo};
 
 /// Account settings.
 #[derive(Debug, Clone)]
@@ -33,9 +31,10 @@ pub struct Accounts {
 /// Idempotency has two levels: Redis `idempotency:{key}` (24 h) is the fast path that
 /// answers a resent command with the stored reply; the `payments.order_id` unique key is
 /// the guarantee — a debit can only ever be recorded once per order.
-pub struct CommandHandler {
+pub struct CommandHandler<R, O> {
     accounts: Accounts,
-    outbox: MySqlOutbox,
+    repo: R,
+    outbox: O,
     topics: Topics,
     idempotency: Arc<dyn IdempotencyStore>,
     /// Replies of the current unit of work, stored in Redis only after it committed.
@@ -44,7 +43,7 @@ pub struct CommandHandler {
     relay: Option<outbox::RelayHandle>,
 }
 
-impl std::fmt::Debug for CommandHandler {
+impl<R, O> std::fmt::Debug for CommandHandler<R, O> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CommandHandler")
             .field("accounts", &self.accounts)
@@ -63,16 +62,18 @@ fn transient(e: impl std::fmt::Display) -> HandlerError {
     HandlerError::transient(e.to_string())
 }
 
-impl CommandHandler {
-    /// A handler writing replies to `topics.replies` through `outbox`.
+impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> CommandHandler<R, O> {
+    /// A handler over `repo`, writing replies to `topics.replies` through `outbox`.
     pub fn new(
         accounts: Accounts,
-        outbox: MySqlOutbox,
+        repo: R,
+        outbox: O,
         topics: Topics,
         idempotency: Arc<dyn IdempotencyStore>,
     ) -> Self {
         Self {
             accounts,
+            repo,
             outbox,
             topics,
             idempotency,
@@ -89,22 +90,24 @@ impl CommandHandler {
 
     async fn debit(
         &self,
-        tx: &mut MySqlTx,
+        tx: &mut R::Tx,
         cmd: &SagaCommand,
         order: Uuid,
         user: Uuid,
     ) -> Result<SagaReply, HandlerError> {
         let money = cmd.amount.clone().unwrap_or_default();
-        repo::ensure_account(
-            &mut **tx,
-            user,
-            self.accounts.initial_balance,
-            &self.accounts.currency,
-        )
-        .await
-        .map_err(transient)?;
-        let existing = repo::lock_payment(tx, order).await.map_err(transient)?;
-        let (balance, account_currency) = repo::lock_account(tx, user).await.map_err(transient)?;
+        self.repo
+            .ensure_account(
+                tx,
+                user,
+                self.accounts.initial_balance,
+                &self.accounts.currency,
+            )
+            .await
+            .map_err(transient)?;
+        let existing = self.repo.lock_payment(tx, order).await.map_err(transient)?;
+        let (balance, account_currency) =
+            self.repo.lock_account(tx, user).await.map_err(transient)?;
         let decision = decide_debit(
             existing.as_ref().map(|p| (p.status, p.reason.clone())),
             balance,
@@ -116,38 +119,45 @@ impl CommandHandler {
         match decision {
             DebitDecision::Take => {
                 let id = Uuid::now_v7();
-                repo::add_balance(tx, user, -money.amount_minor)
+                self.repo
+                    .add_balance(tx, user, -money.amount_minor)
                     .await
                     .map_err(transient)?;
-                repo::insert_payment(
-                    tx,
-                    id,
-                    order,
-                    user,
-                    money.amount_minor,
-                    &money.currency,
-                    PaymentStatus::Debited,
-                    None,
-                )
-                .await
-                .map_err(transient)?;
+                self.repo
+                    .insert_payment(
+                        tx,
+                        NewPayment {
+                            id,
+                            order,
+                            user,
+                            amount: money.amount_minor,
+                            currency: &money.currency,
+                            status: PaymentStatus::Debited,
+                            reason: None,
+                        },
+                    )
+                    .await
+                    .map_err(transient)?;
                 tracing::info!(order_id = %order, user_id = %user, amount = money.amount_minor, payment_id = %id, "средства списаны");
                 reply.status = ReplyStatus::Succeeded as i32;
                 reply.payment_id = id.to_string();
             }
             DebitDecision::Decline(reason) => {
-                repo::insert_payment(
-                    tx,
-                    Uuid::now_v7(),
-                    order,
-                    user,
-                    money.amount_minor,
-                    &money.currency,
-                    PaymentStatus::Declined,
-                    Some(&reason),
-                )
-                .await
-                .map_err(transient)?;
+                self.repo
+                    .insert_payment(
+                        tx,
+                        NewPayment {
+                            id: Uuid::now_v7(),
+                            order,
+                            user,
+                            amount: money.amount_minor,
+                            currency: &money.currency,
+                            status: PaymentStatus::Declined,
+                            reason: Some(reason.as_str()),
+                        },
+                    )
+                    .await
+                    .map_err(transient)?;
                 tracing::info!(order_id = %order, user_id = %user, reason = %reason, "списание отклонено");
                 reply.status = ReplyStatus::Failed as i32;
                 reply.error = reason;
@@ -167,21 +177,23 @@ impl CommandHandler {
 
     async fn refund(
         &self,
-        tx: &mut MySqlTx,
+        tx: &mut R::Tx,
         cmd: &SagaCommand,
         order: Uuid,
         user: Uuid,
     ) -> Result<SagaReply, HandlerError> {
-        let existing = repo::lock_payment(tx, order).await.map_err(transient)?;
+        let existing = self.repo.lock_payment(tx, order).await.map_err(transient)?;
         let mut reply = reply_to(cmd);
         reply.status = ReplyStatus::Succeeded as i32;
         match decide_refund(existing.as_ref().map(|p| p.status)) {
             RefundDecision::GiveBack => {
                 let p = existing.expect("GiveBack implies a payment");
-                repo::add_balance(tx, user, p.amount)
+                self.repo
+                    .add_balance(tx, user, p.amount)
                     .await
                     .map_err(transient)?;
-                repo::set_status(tx, p.id, PaymentStatus::Refunded)
+                self.repo
+                    .set_status(tx, p.id, PaymentStatus::Refunded)
                     .await
                     .map_err(transient)?;
                 reply.payment_id = p.id.to_string();
@@ -193,18 +205,21 @@ impl CommandHandler {
                     .as_ref()
                     .map(|m| m.currency.clone())
                     .unwrap_or_default();
-                repo::insert_payment(
-                    tx,
-                    Uuid::now_v7(),
-                    order,
-                    user,
-                    0,
-                    &currency,
-                    PaymentStatus::Cancelled,
-                    Some("refunded before debit"),
-                )
-                .await
-                .map_err(transient)?;
+                self.repo
+                    .insert_payment(
+                        tx,
+                        NewPayment {
+                            id: Uuid::now_v7(),
+                            order,
+                            user,
+                            amount: 0,
+                            currency: &currency,
+                            status: PaymentStatus::Cancelled,
+                            reason: Some("refunded before debit"),
+                        },
+                    )
+                    .await
+                    .map_err(transient)?;
                 tracing::info!(order_id = %order, "возврат до списания: списание по заказу заблокировано");
             }
             RefundDecision::Nothing => {
@@ -216,7 +231,7 @@ impl CommandHandler {
 
     async fn apply(
         &self,
-        tx: &mut MySqlTx,
+        tx: &mut R::Tx,
         msg: &Delivery,
         cmd: &SagaCommand,
         order: Uuid,
@@ -263,7 +278,7 @@ impl CommandHandler {
 
     async fn send_reply(
         &self,
-        tx: &mut MySqlTx,
+        tx: &mut R::Tx,
         msg: &Delivery,
         reply: &SagaReply,
     ) -> Result<(), HandlerError> {
@@ -292,8 +307,8 @@ fn reply_to(cmd: &SagaCommand) -> SagaReply {
     }
 }
 
-impl Handler<MySqlTx> for CommandHandler {
-    async fn handle(&self, tx: &mut MySqlTx, msg: &Delivery) -> Result<(), HandlerError> {
+impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> Handler<R::Tx> for CommandHandler<R, O> {
+    async fn handle(&self, tx: &mut R::Tx, msg: &Delivery) -> Result<(), HandlerError> {
         let cmd = SagaCommand::decode(msg.payload.as_ref())
             .map_err(|e| HandlerError::permanent(format!("undecodable saga command: {e}")))?;
         let order = parse_uuid("order_id", &cmd.order_id)?;
@@ -334,27 +349,23 @@ impl Handler<MySqlTx> for CommandHandler {
 
 /// Read side: wallets.
 #[derive(Debug, Clone)]
-pub struct Wallets {
-    pool: MySqlPool,
+pub struct Wallets<R> {
+    repo: R,
     accounts: Accounts,
 }
 
-impl Wallets {
-    /// Wallets over `pool`.
-    pub fn new(pool: MySqlPool, accounts: Accounts) -> Self {
-        Self { pool, accounts }
+impl<R: PaymentRepo> Wallets<R> {
+    /// Wallets over `repo`.
+    pub fn new(repo: R, accounts: Accounts) -> Self {
+        Self { repo, accounts }
     }
 
     /// The balance of `user` (the account is opened on first use).
     pub async fn get(&self, user: Uuid) -> sqlx::Result<Money> {
-        repo::ensure_account(
-            &self.pool,
-            user,
-            self.accounts.initial_balance,
-            &self.accounts.currency,
-        )
-        .await?;
-        let (balance, currency) = repo::account(&self.pool, user).await?;
+        self.repo
+            .open_account(user, self.accounts.initial_balance, &self.accounts.currency)
+            .await?;
+        let (balance, currency) = self.repo.account(user).await?;
         Ok(Money {
             amount_minor: balance,
             currency,

@@ -1,0 +1,202 @@
+//! The payment command handler on both backends — MySQL (real MariaDB) and SQLite (the
+//! embedded mode) — through the same idempotent consumer: a debit applied once however
+//! often it is delivered, a refund giving it back, a refund before its debit blocking
+//! the debit, and a reply in the outbox for every command.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ordersys_kit::messaging::Topics;
+use ordersys_payment::repository::{MySqlPayments, PaymentRepo, SqlitePayments};
+use ordersys_payment::service::{Accounts, CommandHandler};
+use ordersys_proto::common::v1::Money;
+use ordersys_proto::saga::v1::{CommandType, ReplyStatus, SagaCommand, SagaReply};
+use outbox::idempotency::MemoryIdempotencyStore;
+use outbox::memory::MemoryDeadLetters;
+use outbox::{IdempotentConsumer, Inbox, OutboxMessage, OutboxStore, Outcome};
+use prost::Message;
+use uuid::Uuid;
+
+fn command(kind: CommandType, order: Uuid, user: Uuid, amount: i64) -> OutboxMessage {
+    let step_kind = if kind == CommandType::Debit {
+        "action"
+    } else {
+        "compensation"
+    };
+    let cmd = SagaCommand {
+        saga_id: order.to_string(),
+        command: kind as i32,
+        order_id: order.to_string(),
+        user_id: user.to_string(),
+        amount: Some(Money {
+            amount_minor: amount,
+            currency: "USD".into(),
+        }),
+        idempotency_key: format!("{order}:1:{step_kind}"),
+        step: 1,
+        kind: step_kind.into(),
+    };
+    OutboxMessage::new("saga.commands", order.to_string(), cmd.encode_to_vec())
+}
+
+async fn scenario<R, O, I>(repo: R, outbox: O, inbox: I)
+where
+    R: PaymentRepo,
+    O: OutboxStore<Tx = R::Tx> + Clone,
+    I: Inbox<Tx = R::Tx>,
+{
+    let accounts = Accounts {
+        initial_balance: 10_000,
+        currency: "USD".into(),
+    };
+    let handler = CommandHandler::new(
+        accounts,
+        repo.clone(),
+        outbox.clone(),
+        Topics::new(""),
+        Arc::new(MemoryIdempotencyStore::new()),
+    );
+    let consumer = IdempotentConsumer::new("payment", inbox, MemoryDeadLetters::new());
+    let user = Uuid::now_v7();
+
+    // A debit delivered twice (same message) and resent (new message, same key).
+    let order = Uuid::now_v7();
+    let debit = command(CommandType::Debit, order, user, 2_500);
+    assert_eq!(
+        consumer
+            .process(&debit.to_delivery(), &handler)
+            .await
+            .unwrap(),
+        Outcome::Processed
+    );
+    assert_eq!(
+        consumer
+            .process(&debit.to_delivery(), &handler)
+            .await
+            .unwrap(),
+        Outcome::Duplicate
+    );
+    let resent = command(CommandType::Debit, order, user, 2_500);
+    assert_eq!(
+        consumer
+            .process(&resent.to_delivery(), &handler)
+            .await
+            .unwrap(),
+        Outcome::Processed
+    );
+    assert_eq!(
+        repo.account(user).await.unwrap().0,
+        7_500,
+        "debited exactly once"
+    );
+
+    // Refund gives it back, once.
+    let refund = command(CommandType::Refund, order, user, 2_500);
+    consumer
+        .process(&refund.to_delivery(), &handler)
+        .await
+        .unwrap();
+    consumer
+        .process(
+            &command(CommandType::Refund, order, user, 2_500).to_delivery(),
+            &handler,
+        )
+        .await
+        .unwrap();
+    assert_eq!(repo.account(user).await.unwrap().0, 10_000);
+
+    // A refund that overtakes its debit blocks it; too large a debit is declined.
+    let late = Uuid::now_v7();
+    consumer
+        .process(
+            &command(CommandType::Refund, late, user, 1_000).to_delivery(),
+            &handler,
+        )
+        .await
+        .unwrap();
+    consumer
+        .process(
+            &command(CommandType::Debit, late, user, 1_000).to_delivery(),
+            &handler,
+        )
+        .await
+        .unwrap();
+    let poor = Uuid::now_v7();
+    consumer
+        .process(
+            &command(CommandType::Debit, poor, user, 1_000_000).to_delivery(),
+            &handler,
+        )
+        .await
+        .unwrap();
+    assert_eq!(repo.account(user).await.unwrap().0, 10_000);
+
+    // Every settled command left a reply in the outbox, in order per order id.
+    let replies = outbox
+        .claim("test", 100, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let statuses: Vec<(String, i32)> = replies
+        .iter()
+        .map(|m| {
+            let r = SagaReply::decode(m.payload.as_ref()).unwrap();
+            (m.key.clone(), r.status)
+        })
+        .collect();
+    let ok = ReplyStatus::Succeeded as i32;
+    let failed = ReplyStatus::Failed as i32;
+    assert_eq!(
+        statuses,
+        vec![
+            (order.to_string(), ok),
+            (order.to_string(), ok),
+            (order.to_string(), ok),
+            (order.to_string(), ok),
+            (late.to_string(), ok),
+            (late.to_string(), failed),
+            (poor.to_string(), failed),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_handling_on_mysql() {
+    let server = std::env::var("DATABASE_SERVER_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
+    let db = format!("ordersys_t_pay_{}", Uuid::new_v4().simple());
+    let pool = ordersys_kit::db::connect(&format!("{server}/{db}"), 4, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let repo = MySqlPayments::new(pool.clone());
+    repo.migrate().await.unwrap();
+    scenario(
+        repo,
+        outbox::mysql::MySqlOutbox::new(pool.clone()),
+        outbox::mysql::MySqlInbox::new(pool.clone()),
+    )
+    .await;
+    sqlx::query(&format!("DROP DATABASE `{db}`"))
+        .execute(&pool)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_handling_on_sqlite() {
+    let path = std::env::temp_dir().join(format!("ordersys-pay-{}.db", Uuid::new_v4().simple()));
+    let pool = ordersys_kit::db::connect_sqlite(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    let repo = SqlitePayments::new(pool.clone());
+    repo.migrate().await.unwrap();
+    scenario(
+        repo,
+        outbox::sqlite::SqliteOutbox::new(pool.clone()),
+        outbox::sqlite::SqliteInbox::new(pool.clone()),
+    )
+    .await;
+    pool.close().await;
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
