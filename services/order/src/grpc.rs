@@ -7,17 +7,18 @@ use pb::order_service_server::OrderService as Rpc;
 use tonic::{Request, Response, Status};
 
 use crate::domain::{Item, Order};
+use crate::saga::Backend;
 use crate::service::{OrderError, OrderService};
 
 /// tonic handler over [`OrderService`].
-#[derive(Debug, Clone)]
-pub struct OrderGrpc {
-    service: OrderService,
+#[derive(Debug)]
+pub struct OrderGrpc<B: Backend> {
+    service: OrderService<B>,
 }
 
-impl OrderGrpc {
+impl<B: Backend> OrderGrpc<B> {
     /// Wrap the service.
-    pub fn new(service: OrderService) -> Self {
+    pub fn new(service: OrderService<B>) -> Self {
         Self { service }
     }
 }
@@ -65,7 +66,7 @@ fn to_pb(o: Order) -> pb::Order {
 }
 
 #[tonic::async_trait]
-impl Rpc for OrderGrpc {
+impl<B: Backend> Rpc for OrderGrpc<B> {
     async fn create_order(
         &self,
         req: Request<pb::CreateOrderRequest>,

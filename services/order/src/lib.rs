@@ -23,11 +23,15 @@ use ordersys_kit::context::ContextLayer;
 use ordersys_kit::messaging::{relay, Topics};
 use ordersys_kit::shutdown::Shutdown;
 use ordersys_proto::order::v1::order_service_server::OrderServiceServer;
-use outbox::idempotency::{Cache, RedisCache, RedisIdempotencyStore};
+use outbox::idempotency::{
+    Cache, IdempotencyStore, MemoryCache, RedisCache, RedisIdempotencyStore,
+};
 use outbox::kafka::{run_consumer, ConsumerConfig, KafkaDeadLetter, KafkaPublisher};
 use outbox::mysql::{MySqlInbox, MySqlOutbox};
-use outbox::IdempotentConsumer;
+use outbox::sqlite::{SqliteIdempotencyStore, SqliteInbox, SqliteOutbox};
+use outbox::{IdempotentConsumer, Inbox};
 use saga_core::mysql::MySqlSagaStore;
+use saga_core::sqlite::SqliteSagaStore;
 use saga_core::Orchestrator;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -40,42 +44,133 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let pool = ordersys_kit::db::connect(&config.database_url, 20, Duration::from_secs(30)).await?;
-    repository::migrate(&pool).await?;
-    let redis_conn = redis::Client::open(config.redis_url.as_str())?
-        .get_connection_manager()
-        .await?;
-    let cache: Arc<dyn Cache> = Arc::new(RedisCache::new(redis_conn.clone(), "order:"));
-    let idempotency = Arc::new(RedisIdempotencyStore::new(redis_conn.clone()));
+    // Backends by configuration: MySQL or SQLite (DATABASE_URL); Redis for the cache and
+    // idempotency keys, or memory cache + SQLite keys when REDIS_URL is empty (SQLite only).
+    if ordersys_kit::db::is_sqlite(&config.database_url) {
+        let pool = ordersys_kit::db::connect_sqlite(&config.database_url).await?;
+        let repo = repository::SqliteOrders::new(pool.clone());
+        repo.migrate().await?;
+        let mut admin = Admin::new("order").sqlite(pool.clone());
+        let (cache, idempotency): (Arc<dyn Cache>, Arc<dyn IdempotencyStore>) =
+            if config.redis_url.is_empty() {
+                (
+                    Arc::new(MemoryCache::new()),
+                    Arc::new(SqliteIdempotencyStore::new(pool.clone())),
+                )
+            } else {
+                let conn = redis::Client::open(config.redis_url.as_str())?
+                    .get_connection_manager()
+                    .await?;
+                admin = admin.redis(conn.clone());
+                (
+                    Arc::new(RedisCache::new(conn.clone(), "order:")),
+                    Arc::new(RedisIdempotencyStore::new(conn)),
+                )
+            };
+        let parts = Parts::<saga::Sqlite> {
+            repo,
+            sagas: SqliteSagaStore::new(pool.clone()),
+            outbox: SqliteOutbox::new(pool.clone()),
+        };
+        serve(
+            config,
+            listeners,
+            shutdown,
+            parts,
+            SqliteInbox::new(pool),
+            cache,
+            idempotency,
+            admin,
+        )
+        .await
+    } else {
+        let pool =
+            ordersys_kit::db::connect(&config.database_url, 20, Duration::from_secs(30)).await?;
+        let repo = repository::MySqlOrders::new(pool.clone());
+        repo.migrate().await?;
+        anyhow::ensure!(
+            !config.redis_url.is_empty(),
+            "REDIS_URL is required with a MySQL database"
+        );
+        let conn = redis::Client::open(config.redis_url.as_str())?
+            .get_connection_manager()
+            .await?;
+        let admin = Admin::new("order").mysql(pool.clone()).redis(conn.clone());
+        let parts = Parts::<saga::MySql> {
+            repo,
+            sagas: MySqlSagaStore::new(pool.clone()),
+            outbox: MySqlOutbox::new(pool.clone()),
+        };
+        let cache: Arc<dyn Cache> = Arc::new(RedisCache::new(conn.clone(), "order:"));
+        serve(
+            config,
+            listeners,
+            shutdown,
+            parts,
+            MySqlInbox::new(pool),
+            cache,
+            Arc::new(RedisIdempotencyStore::new(conn)),
+            admin,
+        )
+        .await
+    }
+}
+
+/// The stores of one backend.
+struct Parts<B: saga::Backend> {
+    repo: B::Repo,
+    sagas: B::Sagas,
+    outbox: B::Outbox,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve<B: saga::Backend, I: Inbox<Tx = B::Tx>>(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    parts: Parts<B>,
+    inbox: I,
+    cache: Arc<dyn Cache>,
+    idempotency: Arc<dyn IdempotencyStore>,
+    admin: Admin,
+) -> anyhow::Result<()> {
     let topics = Topics::new(&config.kafka_topic_prefix);
     topics
         .ensure(&config.kafka_brokers, Duration::from_secs(30))
         .await?;
     let publisher = KafkaPublisher::new(&config.kafka_brokers)?;
 
-    let outbox = MySqlOutbox::new(pool.clone());
+    let Parts {
+        repo,
+        sagas,
+        outbox,
+    } = parts;
     let (relay, relay_handle) = relay(outbox.clone(), publisher.clone(), "order");
     let deadline = Duration::from_secs(config.payment_deadline_secs);
     let orchestrator = Arc::new(
         Orchestrator::new(
-            MySqlSagaStore::new(pool.clone()),
-            saga::OrderSink::new(outbox, topics.clone()),
+            sagas,
+            saga::OrderSink::<B>::new(repo.clone(), outbox, topics.clone()),
         )
         .register(saga::create_order(deadline))
         .register(saga::cancel_order(deadline)),
     );
-    let service = service::OrderService::new(
-        pool.clone(),
+    let service = service::OrderService::<B>::new(
+        repo.clone(),
         orchestrator.clone(),
         cache.clone(),
         idempotency,
         relay_handle.clone(),
     );
-    let replies =
-        saga::ReplyHandler::new(orchestrator.clone(), cache.clone(), relay_handle.clone());
+    let replies = saga::ReplyHandler::<B>::new(
+        orchestrator.clone(),
+        repo.clone(),
+        cache.clone(),
+        relay_handle.clone(),
+    );
     let consumer = IdempotentConsumer::new(
         "order",
-        MySqlInbox::new(pool.clone()),
+        inbox,
         KafkaDeadLetter::new(publisher.clone()).with_topic(topics.dlq.clone()),
     );
     let consumer_config = ConsumerConfig::new(
@@ -86,9 +181,8 @@ pub async fn run(
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
-        .set_serving::<OrderServiceServer<grpc::OrderGrpc>>()
+        .set_serving::<OrderServiceServer<grpc::OrderGrpc<B>>>()
         .await;
-    let admin = Admin::new("order").mysql(pool.clone()).redis(redis_conn);
     let grpc_metrics = ordersys_kit::metrics::RequestMetricsLayer::new(admin.registry())?;
 
     let (trigger, stop) = Shutdown::new();
@@ -112,7 +206,7 @@ pub async fn run(
     });
     tasks.spawn(saga::sweep_deadlines(
         orchestrator,
-        pool.clone(),
+        repo,
         cache,
         relay_handle,
         stop.clone(),
@@ -130,7 +224,6 @@ pub async fn run(
     });
     tracing::info!(grpc = %grpc_addr, admin = %admin_addr, "сервис заказов запущен");
     let result = ordersys_kit::shutdown::supervise(tasks, shutdown, trigger).await;
-    pool.close().await;
     tracing::info!("сервис заказов остановлен");
     result
 }

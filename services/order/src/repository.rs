@@ -1,10 +1,13 @@
-//! Orders in MySQL. Writes take the unit of work shared with the saga store and the
-//! outbox; reads join the create saga's state.
+//! Orders: the [`OrderRepo`] the use cases need, with MySQL and SQLite implementations.
+//! Writes take the unit of work shared with the saga store and the outbox; reads join
+//! the create saga's state.
+
+use std::future::Future;
 
 use outbox::mysql::MySqlTx;
+use outbox::sqlite::SqliteTx;
 use saga_core::SagaState;
-use sqlx::mysql::MySqlRow;
-use sqlx::{MySqlPool, Row};
+use sqlx::{MySqlPool, Row, SqlitePool};
 use uuid::Uuid;
 
 use crate::domain::{Cursor, Item, OrderStatus};
@@ -45,12 +48,24 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn uuid(row: &MySqlRow, col: &str) -> sqlx::Result<Uuid> {
+fn uuid<R: Row>(row: &R, col: &str) -> sqlx::Result<Uuid>
+where
+    for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+{
     let b: Vec<u8> = row.try_get(col)?;
     Uuid::from_slice(&b).map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
-fn decode(row: &MySqlRow) -> sqlx::Result<OrderRow> {
+fn decode<R: Row>(row: &R) -> sqlx::Result<OrderRow>
+where
+    for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<Vec<u8>>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+{
     let status: String = row.try_get("status")?;
     let items: String = row.try_get("items")?;
     let cancel: Option<Vec<u8>> = row.try_get("cancel_saga_id")?;
@@ -80,178 +95,251 @@ const SELECT: &str =
      o.failure_reason, o.saga_id, o.cancel_saga_id, o.created_at_ms, s.state AS saga_state \
      FROM orders o LEFT JOIN saga_instances s ON s.id = o.saga_id";
 
-/// Apply migrations: orders, sagas, outbox/inbox.
-pub async fn migrate(pool: &MySqlPool) -> anyhow::Result<()> {
-    let mut m = sqlx::migrate!("./migrations");
-    m.set_ignore_missing(true);
-    m.run(pool).await?;
-    outbox::mysql::migrate(pool).await?;
-    saga_core::mysql::migrate(pool).await?;
-    Ok(())
+/// Persistence of orders.
+pub trait OrderRepo: Clone + Send + Sync + 'static {
+    /// The unit of work.
+    type Tx: Send + 'static;
+    /// Insert a new PENDING order. `Ok(false)` if the user's idempotency key is taken.
+    #[allow(clippy::too_many_arguments)]
+    fn insert(
+        &self,
+        tx: &mut Self::Tx,
+        id: Uuid,
+        user: Uuid,
+        currency: &str,
+        total: i64,
+        items: &[Item],
+        saga_id: Uuid,
+        idempotency_key: Option<&str>,
+    ) -> impl Future<Output = sqlx::Result<bool>> + Send;
+    /// The order a user created with `key`.
+    fn by_idempotency_key(
+        &self,
+        user: Uuid,
+        key: &str,
+    ) -> impl Future<Output = sqlx::Result<Option<Uuid>>> + Send;
+    /// Read an order.
+    fn get(&self, id: Uuid) -> impl Future<Output = sqlx::Result<Option<OrderRow>>> + Send;
+    /// Read and write-lock an order in `tx`.
+    fn lock(
+        &self,
+        tx: &mut Self::Tx,
+        id: Uuid,
+    ) -> impl Future<Output = sqlx::Result<Option<OrderRow>>> + Send;
+    /// A page of a user's orders, newest first, after `cursor`.
+    fn list(
+        &self,
+        user: Uuid,
+        cursor: Option<Cursor>,
+        limit: u32,
+    ) -> impl Future<Output = sqlx::Result<Vec<OrderRow>>> + Send;
+    /// Change status (and the failure reason, when given); a confirmation only applies
+    /// to a PENDING order. Returns the rows changed.
+    fn set_status(
+        &self,
+        tx: &mut Self::Tx,
+        id: Uuid,
+        status: OrderStatus,
+        reason: Option<&str>,
+    ) -> impl Future<Output = sqlx::Result<u64>> + Send;
+    /// Record the payment id.
+    fn set_payment(
+        &self,
+        tx: &mut Self::Tx,
+        id: Uuid,
+        payment_id: &str,
+    ) -> impl Future<Output = sqlx::Result<()>> + Send;
+    /// Record the cancel saga.
+    fn set_cancel_saga(
+        &self,
+        tx: &mut Self::Tx,
+        id: Uuid,
+        saga: Uuid,
+    ) -> impl Future<Output = sqlx::Result<()>> + Send;
+    /// The orders a saga belongs to.
+    fn orders_of_saga(&self, saga: Uuid) -> impl Future<Output = sqlx::Result<Vec<Uuid>>> + Send;
 }
 
-/// Insert a new PENDING order. `Ok(false)` if the user's idempotency key is taken.
-#[allow(clippy::too_many_arguments)]
-pub async fn insert(
-    tx: &mut MySqlTx,
-    id: Uuid,
-    user: Uuid,
-    currency: &str,
-    total: i64,
-    items: &[Item],
-    saga_id: Uuid,
-    idempotency_key: Option<&str>,
-) -> sqlx::Result<bool> {
-    let now = now_ms();
-    let r = sqlx::query(
-        "INSERT INTO orders (id, user_id, status, currency, total_amount, items, saga_id, idempotency_key, \
-         created_at_ms, updated_at_ms) VALUES (?, ?, 'PENDING', ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(id.as_bytes().as_slice())
-    .bind(user.as_bytes().as_slice())
-    .bind(currency)
-    .bind(total)
-    .bind(serde_json::to_string(items).expect("items serialise"))
-    .bind(saga_id.as_bytes().as_slice())
-    .bind(idempotency_key)
-    .bind(now)
-    .bind(now)
-    .execute(&mut **tx)
-    .await;
-    match r {
-        Ok(_) => Ok(true),
-        Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Ok(false),
-        Err(e) => Err(e),
+macro_rules! sql_repo {
+    ($name:ident, $tx:ty, $for_update:literal) => {
+        impl OrderRepo for $name {
+            type Tx = $tx;
+
+            async fn insert(&self, tx: &mut $tx, id: Uuid, user: Uuid, currency: &str, total: i64, items: &[Item], saga_id: Uuid, idempotency_key: Option<&str>) -> sqlx::Result<bool> {
+                let now = now_ms();
+                let r = sqlx::query(
+                    "INSERT INTO orders (id, user_id, status, currency, total_amount, items, saga_id, idempotency_key, \
+                     created_at_ms, updated_at_ms) VALUES (?, ?, 'PENDING', ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(id.as_bytes().as_slice())
+                .bind(user.as_bytes().as_slice())
+                .bind(currency)
+                .bind(total)
+                .bind(serde_json::to_string(items).expect("items serialise"))
+                .bind(saga_id.as_bytes().as_slice())
+                .bind(idempotency_key)
+                .bind(now)
+                .bind(now)
+                .execute(&mut **tx)
+                .await;
+                match r {
+                    Ok(_) => Ok(true),
+                    Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Ok(false),
+                    Err(e) => Err(e),
+                }
+            }
+
+            async fn by_idempotency_key(&self, user: Uuid, key: &str) -> sqlx::Result<Option<Uuid>> {
+                let id: Option<Vec<u8>> = sqlx::query_scalar("SELECT id FROM orders WHERE user_id = ? AND idempotency_key = ?")
+                    .bind(user.as_bytes().as_slice())
+                    .bind(key)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                id.map(|b| Uuid::from_slice(&b).map_err(|e| sqlx::Error::Decode(Box::new(e)))).transpose()
+            }
+
+            async fn get(&self, id: Uuid) -> sqlx::Result<Option<OrderRow>> {
+                sqlx::query(&format!("{SELECT} WHERE o.id = ?"))
+                    .bind(id.as_bytes().as_slice())
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .as_ref()
+                    .map(decode)
+                    .transpose()
+            }
+
+            async fn lock(&self, tx: &mut $tx, id: Uuid) -> sqlx::Result<Option<OrderRow>> {
+                sqlx::query(&format!(concat!("{}", " WHERE o.id = ?", $for_update), SELECT))
+                    .bind(id.as_bytes().as_slice())
+                    .fetch_optional(&mut **tx)
+                    .await?
+                    .as_ref()
+                    .map(decode)
+                    .transpose()
+            }
+
+            async fn list(&self, user: Uuid, cursor: Option<Cursor>, limit: u32) -> sqlx::Result<Vec<OrderRow>> {
+                let rows = match cursor {
+                    None => {
+                        sqlx::query(&format!("{SELECT} WHERE o.user_id = ? ORDER BY o.created_at_ms DESC, o.id DESC LIMIT ?"))
+                            .bind(user.as_bytes().as_slice())
+                            .bind(i64::from(limit))
+                            .fetch_all(&self.pool)
+                            .await?
+                    }
+                    Some(c) => {
+                        sqlx::query(&format!(
+                            "{SELECT} WHERE o.user_id = ? AND (o.created_at_ms < ? OR (o.created_at_ms = ? AND o.id < ?)) \
+                             ORDER BY o.created_at_ms DESC, o.id DESC LIMIT ?"
+                        ))
+                        .bind(user.as_bytes().as_slice())
+                        .bind(c.created_at)
+                        .bind(c.created_at)
+                        .bind(c.id.as_bytes().as_slice())
+                        .bind(i64::from(limit))
+                        .fetch_all(&self.pool)
+                        .await?
+                    }
+                };
+                rows.iter().map(decode).collect()
+            }
+
+            async fn set_status(&self, tx: &mut $tx, id: Uuid, status: OrderStatus, reason: Option<&str>) -> sqlx::Result<u64> {
+                let guard = match status {
+                    OrderStatus::Confirmed => " AND status = 'PENDING'",
+                    _ => "",
+                };
+                Ok(sqlx::query(&format!(
+                    "UPDATE orders SET status = ?, failure_reason = COALESCE(?, failure_reason), updated_at_ms = ? WHERE id = ?{guard}"
+                ))
+                .bind(status.as_str())
+                .bind(reason)
+                .bind(now_ms())
+                .bind(id.as_bytes().as_slice())
+                .execute(&mut **tx)
+                .await?
+                .rows_affected())
+            }
+
+            async fn set_payment(&self, tx: &mut $tx, id: Uuid, payment_id: &str) -> sqlx::Result<()> {
+                sqlx::query("UPDATE orders SET payment_id = ?, updated_at_ms = ? WHERE id = ?")
+                    .bind(payment_id)
+                    .bind(now_ms())
+                    .bind(id.as_bytes().as_slice())
+                    .execute(&mut **tx)
+                    .await
+                    .map(drop)
+            }
+
+            async fn set_cancel_saga(&self, tx: &mut $tx, id: Uuid, saga: Uuid) -> sqlx::Result<()> {
+                sqlx::query("UPDATE orders SET cancel_saga_id = ?, updated_at_ms = ? WHERE id = ?")
+                    .bind(saga.as_bytes().as_slice())
+                    .bind(now_ms())
+                    .bind(id.as_bytes().as_slice())
+                    .execute(&mut **tx)
+                    .await
+                    .map(drop)
+            }
+
+            async fn orders_of_saga(&self, saga: Uuid) -> sqlx::Result<Vec<Uuid>> {
+                let ids: Vec<Vec<u8>> = sqlx::query_scalar("SELECT id FROM orders WHERE saga_id = ? OR cancel_saga_id = ?")
+                    .bind(saga.as_bytes().as_slice())
+                    .bind(saga.as_bytes().as_slice())
+                    .fetch_all(&self.pool)
+                    .await?;
+                ids.iter()
+                    .map(|b| Uuid::from_slice(b).map_err(|e| sqlx::Error::Decode(Box::new(e))))
+                    .collect()
+            }
+        }
+    };
+}
+
+/// MySQL orders.
+#[derive(Debug, Clone)]
+pub struct MySqlOrders {
+    pool: MySqlPool,
+}
+
+impl MySqlOrders {
+    /// Over `pool`.
+    pub fn new(pool: MySqlPool) -> Self {
+        Self { pool }
+    }
+
+    /// Apply migrations: orders, sagas, outbox/inbox.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        let mut m = sqlx::migrate!("./migrations");
+        m.set_ignore_missing(true);
+        m.run(&self.pool).await?;
+        outbox::mysql::migrate(&self.pool).await?;
+        saga_core::mysql::migrate(&self.pool).await?;
+        Ok(())
     }
 }
 
-/// The order a user created with `key`.
-pub async fn by_idempotency_key(
-    pool: &MySqlPool,
-    user: Uuid,
-    key: &str,
-) -> sqlx::Result<Option<Uuid>> {
-    let id: Option<Vec<u8>> =
-        sqlx::query_scalar("SELECT id FROM orders WHERE user_id = ? AND idempotency_key = ?")
-            .bind(user.as_bytes().as_slice())
-            .bind(key)
-            .fetch_optional(pool)
-            .await?;
-    id.map(|b| Uuid::from_slice(&b).map_err(|e| sqlx::Error::Decode(Box::new(e))))
-        .transpose()
+/// SQLite orders (embedded mode; `BEGIN IMMEDIATE` replaces `FOR UPDATE`).
+#[derive(Debug, Clone)]
+pub struct SqliteOrders {
+    pool: SqlitePool,
 }
 
-/// Read an order.
-pub async fn get(pool: &MySqlPool, id: Uuid) -> sqlx::Result<Option<OrderRow>> {
-    sqlx::query(&format!("{SELECT} WHERE o.id = ?"))
-        .bind(id.as_bytes().as_slice())
-        .fetch_optional(pool)
-        .await?
-        .as_ref()
-        .map(decode)
-        .transpose()
+impl SqliteOrders {
+    /// Over `pool`.
+    pub fn new(pool: SqlitePool) -> Self {
+        Self { pool }
+    }
+
+    /// Apply migrations: orders, sagas, outbox/inbox.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        let mut m = sqlx::migrate!("./migrations-sqlite");
+        m.set_ignore_missing(true);
+        m.run(&self.pool).await?;
+        outbox::sqlite::migrate(&self.pool).await?;
+        saga_core::sqlite::migrate(&self.pool).await?;
+        Ok(())
+    }
 }
 
-/// Read and lock an order in `tx`.
-pub async fn lock(tx: &mut MySqlTx, id: Uuid) -> sqlx::Result<Option<OrderRow>> {
-    sqlx::query(&format!("{SELECT} WHERE o.id = ? FOR UPDATE"))
-        .bind(id.as_bytes().as_slice())
-        .fetch_optional(&mut **tx)
-        .await?
-        .as_ref()
-        .map(decode)
-        .transpose()
-}
-
-/// A page of a user's orders, newest first, after `cursor`.
-pub async fn list(
-    pool: &MySqlPool,
-    user: Uuid,
-    cursor: Option<Cursor>,
-    limit: u32,
-) -> sqlx::Result<Vec<OrderRow>> {
-    let rows = match cursor {
-        None => {
-            sqlx::query(&format!(
-                "{SELECT} WHERE o.user_id = ? ORDER BY o.created_at_ms DESC, o.id DESC LIMIT ?"
-            ))
-            .bind(user.as_bytes().as_slice())
-            .bind(limit)
-            .fetch_all(pool)
-            .await?
-        }
-        Some(c) => {
-            sqlx::query(&format!(
-                "{SELECT} WHERE o.user_id = ? AND (o.created_at_ms < ? OR (o.created_at_ms = ? AND o.id < ?)) \
-                 ORDER BY o.created_at_ms DESC, o.id DESC LIMIT ?"
-            ))
-            .bind(user.as_bytes().as_slice())
-            .bind(c.created_at)
-            .bind(c.created_at)
-            .bind(c.id.as_bytes().as_slice())
-            .bind(limit)
-            .fetch_all(pool)
-            .await?
-        }
-    };
-    rows.iter().map(decode).collect()
-}
-
-/// Change status (and the failure reason, when given).
-pub async fn set_status(
-    tx: &mut MySqlTx,
-    id: Uuid,
-    status: OrderStatus,
-    reason: Option<&str>,
-) -> sqlx::Result<u64> {
-    let guard = match status {
-        // Only a pending order can be confirmed.
-        OrderStatus::Confirmed => " AND status = 'PENDING'",
-        _ => "",
-    };
-    Ok(sqlx::query(&format!(
-        "UPDATE orders SET status = ?, failure_reason = COALESCE(?, failure_reason), updated_at_ms = ? WHERE id = ?{guard}"
-    ))
-    .bind(status.as_str())
-    .bind(reason)
-    .bind(now_ms())
-    .bind(id.as_bytes().as_slice())
-    .execute(&mut **tx)
-    .await?
-    .rows_affected())
-}
-
-/// Record the payment id.
-pub async fn set_payment(tx: &mut MySqlTx, id: Uuid, payment_id: &str) -> sqlx::Result<()> {
-    sqlx::query("UPDATE orders SET payment_id = ?, updated_at_ms = ? WHERE id = ?")
-        .bind(payment_id)
-        .bind(now_ms())
-        .bind(id.as_bytes().as_slice())
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-/// Record the cancel saga.
-pub async fn set_cancel_saga(tx: &mut MySqlTx, id: Uuid, saga: Uuid) -> sqlx::Result<()> {
-    sqlx::query("UPDATE orders SET cancel_saga_id = ?, updated_at_ms = ? WHERE id = ?")
-        .bind(saga.as_bytes().as_slice())
-        .bind(now_ms())
-        .bind(id.as_bytes().as_slice())
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-/// The orders that sagas belong to.
-pub async fn orders_of_saga(pool: &MySqlPool, saga: Uuid) -> sqlx::Result<Vec<Uuid>> {
-    let ids: Vec<Vec<u8>> =
-        sqlx::query_scalar("SELECT id FROM orders WHERE saga_id = ? OR cancel_saga_id = ?")
-            .bind(saga.as_bytes().as_slice())
-            .bind(saga.as_bytes().as_slice())
-            .fetch_all(pool)
-            .await?;
-    ids.iter()
-        .map(|b| Uuid::from_slice(b).map_err(|e| sqlx::Error::Decode(Box::new(e))))
-        .collect()
-}
+sql_repo!(MySqlOrders, MySqlTx, " FOR UPDATE");
+sql_repo!(SqliteOrders, SqliteTx, "");

@@ -10,18 +10,20 @@ use ordersys_proto::common::v1::Money;
 use ordersys_proto::saga::v1::{CommandType, ReplyStatus, SagaCommand as CommandMsg, SagaReply};
 use outbox::idempotency::Cache;
 use outbox::mysql::{MySqlOutbox, MySqlTx};
+use outbox::sqlite::{SqliteOutbox, SqliteTx};
 use outbox::{Delivery, Handler, HandlerError, OutboxMessage, OutboxStore, RelayHandle};
 use prost::Message;
 use saga_core::mysql::MySqlSagaStore;
+use saga_core::sqlite::SqliteSagaStore;
+use saga_core::SagaStore;
 use saga_core::{
     CommandKind, CommandSink, Dispatch, Orchestrator, SagaCommand, SagaDefinition, SagaEvent,
     SagaId, SagaInstance, Step,
 };
-use sqlx::MySqlPool;
 use uuid::Uuid;
 
 use crate::domain::{OrderStatus, SagaData};
-use crate::repository as repo;
+use crate::repository::{MySqlOrders, OrderRepo, SqliteOrders};
 
 /// Name of the create-order saga.
 pub const CREATE: &str = "create_order";
@@ -57,17 +59,64 @@ pub fn cancel_order(payment_deadline: Duration) -> SagaDefinition {
         .expect("valid saga")
 }
 
+/// The storage a deployment of the order service runs on: one unit of work type shared
+/// by the orders, the sagas and the outbox.
+pub trait Backend: Send + Sync + 'static {
+    /// The unit of work.
+    type Tx: Send + 'static;
+    /// Orders.
+    type Repo: OrderRepo<Tx = Self::Tx>;
+    /// Saga instances.
+    type Sagas: SagaStore<Tx = Self::Tx>;
+    /// The outbox.
+    type Outbox: OutboxStore<Tx = Self::Tx> + Clone;
+}
+
+/// MySQL (the reference deployment).
+#[derive(Debug)]
+pub struct MySql;
+
+impl Backend for MySql {
+    type Tx = MySqlTx;
+    type Repo = MySqlOrders;
+    type Sagas = MySqlSagaStore;
+    type Outbox = MySqlOutbox;
+}
+
+/// SQLite (the embedded mode).
+#[derive(Debug)]
+pub struct Sqlite;
+
+impl Backend for Sqlite {
+    type Tx = SqliteTx;
+    type Repo = SqliteOrders;
+    type Sagas = SqliteSagaStore;
+    type Outbox = SqliteOutbox;
+}
+
 /// Carries out saga commands inside the orchestrator's unit of work.
-#[derive(Debug, Clone)]
-pub struct OrderSink {
-    outbox: MySqlOutbox,
+pub struct OrderSink<B: Backend> {
+    repo: B::Repo,
+    outbox: B::Outbox,
     topics: Topics,
 }
 
-impl OrderSink {
-    /// Commands go to `topics.commands` through `outbox`.
-    pub fn new(outbox: MySqlOutbox, topics: Topics) -> Self {
-        Self { outbox, topics }
+impl<B: Backend> std::fmt::Debug for OrderSink<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrderSink")
+            .field("topics", &self.topics)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Backend> OrderSink<B> {
+    /// Local steps change `repo`; commands go to `topics.commands` through `outbox`.
+    pub fn new(repo: B::Repo, outbox: B::Outbox, topics: Topics) -> Self {
+        Self {
+            repo,
+            outbox,
+            topics,
+        }
     }
 }
 
@@ -75,10 +124,10 @@ fn data_of(saga: &SagaInstance) -> saga_core::Result<SagaData> {
     serde_json::from_slice(&saga.data).map_err(saga_core::Error::dispatch)
 }
 
-impl CommandSink<MySqlTx> for OrderSink {
+impl<B: Backend> CommandSink<B::Tx> for OrderSink<B> {
     async fn dispatch(
         &self,
-        tx: &mut MySqlTx,
+        tx: &mut B::Tx,
         saga: &SagaInstance,
         cmd: &SagaCommand,
     ) -> saga_core::Result<Dispatch> {
@@ -97,14 +146,17 @@ impl CommandSink<MySqlTx> for OrderSink {
                         } else {
                             None
                         });
-                repo::set_status(tx, data.order_id, OrderStatus::Cancelled, reason)
+                self.repo
+                    .set_status(tx, data.order_id, OrderStatus::Cancelled, reason)
                     .await
                     .map_err(db)?;
                 tracing::info!(order_id = %data.order_id, reason = ?reason, "заказ отменён");
                 Ok(Dispatch::Succeeded)
             }
             "confirm_order" => {
-                let n = repo::set_status(tx, data.order_id, OrderStatus::Confirmed, None)
+                let n = self
+                    .repo
+                    .set_status(tx, data.order_id, OrderStatus::Confirmed, None)
                     .await
                     .map_err(db)?;
                 if n == 0 {
@@ -160,31 +212,34 @@ impl CommandSink<MySqlTx> for OrderSink {
 }
 
 /// The orchestrator type of the order service.
-pub type OrderOrchestrator = Orchestrator<MySqlSagaStore, OrderSink>;
+pub type OrderOrchestrator<B> = Orchestrator<<B as Backend>::Sagas, OrderSink<B>>;
 
 /// Applies `saga.replies` to the sagas, in the unit of work that records the reply in
 /// the inbox; invalidates the order cache and wakes the relay after commit.
-pub struct ReplyHandler {
-    orchestrator: Arc<OrderOrchestrator>,
+pub struct ReplyHandler<B: Backend> {
+    orchestrator: Arc<OrderOrchestrator<B>>,
+    repo: B::Repo,
     cache: Arc<dyn Cache>,
     relay: RelayHandle,
 }
 
-impl std::fmt::Debug for ReplyHandler {
+impl<B: Backend> std::fmt::Debug for ReplyHandler<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReplyHandler").finish_non_exhaustive()
     }
 }
 
-impl ReplyHandler {
+impl<B: Backend> ReplyHandler<B> {
     /// A handler over `orchestrator`.
     pub fn new(
-        orchestrator: Arc<OrderOrchestrator>,
+        orchestrator: Arc<OrderOrchestrator<B>>,
+        repo: B::Repo,
         cache: Arc<dyn Cache>,
         relay: RelayHandle,
     ) -> Self {
         Self {
             orchestrator,
+            repo,
             cache,
             relay,
         }
@@ -230,8 +285,8 @@ pub async fn invalidate(cache: &dyn Cache, order: Uuid) {
     }
 }
 
-impl Handler<MySqlTx> for ReplyHandler {
-    async fn handle(&self, tx: &mut MySqlTx, msg: &Delivery) -> Result<(), HandlerError> {
+impl<B: Backend> Handler<B::Tx> for ReplyHandler<B> {
+    async fn handle(&self, tx: &mut B::Tx, msg: &Delivery) -> Result<(), HandlerError> {
         let reply = SagaReply::decode(msg.payload.as_ref())
             .map_err(|e| HandlerError::permanent(format!("undecodable saga reply: {e}")))?;
         let saga_id = Uuid::parse_str(&reply.saga_id)
@@ -242,7 +297,8 @@ impl Handler<MySqlTx> for ReplyHandler {
             (CommandType::try_from(reply.command), &event)
         {
             if let Ok(order) = Uuid::parse_str(&msg.key) {
-                repo::set_payment(tx, order, &reply.payment_id)
+                self.repo
+                    .set_payment(tx, order, &reply.payment_id)
                     .await
                     .map_err(|e| HandlerError::transient(e.to_string()))?;
             }
@@ -270,9 +326,9 @@ impl Handler<MySqlTx> for ReplyHandler {
 }
 
 /// Every second: fire the deadlines that passed, then invalidate the affected orders.
-pub async fn sweep_deadlines(
-    orchestrator: Arc<OrderOrchestrator>,
-    pool: MySqlPool,
+pub async fn sweep_deadlines<B: Backend>(
+    orchestrator: Arc<OrderOrchestrator<B>>,
+    repo: B::Repo,
     cache: Arc<dyn Cache>,
     relay: RelayHandle,
     stop: ordersys_kit::shutdown::Shutdown,
@@ -290,10 +346,7 @@ pub async fn sweep_deadlines(
             Ok(changed) if !changed.is_empty() => {
                 relay.wake();
                 for saga in changed {
-                    for order in repo::orders_of_saga(&pool, saga.0)
-                        .await
-                        .unwrap_or_default()
-                    {
+                    for order in repo.orders_of_saga(saga.0).await.unwrap_or_default() {
                         invalidate(&*cache, order).await;
                     }
                 }

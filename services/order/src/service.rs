@@ -8,14 +8,13 @@ use ordersys_kit::context::RequestContext;
 use outbox::idempotency::{Cache, IdempotencyStore, Reservation};
 use outbox::{RelayHandle, Transactional};
 use saga_core::{SagaDefinition, SagaEvent, SagaId};
-use sqlx::MySqlPool;
 use uuid::Uuid;
 
 use crate::domain::{
     idempotency_key, Cursor, Item, NewOrder, Order, OrderStatus, SagaData, ValidationError,
 };
-use crate::repository::{self as repo, OrderRow};
-use crate::saga::{cache_key, invalidate, OrderOrchestrator, CANCEL, CREATE};
+use crate::repository::{OrderRepo, OrderRow};
+use crate::saga::{cache_key, invalidate, Backend, OrderOrchestrator, CANCEL, CREATE};
 
 /// Why a use case failed.
 #[derive(Debug, thiserror::Error)]
@@ -61,17 +60,29 @@ const CACHE_TTL: Duration = Duration::from_secs(600);
 const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// The order service's logic.
-#[derive(Clone)]
-pub struct OrderService {
-    pool: MySqlPool,
-    orchestrator: Arc<OrderOrchestrator>,
+pub struct OrderService<B: Backend> {
+    repo: B::Repo,
+    orchestrator: Arc<OrderOrchestrator<B>>,
     create_def: Arc<SagaDefinition>,
     cache: Arc<dyn Cache>,
     idempotency: Arc<dyn IdempotencyStore>,
     relay: RelayHandle,
 }
 
-impl std::fmt::Debug for OrderService {
+impl<B: Backend> Clone for OrderService<B> {
+    fn clone(&self) -> Self {
+        Self {
+            repo: self.repo.clone(),
+            orchestrator: self.orchestrator.clone(),
+            create_def: self.create_def.clone(),
+            cache: self.cache.clone(),
+            idempotency: self.idempotency.clone(),
+            relay: self.relay.clone(),
+        }
+    }
+}
+
+impl<B: Backend> std::fmt::Debug for OrderService<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OrderService").finish_non_exhaustive()
     }
@@ -81,11 +92,11 @@ fn user_id(s: &str) -> Result<Uuid, OrderError> {
     Uuid::parse_str(s).map_err(|_| OrderError::NotFound)
 }
 
-impl OrderService {
+impl<B: Backend> OrderService<B> {
     /// Assemble.
     pub fn new(
-        pool: MySqlPool,
-        orchestrator: Arc<OrderOrchestrator>,
+        repo: B::Repo,
+        orchestrator: Arc<OrderOrchestrator<B>>,
         cache: Arc<dyn Cache>,
         idempotency: Arc<dyn IdempotencyStore>,
         relay: RelayHandle,
@@ -95,7 +106,7 @@ impl OrderService {
             .expect("create saga registered")
             .clone();
         Self {
-            pool,
+            repo,
             orchestrator,
             create_def,
             cache,
@@ -127,7 +138,7 @@ impl OrderService {
     }
 
     async fn load(&self, id: Uuid) -> Result<Option<Order>, OrderError> {
-        Ok(repo::get(&self.pool, id).await?.map(|r| self.to_order(r)))
+        Ok(self.repo.get(id).await?.map(|r| self.to_order(r)))
     }
 
     /// Place an order and start its saga: the order row, the saga and the debit command
@@ -160,7 +171,7 @@ impl OrderService {
                 Ok(Reservation::InProgress) => {
                     // Another request with this key is being handled: give it a moment.
                     for _ in 0..20 {
-                        if let Some(id) = repo::by_idempotency_key(&self.pool, user, k).await? {
+                        if let Some(id) = self.repo.by_idempotency_key(user, k).await? {
                             return self.load(id).await?.ok_or(OrderError::NotFound);
                         }
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -209,21 +220,25 @@ impl OrderService {
         };
         let store = self.orchestrator.store();
         let mut tx = store.begin().await?;
-        let inserted = repo::insert(
-            &mut tx,
-            id,
-            user,
-            &new.currency,
-            new.total,
-            &new.items,
-            id,
-            key,
-        )
-        .await?;
+        let inserted = self
+            .repo
+            .insert(
+                &mut tx,
+                id,
+                user,
+                &new.currency,
+                new.total,
+                &new.items,
+                id,
+                key,
+            )
+            .await?;
         if !inserted {
             // The database says this key was used: the same order, never a second one.
             drop(tx);
-            let existing = repo::by_idempotency_key(&self.pool, user, key.unwrap_or_default())
+            let existing = self
+                .repo
+                .by_idempotency_key(user, key.unwrap_or_default())
                 .await?
                 .ok_or(OrderError::NotFound)?;
             return self.load(existing).await?.ok_or(OrderError::NotFound);
@@ -293,7 +308,7 @@ impl OrderService {
         } else {
             Some(Cursor::decode(cursor).ok_or(ValidationError::BadCursor)?)
         };
-        let mut rows = repo::list(&self.pool, user, cursor, limit + 1).await?;
+        let mut rows = self.repo.list(user, cursor, limit + 1).await?;
         let next = if rows.len() > limit as usize {
             rows.truncate(limit as usize);
             rows.last().map(|r| {
@@ -321,7 +336,9 @@ impl OrderService {
         let id = Uuid::parse_str(id).map_err(|_| OrderError::NotFound)?;
         let store = self.orchestrator.store();
         let mut tx = store.begin().await?;
-        let row = repo::lock(&mut tx, id)
+        let row = self
+            .repo
+            .lock(&mut tx, id)
             .await?
             .filter(|r| r.user_id == user)
             .ok_or(OrderError::NotFound)?;
@@ -353,7 +370,7 @@ impl OrderService {
                 self.orchestrator
                     .start(&mut tx, CANCEL, SagaId(saga), bytes)
                     .await?;
-                repo::set_cancel_saga(&mut tx, id, saga).await?;
+                self.repo.set_cancel_saga(&mut tx, id, saga).await?;
             }
         }
         store.commit(tx).await?;
