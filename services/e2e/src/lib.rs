@@ -150,6 +150,8 @@ pub struct Options {
     pub order_env: Vec<(String, String)>,
     /// Extra payment service environment.
     pub payment_env: Vec<(String, String)>,
+    /// Run user, order and payment on SQLite files (Kafka and Redis as usual).
+    pub sqlite: bool,
 }
 
 impl Default for Options {
@@ -158,6 +160,7 @@ impl Default for Options {
             gateway_env: vec![("RATE_LIMIT_PER_MINUTE".into(), "100000".into())],
             order_env: Vec::new(),
             payment_env: Vec::new(),
+            sqlite: false,
         }
     }
 }
@@ -185,6 +188,7 @@ pub struct System {
     /// The payment database URL.
     pub payment_db_url: String,
     dbs: Vec<String>,
+    data_dir: std::path::PathBuf,
 }
 
 impl System {
@@ -198,6 +202,14 @@ impl System {
             .iter()
             .map(|s| format!("ordersys_e2e_{s}_{id}"))
             .collect();
+        let data_dir = std::env::temp_dir().join(format!("ordersys-e2e-{id}"));
+        let db_url = |i: usize| {
+            if opts.sqlite {
+                format!("sqlite://{}/{}.db", data_dir.display(), dbs[i])
+            } else {
+                format!("{mysql}/{}", dbs[i])
+            }
+        };
         let topic_prefix = format!("e2e.{id}.");
         let ports: Vec<u16> = (0..7).map(|_| free_port()).collect();
         let (user_grpc, user_admin, order_grpc, order_admin, pay_grpc, pay_admin, http) = (
@@ -223,17 +235,17 @@ impl System {
             env(&[
                 ("GRPC_ADDR", format!("127.0.0.1:{user_grpc}")),
                 ("ADMIN_ADDR", format!("127.0.0.1:{user_admin}")),
-                ("DATABASE_URL", format!("{mysql}/{}", dbs[0])),
+                ("DATABASE_URL", db_url(0)),
             ]),
         );
         let mut order_env = env(&[
             ("GRPC_ADDR", format!("127.0.0.1:{order_grpc}")),
             ("ADMIN_ADDR", format!("127.0.0.1:{order_admin}")),
-            ("DATABASE_URL", format!("{mysql}/{}", dbs[1])),
+            ("DATABASE_URL", db_url(1)),
         ]);
         order_env.extend(opts.order_env);
         let mut order = Service::start("ordersys-order", order_env);
-        let payment_db_url = format!("{mysql}/{}", dbs[2]);
+        let payment_db_url = db_url(2);
         let mut payment_env = env(&[
             ("GRPC_ADDR", format!("127.0.0.1:{pay_grpc}")),
             ("ADMIN_ADDR", format!("127.0.0.1:{pay_admin}")),
@@ -293,12 +305,48 @@ impl System {
             brokers,
             payment_db_url,
             dbs,
+            data_dir,
         }
     }
 
     /// The URL of `path` on the gateway.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// Run a `SELECT COUNT(*) …` with one blob parameter against the payment database
+    /// (MySQL or SQLite, whichever this system runs on).
+    pub async fn payment_count(&self, sql: &str, param: &[u8]) -> i64 {
+        use sqlx::{ConnectOptions, Connection};
+        use std::str::FromStr;
+        if self.payment_db_url.starts_with("sqlite:") {
+            let path = self.payment_db_url.trim_start_matches("sqlite://");
+            let mut c = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(path)
+                .connect()
+                .await
+                .expect("sqlite");
+            let n: i64 = sqlx::query_scalar(sql)
+                .bind(param)
+                .fetch_one(&mut c)
+                .await
+                .expect("query");
+            let _ = c.close().await;
+            n
+        } else {
+            let mut c = sqlx::mysql::MySqlConnectOptions::from_str(&self.payment_db_url)
+                .expect("url")
+                .connect()
+                .await
+                .expect("mysql");
+            let n: i64 = sqlx::query_scalar(sql)
+                .bind(param)
+                .fetch_one(&mut c)
+                .await
+                .expect("query");
+            let _ = c.close().await;
+            n
+        }
     }
 
     /// Stop the services and drop the databases.
@@ -311,6 +359,7 @@ impl System {
         for db in &self.dbs {
             let _ = drop_database(&mysql, db).await;
         }
+        let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
 

@@ -62,32 +62,31 @@ async fn create(api: &Api, token: &str, lines: &[(i32, i64)]) -> Reply {
 }
 
 async fn debits(sys: &System, order_id: &str) -> i64 {
-    use sqlx::{ConnectOptions, Connection};
-    use std::str::FromStr;
-    let mut c = sqlx::mysql::MySqlConnectOptions::from_str(&sys.payment_db_url)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let n: i64 = sqlx::query_scalar(
+    let order = uuid::Uuid::parse_str(order_id).unwrap();
+    sys.payment_count(
         "SELECT COUNT(*) FROM payments WHERE order_id = ? AND status = 'DEBITED'",
+        order.as_bytes(),
     )
-    .bind(
-        uuid::Uuid::parse_str(order_id)
-            .unwrap()
-            .as_bytes()
-            .as_slice(),
-    )
-    .fetch_one(&mut c)
     .await
-    .unwrap();
-    let _ = c.close().await;
-    n
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_through_the_saga() {
-    let sys = System::start(Options::default()).await;
+    orders_through_the_saga_on(false).await;
+}
+
+/// The same flow with user, order and payment on SQLite files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_through_the_saga_on_sqlite() {
+    orders_through_the_saga_on(true).await;
+}
+
+async fn orders_through_the_saga_on(sqlite: bool) {
+    let sys = System::start(Options {
+        sqlite,
+        ..Options::default()
+    })
+    .await;
     let api = Api::new(&sys.base);
     let token = api.signup(&email(), "password-123").await;
     assert_eq!(balance(&api, &token).await, 100_000);
@@ -169,7 +168,21 @@ async fn orders_through_the_saga() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_key_and_redelivered_commands_never_charge_twice() {
-    let sys = System::start(Options::default()).await;
+    idempotency_on(false).await;
+}
+
+/// The same guarantees with the services on SQLite files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_on_sqlite() {
+    idempotency_on(true).await;
+}
+
+async fn idempotency_on(sqlite: bool) {
+    let sys = System::start(Options {
+        sqlite,
+        ..Options::default()
+    })
+    .await;
     let api = Api::new(&sys.base);
     let token = api.signup(&email(), "password-123").await;
 
@@ -232,23 +245,14 @@ async fn idempotency_key_and_redelivered_commands_never_charge_twice() {
     publisher.publish(&dup2).await.unwrap();
     // Wait until the payment service has settled both messages.
     let processed = |msg: uuid::Uuid| {
-        let url = sys.payment_db_url.clone();
+        let sys = &sys;
         async move {
-            use sqlx::{ConnectOptions, Connection};
-            use std::str::FromStr;
-            let mut c = sqlx::mysql::MySqlConnectOptions::from_str(&url)
-                .unwrap()
-                .connect()
-                .await
-                .unwrap();
-            let n: i64 =
-                sqlx::query_scalar("SELECT COUNT(*) FROM inbox_messages WHERE message_id = ?")
-                    .bind(msg.as_bytes().as_slice())
-                    .fetch_one(&mut c)
-                    .await
-                    .unwrap();
-            let _ = c.close().await;
-            n == 1
+            sys.payment_count(
+                "SELECT COUNT(*) FROM inbox_messages WHERE message_id = ?",
+                msg.as_bytes(),
+            )
+            .await
+                == 1
         }
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
