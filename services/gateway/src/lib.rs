@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use authz::layer::AuthLayer;
 use authz::redis::RedisBlacklist;
-use authz::{Authenticator, SigningKey, TokenValidator};
+use authz::{Authenticator, Blacklist, SigningKey, TokenValidator};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -109,33 +109,83 @@ fn grpc_health(
     }
 }
 
-/// Build the router (REST API + health + metrics) and its readiness checks.
+/// Where the gateway keeps revoked tokens and rate-limit counters.
+pub struct Backends {
+    /// Revoked tokens (shared with the user service).
+    pub blacklist: Arc<dyn Blacklist>,
+    /// Per-client counters.
+    pub limiter: Arc<dyn RateLimiter>,
+    /// Redis, when used (for the readiness check).
+    pub redis: Option<redis::aio::ConnectionManager>,
+}
+
+impl std::fmt::Debug for Backends {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backends").finish_non_exhaustive()
+    }
+}
+
+impl Backends {
+    /// Redis for both (`REDIS_URL`): every gateway instance shares them.
+    pub async fn redis(config: &Config) -> anyhow::Result<Self> {
+        let conn = redis::Client::open(config.redis_url.as_str())?
+            .get_connection_manager()
+            .await?;
+        let limiter = RedisRateLimiter::new(
+            conn.clone(),
+            config.rate_limit_per_minute,
+            Duration::from_secs(60),
+        )
+        .with_prefix(config.rate_limit_key_prefix.clone());
+        Ok(Self {
+            blacklist: Arc::new(RedisBlacklist::new(conn.clone())),
+            limiter: Arc::new(limiter),
+            redis: Some(conn),
+        })
+    }
+
+    /// A given blacklist and an in-process limiter (the embedded mode: one gateway).
+    pub fn local(config: &Config, blacklist: Arc<dyn Blacklist>) -> Self {
+        Self {
+            blacklist,
+            limiter: Arc::new(resilience::MemoryRateLimiter::new(
+                config.rate_limit_per_minute,
+                Duration::from_secs(60),
+            )),
+            redis: None,
+        }
+    }
+}
+
+/// Build the router (REST API + health + metrics) with Redis backends.
 pub async fn app(config: &Config) -> anyhow::Result<Router> {
+    let backends = Backends::redis(config).await?;
+    app_with(config, backends)
+}
+
+/// Build the router (REST API + health + metrics) over `backends`.
+pub fn app_with(config: &Config, backends: Backends) -> anyhow::Result<Router> {
     let key = SigningKey::hs256(config.jwt_secret.as_bytes())
         .map_err(|e| anyhow::anyhow!("JWT_SECRET: {e}"))?;
-    let redis = redis::Client::open(config.redis_url.as_str())?;
-    let redis_conn = redis.get_connection_manager().await?;
     let auth = Authenticator::new(
         TokenValidator::new(
             key.verifying_key(),
             &config.jwt_issuer,
             &config.jwt_audience,
         ),
-        Arc::new(RedisBlacklist::new(redis_conn.clone())),
+        backends.blacklist,
     );
-    let limiter = RedisRateLimiter::new(
-        redis_conn.clone(),
-        config.rate_limit_per_minute,
-        Duration::from_secs(60),
-    )
-    .with_prefix(config.rate_limit_key_prefix.clone());
+    let limiter = backends.limiter;
     let timeout = Duration::from_millis(config.downstream_timeout_ms);
     let user_channel = downstream::channel(&config.user_service_url, timeout)?;
     let order_channel = downstream::channel(&config.order_service_url, timeout)?;
     let payment_channel = downstream::channel(&config.payment_service_url, timeout)?;
 
-    let admin = Admin::new("gateway")
-        .redis(redis_conn.clone())
+    let mut admin = Admin::new("gateway");
+    if let Some(conn) = backends.redis {
+        admin = admin.redis(conn);
+    }
+    let admin = admin
         .check("user-service", grpc_health(user_channel.clone()))
         .check("order-service", grpc_health(order_channel.clone()))
         .check("payment-service", grpc_health(payment_channel.clone()));
@@ -170,7 +220,7 @@ pub async fn app(config: &Config) -> anyhow::Result<Router> {
         orders_breaker: breaker("order", config, breaker_states.clone()),
         payments: PaymentServiceClient::new(payment_channel),
         payments_breaker: breaker("payment", config, breaker_states),
-        limiter: Arc::new(limiter),
+        limiter,
         proxies: client_ip::TrustedProxies::parse(&config.trusted_proxies)?,
         metrics: metrics.clone(),
     };
@@ -289,7 +339,18 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let router = app(&config).await?;
+    let backends = Backends::redis(&config).await?;
+    run_with(config, listener, shutdown, backends).await
+}
+
+/// Serve on `listener` with `backends` until `shutdown` resolves.
+pub async fn run_with(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    backends: Backends,
+) -> anyhow::Result<()> {
+    let router = app_with(&config, backends)?;
     let addr = listener.local_addr()?;
     tracing::info!(http = %addr, "шлюз запущен");
     ordersys_kit::admin::serve(listener, router, async move {

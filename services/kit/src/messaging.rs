@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use outbox::kafka::{ensure_topics, KafkaPublisher};
+use outbox::kafka::ensure_topics;
 use outbox::{OutboxStore, Relay, RelayConfig, RelayHandle};
 
 /// The saga topics, with an optional prefix (tests run isolated systems on one broker).
@@ -56,12 +56,25 @@ impl Topics {
     }
 }
 
-/// A relay from `outbox` to Kafka, and the handle that wakes it after commits.
-pub fn relay<O: OutboxStore>(
+/// How a service exchanges saga messages.
+#[derive(Debug, Clone)]
+pub enum Messaging {
+    /// Through a Kafka cluster (the reference deployment).
+    Kafka {
+        /// `bootstrap.servers`.
+        brokers: String,
+    },
+    /// Through an in-process [`LocalBus`](outbox::local::LocalBus) shared by the services
+    /// of one process (the embedded mode).
+    Local(outbox::local::LocalBus),
+}
+
+/// A relay from `outbox` to `publisher`, and the handle that wakes it after commits.
+pub fn relay<O: OutboxStore, P: outbox::Publisher>(
     outbox: O,
-    publisher: KafkaPublisher,
+    publisher: P,
     service: &str,
-) -> (Relay<O, KafkaPublisher>, RelayHandle) {
+) -> (Relay<O, P>, RelayHandle) {
     let relay = Relay::new(
         outbox,
         publisher,

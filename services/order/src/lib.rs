@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use ordersys_kit::admin::{self, Admin};
 use ordersys_kit::context::ContextLayer;
-use ordersys_kit::messaging::{relay, Topics};
+use ordersys_kit::messaging::{relay, Messaging, Topics};
 use ordersys_kit::shutdown::Shutdown;
 use ordersys_proto::order::v1::order_service_server::OrderServiceServer;
 use outbox::idempotency::{
@@ -38,11 +38,25 @@ use tokio_stream::wrappers::TcpListenerStream;
 pub use config::Config;
 pub use ordersys_kit::Listeners;
 
-/// Run until `shutdown` resolves.
+/// Run until `shutdown` resolves, exchanging saga messages through Kafka
+/// (`KAFKA_BROKERS`). See [`run_with`] for other messaging.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let messaging = Messaging::Kafka {
+        brokers: config.kafka_brokers.clone(),
+    };
+    run_with(config, listeners, shutdown, messaging).await
+}
+
+/// Run until `shutdown` resolves, with `messaging` for the saga messages.
+pub async fn run_with(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    messaging: Messaging,
 ) -> anyhow::Result<()> {
     // Backends by configuration: MySQL or SQLite (DATABASE_URL); Redis for the cache and
     // idempotency keys, or memory cache + SQLite keys when REDIS_URL is empty (SQLite only).
@@ -81,6 +95,7 @@ pub async fn run(
             cache,
             idempotency,
             admin,
+            messaging,
         )
         .await
     } else {
@@ -111,6 +126,7 @@ pub async fn run(
             cache,
             Arc::new(RedisIdempotencyStore::new(conn)),
             admin,
+            messaging,
         )
         .await
     }
@@ -133,19 +149,33 @@ async fn serve<B: saga::Backend, I: Inbox<Tx = B::Tx>>(
     cache: Arc<dyn Cache>,
     idempotency: Arc<dyn IdempotencyStore>,
     admin: Admin,
+    messaging: Messaging,
 ) -> anyhow::Result<()> {
     let topics = Topics::new(&config.kafka_topic_prefix);
-    topics
-        .ensure(&config.kafka_brokers, Duration::from_secs(30))
-        .await?;
-    let publisher = KafkaPublisher::new(&config.kafka_brokers)?;
-
     let Parts {
         repo,
         sagas,
         outbox,
     } = parts;
-    let (relay, relay_handle) = relay(outbox.clone(), publisher.clone(), "order");
+    let (trigger, stop) = Shutdown::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    // The relay: to Kafka, or onto the in-process bus.
+    let (relay_handle, kafka) = match &messaging {
+        Messaging::Kafka { brokers } => {
+            topics.ensure(brokers, Duration::from_secs(30)).await?;
+            let publisher = KafkaPublisher::new(brokers)?;
+            let (relay, handle) = relay(outbox.clone(), publisher.clone(), "order");
+            let s = stop.clone();
+            tasks.spawn(async move { relay.run(s.wait()).await.map_err(anyhow::Error::from) });
+            (handle, Some((brokers.clone(), publisher)))
+        }
+        Messaging::Local(bus) => {
+            let (relay, handle) = relay(outbox.clone(), bus.clone(), "order");
+            let s = stop.clone();
+            tasks.spawn(async move { relay.run(s.wait()).await.map_err(anyhow::Error::from) });
+            (handle, None)
+        }
+    };
     let deadline = Duration::from_secs(config.payment_deadline_secs);
     let orchestrator = Arc::new(
         Orchestrator::new(
@@ -168,16 +198,36 @@ async fn serve<B: saga::Backend, I: Inbox<Tx = B::Tx>>(
         cache.clone(),
         relay_handle.clone(),
     );
-    let consumer = IdempotentConsumer::new(
-        "order",
-        inbox,
-        KafkaDeadLetter::new(publisher.clone()).with_topic(topics.dlq.clone()),
-    );
-    let consumer_config = ConsumerConfig::new(
-        &config.kafka_brokers,
-        topics.group("order"),
-        &[&topics.replies],
-    );
+    // Replies: from Kafka, or delivered by the in-process bus.
+    match (messaging, kafka) {
+        (Messaging::Kafka { .. }, Some((brokers, publisher))) => {
+            let consumer = IdempotentConsumer::new(
+                "order",
+                inbox,
+                KafkaDeadLetter::new(publisher).with_topic(topics.dlq.clone()),
+            );
+            let consumer_config =
+                ConsumerConfig::new(&brokers, topics.group("order"), &[&topics.replies]);
+            let s = stop.clone();
+            tasks.spawn(async move {
+                run_consumer(&consumer_config, &consumer, &replies, s.wait())
+                    .await
+                    .map(drop)
+                    .map_err(anyhow::Error::from)
+            });
+        }
+        (Messaging::Local(bus), _) => {
+            let dead_letters = bus.clone().with_dead_letter_topic(topics.dlq.clone());
+            bus.subscribe(
+                &topics.replies,
+                IdempotentConsumer::new("order", inbox, dead_letters),
+                replies,
+            );
+        }
+        (Messaging::Kafka { .. }, None) => {
+            unreachable!("the Kafka branch above sets the publisher")
+        }
+    }
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -185,23 +235,12 @@ async fn serve<B: saga::Backend, I: Inbox<Tx = B::Tx>>(
         .await;
     let grpc_metrics = ordersys_kit::metrics::RequestMetricsLayer::new(admin.registry())?;
 
-    let (trigger, stop) = Shutdown::new();
     let grpc_addr = listeners.grpc.local_addr()?;
     let admin_addr = listeners.admin.local_addr()?;
-    let mut tasks = tokio::task::JoinSet::new();
     let s = stop.clone();
     tasks.spawn(async move {
         admin::serve(listeners.admin, admin.router(), s.wait())
             .await
-            .map_err(anyhow::Error::from)
-    });
-    let s = stop.clone();
-    tasks.spawn(async move { relay.run(s.wait()).await.map_err(anyhow::Error::from) });
-    let s = stop.clone();
-    tasks.spawn(async move {
-        run_consumer(&consumer_config, &consumer, &replies, s.wait())
-            .await
-            .map(drop)
             .map_err(anyhow::Error::from)
     });
     tasks.spawn(saga::sweep_deadlines(

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use ordersys_kit::admin::{self, Admin};
 use ordersys_kit::context::ContextLayer;
-use ordersys_kit::messaging::{relay, Topics};
+use ordersys_kit::messaging::{relay, Messaging, Topics};
 use ordersys_kit::shutdown::Shutdown;
 use ordersys_proto::payment::v1::payment_service_server::PaymentServiceServer;
 use outbox::idempotency::{IdempotencyStore, RedisIdempotencyStore};
@@ -33,12 +33,26 @@ use tokio_stream::wrappers::TcpListenerStream;
 pub use config::Config;
 pub use ordersys_kit::Listeners;
 
-/// Run until `shutdown` resolves: the message in progress is finished, the relay
-/// finishes its round, in-flight gRPC calls complete.
+/// Run until `shutdown` resolves, exchanging saga messages through Kafka
+/// (`KAFKA_BROKERS`). See [`run_with`] for other messaging.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let messaging = Messaging::Kafka {
+        brokers: config.kafka_brokers.clone(),
+    };
+    run_with(config, listeners, shutdown, messaging).await
+}
+
+/// Run until `shutdown` resolves: the message in progress is finished, the relay
+/// finishes its round, in-flight gRPC calls complete.
+pub async fn run_with(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    messaging: Messaging,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
         config.initial_balance >= 0,
@@ -78,6 +92,7 @@ pub async fn run(
             inbox,
             idempotency,
             admin,
+            messaging,
         )
         .await
     } else {
@@ -105,6 +120,7 @@ pub async fn run(
             inbox,
             Arc::new(RedisIdempotencyStore::new(conn)),
             admin,
+            messaging,
         )
         .await
     }
@@ -120,6 +136,7 @@ async fn serve<R, O, I>(
     inbox: I,
     idempotency: Arc<dyn IdempotencyStore>,
     admin: Admin,
+    messaging: Messaging,
 ) -> anyhow::Result<()>
 where
     R: repository::PaymentRepo,
@@ -127,34 +144,57 @@ where
     I: Inbox<Tx = R::Tx>,
 {
     let topics = Topics::new(&config.kafka_topic_prefix);
-    topics
-        .ensure(&config.kafka_brokers, Duration::from_secs(30))
-        .await?;
-    let publisher = KafkaPublisher::new(&config.kafka_brokers)?;
-
     let accounts = service::Accounts {
         initial_balance: config.initial_balance,
         currency: config.account_currency.clone(),
     };
-    let (relay, relay_handle) = relay(outbox.clone(), publisher.clone(), "payment");
-    let handler = service::CommandHandler::new(
-        accounts.clone(),
-        repo.clone(),
-        outbox,
-        topics.clone(),
-        idempotency,
-    )
-    .waking(relay_handle);
-    let consumer = IdempotentConsumer::new(
-        "payment",
-        inbox,
-        KafkaDeadLetter::new(publisher.clone()).with_topic(topics.dlq.clone()),
-    );
-    let consumer_config = ConsumerConfig::new(
-        &config.kafka_brokers,
-        topics.group("payment"),
-        &[&topics.commands],
-    );
+    let (trigger, stop) = Shutdown::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let handler = |handle| {
+        service::CommandHandler::new(
+            accounts.clone(),
+            repo.clone(),
+            outbox.clone(),
+            topics.clone(),
+            idempotency.clone(),
+        )
+        .waking(handle)
+    };
+    match messaging {
+        Messaging::Kafka { brokers } => {
+            topics.ensure(&brokers, Duration::from_secs(30)).await?;
+            let publisher = KafkaPublisher::new(&brokers)?;
+            let (relay, handle) = relay(outbox.clone(), publisher.clone(), "payment");
+            let handler = handler(handle);
+            let consumer = IdempotentConsumer::new(
+                "payment",
+                inbox,
+                KafkaDeadLetter::new(publisher).with_topic(topics.dlq.clone()),
+            );
+            let consumer_config =
+                ConsumerConfig::new(&brokers, topics.group("payment"), &[&topics.commands]);
+            let s = stop.clone();
+            tasks.spawn(async move { relay.run(s.wait()).await.map_err(anyhow::Error::from) });
+            let s = stop.clone();
+            tasks.spawn(async move {
+                run_consumer(&consumer_config, &consumer, &handler, s.wait())
+                    .await
+                    .map(drop)
+                    .map_err(anyhow::Error::from)
+            });
+        }
+        Messaging::Local(bus) => {
+            let (relay, handle) = relay(outbox.clone(), bus.clone(), "payment");
+            let dead_letters = bus.clone().with_dead_letter_topic(topics.dlq.clone());
+            bus.subscribe(
+                &topics.commands,
+                IdempotentConsumer::new("payment", inbox, dead_letters),
+                handler(handle),
+            );
+            let s = stop.clone();
+            tasks.spawn(async move { relay.run(s.wait()).await.map_err(anyhow::Error::from) });
+        }
+    }
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -162,23 +202,12 @@ where
         .await;
     let grpc_metrics = ordersys_kit::metrics::RequestMetricsLayer::new(admin.registry())?;
 
-    let (trigger, stop) = Shutdown::new();
     let grpc_addr = listeners.grpc.local_addr()?;
     let admin_addr = listeners.admin.local_addr()?;
-    let mut tasks = tokio::task::JoinSet::new();
     let s = stop.clone();
     tasks.spawn(async move {
         admin::serve(listeners.admin, admin.router(), s.wait())
             .await
-            .map_err(anyhow::Error::from)
-    });
-    let s = stop.clone();
-    tasks.spawn(async move { relay.run(s.wait()).await.map_err(anyhow::Error::from) });
-    let s = stop.clone();
-    tasks.spawn(async move {
-        run_consumer(&consumer_config, &consumer, &handler, s.wait())
-            .await
-            .map(drop)
             .map_err(anyhow::Error::from)
     });
     let s = stop.clone();
