@@ -73,3 +73,12 @@ pub async fn connect_sqlite(url: &str) -> anyhow::Result<sqlx::SqlitePool> {
 pub fn is_sqlite(url: &str) -> bool {
     url.starts_with("sqlite:")
 }
+
+/// A second SQLite file next to the one `url` names: `sqlite://data/payment.db` with
+/// `"idempotency"` gives `sqlite://data/payment-idempotency.db`.
+pub fn sibling_sqlite(url: &str, suffix: &str) -> String {
+    match url.strip_suffix(".db") {
+        Some(stem) => format!("{stem}-{suffix}.db"),
+        None => format!("{url}-{suffix}"),
+    }
+}

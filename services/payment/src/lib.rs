@@ -74,7 +74,15 @@ pub async fn run_with(
         repo.migrate().await?;
         let mut admin = Admin::new("payment").sqlite(pool.clone());
         let idempotency: Arc<dyn IdempotencyStore> = if config.redis_url.is_empty() {
-            Arc::new(SqliteIdempotencyStore::new(pool.clone()))
+            // A file of its own: the handler consults it while its unit of work holds
+            // the payment database's write lock.
+            let keys = ordersys_kit::db::connect_sqlite(&ordersys_kit::db::sibling_sqlite(
+                &config.database_url,
+                "idempotency",
+            ))
+            .await?;
+            outbox::sqlite::migrate(&keys).await?;
+            Arc::new(SqliteIdempotencyStore::new(keys))
         } else {
             let conn = redis::Client::open(config.redis_url.as_str())?
                 .get_connection_manager()

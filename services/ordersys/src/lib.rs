@@ -1,0 +1,262 @@
+//! The whole ordersys system in one process.
+//!
+//! With no `DATABASE_URL`, `KAFKA_BROKERS` or `REDIS_URL` it runs **embedded**: every
+//! store in SQLite files under `DATA_DIR` (default `./data`), saga commands and replies
+//! on an in-process [`LocalBus`](outbox::local::LocalBus) (durable through the SQLite
+//! outboxes: a message counts as sent only once its consumer committed it), the rate
+//! limiter and the order cache in memory, revoked tokens and idempotency keys in SQLite.
+//! Each variable switches its part to the server: `DATABASE_URL` (a MySQL server URL,
+//! `mysql://user@host:3306`; each service gets its own database on it), `KAFKA_BROKERS`,
+//! `REDIS_URL`. Same services, same REST contract, same saga — only the backends differ.
+
+#![warn(missing_docs)]
+
+use std::future::Future;
+use std::sync::Arc;
+
+use authz::Blacklist;
+use ordersys_kit::messaging::Messaging;
+use ordersys_kit::shutdown::Shutdown;
+use ordersys_kit::Listeners;
+use serde::{Deserialize, Serialize};
+
+/// Settings of the one-process system. Environment variables are the upper-case names.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Where the SQLite files and the generated JWT secret live (`DATA_DIR`).
+    pub data_dir: String,
+    /// The REST API (`HTTP_ADDR`, default 0.0.0.0:8080).
+    pub http_addr: String,
+    /// `spec` (the SPEC ports 50051-50053 and 8081-8083 on 127.0.0.1) or `ephemeral`
+    /// (free ports; for tests) for the internal services (`INTERNAL_PORTS`).
+    pub internal_ports: String,
+    /// A MySQL server URL; empty: SQLite (`DATABASE_URL`).
+    pub database_url: String,
+    /// Kafka brokers; empty: the in-process bus (`KAFKA_BROKERS`).
+    pub kafka_brokers: String,
+    /// Redis; empty: memory + SQLite (`REDIS_URL`).
+    pub redis_url: String,
+    /// HS256 secret; empty: generated once and kept in `DATA_DIR` (`JWT_SECRET`).
+    pub jwt_secret: String,
+    /// Token lifetime (`JWT_TTL_SECS`, default 900).
+    pub jwt_ttl_secs: u64,
+    /// Requests per minute per client IP (`RATE_LIMIT_PER_MINUTE`, default 100).
+    pub rate_limit_per_minute: u32,
+    /// A new account's balance (`INITIAL_BALANCE`, default 100000).
+    pub initial_balance: i64,
+    /// Payment step deadline (`PAYMENT_DEADLINE_SECS`, default 30).
+    pub payment_deadline_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: "data".into(),
+            http_addr: "0.0.0.0:8080".into(),
+            internal_ports: "spec".into(),
+            database_url: String::new(),
+            kafka_brokers: String::new(),
+            redis_url: String::new(),
+            jwt_secret: String::new(),
+            jwt_ttl_secs: 900,
+            rate_limit_per_minute: 100,
+            initial_balance: 100_000,
+            payment_deadline_secs: 30,
+        }
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("data_dir", &self.data_dir)
+            .field("http_addr", &self.http_addr)
+            .field("internal_ports", &self.internal_ports)
+            .field(
+                "database",
+                &if self.database_url.is_empty() {
+                    "sqlite"
+                } else {
+                    "mysql"
+                },
+            )
+            .field(
+                "messaging",
+                &if self.kafka_brokers.is_empty() {
+                    "in-process"
+                } else {
+                    "kafka"
+                },
+            )
+            .field("redis", &!self.redis_url.is_empty())
+            .field(
+                "jwt_secret",
+                &ordersys_kit::config::redact(&self.jwt_secret),
+            )
+            .field("rate_limit_per_minute", &self.rate_limit_per_minute)
+            .field("initial_balance", &self.initial_balance)
+            .finish()
+    }
+}
+
+impl Config {
+    /// The environment variables read.
+    pub const ENV: &'static [&'static str] = &[
+        "DATA_DIR",
+        "HTTP_ADDR",
+        "INTERNAL_PORTS",
+        "DATABASE_URL",
+        "KAFKA_BROKERS",
+        "REDIS_URL",
+        "JWT_SECRET",
+        "JWT_TTL_SECS",
+        "RATE_LIMIT_PER_MINUTE",
+        "INITIAL_BALANCE",
+        "PAYMENT_DEADLINE_SECS",
+    ];
+
+    /// Load from defaults, `CONFIG_FILE` and the environment.
+    pub fn load() -> anyhow::Result<Self> {
+        ordersys_kit::config::load(Self::ENV)
+    }
+
+    fn database(&self, service: &str) -> String {
+        if self.database_url.is_empty() {
+            format!("sqlite://{}/{service}.db", self.data_dir)
+        } else {
+            format!(
+                "{}/ordersys_{service}",
+                self.database_url.trim_end_matches('/')
+            )
+        }
+    }
+}
+
+async fn jwt_secret(config: &Config) -> anyhow::Result<String> {
+    if !config.jwt_secret.is_empty() {
+        return Ok(config.jwt_secret.clone());
+    }
+    let path = std::path::Path::new(&config.data_dir).join("jwt_secret");
+    if let Ok(s) = tokio::fs::read_to_string(&path).await {
+        if s.trim().len() >= 32 {
+            return Ok(s.trim().to_owned());
+        }
+    }
+    let secret = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    tokio::fs::write(&path, &secret).await?;
+    Ok(secret)
+}
+
+async fn bind(config: &Config, grpc: u16, admin: u16) -> anyhow::Result<Listeners> {
+    if config.internal_ports == "ephemeral" {
+        Listeners::bind("127.0.0.1:0", "127.0.0.1:0").await
+    } else {
+        Listeners::bind(&format!("127.0.0.1:{grpc}"), &format!("127.0.0.1:{admin}")).await
+    }
+}
+
+/// Run the four services until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    tokio::fs::create_dir_all(&config.data_dir).await?;
+    let secret = jwt_secret(&config).await?;
+    let messaging = if config.kafka_brokers.is_empty() {
+        Messaging::Local(outbox::local::LocalBus::new())
+    } else {
+        Messaging::Kafka {
+            brokers: config.kafka_brokers.clone(),
+        }
+    };
+    let (user_l, order_l, payment_l) = (
+        bind(&config, 50051, 8081).await?,
+        bind(&config, 50052, 8082).await?,
+        bind(&config, 50053, 8083).await?,
+    );
+    let url = |l: &Listeners| l.grpc.local_addr().map(|a| format!("http://{a}"));
+    let (user_url, order_url, payment_url) = (url(&user_l)?, url(&order_l)?, url(&payment_l)?);
+    let http = tokio::net::TcpListener::bind(&config.http_addr).await?;
+    let http_addr = http.local_addr()?;
+
+    let user = ordersys_user::Config {
+        grpc_addr: String::new(),
+        admin_addr: String::new(),
+        database_url: config.database("user"),
+        redis_url: config.redis_url.clone(),
+        jwt_secret: secret.clone(),
+        jwt_ttl_secs: config.jwt_ttl_secs,
+        ..ordersys_user::Config::default()
+    };
+    let order = ordersys_order::Config {
+        database_url: config.database("order"),
+        redis_url: config.redis_url.clone(),
+        kafka_brokers: config.kafka_brokers.clone(),
+        payment_deadline_secs: config.payment_deadline_secs,
+        ..ordersys_order::Config::default()
+    };
+    let payment = ordersys_payment::Config {
+        database_url: config.database("payment"),
+        redis_url: config.redis_url.clone(),
+        kafka_brokers: config.kafka_brokers.clone(),
+        initial_balance: config.initial_balance,
+        ..ordersys_payment::Config::default()
+    };
+    let gateway = ordersys_gateway::Config {
+        user_service_url: user_url,
+        order_service_url: order_url,
+        payment_service_url: payment_url,
+        redis_url: config.redis_url.clone(),
+        jwt_secret: secret,
+        rate_limit_per_minute: config.rate_limit_per_minute,
+        ..ordersys_gateway::Config::default()
+    };
+    // The gateway reads revocations where the user service writes them.
+    let backends = if config.redis_url.is_empty() {
+        anyhow::ensure!(
+            config.database_url.is_empty(),
+            "a MySQL database needs REDIS_URL for revoked tokens"
+        );
+        let pool = ordersys_kit::db::connect_sqlite(&user.database_url).await?;
+        authz::sqlite::migrate(&pool).await?;
+        let blacklist: Arc<dyn Blacklist> = Arc::new(authz::sqlite::SqliteBlacklist::new(pool));
+        ordersys_gateway::Backends::local(&gateway, blacklist)
+    } else {
+        ordersys_gateway::Backends::redis(&gateway).await?
+    };
+
+    let (trigger, stop) = Shutdown::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let s = stop.clone();
+    tasks.spawn(async move { ordersys_user::run(user, user_l, s.wait()).await });
+    let (s, m) = (stop.clone(), messaging.clone());
+    tasks.spawn(async move { ordersys_payment::run_with(payment, payment_l, s.wait(), m).await });
+    let (s, m) = (stop.clone(), messaging.clone());
+    tasks.spawn(async move { ordersys_order::run_with(order, order_l, s.wait(), m).await });
+    let s = stop.clone();
+    tasks.spawn(async move { ordersys_gateway::run_with(gateway, http, s.wait(), backends).await });
+
+    let mode = if config.database_url.is_empty()
+        && config.kafka_brokers.is_empty()
+        && config.redis_url.is_empty()
+    {
+        format!("embedded: SQLite in {}/, in-process bus", config.data_dir)
+    } else {
+        "with external servers".to_owned()
+    };
+    let shown = if http_addr.ip().is_unspecified() {
+        format!("127.0.0.1:{}", http_addr.port())
+    } else {
+        http_addr.to_string()
+    };
+    println!("ordersys listening on http://{shown} ({mode})");
+    println!("  curl -s -X POST http://{shown}/api/v1/auth/register -H 'content-type: application/json' -d '{{\"email\":\"me@example.com\",\"password\":\"correct-horse\"}}'");
+    println!("  curl -s -X POST http://{shown}/api/v1/auth/login    -H 'content-type: application/json' -d '{{\"email\":\"me@example.com\",\"password\":\"correct-horse\"}}'");
+    tracing::info!(http = %http_addr, mode = %mode, "система ordersys запущена");
+    ordersys_kit::shutdown::supervise(tasks, shutdown, trigger).await
+}
