@@ -1,0 +1,144 @@
+//! The one-process embedded system (`ordersys` with no DATABASE_URL / KAFKA_BROKERS /
+//! REDIS_URL): SQLite files, the in-process bus — the same REST contract and saga, and
+//! data that survives a restart, including a saga interrupted by the stop.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ordersys_e2e::{email, free_port, wait_ready, Api, Service};
+use serde_json::{json, Value};
+
+fn start(data_dir: &std::path::Path, port: u16) -> Service {
+    let env: HashMap<String, String> = [
+        ("DATA_DIR", data_dir.display().to_string()),
+        ("HTTP_ADDR", format!("127.0.0.1:{port}")),
+        ("INTERNAL_PORTS", "ephemeral".into()),
+        ("RATE_LIMIT_PER_MINUTE", "100000".into()),
+        // Embedded: no servers at all, whatever the environment says.
+        ("DATABASE_URL", String::new()),
+        ("KAFKA_BROKERS", String::new()),
+        ("REDIS_URL", String::new()),
+        ("JWT_SECRET", String::new()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    Service::start("ordersys", env)
+}
+
+async fn wait_status(api: &Api, token: &str, id: &str, want: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = api
+            .send("GET", &format!("/api/v1/orders/{id}"), None, Some(token))
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        if r.body["status"] == want {
+            return r.body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "order never became {want}: {}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn order(price: i64) -> Option<Value> {
+    Some(
+        json!({ "items": [{ "product_id": "book", "quantity": 1, "unit_price": price }], "currency": "USD" }),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_system_confirms_orders_and_keeps_everything_across_restarts() {
+    let dir = std::env::temp_dir().join(format!(
+        "ordersys-embedded-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut sys = start(&dir, port);
+    wait_ready(&format!("{base}/readyz"), &mut sys, Duration::from_secs(60)).await;
+    assert!(
+        sys.logs()
+            .contains(&format!("ordersys listening on {base}")),
+        "{}",
+        sys.logs()
+    );
+    let api = Api::new(&base);
+
+    let e = email();
+    let token = api.signup(&e, "password-123").await;
+    let r = api
+        .send("POST", "/api/v1/orders", order(3000), Some(&token))
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let paid = r.body["order_id"].as_str().unwrap().to_owned();
+    let o = wait_status(&api, &token, &paid, "CONFIRMED").await;
+    assert_eq!(o["saga_state"], "COMPLETED");
+    let r = api
+        .send("POST", "/api/v1/orders", order(1_000_000), Some(&token))
+        .await;
+    let declined = r.body["order_id"].as_str().unwrap().to_owned();
+    let o = wait_status(&api, &token, &declined, "CANCELLED").await;
+    assert_eq!(o["failure_reason"], "insufficient funds");
+    assert_eq!(
+        api.send("GET", "/api/v1/wallet", None, Some(&token))
+            .await
+            .body["balance"],
+        97_000
+    );
+
+    // Log out one session; place an order and stop the process right away.
+    let r = api
+        .send(
+            "POST",
+            "/api/v1/auth/login",
+            Some(json!({ "email": e, "password": "password-123" })),
+            None,
+        )
+        .await;
+    let revoked = r.body["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        api.send("POST", "/api/v1/auth/logout", None, Some(&revoked))
+            .await
+            .status,
+        204
+    );
+    let r = api
+        .send("POST", "/api/v1/orders", order(500), Some(&token))
+        .await;
+    assert_eq!(r.status, 201);
+    let interrupted = r.body["order_id"].as_str().unwrap().to_owned();
+    sys.kill();
+
+    // After the restart: the same data, the revocation, and the interrupted saga finishes.
+    sys.restart();
+    wait_ready(&format!("{base}/readyz"), &mut sys, Duration::from_secs(60)).await;
+    let r = api.send("GET", "/api/v1/orders", None, Some(&token)).await;
+    assert_eq!(
+        r.status, 200,
+        "the token from before the restart still works"
+    );
+    assert_eq!(
+        api.send("GET", "/api/v1/auth/me", None, Some(&revoked))
+            .await
+            .status,
+        401,
+        "revocation lost"
+    );
+    wait_status(&api, &token, &paid, "CONFIRMED").await;
+    wait_status(&api, &token, &interrupted, "CONFIRMED").await;
+    assert_eq!(
+        api.send("GET", "/api/v1/wallet", None, Some(&token))
+            .await
+            .body["balance"],
+        96_500
+    );
+    let list = api.send("GET", "/api/v1/orders", None, Some(&token)).await;
+    assert_eq!(list.body["orders"].as_array().unwrap().len(), 3);
+    sys.kill();
+    let _ = std::fs::remove_dir_all(&dir);
+}
