@@ -1,7 +1,11 @@
 # ordersys — developer entry points. `make test` is the test command CI runs.
 CARGO ?= cargo
 
-.PHONY: test test-unit services-up kafka-down dev-up dev-down lint fmt doc bench example check
+.PHONY: run test test-unit services-up kafka-down dev-up dev-down lint fmt doc bench example check
+
+## The whole system in one process, embedded (SQLite + in-process bus) on :8080.
+run:
+	$(CARGO) run --release -p ordersys
 
 ## Run the whole test suite (unit, integration against real MariaDB/Redis/Kafka,
 ## doctests) of every crate, starting the servers first if they are down.
