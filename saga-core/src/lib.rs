@@ -58,6 +58,8 @@ mod machine;
 #[cfg(feature = "mysql")]
 pub mod mysql;
 mod orchestrator;
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+mod sql;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 mod store;

@@ -64,47 +64,6 @@ where
     })
 }
 
-#[async_trait]
-impl UserRepository for MySqlUsers {
-    async fn insert(&self, user: &User) -> Result<(), RepoError> {
-        let r = sqlx::query(
-            "INSERT INTO users (id, email, password_hash, created_at_ms) VALUES (?, ?, ?, ?)",
-        )
-        .bind(user.id.0.as_bytes().as_slice())
-        .bind(user.email.as_str())
-        .bind(&user.password_hash)
-        .bind(user.created_at)
-        .execute(&self.pool)
-        .await;
-        match r {
-            Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
-                Err(RepoError::DuplicateEmail)
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    async fn by_email(&self, email: &Email) -> Result<Option<User>, RepoError> {
-        let row = sqlx::query(
-            "SELECT id, email, password_hash, created_at_ms FROM users WHERE email = ?",
-        )
-        .bind(email.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(decode).transpose()
-    }
-
-    async fn by_id(&self, id: UserId) -> Result<Option<User>, RepoError> {
-        let row =
-            sqlx::query("SELECT id, email, password_hash, created_at_ms FROM users WHERE id = ?")
-                .bind(id.0.as_bytes().as_slice())
-                .fetch_optional(&self.pool)
-                .await?;
-        row.as_ref().map(decode).transpose()
-    }
-}
-
 /// The SQLite repository (embedded mode).
 #[derive(Debug, Clone)]
 pub struct SqliteUsers {
@@ -126,43 +85,43 @@ impl SqliteUsers {
     }
 }
 
-#[async_trait]
-impl UserRepository for SqliteUsers {
-    async fn insert(&self, user: &User) -> Result<(), RepoError> {
-        let r = sqlx::query(
-            "INSERT INTO users (id, email, password_hash, created_at_ms) VALUES (?, ?, ?, ?)",
-        )
-        .bind(user.id.0.as_bytes().as_slice())
-        .bind(user.email.as_str())
-        .bind(&user.password_hash)
-        .bind(user.created_at)
-        .execute(&self.pool)
-        .await;
-        match r {
-            Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
-                Err(RepoError::DuplicateEmail)
+macro_rules! sql_repository {
+    ($name:ident) => {
+        #[async_trait]
+        impl UserRepository for $name {
+            async fn insert(&self, user: &User) -> Result<(), RepoError> {
+                let r = sqlx::query("INSERT INTO users (id, email, password_hash, created_at_ms) VALUES (?, ?, ?, ?)")
+                    .bind(user.id.0.as_bytes().as_slice())
+                    .bind(user.email.as_str())
+                    .bind(&user.password_hash)
+                    .bind(user.created_at)
+                    .execute(&self.pool)
+                    .await;
+                match r {
+                    Ok(_) => Ok(()),
+                    Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Err(RepoError::DuplicateEmail),
+                    Err(e) => Err(e.into()),
+                }
             }
-            Err(e) => Err(e.into()),
+
+            async fn by_email(&self, email: &Email) -> Result<Option<User>, RepoError> {
+                let row = sqlx::query("SELECT id, email, password_hash, created_at_ms FROM users WHERE email = ?")
+                    .bind(email.as_str())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(decode).transpose()
+            }
+
+            async fn by_id(&self, id: UserId) -> Result<Option<User>, RepoError> {
+                let row = sqlx::query("SELECT id, email, password_hash, created_at_ms FROM users WHERE id = ?")
+                    .bind(id.0.as_bytes().as_slice())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(decode).transpose()
+            }
         }
-    }
-
-    async fn by_email(&self, email: &Email) -> Result<Option<User>, RepoError> {
-        let row = sqlx::query(
-            "SELECT id, email, password_hash, created_at_ms FROM users WHERE email = ?",
-        )
-        .bind(email.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(decode).transpose()
-    }
-
-    async fn by_id(&self, id: UserId) -> Result<Option<User>, RepoError> {
-        let row =
-            sqlx::query("SELECT id, email, password_hash, created_at_ms FROM users WHERE id = ?")
-                .bind(id.0.as_bytes().as_slice())
-                .fetch_optional(&self.pool)
-                .await?;
-        row.as_ref().map(decode).transpose()
-    }
+    };
 }
+
+sql_repository!(MySqlUsers);
+sql_repository!(SqliteUsers);

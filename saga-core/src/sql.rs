@@ -1,0 +1,99 @@
+//! The SQL shared by the MySQL and SQLite saga stores (they differ in the row-lock
+//! clause and in how the version column is typed).
+
+/// Implement [`SagaStore`](crate::SagaStore) for `$store` (with a `pool` field and a
+/// `decode(&Row)` function in scope) over transaction type `$tx`.
+macro_rules! sql_saga_store {
+    ($store:ident, $tx:ty, $version:ty, $for_update:literal) => {
+        impl SagaStore for $store {
+            async fn insert(&self, tx: &mut $tx, saga: &SagaInstance) -> Result<()> {
+                let (state, deadlines) = saga.json_columns()?;
+                sqlx::query(
+                    "INSERT INTO saga_instances (id, saga_type, status, state, data, deadlines, next_deadline, \
+                     version, created_at_ms, updated_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(saga.id.0.as_bytes().as_slice())
+                .bind(&saga.saga_type)
+                .bind(saga.state.status.as_str())
+                .bind(state)
+                .bind(saga.data.as_ref())
+                .bind(deadlines)
+                .bind(saga.next_deadline())
+                .bind(saga.version as $version)
+                .bind(saga.created_at)
+                .bind(saga.updated_at)
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| match &e {
+                    sqlx::Error::Database(d) if d.is_unique_violation() => Error::AlreadyExists(saga.id),
+                    _ => Error::storage(e),
+                })?;
+                Ok(())
+            }
+
+            async fn load(&self, tx: &mut $tx, id: SagaId) -> Result<Option<SagaInstance>> {
+                let row = sqlx::query(concat!(
+                    "SELECT id, saga_type, state, data, deadlines, version, created_at_ms, updated_at_ms \
+                     FROM saga_instances WHERE id = ?",
+                    $for_update
+                ))
+                .bind(id.0.as_bytes().as_slice())
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(Error::storage)?;
+                row.as_ref().map(decode).transpose()
+            }
+
+            async fn update(&self, tx: &mut $tx, saga: &SagaInstance) -> Result<()> {
+                let expected = saga.version.checked_sub(1).ok_or(Error::Conflict(saga.id))?;
+                let (state, deadlines) = saga.json_columns()?;
+                let done = sqlx::query(
+                    "UPDATE saga_instances SET status = ?, state = ?, data = ?, deadlines = ?, next_deadline = ?, \
+                     version = ?, updated_at_ms = ? WHERE id = ? AND version = ?",
+                )
+                .bind(saga.state.status.as_str())
+                .bind(state)
+                .bind(saga.data.as_ref())
+                .bind(deadlines)
+                .bind(saga.next_deadline())
+                .bind(saga.version as $version)
+                .bind(saga.updated_at)
+                .bind(saga.id.0.as_bytes().as_slice())
+                .bind(expected as $version)
+                .execute(&mut **tx)
+                .await
+                .map_err(Error::storage)?
+                .rows_affected();
+                if done == 1 {
+                    return Ok(());
+                }
+                let exists: Option<$version> = sqlx::query_scalar("SELECT version FROM saga_instances WHERE id = ?")
+                    .bind(saga.id.0.as_bytes().as_slice())
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(Error::storage)?;
+                Err(match exists {
+                    None => Error::NotFound(saga.id),
+                    Some(_) => Error::Conflict(saga.id),
+                })
+            }
+
+            async fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<SagaId>> {
+                let rows: Vec<Vec<u8>> = sqlx::query_scalar(
+                    "SELECT id FROM saga_instances WHERE next_deadline IS NOT NULL AND next_deadline <= ? \
+                     ORDER BY next_deadline LIMIT ?",
+                )
+                .bind(now_ms)
+                .bind(limit as i64)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(Error::storage)?;
+                rows.iter()
+                    .map(|b| Uuid::from_slice(b).map(SagaId).map_err(Error::storage))
+                    .collect()
+            }
+        }
+    };
+}
+
+pub(crate) use sql_saga_store;
