@@ -48,6 +48,7 @@ where
     per_key_order_across_relays(&fresh().await).await;
     failure_counts_attempts_and_releases(&fresh().await).await;
     expired_lease_is_reclaimed(&fresh().await).await;
+    own_lease_is_reclaimed_after_restart(&fresh().await).await;
     purge_removes_only_old_sent(&fresh().await).await;
 }
 
@@ -121,11 +122,12 @@ pub async fn per_key_order_across_relays<S: OutboxStore>(store: &S) {
         "a#2 must wait for a#1"
     );
     store.mark_sent(&[a1.id]).await.unwrap();
-    let r2 = store
-        .claim("r2", 10, Duration::from_secs(30))
+    // (A third relay: r2 itself would also take back its own lease on b#1.)
+    let r3 = store
+        .claim("r3", 10, Duration::from_secs(30))
         .await
         .unwrap();
-    assert_eq!(r2.iter().map(|m| m.id).collect::<Vec<_>>(), vec![a2.id]);
+    assert_eq!(r3.iter().map(|m| m.id).collect::<Vec<_>>(), vec![a2.id]);
 }
 
 /// A failed publish counts an attempt, keeps the error and makes the message claimable.
@@ -169,6 +171,36 @@ pub async fn expired_lease_is_reclaimed<S: OutboxStore>(store: &S) {
         .await
         .unwrap();
     assert_eq!(c.iter().map(|m| m.id).collect::<Vec<_>>(), vec![m.id]);
+}
+
+/// A relay restarted under the same id takes its own leases back at once; another relay
+/// still waits for them to expire.
+pub async fn own_lease_is_reclaimed_after_restart<S: OutboxStore>(store: &S) {
+    let m = msg("t", "k", 1);
+    enqueue_committed(store, vec![m.clone()]).await;
+    let first = store
+        .claim("order-relay", 10, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    // The process dies; a new run of the same relay comes up.
+    let again = store
+        .claim("order-relay", 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.iter().map(|m| m.id).collect::<Vec<_>>(),
+        vec![m.id],
+        "own lease not taken back"
+    );
+    assert!(
+        store
+            .claim("other-relay", 10, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_empty(),
+        "another relay ignored a live lease"
+    );
 }
 
 /// Purging deletes sent messages past retention and nothing else.

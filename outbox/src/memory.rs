@@ -200,7 +200,8 @@ impl OutboxStore for MemoryOutbox {
             .iter()
             .filter(|(_, r)| r.sent_at.is_none())
             .map(|(seq, r)| {
-                let leased = matches!(&r.lease, Some((_, until)) if *until > now);
+                let leased =
+                    matches!(&r.lease, Some((owner, until)) if *until > now && owner != relay_id);
                 (*seq, r.msg.key.clone(), leased)
             })
             .collect();

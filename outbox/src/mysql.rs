@@ -196,9 +196,10 @@ impl OutboxStore for MySqlOutbox {
             .map_err(storage)?;
         let rows = sqlx::query(
             "SELECT seq, id, topic, msg_key, payload, headers, created_at_us, attempts, \
-                    (lease_until IS NOT NULL AND lease_until > NOW(6)) AS leased \
+                    (lease_until IS NOT NULL AND lease_until > NOW(6) AND leased_by <> ?) AS leased \
              FROM outbox_messages WHERE sent_at IS NULL ORDER BY seq LIMIT ?",
         )
+        .bind(relay_id)
         .bind((limit.saturating_mul(SCAN_FACTOR)) as u64)
         .fetch_all(&mut *tx)
         .await

@@ -191,10 +191,11 @@ impl OutboxStore for SqliteOutbox {
         let mut tx = begin(&self.pool).await?;
         let rows = sqlx::query(
             "SELECT seq, id, topic, msg_key, payload, headers, created_at_us, attempts, \
-                    (lease_until_us IS NOT NULL AND lease_until_us > ?) AS leased \
+                    (lease_until_us IS NOT NULL AND lease_until_us > ? AND leased_by <> ?) AS leased \
              FROM outbox_messages WHERE sent_at_us IS NULL ORDER BY seq LIMIT ?",
         )
         .bind(now)
+        .bind(relay_id)
         .bind((limit.saturating_mul(4)) as i64)
         .fetch_all(&mut *tx)
         .await

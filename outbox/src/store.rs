@@ -53,7 +53,10 @@ pub trait Transactional: Send + Sync + 'static {
 /// Claiming is safe with several relays at once: a claimed message is leased to its
 /// relay until `mark_sent`, `release`, `record_failure` or lease expiry, and a message
 /// is never claimed while an earlier unsent message with the same key is leased to
-/// another relay (per-key order).
+/// another relay (per-key order). A relay may re-claim its *own* leases at once: a relay
+/// restarted with the same id picks up what its previous run left leased instead of
+/// waiting for the leases to expire (so relay ids must be unique among live relays and
+/// stable across restarts of one).
 pub trait OutboxStore: Transactional {
     /// Add `msg` to the outbox inside `tx`.
     fn enqueue(

@@ -69,6 +69,27 @@ pub enum Messaging {
     Local(outbox::local::LocalBus),
 }
 
+/// The relay id: unique among live relays, stable across restarts of one, so that a
+/// restarted relay takes back what it left leased (`RELAY_ID`, else
+/// `{service}@{hostname}`).
+pub fn relay_id(service: &str) -> String {
+    if let Ok(id) = std::env::var("RELAY_ID") {
+        if !id.is_empty() {
+            return format!("{service}@{id}");
+        }
+    }
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .unwrap_or_else(|| "localhost".into());
+    format!("{service}@{host}")
+}
+
 /// A relay from `outbox` to `publisher`, and the handle that wakes it after commits.
 pub fn relay<O: OutboxStore, P: outbox::Publisher>(
     outbox: O,
@@ -79,7 +100,7 @@ pub fn relay<O: OutboxStore, P: outbox::Publisher>(
         outbox,
         publisher,
         RelayConfig {
-            relay_id: format!("{service}-{}", uuid::Uuid::new_v4()),
+            relay_id: relay_id(service),
             poll_interval: Duration::from_millis(500),
             ..RelayConfig::default()
         },
