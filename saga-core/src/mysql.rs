@@ -43,21 +43,7 @@ impl MySqlSagaStore {
     pub fn pool(&self) -> &MySqlPool {
         &self.pool
     }
-
-    /// Read a saga outside any unit of work (queries, tests).
-    pub async fn get(&self, id: SagaId) -> Result<Option<SagaInstance>> {
-        let row = sqlx::query(SELECT)
-            .bind(id.0.as_bytes().as_slice())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(Error::storage)?;
-        row.as_ref().map(decode).transpose()
-    }
 }
-
-const SELECT: &str =
-    "SELECT id, saga_type, state, data, deadlines, version, created_at_ms, updated_at_ms \
-                      FROM saga_instances WHERE id = ?";
 
 fn decode(row: &MySqlRow) -> Result<SagaInstance> {
     let get = |e: sqlx::Error| Error::storage(e);

@@ -3,8 +3,25 @@
 
 /// Implement [`SagaStore`](crate::SagaStore) for `$store` (with a `pool` field and a
 /// `decode(&Row)` function in scope) over transaction type `$tx`.
+/// The columns every SQL saga store reads.
+pub(crate) const SELECT_SAGA: &str =
+    "SELECT id, saga_type, state, data, deadlines, version, created_at_ms, \
+     updated_at_ms FROM saga_instances WHERE id = ?";
+
 macro_rules! sql_saga_store {
     ($store:ident, $tx:ty, $version:ty, $for_update:literal) => {
+        impl $store {
+            /// Read a saga outside any unit of work (queries, tests).
+            pub async fn get(&self, id: SagaId) -> Result<Option<SagaInstance>> {
+                let row = sqlx::query(crate::sql::SELECT_SAGA)
+                    .bind(id.0.as_bytes().as_slice())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(Error::storage)?;
+                row.as_ref().map(decode).transpose()
+            }
+        }
+
         impl SagaStore for $store {
             async fn insert(&self, tx: &mut $tx, saga: &SagaInstance) -> Result<()> {
                 let (state, deadlines) = saga.json_columns()?;
@@ -32,11 +49,7 @@ macro_rules! sql_saga_store {
             }
 
             async fn load(&self, tx: &mut $tx, id: SagaId) -> Result<Option<SagaInstance>> {
-                let row = sqlx::query(concat!(
-                    "SELECT id, saga_type, state, data, deadlines, version, created_at_ms, updated_at_ms \
-                     FROM saga_instances WHERE id = ?",
-                    $for_update
-                ))
+                let row = sqlx::query(&format!("{}{}", crate::sql::SELECT_SAGA, $for_update))
                 .bind(id.0.as_bytes().as_slice())
                 .fetch_optional(&mut **tx)
                 .await

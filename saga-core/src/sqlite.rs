@@ -38,21 +38,7 @@ impl SqliteSagaStore {
     pub fn new(pool: SqlitePool) -> Self {
         Self { pool }
     }
-
-    /// Read a saga outside any unit of work.
-    pub async fn get(&self, id: SagaId) -> Result<Option<SagaInstance>> {
-        let row = sqlx::query(SELECT)
-            .bind(id.0.as_bytes().as_slice())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(Error::storage)?;
-        row.as_ref().map(decode).transpose()
-    }
 }
-
-const SELECT: &str =
-    "SELECT id, saga_type, state, data, deadlines, version, created_at_ms, updated_at_ms \
-                      FROM saga_instances WHERE id = ?";
 
 fn decode(row: &SqliteRow) -> Result<SagaInstance> {
     let get = |e: sqlx::Error| Error::storage(e);
