@@ -1,7 +1,7 @@
 # ordersys — developer entry points. `make test` is the test command CI runs.
 CARGO ?= cargo
 
-.PHONY: run test test-unit services-up kafka-down dev-up dev-down lint fmt doc bench example check
+.PHONY: run test test-unit services-up kafka-down dev-up dev-down lint fmt doc bench example check chaos chaos-short
 
 ## The whole system in one process, embedded (SQLite + in-process bus) on :8080.
 run:
@@ -56,6 +56,22 @@ bench:
 	$(CARGO) bench -p resilience --bench resilience
 	$(CARGO) bench -p saga-core --bench saga
 	$(CARGO) bench -p outbox --bench relay
+
+## The fault suite, long run: the separate services on a MariaDB, Redis and Kafka broker
+## of their own, 16 clients placing orders while services and servers are killed with
+## SIGKILL and restarted; then every invariant (docs/RELIABILITY.md). Release build.
+CHAOS_ARGS ?= --clients 16 --orders 10000 --seconds 900 --faults all --initial 2000000
+chaos:
+	scripts/kafka-up --install-only
+	$(CARGO) build --release --bins -p ordersys-user -p ordersys-order -p ordersys-payment -p ordersys-gateway -p ordersys-e2e
+	$${CARGO_TARGET_DIR:-target}/release/chaos $(CHAOS_ARGS)
+
+## The short fault run CI does (debug build, about two minutes).
+CHAOS_SHORT_ARGS ?= --clients 8 --seconds 60 --faults all --every 4-7 --deadline 10 --settle 120 --initial 2000000
+chaos-short:
+	scripts/kafka-up --install-only
+	$(CARGO) build --workspace --bins --all-features
+	$${CARGO_TARGET_DIR:-target}/debug/chaos $(CHAOS_SHORT_ARGS)
 
 ## Run the in-memory saga example.
 example:

@@ -18,6 +18,14 @@ pub enum HandlerError {
     /// Will never succeed (undecodable payload, violated invariant): dead-lettered at once.
     #[error("permanent: {0}")]
     Permanent(#[source] BoxError),
+    /// The handler's own infrastructure failed — the database is unreachable, a deadlock,
+    /// a lock-wait timeout, a serialization conflict. Not the message's fault: retried
+    /// without limit (with backoff) and never dead-lettered; [`process`] returns `Err`
+    /// after its retries, so the caller does not settle the message and it comes again.
+    ///
+    /// [`process`]: IdempotentConsumer::process
+    #[error("infrastructure: {0}")]
+    Infrastructure(#[source] BoxError),
 }
 
 impl HandlerError {
@@ -29,6 +37,11 @@ impl HandlerError {
     /// A permanent failure.
     pub fn permanent(e: impl Into<BoxError>) -> Self {
         Self::Permanent(e.into())
+    }
+
+    /// An infrastructure failure (retried without limit, never dead-lettered).
+    pub fn infrastructure(e: impl Into<BoxError>) -> Self {
+        Self::Infrastructure(e.into())
     }
 }
 
@@ -152,12 +165,11 @@ impl<I: Inbox, D: DeadLetter> IdempotentConsumer<I, D> {
         if let Err(e) = handler.handle(&mut tx, msg).await {
             return Ok(Attempt::Failed(e)); // tx dropped: rolled back
         }
-        match self.inbox.commit(tx).await {
-            Ok(()) => Ok(Attempt::Done(Outcome::Processed)),
-            // A concurrent delivery of the same message committed first.
-            Err(Error::Conflict(_)) => Ok(Attempt::Done(Outcome::Duplicate)),
-            Err(e) => Err(e),
-        }
+        // A conflict at commit means "not applied, try again" — never "duplicate": the
+        // next attempt's inbox check tells whether a concurrent delivery of the same
+        // message committed first.
+        self.inbox.commit(tx).await?;
+        Ok(Attempt::Done(Outcome::Processed))
     }
 
     /// Handle one delivery (see the type docs for the guarantees).
@@ -195,6 +207,7 @@ impl<I: Inbox, D: DeadLetter> IdempotentConsumer<I, D> {
         let reason = match error {
             // Infrastructure trouble is not the message's fault: do not park it.
             Fail::Store(e) => return Err(e),
+            Fail::Handler(HandlerError::Infrastructure(e)) => return Err(Error::Handler(e)),
             Fail::Handler(e) => format!("{e} (after {attempts} attempt(s))"),
         };
         tracing::warn!(consumer = %self.name, message_id = %msg.id, reason = %reason,

@@ -34,7 +34,9 @@ fn kafka_err(e: KafkaError) -> Error {
     Error::storage(e)
 }
 
-/// Producer settings used by [`KafkaPublisher::new`]: idempotent, `acks=all`.
+/// Producer settings used by [`KafkaPublisher::new`]: idempotent, `acks=all`,
+/// `linger.ms=0` (the relay publishes keys concurrently, so batches form anyway while a
+/// request is in flight; a linger only delays each message).
 pub fn producer_config(brokers: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers)
@@ -43,18 +45,35 @@ pub fn producer_config(brokers: &str) -> ClientConfig {
         // Well inside the relay's default 30 s lease: a message is either acknowledged
         // or failed before another relay may claim it again.
         .set("message.timeout.ms", "10000")
-        .set("linger.ms", "5");
+        .set("linger.ms", "0");
     c
 }
+
+/// After this many publishes in a row failed with a timeout, the producer is re-created.
+const TIMEOUTS_BEFORE_RECREATE: u32 = 3;
 
 /// Publishes outbox messages to Kafka and resolves once the broker acknowledged them
 /// (so the relay marks a row sent only after delivery). Key = the message key (the
 /// aggregate id, so one aggregate's messages share a partition and keep their order);
 /// headers = the message headers plus `message-id`.
+///
+/// Recovers by itself from a broker that lost the producer's state (a restarted
+/// single-node broker, or a cluster that expired the producer id): on a fatal
+/// idempotence error, a producer-state error (`UnknownProducerId`,
+/// `OutOfOrderSequenceNumber`, `InvalidProducerEpoch`, …) or
+/// three timed-out publishes in a row, the underlying producer is replaced by a new one
+/// with the same settings; the failed publishes return errors as usual and the relay
+/// retries them.
 #[derive(Clone)]
 pub struct KafkaPublisher {
-    producer: FutureProducer,
+    inner: std::sync::Arc<PublisherInner>,
     queue_timeout: Duration,
+}
+
+struct PublisherInner {
+    config: ClientConfig,
+    producer: std::sync::RwLock<(u64, FutureProducer)>,
+    timeouts_in_a_row: std::sync::atomic::AtomicU32,
 }
 
 impl std::fmt::Debug for KafkaPublisher {
@@ -72,14 +91,85 @@ impl KafkaPublisher {
     /// A producer from explicit librdkafka settings.
     pub fn from_config(config: &ClientConfig) -> Result<Self> {
         Ok(Self {
-            producer: config.create().map_err(kafka_err)?,
+            inner: std::sync::Arc::new(PublisherInner {
+                config: config.clone(),
+                producer: std::sync::RwLock::new((0, config.create().map_err(kafka_err)?)),
+                timeouts_in_a_row: std::sync::atomic::AtomicU32::new(0),
+            }),
             queue_timeout: Duration::from_secs(5),
         })
     }
 
     /// Wait for everything in flight (call before shutdown).
     pub fn flush(&self, timeout: Duration) -> Result<()> {
-        rdkafka::producer::Producer::flush(&self.producer, timeout).map_err(kafka_err)
+        let producer = self.current().1;
+        rdkafka::producer::Producer::flush(&producer, timeout).map_err(kafka_err)
+    }
+
+    /// How many times the producer was re-created after a broker lost its state.
+    pub fn recreations(&self) -> u64 {
+        self.current().0
+    }
+
+    fn current(&self) -> (u64, FutureProducer) {
+        let guard = self
+            .inner
+            .producer
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (guard.0, guard.1.clone())
+    }
+
+    /// Whether `e` (from the producer of generation `gen`) means the producer must be
+    /// replaced; if so, replace it (once, whoever sees it first).
+    fn recover_from(&self, gen: u64, producer: &FutureProducer, e: &KafkaError) {
+        use std::sync::atomic::Ordering;
+        let state_lost = matches!(
+            e.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::UnknownProducerId
+                    | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+                    | RDKafkaErrorCode::InvalidProducerIdMapping
+                    | RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::Fatal
+            )
+        );
+        let fatal = rdkafka::producer::Producer::client(producer)
+            .fatal_error()
+            .is_some();
+        let timed_out = e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut);
+        let timeouts = if timed_out {
+            self.inner.timeouts_in_a_row.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            0
+        };
+        if !(state_lost || fatal || timeouts >= TIMEOUTS_BEFORE_RECREATE) {
+            return;
+        }
+        let fresh = match self.inner.config.create::<FutureProducer>() {
+            Ok(p) => p,
+            Err(err) => {
+                tracing::error!(error = %err, "не удалось пересоздать Kafka-продюсер");
+                return;
+            }
+        };
+        let old = {
+            let mut guard = self
+                .inner
+                .producer
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if guard.0 != gen {
+                return; // someone else replaced it already
+            }
+            let old = std::mem::replace(&mut *guard, (gen + 1, fresh));
+            self.inner.timeouts_in_a_row.store(0, Ordering::Relaxed);
+            old
+        };
+        tracing::warn!(error = %e, fatal, timeouts, "Kafka-продюсер пересоздан: брокер потерял его состояние");
+        // Dropping a producer waits for what it still holds: not on an async thread.
+        std::thread::spawn(move || drop(old));
     }
 }
 
@@ -106,11 +196,19 @@ impl KafkaPublisher {
             .key(msg.key.as_bytes())
             .payload(msg.payload.as_ref())
             .headers(kafka_headers(msg, extra));
-        self.producer
-            .send(record, self.queue_timeout)
-            .await
-            .map(drop)
-            .map_err(|(e, _)| Error::publish(&msg.topic, e))
+        let (gen, producer) = self.current();
+        match producer.send(record, self.queue_timeout).await {
+            Ok(_) => {
+                self.inner
+                    .timeouts_in_a_row
+                    .store(0, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            }
+            Err((e, _)) => {
+                self.recover_from(gen, &producer, &e);
+                Err(Error::publish(&msg.topic, e))
+            }
+        }
     }
 }
 
@@ -214,6 +312,16 @@ pub struct ConsumerConfig {
     pub topics: Vec<String>,
     /// `session.timeout.ms` (default 10 s; short keeps rebalances quick).
     pub session_timeout: Duration,
+    /// `group.instance.id`: static group membership. A member restarted under the same
+    /// id takes its partitions back at once instead of waiting for the dead member's
+    /// session to time out and a rebalance. Must be unique among live members and
+    /// stable across restarts of one (e.g. the pod or host name). Default: none.
+    pub instance_id: Option<String>,
+    /// `fetch.wait.max.ms`: how long the broker may hold a fetch while it has nothing
+    /// new (default 20 ms). Brokers that wake a waiting fetch when a message arrives
+    /// (Apache Kafka) deliver at once regardless; brokers that poll storage (Tansu)
+    /// deliver about a quarter of this late on average, so it is kept short.
+    pub fetch_wait_max: Duration,
     /// Pause between tries when the store is down (default 100 ms doubling to 5 s).
     pub store_backoff: resilience::Retry,
     /// Upper bound on closing the consumer (leaving the group) at shutdown (default 5 s).
@@ -230,6 +338,8 @@ impl ConsumerConfig {
             group_id: group_id.into(),
             topics: topics.iter().map(|t| (*t).to_owned()).collect(),
             session_timeout: Duration::from_secs(10),
+            instance_id: None,
+            fetch_wait_max: Duration::from_millis(20),
             store_backoff: resilience::Retry::default()
                 .max_attempts(u32::MAX)
                 .max_delay(Duration::from_secs(5)),
@@ -316,7 +426,14 @@ where
         .set(
             "session.timeout.ms",
             config.session_timeout.as_millis().to_string(),
+        )
+        .set(
+            "fetch.wait.max.ms",
+            config.fetch_wait_max.as_millis().to_string(),
         );
+    if let Some(id) = &config.instance_id {
+        cc.set("group.instance.id", id);
+    }
     for (k, v) in &config.extra {
         cc.set(k, v);
     }

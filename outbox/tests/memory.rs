@@ -364,3 +364,117 @@ mod local_bus {
         assert_eq!(bus.parked().len(), 1);
     }
 }
+
+/// An inbox whose first `fail_commits` commits fail with a conflict (nothing applied).
+struct ConflictingCommits {
+    inner: MemoryInbox,
+    fail_commits: AtomicU32,
+}
+
+impl Transactional for ConflictingCommits {
+    type Tx = MemoryTx;
+    async fn begin(&self) -> outbox::Result<MemoryTx> {
+        self.inner.begin().await
+    }
+    async fn commit(&self, tx: MemoryTx) -> outbox::Result<()> {
+        if self
+            .fail_commits
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            drop(tx); // rolled back
+            return Err(outbox::Error::Conflict("serialization failure".into()));
+        }
+        self.inner.commit(tx).await
+    }
+}
+
+impl outbox::Inbox for ConflictingCommits {
+    async fn try_record(
+        &self,
+        tx: &mut MemoryTx,
+        consumer: &str,
+        id: outbox::MessageId,
+    ) -> outbox::Result<bool> {
+        self.inner.try_record(tx, consumer, id).await
+    }
+}
+
+/// Counts the deliveries whose unit of work committed.
+struct Committed(Arc<AtomicU32>);
+
+impl Handler<MemoryTx> for Committed {
+    async fn handle(&self, _tx: &mut MemoryTx, _msg: &Delivery) -> Result<(), HandlerError> {
+        Ok(())
+    }
+    async fn after_commit(&self, _msg: &Delivery) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_conflict_at_commit_is_retried_not_taken_for_a_duplicate() {
+    let inbox = ConflictingCommits {
+        inner: MemoryInbox::new(),
+        fail_commits: AtomicU32::new(1),
+    };
+    let consumer = IdempotentConsumer::new("payment", inbox, MemoryDeadLetters::new());
+    let committed = Arc::new(AtomicU32::new(0));
+    let msg = OutboxMessage::new("saga.commands", "order-1", "debit").to_delivery();
+    let outcome = consumer
+        .process(&msg, &Committed(committed.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        Outcome::Processed,
+        "the effect must not be dropped"
+    );
+    assert_eq!(committed.load(Ordering::SeqCst), 1);
+    // And it is recorded: a redelivery is the duplicate.
+    let again = consumer
+        .process(&msg, &Committed(committed.clone()))
+        .await
+        .unwrap();
+    assert_eq!(again, Outcome::Duplicate);
+    assert_eq!(committed.load(Ordering::SeqCst), 1);
+}
+
+/// Fails with an infrastructure error (database down, deadlock) a number of times.
+struct DatabaseDown(Arc<AtomicU32>);
+
+impl Handler<MemoryTx> for DatabaseDown {
+    async fn handle(&self, _tx: &mut MemoryTx, _msg: &Delivery) -> Result<(), HandlerError> {
+        if self
+            .0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(HandlerError::infrastructure(
+                "Deadlock found when trying to get lock",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn infrastructure_failures_are_never_dead_lettered() {
+    let dead = MemoryDeadLetters::new();
+    let consumer = IdempotentConsumer::new("payment", MemoryInbox::new(), dead.clone());
+    // More failures than the retry policy's attempts: process() gives the message back
+    // (Err, not settled) instead of parking it, and a later delivery applies it.
+    let failures = Arc::new(AtomicU32::new(4));
+    let msg = OutboxMessage::new("saga.commands", "order-1", "debit").to_delivery();
+    let handler = DatabaseDown(failures.clone());
+    assert!(consumer.process(&msg, &handler).await.is_err()); // 3 attempts, 3 failures
+    assert_eq!(
+        consumer.process(&msg, &handler).await.unwrap(),
+        Outcome::Processed
+    );
+    assert!(
+        dead.parked().is_empty(),
+        "dead-lettered: {:?}",
+        dead.parked()
+    );
+}

@@ -12,6 +12,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod infra;
+
 /// The HS256 secret the e2e systems share (tests forge tokens with it).
 pub const JWT_SECRET: &str = "e2e-secret-0123456789abcdef0123456789abcdef";
 
@@ -25,8 +27,14 @@ pub fn free_port() -> u16 {
 
 fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    // A test: target/<profile>/deps/<test> → target/<profile>/<name>; a binary of this
+    // crate (the fault suite): target/<profile>/<bin> → target/<profile>/<name>.
+    let dir = exe.parent().expect("target dir");
+    let dir = if dir.ends_with("deps") {
+        dir.parent().expect("target dir")
+    } else {
+        dir
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -43,6 +51,7 @@ pub struct Service {
     env: HashMap<String, String>,
     child: Option<Child>,
     log: PathBuf,
+    ready_url: Option<String>,
 }
 
 impl Service {
@@ -57,13 +66,80 @@ impl Service {
             env,
             child: None,
             log,
+            ready_url: None,
         };
         s.spawn();
         s
     }
 
+    /// Start binary `name` with `env`, logging to `{log_dir}/{name}.log`; `ready_url`
+    /// answers 200 once it is ready (see [`wait_until_ready`](Self::wait_until_ready)).
+    pub fn start_logged(
+        name: &'static str,
+        env: HashMap<String, String>,
+        log_dir: &std::path::Path,
+        ready_url: &str,
+    ) -> Self {
+        let mut s = Self {
+            name,
+            env,
+            child: None,
+            log: log_dir.join(format!("{name}.log")),
+            ready_url: Some(ready_url.to_owned()),
+        };
+        s.spawn();
+        s
+    }
+
+    /// Where its output goes (appended across restarts).
+    pub fn log_path(&self) -> &std::path::Path {
+        &self.log
+    }
+
+    /// Start it again if it is not running (after [`kill`](Self::kill), or a crash).
+    pub fn respawn(&mut self) {
+        if self.exited() {
+            self.child = None;
+            self.spawn();
+        }
+    }
+
+    /// Wait until the readiness URL given to [`start_logged`](Self::start_logged)
+    /// answers 200, restarting the process if it exits meanwhile.
+    pub async fn wait_until_ready(&mut self, within: Duration) -> anyhow::Result<()> {
+        let Some(url) = self.ready_url.clone() else {
+            anyhow::bail!("{} has no readiness URL", self.name);
+        };
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + within;
+        loop {
+            self.respawn();
+            if let Ok(r) = client
+                .get(&url)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+            {
+                if r.status().is_success() {
+                    return Ok(());
+                }
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{} not ready at {url} within {within:?}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     fn spawn(&mut self) {
-        let out = std::fs::File::create(&self.log).expect("log file");
+        // Appended, so that a restart keeps the log that explains the crash.
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
         let child = Command::new(bin(self.name))
             .envs(&self.env)
             .env("ORDERSYS_STDIN_LIFELINE", "1")

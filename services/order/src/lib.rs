@@ -206,8 +206,9 @@ async fn serve<B: saga::Backend, I: Inbox<Tx = B::Tx>>(
                 inbox,
                 KafkaDeadLetter::new(publisher).with_topic(topics.dlq.clone()),
             );
-            let consumer_config =
+            let mut consumer_config =
                 ConsumerConfig::new(&brokers, topics.group("order"), &[&topics.replies]);
+            consumer_config.instance_id = Some(ordersys_kit::messaging::relay_id("order"));
             let s = stop.clone();
             tasks.spawn(async move {
                 run_consumer(&consumer_config, &consumer, &replies, s.wait())

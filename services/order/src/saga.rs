@@ -300,7 +300,7 @@ impl<B: Backend> Handler<B::Tx> for ReplyHandler<B> {
                 self.repo
                     .set_payment(tx, order, &reply.payment_id)
                     .await
-                    .map_err(|e| HandlerError::transient(e.to_string()))?;
+                    .map_err(|e| HandlerError::infrastructure(e.to_string()))?;
             }
         }
         match self.orchestrator.handle(tx, saga_id, event).await {
@@ -313,7 +313,8 @@ impl<B: Backend> Handler<B::Tx> for ReplyHandler<B> {
             Err(saga_core::Error::NotFound(_)) => {
                 Err(HandlerError::permanent(format!("no saga {saga_id}")))
             }
-            Err(e) => Err(HandlerError::transient(e.to_string())),
+            // Storage trouble and version conflicts: retried until they pass.
+            Err(e) => Err(HandlerError::infrastructure(e.to_string())),
         }
     }
 

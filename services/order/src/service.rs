@@ -56,6 +56,21 @@ impl From<outbox::Error> for OrderError {
 
 /// Cache entry lifetime (SPEC: `order:{id}` for 10 minutes).
 const CACHE_TTL: Duration = Duration::from_secs(600);
+/// How long an order whose saga is still running stays cached. Its changes are
+/// invalidated after each commit, but a process killed between a commit and the
+/// invalidation cannot invalidate: the entry must then expire by itself, soon.
+const CACHE_TTL_IN_FLIGHT: Duration = Duration::from_secs(1);
+
+/// How long `o` may be cached: long once nothing more will happen to it by itself.
+fn cache_ttl(o: &Order) -> Duration {
+    let settled =
+        o.status != OrderStatus::Pending && matches!(o.saga_state.as_str(), "COMPLETED" | "FAILED");
+    if settled {
+        CACHE_TTL
+    } else {
+        CACHE_TTL_IN_FLIGHT
+    }
+}
 /// Idempotency result lifetime (SPEC: 24 hours).
 const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -282,7 +297,7 @@ impl<B: Backend> OrderService<B> {
         }
         let o = self.load(id).await?.ok_or(OrderError::NotFound)?;
         if let Ok(bytes) = serde_json::to_vec(&o) {
-            let _ = self.cache.set_if_absent(&key, &bytes, CACHE_TTL).await;
+            let _ = self.cache.set_if_absent(&key, &bytes, cache_ttl(&o)).await;
         }
         if o.user_id == user {
             Ok(o)
@@ -378,5 +393,53 @@ impl<B: Backend> OrderService<B> {
         invalidate(&*self.cache, id).await;
         tracing::info!(order_id = %id, "запрошена отмена заказа");
         self.load(id).await?.ok_or(OrderError::NotFound)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(status: OrderStatus, saga_state: &str) -> Order {
+        Order {
+            id: Uuid::nil(),
+            user_id: Uuid::nil(),
+            status,
+            currency: "USD".into(),
+            total: 100,
+            items: Vec::new(),
+            payment_id: None,
+            failure_reason: None,
+            saga_id: Uuid::nil(),
+            cancel_saga_id: None,
+            saga_state: saga_state.into(),
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn only_settled_orders_stay_cached_for_long() {
+        // A missed invalidation (killed between commit and invalidate) must not show a
+        // running order stale for minutes.
+        assert_eq!(
+            cache_ttl(&order(OrderStatus::Pending, "PAYMENT_PENDING")),
+            CACHE_TTL_IN_FLIGHT
+        );
+        assert_eq!(
+            cache_ttl(&order(OrderStatus::Confirmed, "REFUND_PENDING")),
+            CACHE_TTL_IN_FLIGHT
+        );
+        assert_eq!(
+            cache_ttl(&order(OrderStatus::Cancelled, "COMPENSATING")),
+            CACHE_TTL_IN_FLIGHT
+        );
+        assert_eq!(
+            cache_ttl(&order(OrderStatus::Confirmed, "COMPLETED")),
+            CACHE_TTL
+        );
+        assert_eq!(
+            cache_ttl(&order(OrderStatus::Cancelled, "FAILED")),
+            CACHE_TTL
+        );
     }
 }

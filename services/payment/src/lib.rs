@@ -179,8 +179,9 @@ where
                 inbox,
                 KafkaDeadLetter::new(publisher).with_topic(topics.dlq.clone()),
             );
-            let consumer_config =
+            let mut consumer_config =
                 ConsumerConfig::new(&brokers, topics.group("payment"), &[&topics.commands]);
+            consumer_config.instance_id = Some(ordersys_kit::messaging::relay_id("payment"));
             let s = stop.clone();
             tasks.spawn(async move { relay.run(s.wait()).await.map_err(anyhow::Error::from) });
             let s = stop.clone();

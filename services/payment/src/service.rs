@@ -58,8 +58,10 @@ fn parse_uuid(field: &str, s: &str) -> Result<Uuid, HandlerError> {
     Uuid::parse_str(s).map_err(|_| HandlerError::permanent(format!("{field} is not a UUID: {s:?}")))
 }
 
+/// A storage failure: the database is down, a deadlock, a lock-wait timeout — retried
+/// until it passes, never dead-lettered.
 fn transient(e: impl std::fmt::Display) -> HandlerError {
-    HandlerError::transient(e.to_string())
+    HandlerError::infrastructure(e.to_string())
 }
 
 impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> CommandHandler<R, O> {
