@@ -47,6 +47,7 @@ where
     claim_leases_in_order_and_round_trips_fields(&fresh().await).await;
     per_key_order_across_relays(&fresh().await).await;
     failure_counts_attempts_and_releases(&fresh().await).await;
+    failed_message_holds_back_its_key_only(&fresh().await).await;
     expired_lease_is_reclaimed(&fresh().await).await;
     own_lease_is_reclaimed_after_restart(&fresh().await).await;
     purge_removes_only_old_sent(&fresh().await).await;
@@ -140,7 +141,10 @@ pub async fn failure_counts_attempts_and_releases<S: OutboxStore>(store: &S) {
             .await
             .unwrap();
         assert_eq!(c.len(), 1);
-        store.record_failure(m.id, "broker down").await.unwrap();
+        store
+            .record_failure(m.id, "broker down", Duration::ZERO)
+            .await
+            .unwrap();
         let again = store
             .claim("r1", 10, Duration::from_secs(30))
             .await
@@ -148,6 +152,38 @@ pub async fn failure_counts_attempts_and_releases<S: OutboxStore>(store: &S) {
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].attempts, expected);
         store.release(&[m.id]).await.unwrap();
+    }
+}
+
+/// A failed message is held back for its retry delay — from every relay, its own
+/// included — with the later messages of its key; other keys are claimed as usual.
+pub async fn failed_message_holds_back_its_key_only<S: OutboxStore>(store: &S) {
+    let (p1, p2, a1) = (msg("t", "p", 1), msg("t", "p", 2), msg("t", "a", 1));
+    enqueue_committed(store, vec![p1.clone(), p2.clone(), a1.clone()]).await;
+    let c = store
+        .claim("r1", 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(c.len(), 3);
+    store
+        .record_failure(p1.id, "message too large", Duration::from_secs(3600))
+        .await
+        .unwrap();
+    store.release(&[p2.id]).await.unwrap();
+    store.mark_sent(&[a1.id]).await.unwrap();
+    let a2 = msg("t", "a", 2);
+    enqueue_committed(store, vec![a2.clone()]).await;
+    for relay in ["r1", "r2"] {
+        let c = store
+            .claim(relay, 10, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(
+            c.iter().map(|m| m.id).collect::<Vec<_>>(),
+            vec![a2.id],
+            "{relay}: a held-back message (and its key) was claimed, or another key was not"
+        );
+        store.release(&[a2.id]).await.unwrap();
     }
 }
 
@@ -387,6 +423,22 @@ pub async fn inbox_all<I: Inbox>(inbox: &I) {
     assert!(!inbox.try_record(&mut tx, "c1", id).await.unwrap());
     assert!(inbox.try_record(&mut tx, "c2", id).await.unwrap());
     inbox.commit(tx).await.unwrap();
+
+    // Purging keeps records younger than the retention and forgets older ones.
+    assert_eq!(inbox.purge(Duration::from_secs(3600)).await.unwrap(), 0);
+    let mut tx = inbox.begin().await.unwrap();
+    assert!(
+        !inbox.try_record(&mut tx, "c1", id).await.unwrap(),
+        "a record inside its retention was purged"
+    );
+    drop(tx);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(inbox.purge(Duration::from_secs(1)).await.unwrap(), 2);
+    let mut tx = inbox.begin().await.unwrap();
+    assert!(
+        inbox.try_record(&mut tx, "c1", id).await.unwrap(),
+        "a record past its retention was kept"
+    );
 }
 
 /// A fresh MySQL database per call, for backend tests (features `conformance` + `mysql`).
@@ -495,6 +547,20 @@ pub async fn idempotency_all<S: crate::idempotency::IdempotencyStore>(store: &S)
     assert_eq!(
         store.reserve(&short, day).await.unwrap(),
         Reservation::Reserved
+    );
+
+    // Purging expired keys leaves live ones alone (what it deletes is backend-specific:
+    // Redis expires keys itself).
+    store.purge_expired().await.unwrap();
+    assert_eq!(
+        store.reserve(&key, day).await.unwrap(),
+        Reservation::Completed(bytes::Bytes::from_static(b"\x00result\xff")),
+        "purge removed a live completed key"
+    );
+    assert_eq!(
+        store.reserve(&short, day).await.unwrap(),
+        Reservation::InProgress,
+        "purge removed a live reservation"
     );
 }
 

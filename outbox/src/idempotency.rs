@@ -54,6 +54,10 @@ pub trait IdempotencyStore: Send + Sync {
     async fn complete(&self, key: &str, result: &[u8], ttl: Duration) -> Result<()>;
     /// Drop a reservation whose work failed, so a retry may run.
     async fn release(&self, key: &str) -> Result<()>;
+    /// Delete expired keys; returns how many. Stores whose keys expire by themselves
+    /// (Redis) have nothing to do and return 0; table-backed stores must be purged
+    /// periodically or they grow forever.
+    async fn purge_expired(&self) -> Result<u64>;
 }
 
 /// A key/value cache with per-entry TTL.
@@ -128,6 +132,14 @@ impl IdempotencyStore for MemoryIdempotencyStore {
             slots.remove(key);
         }
         Ok(())
+    }
+
+    async fn purge_expired(&self) -> Result<u64> {
+        let now = Instant::now();
+        let mut slots = lock(&self.slots);
+        let before = slots.len();
+        slots.retain(|_, (_, until)| *until > now);
+        Ok((before - slots.len()) as u64)
     }
 }
 
@@ -300,6 +312,11 @@ return 0
                 .await
                 .map(drop)
                 .map_err(Error::storage)
+        }
+
+        /// Nothing to do: every key is written with a TTL and Redis expires it.
+        async fn purge_expired(&self) -> Result<u64> {
+            Ok(0)
         }
     }
 

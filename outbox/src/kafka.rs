@@ -13,10 +13,10 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::Message;
+use rdkafka::{Message, Offset, TopicPartitionList};
 use uuid::Uuid;
 
 use crate::store::{DeadLetter, Inbox, Publisher};
@@ -324,6 +324,16 @@ pub struct ConsumerConfig {
     pub fetch_wait_max: Duration,
     /// Pause between tries when the store is down (default 100 ms doubling to 5 s).
     pub store_backoff: resilience::Retry,
+    /// How often an idle consumer checks that it is not stuck (default 10 s; `None`
+    /// turns the check off). After an interval without a message it looks at its
+    /// partitions: one positioned **beyond the end of its log** (the topic was created
+    /// again, or the broker lost its data but not the group's offsets — a broker that
+    /// answers such a fetch with nothing instead of `OFFSET_OUT_OF_RANGE` would leave it
+    /// silent forever) is moved to the start of the log, as `auto.offset.reset=earliest`
+    /// would (the inbox drops what was already processed). A consumer that holds **no
+    /// partitions** while its topics have messages nobody consumes, for two checks in a
+    /// row, leaves and rejoins its group.
+    pub watchdog_interval: Option<Duration>,
     /// Upper bound on closing the consumer (leaving the group) at shutdown (default 5 s).
     pub close_timeout: Duration,
     /// More librdkafka settings.
@@ -343,6 +353,7 @@ impl ConsumerConfig {
             store_backoff: resilience::Retry::default()
                 .max_attempts(u32::MAX)
                 .max_delay(Duration::from_secs(5)),
+            watchdog_interval: Some(Duration::from_secs(10)),
             close_timeout: Duration::from_secs(5),
             extra: Vec::new(),
         }
@@ -437,18 +448,43 @@ where
     for (k, v) in &config.extra {
         cc.set(k, v);
     }
-    let kafka: StreamConsumer = cc.create().map_err(kafka_err)?;
+    let kafka: std::sync::Arc<StreamConsumer> =
+        std::sync::Arc::new(cc.create().map_err(kafka_err)?);
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
     kafka.subscribe(&topics).map_err(kafka_err)?;
 
     tokio::pin!(shutdown);
     let mut stats = ConsumerStats::default();
+    let watchdog_every = config.watchdog_interval.unwrap_or(Duration::MAX);
+    let mut watchdog = Watchdog::default();
+    let mut last_message = tokio::time::Instant::now();
     'outer: loop {
+        let idle_for = last_message.elapsed();
+        if idle_for >= watchdog_every {
+            last_message = tokio::time::Instant::now();
+            let (k, t, mut w) = (
+                kafka.clone(),
+                config.topics.clone(),
+                std::mem::take(&mut watchdog),
+            );
+            watchdog = tokio::task::spawn_blocking(move || {
+                if let Err(e) = w.check(&k, &t) {
+                    tracing::debug!(error = %e, "проверка Kafka-консьюмера не удалась");
+                }
+                w
+            })
+            .await
+            .unwrap_or_default();
+            continue;
+        }
         let msg = tokio::select! {
             biased;
             () = &mut shutdown => break,
             m = kafka.recv() => m,
+            // Cancel-safe: a message is taken from the queue only when `recv` is ready.
+            () = tokio::time::sleep(watchdog_every - idle_for) => continue,
         };
+        last_message = tokio::time::Instant::now();
         let msg = match msg {
             Ok(m) => m,
             Err(e) => {
@@ -505,4 +541,100 @@ where
         tracing::warn!("закрытие Kafka-консьюмера не уложилось в отведённое время");
     }
     Ok(stats)
+}
+
+/// The idle consumer's self-check (see [`ConsumerConfig::watchdog_interval`]).
+#[derive(Default)]
+struct Watchdog {
+    /// Partitions with unconsumed messages, and the group's offset on each, seen at the
+    /// previous check while this member held no partitions.
+    unconsumed_before: Option<Vec<(String, i32, i64)>>,
+}
+
+impl Watchdog {
+    const TIMEOUT: Duration = Duration::from_secs(2);
+
+    /// Blocking (librdkafka metadata and offset requests): run off the async threads.
+    fn check(&mut self, kafka: &StreamConsumer, topics: &[String]) -> KafkaResult<()> {
+        let assignment = kafka.assignment()?;
+        if assignment.count() > 0 {
+            self.unconsumed_before = None;
+            return self.seek_back_from_beyond_the_end(kafka, &assignment);
+        }
+        // No partitions: fine if another member consumes them, not if nobody does.
+        let mut all = TopicPartitionList::new();
+        for topic in topics {
+            let md = kafka.fetch_metadata(Some(topic), Self::TIMEOUT)?;
+            for t in md.topics() {
+                for p in t.partitions() {
+                    all.add_partition(t.name(), p.id());
+                }
+            }
+        }
+        let committed = kafka.committed_offsets(all, Self::TIMEOUT)?;
+        let mut unconsumed = Vec::new();
+        for e in committed.elements() {
+            let (low, high) = kafka.fetch_watermarks(e.topic(), e.partition(), Self::TIMEOUT)?;
+            let at = match e.offset() {
+                Offset::Offset(o) => o,
+                _ => low,
+            };
+            if at < high {
+                unconsumed.push((e.topic().to_owned(), e.partition(), at));
+            }
+        }
+        if unconsumed.is_empty() {
+            self.unconsumed_before = None;
+        } else if self.unconsumed_before.as_ref() == Some(&unconsumed) {
+            tracing::warn!(
+                partitions = unconsumed.len(),
+                "консьюмер не держит ни одной партиции, а сообщения никто не читает: \
+                 переподключение к группе"
+            );
+            kafka.unsubscribe();
+            let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+            kafka.subscribe(&topics)?;
+            self.unconsumed_before = None;
+        } else {
+            self.unconsumed_before = Some(unconsumed);
+        }
+        Ok(())
+    }
+
+    /// A partition whose position (or, before the first message, committed offset) lies
+    /// beyond the end of its log is moved to the start of the log.
+    fn seek_back_from_beyond_the_end(
+        &self,
+        kafka: &StreamConsumer,
+        assignment: &TopicPartitionList,
+    ) -> KafkaResult<()> {
+        let position = kafka.position()?;
+        let committed = kafka.committed_offsets(assignment.clone(), Self::TIMEOUT)?;
+        for e in assignment.elements() {
+            let (topic, partition) = (e.topic(), e.partition());
+            let offset_in = |l: &TopicPartitionList| {
+                l.find_partition(topic, partition)
+                    .and_then(|p| match p.offset() {
+                        Offset::Offset(o) => Some(o),
+                        _ => None,
+                    })
+            };
+            let Some(at) = offset_in(&position).or_else(|| offset_in(&committed)) else {
+                continue;
+            };
+            let (low, high) = kafka.fetch_watermarks(topic, partition, Self::TIMEOUT)?;
+            if at > high {
+                tracing::warn!(
+                    topic,
+                    partition,
+                    offset = at,
+                    log_end = high,
+                    "позиция консьюмера за концом журнала (топик создан заново?): \
+                     чтение с начала журнала"
+                );
+                kafka.seek(topic, partition, Offset::Offset(low), Self::TIMEOUT)?;
+            }
+        }
+        Ok(())
+    }
 }

@@ -85,7 +85,8 @@ impl MemoryTx {
 struct Row {
     msg: OutboxMessage,
     sent_at: Option<Instant>,
-    lease: Option<(String, Instant)>,
+    /// `(owner, until)`; no owner = a failed message held back until its retry time.
+    lease: Option<(Option<String>, Instant)>,
     last_error: Option<String>,
 }
 
@@ -200,8 +201,8 @@ impl OutboxStore for MemoryOutbox {
             .iter()
             .filter(|(_, r)| r.sent_at.is_none())
             .map(|(seq, r)| {
-                let leased =
-                    matches!(&r.lease, Some((owner, until)) if *until > now && owner != relay_id);
+                let leased = matches!(&r.lease, Some((owner, until))
+                        if *until > now && owner.as_deref() != Some(relay_id));
                 (*seq, r.msg.key.clone(), leased)
             })
             .collect();
@@ -209,7 +210,7 @@ impl OutboxStore for MemoryOutbox {
         let mut out = Vec::with_capacity(chosen.len());
         for i in chosen {
             let row = st.rows.get_mut(&unsent[i].0).expect("row listed above");
-            row.lease = Some((relay_id.to_owned(), now + lease));
+            row.lease = Some((Some(relay_id.to_owned()), now + lease));
             out.push(row.msg.clone());
         }
         Ok(out)
@@ -227,12 +228,18 @@ impl OutboxStore for MemoryOutbox {
         Ok(())
     }
 
-    async fn record_failure(&self, id: MessageId, error: &str) -> Result<()> {
+    async fn record_failure(
+        &self,
+        id: MessageId,
+        error: &str,
+        retry_after: Duration,
+    ) -> Result<()> {
         let mut st = lock(&self.state);
         if let Some(row) = st.row_mut(&id) {
             row.msg.attempts += 1;
             row.last_error = Some(error.to_owned());
-            row.lease = None;
+            // Held back, by nobody, until the retry time.
+            row.lease = Some((None, Instant::now() + retry_after));
         }
         Ok(())
     }
@@ -274,7 +281,7 @@ impl OutboxStore for MemoryOutbox {
 /// In-memory [`Inbox`]. Cheap to clone; clones share state.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryInbox {
-    seen: Arc<Mutex<HashSet<(String, MessageId)>>>,
+    seen: Arc<Mutex<HashMap<(String, MessageId), Instant>>>,
 }
 
 impl MemoryInbox {
@@ -285,7 +292,7 @@ impl MemoryInbox {
 
     /// Whether `consumer` has recorded `id`.
     pub fn contains(&self, consumer: &str, id: MessageId) -> bool {
-        lock(&self.seen).contains(&(consumer.to_owned(), id))
+        lock(&self.seen).contains_key(&(consumer.to_owned(), id))
     }
 }
 
@@ -304,13 +311,13 @@ impl Transactional for MemoryInbox {
 impl Inbox for MemoryInbox {
     async fn try_record(&self, tx: &mut MemoryTx, consumer: &str, id: MessageId) -> Result<bool> {
         let key = (consumer.to_owned(), id);
-        if lock(&self.seen).contains(&key) {
+        if lock(&self.seen).contains_key(&key) {
             return Ok(false);
         }
         let seen = self.seen.clone();
         let k = key.clone();
         tx.check(move || {
-            if lock(&seen).contains(&k) {
+            if lock(&seen).contains_key(&k) {
                 Err(format!("message {} already processed by {}", k.1, k.0))
             } else {
                 Ok(())
@@ -318,9 +325,17 @@ impl Inbox for MemoryInbox {
         });
         let seen = self.seen.clone();
         tx.on_commit(move || {
-            lock(&seen).insert(key);
+            lock(&seen).insert(key, Instant::now());
         });
         Ok(true)
+    }
+
+    async fn purge(&self, retention: Duration) -> Result<u64> {
+        let now = Instant::now();
+        let mut seen = lock(&self.seen);
+        let before = seen.len();
+        seen.retain(|_, at| now.saturating_duration_since(*at) < retention);
+        Ok((before - seen.len()) as u64)
     }
 }
 
@@ -330,6 +345,7 @@ impl Inbox for MemoryInbox {
 pub struct MemoryBroker {
     log: Arc<Mutex<Vec<OutboxMessage>>>,
     fail_next: Arc<Mutex<u32>>,
+    poisoned: Arc<Mutex<HashSet<String>>>,
     count: Arc<watch::Sender<usize>>,
 }
 
@@ -338,6 +354,7 @@ impl Default for MemoryBroker {
         Self {
             log: Arc::default(),
             fail_next: Arc::default(),
+            poisoned: Arc::default(),
             count: Arc::new(watch::channel(0).0),
         }
     }
@@ -352,6 +369,17 @@ impl MemoryBroker {
     /// Make the next `n` publishes fail.
     pub fn fail_next(&self, n: u32) {
         *lock(&self.fail_next) = n;
+    }
+
+    /// Refuse every message with this key until [`heal_key`](Self::heal_key) (a message
+    /// the broker keeps rejecting, e.g. one that is too large).
+    pub fn fail_key(&self, key: &str) {
+        lock(&self.poisoned).insert(key.to_owned());
+    }
+
+    /// Accept messages with this key again.
+    pub fn heal_key(&self, key: &str) {
+        lock(&self.poisoned).remove(key);
     }
 
     /// Everything published so far, in order.
@@ -384,6 +412,9 @@ impl Publisher for MemoryBroker {
                 *f -= 1;
                 return Err(Error::publish(&msg.topic, "injected broker failure"));
             }
+        }
+        if lock(&self.poisoned).contains(&msg.key) {
+            return Err(Error::publish(&msg.topic, "injected: key refused"));
         }
         let n = {
             let mut log = lock(&self.log);

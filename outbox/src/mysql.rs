@@ -9,7 +9,8 @@
 //! (an enqueue still in flight is simply not there yet — there is no high-water mark,
 //! so a row whose auto-increment id committed late is never skipped) and leases the
 //! chosen rows with `lease_until = NOW(6) + lease`. A key whose earlier row is leased
-//! elsewhere is skipped, which keeps per-key order with any number of relays.
+//! elsewhere is skipped, which keeps per-key order with any number of relays. A failed
+//! row is held back the same way: no owner, `lease_until` = its retry time.
 //!
 //! ```no_run
 //! # async fn demo() -> outbox::Result<()> {
@@ -91,6 +92,24 @@ fn row_to_message(row: &MySqlRow) -> Result<OutboxMessage> {
         created_at: UNIX_EPOCH + Duration::from_micros(created_us.max(0) as u64),
         attempts,
     })
+}
+
+/// Run a `DELETE … < NOW(6) - INTERVAL ? MICROSECOND LIMIT 5000` until it deletes fewer
+/// than 5000 rows: a large backlog is purged in slices that never hold locks for long.
+async fn delete_older(pool: &MySqlPool, sql: &'static str, retention: Duration) -> Result<u64> {
+    let mut total = 0;
+    loop {
+        let n = sqlx::query(sql)
+            .bind(retention.as_micros() as u64)
+            .execute(pool)
+            .await
+            .map_err(storage)?
+            .rows_affected();
+        total += n;
+        if n < 5000 {
+            return Ok(total);
+        }
+    }
 }
 
 /// MySQL [`OutboxStore`] over the `outbox_messages` table.
@@ -196,7 +215,8 @@ impl OutboxStore for MySqlOutbox {
             .map_err(storage)?;
         let rows = sqlx::query(
             "SELECT seq, id, topic, msg_key, payload, headers, created_at_us, attempts, \
-                    (lease_until IS NOT NULL AND lease_until > NOW(6) AND leased_by <> ?) AS leased \
+                    (lease_until IS NOT NULL AND lease_until > NOW(6) \
+                     AND (leased_by IS NULL OR leased_by <> ?)) AS leased \
              FROM outbox_messages WHERE sent_at IS NULL ORDER BY seq LIMIT ?",
         )
         .bind(relay_id)
@@ -251,13 +271,21 @@ impl OutboxStore for MySqlOutbox {
         Ok(())
     }
 
-    async fn record_failure(&self, id: MessageId, error: &str) -> Result<()> {
+    async fn record_failure(
+        &self,
+        id: MessageId,
+        error: &str,
+        retry_after: Duration,
+    ) -> Result<()> {
         let error: String = error.chars().take(4000).collect();
+        // No owner and a future `lease_until`: held back, by nobody, until then.
         sqlx::query(
             "UPDATE outbox_messages SET attempts = attempts + 1, last_error = ?, \
-             leased_by = NULL, lease_until = NULL WHERE id = ? AND sent_at IS NULL",
+             leased_by = NULL, lease_until = NOW(6) + INTERVAL ? MICROSECOND \
+             WHERE id = ? AND sent_at IS NULL",
         )
         .bind(error)
+        .bind(retry_after.as_micros() as u64)
         .bind(id_bytes(&id))
         .execute(&self.pool)
         .await
@@ -283,22 +311,13 @@ impl OutboxStore for MySqlOutbox {
     }
 
     async fn purge_sent(&self, retention: Duration) -> Result<u64> {
-        let mut total = 0;
-        loop {
-            let n = sqlx::query(
-                "DELETE FROM outbox_messages WHERE sent_at IS NOT NULL \
-                 AND sent_at < NOW(6) - INTERVAL ? MICROSECOND LIMIT 5000",
-            )
-            .bind(retention.as_micros() as u64)
-            .execute(&self.pool)
-            .await
-            .map_err(storage)?
-            .rows_affected();
-            total += n;
-            if n < 5000 {
-                return Ok(total);
-            }
-        }
+        delete_older(
+            &self.pool,
+            "DELETE FROM outbox_messages WHERE sent_at IS NOT NULL \
+             AND sent_at < NOW(6) - INTERVAL ? MICROSECOND LIMIT 5000",
+            retention,
+        )
+        .await
     }
 }
 
@@ -312,19 +331,6 @@ impl MySqlInbox {
     /// An inbox over `pool` (run [`migrate`] first).
     pub fn new(pool: MySqlPool) -> Self {
         Self { pool }
-    }
-
-    /// Forget records older than `retention` (keep it longer than any redelivery can
-    /// take — the broker's retention). Returns how many were deleted.
-    pub async fn purge(&self, retention: Duration) -> Result<u64> {
-        sqlx::query(
-            "DELETE FROM inbox_messages WHERE processed_at < NOW(6) - INTERVAL ? MICROSECOND",
-        )
-        .bind(retention.as_micros() as u64)
-        .execute(&self.pool)
-        .await
-        .map(|r| r.rows_affected())
-        .map_err(storage)
     }
 }
 
@@ -361,5 +367,15 @@ impl Inbox for MySqlInbox {
             Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Ok(false),
             Err(e) => Err(storage(e)),
         }
+    }
+
+    async fn purge(&self, retention: Duration) -> Result<u64> {
+        delete_older(
+            &self.pool,
+            "DELETE FROM inbox_messages \
+             WHERE processed_at < NOW(6) - INTERVAL ? MICROSECOND LIMIT 5000",
+            retention,
+        )
+        .await
     }
 }

@@ -23,8 +23,13 @@ pub struct RelayConfig {
     pub lease: Duration,
     /// Polling interval when nothing signals new messages (default 1 s).
     pub poll_interval: Duration,
-    /// Backoff after a failed round: the delays of this policy, then its last delay
-    /// repeated (default 100 ms doubling to 5 s, ±10 %).
+    /// Backoff, per message and after store errors (default 100 ms doubling to 5 s).
+    ///
+    /// A message whose publish failed for the n-th time is held back (with every later
+    /// message of its key) for this policy's `nominal_delay(n)`, while the other keys
+    /// flow on: one message the broker keeps refusing never slows the relay. A failed
+    /// *store* call (the database is down) pauses the whole relay along the policy's
+    /// delays, then its last delay repeated.
     pub backoff: Retry,
     /// Sent messages are purged after this long (default 24 h); `None` keeps them.
     pub retention: Option<Duration>,
@@ -56,11 +61,14 @@ pub struct RoundReport {
     pub failed: usize,
     /// Messages given back unpublished because an earlier one of the same key failed.
     pub released: usize,
+    /// The shortest retry delay among the messages that failed (`None` if none did):
+    /// when the first of them may be claimed again.
+    pub retry_in: Option<Duration>,
 }
 
 enum Next {
     Now,
-    Idle,
+    Idle(Duration),
     Backoff(Duration),
 }
 
@@ -84,8 +92,8 @@ impl RelayHandle {
 /// A message is marked sent only after the broker acknowledged it; a crash in between
 /// leaves it leased until the lease expires, and it is published again (consumers drop
 /// the duplicate by [`MessageId`]). Messages of different keys are published
-/// concurrently; messages of one key one after the other, and a failure stops that key
-/// for the round.
+/// concurrently; messages of one key one after the other, and a failure holds that key
+/// back for its retry delay while the others go on.
 ///
 /// ```
 /// use outbox::memory::{MemoryBroker, MemoryOutbox};
@@ -183,7 +191,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                         Ok(()) => sent.push(m.id),
                         Err(e) => {
                             let rest: Vec<MessageId> = msgs[i + 1..].iter().map(|m| m.id).collect();
-                            return (sent, Some((m.id, e.to_string())), rest);
+                            return (sent, Some((m.id, m.attempts, e.to_string())), rest);
                         }
                     }
                 }
@@ -203,9 +211,20 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         if !sent_all.is_empty() {
             self.store.mark_sent(&sent_all).await?;
         }
-        for (id, err) in &failures {
-            tracing::warn!(message_id = %id, error = %err, "не удалось опубликовать сообщение outbox");
-            self.store.record_failure(*id, err).await?;
+        for (id, attempts, err) in &failures {
+            let retry_after = self
+                .config
+                .backoff
+                .nominal_delay(attempts.saturating_add(1));
+            tracing::warn!(
+                message_id = %id,
+                attempt = attempts + 1,
+                retry_in_ms = retry_after.as_millis() as u64,
+                error = %err,
+                "не удалось опубликовать сообщение outbox"
+            );
+            self.store.record_failure(*id, err, retry_after).await?;
+            report.retry_in = Some(report.retry_in.map_or(retry_after, |d| d.min(retry_after)));
         }
         if !released.is_empty() {
             self.store.release(&released).await?;
@@ -224,23 +243,32 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         let mut backoff = self.config.backoff.backoff();
         let mut last_delay = self.config.backoff.nominal_delay(1);
         let mut last_purge = tokio::time::Instant::now();
+        // When the earliest message held back after a failed publish is due again.
+        let mut next_retry: Option<tokio::time::Instant> = None;
         loop {
             // Register interest before the round so a commit during it is not missed.
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
 
+            // A failed publish holds back its own key only (see `RelayConfig::backoff`):
+            // the relay itself pauses only when its store fails.
             let next = match self.run_once().await {
-                Ok(r) if r.failed > 0 => {
-                    last_delay = backoff.next().unwrap_or(last_delay);
-                    Next::Backoff(last_delay)
-                }
                 Ok(r) => {
                     backoff = self.config.backoff.backoff();
+                    let now = tokio::time::Instant::now();
+                    // This round saw whatever was due before now.
+                    next_retry = next_retry.filter(|due| *due > now);
+                    if let Some(d) = r.retry_in {
+                        let due = now + d;
+                        next_retry = Some(next_retry.map_or(due, |n| n.min(due)));
+                    }
                     if r.claimed >= self.config.batch_size {
                         Next::Now // more may be waiting
                     } else {
-                        Next::Idle
+                        // Come back when the first held-back message is due, at the latest.
+                        let poll = self.config.poll_interval;
+                        Next::Idle(next_retry.map_or(poll, |due| poll.min(due - now)))
                     }
                 }
                 Err(e) => {
@@ -266,13 +294,13 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                         return Ok(());
                     }
                 }
-                Next::Idle => tokio::select! {
+                Next::Idle(wait) => tokio::select! {
                     biased;
                     () = &mut shutdown => return Ok(()),
                     () = &mut notified => {}
-                    () = tokio::time::sleep(self.config.poll_interval) => {}
+                    () = tokio::time::sleep(wait) => {}
                 },
-                // After a failure new commits do not cut the pause short.
+                // After a store failure new commits do not cut the pause short.
                 Next::Backoff(delay) => tokio::select! {
                     biased;
                     () = &mut shutdown => return Ok(()),

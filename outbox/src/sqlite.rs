@@ -191,7 +191,8 @@ impl OutboxStore for SqliteOutbox {
         let mut tx = begin(&self.pool).await?;
         let rows = sqlx::query(
             "SELECT seq, id, topic, msg_key, payload, headers, created_at_us, attempts, \
-                    (lease_until_us IS NOT NULL AND lease_until_us > ? AND leased_by <> ?) AS leased \
+                    (lease_until_us IS NOT NULL AND lease_until_us > ? \
+                     AND (leased_by IS NULL OR leased_by <> ?)) AS leased \
              FROM outbox_messages WHERE sent_at_us IS NULL ORDER BY seq LIMIT ?",
         )
         .bind(now)
@@ -241,13 +242,20 @@ impl OutboxStore for SqliteOutbox {
         Ok(())
     }
 
-    async fn record_failure(&self, id: MessageId, error: &str) -> Result<()> {
+    async fn record_failure(
+        &self,
+        id: MessageId,
+        error: &str,
+        retry_after: Duration,
+    ) -> Result<()> {
         let error: String = error.chars().take(4000).collect();
+        // No owner and a future `lease_until_us`: held back, by nobody, until then.
         sqlx::query(
             "UPDATE outbox_messages SET attempts = attempts + 1, last_error = ?, leased_by = NULL, \
-             lease_until_us = NULL WHERE id = ? AND sent_at_us IS NULL",
+             lease_until_us = ? WHERE id = ? AND sent_at_us IS NULL",
         )
         .bind(error)
+        .bind(now_us().saturating_add(retry_after.as_micros() as i64))
         .bind(id.0.as_bytes().as_slice())
         .execute(&self.pool)
         .await
@@ -318,6 +326,15 @@ impl Inbox for SqliteInbox {
             Err(e) => Err(storage(e)),
         }
     }
+
+    async fn purge(&self, retention: Duration) -> Result<u64> {
+        sqlx::query("DELETE FROM inbox_messages WHERE processed_at_us < ?")
+            .bind(now_us().saturating_sub(retention.as_micros() as i64))
+            .execute(&self.pool)
+            .await
+            .map(|r| r.rows_affected())
+            .map_err(storage)
+    }
 }
 
 /// SQLite [`IdempotencyStore`]: keys survive a restart of the embedded system.
@@ -379,6 +396,15 @@ impl IdempotencyStore for SqliteIdempotencyStore {
             .await
             .map_err(storage)?;
         Ok(())
+    }
+
+    async fn purge_expired(&self) -> Result<u64> {
+        sqlx::query("DELETE FROM idempotency_keys WHERE expires_at_us <= ?")
+            .bind(now_us())
+            .execute(&self.pool)
+            .await
+            .map(|r| r.rows_affected())
+            .map_err(storage)
     }
 
     async fn release(&self, key: &str) -> Result<()> {

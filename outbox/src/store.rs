@@ -51,7 +51,8 @@ pub trait Transactional: Send + Sync + 'static {
 /// [`Relay`](crate::Relay).
 ///
 /// Claiming is safe with several relays at once: a claimed message is leased to its
-/// relay until `mark_sent`, `release`, `record_failure` or lease expiry, and a message
+/// relay until `mark_sent`, `release`, `record_failure` or lease expiry (a failed
+/// message is then held back until its retry time), and a message
 /// is never claimed while an earlier unsent message with the same key is leased to
 /// another relay (per-key order). A relay may re-claim its *own* leases at once: a relay
 /// restarted with the same id picks up what its previous run left leased instead of
@@ -76,9 +77,17 @@ pub trait OutboxStore: Transactional {
     /// The broker acknowledged these messages: never publish them again.
     fn mark_sent(&self, ids: &[MessageId]) -> impl Future<Output = Result<()>> + Send;
 
-    /// Publishing `id` failed: count the attempt, keep the error, release the lease.
-    fn record_failure(&self, id: MessageId, error: &str)
-        -> impl Future<Output = Result<()>> + Send;
+    /// Publishing `id` failed: count the attempt, keep the error, release the lease and
+    /// hold the message back for `retry_after`: until then no relay claims it, nor any
+    /// later message of its key (per-key order), while other keys flow on. This is how
+    /// one message the broker keeps refusing backs off on its own instead of slowing the
+    /// relay for everybody.
+    fn record_failure(
+        &self,
+        id: MessageId,
+        error: &str,
+        retry_after: Duration,
+    ) -> impl Future<Output = Result<()>> + Send;
 
     /// Give leased messages back without counting an attempt (e.g. on shutdown, or when
     /// an earlier message of the same key failed).
@@ -107,6 +116,12 @@ pub trait Inbox: Transactional {
         consumer: &str,
         id: MessageId,
     ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Forget records older than `retention`; returns how many were deleted. Keep
+    /// `retention` longer than any redelivery can take (the broker's retention, plus
+    /// the longest outage a consumer may sit out): a message redelivered after its
+    /// record was purged is processed again.
+    fn purge(&self, retention: Duration) -> impl Future<Output = Result<u64>> + Send;
 }
 
 /// Sends a message to the broker and resolves once the broker acknowledged it.
@@ -155,8 +170,9 @@ impl<T: OutboxStore> OutboxStore for Arc<T> {
         &self,
         id: MessageId,
         error: &str,
+        retry_after: Duration,
     ) -> impl Future<Output = Result<()>> + Send {
-        (**self).record_failure(id, error)
+        (**self).record_failure(id, error, retry_after)
     }
     fn release(&self, ids: &[MessageId]) -> impl Future<Output = Result<()>> + Send {
         (**self).release(ids)
@@ -177,6 +193,9 @@ impl<T: Inbox> Inbox for Arc<T> {
         id: MessageId,
     ) -> impl Future<Output = Result<bool>> + Send {
         (**self).try_record(tx, consumer, id)
+    }
+    fn purge(&self, retention: Duration) -> impl Future<Output = Result<u64>> + Send {
+        (**self).purge(retention)
     }
 }
 

@@ -350,3 +350,48 @@ impl Handler<MemoryTx> for Both {
         self.1.handle(tx, msg).await
     }
 }
+
+/// `make dev-up` right after `make test` once never consumed a saga reply: the group's
+/// committed offset lay beyond the end of a log that was created again, and the broker
+/// (Tansu) answers such a fetch with nothing instead of `OFFSET_OUT_OF_RANGE`, so the
+/// consumer waited silently forever. The watchdog moves it back to the log's start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_offset_beyond_the_end_of_the_log_is_noticed_and_consumption_resumes() {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let topic = unique("beyond");
+    ensure_topics(&brokers(), &[(&topic, 1)]).await.unwrap();
+    let mut config = consumer_config(&topic);
+    config.watchdog_interval = Some(Duration::from_secs(1));
+    // The group's offset from an earlier life of the topic.
+    let base: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", &config.group_id)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, Offset::Offset(1000))
+        .unwrap();
+    base.commit(&tpl, CommitMode::Sync).unwrap();
+    drop(base);
+
+    let publisher = KafkaPublisher::new(&brokers()).unwrap();
+    for i in 0..3 {
+        let m = OutboxMessage::new(topic.clone(), "k", format!("{i}"));
+        outbox::Publisher::publish(&publisher, &m).await.unwrap();
+    }
+    let consumer = Arc::new(IdempotentConsumer::new(
+        "test",
+        MemoryInbox::new(),
+        MemoryDeadLetters::new(),
+    ));
+    let collect = Collect::default();
+    let (stop, stopped) = stopper();
+    let (c, h, s) = (consumer.clone(), collect.clone(), stopped());
+    let task = tokio::spawn(async move { run_consumer(&config, &c, &h, s).await });
+    collect.wait_for(3).await;
+    stop.send_replace(true);
+    let stats = task.await.unwrap().unwrap();
+    assert_eq!(stats.processed, 3);
+}

@@ -62,7 +62,7 @@ async fn relay_wakes_on_commit_without_waiting_for_the_poll() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn relay_backs_off_on_broker_failure_and_counts_attempts() {
+async fn a_failed_message_is_retried_after_its_backoff_and_counts_attempts() {
     let store = MemoryOutbox::new();
     let m = OutboxMessage::new("t", "k", "x");
     let mut tx = store.begin().await.unwrap();
@@ -79,13 +79,73 @@ async fn relay_backs_off_on_broker_failure_and_counts_attempts() {
         }),
     );
     broker.wait_for(1).await;
-    // Three failed rounds wait ~100 + 200 + 400 ms (±10 %) before the fourth succeeds.
+    // Three failures hold the message back 100 + 200 + 400 ms before the fourth try
+    // succeeds (the poll interval is an hour: the relay comes back when it is due).
     let waited = started.elapsed();
     assert!(waited >= Duration::from_millis(630), "{waited:?}");
     assert!(waited < Duration::from_millis(800), "{waited:?}");
     let (stored, last_error) = store.get(m.id).unwrap();
     assert_eq!(stored.attempts, 3);
     assert!(last_error.unwrap().contains("injected"));
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    assert_eq!(store.pending(), 0);
+}
+
+/// One key the broker keeps refusing backs off on its own: messages of other keys,
+/// committed after it failed, go out at once (before: the whole relay paused after every
+/// failed round, up to `max_delay`, and new commits did not cut the pause short).
+#[tokio::test(start_paused = true)]
+async fn a_poison_key_backs_off_alone_and_never_slows_the_others() {
+    let store = MemoryOutbox::new();
+    let broker = MemoryBroker::new();
+    broker.fail_key("poison");
+    let cfg = RelayConfig {
+        backoff: resilience::Retry::default()
+            .max_attempts(u32::MAX)
+            .base_delay(Duration::from_secs(10))
+            .max_delay(Duration::from_secs(60)),
+        ..config()
+    };
+    let poison = OutboxMessage::new("t", "poison", "too large");
+    let mut tx = store.begin().await.unwrap();
+    store.enqueue(&mut tx, poison.clone()).await.unwrap();
+    store.commit(tx).await.unwrap();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(Relay::new(store.clone(), broker.clone(), cfg).run(async {
+        let _ = rx.await;
+    }));
+    // Wait (virtual time) for the poison's first failure.
+    while store.get(poison.id).unwrap().0.attempts == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    for i in 0..5 {
+        let started = tokio::time::Instant::now();
+        let mut tx = store.begin().await.unwrap();
+        store
+            .enqueue(&mut tx, OutboxMessage::new("t", format!("k{i}"), "ok"))
+            .await
+            .unwrap();
+        store.commit(tx).await.unwrap();
+        broker.wait_for(i + 1).await;
+        let waited = started.elapsed();
+        assert!(
+            waited < Duration::from_secs(1),
+            "message {i} waited {waited:?} behind the poison key"
+        );
+    }
+    // The poison itself is still retried, with growing delays, and never given up.
+    tokio::time::sleep(Duration::from_secs(200)).await;
+    let (stored, last_error) = store.get(poison.id).unwrap();
+    assert!(stored.attempts >= 3, "attempts {}", stored.attempts);
+    assert!(
+        stored.attempts <= 6,
+        "attempts {} (no backoff?)",
+        stored.attempts
+    );
+    assert!(last_error.unwrap().contains("refused"));
+    broker.heal_key("poison");
+    broker.wait_for(6).await;
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
     assert_eq!(store.pending(), 0);
@@ -276,6 +336,9 @@ mod local_bus {
         ) -> outbox::Result<bool> {
             self.inner.try_record(tx, consumer, id).await
         }
+        async fn purge(&self, retention: Duration) -> outbox::Result<u64> {
+            self.inner.purge(retention).await
+        }
     }
 
     impl Handler<MemoryTx> for Sink {
@@ -334,6 +397,9 @@ mod local_bus {
         assert_eq!(store.pending(), 4);
 
         inbox.down.store(false, Ordering::SeqCst);
+        // The failed message (and its key) is held back for its first retry delay.
+        assert_eq!(relay.run_once().await.unwrap().claimed, 0);
+        tokio::time::sleep(relay.config().backoff.nominal_delay(1)).await;
         let r = relay.run_once().await.unwrap();
         assert_eq!(r.published, 4);
         assert_eq!(store.pending(), 0);
@@ -397,6 +463,9 @@ impl outbox::Inbox for ConflictingCommits {
         id: outbox::MessageId,
     ) -> outbox::Result<bool> {
         self.inner.try_record(tx, consumer, id).await
+    }
+    async fn purge(&self, retention: Duration) -> outbox::Result<u64> {
+        self.inner.purge(retention).await
     }
 }
 

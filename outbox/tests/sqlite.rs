@@ -91,3 +91,44 @@ async fn sqlite_outbox_survives_a_reopen() {
     pool.close().await;
     cleanup(&path);
 }
+
+/// Expired idempotency keys leave the table when purged (Redis expires its own; a table
+/// grows forever unless someone deletes them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_idempotency_purge_deletes_expired_keys_only() {
+    use outbox::idempotency::IdempotencyStore;
+    use std::time::Duration;
+
+    let (pool, path) = fresh().await;
+    let store = SqliteIdempotencyStore::new(pool.clone());
+    store
+        .reserve("short", Duration::from_millis(1))
+        .await
+        .unwrap();
+    store
+        .complete("done-short", b"x", Duration::from_millis(1))
+        .await
+        .unwrap();
+    store
+        .reserve("long", Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let count = || async {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM idempotency_keys")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(count().await, 3);
+    // Expired once the clock moved past their 1 ms; poll rather than sleep a guess.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut purged = 0;
+    while purged < 2 && std::time::Instant::now() < deadline {
+        purged += store.purge_expired().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(purged, 2);
+    assert_eq!(count().await, 1, "the live key must stay");
+    pool.close().await;
+    cleanup(&path);
+}

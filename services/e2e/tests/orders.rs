@@ -415,6 +415,14 @@ async fn a_payment_outage_past_the_deadline_compensates_and_nothing_is_lost() {
         100_000,
         "the late debit was refunded"
     );
+    // The balance alone would also hold if the debit never happened: the payment row
+    // shows it did, and was refunded; the order does not show a refunded payment.
+    assert_eq!(
+        payment_rows(&sys, &id).await,
+        [("REFUNDED".to_owned(), 5000)],
+        "one debit, refunded"
+    );
+    assert!(o.get("payment_id").is_none_or(Value::is_null), "{o}");
 
     // A pending order cancelled by its owner while payment is down ends the same way.
     sys.payment.kill();
@@ -432,8 +440,28 @@ async fn a_payment_outage_past_the_deadline_compensates_and_nothing_is_lost() {
     sys.payment.restart();
     let o = wait_order(&api, &token, &id2, status_is("CANCELLED")).await;
     assert_eq!(o["failure_reason"], "cancelled by the customer");
+    assert_eq!(o["saga_state"], "FAILED");
+    assert!(o.get("payment_id").is_none_or(Value::is_null), "{o}");
     assert_eq!(balance(&api, &token).await, 100_000);
+    // No DEBITED row left behind for the cancelled order (refunded, or never debited).
+    for (status, _) in payment_rows(&sys, &id2).await {
+        assert_ne!(status, "DEBITED", "cancelled order {id2} still charged");
+    }
     sys.stop().await;
+}
+
+/// `(status, amount)` of the payment rows of an order, straight from the payment database.
+async fn payment_rows(sys: &System, order_id: &str) -> Vec<(String, i64)> {
+    use sqlx::Connection;
+    let mut db = sqlx::MySqlConnection::connect(&sys.payment_db_url)
+        .await
+        .unwrap();
+    let order = uuid::Uuid::parse_str(order_id).unwrap();
+    sqlx::query_as("SELECT status, amount FROM payments WHERE order_id = ? ORDER BY created_at_ms")
+        .bind(order.as_bytes().as_slice())
+        .fetch_all(&mut db)
+        .await
+        .unwrap()
 }
 
 /// Collects deliveries in memory.

@@ -121,3 +121,106 @@ pub fn forward_headers(
     }
     msg
 }
+
+/// How often [`housekeeping`] purges.
+pub const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(3600);
+
+/// Purges, every `every` until `shutdown`: inbox records older than `inbox_retention`
+/// and expired idempotency keys (a no-op for Redis, which expires them itself; the
+/// SQLite table of the embedded mode would grow forever otherwise). The first purge
+/// runs at start, so a service that restarts often still purges.
+pub async fn housekeeping<I: outbox::Inbox>(
+    inbox: I,
+    idempotency: std::sync::Arc<dyn outbox::idempotency::IdempotencyStore>,
+    inbox_retention: Duration,
+    every: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        match inbox.purge(inbox_retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "старые записи inbox удалены"),
+            Err(e) => tracing::warn!(error = %e, "не удалось удалить старые записи inbox"),
+        }
+        match idempotency.purge_expired().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "истёкшие ключи идемпотентности удалены"),
+            Err(e) => {
+                tracing::warn!(error = %e, "не удалось удалить истёкшие ключи идемпотентности")
+            }
+        }
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// Spawn [`housekeeping`] into a service's task set: every [`HOUSEKEEPING_EVERY`],
+/// inbox records older than `inbox_retention_hours` and expired idempotency keys go.
+pub fn spawn_housekeeping<I: outbox::Inbox>(
+    tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+    inbox: I,
+    idempotency: std::sync::Arc<dyn outbox::idempotency::IdempotencyStore>,
+    inbox_retention_hours: u64,
+    stop: crate::shutdown::Shutdown,
+) {
+    let retention = Duration::from_secs(inbox_retention_hours.saturating_mul(3600));
+    tasks.spawn(async move {
+        housekeeping(
+            inbox,
+            idempotency,
+            retention,
+            HOUSEKEEPING_EVERY,
+            stop.wait(),
+        )
+        .await;
+        Ok(())
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use outbox::idempotency::{IdempotencyStore, MemoryIdempotencyStore, Reservation};
+    use outbox::memory::MemoryInbox;
+    use outbox::{Inbox, MessageId, Transactional};
+
+    #[tokio::test(start_paused = true)]
+    async fn housekeeping_purges_old_inbox_records_and_expired_keys() {
+        let inbox = MemoryInbox::new();
+        let old = MessageId::new();
+        let mut tx = inbox.begin().await.unwrap();
+        assert!(inbox.try_record(&mut tx, "c", old).await.unwrap());
+        inbox.commit(tx).await.unwrap();
+        let keys = Arc::new(MemoryIdempotencyStore::new());
+        keys.reserve("k", Duration::from_secs(60)).await.unwrap();
+
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(super::housekeeping(
+            inbox.clone(),
+            keys.clone(),
+            Duration::from_secs(2 * 3600 + 600),
+            Duration::from_secs(3600),
+            async {
+                let _ = rx.await;
+            },
+        ));
+        // Purges at 0, 1 h, 2 h, 3 h; the record's retention is 2 h 10 min.
+        tokio::time::sleep(Duration::from_secs(2 * 3600 + 1)).await;
+        assert!(inbox.contains("c", old), "purged before its retention");
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert!(!inbox.contains("c", old), "kept past its retention");
+        // The key (expired at 1 min) was already deleted by the purge at 1 h.
+        assert_eq!(keys.purge_expired().await.unwrap(), 0);
+        assert_eq!(
+            keys.reserve("k", Duration::from_secs(60)).await.unwrap(),
+            Reservation::Reserved
+        );
+        stop.send(()).unwrap();
+        task.await.unwrap();
+    }
+}

@@ -21,6 +21,10 @@ pub struct Config {
     /// How long the payment step may take before the saga compensates
     /// (`PAYMENT_DEADLINE_SECS`, default 30).
     pub payment_deadline_secs: u64,
+    /// How long a processed message's inbox record is kept, so a redelivery is still
+    /// recognised (`INBOX_RETENTION_HOURS`, default 168 = Kafka's default log
+    /// retention). Purged hourly.
+    pub inbox_retention_hours: u64,
 }
 
 impl Default for Config {
@@ -33,6 +37,7 @@ impl Default for Config {
             kafka_brokers: "127.0.0.1:9092".into(),
             kafka_topic_prefix: String::new(),
             payment_deadline_secs: 30,
+            inbox_retention_hours: 168,
         }
     }
 }
@@ -47,6 +52,7 @@ impl std::fmt::Debug for Config {
             .field("kafka_brokers", &self.kafka_brokers)
             .field("kafka_topic_prefix", &self.kafka_topic_prefix)
             .field("payment_deadline_secs", &self.payment_deadline_secs)
+            .field("inbox_retention_hours", &self.inbox_retention_hours)
             .finish()
     }
 }
@@ -61,6 +67,7 @@ impl Config {
         "KAFKA_BROKERS",
         "KAFKA_TOPIC_PREFIX",
         "PAYMENT_DEADLINE_SECS",
+        "INBOX_RETENTION_HOURS",
     ];
 
     /// Load from defaults, `CONFIG_FILE` and the environment.

@@ -140,7 +140,7 @@ struct Parts<B: saga::Backend> {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn serve<B: saga::Backend, I: Inbox<Tx = B::Tx>>(
+async fn serve<B: saga::Backend, I: Inbox<Tx = B::Tx> + Clone>(
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -184,6 +184,13 @@ async fn serve<B: saga::Backend, I: Inbox<Tx = B::Tx>>(
         )
         .register(saga::create_order(deadline))
         .register(saga::cancel_order(deadline)),
+    );
+    ordersys_kit::messaging::spawn_housekeeping(
+        &mut tasks,
+        inbox.clone(),
+        idempotency.clone(),
+        config.inbox_retention_hours,
+        stop.clone(),
     );
     let service = service::OrderService::<B>::new(
         repo.clone(),

@@ -99,7 +99,8 @@ const SELECT: &str =
 pub trait OrderRepo: Clone + Send + Sync + 'static {
     /// The unit of work.
     type Tx: Send + 'static;
-    /// Insert a new PENDING order. `Ok(false)` if the user's idempotency key is taken.
+    /// Insert a new PENDING order; returns its `created_at` (Unix ms) as written, or
+    /// `None` if the user's idempotency key is taken.
     #[allow(clippy::too_many_arguments)]
     fn insert(
         &self,
@@ -111,7 +112,7 @@ pub trait OrderRepo: Clone + Send + Sync + 'static {
         items: &[Item],
         saga_id: Uuid,
         idempotency_key: Option<&str>,
-    ) -> impl Future<Output = sqlx::Result<bool>> + Send;
+    ) -> impl Future<Output = sqlx::Result<Option<i64>>> + Send;
     /// The order a user created with `key`.
     fn by_idempotency_key(
         &self,
@@ -165,7 +166,7 @@ macro_rules! sql_repo {
         impl OrderRepo for $name {
             type Tx = $tx;
 
-            async fn insert(&self, tx: &mut $tx, id: Uuid, user: Uuid, currency: &str, total: i64, items: &[Item], saga_id: Uuid, idempotency_key: Option<&str>) -> sqlx::Result<bool> {
+            async fn insert(&self, tx: &mut $tx, id: Uuid, user: Uuid, currency: &str, total: i64, items: &[Item], saga_id: Uuid, idempotency_key: Option<&str>) -> sqlx::Result<Option<i64>> {
                 let now = now_ms();
                 let r = sqlx::query(
                     "INSERT INTO orders (id, user_id, status, currency, total_amount, items, saga_id, idempotency_key, \
@@ -183,8 +184,8 @@ macro_rules! sql_repo {
                 .execute(&mut **tx)
                 .await;
                 match r {
-                    Ok(_) => Ok(true),
-                    Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Ok(false),
+                    Ok(_) => Ok(Some(now)),
+                    Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Ok(None),
                     Err(e) => Err(e),
                 }
             }

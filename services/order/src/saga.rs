@@ -18,7 +18,7 @@ use saga_core::sqlite::SqliteSagaStore;
 use saga_core::SagaStore;
 use saga_core::{
     CommandKind, CommandSink, Dispatch, Orchestrator, SagaCommand, SagaDefinition, SagaEvent,
-    SagaId, SagaInstance, Step,
+    SagaId, SagaInstance, SagaStatus, Step,
 };
 use uuid::Uuid;
 
@@ -293,20 +293,30 @@ impl<B: Backend> Handler<B::Tx> for ReplyHandler<B> {
             .map(SagaId)
             .map_err(|_| HandlerError::permanent(format!("bad saga id {:?}", reply.saga_id)))?;
         let event = event_of(&reply).map_err(HandlerError::permanent)?;
-        if let (Ok(CommandType::Debit), SagaEvent::StepSucceeded { .. }) =
-            (CommandType::try_from(reply.command), &event)
-        {
-            if let Ok(order) = Uuid::parse_str(&msg.key) {
-                self.repo
-                    .set_payment(tx, order, &reply.payment_id)
-                    .await
-                    .map_err(|e| HandlerError::infrastructure(e.to_string()))?;
-            }
-        }
+        let debited = matches!(
+            (CommandType::try_from(reply.command), &event),
+            (Ok(CommandType::Debit), SagaEvent::StepSucceeded { .. })
+        );
         match self.orchestrator.handle(tx, saga_id, event).await {
             Ok(applied) => {
                 if !applied.changed {
                     tracing::info!(saga_id = %saga_id, "ответ саги проигнорирован (дубликат или устарел)");
+                }
+                // The order shows the payment only if the saga took the debit forward. A
+                // debit that succeeded after the saga gave up on it (deadline passed,
+                // order cancelled meanwhile) is being refunded: a CANCELLED order does not
+                // show it.
+                let kept = matches!(
+                    applied.saga.state.status,
+                    SagaStatus::Running | SagaStatus::Completed
+                );
+                if debited && applied.changed && kept {
+                    if let Ok(order) = Uuid::parse_str(&msg.key) {
+                        self.repo
+                            .set_payment(tx, order, &reply.payment_id)
+                            .await
+                            .map_err(|e| HandlerError::infrastructure(e.to_string()))?;
+                    }
                 }
                 Ok(())
             }

@@ -248,7 +248,7 @@ impl<B: Backend> OrderService<B> {
                 key,
             )
             .await?;
-        if !inserted {
+        let Some(created_at) = inserted else {
             // The database says this key was used: the same order, never a second one.
             drop(tx);
             let existing = self
@@ -257,15 +257,31 @@ impl<B: Backend> OrderService<B> {
                 .await?
                 .ok_or(OrderError::NotFound)?;
             return self.load(existing).await?.ok_or(OrderError::NotFound);
-        }
+        };
         let bytes = Bytes::from(serde_json::to_vec(&data).expect("saga data serialises"));
-        self.orchestrator
+        let applied = self
+            .orchestrator
             .start(&mut tx, CREATE, SagaId(id), bytes)
             .await?;
         store.commit(tx).await?;
         self.relay.wake();
         tracing::info!(order_id = %id, user_id = %user, total = new.total, currency = %new.currency, "заказ создан, сага запущена");
-        self.load(id).await?.ok_or(OrderError::NotFound)
+        // The answer is the row as committed, not a second read: a read could fail
+        // (the database went away a moment later) and turn a placed order into a 5xx.
+        Ok(self.to_order(OrderRow {
+            id,
+            user_id: user,
+            status: OrderStatus::Pending,
+            currency: new.currency,
+            total: new.total,
+            items: new.items,
+            payment_id: None,
+            failure_reason: None,
+            saga_id: id,
+            cancel_saga_id: None,
+            saga_state: Some(applied.saga.state),
+            created_at,
+        }))
     }
 
     /// One of the caller's orders (from the cache when possible).

@@ -22,6 +22,10 @@ pub struct Config {
     pub initial_balance: i64,
     /// Currency of accounts (`ACCOUNT_CURRENCY`, default USD).
     pub account_currency: String,
+    /// How long a processed message's inbox record is kept, so a redelivery is still
+    /// recognised (`INBOX_RETENTION_HOURS`, default 168 = Kafka's default log
+    /// retention). Purged hourly.
+    pub inbox_retention_hours: u64,
 }
 
 impl Default for Config {
@@ -35,6 +39,7 @@ impl Default for Config {
             kafka_topic_prefix: String::new(),
             initial_balance: 100_000,
             account_currency: "USD".into(),
+            inbox_retention_hours: 168,
         }
     }
 }
@@ -50,6 +55,7 @@ impl std::fmt::Debug for Config {
             .field("kafka_topic_prefix", &self.kafka_topic_prefix)
             .field("initial_balance", &self.initial_balance)
             .field("account_currency", &self.account_currency)
+            .field("inbox_retention_hours", &self.inbox_retention_hours)
             .finish()
     }
 }
@@ -65,6 +71,7 @@ impl Config {
         "KAFKA_TOPIC_PREFIX",
         "INITIAL_BALANCE",
         "ACCOUNT_CURRENCY",
+        "INBOX_RETENTION_HOURS",
     ];
 
     /// Load from defaults, `CONFIG_FILE` and the environment.

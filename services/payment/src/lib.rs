@@ -149,7 +149,7 @@ async fn serve<R, O, I>(
 where
     R: repository::PaymentRepo,
     O: OutboxStore<Tx = R::Tx> + Clone,
-    I: Inbox<Tx = R::Tx>,
+    I: Inbox<Tx = R::Tx> + Clone,
 {
     let topics = Topics::new(&config.kafka_topic_prefix);
     let accounts = service::Accounts {
@@ -158,6 +158,13 @@ where
     };
     let (trigger, stop) = Shutdown::new();
     let mut tasks = tokio::task::JoinSet::new();
+    ordersys_kit::messaging::spawn_housekeeping(
+        &mut tasks,
+        inbox.clone(),
+        idempotency.clone(),
+        config.inbox_retention_hours,
+        stop.clone(),
+    );
     let handler = |handle| {
         service::CommandHandler::new(
             accounts.clone(),
