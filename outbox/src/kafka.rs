@@ -50,7 +50,13 @@ pub fn producer_config(brokers: &str) -> ClientConfig {
 }
 
 /// After this many publishes in a row failed with a timeout, the producer is re-created.
-const TIMEOUTS_BEFORE_RECREATE: u32 = 3;
+/// One: a publish that could not be delivered within `message.timeout.ms` means the broker
+/// was away long enough that an idempotent producer's state there may be gone (a
+/// restarted broker answers the old producer id with errors librdkafka keeps retrying
+/// until the timeout). A new producer costs a few milliseconds; waiting for three
+/// timeouts cost 30 s, long enough for sagas to hit their payment deadline after a
+/// broker restart of a few seconds.
+const TIMEOUTS_BEFORE_RECREATE: u32 = 1;
 
 /// Publishes outbox messages to Kafka and resolves once the broker acknowledged them
 /// (so the relay marks a row sent only after delivery). Key = the message key (the
@@ -61,7 +67,7 @@ const TIMEOUTS_BEFORE_RECREATE: u32 = 3;
 /// single-node broker, or a cluster that expired the producer id): on a fatal
 /// idempotence error, a producer-state error (`UnknownProducerId`,
 /// `OutOfOrderSequenceNumber`, `InvalidProducerEpoch`, …) or
-/// three timed-out publishes in a row, the underlying producer is replaced by a new one
+/// a timed-out publish, the underlying producer is replaced by a new one
 /// with the same settings; the failed publishes return errors as usual and the relay
 /// retries them.
 #[derive(Clone)]
@@ -456,25 +462,24 @@ where
     tokio::pin!(shutdown);
     let mut stats = ConsumerStats::default();
     let watchdog_every = config.watchdog_interval.unwrap_or(Duration::MAX);
-    let mut watchdog = Watchdog::default();
+    let mut watchdog = Watchdog::new(config.session_timeout);
     let mut last_message = tokio::time::Instant::now();
     'outer: loop {
         let idle_for = last_message.elapsed();
         if idle_for >= watchdog_every {
             last_message = tokio::time::Instant::now();
-            let (k, t, mut w) = (
-                kafka.clone(),
-                config.topics.clone(),
-                std::mem::take(&mut watchdog),
-            );
-            watchdog = tokio::task::spawn_blocking(move || {
+            let (k, t) = (kafka.clone(), config.topics.clone());
+            let mut w = std::mem::replace(&mut watchdog, Watchdog::new(config.session_timeout));
+            let checked = tokio::task::spawn_blocking(move || {
                 if let Err(e) = w.check(&k, &t) {
                     tracing::debug!(error = %e, "проверка Kafka-консьюмера не удалась");
                 }
                 w
             })
-            .await
-            .unwrap_or_default();
+            .await;
+            if let Ok(w) = checked {
+                watchdog = w;
+            }
             continue;
         }
         let msg = tokio::select! {
@@ -543,22 +548,35 @@ where
     Ok(stats)
 }
 
+/// A partition with messages nobody consumed: topic, partition, the group's offset.
+type Unconsumed = (String, i32, i64);
+
 /// The idle consumer's self-check (see [`ConsumerConfig::watchdog_interval`]).
-#[derive(Default)]
 struct Watchdog {
-    /// Partitions with unconsumed messages, and the group's offset on each, seen at the
-    /// previous check while this member held no partitions.
-    unconsumed_before: Option<Vec<(String, i32, i64)>>,
+    /// Partitions with unconsumed messages, and the group's offset on each, seen when
+    /// this member was first found holding no partitions (and when).
+    unconsumed_since: Option<(std::time::Instant, Vec<Unconsumed>)>,
+    /// How long a member may hold nothing while nobody consumes before it rejoins:
+    /// well beyond any join or rebalance (three session timeouts), so a slow join is
+    /// never cut short.
+    rejoin_after: Duration,
 }
 
 impl Watchdog {
     const TIMEOUT: Duration = Duration::from_secs(2);
 
+    fn new(session_timeout: Duration) -> Self {
+        Self {
+            unconsumed_since: None,
+            rejoin_after: session_timeout.saturating_mul(3),
+        }
+    }
+
     /// Blocking (librdkafka metadata and offset requests): run off the async threads.
     fn check(&mut self, kafka: &StreamConsumer, topics: &[String]) -> KafkaResult<()> {
         let assignment = kafka.assignment()?;
         if assignment.count() > 0 {
-            self.unconsumed_before = None;
+            self.unconsumed_since = None;
             return self.seek_back_from_beyond_the_end(kafka, &assignment);
         }
         // No partitions: fine if another member consumes them, not if nobody does.
@@ -583,20 +601,25 @@ impl Watchdog {
                 unconsumed.push((e.topic().to_owned(), e.partition(), at));
             }
         }
-        if unconsumed.is_empty() {
-            self.unconsumed_before = None;
-        } else if self.unconsumed_before.as_ref() == Some(&unconsumed) {
-            tracing::warn!(
-                partitions = unconsumed.len(),
-                "консьюмер не держит ни одной партиции, а сообщения никто не читает: \
-                 переподключение к группе"
-            );
-            kafka.unsubscribe();
-            let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-            kafka.subscribe(&topics)?;
-            self.unconsumed_before = None;
-        } else {
-            self.unconsumed_before = Some(unconsumed);
+        match &self.unconsumed_since {
+            _ if unconsumed.is_empty() => self.unconsumed_since = None,
+            // Somebody consumed meanwhile, or this is the first sighting: (re)start the clock.
+            Some((_, before)) if *before != unconsumed => {
+                self.unconsumed_since = Some((std::time::Instant::now(), unconsumed));
+            }
+            None => self.unconsumed_since = Some((std::time::Instant::now(), unconsumed)),
+            Some((since, _)) if since.elapsed() >= self.rejoin_after => {
+                tracing::warn!(
+                    partitions = unconsumed.len(),
+                    "консьюмер не держит ни одной партиции, а сообщения никто не читает: \
+                     переподключение к группе"
+                );
+                kafka.unsubscribe();
+                let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+                kafka.subscribe(&topics)?;
+                self.unconsumed_since = None;
+            }
+            Some(_) => {}
         }
         Ok(())
     }

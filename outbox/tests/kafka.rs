@@ -395,3 +395,34 @@ async fn a_group_offset_beyond_the_end_of_the_log_is_noticed_and_consumption_res
     let stats = task.await.unwrap().unwrap();
     assert_eq!(stats.processed, 3);
 }
+
+/// The watchdog must never rewind a consumer that is merely idle at the end of its log
+/// (the broker's `ListOffsets` may under-report the log end): idle checks after the last
+/// message cause no redelivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchdog_leaves_an_idle_consumer_at_the_end_of_its_log_alone() {
+    let topic = unique("idle");
+    ensure_topics(&brokers(), &[(&topic, 1)]).await.unwrap();
+    let mut config = consumer_config(&topic);
+    config.watchdog_interval = Some(Duration::from_millis(300));
+    let publisher = KafkaPublisher::new(&brokers()).unwrap();
+    for i in 0..40 {
+        let m = OutboxMessage::new(topic.clone(), format!("k{}", i % 4), format!("{i}"));
+        outbox::Publisher::publish(&publisher, &m).await.unwrap();
+    }
+    let consumer = Arc::new(IdempotentConsumer::new(
+        "test",
+        MemoryInbox::new(),
+        MemoryDeadLetters::new(),
+    ));
+    let collect = Collect::default();
+    let (stop, stopped) = stopper();
+    let (c, h, s) = (consumer.clone(), collect.clone(), stopped());
+    let task = tokio::spawn(async move { run_consumer(&config, &c, &h, s).await });
+    collect.wait_for(40).await;
+    // Idle for many watchdog intervals: a rewind would redeliver (duplicates > 0).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.send_replace(true);
+    let stats = task.await.unwrap().unwrap();
+    assert_eq!((stats.processed, stats.duplicates), (40, 0), "{stats:?}");
+}

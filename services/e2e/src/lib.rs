@@ -228,6 +228,14 @@ pub struct Options {
     pub payment_env: Vec<(String, String)>,
     /// Run user, order and payment on SQLite files (Kafka and Redis as usual).
     pub sqlite: bool,
+    /// A Redis of the test's own (`redis://…`), e.g. one it kills; default `REDIS_URL`
+    /// or the shared 127.0.0.1:6379.
+    pub redis_url: Option<String>,
+    /// A MySQL server of the test's own (`mysql://root@host:port`); default
+    /// `DATABASE_SERVER_URL` or the shared 127.0.0.1:3306.
+    pub mysql_server_url: Option<String>,
+    /// A broker of the test's own; default `KAFKA_BROKERS` or the shared 127.0.0.1:9092.
+    pub brokers: Option<String>,
 }
 
 impl Default for Options {
@@ -237,6 +245,9 @@ impl Default for Options {
             order_env: Vec::new(),
             payment_env: Vec::new(),
             sqlite: false,
+            redis_url: None,
+            mysql_server_url: None,
+            brokers: None,
         }
     }
 }
@@ -257,6 +268,10 @@ pub struct System {
     pub base: String,
     /// The user service's admin base URL.
     pub user_admin: String,
+    /// The order service's admin base URL (`/readyz`, `/metrics`).
+    pub order_admin: String,
+    /// The payment service's admin base URL.
+    pub payment_admin: String,
     /// The Kafka topic prefix of this system.
     pub topic_prefix: String,
     /// Kafka brokers.
@@ -270,9 +285,12 @@ pub struct System {
 impl System {
     /// Start everything and wait until the gateway is ready.
     pub async fn start(opts: Options) -> Self {
-        let mysql = env_or("DATABASE_SERVER_URL", "mysql://root@127.0.0.1:3306");
-        let redis = env_or("REDIS_URL", "redis://127.0.0.1:6379/");
-        let brokers = env_or("KAFKA_BROKERS", "127.0.0.1:9092");
+        let mysql = (opts.mysql_server_url.clone())
+            .unwrap_or_else(|| env_or("DATABASE_SERVER_URL", "mysql://root@127.0.0.1:3306"));
+        let redis = (opts.redis_url.clone())
+            .unwrap_or_else(|| env_or("REDIS_URL", "redis://127.0.0.1:6379/"));
+        let brokers =
+            (opts.brokers.clone()).unwrap_or_else(|| env_or("KAFKA_BROKERS", "127.0.0.1:9092"));
         let id = uuid::Uuid::new_v4().simple().to_string();
         let dbs: Vec<String> = ["user", "order", "payment"]
             .iter()
@@ -377,6 +395,8 @@ impl System {
             gateway,
             base,
             user_admin,
+            order_admin: format!("http://127.0.0.1:{order_admin}"),
+            payment_admin: format!("http://127.0.0.1:{pay_admin}"),
             topic_prefix,
             brokers,
             payment_db_url,
@@ -520,6 +540,11 @@ impl Api {
         &self.client
     }
 
+    /// The gateway's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     async fn reply(rb: reqwest::RequestBuilder) -> Reply {
         let r = rb.send().await.expect("request sent");
         let status = r.status().as_u16();
@@ -549,6 +574,26 @@ impl Api {
             .await;
         assert_eq!(r.status, 200, "{r:?}");
         r.body["access_token"].as_str().expect("token").to_owned()
+    }
+}
+
+/// Poll `probe` (every 100 ms) until it returns `Some`, and return that; panic naming
+/// `what` if `within` passes first. How tests await a condition instead of sleeping.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
