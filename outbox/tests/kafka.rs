@@ -376,24 +376,37 @@ async fn a_group_offset_beyond_the_end_of_the_log_is_noticed_and_consumption_res
     base.commit(&tpl, CommitMode::Sync).unwrap();
     drop(base);
 
-    let publisher = KafkaPublisher::new(&brokers()).unwrap();
-    for i in 0..3 {
-        let m = OutboxMessage::new(topic.clone(), "k", format!("{i}"));
-        outbox::Publisher::publish(&publisher, &m).await.unwrap();
-    }
-    let consumer = Arc::new(IdempotentConsumer::new(
-        "test",
-        MemoryInbox::new(),
-        MemoryDeadLetters::new(),
-    ));
-    let collect = Collect::default();
-    let (stop, stopped) = stopper();
-    let (c, h, s) = (consumer.clone(), collect.clone(), stopped());
-    let task = tokio::spawn(async move { run_consumer(&config, &c, &h, s).await });
+    publish_numbered(&topic, 3, 1).await;
+    let (collect, stop, task) = spawn_collecting(config);
     collect.wait_for(3).await;
     stop.send_replace(true);
     let stats = task.await.unwrap().unwrap();
     assert_eq!(stats.processed, 3);
+}
+
+/// Publish `n` messages numbered 0.. to `topic`, keys spread over `keys`.
+async fn publish_numbered(topic: &str, n: usize, keys: usize) {
+    let publisher = KafkaPublisher::new(&brokers()).unwrap();
+    for i in 0..n {
+        let m = OutboxMessage::new(topic, format!("k{}", i % keys), format!("{i}"));
+        outbox::Publisher::publish(&publisher, &m).await.unwrap();
+    }
+}
+
+/// A consumer with a fresh memory inbox feeding a [`Collect`], running until stopped.
+fn spawn_collecting(
+    config: ConsumerConfig,
+) -> (
+    Collect,
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<outbox::Result<outbox::kafka::ConsumerStats>>,
+) {
+    let consumer = IdempotentConsumer::new("test", MemoryInbox::new(), MemoryDeadLetters::new());
+    let collect = Collect::default();
+    let (stop, stopped) = stopper();
+    let (h, s) = (collect.clone(), stopped());
+    let task = tokio::spawn(async move { run_consumer(&config, &consumer, &h, s).await });
+    (collect, stop, task)
 }
 
 /// The watchdog must never rewind a consumer that is merely idle at the end of its log
@@ -405,20 +418,8 @@ async fn the_watchdog_leaves_an_idle_consumer_at_the_end_of_its_log_alone() {
     ensure_topics(&brokers(), &[(&topic, 1)]).await.unwrap();
     let mut config = consumer_config(&topic);
     config.watchdog_interval = Some(Duration::from_millis(300));
-    let publisher = KafkaPublisher::new(&brokers()).unwrap();
-    for i in 0..40 {
-        let m = OutboxMessage::new(topic.clone(), format!("k{}", i % 4), format!("{i}"));
-        outbox::Publisher::publish(&publisher, &m).await.unwrap();
-    }
-    let consumer = Arc::new(IdempotentConsumer::new(
-        "test",
-        MemoryInbox::new(),
-        MemoryDeadLetters::new(),
-    ));
-    let collect = Collect::default();
-    let (stop, stopped) = stopper();
-    let (c, h, s) = (consumer.clone(), collect.clone(), stopped());
-    let task = tokio::spawn(async move { run_consumer(&config, &c, &h, s).await });
+    publish_numbered(&topic, 40, 4).await;
+    let (collect, stop, task) = spawn_collecting(config);
     collect.wait_for(40).await;
     // Idle for many watchdog intervals: a rewind would redeliver (duplicates > 0).
     tokio::time::sleep(Duration::from_secs(4)).await;
