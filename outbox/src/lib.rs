@@ -4,7 +4,8 @@
 //!    (database transaction) as the business write: both commit or neither does.
 //! 2. A [`Relay`] claims batches, publishes them through a [`Publisher`] (Kafka in
 //!    production) and marks them sent after the broker acknowledged them — at least
-//!    once, in order per key, with leases so several relays can share an outbox.
+//!    once, in order per key, with leases so several relays can share an outbox; a
+//!    message whose publish fails backs off on its own, the other keys flow on.
 //! 3. Consumers run their handler through an [`IdempotentConsumer`]: an [`Inbox`]
 //!    record in the handler's own unit of work drops redeliveries, transient failures
 //!    are retried with backoff, and what still fails goes to a [`DeadLetter`] sink.
