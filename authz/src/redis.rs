@@ -1,5 +1,6 @@
 //! Redis [`Blacklist`] (feature `redis`): `SET jwt:blacklist:{jti} 1 EX {ttl}` on
-//! revoke, `EXISTS` on validation — entries vanish when the token would have expired.
+//! revoke (unless the entry already lives longer), `EXISTS` on validation — entries
+//! vanish when the token would have expired.
 
 use std::time::Duration;
 
@@ -46,19 +47,31 @@ impl RedisBlacklist {
     }
 }
 
+/// `SET key 1 EX secs`, unless the key already lives longer: revoking twice keeps the
+/// longer life (a second, shorter revocation must not bring a token back early).
+static REVOKE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+        local left = redis.call('PTTL', KEYS[1])
+        if left == -1 or left >= tonumber(ARGV[1]) * 1000 then return 0 end
+        redis.call('SET', KEYS[1], 1, 'EX', ARGV[1])
+        return 1
+        "#,
+    )
+});
+
 #[async_trait]
 impl Blacklist for RedisBlacklist {
     async fn revoke(&self, jti: &str, ttl: Duration) -> Result<()> {
         // Whole seconds, rounded up, at least one: never shorter than asked.
         let secs = ttl.as_millis().div_ceil(1000).max(1) as u64;
         let mut conn = self.conn.clone();
-        redis::cmd("SET")
-            .arg(format!("{}{jti}", self.prefix))
-            .arg(1)
-            .arg("EX")
+        REVOKE
+            .key(format!("{}{jti}", self.prefix))
             .arg(secs)
-            .query_async::<()>(&mut conn)
+            .invoke_async::<i64>(&mut conn)
             .await
+            .map(drop)
             .map_err(Error::blacklist)
     }
 

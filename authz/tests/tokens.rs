@@ -173,7 +173,9 @@ fn short_hmac_secret_is_refused() {
 #[test]
 fn garbage_is_malformed() {
     for t in ["", "abc", "a.b.c", "....."] {
-        assert!(validator_at(NOW).validate(t).unwrap_err().is_unauthorized());
+        let err = validator_at(NOW).validate(t).unwrap_err();
+        assert!(matches!(err, Error::Malformed(_)), "{t:?}: {err:?}");
+        assert!(err.is_unauthorized());
     }
 }
 

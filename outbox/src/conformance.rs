@@ -304,8 +304,19 @@ pub async fn everything_is_published_in_key_order<S: OutboxStore + Clone>(store:
     broker.fail_next(3);
     let (stop, rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
+    let mut counts = Vec::new();
     for id in ["relay-1", "relay-2"] {
-        let relay = Relay::new(store.clone(), broker.clone(), fast_config(id));
+        let tagged = Tagged {
+            inner: broker.clone(),
+            published: Arc::default(),
+        };
+        counts.push(tagged.published.clone());
+        // Batches of 2 over 4 keys: each relay finds keys the other has not leased.
+        let config = RelayConfig {
+            batch_size: 2,
+            ..fast_config(id)
+        };
+        let relay = Relay::new(store.clone(), tagged, config);
         let mut rx = rx.clone();
         tasks.push(tokio::spawn(relay.run(async move {
             let _ = rx.wait_for(|s| *s).await;
@@ -335,11 +346,34 @@ pub async fn everything_is_published_in_key_order<S: OutboxStore + Clone>(store:
     for t in tasks {
         t.await.unwrap().unwrap();
     }
+    for (relay, n) in ["relay-1", "relay-2"].iter().zip(&counts) {
+        assert!(
+            n.load(std::sync::atomic::Ordering::SeqCst) > 0,
+            "{relay} published nothing: the test did not exercise two relays"
+        );
+    }
     assert!(store
         .claim("check", 1000, Duration::from_secs(1))
         .await
         .unwrap()
         .is_empty());
+}
+
+/// A relay's publisher: counts what this relay published and yields before each
+/// publish, so two relays on a single-threaded runtime really interleave.
+struct Tagged {
+    inner: MemoryBroker,
+    published: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl crate::Publisher for Tagged {
+    async fn publish(&self, msg: &OutboxMessage) -> crate::Result<()> {
+        tokio::task::yield_now().await;
+        self.inner.publish(msg).await?;
+        self.published
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
 }
 
 /// Counts messages, transactionally: the increment happens only if the unit of work

@@ -575,15 +575,37 @@ mod tests {
         assert_eq!(b.state(), BreakerState::Closed);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn many_threads_race_for_the_trial_and_one_wins() {
-        let (b, _) = breaker_with_log(1);
-        fail(&b).await;
-        tokio::time::advance(Duration::from_secs(30)).await;
-        let permits: Vec<_> = (0..64).map(|_| b.try_acquire()).collect();
-        let granted: Vec<_> = permits.into_iter().filter_map(Result::ok).collect();
-        assert_eq!(granted.len(), 1);
-        assert!(granted[0].is_trial());
+    #[test]
+    fn many_threads_race_for_the_trial_and_one_wins() {
+        // Real OS threads released together by a barrier, many rounds: the half-open
+        // permit is handed out exactly once each time.
+        for _ in 0..50 {
+            let breaker = CircuitBreaker::builder("race")
+                .failure_threshold(1)
+                .open_timeout(Duration::ZERO)
+                .build();
+            breaker.try_acquire().unwrap().failure();
+            assert_eq!(breaker.state(), BreakerState::Open);
+            let barrier = Arc::new(std::sync::Barrier::new(8));
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let (b, barrier) = (breaker.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        (0..8)
+                            .filter_map(|_| b.try_acquire().ok())
+                            .map(|p| (p.is_trial(), p))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            let granted: Vec<_> = handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect();
+            assert_eq!(granted.len(), 1, "more than one trial permit");
+            assert!(granted[0].0);
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -14,9 +14,6 @@ use std::time::{Duration, Instant};
 
 pub mod infra;
 
-/// The HS256 secret the e2e systems share (tests forge tokens with it).
-pub const JWT_SECRET: &str = "e2e-secret-0123456789abcdef0123456789abcdef";
-
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -35,6 +32,7 @@ fn bin(name: &str) -> PathBuf {
     } else {
         dir
     };
+    ensure_built(dir);
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -42,6 +40,38 @@ fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Under `cargo test` (which sets `CARGO`), build the service binaries once per test
+/// process before the first start, so an edit is never tested against a stale binary
+/// (a no-op when they are up to date). The fault suite, run as a binary, is built by its
+/// make target instead.
+fn ensure_built(profile_dir: &std::path::Path) {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    let Ok(cargo) = std::env::var("CARGO") else {
+        return;
+    };
+    BUILT.call_once(|| {
+        let target_dir = profile_dir.parent().expect("target dir");
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "--workspace",
+            "--bins",
+            "--all-features",
+            "--quiet",
+        ])
+        .arg("--target-dir")
+        .arg(target_dir);
+        if profile_dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        if let Ok(manifest) = std::env::var("CARGO_MANIFEST_DIR") {
+            cmd.current_dir(manifest);
+        }
+        let status = cmd.status().expect("running cargo build");
+        assert!(status.success(), "building the service binaries failed");
+    });
 }
 
 /// One running service process.
@@ -114,15 +144,8 @@ impl Service {
         let deadline = Instant::now() + within;
         loop {
             self.respawn();
-            if let Ok(r) = client
-                .get(&url)
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await
-            {
-                if r.status().is_success() {
-                    return Ok(());
-                }
+            if self.answers_ready(&client, &url).await {
+                return Ok(());
             }
             anyhow::ensure!(
                 Instant::now() < deadline,
@@ -177,6 +200,32 @@ impl Service {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether `url` answers 200 from *this* process: `/readyz` and `/healthz` name the
+    /// service and its pid, so another system's service on a reused port never counts.
+    async fn answers_ready(&self, client: &reqwest::Client, url: &str) -> bool {
+        let Ok(r) = client.get(url).timeout(Duration::from_secs(2)).send().await else {
+            return false;
+        };
+        if !r.status().is_success() {
+            return false;
+        }
+        let body: serde_json::Value = r.json().await.unwrap_or_default();
+        // The all-in-one `ordersys` binary answers on its gateway's port.
+        let service = match self.name {
+            "ordersys" => "gateway",
+            name => name.trim_start_matches("ordersys-"),
+        };
+        body["service"] == service
+            && body["pid"]
+                .as_u64()
+                .is_some_and(|p| Some(p) == self.pid().map(u64::from))
+    }
+
     /// Whether the process has exited.
     pub fn exited(&mut self) -> bool {
         match &mut self.child {
@@ -192,17 +241,17 @@ impl Drop for Service {
     }
 }
 
-/// Wait until `url` answers 200, or panic with the service's log.
+/// Wait until `url` answers 200 from `service`'s own process (see the `pid` check), or
+/// panic with the service's log — at once if the process exited.
 pub async fn wait_ready(url: &str, service: &mut Service, timeout: Duration) {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + timeout;
     loop {
-        if let Ok(r) = client.get(url).timeout(Duration::from_secs(2)).send().await {
-            if r.status().is_success() {
-                return;
-            }
+        let exited = service.exited();
+        if !exited && service.answers_ready(&client, url).await {
+            return;
         }
-        if service.exited() || Instant::now() > deadline {
+        if exited || Instant::now() > deadline {
             panic!(
                 "{} did not become ready at {url}; log:\n{}",
                 service.name,
@@ -278,8 +327,14 @@ pub struct System {
     pub brokers: String,
     /// The payment database URL.
     pub payment_db_url: String,
+    /// This system's HS256 secret (every system has its own: a token of one is
+    /// worthless at another's gateway). Tests forge tokens with it.
+    pub jwt_secret: String,
+    mysql_server: String,
     dbs: Vec<String>,
     data_dir: std::path::PathBuf,
+    sqlite: bool,
+    cleaned: bool,
 }
 
 impl System {
@@ -305,6 +360,7 @@ impl System {
             }
         };
         let topic_prefix = format!("e2e.{id}.");
+        let jwt_secret = format!("e2e-{}{}", id, uuid::Uuid::new_v4().simple());
         let ports: Vec<u16> = (0..7).map(|_| free_port()).collect();
         let (user_grpc, user_admin, order_grpc, order_admin, pay_grpc, pay_admin, http) = (
             ports[0], ports[1], ports[2], ports[3], ports[4], ports[5], ports[6],
@@ -312,7 +368,7 @@ impl System {
         let env = |pairs: &[(&str, String)]| -> HashMap<String, String> {
             let mut m: HashMap<String, String> = [
                 ("REDIS_URL", redis.clone()),
-                ("JWT_SECRET", JWT_SECRET.to_owned()),
+                ("JWT_SECRET", jwt_secret.clone()),
                 ("KAFKA_BROKERS", brokers.clone()),
                 ("KAFKA_TOPIC_PREFIX", topic_prefix.clone()),
             ]
@@ -400,8 +456,12 @@ impl System {
             topic_prefix,
             brokers,
             payment_db_url,
+            jwt_secret,
+            mysql_server: mysql,
             dbs,
             data_dir,
+            sqlite: opts.sqlite,
+            cleaned: false,
         }
     }
 
@@ -447,15 +507,61 @@ impl System {
 
     /// Stop the services and drop the databases.
     pub async fn stop(mut self) {
+        self.kill_all();
+        self.clean_up().await;
+    }
+
+    fn kill_all(&mut self) {
         self.gateway.kill();
         self.order.kill();
         self.payment.kill();
         self.user.kill();
-        let mysql = env_or("DATABASE_SERVER_URL", "mysql://root@127.0.0.1:3306");
-        for db in &self.dbs {
-            let _ = drop_database(&mysql, db).await;
+    }
+
+    async fn clean_up(&mut self) {
+        if !self.sqlite {
+            for db in &self.dbs {
+                let _ = drop_database(&self.mysql_server, db).await;
+            }
         }
         let _ = std::fs::remove_dir_all(&self.data_dir);
+        self.cleaned = true;
+    }
+}
+
+/// A test that panicked never reached [`System::stop`]: kill the processes (their logs
+/// stay in the temp dir, named in the panic of `wait_ready`), drop the databases and
+/// remove the data directory anyway. The Kafka topics (`e2e.{id}.*`) stay; they are
+/// isolated by name and gone with the test broker.
+impl Drop for System {
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        self.kill_all();
+        let (server, dbs, dir, sqlite) = (
+            self.mysql_server.clone(),
+            std::mem::take(&mut self.dbs),
+            self.data_dir.clone(),
+            self.sqlite,
+        );
+        // Drop may run inside a runtime: clean up on a thread with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            if !sqlite {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    rt.block_on(async {
+                        for db in &dbs {
+                            let _ = drop_database(&server, db).await;
+                        }
+                    });
+                }
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        })
+        .join();
     }
 }
 

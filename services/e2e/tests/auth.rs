@@ -6,7 +6,7 @@ use std::time::Duration;
 use authz::{Claims, Clock, SigningKey, TokenIssuer};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use ordersys_e2e::{email, Api, Options, System, JWT_SECRET};
+use ordersys_e2e::{email, Api, Options, System};
 use serde_json::json;
 
 fn creds(email: &str, password: &str) -> Option<serde_json::Value> {
@@ -191,7 +191,7 @@ async fn auth_flow_and_contract() {
     let logs = sys.user.logs() + &sys.gateway.logs();
     assert!(!logs.contains("password-123"));
     assert!(!logs.contains(&token));
-    assert!(!logs.contains(JWT_SECRET));
+    assert!(!logs.contains(&sys.jwt_secret));
     sys.stop().await;
 }
 
@@ -254,7 +254,7 @@ async fn forged_tokens_are_refused() {
     );
 
     // expired: properly signed, but an hour old
-    let key = SigningKey::hs256(JWT_SECRET.as_bytes()).unwrap();
+    let key = SigningKey::hs256(sys.jwt_secret.as_bytes()).unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

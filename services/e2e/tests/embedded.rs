@@ -107,12 +107,27 @@ async fn embedded_system_confirms_orders_and_keeps_everything_across_restarts() 
             .status,
         204
     );
-    let r = api
-        .send("POST", "/api/v1/orders", order(500), Some(&token))
-        .await;
-    assert_eq!(r.status, 201);
-    let interrupted = r.body["order_id"].as_str().unwrap().to_owned();
-    sys.kill();
+    // Place an order and kill the process at once — until a kill caught the saga with
+    // its debit command still unsent (read from the stopped process's database), so the
+    // restart below has an interrupted saga to resume, not a finished one.
+    let mut placed = Vec::new();
+    let mut interrupted = None;
+    for _ in 0..10 {
+        let r = api
+            .send("POST", "/api/v1/orders", order(500), Some(&token))
+            .await;
+        assert_eq!(r.status, 201);
+        let id = r.body["order_id"].as_str().unwrap().to_owned();
+        placed.push(id.clone());
+        sys.kill();
+        if pending_with_command_unsent(&dir, &id).await {
+            interrupted = Some(id);
+            break;
+        }
+        sys.restart();
+        wait_ready(&format!("{base}/readyz"), &mut sys, Duration::from_secs(60)).await;
+    }
+    let interrupted = interrupted.expect("no kill caught a saga with its command unsent");
 
     // After the restart: the same data, the revocation, and the interrupted saga finishes.
     sys.restart();
@@ -131,14 +146,46 @@ async fn embedded_system_confirms_orders_and_keeps_everything_across_restarts() 
     );
     wait_status(&api, &token, &paid, "CONFIRMED").await;
     wait_status(&api, &token, &interrupted, "CONFIRMED").await;
+    for id in &placed {
+        wait_status(&api, &token, id, "CONFIRMED").await;
+    }
     assert_eq!(
         api.send("GET", "/api/v1/wallet", None, Some(&token))
             .await
             .body["balance"],
-        96_500
+        97_000 - 500 * placed.len() as i64
     );
     let list = api.send("GET", "/api/v1/orders", None, Some(&token)).await;
-    assert_eq!(list.body["orders"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        list.body["orders"].as_array().unwrap().len(),
+        2 + placed.len()
+    );
     sys.kill();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// In the (stopped) embedded system's order database: `order` is PENDING and its debit
+/// command is still in the outbox, unsent.
+async fn pending_with_command_unsent(data_dir: &std::path::Path, order: &str) -> bool {
+    use sqlx::{ConnectOptions, Connection};
+    let mut db = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(data_dir.join("order.db"))
+        .connect()
+        .await
+        .unwrap();
+    let id = uuid::Uuid::parse_str(order).unwrap();
+    let status: String = sqlx::query_scalar("SELECT status FROM orders WHERE id = ?")
+        .bind(id.as_bytes().as_slice())
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    let unsent: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM outbox_messages WHERE msg_key = ? AND sent_at_us IS NULL",
+    )
+    .bind(order)
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    let _ = db.close().await;
+    status == "PENDING" && unsent > 0
 }

@@ -485,18 +485,31 @@ async fn a_poison_command_is_dead_lettered_and_payment_carries_on() {
     let api = Api::new(&sys.base);
     let token = api.signup(&email(), "password-123").await;
 
+    // Poison on every partition of saga.commands (30 keys cannot all hash to fewer than
+    // the 3 partitions; the placement is deterministic, so this never flakes), so the
+    // orders below are behind a poison message whatever partition they land on.
     let publisher = KafkaPublisher::new(&sys.brokers).unwrap();
-    let poison = OutboxMessage::new(
-        format!("{}saga.commands", sys.topic_prefix),
-        "garbage",
-        b"\xff\x00not protobuf".to_vec(),
-    );
-    publisher.publish(&poison).await.unwrap();
+    let poisons: Vec<OutboxMessage> = (0..30)
+        .map(|i| {
+            OutboxMessage::new(
+                format!("{}saga.commands", sys.topic_prefix),
+                format!("garbage-{i}"),
+                b"\xff\x00not protobuf".to_vec(),
+            )
+        })
+        .collect();
+    for p in &poisons {
+        publisher.publish(p).await.unwrap();
+    }
+    let poison = &poisons[0];
 
-    // Orders placed after the poison message still go through.
-    let r = create(&api, &token, &[(1, 400)]).await;
-    let id = r.body["order_id"].as_str().unwrap().to_owned();
-    wait_order(&api, &token, &id, status_is("CONFIRMED")).await;
+    // Orders placed after the poison messages still go through.
+    for price in [400, 500, 600] {
+        let r = create(&api, &token, &[(1, price)]).await;
+        let id = r.body["order_id"].as_str().unwrap().to_owned();
+        wait_order(&api, &token, &id, status_is("CONFIRMED")).await;
+    }
+    assert_eq!(balance(&api, &token).await, 100_000 - 1500);
 
     // The poison message is on the dead-letter topic, with its reason.
     let seen = Collect::default();
@@ -521,10 +534,14 @@ async fn a_poison_command_is_dead_lettered_and_payment_carries_on() {
         .await
     });
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !seen.0.lock().unwrap().iter().any(|d| d.id == poison.id) {
+    let all_parked = || {
+        let seen = seen.0.lock().unwrap();
+        poisons.iter().all(|p| seen.iter().any(|d| d.id == p.id))
+    };
+    while !all_parked() {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "poison message not on {dlq}"
+            "not every poison message reached {dlq}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -132,21 +132,24 @@ impl Admin {
     }
 }
 
+// `pid` identifies the process answering, so a supervisor (or a test harness) knows it
+// reached the instance it started and not another one on a reused port.
 async fn healthz(State(a): State<Arc<Admin>>) -> impl IntoResponse {
-    Json(serde_json::json!({ "status": "ok", "service": a.service }))
+    Json(serde_json::json!({ "status": "ok", "service": a.service, "pid": std::process::id() }))
 }
 
 async fn readyz(State(a): State<Arc<Admin>>) -> Response {
     match a.ready().await {
         Ok(()) => {
-            Json(serde_json::json!({ "status": "ready", "service": a.service })).into_response()
+            Json(serde_json::json!({ "status": "ready", "service": a.service, "pid": std::process::id() }))
+                .into_response()
         }
         Err(failed) => {
             let checks: serde_json::Map<String, serde_json::Value> =
                 failed.into_iter().map(|(n, e)| (n, e.into())).collect();
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(serde_json::json!({ "status": "not_ready", "service": a.service, "failed": checks })),
+                Json(serde_json::json!({ "status": "not_ready", "service": a.service, "pid": std::process::id(), "failed": checks })),
             )
                 .into_response()
         }

@@ -433,6 +433,169 @@ mod tests {
         }
     }
 
+    /// SQLite orders whose reads fail on demand (the database going away right after
+    /// a commit).
+    #[derive(Clone)]
+    struct FlakyReads {
+        inner: crate::repository::SqliteOrders,
+        fail_reads: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl FlakyReads {
+        fn check(&self) -> sqlx::Result<()> {
+            if self.fail_reads.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(sqlx::Error::PoolTimedOut);
+            }
+            Ok(())
+        }
+    }
+
+    impl OrderRepo for FlakyReads {
+        type Tx = outbox::sqlite::SqliteTx;
+        #[allow(clippy::too_many_arguments)]
+        async fn insert(
+            &self,
+            tx: &mut Self::Tx,
+            id: Uuid,
+            user: Uuid,
+            currency: &str,
+            total: i64,
+            items: &[Item],
+            saga_id: Uuid,
+            key: Option<&str>,
+        ) -> sqlx::Result<Option<i64>> {
+            (self.inner)
+                .insert(tx, id, user, currency, total, items, saga_id, key)
+                .await
+        }
+        async fn by_idempotency_key(&self, user: Uuid, key: &str) -> sqlx::Result<Option<Uuid>> {
+            self.check()?;
+            self.inner.by_idempotency_key(user, key).await
+        }
+        async fn get(&self, id: Uuid) -> sqlx::Result<Option<OrderRow>> {
+            self.check()?;
+            self.inner.get(id).await
+        }
+        async fn lock(&self, tx: &mut Self::Tx, id: Uuid) -> sqlx::Result<Option<OrderRow>> {
+            self.inner.lock(tx, id).await
+        }
+        async fn list(
+            &self,
+            user: Uuid,
+            cursor: Option<Cursor>,
+            limit: u32,
+        ) -> sqlx::Result<Vec<OrderRow>> {
+            self.check()?;
+            self.inner.list(user, cursor, limit).await
+        }
+        async fn set_status(
+            &self,
+            tx: &mut Self::Tx,
+            id: Uuid,
+            status: OrderStatus,
+            reason: Option<&str>,
+        ) -> sqlx::Result<u64> {
+            self.inner.set_status(tx, id, status, reason).await
+        }
+        async fn set_payment(
+            &self,
+            tx: &mut Self::Tx,
+            id: Uuid,
+            payment: &str,
+        ) -> sqlx::Result<()> {
+            self.inner.set_payment(tx, id, payment).await
+        }
+        async fn set_cancel_saga(
+            &self,
+            tx: &mut Self::Tx,
+            id: Uuid,
+            saga: Uuid,
+        ) -> sqlx::Result<()> {
+            self.inner.set_cancel_saga(tx, id, saga).await
+        }
+        async fn orders_of_saga(&self, saga: Uuid) -> sqlx::Result<Vec<Uuid>> {
+            self.inner.orders_of_saga(saga).await
+        }
+    }
+
+    struct Flaky;
+
+    impl Backend for Flaky {
+        type Tx = outbox::sqlite::SqliteTx;
+        type Repo = FlakyReads;
+        type Sagas = saga_core::sqlite::SqliteSagaStore;
+        type Outbox = outbox::sqlite::SqliteOutbox;
+    }
+
+    /// `POST /api/v1/orders` answers from the row it committed: a read failing right
+    /// after the commit does not turn a placed order into an error (the client would
+    /// retry, but an answer it could have had is an answer it should get).
+    #[tokio::test]
+    async fn create_answers_from_the_committed_row_without_reading_it_back() {
+        let path =
+            std::env::temp_dir().join(format!("ordersys-order-{}.db", Uuid::new_v4().simple()));
+        let pool = ordersys_kit::db::connect_sqlite(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        let inner = crate::repository::SqliteOrders::new(pool.clone());
+        inner.migrate().await.unwrap();
+        let repo = FlakyReads {
+            inner,
+            fail_reads: Arc::default(),
+        };
+        let outbox = outbox::sqlite::SqliteOutbox::new(pool.clone());
+        let topics = ordersys_kit::messaging::Topics::new("");
+        let orchestrator = Arc::new(
+            saga_core::Orchestrator::new(
+                saga_core::sqlite::SqliteSagaStore::new(pool.clone()),
+                crate::saga::OrderSink::<Flaky>::new(repo.clone(), outbox.clone(), topics),
+            )
+            .register(crate::saga::create_order(Duration::from_secs(30)))
+            .register(crate::saga::cancel_order(Duration::from_secs(30))),
+        );
+        let relay = outbox::Relay::new(
+            outbox.clone(),
+            outbox::memory::MemoryBroker::new(),
+            outbox::RelayConfig::default(),
+        );
+        let service = OrderService::<Flaky>::new(
+            repo.clone(),
+            orchestrator,
+            Arc::new(outbox::idempotency::MemoryCache::new()),
+            Arc::new(outbox::idempotency::MemoryIdempotencyStore::new()),
+            relay.handle(),
+        );
+        let user = Uuid::now_v7().to_string();
+        let items = vec![Item {
+            product_id: "sku-1".into(),
+            quantity: 2,
+            unit_price: 150,
+        }];
+        repo.fail_reads
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let placed = service
+            .create(&user, items.clone(), "USD", "key-1", None)
+            .await
+            .expect("the order was committed: answer it");
+        assert_eq!(placed.status, OrderStatus::Pending);
+        assert_eq!(placed.total, 300);
+        assert_eq!(placed.items, items);
+        assert_eq!(placed.saga_state, "PAYMENT_PENDING");
+
+        // And it is exactly what a read shows once reads work again.
+        repo.fail_reads
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let read = service.get(&user, &placed.id.to_string()).await.unwrap();
+        assert_eq!(
+            serde_json::to_value(&read).unwrap(),
+            serde_json::to_value(&placed).unwrap()
+        );
+        pool.close().await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+
     #[test]
     fn only_settled_orders_stay_cached_for_long() {
         // A missed invalidation (killed between commit and invalidate) must not show a
