@@ -585,6 +585,16 @@ mod tests {
                 checked += 1;
             }
         }
+        // Every state the machine can reach from the start must be in the list, so the
+        // table covers what really happens, not only the shapes someone thought of.
+        let unlisted: Vec<SagaState> = reachable(def)
+            .into_iter()
+            .filter(|r| !states.contains(r))
+            .collect();
+        assert!(
+            unlisted.is_empty(),
+            "reachable states missing from the table: {unlisted:?}"
+        );
         // Every table row must name a state from the list (no dead rows).
         for r in table {
             assert!(
@@ -594,6 +604,28 @@ mod tests {
             );
         }
         assert_eq!(checked, states.len() * all_events().len());
+    }
+
+    /// Every state reachable from `Started` by any sequence of events (failure reasons
+    /// dropped: the table compares status and steps).
+    fn reachable(def: &SagaDefinition) -> Vec<SagaState> {
+        let mut seen = vec![SagaState::new(def)];
+        let mut queue = seen.clone();
+        while let Some(state) = queue.pop() {
+            for event in all_events() {
+                if let Ok(t) = transition(def, &state, &event) {
+                    let next = SagaState {
+                        failure_reason: None,
+                        ..t.state
+                    };
+                    if !seen.contains(&next) {
+                        seen.push(next.clone());
+                        queue.push(next);
+                    }
+                }
+            }
+        }
+        seen
     }
 
     fn succ(step: usize) -> SagaEvent {
@@ -623,10 +655,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn every_state_event_pair_compensating_on_timeout() {
-        let def = spec_def(true);
-        let states = vec![
+    /// Every state the SPEC create-order saga can reach (with either timeout policy:
+    /// states of the other branch are listed too, their rows are the same).
+    fn spec_states() -> Vec<SagaState> {
+        vec![
             st(Started, "NNN"),
             st(Running, "ANN"),
             st(Running, "SAN"),
@@ -641,8 +673,21 @@ mod tests {
             st(Failed, "DDN"),
             st(Failed, "FNN"),
             st(Failed, "NNN"),
-        ];
-        let table = vec![
+            st(Compensating, "CNN"), // the order step timed out / aborted: undoing it
+            st(Failed, "DNN"),
+            st(Compensating, "CDF"), // confirm failed, refund done, cancelling
+            st(Failed, "DDF"),
+            st(Compensating, "CDB"), // confirm timed out, refund done, cancelling
+            st(Failed, "DDB"),       // ...and a late answer of the confirm may still come
+            st(Compensating, "SCS"), // a late confirm success while refunding
+            st(Compensating, "CDS"),
+            st(Failed, "DDS"),
+        ]
+    }
+
+    /// The rows of [`spec_states`] that change something (everything else is ignored).
+    fn spec_rows() -> Vec<Row> {
+        vec![
             row(
                 st(Started, "NNN"),
                 SagaEvent::Start,
@@ -820,37 +865,125 @@ mod tests {
             // is only recorded; a late failure likewise.
             row(st(Compensating, "SCB"), succ(2), Compensating, "SCS", &[]),
             row(st(Compensating, "SCB"), fail(2), Compensating, "SCF", &[]),
-        ];
-        check(&def, &states, &table);
+            // Undoing the order step alone (it timed out, or the saga was aborted).
+            row(st(Compensating, "CNN"), csucc(0), Failed, "DNN", &[]),
+            row(
+                st(Compensating, "CNN"),
+                cfail(0),
+                Compensating,
+                "CNN",
+                &["cancel_order"],
+            ),
+            row(
+                st(Compensating, "CNN"),
+                late(0),
+                Compensating,
+                "CNN",
+                &["cancel_order"],
+            ),
+            // After a failed confirm and its refund: cancelling the order.
+            row(st(Compensating, "CDF"), csucc(0), Failed, "DDF", &[]),
+            row(
+                st(Compensating, "CDF"),
+                cfail(0),
+                Compensating,
+                "CDF",
+                &["cancel_order"],
+            ),
+            row(
+                st(Compensating, "CDF"),
+                late(0),
+                Compensating,
+                "CDF",
+                &["cancel_order"],
+            ),
+            // After a timed-out confirm and its refund: cancelling; the confirm's late
+            // answer is only recorded (it has nothing to undo).
+            row(st(Compensating, "CDB"), csucc(0), Failed, "DDB", &[]),
+            row(
+                st(Compensating, "CDB"),
+                cfail(0),
+                Compensating,
+                "CDB",
+                &["cancel_order"],
+            ),
+            row(
+                st(Compensating, "CDB"),
+                late(0),
+                Compensating,
+                "CDB",
+                &["cancel_order"],
+            ),
+            row(st(Compensating, "CDB"), succ(2), Compensating, "CDS", &[]),
+            row(st(Compensating, "CDB"), fail(2), Compensating, "CDF", &[]),
+            row(st(Failed, "DDB"), succ(2), Failed, "DDS", &[]),
+            row(st(Failed, "DDB"), fail(2), Failed, "DDF", &[]),
+            // A late confirm success recorded while refunding: the refund goes on, then
+            // the order is cancelled (the confirm has no compensation).
+            row(
+                st(Compensating, "SCS"),
+                csucc(1),
+                Compensating,
+                "CDS",
+                &["cancel_order"],
+            ),
+            row(
+                st(Compensating, "SCS"),
+                cfail(1),
+                Compensating,
+                "SCS",
+                &["payment.refund"],
+            ),
+            row(
+                st(Compensating, "SCS"),
+                late(1),
+                Compensating,
+                "SCS",
+                &["payment.refund"],
+            ),
+            row(st(Compensating, "CDS"), csucc(0), Failed, "DDS", &[]),
+            row(
+                st(Compensating, "CDS"),
+                cfail(0),
+                Compensating,
+                "CDS",
+                &["cancel_order"],
+            ),
+            row(
+                st(Compensating, "CDS"),
+                late(0),
+                Compensating,
+                "CDS",
+                &["cancel_order"],
+            ),
+        ]
+    }
+
+    #[test]
+    fn every_state_event_pair_compensating_on_timeout() {
+        check(&spec_def(true), &spec_states(), &spec_rows());
     }
 
     #[test]
     fn every_state_event_pair_awaiting_late_reply() {
         // With compensate_on_timeout = false, a timed-out payment is abandoned and only
         // a late success triggers its refund.
+        // Every other row is the same as with compensate_on_timeout = true.
         let def = spec_def(false);
-        let states = vec![
-            st(Running, "SAN"),
+        let mut states = spec_states();
+        states.extend([
             st(Compensating, "CBN"),
             st(Failed, "DBN"),
             st(Compensating, "DCN"),
-            st(Failed, "DDN"),
-        ];
-        let table = vec![
-            row(
-                st(Running, "SAN"),
-                succ(1),
-                Running,
-                "SSA",
-                &["confirm_order"],
-            ),
-            row(
-                st(Running, "SAN"),
-                fail(1),
-                Compensating,
-                "CFN",
-                &["cancel_order"],
-            ),
+            st(Compensating, "CCN"),
+        ]);
+        let mut table: Vec<Row> = spec_rows()
+            .into_iter()
+            .filter(|r| {
+                !(r.state == st(Running, "SAN") && (r.event == late(1) || r.event == abort()))
+            })
+            .collect();
+        table.extend(vec![
             row(
                 st(Running, "SAN"),
                 late(1),
@@ -913,7 +1046,38 @@ mod tests {
                 "DCN",
                 &["payment.refund"],
             ),
-        ];
+            // The late success's refund and the order's cancellation both under way.
+            row(st(Compensating, "CCN"), csucc(0), Compensating, "DCN", &[]),
+            row(st(Compensating, "CCN"), csucc(1), Compensating, "CDN", &[]),
+            row(
+                st(Compensating, "CCN"),
+                cfail(0),
+                Compensating,
+                "CCN",
+                &["cancel_order"],
+            ),
+            row(
+                st(Compensating, "CCN"),
+                late(0),
+                Compensating,
+                "CCN",
+                &["cancel_order"],
+            ),
+            row(
+                st(Compensating, "CCN"),
+                cfail(1),
+                Compensating,
+                "CCN",
+                &["payment.refund"],
+            ),
+            row(
+                st(Compensating, "CCN"),
+                late(1),
+                Compensating,
+                "CCN",
+                &["payment.refund"],
+            ),
+        ]);
         check(&def, &states, &table);
     }
 
@@ -936,6 +1100,12 @@ mod tests {
             st(Running, "SA"),
             st(Completed, "SS"),
             st(Failed, "BN"),
+            st(Failed, "NN"),
+            st(Failed, "FN"),
+            st(Failed, "SN"),
+            st(Failed, "SB"),
+            st(Failed, "SF"),
+            st(Failed, "SS"),
         ];
         let table = vec![
             row(
@@ -969,6 +1139,9 @@ mod tests {
             // Late answers of the abandoned refund are recorded, nothing to undo.
             row(st(Failed, "BN"), succ(0), Failed, "SN", &[]),
             row(st(Failed, "BN"), fail(0), Failed, "FN", &[]),
+            // ...and those of an abandoned local step.
+            row(st(Failed, "SB"), succ(1), Failed, "SS", &[]),
+            row(st(Failed, "SB"), fail(1), Failed, "SF", &[]),
         ];
         check(&def, &states, &table);
     }
