@@ -527,50 +527,129 @@ mod tests {
         type Outbox = outbox::sqlite::SqliteOutbox;
     }
 
+    /// An order service on a fresh SQLite file, with `idempotency` as its key store.
+    struct Fixture {
+        service: OrderService<Flaky>,
+        repo: FlakyReads,
+        pool: sqlx::SqlitePool,
+        path: std::path::PathBuf,
+    }
+
+    impl Fixture {
+        async fn new(idempotency: Arc<dyn IdempotencyStore>) -> Self {
+            let path =
+                std::env::temp_dir().join(format!("ordersys-order-{}.db", Uuid::new_v4().simple()));
+            let pool = ordersys_kit::db::connect_sqlite(&format!("sqlite://{}", path.display()))
+                .await
+                .unwrap();
+            let inner = crate::repository::SqliteOrders::new(pool.clone());
+            inner.migrate().await.unwrap();
+            let repo = FlakyReads {
+                inner,
+                fail_reads: Arc::default(),
+            };
+            let outbox = outbox::sqlite::SqliteOutbox::new(pool.clone());
+            let topics = ordersys_kit::messaging::Topics::new("");
+            let orchestrator = Arc::new(
+                saga_core::Orchestrator::new(
+                    saga_core::sqlite::SqliteSagaStore::new(pool.clone()),
+                    crate::saga::OrderSink::<Flaky>::new(repo.clone(), outbox.clone(), topics),
+                )
+                .register(crate::saga::create_order(Duration::from_secs(30)))
+                .register(crate::saga::cancel_order(Duration::from_secs(30))),
+            );
+            let relay = outbox::Relay::new(
+                outbox.clone(),
+                outbox::memory::MemoryBroker::new(),
+                outbox::RelayConfig::default(),
+            );
+            let service = OrderService::<Flaky>::new(
+                repo.clone(),
+                orchestrator,
+                Arc::new(outbox::idempotency::MemoryCache::new()),
+                idempotency,
+                relay.handle(),
+            );
+            Self {
+                service,
+                repo,
+                pool,
+                path,
+            }
+        }
+
+        async fn close(self) {
+            self.pool.close().await;
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", self.path.display()));
+            }
+        }
+    }
+
+    fn one_line() -> Vec<Item> {
+        vec![Item {
+            product_id: "sku-1".into(),
+            quantity: 2,
+            unit_price: 150,
+        }]
+    }
+
+    /// An idempotency store that is down (Redis unreachable).
+    struct Down;
+
+    #[async_trait::async_trait]
+    impl IdempotencyStore for Down {
+        async fn reserve(&self, _: &str, _: Duration) -> outbox::Result<Reservation> {
+            Err(outbox::Error::storage("redis is down"))
+        }
+        async fn complete(&self, _: &str, _: &[u8], _: Duration) -> outbox::Result<()> {
+            Err(outbox::Error::storage("redis is down"))
+        }
+        async fn release(&self, _: &str) -> outbox::Result<()> {
+            Err(outbox::Error::storage("redis is down"))
+        }
+        async fn purge_expired(&self) -> outbox::Result<u64> {
+            Err(outbox::Error::storage("redis is down"))
+        }
+    }
+
+    /// With the idempotency store down, a retried `Idempotency-Key` still names the
+    /// same order: the database's unique key on (user, key) is the guarantee.
+    #[tokio::test]
+    async fn with_the_key_store_down_the_database_key_still_gives_the_same_order() {
+        let f = Fixture::new(Arc::new(Down)).await;
+        let user = Uuid::now_v7().to_string();
+        let first = f
+            .service
+            .create(&user, one_line(), "USD", "retry-me", None)
+            .await
+            .unwrap();
+        let again = f
+            .service
+            .create(&user, one_line(), "USD", "retry-me", None)
+            .await
+            .unwrap();
+        assert_eq!(again.id, first.id, "a second order for the same key");
+        let other = f
+            .service
+            .create(&user, one_line(), "USD", "another-key", None)
+            .await
+            .unwrap();
+        assert_ne!(other.id, first.id);
+        let (orders, _) = f.service.list(&user, 10, "").await.unwrap();
+        assert_eq!(orders.len(), 2);
+        f.close().await;
+    }
+
     /// `POST /api/v1/orders` answers from the row it committed: a read failing right
     /// after the commit does not turn a placed order into an error (the client would
     /// retry, but an answer it could have had is an answer it should get).
     #[tokio::test]
     async fn create_answers_from_the_committed_row_without_reading_it_back() {
-        let path =
-            std::env::temp_dir().join(format!("ordersys-order-{}.db", Uuid::new_v4().simple()));
-        let pool = ordersys_kit::db::connect_sqlite(&format!("sqlite://{}", path.display()))
-            .await
-            .unwrap();
-        let inner = crate::repository::SqliteOrders::new(pool.clone());
-        inner.migrate().await.unwrap();
-        let repo = FlakyReads {
-            inner,
-            fail_reads: Arc::default(),
-        };
-        let outbox = outbox::sqlite::SqliteOutbox::new(pool.clone());
-        let topics = ordersys_kit::messaging::Topics::new("");
-        let orchestrator = Arc::new(
-            saga_core::Orchestrator::new(
-                saga_core::sqlite::SqliteSagaStore::new(pool.clone()),
-                crate::saga::OrderSink::<Flaky>::new(repo.clone(), outbox.clone(), topics),
-            )
-            .register(crate::saga::create_order(Duration::from_secs(30)))
-            .register(crate::saga::cancel_order(Duration::from_secs(30))),
-        );
-        let relay = outbox::Relay::new(
-            outbox.clone(),
-            outbox::memory::MemoryBroker::new(),
-            outbox::RelayConfig::default(),
-        );
-        let service = OrderService::<Flaky>::new(
-            repo.clone(),
-            orchestrator,
-            Arc::new(outbox::idempotency::MemoryCache::new()),
-            Arc::new(outbox::idempotency::MemoryIdempotencyStore::new()),
-            relay.handle(),
-        );
+        let f = Fixture::new(Arc::new(outbox::idempotency::MemoryIdempotencyStore::new())).await;
+        let (service, repo) = (&f.service, &f.repo);
         let user = Uuid::now_v7().to_string();
-        let items = vec![Item {
-            product_id: "sku-1".into(),
-            quantity: 2,
-            unit_price: 150,
-        }];
+        let items = one_line();
         repo.fail_reads
             .store(true, std::sync::atomic::Ordering::SeqCst);
         let placed = service
@@ -590,10 +669,7 @@ mod tests {
             serde_json::to_value(&read).unwrap(),
             serde_json::to_value(&placed).unwrap()
         );
-        pool.close().await;
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-        }
+        f.close().await;
     }
 
     #[test]
