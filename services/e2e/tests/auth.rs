@@ -334,6 +334,60 @@ async fn rate_limit_answers_429_with_retry_after() {
     sys.stop().await;
 }
 
+/// Five failed logins from "one client", then a sixth: 429 or not.
+async fn sixth_login_status(api: &Api, forwarded_for: [&str; 6]) -> Vec<u16> {
+    let body = creds(&email(), "password-123");
+    let mut statuses = Vec::new();
+    for xff in forwarded_for {
+        let rb = api
+            .client()
+            .post(format!("{}/api/v1/auth/login", api.base()))
+            .header("X-Forwarded-For", xff)
+            .json(&body);
+        statuses.push(api.raw(rb).await.status);
+    }
+    statuses
+}
+
+/// `X-Forwarded-For` names the client only when the peer is a trusted proxy: without
+/// `TRUSTED_PROXIES` a client cannot dodge the limit by inventing addresses; with the
+/// gateway's peer (127.0.0.1) trusted, each forwarded client has its own limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_forwarded_for_counts_only_behind_a_trusted_proxy() {
+    let spoofed = [
+        "10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6",
+    ];
+
+    let untrusted = System::start(Options {
+        gateway_env: vec![("RATE_LIMIT_PER_MINUTE".into(), "5".into())],
+        ..Options::default()
+    })
+    .await;
+    let statuses = sixth_login_status(&Api::new(&untrusted.base), spoofed).await;
+    assert_eq!(
+        statuses,
+        [401, 401, 401, 401, 401, 429],
+        "XFF believed from anyone"
+    );
+    untrusted.stop().await;
+
+    let behind_proxy = System::start(Options {
+        gateway_env: vec![
+            ("RATE_LIMIT_PER_MINUTE".into(), "5".into()),
+            ("TRUSTED_PROXIES".into(), "127.0.0.1".into()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let api = Api::new(&behind_proxy.base);
+    let statuses = sixth_login_status(&api, spoofed).await;
+    assert_eq!(statuses, [401; 6], "forwarded clients share one limit");
+    // One forwarded client, six times: limited like any client.
+    let statuses = sixth_login_status(&api, ["10.9.9.9"; 6]).await;
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429]);
+    behind_proxy.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn breaker_opens_when_the_user_service_is_down_and_recovers() {
     let mut sys = System::start(Options {
