@@ -17,6 +17,9 @@ use outbox::{
 };
 use tokio::sync::watch;
 
+mod support;
+use support::DownInbox;
+
 fn brokers() -> String {
     let b = std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
     let first = b.split(',').next().unwrap().to_owned();
@@ -426,4 +429,83 @@ async fn the_watchdog_leaves_an_idle_consumer_at_the_end_of_its_log_alone() {
     stop.send_replace(true);
     let stats = task.await.unwrap().unwrap();
     assert_eq!((stats.processed, stats.duplicates), (40, 0), "{stats:?}");
+}
+
+/// A message from a producer that sets no `message-id` header gets an id derived from
+/// where it sits in the log: the same on every delivery, so the inbox still drops a
+/// redelivery (here: a second consumer group reading the same log sees the same ids).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_without_a_message_id_header_gets_a_stable_id() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let topic = unique("no-id");
+    ensure_topics(&brokers(), &[(&topic, 1)]).await.unwrap();
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    for i in 0..3 {
+        producer
+            .send(
+                FutureRecord::to(&topic).key("k").payload(&format!("{i}")),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let (collect, stop, task) = spawn_collecting(consumer_config(&topic));
+        collect.wait_for(3).await;
+        stop.send_replace(true);
+        task.await.unwrap().unwrap();
+        let ids: Vec<outbox::MessageId> =
+            collect.seen.lock().unwrap().iter().map(|d| d.id).collect();
+        runs.push(ids);
+    }
+    assert_eq!(runs[0], runs[1], "ids differ between deliveries");
+    let distinct: std::collections::HashSet<_> = runs[0].iter().collect();
+    assert_eq!(distinct.len(), 3, "each message its own id");
+}
+
+/// While the consumer's store is down, a message is retried (not skipped, not
+/// dead-lettered); once the store is back every message is processed, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consumer_retries_while_its_store_is_down_and_loses_nothing() {
+    let topic = unique("store-down");
+    ensure_topics(&brokers(), &[(&topic, 1)]).await.unwrap();
+    publish_numbered(&topic, 5, 1).await;
+    let inbox = DownInbox::default();
+    inbox.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let dead = MemoryDeadLetters::new();
+    let consumer = IdempotentConsumer::new("test", inbox.clone(), dead.clone());
+    let collect = Collect::default();
+    let (stop, stopped) = stopper();
+    let (h, s, config) = (collect.clone(), stopped(), consumer_config(&topic));
+    let task = tokio::spawn(async move { run_consumer(&config, &consumer, &h, s).await });
+    // Wait until the consumer has really tried (and failed) a few times.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while inbox.attempts.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the consumer never tried"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(collect.seen.lock().unwrap().is_empty());
+    inbox.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    collect.wait_for(5).await;
+    stop.send_replace(true);
+    let stats = task.await.unwrap().unwrap();
+    assert_eq!((stats.processed, stats.dead_lettered), (5, 0));
+    assert!(dead.parked().is_empty());
+    let payloads: Vec<String> = collect
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|d| String::from_utf8(d.payload.to_vec()).unwrap())
+        .collect();
+    assert_eq!(payloads, ["0", "1", "2", "3", "4"]);
 }

@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod support;
+
 use outbox::conformance;
 use outbox::memory::{MemoryBroker, MemoryDeadLetters, MemoryInbox, MemoryOutbox, MemoryTx};
 use outbox::{
@@ -307,40 +309,6 @@ mod local_bus {
         accept_all: bool,
     }
 
-    /// An inbox whose database can be switched off.
-    #[derive(Clone, Default)]
-    struct SwitchableInbox {
-        inner: MemoryInbox,
-        down: Arc<std::sync::atomic::AtomicBool>,
-    }
-
-    impl Transactional for SwitchableInbox {
-        type Tx = MemoryTx;
-        async fn begin(&self) -> outbox::Result<MemoryTx> {
-            if self.down.load(Ordering::SeqCst) {
-                return Err(outbox::Error::storage("database is down"));
-            }
-            self.inner.begin().await
-        }
-        async fn commit(&self, tx: MemoryTx) -> outbox::Result<()> {
-            self.inner.commit(tx).await
-        }
-    }
-
-    impl outbox::Inbox for SwitchableInbox {
-        async fn try_record(
-            &self,
-            tx: &mut MemoryTx,
-            consumer: &str,
-            id: outbox::MessageId,
-        ) -> outbox::Result<bool> {
-            self.inner.try_record(tx, consumer, id).await
-        }
-        async fn purge(&self, retention: Duration) -> outbox::Result<u64> {
-            self.inner.purge(retention).await
-        }
-    }
-
     impl Handler<MemoryTx> for Sink {
         async fn handle(&self, tx: &mut MemoryTx, msg: &Delivery) -> Result<(), HandlerError> {
             if !self.accept_all && &msg.payload[..] == b"poison" {
@@ -368,7 +336,7 @@ mod local_bus {
     async fn delivers_in_order_acks_after_commit_and_retries_while_the_consumer_is_down() {
         let bus = LocalBus::new().with_dead_letter_topic("dlq");
         let sink = Sink::default();
-        let inbox = SwitchableInbox::default();
+        let inbox = crate::support::DownInbox::default();
         bus.subscribe(
             "t",
             IdempotentConsumer::new("c", inbox.clone(), bus.clone()),
