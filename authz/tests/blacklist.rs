@@ -124,7 +124,15 @@ mod redis_backend {
             .local_addr()
             .unwrap()
             .port();
-        let mut server = std::process::Command::new("redis-server")
+        // Killed on drop, so a failing assertion below does not orphan it.
+        struct KillOnDrop(std::process::Child);
+        impl Drop for KillOnDrop {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let server = std::process::Command::new("redis-server")
             .args([
                 "--port",
                 &port.to_string(),
@@ -138,6 +146,7 @@ mod redis_backend {
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server on PATH");
+        let mut server = KillOnDrop(server);
         let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
         let mut conn = None;
         for _ in 0..100 {
@@ -156,8 +165,8 @@ mod redis_backend {
             Arc::new(RedisBlacklist::new(conn.expect("test redis started"))),
         );
         auth.authenticate(&token.token).await.unwrap();
-        server.kill().unwrap();
-        server.wait().unwrap();
+        server.0.kill().unwrap();
+        server.0.wait().unwrap();
         let err = auth.authenticate(&token.token).await.unwrap_err();
         assert!(matches!(err, Error::BlacklistUnavailable(_)), "{err:?}");
     }

@@ -187,26 +187,35 @@ pub async fn failed_message_holds_back_its_key_only<S: OutboxStore>(store: &S) {
     }
 }
 
-/// A relay that died keeps its lease only until it expires.
+/// A relay that died keeps its lease only until it expires. (The live lease is an hour
+/// long and the expiring one is waited out generously, so a slow machine can neither
+/// fake a respected lease nor an expired one.)
 pub async fn expired_lease_is_reclaimed<S: OutboxStore>(store: &S) {
-    let m = msg("t", "k", 1);
-    enqueue_committed(store, vec![m.clone()]).await;
+    let (live, expiring) = (msg("t", "j", 1), msg("t", "k", 1));
+    enqueue_committed(store, vec![live.clone(), expiring.clone()]).await;
     let c = store
-        .claim("dead-relay", 10, Duration::from_millis(200))
+        .claim("live-relay", 1, Duration::from_secs(3600))
         .await
         .unwrap();
-    assert_eq!(c.len(), 1);
-    assert!(store
-        .claim("r2", 10, Duration::from_secs(30))
+    assert_eq!(c.iter().map(|m| m.id).collect::<Vec<_>>(), vec![live.id]);
+    let c = store
+        .claim("dead-relay", 1, Duration::from_millis(200))
         .await
-        .unwrap()
-        .is_empty());
+        .unwrap();
+    assert_eq!(
+        c.iter().map(|m| m.id).collect::<Vec<_>>(),
+        vec![expiring.id]
+    );
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let c = store
         .claim("r2", 10, Duration::from_secs(30))
         .await
         .unwrap();
-    assert_eq!(c.iter().map(|m| m.id).collect::<Vec<_>>(), vec![m.id]);
+    assert_eq!(
+        c.iter().map(|m| m.id).collect::<Vec<_>>(),
+        vec![expiring.id],
+        "the expired lease must be taken over, the live one respected"
+    );
 }
 
 /// A relay restarted under the same id takes its own leases back at once; another relay
