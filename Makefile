@@ -14,8 +14,17 @@ test: services-up
 	$(CARGO) test --workspace --all-features --no-fail-fast
 
 ## Only what needs no server: default features, memory backends.
+## What needs no server at all: every crate's unit tests, the memory and SQLite
+## integration tests, the SDK doctests. The server URLs point at a closed port, so a
+## test that quietly needed one fails here instead of passing on a developer's machine.
+NO_SERVERS = REDIS_URL=redis://127.0.0.1:1/ DATABASE_URL=mysql://root@127.0.0.1:1/none \
+	DATABASE_SERVER_URL=mysql://root@127.0.0.1:1 KAFKA_BROKERS=127.0.0.1:1
 test-unit:
-	$(CARGO) test --workspace
+	$(NO_SERVERS) $(CARGO) test --workspace --lib --all-features
+	$(NO_SERVERS) $(CARGO) test -p authz --test tokens
+	$(NO_SERVERS) $(CARGO) test -p outbox --all-features --test memory --test sqlite
+	$(NO_SERVERS) $(CARGO) test -p saga-core --all-features --test orchestrator --test sqlite
+	$(NO_SERVERS) $(CARGO) test --doc -p outbox -p saga-core -p authz -p resilience --all-features
 
 ## Start MariaDB, Redis and the local Kafka broker if they are not running.
 services-up:
