@@ -39,6 +39,8 @@ chaos — the ordersys fault suite
   --breaker-open S     BREAKER_OPEN_SECS of the gateway (5)
   --initial N          INITIAL_BALANCE of a new account (2000000)
   --cancel-percent P   orders the client tries to cancel right after placing (10)
+  --poll-ms MS         how often a client polls its order until it ends (25); small
+                       values measure latency finely, at the cost of GET load
   --keep               keep the work directory (logs, data) after a pass
 ";
 
@@ -55,6 +57,7 @@ struct Args {
     breaker_open: u64,
     initial: i64,
     cancel_percent: u32,
+    poll_ms: u64,
     keep: bool,
 }
 
@@ -86,6 +89,7 @@ impl Args {
             breaker_open: 5,
             initial: 2_000_000,
             cancel_percent: 10,
+            poll_ms: 25,
             keep: false,
         };
         let mut it = std::env::args().skip(1);
@@ -121,6 +125,7 @@ impl Args {
                 "--breaker-open" => a.breaker_open = val()?.parse()?,
                 "--initial" => a.initial = val()?.parse()?,
                 "--cancel-percent" => a.cancel_percent = val()?.parse()?,
+                "--poll-ms" => a.poll_ms = val()?.parse()?,
                 "--keep" => a.keep = true,
                 "-h" | "--help" => {
                     print!("{USAGE}");
@@ -303,6 +308,7 @@ struct Shared {
     placed: AtomicU64,
     limit: u64,
     cancel_percent: u32,
+    poll: Duration,
 }
 
 async fn send(
@@ -538,7 +544,7 @@ async fn client(s: Arc<Shared>, rec: Arc<Mutex<ClientRec>>) {
                     break;
                 }
             }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            tokio::time::sleep(s.poll).await;
         }
     }
 }
@@ -940,6 +946,7 @@ async fn main() -> anyhow::Result<()> {
         placed: AtomicU64::new(0),
         limit: args.orders,
         cancel_percent: args.cancel_percent,
+        poll: Duration::from_millis(args.poll_ms.max(1)),
     });
     let clients: Vec<Arc<Mutex<ClientRec>>> = (0..args.clients).map(|_| Arc::default()).collect();
     let mut load = tokio::task::JoinSet::new();
