@@ -344,6 +344,65 @@ async fn a_second_group_member_joining_midway_loses_and_doubles_nothing() {
     assert_eq!(payloads, (0..total).collect::<Vec<_>>());
 }
 
+/// A member that goes away mid-stream — its task aborted while it consumes — hands its
+/// partitions to the one that stays: every message is still processed, exactly once
+/// (a message it had in flight comes again and the shared inbox decides).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_member_leaving_midway_hands_its_partitions_over_and_doubles_nothing() {
+    let topic = unique("leaving");
+    ensure_topics(&brokers(), &[(&topic, 3)]).await.unwrap();
+    let publisher = KafkaPublisher::new(&brokers()).unwrap();
+    let publish = |i: u32| {
+        let (publisher, topic) = (publisher.clone(), topic.clone());
+        async move {
+            let m = OutboxMessage::new(topic.clone(), format!("key-{}", i % 7), i.to_string());
+            outbox::Publisher::publish(&publisher, &m).await.unwrap();
+        }
+    };
+    let inbox = MemoryInbox::new();
+    let all = Collect::default();
+    let config = consumer_config(&topic);
+    let (stop, stopped) = stopper();
+    let spawn_member = |mine: Collect| {
+        let consumer = IdempotentConsumer::new("test", inbox.clone(), MemoryDeadLetters::new());
+        let (h, cfg, s) = (Both(all.clone(), mine), config.clone(), stopped());
+        tokio::spawn(async move { run_consumer(&cfg, &consumer, &h, s).await })
+    };
+    let (a_seen, b_seen) = (Collect::default(), Collect::default());
+    let a = spawn_member(a_seen.clone());
+    let b = spawn_member(b_seen.clone());
+    // Produce until both members own partitions and have processed something.
+    let mut next = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while a_seen.seen.lock().unwrap().is_empty() || b_seen.seen.lock().unwrap().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the two members never shared the partitions"
+        );
+        publish(next).await;
+        next += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    b.abort(); // gone, mid-stream
+    let _ = b.await;
+    for i in next..next + 30 {
+        publish(i).await;
+    }
+    let total = next + 30;
+    all.wait_for(total as usize).await;
+    stop.send_replace(true);
+    a.await.unwrap().unwrap();
+    let mut payloads: Vec<u32> = all
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|d| std::str::from_utf8(&d.payload).unwrap().parse().unwrap())
+        .collect();
+    payloads.sort();
+    assert_eq!(payloads, (0..total).collect::<Vec<_>>(), "lost or doubled");
+}
+
 /// Records into two collectors (all members, and this member).
 struct Both(Collect, Collect);
 

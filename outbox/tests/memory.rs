@@ -197,6 +197,59 @@ async fn graceful_stop_finishes_the_claimed_batch() {
     assert_eq!(store.pending(), 0);
 }
 
+/// A relay task killed in the middle of a round (aborted while a publish is in flight,
+/// its batch leased and unmarked): the relay restarted under the same id takes its own
+/// leases back at once — no waiting out the 30 s lease — and publishes everything, in
+/// key order; nothing stays pending.
+#[tokio::test(start_paused = true)]
+async fn a_relay_killed_mid_round_loses_nothing_and_its_successor_does_not_wait() {
+    let store = MemoryOutbox::new();
+    let mut tx = store.begin().await.unwrap();
+    for i in 0..10 {
+        store
+            .enqueue(&mut tx, OutboxMessage::new("t", "same-key", format!("{i}")))
+            .await
+            .unwrap();
+    }
+    store.commit(tx).await.unwrap();
+    let broker = MemoryBroker::new();
+    let started = Arc::new(tokio::sync::Notify::new());
+    let slow = Slow {
+        inner: broker.clone(),
+        started: started.clone(),
+    };
+    let doomed =
+        tokio::spawn(Relay::new(store.clone(), slow, config()).run(std::future::pending()));
+    started.notified().await; // a publish is in flight
+    doomed.abort();
+    assert!(doomed.await.unwrap_err().is_cancelled());
+    assert_eq!(store.pending(), 10, "the killed round marked nothing");
+
+    let killed_at = tokio::time::Instant::now();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let successor = tokio::spawn(
+        Relay::new(store.clone(), broker.clone(), config()).run(async {
+            let _ = rx.await;
+        }),
+    );
+    broker.wait_for(10).await;
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(1),
+        "the successor waited {:?} (the lease is 30 s)",
+        killed_at.elapsed()
+    );
+    stop.send(()).unwrap();
+    successor.await.unwrap().unwrap();
+    let payloads: Vec<String> = broker
+        .published()
+        .iter()
+        .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
+        .collect();
+    let expected: Vec<String> = (0..10).map(|i| i.to_string()).collect();
+    assert_eq!(payloads, expected, "in key order, each once");
+    assert_eq!(store.pending(), 0);
+}
+
 /// Fails transiently every time, like a message the payment service cannot apply.
 struct AlwaysFails(Arc<AtomicU32>);
 

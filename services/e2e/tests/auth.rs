@@ -388,8 +388,141 @@ async fn x_forwarded_for_counts_only_behind_a_trusted_proxy() {
     behind_proxy.stop().await;
 }
 
+/// Which downstream a breaker test takes down.
+#[derive(Clone, Copy)]
+enum Downstream {
+    User,
+    Order,
+    Payment,
+}
+
+impl Downstream {
+    fn name(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Order => "order",
+            Self::Payment => "payment",
+        }
+    }
+
+    fn service(self, sys: &mut System) -> &mut ordersys_e2e::Service {
+        match self {
+            Self::User => &mut sys.user,
+            Self::Order => &mut sys.order,
+            Self::Payment => &mut sys.payment,
+        }
+    }
+
+    /// A request that needs this downstream (and only it, besides the gateway).
+    async fn call(
+        self,
+        api: &Api,
+        login: &Option<serde_json::Value>,
+        token: &str,
+    ) -> ordersys_e2e::Reply {
+        match self {
+            Self::User => {
+                api.send("POST", "/api/v1/auth/login", login.clone(), None)
+                    .await
+            }
+            Self::Order => api.send("GET", "/api/v1/orders", None, Some(token)).await,
+            Self::Payment => api.send("GET", "/api/v1/wallet", None, Some(token)).await,
+        }
+    }
+}
+
+async fn breaker_state(sys: &System, downstream: &str) -> String {
+    let metrics = reqwest::get(sys.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("circuit_breaker_state{{downstream=\"{downstream}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or("absent")
+        .to_owned()
+}
+
+/// Kill `down`: five failing calls open its breaker, then the gateway answers 503
+/// "circuit open" with Retry-After without trying; the other downstreams' routes still
+/// work (one breaker per downstream); the service comes back and a trial call closes it.
+async fn breaker_round_trip(
+    sys: &mut System,
+    api: &Api,
+    down: Downstream,
+    login: &Option<serde_json::Value>,
+    token: &str,
+) {
+    let name = down.name();
+    down.service(sys).kill();
+    for i in 0..5 {
+        let r = down.call(api, login, token).await;
+        assert_eq!(r.status, 503, "{name} call {i}: {r:?}");
+        assert!(
+            !r.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("circuit open"),
+            "{name} call {i}"
+        );
+    }
+    let r = down.call(api, login, token).await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (503, "service_unavailable"),
+        "{name}"
+    );
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("circuit open"),
+        "{name}: {r:?}"
+    );
+    assert!(r.headers.contains_key("retry-after"));
+    assert_eq!(
+        breaker_state(sys, name).await,
+        "1",
+        "{name} breaker not open"
+    );
+    for other in [Downstream::User, Downstream::Order, Downstream::Payment] {
+        if other.name() != name {
+            let r = other.call(api, login, token).await;
+            assert_eq!(
+                r.status,
+                200,
+                "{} affected by the {name} breaker: {r:?}",
+                other.name()
+            );
+        }
+    }
+
+    down.service(sys).restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = down.call(api, login, token).await;
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 503, "{name}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        breaker_state(sys, name).await,
+        "0",
+        "{name} breaker not closed"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn breaker_opens_when_the_user_service_is_down_and_recovers() {
+async fn a_breaker_per_downstream_opens_when_its_service_is_down_and_recovers() {
     let mut sys = System::start(Options {
         gateway_env: vec![
             ("RATE_LIMIT_PER_MINUTE".into(), "100000".into()),
@@ -400,66 +533,10 @@ async fn breaker_opens_when_the_user_service_is_down_and_recovers() {
     .await;
     let api = Api::new(&sys.base);
     let e = email();
-    api.signup(&e, "password-123").await;
+    let token = api.signup(&e, "password-123").await;
     let login = creds(&e, "password-123");
-
-    sys.user.kill();
-    // Five calls reach the dead service and fail; they open the breaker.
-    for i in 0..5 {
-        let r = api
-            .send("POST", "/api/v1/auth/login", login.clone(), None)
-            .await;
-        assert_eq!(r.status, 503, "call {i}: {r:?}");
-        assert!(
-            !r.body["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("circuit open"),
-            "call {i}"
-        );
+    for down in [Downstream::User, Downstream::Order, Downstream::Payment] {
+        breaker_round_trip(&mut sys, &api, down, &login, &token).await;
     }
-    // Now the gateway answers without trying: 503, circuit open, Retry-After.
-    let r = api
-        .send("POST", "/api/v1/auth/login", login.clone(), None)
-        .await;
-    assert_eq!((r.status, r.error_code()), (503, "service_unavailable"));
-    assert!(
-        r.body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("circuit open"),
-        "{r:?}"
-    );
-    assert!(r.headers.contains_key("retry-after"));
-    let metrics = reqwest::get(sys.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(metrics.contains("circuit_breaker_state{downstream=\"user\"} 1"));
-
-    // The service comes back; after the open period a trial call closes the breaker.
-    sys.user.restart();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = api
-            .send("POST", "/api/v1/auth/login", login.clone(), None)
-            .await;
-        if r.status == 200 {
-            break;
-        }
-        assert_eq!(r.status, 503);
-        assert!(tokio::time::Instant::now() < deadline, "never recovered");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let metrics = reqwest::get(sys.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(metrics.contains("circuit_breaker_state{downstream=\"user\"} 0"));
-
     sys.stop().await;
 }
