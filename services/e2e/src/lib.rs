@@ -194,6 +194,28 @@ impl Service {
         }
     }
 
+    /// Send SIGTERM (a graceful stop, as an orchestrator would) and wait up to `within`
+    /// for the process to exit; returns its exit status, or `None` if it did not exit
+    /// in time (it is then killed).
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Start it again with the same settings.
     pub fn restart(&mut self) {
         self.kill();

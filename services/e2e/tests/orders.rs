@@ -570,3 +570,113 @@ async fn a_poison_command_is_dead_lettered_and_payment_carries_on() {
     );
     sys.stop().await;
 }
+
+/// SIGTERM of the order service while orders are being placed: it stops gracefully
+/// (exit status 0, in bounded time); every request is answered (201 or an error, none
+/// hangs); every 201 names an order that exists and gets CONFIRMED; retrying the failed
+/// ones with their `Idempotency-Key` after the restart gives exactly one order per key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_requests_stops_cleanly_and_leaves_nothing_half_done() {
+    let mut sys = System::start(Options {
+        gateway_env: vec![
+            ("RATE_LIMIT_PER_MINUTE".into(), "100000".into()),
+            ("BREAKER_OPEN_SECS".into(), "1".into()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let api = Api::new(&sys.base);
+    let token = api.signup(&email(), "password-123").await;
+    assert_eq!(balance(&api, &token).await, 100_000);
+
+    let keys: Vec<String> = (0..24).map(|i| format!("sigterm-{i}")).collect();
+    let post = |key: String| {
+        let (api, token) = (api.clone(), token.clone());
+        async move {
+            let rb = api
+                .client()
+                .post(format!("{}/api/v1/orders", api.base()))
+                .bearer_auth(&token)
+                .header("Idempotency-Key", &key)
+                .json(&order_body(&[(1, 100)], "USD"));
+            (key, api.raw(rb).await)
+        }
+    };
+    let in_flight: Vec<_> = keys
+        .iter()
+        .cloned()
+        .map(|k| tokio::spawn(post(k)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(20)).await; // let some reach the service
+                                                         // Blocks this worker while the POSTs go on, on the other.
+    let exit = tokio::task::block_in_place(|| sys.order.terminate(Duration::from_secs(20)));
+    let mut answers = Vec::new();
+    for t in in_flight {
+        answers.push(t.await.unwrap());
+    }
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "the order service did not stop gracefully within 20 s: {exit:?}"
+    );
+    let mut placed = std::collections::BTreeMap::new();
+    for (key, r) in &answers {
+        match r.status {
+            201 => {
+                placed.insert(key.clone(), r.body["order_id"].as_str().unwrap().to_owned());
+            }
+            500..=599 => {}
+            other => panic!("{key}: unexpected {other}: {r:?}"),
+        }
+    }
+    sys.order.restart();
+    let ready = format!("{}/readyz", sys.order_admin);
+    ordersys_e2e::wait_ready(&ready, &mut sys.order, Duration::from_secs(60)).await;
+    // The gateway's breaker may have opened meanwhile: wait until it lets reads through.
+    ordersys_e2e::eventually("orders readable again", Duration::from_secs(30), || {
+        let (api, token) = (&api, &token);
+        async move {
+            let r = api.send("GET", "/api/v1/orders", None, Some(token)).await;
+            (r.status == 200).then_some(())
+        }
+    })
+    .await;
+    // Every 201 names a real order that completes; the rest are retried with their key.
+    for key in &keys {
+        let id = match placed.get(key) {
+            Some(id) => id.clone(),
+            None => {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                loop {
+                    let (_, r) = post(key.clone()).await;
+                    if r.status == 201 {
+                        break r.body["order_id"].as_str().unwrap().to_owned();
+                    }
+                    assert!(tokio::time::Instant::now() < deadline, "{key}: {r:?}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        wait_order(&api, &token, &id, status_is("CONFIRMED")).await;
+        // Asked again, the key names the same order.
+        let (_, again) = post(key.clone()).await;
+        assert_eq!(again.body["order_id"], id.as_str(), "{key}");
+    }
+    let list = api
+        .send("GET", "/api/v1/orders?limit=100", None, Some(&token))
+        .await;
+    assert_eq!(
+        list.body["orders"].as_array().unwrap().len(),
+        keys.len(),
+        "one order per key, nothing half-done or doubled"
+    );
+    assert_eq!(
+        balance(&api, &token).await,
+        100_000 - 100 * keys.len() as i64
+    );
+    eprintln!(
+        "answered 201 before the restart: {} of {}",
+        placed.len(),
+        keys.len()
+    );
+    sys.stop().await;
+}

@@ -8,14 +8,18 @@ use tokio::sync::watch;
 pub async fn signal() {
     let lifeline = async {
         if std::env::var("ORDERSYS_STDIN_LIFELINE").as_deref() == Ok("1") {
-            use tokio::io::AsyncReadExt;
-            let mut stdin = tokio::io::stdin();
-            let mut buf = [0u8; 64];
-            while let Ok(n) = stdin.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-            }
+            // A plain thread, not tokio's blocking pool: a read of stdin cannot be
+            // cancelled, and the runtime waits for its blocking tasks when it shuts down —
+            // a SIGTERM would then never finish stopping the process while stdin is open.
+            let (eof, at_eof) = tokio::sync::oneshot::channel::<()>();
+            std::thread::spawn(move || {
+                use std::io::Read;
+                let mut buf = [0u8; 64];
+                let mut stdin = std::io::stdin();
+                while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
+                let _ = eof.send(());
+            });
+            let _ = at_eof.await;
         } else {
             std::future::pending::<()>().await;
         }
