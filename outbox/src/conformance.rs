@@ -484,6 +484,48 @@ pub async fn inbox_all<I: Inbox>(inbox: &I) {
     );
 }
 
+/// A SQLite database file per test (features `conformance` + `sqlite`).
+#[cfg(feature = "sqlite")]
+pub mod sqlite {
+    use std::path::{Path, PathBuf};
+
+    /// A database file of its own for one test, in the temp directory; the file and its
+    /// `-wal`/`-shm` companions are deleted when this is dropped — also when the test
+    /// panics.
+    #[derive(Debug)]
+    pub struct TempDbFile {
+        path: PathBuf,
+    }
+
+    impl TempDbFile {
+        /// A new, not yet created, file named `{prefix}-{uuid}.db`.
+        pub fn new(prefix: &str) -> Self {
+            Self {
+                path: std::env::temp_dir()
+                    .join(format!("{prefix}-{}.db", uuid::Uuid::new_v4().simple())),
+            }
+        }
+
+        /// Its path.
+        pub fn path(&self) -> &Path {
+            &self.path
+        }
+
+        /// `sqlite://{path}`.
+        pub fn url(&self) -> String {
+            format!("sqlite://{}", self.path.display())
+        }
+    }
+
+    impl Drop for TempDbFile {
+        fn drop(&mut self) {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", self.path.display()));
+            }
+        }
+    }
+}
+
 /// A fresh MySQL database per call, for backend tests (features `conformance` + `mysql`).
 #[cfg(feature = "mysql")]
 pub mod mysql {
@@ -537,10 +579,41 @@ pub mod mysql {
 
         /// Drop the database (call at the end of a passing test).
         pub async fn drop_db(self) {
-            let _ = sqlx::query(&format!("DROP DATABASE `{}`", self.name))
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{}`", self.name))
                 .execute(&self.pool)
                 .await;
             self.pool.close().await;
+        }
+    }
+
+    /// A test that panics never reaches [`TestDb::drop_db`]: drop the database then
+    /// (on a thread of its own, as this may run inside a runtime).
+    impl Drop for TestDb {
+        fn drop(&mut self) {
+            if !std::thread::panicking() {
+                return;
+            }
+            let name = self.name.clone();
+            let _ = std::thread::spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                rt.block_on(async {
+                    let Ok(opts) = MySqlConnectOptions::from_str(&base_url()) else {
+                        return;
+                    };
+                    if let Ok(mut admin) = opts.connect().await {
+                        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
+                            .execute(&mut admin)
+                            .await;
+                        let _ = admin.close().await;
+                    }
+                });
+            })
+            .join();
         }
     }
 }

@@ -3,22 +3,16 @@
 #![cfg(feature = "sqlite")]
 
 use outbox::conformance;
+use outbox::conformance::sqlite::TempDbFile;
 use outbox::sqlite::{connect, migrate, SqliteIdempotencyStore, SqliteInbox, SqliteOutbox};
 
-async fn fresh() -> (sqlx::SqlitePool, std::path::PathBuf) {
-    let path = std::env::temp_dir().join(format!(
-        "ordersys-test-{}.db",
-        uuid::Uuid::new_v4().simple()
-    ));
-    let pool = connect(path.to_str().unwrap()).await.unwrap();
+/// A migrated database on a file of its own, deleted when the returned guard drops
+/// (also when the test panics).
+async fn fresh() -> (sqlx::SqlitePool, TempDbFile) {
+    let file = TempDbFile::new("ordersys-test");
+    let pool = connect(file.path().to_str().unwrap()).await.unwrap();
     migrate(&pool).await.unwrap();
-    (pool, path)
-}
-
-fn cleanup(path: &std::path::Path) {
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
+    (pool, file)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,20 +22,18 @@ async fn sqlite_outbox_conformance() {
     conformance::outbox_store_all(move || {
         let p = p.clone();
         async move {
-            let (pool, path) = fresh().await;
-            p.lock().unwrap().push(path);
+            let (pool, file) = fresh().await;
+            p.lock().unwrap().push(file);
             SqliteOutbox::new(pool)
         }
     })
     .await;
-    for path in paths.lock().unwrap().iter() {
-        cleanup(path);
-    }
+    drop(paths);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_relay_conformance() {
-    let (pool, path) = fresh().await;
+    let (pool, _file) = fresh().await;
     let p = pool.clone();
     conformance::relay_all(move || {
         let p = p.clone();
@@ -55,22 +47,20 @@ async fn sqlite_relay_conformance() {
     })
     .await;
     pool.close().await;
-    cleanup(&path);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_inbox_and_idempotency_conformance() {
-    let (pool, path) = fresh().await;
+    let (pool, _file) = fresh().await;
     conformance::inbox_all(&SqliteInbox::new(pool.clone())).await;
     conformance::idempotency_all(&SqliteIdempotencyStore::new(pool.clone())).await;
     pool.close().await;
-    cleanup(&path);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_outbox_survives_a_reopen() {
     use outbox::{OutboxMessage, OutboxStore, Transactional};
-    let (pool, path) = fresh().await;
+    let (pool, file) = fresh().await;
     let outbox = SqliteOutbox::new(pool.clone());
     let mut tx = outbox.begin().await.unwrap();
     let m = OutboxMessage::new("saga.commands", "k", "durable").with_header("traceparent", "tp");
@@ -78,7 +68,7 @@ async fn sqlite_outbox_survives_a_reopen() {
     outbox.commit(tx).await.unwrap();
     pool.close().await; // the process stops
 
-    let pool = connect(path.to_str().unwrap()).await.unwrap();
+    let pool = connect(file.path().to_str().unwrap()).await.unwrap();
     migrate(&pool).await.unwrap();
     let outbox = SqliteOutbox::new(pool.clone());
     let claimed = outbox
@@ -89,7 +79,6 @@ async fn sqlite_outbox_survives_a_reopen() {
     assert_eq!(claimed[0].id, m.id);
     assert_eq!(claimed[0].headers.get("traceparent"), Some("tp"));
     pool.close().await;
-    cleanup(&path);
 }
 
 /// Expired idempotency keys leave the table when purged (Redis expires its own; a table
@@ -99,7 +88,7 @@ async fn sqlite_idempotency_purge_deletes_expired_keys_only() {
     use outbox::idempotency::IdempotencyStore;
     use std::time::Duration;
 
-    let (pool, path) = fresh().await;
+    let (pool, _file) = fresh().await;
     let store = SqliteIdempotencyStore::new(pool.clone());
     store
         .reserve("short", Duration::from_millis(1))
@@ -130,5 +119,4 @@ async fn sqlite_idempotency_purge_deletes_expired_keys_only() {
     assert_eq!(purged, 2);
     assert_eq!(count().await, 1, "the live key must stay");
     pool.close().await;
-    cleanup(&path);
 }

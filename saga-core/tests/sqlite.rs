@@ -3,6 +3,7 @@
 #![cfg(feature = "sqlite")]
 
 use bytes::Bytes;
+use outbox::conformance::sqlite::TempDbFile;
 use outbox::sqlite::{connect, SqliteOutbox, SqliteTx};
 use outbox::{OutboxMessage, OutboxStore, Transactional};
 use saga_core::sqlite::{migrate, SqliteSagaStore};
@@ -18,17 +19,9 @@ async fn fresh(path: &std::path::Path) -> sqlx::SqlitePool {
     pool
 }
 
-fn temp() -> std::path::PathBuf {
-    std::env::temp_dir().join(format!(
-        "ordersys-saga-{}.db",
-        uuid::Uuid::new_v4().simple()
-    ))
-}
-
-fn cleanup(path: &std::path::Path) {
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
+/// A database file of its own, deleted when dropped (also when the test panics).
+fn temp() -> TempDbFile {
+    TempDbFile::new("ordersys-saga")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,16 +31,14 @@ async fn sqlite_saga_store_conformance() {
     saga_core::conformance::saga_store_all(move || {
         let p = p.clone();
         async move {
-            let path = temp();
-            let pool = fresh(&path).await;
-            p.lock().unwrap().push(path);
+            let file = temp();
+            let pool = fresh(file.path()).await;
+            p.lock().unwrap().push(file);
             SqliteSagaStore::new(pool)
         }
     })
     .await;
-    for path in paths.lock().unwrap().iter() {
-        cleanup(path);
-    }
+    drop(paths);
 }
 
 struct Sink(SqliteOutbox);
@@ -87,10 +78,11 @@ fn def() -> SagaDefinition {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saga_in_flight_survives_a_restart() {
-    let path = temp();
+    let file = temp();
+    let path = file.path();
     let id = SagaId::new();
     {
-        let pool = fresh(&path).await;
+        let pool = fresh(path).await;
         let orch = Orchestrator::new(
             SqliteSagaStore::new(pool.clone()),
             Sink(SqliteOutbox::new(pool.clone())),
@@ -103,7 +95,7 @@ async fn a_saga_in_flight_survives_a_restart() {
         orch.store().commit(tx).await.unwrap();
         pool.close().await; // stop in the middle of the saga
     }
-    let pool = fresh(&path).await;
+    let pool = fresh(path).await;
     let outbox = SqliteOutbox::new(pool.clone());
     assert_eq!(
         outbox.pending().await.unwrap(),
@@ -121,5 +113,4 @@ async fn a_saga_in_flight_survives_a_restart() {
         Bytes::from_static(b"data")
     );
     pool.close().await;
-    cleanup(&path);
 }

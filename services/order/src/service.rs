@@ -532,16 +532,13 @@ mod tests {
         service: OrderService<Flaky>,
         repo: FlakyReads,
         pool: sqlx::SqlitePool,
-        path: std::path::PathBuf,
+        _file: outbox::conformance::sqlite::TempDbFile,
     }
 
     impl Fixture {
         async fn new(idempotency: Arc<dyn IdempotencyStore>) -> Self {
-            let path =
-                std::env::temp_dir().join(format!("ordersys-order-{}.db", Uuid::new_v4().simple()));
-            let pool = ordersys_kit::db::connect_sqlite(&format!("sqlite://{}", path.display()))
-                .await
-                .unwrap();
+            let file = outbox::conformance::sqlite::TempDbFile::new("ordersys-order");
+            let pool = ordersys_kit::db::connect_sqlite(&file.url()).await.unwrap();
             let inner = crate::repository::SqliteOrders::new(pool.clone());
             inner.migrate().await.unwrap();
             let repo = FlakyReads {
@@ -574,15 +571,12 @@ mod tests {
                 service,
                 repo,
                 pool,
-                path,
+                _file: file,
             }
         }
 
         async fn close(self) {
             self.pool.close().await;
-            for suffix in ["", "-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{}{suffix}", self.path.display()));
-            }
         }
     }
 

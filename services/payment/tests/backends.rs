@@ -161,32 +161,23 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn command_handling_on_mysql() {
-    let server = std::env::var("DATABASE_SERVER_URL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
-    let db = format!("ordersys_t_pay_{}", Uuid::new_v4().simple());
-    let pool = ordersys_kit::db::connect(&format!("{server}/{db}"), 4, Duration::from_secs(10))
-        .await
-        .unwrap();
-    let repo = MySqlPayments::new(pool.clone());
+    // A database of its own, dropped at the end — and if the test panics.
+    let db = outbox::conformance::mysql::TestDb::new().await;
+    let repo = MySqlPayments::new(db.pool.clone());
     repo.migrate().await.unwrap();
     scenario(
         repo,
-        outbox::mysql::MySqlOutbox::new(pool.clone()),
-        outbox::mysql::MySqlInbox::new(pool.clone()),
+        outbox::mysql::MySqlOutbox::new(db.pool.clone()),
+        outbox::mysql::MySqlInbox::new(db.pool.clone()),
     )
     .await;
-    sqlx::query(&format!("DROP DATABASE `{db}`"))
-        .execute(&pool)
-        .await
-        .unwrap();
+    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn command_handling_on_sqlite() {
-    let path = std::env::temp_dir().join(format!("ordersys-pay-{}.db", Uuid::new_v4().simple()));
-    let pool = ordersys_kit::db::connect_sqlite(&format!("sqlite://{}", path.display()))
-        .await
-        .unwrap();
+    let file = outbox::conformance::sqlite::TempDbFile::new("ordersys-pay");
+    let pool = ordersys_kit::db::connect_sqlite(&file.url()).await.unwrap();
     let repo = SqlitePayments::new(pool.clone());
     repo.migrate().await.unwrap();
     scenario(
@@ -196,7 +187,4 @@ async fn command_handling_on_sqlite() {
     )
     .await;
     pool.close().await;
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
 }

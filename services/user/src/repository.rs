@@ -40,9 +40,12 @@ impl MySqlUsers {
         Self { pool }
     }
 
-    /// Apply the service's migrations.
+    /// Apply the service's migrations (coexisting with other crates' migrations in the
+    /// same database, as the SDK's do).
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        sqlx::migrate!("./migrations").run(&self.pool).await?;
+        let mut m = sqlx::migrate!("./migrations");
+        m.set_ignore_missing(true);
+        m.run(&self.pool).await?;
         Ok(())
     }
 }

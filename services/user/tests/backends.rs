@@ -31,38 +31,26 @@ async fn contract(repo: &dyn UserRepository) {
     assert_eq!(repo.by_id(UserId::new()).await.unwrap(), None);
 }
 
-fn temp_db() -> std::path::PathBuf {
-    std::env::temp_dir().join(format!(
-        "ordersys-user-{}.db",
-        uuid::Uuid::new_v4().simple()
-    ))
+/// A SQLite file of its own, deleted (with `-wal`/`-shm`) when dropped, also on panic.
+fn temp_db() -> outbox::conformance::sqlite::TempDbFile {
+    outbox::conformance::sqlite::TempDbFile::new("ordersys-user")
 }
 
 #[tokio::test]
 async fn repository_contract_on_mysql_and_sqlite() {
-    let server = std::env::var("DATABASE_SERVER_URL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
-    let db = format!("ordersys_t_user_{}", uuid::Uuid::new_v4().simple());
-    let pool = ordersys_kit::db::connect(&format!("{server}/{db}"), 2, Duration::from_secs(10))
-        .await
-        .unwrap();
-    let mysql = MySqlUsers::new(pool.clone());
+    // A database of its own, dropped at the end — and if the test panics.
+    let db = outbox::conformance::mysql::TestDb::new().await;
+    let mysql = MySqlUsers::new(db.pool.clone());
     mysql.migrate().await.unwrap();
     contract(&mysql).await;
-    sqlx::query(&format!("DROP DATABASE `{db}`"))
-        .execute(&pool)
-        .await
-        .unwrap();
+    db.drop_db().await;
 
-    let path = temp_db();
-    let pool = ordersys_kit::db::connect_sqlite(&format!("sqlite://{}", path.display()))
-        .await
-        .unwrap();
+    let file = temp_db();
+    let pool = ordersys_kit::db::connect_sqlite(&file.url()).await.unwrap();
     let sqlite = SqliteUsers::new(pool.clone());
     sqlite.migrate().await.unwrap();
     contract(&sqlite).await;
     pool.close().await;
-    let _ = std::fs::remove_file(&path);
 }
 
 async fn start(
@@ -103,8 +91,8 @@ async fn client(url: &str) -> UserServiceClient<tonic::transport::Channel> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_service_on_sqlite_keeps_users_and_revocations_across_a_restart() {
-    let path = temp_db();
-    let db = path.display().to_string();
+    let file = temp_db();
+    let db = file.path().display().to_string();
     let creds = || RegisterRequest {
         email: "embedded@example.com".into(),
         password: "correct-horse".into(),
@@ -163,7 +151,4 @@ async fn user_service_on_sqlite_keeps_users_and_revocations_across_a_restart() {
     );
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{db}{suffix}"));
-    }
 }
