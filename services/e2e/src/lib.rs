@@ -492,6 +492,21 @@ impl System {
         }
     }
 
+    /// Restart one service (`user`, `order`, `payment` or `gateway`) and wait until its
+    /// own new process answers `/readyz`: a test never runs on against a service that
+    /// has not come back.
+    pub async fn restart(&mut self, which: &str) {
+        let (url, service) = match which {
+            "user" => (format!("{}/readyz", self.user_admin), &mut self.user),
+            "order" => (format!("{}/readyz", self.order_admin), &mut self.order),
+            "payment" => (format!("{}/readyz", self.payment_admin), &mut self.payment),
+            "gateway" => (format!("{}/readyz", self.base), &mut self.gateway),
+            other => panic!("no service {other:?}"),
+        };
+        service.restart();
+        wait_ready(&url, service, Duration::from_secs(90)).await;
+    }
+
     /// The URL of `path` on the gateway.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)

@@ -500,7 +500,7 @@ async fn breaker_round_trip(
         }
     }
 
-    down.service(sys).restart();
+    sys.restart(name).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let r = down.call(api, login, token).await;

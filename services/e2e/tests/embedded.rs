@@ -27,22 +27,18 @@ fn start(data_dir: &std::path::Path, port: u16) -> Service {
 }
 
 async fn wait_status(api: &Api, token: &str, id: &str, want: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let r = api
-            .send("GET", &format!("/api/v1/orders/{id}"), None, Some(token))
-            .await;
-        assert_eq!(r.status, 200, "{r:?}");
-        if r.body["status"] == want {
-            return r.body;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "order never became {want}: {}",
-            r.body
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    ordersys_e2e::eventually(
+        &format!("order {id} to become {want}"),
+        Duration::from_secs(60),
+        || async move {
+            let r = api
+                .send("GET", &format!("/api/v1/orders/{id}"), None, Some(token))
+                .await;
+            assert_eq!(r.status, 200, "{r:?}");
+            (r.body["status"] == want).then_some(r.body)
+        },
+    )
+    .await
 }
 
 fn order(price: i64) -> Option<Value> {

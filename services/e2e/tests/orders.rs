@@ -22,22 +22,19 @@ fn order_body(lines: &[(i32, i64)], currency: &str) -> Option<Value> {
 }
 
 async fn wait_order(api: &Api, token: &str, id: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let r = api
-            .send("GET", &format!("/api/v1/orders/{id}"), None, Some(token))
-            .await;
-        assert_eq!(r.status, 200, "{r:?}");
-        if done(&r.body) {
-            return r.body;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "order never reached the expected state: {}",
-            r.body
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let done = &done;
+    ordersys_e2e::eventually(
+        &format!("order {id} to reach the expected state"),
+        Duration::from_secs(60),
+        || async move {
+            let r = api
+                .send("GET", &format!("/api/v1/orders/{id}"), None, Some(token))
+                .await;
+            assert_eq!(r.status, 200, "{r:?}");
+            done(&r.body).then_some(r.body)
+        },
+    )
+    .await
 }
 
 async fn balance(api: &Api, token: &str) -> i64 {
@@ -403,7 +400,7 @@ async fn a_payment_outage_past_the_deadline_compensates_and_nothing_is_lost() {
     assert_eq!(o["status"], "PENDING");
 
     // Payment comes back: it applies the debit (late) and then the refund, in order.
-    sys.payment.restart();
+    sys.restart("payment").await;
     let o = wait_order(&api, &token, &id, status_is("CANCELLED")).await;
     assert_eq!(o["saga_state"], "FAILED");
     assert!(
@@ -437,7 +434,7 @@ async fn a_payment_outage_past_the_deadline_compensates_and_nothing_is_lost() {
         )
         .await;
     assert_eq!(r.status, 202);
-    sys.payment.restart();
+    sys.restart("payment").await;
     let o = wait_order(&api, &token, &id2, status_is("CANCELLED")).await;
     assert_eq!(o["failure_reason"], "cancelled by the customer");
     assert_eq!(o["saga_state"], "FAILED");
@@ -628,9 +625,7 @@ async fn sigterm_mid_requests_stops_cleanly_and_leaves_nothing_half_done() {
             other => panic!("{key}: unexpected {other}: {r:?}"),
         }
     }
-    sys.order.restart();
-    let ready = format!("{}/readyz", sys.order_admin);
-    ordersys_e2e::wait_ready(&ready, &mut sys.order, Duration::from_secs(60)).await;
+    sys.restart("order").await;
     // The gateway's breaker may have opened meanwhile: wait until it lets reads through.
     ordersys_e2e::eventually("orders readable again", Duration::from_secs(30), || {
         let (api, token) = (&api, &token);
