@@ -21,18 +21,8 @@ mod redis_backend {
     use outbox::idempotency::{
         Cache, IdempotencyStore, RedisCache, RedisIdempotencyStore, Reservation,
     };
-    use redis::aio::ConnectionManager;
 
-    async fn redis() -> ConnectionManager {
-        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
-        redis::Client::open(url.as_str())
-            .expect("REDIS_URL")
-            .get_connection_manager()
-            .await
-            .unwrap_or_else(|e| {
-                panic!("Redis at {url} is not reachable ({e}); run scripts/services-up")
-            })
-    }
+    use ordersys_testkit::redis;
 
     fn prefix(what: &str) -> String {
         format!("test:{}:{what}:", uuid::Uuid::new_v4().simple())

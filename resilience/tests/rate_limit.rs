@@ -15,20 +15,10 @@ async fn memory_rate_limiter_conformance() {
 #[cfg(feature = "redis")]
 mod redis_backend {
     use super::*;
-    use redis::aio::ConnectionManager;
     use resilience::rate_limit::RedisRateLimiter;
     use resilience::RateLimiter;
 
-    async fn redis() -> ConnectionManager {
-        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
-        redis::Client::open(url.as_str())
-            .expect("REDIS_URL")
-            .get_connection_manager()
-            .await
-            .unwrap_or_else(|e| {
-                panic!("Redis at {url} is not reachable ({e}); run scripts/services-up")
-            })
-    }
+    use ordersys_testkit::redis;
 
     #[tokio::test]
     async fn redis_rate_limiter_conformance() {

@@ -19,12 +19,28 @@ use std::time::{Duration, Instant};
 
 pub mod infra;
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1, never one this process handed out before.
+///
+/// The port is found by binding port 0 and released for the child to bind later, so the
+/// kernel may offer it again meanwhile — to the next call of this very function (seen:
+/// a gateway given its own HTTP port as the user service's port). A process-wide record
+/// of the ports handed out rules that out for every system a test process starts; a
+/// port taken by another process in the gap makes the child fail to start, and the
+/// readiness check (service name + pid) fails loudly instead of passing against a
+/// stranger.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let mut taken = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+        if !taken.contains(&port) {
+            taken.push(port);
+            return port;
+        }
+    }
 }
 
 fn bin(name: &str) -> PathBuf {
@@ -725,25 +741,7 @@ impl Api {
     }
 }
 
-/// Poll `probe` (every 100 ms) until it returns `Some`, and return that; panic naming
-/// `what` if `within` passes first. How tests await a condition instead of sleeping.
-pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {within:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+pub use ordersys_testkit::eventually;
 
 /// A unique e-mail address.
 pub fn email() -> String {
