@@ -8,20 +8,11 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use outbox::memory::MemoryTx;
 use saga_core::{
     transition, CommandSink, Dispatch, MemorySagaStore, Orchestrator, SagaCommand, SagaDefinition,
-    SagaEvent, SagaId, SagaInstance, SagaState, Step,
+    SagaEvent, SagaId, SagaInstance, SagaState,
 };
 
 fn def() -> SagaDefinition {
-    SagaDefinition::new("create_order")
-        .step(Step::new("create_order").compensate_with("cancel_order"))
-        .step(
-            Step::new("payment")
-                .action("payment.debit")
-                .compensate_with("payment.refund"),
-        )
-        .step(Step::new("confirm_order"))
-        .build()
-        .unwrap()
+    saga_core::conformance::create_order_saga(true)
 }
 
 struct Sink;

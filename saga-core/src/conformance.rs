@@ -16,6 +16,25 @@ use crate::{
     transition, Error, SagaDefinition, SagaEvent, SagaId, SagaInstance, SagaStatus, SagaStore, Step,
 };
 
+/// The SPEC's create-order saga, for backend tests and benchmarks: `create_order`
+/// (local, compensated by `cancel_order`), `payment` (`payment.debit`, compensated by
+/// `payment.refund`, 30 s deadline; on timeout a blind refund if
+/// `compensate_on_timeout`, else the step is abandoned), `confirm_order` (local).
+pub fn create_order_saga(compensate_on_timeout: bool) -> SagaDefinition {
+    SagaDefinition::new("create_order")
+        .step(Step::new("create_order").compensate_with("cancel_order"))
+        .step(
+            Step::new("payment")
+                .action("payment.debit")
+                .compensate_with("payment.refund")
+                .deadline(std::time::Duration::from_secs(30))
+                .compensate_on_timeout(compensate_on_timeout),
+        )
+        .step(Step::new("confirm_order"))
+        .build()
+        .expect("valid definition")
+}
+
 fn def() -> SagaDefinition {
     SagaDefinition::new("conformance")
         .step(Step::new("a").compensate_with("undo_a"))

@@ -10,8 +10,7 @@ use outbox::mysql::{MySqlOutbox, MySqlTx};
 use outbox::{OutboxMessage, OutboxStore, Transactional};
 use saga_core::mysql::{migrate, MySqlSagaStore};
 use saga_core::{
-    CommandSink, Dispatch, Orchestrator, SagaCommand, SagaDefinition, SagaEvent, SagaId,
-    SagaInstance, SagaStatus, Step,
+    CommandSink, Dispatch, Orchestrator, SagaCommand, SagaEvent, SagaId, SagaInstance, SagaStatus,
 };
 
 async fn db() -> TestDb {
@@ -83,16 +82,7 @@ async fn saga_order_and_command_commit_together() {
         .unwrap();
     let outbox = MySqlOutbox::new(db.pool.clone());
     let store = MySqlSagaStore::new(db.pool.clone());
-    let def = SagaDefinition::new("create_order")
-        .step(Step::new("create_order").compensate_with("cancel_order"))
-        .step(
-            Step::new("payment")
-                .action("payment.debit")
-                .compensate_with("payment.refund"),
-        )
-        .step(Step::new("confirm_order"))
-        .build()
-        .unwrap();
+    let def = saga_core::conformance::create_order_saga(true);
     let orch = Arc::new(Orchestrator::new(store.clone(), Sink(outbox.clone())).register(def));
     let status = |id: SagaId| {
         let pool = db.pool.clone();

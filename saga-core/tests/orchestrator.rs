@@ -11,7 +11,7 @@ use outbox::memory::{MemoryOutbox, MemoryTx};
 use outbox::{OutboxMessage, OutboxStore, Transactional};
 use saga_core::{
     CommandKind, CommandSink, Dispatch, MemorySagaStore, Orchestrator, SagaCommand, SagaDefinition,
-    SagaEvent, SagaId, SagaInstance, SagaStatus, SagaStore, Step, StepStatus,
+    SagaEvent, SagaId, SagaInstance, SagaStatus, SagaStore, StepStatus,
 };
 
 /// Order rows, committed through the unit of work like a real repository.
@@ -83,18 +83,7 @@ struct World {
 }
 
 fn definition(compensate_on_timeout: bool) -> SagaDefinition {
-    SagaDefinition::new("create_order")
-        .step(Step::new("create_order").compensate_with("cancel_order"))
-        .step(
-            Step::new("payment")
-                .action("payment.debit")
-                .compensate_with("payment.refund")
-                .deadline(Duration::from_secs(30))
-                .compensate_on_timeout(compensate_on_timeout),
-        )
-        .step(Step::new("confirm_order"))
-        .build()
-        .unwrap()
+    saga_core::conformance::create_order_saga(compensate_on_timeout)
 }
 
 fn world(compensate_on_timeout: bool, fail_confirm: bool) -> World {

@@ -9,7 +9,7 @@ use outbox::{OutboxMessage, OutboxStore, Transactional};
 use saga_core::sqlite::{migrate, SqliteSagaStore};
 use saga_core::{
     CommandSink, Dispatch, Orchestrator, SagaCommand, SagaDefinition, SagaEvent, SagaId,
-    SagaInstance, SagaStatus, Step,
+    SagaInstance, SagaStatus,
 };
 
 async fn fresh(path: &std::path::Path) -> sqlx::SqlitePool {
@@ -64,16 +64,7 @@ impl CommandSink<SqliteTx> for Sink {
 }
 
 fn def() -> SagaDefinition {
-    SagaDefinition::new("create_order")
-        .step(Step::new("create_order").compensate_with("cancel_order"))
-        .step(
-            Step::new("payment")
-                .action("payment.debit")
-                .compensate_with("payment.refund"),
-        )
-        .step(Step::new("confirm_order"))
-        .build()
-        .unwrap()
+    saga_core::conformance::create_order_saga(true)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
