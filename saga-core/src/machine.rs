@@ -477,18 +477,8 @@ mod tests {
     use std::time::Duration;
 
     fn spec_def(compensate_on_timeout: bool) -> SagaDefinition {
-        SagaDefinition::new("create_order")
-            .step(Step::new("create_order").compensate_with("cancel_order"))
-            .step(
-                Step::new("payment")
-                    .action("payment.debit")
-                    .compensate_with("payment.refund")
-                    .deadline(Duration::from_secs(30))
-                    .compensate_on_timeout(compensate_on_timeout),
-            )
-            .step(Step::new("confirm_order"))
-            .build()
-            .unwrap()
+        // (The dev-dependency on this crate turns `conformance` on for its tests.)
+        crate::conformance::create_order_saga(compensate_on_timeout)
     }
 
     fn st(status: SagaStatus, steps: &str) -> SagaState {
