@@ -35,6 +35,28 @@ pub fn create_order_saga(compensate_on_timeout: bool) -> SagaDefinition {
         .expect("valid definition")
 }
 
+/// A [`CommandSink`](crate::CommandSink) for tests: a command whose name has a dot
+/// (`payment.debit`) is a remote step, enqueued on `saga.commands` (key: the saga id)
+/// in the orchestrator's unit of work; any other is a local step that succeeds at once.
+#[derive(Debug, Clone)]
+pub struct OutboxSink<O>(pub O);
+
+impl<O: outbox::OutboxStore> crate::CommandSink<O::Tx> for OutboxSink<O> {
+    async fn dispatch(
+        &self,
+        tx: &mut O::Tx,
+        saga: &SagaInstance,
+        cmd: &crate::SagaCommand,
+    ) -> crate::Result<crate::Dispatch> {
+        if !cmd.name.contains('.') {
+            return Ok(crate::Dispatch::Succeeded);
+        }
+        let m = outbox::OutboxMessage::new("saga.commands", saga.id.to_string(), cmd.name.clone());
+        self.0.enqueue(tx, m).await.map_err(Error::dispatch)?;
+        Ok(crate::Dispatch::Sent)
+    }
+}
+
 fn def() -> SagaDefinition {
     SagaDefinition::new("conformance")
         .step(Step::new("a").compensate_with("undo_a"))

@@ -4,13 +4,10 @@
 
 use bytes::Bytes;
 use outbox::conformance::sqlite::TempDbFile;
-use outbox::sqlite::{connect, SqliteOutbox, SqliteTx};
-use outbox::{OutboxMessage, OutboxStore, Transactional};
+use outbox::sqlite::{connect, SqliteOutbox};
+use outbox::Transactional;
 use saga_core::sqlite::{migrate, SqliteSagaStore};
-use saga_core::{
-    CommandSink, Dispatch, Orchestrator, SagaCommand, SagaDefinition, SagaEvent, SagaId,
-    SagaInstance, SagaStatus,
-};
+use saga_core::{Orchestrator, SagaDefinition, SagaEvent, SagaId, SagaStatus};
 
 async fn fresh(path: &std::path::Path) -> sqlx::SqlitePool {
     let pool = connect(path.to_str().unwrap()).await.unwrap();
@@ -41,27 +38,7 @@ async fn sqlite_saga_store_conformance() {
     drop(paths);
 }
 
-struct Sink(SqliteOutbox);
-
-impl CommandSink<SqliteTx> for Sink {
-    async fn dispatch(
-        &self,
-        tx: &mut SqliteTx,
-        saga: &SagaInstance,
-        cmd: &SagaCommand,
-    ) -> saga_core::Result<Dispatch> {
-        if cmd.name.starts_with("payment.") {
-            let m = OutboxMessage::new("saga.commands", saga.id.to_string(), cmd.name.clone());
-            self.0
-                .enqueue(tx, m)
-                .await
-                .map_err(saga_core::Error::dispatch)?;
-            Ok(Dispatch::Sent)
-        } else {
-            Ok(Dispatch::Succeeded)
-        }
-    }
-}
+use saga_core::conformance::OutboxSink as Sink;
 
 fn def() -> SagaDefinition {
     saga_core::conformance::create_order_saga(true)
