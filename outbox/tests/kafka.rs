@@ -544,14 +544,12 @@ async fn the_consumer_retries_while_its_store_is_down_and_loses_nothing() {
     let (h, s, config) = (collect.clone(), stopped(), consumer_config(&topic));
     let task = tokio::spawn(async move { run_consumer(&config, &consumer, &h, s).await });
     // Wait until the consumer has really tried (and failed) a few times.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while inbox.attempts.load(std::sync::atomic::Ordering::SeqCst) < 3 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the consumer never tried"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    ordersys_testkit::eventually(
+        "the consumer trying against the down store",
+        Duration::from_secs(60),
+        || async { (inbox.attempts.load(std::sync::atomic::Ordering::SeqCst) >= 3).then_some(()) },
+    )
+    .await;
     assert!(collect.seen.lock().unwrap().is_empty());
     inbox.down.store(false, std::sync::atomic::Ordering::SeqCst);
     collect.wait_for(5).await;

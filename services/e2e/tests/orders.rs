@@ -252,14 +252,12 @@ async fn idempotency_on(sqlite: bool) {
                 == 1
         }
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !(processed(dup1.id.0).await && processed(dup2.id.0).await) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "duplicates were never processed"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    ordersys_e2e::eventually(
+        "the duplicates processed",
+        Duration::from_secs(60),
+        || async { (processed(dup1.id.0).await && processed(dup2.id.0).await).then_some(()) },
+    )
+    .await;
     assert_eq!(debits(&sys, &id).await, 1);
     assert_eq!(balance(&api, &token).await, 100_000 - 1000);
     let o = wait_order(&api, &token, &id, status_is("CONFIRMED")).await;
@@ -530,18 +528,16 @@ async fn a_poison_command_is_dead_lettered_and_payment_carries_on() {
         })
         .await
     });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let all_parked = || {
         let seen = seen.0.lock().unwrap();
         poisons.iter().all(|p| seen.iter().any(|d| d.id == p.id))
     };
-    while !all_parked() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not every poison message reached {dlq}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    ordersys_e2e::eventually(
+        &format!("every poison message on {dlq}"),
+        Duration::from_secs(60),
+        || async { all_parked().then_some(()) },
+    )
+    .await;
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
     let parked = seen
@@ -640,15 +636,15 @@ async fn sigterm_mid_requests_stops_cleanly_and_leaves_nothing_half_done() {
         let id = match placed.get(key) {
             Some(id) => id.clone(),
             None => {
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-                loop {
-                    let (_, r) = post(key.clone()).await;
-                    if r.status == 201 {
-                        break r.body["order_id"].as_str().unwrap().to_owned();
-                    }
-                    assert!(tokio::time::Instant::now() < deadline, "{key}: {r:?}");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
+                ordersys_e2e::eventually(
+                    &format!("{key} placed on retry"),
+                    Duration::from_secs(60),
+                    || async {
+                        let (_, r) = post(key.clone()).await;
+                        (r.status == 201).then(|| r.body["order_id"].as_str().unwrap().to_owned())
+                    },
+                )
+                .await
             }
         };
         wait_order(&api, &token, &id, status_is("CONFIRMED")).await;
