@@ -61,10 +61,17 @@ doc:
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --all-features
 
 ## Criterion benchmarks of the SDK hot paths (results: docs/BENCHMARKS.md).
+BENCH_E2E = $${CARGO_TARGET_DIR:-target}/release/chaos --faults none --cancel-percent 0 --initial 1000000000
 bench:
 	$(CARGO) bench -p resilience --bench resilience
 	$(CARGO) bench -p saga-core --bench saga
 	$(CARGO) bench -p outbox --bench relay
+	scripts/kafka-up --install-only
+	$(CARGO) build --release --bins -p ordersys-user -p ordersys-order -p ordersys-payment -p ordersys-gateway -p ordersys-e2e
+	# End to end on a fresh deployment of its own (docs/BENCHMARKS.md): latency, then throughput.
+	$(BENCH_E2E) --clients 1 --seconds 20 --poll-ms 1
+	$(BENCH_E2E) --clients 16 --seconds 30 --poll-ms 100
+	$(BENCH_E2E) --clients 64 --seconds 40 --poll-ms 100
 
 ## The fault suite, long run: the separate services on a MariaDB, Redis and Kafka broker
 ## of their own, 16 clients placing orders while services and servers are killed with
