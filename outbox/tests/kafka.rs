@@ -283,13 +283,7 @@ async fn a_second_group_member_joining_midway_loses_and_doubles_nothing() {
     let topic = unique("rebalance");
     ensure_topics(&brokers(), &[(&topic, 3)]).await.unwrap();
     let publisher = KafkaPublisher::new(&brokers()).unwrap();
-    let publish = |i: u32| {
-        let (publisher, topic) = (publisher.clone(), topic.clone());
-        async move {
-            let m = OutboxMessage::new(topic.clone(), format!("key-{}", i % 7), i.to_string());
-            outbox::Publisher::publish(&publisher, &m).await.unwrap();
-        }
-    };
+    let publish = |i: u32| publish_spread(&publisher, &topic, i);
     for i in 0..30 {
         publish(i).await;
     }
@@ -298,11 +292,7 @@ async fn a_second_group_member_joining_midway_loses_and_doubles_nothing() {
     let all = Collect::default(); // everything, across members
     let config = consumer_config(&topic);
     let (stop, stopped) = stopper();
-    let spawn_member = |mine: Collect| {
-        let consumer = IdempotentConsumer::new("test", inbox.clone(), MemoryDeadLetters::new());
-        let (h, cfg, s) = (Both(all.clone(), mine), config.clone(), stopped());
-        tokio::spawn(async move { run_consumer(&cfg, &consumer, &h, s).await })
-    };
+    let spawn_member = |mine: Collect| member(&config, &inbox, &all, mine, stopped());
     let a = spawn_member(Collect::default());
     all.wait_for(10).await;
     let b_seen = Collect::default();
@@ -352,22 +342,12 @@ async fn a_group_member_leaving_midway_hands_its_partitions_over_and_doubles_not
     let topic = unique("leaving");
     ensure_topics(&brokers(), &[(&topic, 3)]).await.unwrap();
     let publisher = KafkaPublisher::new(&brokers()).unwrap();
-    let publish = |i: u32| {
-        let (publisher, topic) = (publisher.clone(), topic.clone());
-        async move {
-            let m = OutboxMessage::new(topic.clone(), format!("key-{}", i % 7), i.to_string());
-            outbox::Publisher::publish(&publisher, &m).await.unwrap();
-        }
-    };
+    let publish = |i: u32| publish_spread(&publisher, &topic, i);
     let inbox = MemoryInbox::new();
     let all = Collect::default();
     let config = consumer_config(&topic);
     let (stop, stopped) = stopper();
-    let spawn_member = |mine: Collect| {
-        let consumer = IdempotentConsumer::new("test", inbox.clone(), MemoryDeadLetters::new());
-        let (h, cfg, s) = (Both(all.clone(), mine), config.clone(), stopped());
-        tokio::spawn(async move { run_consumer(&cfg, &consumer, &h, s).await })
-    };
+    let spawn_member = |mine: Collect| member(&config, &inbox, &all, mine, stopped());
     let (a_seen, b_seen) = (Collect::default(), Collect::default());
     let a = spawn_member(a_seen.clone());
     let b = spawn_member(b_seen.clone());
@@ -401,6 +381,26 @@ async fn a_group_member_leaving_midway_hands_its_partitions_over_and_doubles_not
         .collect();
     payloads.sort();
     assert_eq!(payloads, (0..total).collect::<Vec<_>>(), "lost or doubled");
+}
+
+/// Publish message `i` of a numbered stream, keys spread over seven.
+async fn publish_spread(publisher: &KafkaPublisher, topic: &str, i: u32) {
+    let m = OutboxMessage::new(topic, format!("key-{}", i % 7), i.to_string());
+    outbox::Publisher::publish(publisher, &m).await.unwrap();
+}
+
+/// One member of a consumer group whose members share `inbox` (their database),
+/// recording into `all` and `mine`.
+fn member(
+    config: &ConsumerConfig,
+    inbox: &MemoryInbox,
+    all: &Collect,
+    mine: Collect,
+    stop: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+) -> tokio::task::JoinHandle<outbox::Result<outbox::kafka::ConsumerStats>> {
+    let consumer = IdempotentConsumer::new("test", inbox.clone(), MemoryDeadLetters::new());
+    let (h, cfg) = (Both(all.clone(), mine), config.clone());
+    tokio::spawn(async move { run_consumer(&cfg, &consumer, &h, stop).await })
 }
 
 /// Records into two collectors (all members, and this member).

@@ -168,8 +168,10 @@ impl Publisher for Slow {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn graceful_stop_finishes_the_claimed_batch() {
+/// Ten messages of one key in an outbox, a broker, the slow publisher in front of it
+/// and the signal it gives when a publish starts.
+async fn ten_messages_and_a_slow_broker(
+) -> (MemoryOutbox, MemoryBroker, Slow, Arc<tokio::sync::Notify>) {
     let store = MemoryOutbox::new();
     let mut tx = store.begin().await.unwrap();
     for i in 0..10 {
@@ -185,6 +187,12 @@ async fn graceful_stop_finishes_the_claimed_batch() {
         inner: broker.clone(),
         started: started.clone(),
     };
+    (store, broker, slow, started)
+}
+
+#[tokio::test(start_paused = true)]
+async fn graceful_stop_finishes_the_claimed_batch() {
+    let (store, broker, slow, started) = ten_messages_and_a_slow_broker().await;
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(Relay::new(store.clone(), slow, config()).run(async {
         let _ = rx.await;
@@ -203,21 +211,7 @@ async fn graceful_stop_finishes_the_claimed_batch() {
 /// key order; nothing stays pending.
 #[tokio::test(start_paused = true)]
 async fn a_relay_killed_mid_round_loses_nothing_and_its_successor_does_not_wait() {
-    let store = MemoryOutbox::new();
-    let mut tx = store.begin().await.unwrap();
-    for i in 0..10 {
-        store
-            .enqueue(&mut tx, OutboxMessage::new("t", "same-key", format!("{i}")))
-            .await
-            .unwrap();
-    }
-    store.commit(tx).await.unwrap();
-    let broker = MemoryBroker::new();
-    let started = Arc::new(tokio::sync::Notify::new());
-    let slow = Slow {
-        inner: broker.clone(),
-        started: started.clone(),
-    };
+    let (store, broker, slow, started) = ten_messages_and_a_slow_broker().await;
     let doomed =
         tokio::spawn(Relay::new(store.clone(), slow, config()).run(std::future::pending()));
     started.notified().await; // a publish is in flight
