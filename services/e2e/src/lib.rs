@@ -699,6 +699,29 @@ impl Api {
         Self::reply(rb).await
     }
 
+    /// Poll `GET /api/v1/orders/{id}` (each answer must be 200) until `done` holds for
+    /// the order, for at most 60 s; returns the order.
+    pub async fn wait_order(
+        &self,
+        token: &str,
+        id: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let done = &done;
+        eventually(
+            &format!("order {id} to reach the expected state"),
+            Duration::from_secs(60),
+            || async move {
+                let r = self
+                    .send("GET", &format!("/api/v1/orders/{id}"), None, Some(token))
+                    .await;
+                assert_eq!(r.status, 200, "{r:?}");
+                done(&r.body).then_some(r.body)
+            },
+        )
+        .await
+    }
+
     /// The underlying client, for [`raw`](Self::raw).
     pub fn client(&self) -> &reqwest::Client {
         &self.client

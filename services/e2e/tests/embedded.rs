@@ -27,18 +27,7 @@ fn start(data_dir: &std::path::Path, port: u16) -> Service {
 }
 
 async fn wait_status(api: &Api, token: &str, id: &str, want: &str) -> Value {
-    ordersys_e2e::eventually(
-        &format!("order {id} to become {want}"),
-        Duration::from_secs(60),
-        || async move {
-            let r = api
-                .send("GET", &format!("/api/v1/orders/{id}"), None, Some(token))
-                .await;
-            assert_eq!(r.status, 200, "{r:?}");
-            (r.body["status"] == want).then_some(r.body)
-        },
-    )
-    .await
+    api.wait_order(token, id, |o| o["status"] == want).await
 }
 
 fn order(price: i64) -> Option<Value> {

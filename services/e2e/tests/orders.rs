@@ -22,19 +22,7 @@ fn order_body(lines: &[(i32, i64)], currency: &str) -> Option<Value> {
 }
 
 async fn wait_order(api: &Api, token: &str, id: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let done = &done;
-    ordersys_e2e::eventually(
-        &format!("order {id} to reach the expected state"),
-        Duration::from_secs(60),
-        || async move {
-            let r = api
-                .send("GET", &format!("/api/v1/orders/{id}"), None, Some(token))
-                .await;
-            assert_eq!(r.status, 200, "{r:?}");
-            done(&r.body).then_some(r.body)
-        },
-    )
-    .await
+    api.wait_order(token, id, done).await
 }
 
 async fn balance(api: &Api, token: &str) -> i64 {
