@@ -342,6 +342,14 @@ pub struct ConsumerConfig {
     pub watchdog_interval: Option<Duration>,
     /// Upper bound on closing the consumer (leaving the group) at shutdown (default 5 s).
     pub close_timeout: Duration,
+    /// How many received messages may be unfinished at once (default 32; 1 handles one
+    /// message at a time). Messages of **one key** are always handled one after the
+    /// other, in log order; messages of different keys concurrently, each in its own
+    /// unit of work — which lets the database commit them together (one log flush for
+    /// several transactions) instead of one after the other. A partition's offset only
+    /// advances past messages that are all finished, so a crash redelivers whatever was
+    /// unfinished, never skips it.
+    pub max_in_flight: usize,
     /// More librdkafka settings.
     pub extra: Vec<(String, String)>,
 }
@@ -361,6 +369,7 @@ impl ConsumerConfig {
                 .max_delay(Duration::from_secs(5)),
             watchdog_interval: Some(Duration::from_secs(10)),
             close_timeout: Duration::from_secs(5),
+            max_in_flight: 32,
             extra: Vec::new(),
         }
     }
@@ -417,11 +426,13 @@ pub fn to_delivery(m: &BorrowedMessage<'_>) -> Delivery {
 /// Consume `config.topics` until `shutdown` resolves, handing each message to
 /// `consumer.process(.., handler)`.
 ///
-/// At-least-once: an offset is stored only after its message was processed (or
-/// dead-lettered) and committed; stored offsets are committed every second and at
-/// shutdown. While the store is down the same message is retried with backoff, so
-/// nothing is skipped. A message in progress is finished before shutdown; closing the
-/// consumer is bounded by `close_timeout`.
+/// At-least-once: an offset is stored only after its message and every earlier one of
+/// its partition were processed (or dead-lettered) and committed; stored offsets are
+/// committed every second and at shutdown. Up to [`ConsumerConfig::max_in_flight`]
+/// messages are handled at once, one key at a time in log order. While the store is
+/// down a message is retried with backoff, so nothing is skipped. Messages in progress
+/// are finished before shutdown (one waiting out a store outage is given up and comes
+/// again); closing the consumer is bounded by `close_timeout`.
 pub async fn run_consumer<I, D, H>(
     config: &ConsumerConfig,
     consumer: &IdempotentConsumer<I, D>,
@@ -464,9 +475,17 @@ where
     let watchdog_every = config.watchdog_interval.unwrap_or(Duration::MAX);
     let mut watchdog = Watchdog::new(config.session_timeout);
     let mut last_message = tokio::time::Instant::now();
-    'outer: loop {
+    let max_in_flight = config.max_in_flight.max(1);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut stopping = false;
+    let mut window = Window::default();
+    let mut running = futures::stream::FuturesUnordered::new();
+    loop {
+        if stopping && running.is_empty() {
+            break;
+        }
         let idle_for = last_message.elapsed();
-        if idle_for >= watchdog_every {
+        if !stopping && window.is_empty() && idle_for >= watchdog_every {
             last_message = tokio::time::Instant::now();
             let (k, t) = (kafka.clone(), config.topics.clone());
             let mut w = std::mem::replace(&mut watchdog, Watchdog::new(config.session_timeout));
@@ -482,53 +501,76 @@ where
             }
             continue;
         }
-        let msg = tokio::select! {
+        let idle_wait = if window.is_empty() {
+            watchdog_every - idle_for
+        } else {
+            Duration::MAX
+        };
+        tokio::select! {
             biased;
-            () = &mut shutdown => break,
-            m = kafka.recv() => m,
-            // Cancel-safe: a message is taken from the queue only when `recv` is ready.
-            () = tokio::time::sleep(watchdog_every - idle_for) => continue,
-        };
-        last_message = tokio::time::Instant::now();
-        let msg = match msg {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "ошибка получения сообщения из Kafka");
-                // Do not spin while the broker is unreachable.
-                tokio::select! {
-                    biased;
-                    () = &mut shutdown => break,
-                    () = tokio::time::sleep(Duration::from_millis(200)) => continue,
-                }
+            () = &mut shutdown, if !stopping => {
+                // Stop taking messages; finish the ones in progress.
+                stopping = true;
+                let _ = stop_tx.send(true);
+                window.drop_queued();
             }
-        };
-        let delivery = to_delivery(&msg);
-        let mut backoff = config.store_backoff.backoff();
-        let outcome = loop {
-            match consumer.process(&delivery, handler).await {
-                Ok(o) => break o,
-                Err(e) => {
-                    let wait = backoff.next().unwrap_or(Duration::from_secs(5));
-                    tracing::error!(error = %e, message_id = %delivery.id, topic = %delivery.topic,
-                        "не удалось обработать сообщение, повтор");
-                    tokio::select! {
-                        biased;
-                        // Not processed: do not store its offset; it comes again.
-                        () = &mut shutdown => break 'outer,
-                        () = tokio::time::sleep(wait) => {}
+            Some((delivery, at, outcome)) = futures::StreamExt::next(&mut running) => {
+                let (delivery, at, outcome): (Delivery, Position, Option<Outcome>) =
+                    (delivery, at, outcome);
+                last_message = tokio::time::Instant::now();
+                let Some(outcome) = outcome else {
+                    continue; // given up at shutdown: not settled, its offset not stored
+                };
+                match outcome {
+                    Outcome::Processed => stats.processed += 1,
+                    Outcome::Duplicate => stats.duplicates += 1,
+                    Outcome::DeadLettered { .. } => stats.dead_lettered += 1,
+                }
+                if let Some(through) = window.finish(&at) {
+                    if let Err(e) = kafka.store_offset(&at.topic, at.partition, through) {
+                        // E.g. the partition was revoked in a rebalance: the new owner
+                        // redelivers, and the inbox drops the duplicate.
+                        tracing::warn!(error = %e, "не удалось сохранить смещение");
+                    }
+                }
+                if !stopping {
+                    if let Some((next, next_at)) = window.next_of_key(&at, delivery.key) {
+                        running.push(process_one(config, consumer, handler, next, next_at, stop_rx.clone()));
                     }
                 }
             }
-        };
-        match outcome {
-            Outcome::Processed => stats.processed += 1,
-            Outcome::Duplicate => stats.duplicates += 1,
-            Outcome::DeadLettered { .. } => stats.dead_lettered += 1,
-        }
-        if let Err(e) = kafka.store_offset_from_message(&msg) {
-            // E.g. the partition was revoked in a rebalance: the new owner redelivers,
-            // and the inbox drops the duplicate.
-            tracing::warn!(error = %e, "не удалось сохранить смещение");
+            msg = kafka.recv(), if !stopping && window.len() < max_in_flight => {
+                last_message = tokio::time::Instant::now();
+                let msg = match msg {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ошибка получения сообщения из Kafka");
+                        // Do not spin while the broker is unreachable.
+                        tokio::select! {
+                            biased;
+                            () = &mut shutdown => {
+                                stopping = true;
+                                let _ = stop_tx.send(true);
+                                window.drop_queued();
+                            }
+                            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        }
+                        continue;
+                    }
+                };
+                let delivery = to_delivery(&msg);
+                let at = Position {
+                    topic: msg.topic().to_owned(),
+                    partition: msg.partition(),
+                    offset: msg.offset(),
+                };
+                drop(msg);
+                if let Some((delivery, at)) = window.receive(delivery, at) {
+                    running.push(process_one(config, consumer, handler, delivery, at, stop_rx.clone()));
+                }
+            }
+            // Cancel-safe: a message is taken from the queue only when `recv` is ready.
+            () = tokio::time::sleep(idle_wait) => {}
         }
     }
 
@@ -546,6 +588,143 @@ where
         tracing::warn!("закрытие Kafka-консьюмера не уложилось в отведённое время");
     }
     Ok(stats)
+}
+
+/// Handle one delivery, retrying while the store is down; `None` if given up because
+/// the consumer is stopping.
+async fn process_one<I, D, H>(
+    config: &ConsumerConfig,
+    consumer: &IdempotentConsumer<I, D>,
+    handler: &H,
+    delivery: Delivery,
+    at: Position,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> (Delivery, Position, Option<Outcome>)
+where
+    I: Inbox,
+    D: DeadLetter,
+    H: Handler<I::Tx>,
+{
+    let mut backoff = config.store_backoff.backoff();
+    loop {
+        match consumer.process(&delivery, handler).await {
+            Ok(o) => return (delivery, at, Some(o)),
+            Err(e) => {
+                let wait = backoff.next().unwrap_or(Duration::from_secs(5));
+                tracing::error!(error = %e, message_id = %delivery.id, topic = %delivery.topic,
+                    "не удалось обработать сообщение, повтор");
+                tokio::select! {
+                    biased;
+                    // Not processed: its offset is not stored; it comes again.
+                    _ = stop.wait_for(|s| *s) => return (delivery, at, None),
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Where a message sits in the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Position {
+    topic: String,
+    partition: i32,
+    offset: i64,
+}
+
+/// The received, unfinished messages: which keys are busy (with the messages of that
+/// key waiting their turn) and, per partition, which offsets are unfinished — an offset
+/// is stored only up to the first unfinished one.
+#[derive(Default)]
+struct Window {
+    /// Per (topic, key): the messages of a busy key waiting behind the one in progress.
+    keys: std::collections::HashMap<
+        (String, String),
+        std::collections::VecDeque<(Delivery, Position)>,
+    >,
+    /// Per (topic, partition): unfinished offsets, the highest finished one, the
+    /// highest stored one.
+    partitions: std::collections::HashMap<(String, i32), PartitionWindow>,
+    /// Received and not finished (in progress or queued).
+    len: usize,
+}
+
+#[derive(Default)]
+struct PartitionWindow {
+    unfinished: std::collections::BTreeSet<i64>,
+    finished_max: Option<i64>,
+    stored: Option<i64>,
+}
+
+impl Window {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A message arrived: returns it if it can start now (its key is not busy).
+    fn receive(&mut self, delivery: Delivery, at: Position) -> Option<(Delivery, Position)> {
+        self.len += 1;
+        self.partitions
+            .entry((at.topic.clone(), at.partition))
+            .or_default()
+            .unfinished
+            .insert(at.offset);
+        match self.keys.entry((at.topic.clone(), delivery.key.clone())) {
+            std::collections::hash_map::Entry::Occupied(mut waiting) => {
+                waiting.get_mut().push_back((delivery, at));
+                None
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(std::collections::VecDeque::new());
+                Some((delivery, at))
+            }
+        }
+    }
+
+    /// The message at `at` is finished: the offset to store (the last one before the
+    /// first unfinished offset of its partition), if that moved forward.
+    fn finish(&mut self, at: &Position) -> Option<i64> {
+        self.len = self.len.saturating_sub(1);
+        let p = self.partitions.get_mut(&(at.topic.clone(), at.partition))?;
+        p.unfinished.remove(&at.offset);
+        p.finished_max = Some(p.finished_max.map_or(at.offset, |m| m.max(at.offset)));
+        let through = match p.unfinished.first() {
+            Some(first) => first - 1,
+            None => p.finished_max?,
+        };
+        if p.stored.is_some_and(|s| s >= through) {
+            return None;
+        }
+        p.stored = Some(through);
+        Some(through)
+    }
+
+    /// The next waiting message of the key of the message finished at `at`, if any;
+    /// otherwise the key is free again.
+    fn next_of_key(&mut self, at: &Position, key: String) -> Option<(Delivery, Position)> {
+        let k = (at.topic.clone(), key);
+        let waiting = self.keys.get_mut(&k)?;
+        match waiting.pop_front() {
+            Some(next) => Some(next),
+            None => {
+                self.keys.remove(&k);
+                None
+            }
+        }
+    }
+
+    /// Forget the messages waiting behind a busy key (at shutdown): they are not
+    /// settled, their offsets are not stored, and they come again.
+    fn drop_queued(&mut self) {
+        for waiting in self.keys.values_mut() {
+            self.len = self.len.saturating_sub(waiting.len());
+            waiting.clear();
+        }
+    }
 }
 
 /// A partition with messages nobody consumed: topic, partition, the group's offset.
@@ -659,5 +838,68 @@ impl Watchdog {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+
+    fn msg(key: &str) -> Delivery {
+        crate::OutboxMessage::new("t", key, "x").to_delivery()
+    }
+
+    fn at(partition: i32, offset: i64) -> Position {
+        Position {
+            topic: "t".into(),
+            partition,
+            offset,
+        }
+    }
+
+    #[test]
+    fn one_key_waits_its_turn_and_other_keys_start_at_once() {
+        let mut w = Window::default();
+        assert!(w.receive(msg("a"), at(0, 0)).is_some());
+        assert!(w.receive(msg("a"), at(0, 1)).is_none(), "a is busy");
+        assert!(w.receive(msg("b"), at(0, 2)).is_some());
+        assert_eq!(w.len(), 3);
+        let (next, next_at) = w.next_of_key(&at(0, 0), "a".into()).expect("a1 queued");
+        assert_eq!((next.key.as_str(), next_at.offset), ("a", 1));
+        assert!(w.next_of_key(&at(0, 1), "a".into()).is_none());
+        // The key is free again.
+        assert!(w.receive(msg("a"), at(0, 3)).is_some());
+    }
+
+    #[test]
+    fn the_offset_stops_before_the_first_unfinished_message() {
+        let mut w = Window::default();
+        for o in 10..14 {
+            w.receive(msg(&format!("k{o}")), at(0, o));
+        }
+        w.receive(msg("other"), at(1, 5));
+        assert_eq!(
+            w.finish(&at(0, 11)),
+            Some(9),
+            "10 unfinished: nothing past it"
+        );
+        assert_eq!(w.finish(&at(0, 12)), None, "still 10");
+        assert_eq!(w.finish(&at(0, 10)), Some(12), "10..12 done, 13 not");
+        assert_eq!(w.finish(&at(1, 5)), Some(5), "partitions are independent");
+        assert_eq!(w.finish(&at(0, 13)), Some(13));
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn queued_messages_are_forgotten_at_shutdown_and_hold_their_offset_back() {
+        let mut w = Window::default();
+        w.receive(msg("a"), at(0, 0));
+        w.receive(msg("a"), at(0, 1));
+        w.receive(msg("b"), at(0, 2));
+        w.drop_queued();
+        assert_eq!(w.len(), 2);
+        assert_eq!(w.finish(&at(0, 0)), Some(0));
+        assert_eq!(w.finish(&at(0, 2)), None, "offset 1 was never handled");
+        assert!(w.is_empty());
     }
 }

@@ -30,7 +30,7 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use sqlx::mysql::MySqlRow;
-use sqlx::{Acquire, MySql, MySqlPool, QueryBuilder, Row, Transaction};
+use sqlx::{MySql, MySqlPool, QueryBuilder, Row, Transaction};
 use uuid::Uuid;
 
 use crate::store::{claimable, Inbox, OutboxStore, Transactional};
@@ -92,6 +92,10 @@ fn row_to_message(row: &MySqlRow) -> Result<OutboxMessage> {
         created_at: UNIX_EPOCH + Duration::from_micros(created_us.max(0) as u64),
         attempts,
     })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Run a `DELETE … < NOW(6) - INTERVAL ? MICROSECOND LIMIT 5000` until it deletes fewer
@@ -203,55 +207,65 @@ impl OutboxStore for MySqlOutbox {
         if limit == 0 {
             return Ok(Vec::new());
         }
+        // Two round trips: (1) open a read-committed transaction, take the claim lock
+        // and scan the keys of the oldest unsent rows; (2) read the chosen rows, lease
+        // them and commit. Text statements with nothing but numbers and hex literals in
+        // them (no escaping), so they can go together.
         let mut conn = self.pool.acquire().await.map_err(storage)?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-            .execute(&mut *conn)
-            .await
-            .map_err(storage)?;
-        let mut tx = conn.begin().await.map_err(storage)?;
-        sqlx::query("SELECT name FROM outbox_claim_lock WHERE name = 'relay' FOR UPDATE")
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(storage)?;
-        let rows = sqlx::query(
-            "SELECT seq, id, topic, msg_key, payload, headers, created_at_us, attempts, \
-                    (lease_until IS NOT NULL AND lease_until > NOW(6) \
-                     AND (leased_by IS NULL OR leased_by <> ?)) AS leased \
-             FROM outbox_messages WHERE sent_at IS NULL ORDER BY seq LIMIT ?",
-        )
-        .bind(relay_id)
-        .bind((limit.saturating_mul(SCAN_FACTOR)) as u64)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(storage)?;
+        let scan = format!(
+            "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION; \
+             SELECT name FROM outbox_claim_lock WHERE name = 'relay' FOR UPDATE; \
+             SELECT seq, msg_key, leased_by, \
+                    (lease_until IS NOT NULL AND lease_until > NOW(6)) AS lease_live \
+             FROM outbox_messages WHERE sent_at IS NULL ORDER BY seq LIMIT {}",
+            limit.saturating_mul(SCAN_FACTOR)
+        );
+        let rows = match sqlx::Executor::fetch_all(&mut *conn, scan.as_str()).await {
+            // The lock row comes back too: keep the outbox rows.
+            Ok(rows) => rows.into_iter().filter(|r| r.len() > 1).collect::<Vec<_>>(),
+            Err(e) => {
+                // Whatever part ran, the connection may be inside a transaction: never
+                // hand it back to the pool like that.
+                conn.close_on_drop();
+                return Err(storage(e));
+            }
+        };
 
         let mut keys = Vec::with_capacity(rows.len());
         for row in &rows {
             let key: String = row.try_get("msg_key").map_err(storage)?;
-            let leased: i64 = row.try_get("leased").map_err(storage)?;
-            keys.push((key, leased != 0));
+            let live: i64 = row.try_get("lease_live").map_err(storage)?;
+            let by: Option<String> = row.try_get("leased_by").map_err(storage)?;
+            // Leased by someone else (or held back after a failure, by nobody).
+            let leased = live != 0 && by.as_deref() != Some(relay_id);
+            keys.push((key, leased));
         }
-        let mut chosen = Vec::new();
         let mut seqs = Vec::new();
         for i in claimable(keys.iter().map(|(k, l)| (k.as_str(), *l)), limit) {
             seqs.push(rows[i].try_get::<u64, _>("seq").map_err(storage)?);
-            chosen.push(row_to_message(&rows[i])?);
         }
-        if !seqs.is_empty() {
-            let mut q = QueryBuilder::<MySql>::new("UPDATE outbox_messages SET leased_by = ");
-            q.push_bind(relay_id)
-                .push(", lease_until = NOW(6) + INTERVAL ")
-                .push_bind(lease.as_micros() as u64)
-                .push(" MICROSECOND WHERE seq IN (");
-            let mut sep = q.separated(", ");
-            for s in &seqs {
-                sep.push_bind(*s);
+        let finish = if seqs.is_empty() {
+            "COMMIT".to_owned()
+        } else {
+            let list: Vec<String> = seqs.iter().map(u64::to_string).collect();
+            let list = list.join(",");
+            format!(
+                "SELECT seq, id, topic, msg_key, payload, headers, created_at_us, attempts \
+                 FROM outbox_messages WHERE seq IN ({list}) ORDER BY seq; \
+                 UPDATE outbox_messages SET leased_by = _utf8mb4 X'{}', \
+                 lease_until = NOW(6) + INTERVAL {} MICROSECOND WHERE seq IN ({list}); COMMIT",
+                hex(relay_id.as_bytes()),
+                lease.as_micros() as u64,
+            )
+        };
+        let chosen = match sqlx::Executor::fetch_all(&mut *conn, finish.as_str()).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                conn.close_on_drop();
+                return Err(storage(e));
             }
-            q.push(")");
-            q.build().execute(&mut *tx).await.map_err(storage)?;
-        }
-        tx.commit().await.map_err(storage)?;
-        Ok(chosen)
+        };
+        chosen.iter().map(row_to_message).collect()
     }
 
     async fn mark_sent(&self, ids: &[MessageId]) -> Result<()> {

@@ -50,6 +50,16 @@ struct Collect {
 }
 
 impl Collect {
+    /// The payloads handled so far, as text.
+    fn payloads(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|d| String::from_utf8(d.payload.to_vec()).unwrap())
+            .collect()
+    }
+
     async fn wait_for(&self, n: usize) {
         let mut rx = self.count.subscribe();
         tokio::time::timeout(Duration::from_secs(60), rx.wait_for(|c| *c >= n))
@@ -565,4 +575,131 @@ async fn the_consumer_retries_while_its_store_is_down_and_loses_nothing() {
         .map(|d| String::from_utf8(d.payload.to_vec()).unwrap())
         .collect();
     assert_eq!(payloads, ["0", "1", "2", "3", "4"]);
+}
+
+/// The group's committed offset on partition 0 of `topic`, if any.
+fn committed_offset(group: &str, topic: &str) -> Option<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", group)
+        .create()
+        .ok()?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition(topic, 0);
+    let got = c.committed_offsets(tpl, Duration::from_secs(5)).ok()?;
+    match got.elements().first()?.offset() {
+        rdkafka::Offset::Offset(o) => Some(o),
+        _ => None,
+    }
+}
+
+/// Wait until the group's committed offset on partition 0 of `topic` is `at_least`;
+/// the offset then.
+async fn committed_at_least(group: &str, topic: &str, at_least: i64) -> i64 {
+    ordersys_testkit::eventually(
+        &format!("the group committing offset {at_least}"),
+        Duration::from_secs(30),
+        || {
+            let (g, t) = (group.to_owned(), topic.to_owned());
+            async move {
+                tokio::task::spawn_blocking(move || committed_offset(&g, &t))
+                    .await
+                    .unwrap()
+                    .filter(|o| *o >= at_least)
+            }
+        },
+    )
+    .await
+}
+
+/// Holds the message whose payload is `slow` until the gate opens.
+#[derive(Clone)]
+struct Gated {
+    inner: Collect,
+    open: watch::Receiver<bool>,
+}
+
+impl Handler<MemoryTx> for Gated {
+    async fn handle(&self, tx: &mut MemoryTx, msg: &Delivery) -> Result<(), HandlerError> {
+        if &msg.payload[..] == b"slow" {
+            let _ = self.open.clone().wait_for(|o| *o).await;
+        }
+        self.inner.handle(tx, msg).await
+    }
+}
+
+/// Messages of other keys go past one that is still being handled; its own key waits
+/// behind it; and the partition's offset never moves past it, so a consumer that dies
+/// meanwhile leaves it (and everything after it) to be delivered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_keys_overtake_an_unfinished_message_whose_offset_is_never_committed() {
+    let topic = unique("overtake");
+    ensure_topics(&brokers(), &[(&topic, 1)]).await.unwrap();
+    let publisher = KafkaPublisher::new(&brokers()).unwrap();
+    let mut msgs = vec![
+        OutboxMessage::new(topic.clone(), "b", "b0"),
+        OutboxMessage::new(topic.clone(), "a", "slow"),
+        OutboxMessage::new(topic.clone(), "a", "a1"),
+    ];
+    msgs.extend(
+        (1..=8).map(|i| OutboxMessage::new(topic.clone(), format!("k{i}"), format!("k{i}"))),
+    );
+    for m in &msgs {
+        outbox::Publisher::publish(&publisher, m).await.unwrap();
+    }
+    let inbox = MemoryInbox::new();
+    let config = consumer_config(&topic);
+
+    // First consumer: the gate stays shut; it dies (the task is aborted) meanwhile.
+    let (_gate, shut) = watch::channel(false);
+    let first = Gated {
+        inner: Collect::default(),
+        open: shut,
+    };
+    let (h, cfg, c) = (
+        first.clone(),
+        config.clone(),
+        IdempotentConsumer::new("test", inbox.clone(), MemoryDeadLetters::new()),
+    );
+    let task =
+        tokio::spawn(async move { run_consumer(&cfg, &c, &h, std::future::pending()).await });
+    first.inner.wait_for(9).await; // b0 and k1..k8, past the unfinished `slow`
+    let seen = first.inner.payloads();
+    assert!(
+        !seen.contains(&"a1".to_owned()),
+        "a1 waits behind slow: {seen:?}"
+    );
+    // b0 done: the group's offset reaches 1 (auto-commit, every second) — and must not
+    // pass it, although k1..k8 after `slow` are done too.
+    let committed = committed_at_least(&config.group_id, &topic, 1).await;
+    assert_eq!(committed, 1, "the offset moved past the unfinished message");
+    task.abort();
+    let _ = task.await;
+
+    // Second consumer, same group and inbox: everything from `slow` on comes again.
+    let (open, gate) = watch::channel(true);
+    let second = Gated {
+        inner: Collect::default(),
+        open: gate,
+    };
+    let (stop, stopped) = stopper();
+    let (h, cfg, c, s) = (
+        second.clone(),
+        config.clone(),
+        IdempotentConsumer::new("test", inbox.clone(), MemoryDeadLetters::new()),
+        stopped(),
+    );
+    let task = tokio::spawn(async move { run_consumer(&cfg, &c, &h, s).await });
+    second.inner.wait_for(2).await; // slow, then a1
+                                    // …and k1..k8 again, as duplicates: done when the group's offset reaches the end.
+    committed_at_least(&config.group_id, &topic, 11).await;
+    stop.send_replace(true);
+    let stats = task.await.unwrap().unwrap();
+    drop(open);
+    let seen = second.inner.payloads();
+    assert_eq!(seen, ["slow", "a1"]);
+    // k1..k8 were redelivered (the offset stayed before `slow`) and dropped by the inbox;
+    // b0, before `slow`, was not.
+    assert_eq!((stats.processed, stats.duplicates), (2, 8));
 }

@@ -1,5 +1,6 @@
 //! Hot-path costs: a call through a CLOSED breaker, a rejected call through an OPEN one,
-//! and a first-try success through retry + breaker.
+//! and a first-try success through retry + breaker; the closed-state call beside the
+//! `failsafe` crate's.
 //! Run: `cargo bench -p resilience --bench resilience`.
 
 use std::hint::black_box;
@@ -17,6 +18,27 @@ fn breaker(c: &mut Criterion) {
         b.iter(|| {
             let p = closed.try_acquire().unwrap();
             p.success();
+        })
+    });
+    // The same closed-state call through `failsafe` (its default policy: consecutive
+    // failures with exponential backoff).
+    let theirs = failsafe::Config::new().build();
+    c.bench_function("failsafe: call success (closed)", |b| {
+        b.iter(|| {
+            use failsafe::CircuitBreaker as _;
+            black_box(theirs.call(|| Ok::<_, ()>(1u32)).is_ok())
+        })
+    });
+    c.bench_function("breaker: call success (closed), same shape", |b| {
+        b.iter(|| {
+            let p = closed.try_acquire().unwrap();
+            let r = black_box(Ok::<_, ()>(1u32));
+            if r.is_ok() {
+                p.success();
+            } else {
+                p.failure();
+            }
+            black_box(r.is_ok())
         })
     });
     let open = CircuitBreaker::builder("bench-open")

@@ -224,6 +224,16 @@ impl Daemon {
         self.kind
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// The URL clients use: `mysql://root@127.0.0.1:P`, `redis://127.0.0.1:P/` or
     /// `127.0.0.1:P` (bootstrap servers).
     pub fn url(&self) -> String {

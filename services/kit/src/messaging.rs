@@ -56,6 +56,59 @@ impl Topics {
     }
 }
 
+/// Kafka client settings of the services (environment variables in brackets). The
+/// defaults suit Apache Kafka and Kafka-protocol brokers alike: see `docs/BENCHMARKS.md`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct KafkaTuning {
+    /// Consumer `fetch.wait.max.ms` (`KAFKA_FETCH_WAIT_MAX_MS`, default 20). Apache Kafka
+    /// answers a waiting fetch as soon as a message arrives, whatever this is; brokers
+    /// that poll their storage (Tansu) deliver about a quarter of it late on average.
+    pub kafka_fetch_wait_max_ms: u64,
+    /// Producer `linger.ms` (`KAFKA_LINGER_MS`, default 0): the relay publishes keys
+    /// concurrently, so batches form while a request is in flight anyway.
+    pub kafka_linger_ms: u64,
+    /// Messages a consumer handles at once, one key at a time
+    /// (`KAFKA_MAX_IN_FLIGHT`, default 32; 1 = strictly one after the other).
+    pub kafka_max_in_flight: usize,
+}
+
+impl Default for KafkaTuning {
+    fn default() -> Self {
+        Self {
+            kafka_fetch_wait_max_ms: 20,
+            kafka_linger_ms: 0,
+            kafka_max_in_flight: 32,
+        }
+    }
+}
+
+impl KafkaTuning {
+    /// The environment variables read into it.
+    pub const ENV: &'static [&'static str] = &[
+        "KAFKA_FETCH_WAIT_MAX_MS",
+        "KAFKA_LINGER_MS",
+        "KAFKA_MAX_IN_FLIGHT",
+    ];
+
+    /// A publisher for `brokers` with these settings.
+    pub fn publisher(&self, brokers: &str) -> outbox::Result<outbox::kafka::KafkaPublisher> {
+        let mut c = outbox::kafka::producer_config(brokers);
+        c.set("linger.ms", self.kafka_linger_ms.to_string());
+        outbox::kafka::KafkaPublisher::from_config(&c)
+    }
+
+    /// Apply the consumer settings to `config`.
+    pub fn consumer(
+        &self,
+        mut config: outbox::kafka::ConsumerConfig,
+    ) -> outbox::kafka::ConsumerConfig {
+        config.fetch_wait_max = Duration::from_millis(self.kafka_fetch_wait_max_ms);
+        config.max_in_flight = self.kafka_max_in_flight.max(1);
+        config
+    }
+}
+
 /// How a service exchanges saga messages.
 #[derive(Debug, Clone)]
 pub enum Messaging {
@@ -63,6 +116,8 @@ pub enum Messaging {
     Kafka {
         /// `bootstrap.servers`.
         brokers: String,
+        /// Client settings.
+        tuning: KafkaTuning,
     },
     /// Through an in-process [`LocalBus`](outbox::local::LocalBus) shared by the services
     /// of one process (the embedded mode).

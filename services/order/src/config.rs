@@ -25,6 +25,10 @@ pub struct Config {
     /// recognised (`INBOX_RETENTION_HOURS`, default 168 = Kafka's default log
     /// retention). Purged hourly.
     pub inbox_retention_hours: u64,
+    /// Kafka client settings (`KAFKA_FETCH_WAIT_MAX_MS`, `KAFKA_LINGER_MS`,
+    /// `KAFKA_MAX_IN_FLIGHT`).
+    #[serde(flatten)]
+    pub kafka: ordersys_kit::messaging::KafkaTuning,
 }
 
 impl Default for Config {
@@ -38,6 +42,7 @@ impl Default for Config {
             kafka_topic_prefix: String::new(),
             payment_deadline_secs: 30,
             inbox_retention_hours: 168,
+            kafka: Default::default(),
         }
     }
 }
@@ -53,6 +58,7 @@ impl std::fmt::Debug for Config {
             .field("kafka_topic_prefix", &self.kafka_topic_prefix)
             .field("payment_deadline_secs", &self.payment_deadline_secs)
             .field("inbox_retention_hours", &self.inbox_retention_hours)
+            .field("kafka", &self.kafka)
             .finish()
     }
 }
@@ -68,6 +74,9 @@ impl Config {
         "KAFKA_TOPIC_PREFIX",
         "PAYMENT_DEADLINE_SECS",
         "INBOX_RETENTION_HOURS",
+        "KAFKA_FETCH_WAIT_MAX_MS",
+        "KAFKA_LINGER_MS",
+        "KAFKA_MAX_IN_FLIGHT",
     ];
 
     /// Load from defaults, `CONFIG_FILE` and the environment.

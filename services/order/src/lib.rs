@@ -26,7 +26,7 @@ use ordersys_proto::order::v1::order_service_server::OrderServiceServer;
 use outbox::idempotency::{
     Cache, IdempotencyStore, MemoryCache, RedisCache, RedisIdempotencyStore,
 };
-use outbox::kafka::{run_consumer, ConsumerConfig, KafkaDeadLetter, KafkaPublisher};
+use outbox::kafka::{run_consumer, ConsumerConfig, KafkaDeadLetter};
 use outbox::mysql::{MySqlInbox, MySqlOutbox};
 use outbox::sqlite::{SqliteIdempotencyStore, SqliteInbox, SqliteOutbox};
 use outbox::{IdempotentConsumer, Inbox};
@@ -47,6 +47,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let messaging = Messaging::Kafka {
         brokers: config.kafka_brokers.clone(),
+        tuning: config.kafka.clone(),
     };
     run_with(config, listeners, shutdown, messaging).await
 }
@@ -161,13 +162,13 @@ async fn serve<B: saga::Backend, I: Inbox<Tx = B::Tx> + Clone>(
     let mut tasks = tokio::task::JoinSet::new();
     // The relay: to Kafka, or onto the in-process bus.
     let (relay_handle, kafka) = match &messaging {
-        Messaging::Kafka { brokers } => {
+        Messaging::Kafka { brokers, tuning } => {
             topics.ensure(brokers, Duration::from_secs(30)).await?;
-            let publisher = KafkaPublisher::new(brokers)?;
+            let publisher = tuning.publisher(brokers)?;
             let (relay, handle) = relay(outbox.clone(), publisher.clone(), "order");
             let s = stop.clone();
             tasks.spawn(async move { relay.run(s.wait()).await.map_err(anyhow::Error::from) });
-            (handle, Some((brokers.clone(), publisher)))
+            (handle, Some((brokers.clone(), tuning.clone(), publisher)))
         }
         Messaging::Local(bus) => {
             let (relay, handle) = relay(outbox.clone(), bus.clone(), "order");
@@ -207,14 +208,17 @@ async fn serve<B: saga::Backend, I: Inbox<Tx = B::Tx> + Clone>(
     );
     // Replies: from Kafka, or delivered by the in-process bus.
     match (messaging, kafka) {
-        (Messaging::Kafka { .. }, Some((brokers, publisher))) => {
+        (Messaging::Kafka { .. }, Some((brokers, tuning, publisher))) => {
             let consumer = IdempotentConsumer::new(
                 "order",
                 inbox,
                 KafkaDeadLetter::new(publisher).with_topic(topics.dlq.clone()),
             );
-            let mut consumer_config =
-                ConsumerConfig::new(&brokers, topics.group("order"), &[&topics.replies]);
+            let mut consumer_config = tuning.consumer(ConsumerConfig::new(
+                &brokers,
+                topics.group("order"),
+                &[&topics.replies],
+            ));
             consumer_config.instance_id = Some(ordersys_kit::messaging::relay_id("order"));
             let s = stop.clone();
             tasks.spawn(async move {

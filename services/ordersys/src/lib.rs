@@ -172,6 +172,7 @@ pub async fn run(
     } else {
         Messaging::Kafka {
             brokers: config.kafka_brokers.clone(),
+            tuning: Default::default(),
         }
     };
     let (user_l, order_l, payment_l) = (

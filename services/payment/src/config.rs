@@ -26,6 +26,10 @@ pub struct Config {
     /// recognised (`INBOX_RETENTION_HOURS`, default 168 = Kafka's default log
     /// retention). Purged hourly.
     pub inbox_retention_hours: u64,
+    /// Kafka client settings (`KAFKA_FETCH_WAIT_MAX_MS`, `KAFKA_LINGER_MS`,
+    /// `KAFKA_MAX_IN_FLIGHT`).
+    #[serde(flatten)]
+    pub kafka: ordersys_kit::messaging::KafkaTuning,
 }
 
 impl Default for Config {
@@ -40,6 +44,7 @@ impl Default for Config {
             initial_balance: 100_000,
             account_currency: "USD".into(),
             inbox_retention_hours: 168,
+            kafka: Default::default(),
         }
     }
 }
@@ -56,6 +61,7 @@ impl std::fmt::Debug for Config {
             .field("initial_balance", &self.initial_balance)
             .field("account_currency", &self.account_currency)
             .field("inbox_retention_hours", &self.inbox_retention_hours)
+            .field("kafka", &self.kafka)
             .finish()
     }
 }
@@ -72,6 +78,9 @@ impl Config {
         "INITIAL_BALANCE",
         "ACCOUNT_CURRENCY",
         "INBOX_RETENTION_HOURS",
+        "KAFKA_FETCH_WAIT_MAX_MS",
+        "KAFKA_LINGER_MS",
+        "KAFKA_MAX_IN_FLIGHT",
     ];
 
     /// Load from defaults, `CONFIG_FILE` and the environment.

@@ -24,7 +24,7 @@ use ordersys_kit::messaging::{relay, Messaging, Topics};
 use ordersys_kit::shutdown::Shutdown;
 use ordersys_proto::payment::v1::payment_service_server::PaymentServiceServer;
 use outbox::idempotency::{IdempotencyStore, RedisIdempotencyStore};
-use outbox::kafka::{run_consumer, ConsumerConfig, KafkaDeadLetter, KafkaPublisher};
+use outbox::kafka::{run_consumer, ConsumerConfig, KafkaDeadLetter};
 use outbox::mysql::{MySqlInbox, MySqlOutbox};
 use outbox::sqlite::{SqliteIdempotencyStore, SqliteInbox, SqliteOutbox};
 use outbox::{IdempotentConsumer, Inbox, OutboxStore};
@@ -42,6 +42,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let messaging = Messaging::Kafka {
         brokers: config.kafka_brokers.clone(),
+        tuning: config.kafka.clone(),
     };
     run_with(config, listeners, shutdown, messaging).await
 }
@@ -176,9 +177,9 @@ where
         .waking(handle)
     };
     match messaging {
-        Messaging::Kafka { brokers } => {
+        Messaging::Kafka { brokers, tuning } => {
             topics.ensure(&brokers, Duration::from_secs(30)).await?;
-            let publisher = KafkaPublisher::new(&brokers)?;
+            let publisher = tuning.publisher(&brokers)?;
             let (relay, handle) = relay(outbox.clone(), publisher.clone(), "payment");
             let handler = handler(handle);
             let consumer = IdempotentConsumer::new(
@@ -186,8 +187,11 @@ where
                 inbox,
                 KafkaDeadLetter::new(publisher).with_topic(topics.dlq.clone()),
             );
-            let mut consumer_config =
-                ConsumerConfig::new(&brokers, topics.group("payment"), &[&topics.commands]);
+            let mut consumer_config = tuning.consumer(ConsumerConfig::new(
+                &brokers,
+                topics.group("payment"),
+                &[&topics.commands],
+            ));
             consumer_config.instance_id = Some(ordersys_kit::messaging::relay_id("payment"));
             let s = stop.clone();
             tasks.spawn(async move { relay.run(s.wait()).await.map_err(anyhow::Error::from) });

@@ -69,12 +69,13 @@ pub trait PaymentRepo: Clone + Send + Sync + 'static {
         initial: i64,
         currency: &str,
     ) -> impl Future<Output = sqlx::Result<()>> + Send;
-    /// Balance and currency, write-locked for the rest of `tx`.
+    /// Balance and currency, write-locked for the rest of `tx`; `None` if there is no
+    /// account yet.
     fn lock_account(
         &self,
         tx: &mut Self::Tx,
         user: Uuid,
-    ) -> impl Future<Output = sqlx::Result<(i64, String)>> + Send;
+    ) -> impl Future<Output = sqlx::Result<Option<(i64, String)>>> + Send;
     /// Balance and currency.
     fn account(&self, user: Uuid) -> impl Future<Output = sqlx::Result<(i64, String)>> + Send;
     /// Add `delta` to the balance.
@@ -151,12 +152,13 @@ macro_rules! sql_repo {
                     .map(drop)
             }
 
-            async fn lock_account(&self, tx: &mut $tx, user: Uuid) -> sqlx::Result<(i64, String)> {
+            async fn lock_account(&self, tx: &mut $tx, user: Uuid) -> sqlx::Result<Option<(i64, String)>> {
                 let row = sqlx::query(concat!("SELECT balance, currency FROM accounts WHERE user_id = ?", $for_update))
                     .bind(user.as_bytes().as_slice())
-                    .fetch_one(&mut **tx)
+                    .fetch_optional(&mut **tx)
                     .await?;
-                Ok((row.try_get("balance")?, row.try_get("currency")?))
+                row.map(|row| Ok((row.try_get("balance")?, row.try_get("currency")?)))
+                    .transpose()
             }
 
             async fn account(&self, user: Uuid) -> sqlx::Result<(i64, String)> {

@@ -98,18 +98,29 @@ impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> CommandHandler<R, O> {
         user: Uuid,
     ) -> Result<SagaReply, HandlerError> {
         let money = cmd.amount.clone().unwrap_or_default();
-        self.repo
-            .ensure_account(
-                tx,
-                user,
-                self.accounts.initial_balance,
-                &self.accounts.currency,
-            )
-            .await
-            .map_err(transient)?;
+        // The account first (write-locked: one user's debits queue here instead of
+        // deadlocking on the payments index), opened on the first debit.
+        let (balance, account_currency) = match self.repo.lock_account(tx, user).await {
+            Ok(Some(account)) => account,
+            Ok(None) => {
+                self.repo
+                    .ensure_account(
+                        tx,
+                        user,
+                        self.accounts.initial_balance,
+                        &self.accounts.currency,
+                    )
+                    .await
+                    .map_err(transient)?;
+                self.repo
+                    .lock_account(tx, user)
+                    .await
+                    .map_err(transient)?
+                    .ok_or_else(|| transient("the account just opened is missing"))?
+            }
+            Err(e) => return Err(transient(e)),
+        };
         let existing = self.repo.lock_payment(tx, order).await.map_err(transient)?;
-        let (balance, account_currency) =
-            self.repo.lock_account(tx, user).await.map_err(transient)?;
         let decision = decide_debit(
             existing.as_ref().map(|p| (p.status, p.reason.clone())),
             balance,

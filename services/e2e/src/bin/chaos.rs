@@ -41,6 +41,13 @@ chaos — the ordersys fault suite
   --cancel-percent P   orders the client tries to cancel right after placing (10)
   --poll-ms MS         how often a client polls its order until it ends (25); small
                        values measure latency finely, at the cost of GET load
+  --warmup S           measure throughput, latency and CPU per order only after the
+                       first S seconds of load (0); printed as the `bench:` line
+  --slap N             after the load, N single-row INSERT commits from 16 clients
+                       (mariadb-slap) on the same MariaDB: the raw commit rate (0: off)
+  --embedded           load the one-process system (`ordersys`, SQLite + in-process
+                       bus) instead of the separate services; no faults, and the
+                       invariants checked through the REST API only
   --keep               keep the work directory (logs, data) after a pass
 ";
 
@@ -58,6 +65,9 @@ struct Args {
     initial: i64,
     cancel_percent: u32,
     poll_ms: u64,
+    warmup: u64,
+    slap: u64,
+    embedded: bool,
     keep: bool,
 }
 
@@ -90,6 +100,9 @@ impl Args {
             initial: 2_000_000,
             cancel_percent: 10,
             poll_ms: 25,
+            warmup: 0,
+            slap: 0,
+            embedded: false,
             keep: false,
         };
         let mut it = std::env::args().skip(1);
@@ -126,6 +139,9 @@ impl Args {
                 "--initial" => a.initial = val()?.parse()?,
                 "--cancel-percent" => a.cancel_percent = val()?.parse()?,
                 "--poll-ms" => a.poll_ms = val()?.parse()?,
+                "--warmup" => a.warmup = val()?.parse()?,
+                "--slap" => a.slap = val()?.parse()?,
+                "--embedded" => a.embedded = true,
                 "--keep" => a.keep = true,
                 "-h" | "--help" => {
                     print!("{USAGE}");
@@ -133,6 +149,16 @@ impl Args {
                 }
                 other => anyhow::bail!("unknown argument {other}\n{USAGE}"),
             }
+        }
+        if a.embedded {
+            anyhow::ensure!(
+                a.faults.is_empty(),
+                "--embedded runs without faults: add --faults none"
+            );
+            anyhow::ensure!(
+                a.slap == 0,
+                "--slap needs the MariaDB of the separate services"
+            );
         }
         Ok(a)
     }
@@ -167,6 +193,39 @@ struct Deployment {
 }
 
 impl Deployment {
+    /// The one-process system on SQLite files in `dir`.
+    fn start_embedded(args: &Args, dir: &std::path::Path) -> anyhow::Result<Self> {
+        let http = free_port();
+        let base = format!("http://127.0.0.1:{http}");
+        let log_dir = dir.join("logs");
+        std::fs::create_dir_all(&log_dir)?;
+        let env: HashMap<String, String> = [
+            ("DATA_DIR", dir.join("data").display().to_string()),
+            ("HTTP_ADDR", format!("127.0.0.1:{http}")),
+            ("INTERNAL_PORTS", "ephemeral".into()),
+            ("JWT_TTL_SECS", "7200".into()),
+            ("RATE_LIMIT_PER_MINUTE", "100000000".into()),
+            ("INITIAL_BALANCE", args.initial.to_string()),
+            ("PAYMENT_DEADLINE_SECS", args.deadline.to_string()),
+            ("RUST_LOG", "info".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let mut services = HashMap::new();
+        services.insert(
+            "ordersys",
+            Service::start_logged("ordersys", env, &log_dir, &format!("{base}/readyz")),
+        );
+        Ok(Self {
+            servers: HashMap::new(),
+            services,
+            base,
+            mysql: String::new(),
+            down: HashSet::new(),
+        })
+    }
+
     fn start(args: &Args, dir: &std::path::Path) -> anyhow::Result<Self> {
         let mut servers = HashMap::new();
         for kind in [Kind::MariaDb, Kind::Redis, Kind::Broker] {
@@ -273,8 +332,7 @@ impl Deployment {
     }
 
     async fn wait_ready(&mut self, within: Duration) -> anyhow::Result<()> {
-        for name in SERVICES {
-            let s = self.services.get_mut(name).expect("service");
+        for s in self.services.values_mut() {
             s.wait_until_ready(within).await?;
         }
         Ok(())
@@ -701,6 +759,35 @@ async fn check(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let all_ended_at = Instant::now();
+    if dep.mysql.is_empty() {
+        // Embedded: what the REST API shows is all there is to check from outside.
+        let count = |want: &str| final_status.values().filter(|s| *s == want).count();
+        let stuck: Vec<String> = orders_of(clients)
+            .into_iter()
+            .filter(|o| {
+                !final_status
+                    .get(&o.id)
+                    .is_some_and(|st| terminal(st, o.cancel_accepted))
+            })
+            .map(|o| o.id)
+            .collect();
+        let summary = Summary {
+            orders: final_status.len(),
+            confirmed: count("CONFIRMED"),
+            cancelled: count("CANCELLED"),
+            stuck,
+            lost: Vec::new(),
+            double_charged: Vec::new(),
+            unpaid: Vec::new(),
+            phantom: Vec::new(),
+            balance_wrong: Vec::new(),
+            outbox_unsent: 0,
+            sagas_open: 0,
+            dead_letters: Vec::new(),
+        };
+        let _ = logs;
+        return Ok((summary, all_ended_at));
+    }
 
     // 2. The outboxes drain; the sagas end.
     let order_db = format!("{}/ordersys_order", dep.mysql);
@@ -913,6 +1000,173 @@ async fn check(
     Ok((sum, all_ended_at))
 }
 
+/// Every order of every client (a copy).
+fn orders_of(clients: &[Arc<Mutex<ClientRec>>]) -> Vec<OrderRec> {
+    clients
+        .iter()
+        .flat_map(|c| c.lock().expect("lock").orders.clone())
+        .collect()
+}
+
+/// CPU time (clock ticks) of every process of the system, and of the machine.
+struct CpuSnap {
+    at: Instant,
+    procs: Vec<(String, u64)>,
+    /// `/proc/stat`'s first line: user, nice, system, idle, iowait, irq, softirq, steal.
+    machine: Vec<u64>,
+}
+
+impl CpuSnap {
+    fn take(dep: &Deployment) -> Self {
+        let mut pids: Vec<(String, u32)> = Vec::new();
+        for (name, s) in &dep.services {
+            if let Some(pid) = s.pid() {
+                pids.push(((*name).to_owned(), pid));
+            }
+        }
+        for (name, s) in &dep.servers {
+            if let Some(pid) = s.pid() {
+                pids.push(((*name).to_owned(), pid));
+            }
+        }
+        pids.sort();
+        pids.push(("driver".to_owned(), std::process::id()));
+        let procs = pids
+            .into_iter()
+            .filter_map(|(n, pid)| proc_ticks(pid).map(|t| (n, t)))
+            .collect();
+        let machine = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| {
+                s.lines().next().map(|l| {
+                    l.split_whitespace()
+                        .skip(1)
+                        .take(8)
+                        .filter_map(|v| v.parse().ok())
+                        .collect()
+                })
+            })
+            .unwrap_or_default();
+        Self {
+            at: Instant::now(),
+            procs,
+            machine,
+        }
+    }
+}
+
+/// utime + stime of a process, in clock ticks (1/100 s).
+fn proc_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: state is field 3, utime 14, stime 15.
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// `n` single-row autocommit INSERTs from 16 clients on the MariaDB at `port`
+/// (`mariadb-slap`): commits per second.
+fn raw_commits(port: u16, n: u64) -> anyhow::Result<f64> {
+    let out = std::process::Command::new("mariadb-slap")
+        .args([
+            "--host=127.0.0.1",
+            &format!("--port={port}"),
+            "--user=root",
+            "--concurrency=16",
+            "--iterations=1",
+            &format!("--number-of-queries={n}"),
+            "--create-schema=slap",
+            "--create=CREATE TABLE t (id INT AUTO_INCREMENT PRIMARY KEY, v INT) ENGINE=InnoDB",
+            "--query=INSERT INTO t (v) VALUES (1)",
+        ])
+        .output()
+        .context("running mariadb-slap")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success(),
+        "mariadb-slap failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // "Average number of seconds to run all queries: 1.234 seconds"
+    let secs: f64 = text
+        .lines()
+        .find(|l| l.contains("Average number of seconds"))
+        .and_then(|l| l.split(':').nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no timing in mariadb-slap output")?;
+    Ok(n as f64 / secs.max(1e-6))
+}
+
+/// The steady-state figures between the two snapshots: orders confirmed per second,
+/// create→CONFIRMED latency of the orders placed in the window, CPU per order per
+/// process and the machine's CPU split; the raw commit rate if measured.
+fn bench_line(
+    clients: &[Arc<Mutex<ClientRec>>],
+    w0: &CpuSnap,
+    w1: &CpuSnap,
+    slap: Option<f64>,
+) -> String {
+    let mut confirmed = 0u64;
+    let mut lat = Vec::new();
+    for o in orders_of(clients) {
+        if let Some((t, status)) = &o.ended {
+            if status == "CONFIRMED" && *t >= w0.at && *t <= w1.at {
+                confirmed += 1;
+            }
+            if o.placed >= w0.at && o.placed <= w1.at {
+                lat.push(*t - o.placed);
+            }
+        }
+    }
+    lat.sort();
+    let secs = w1
+        .at
+        .saturating_duration_since(w0.at)
+        .as_secs_f64()
+        .max(1e-6);
+    let per_order = |ticks: u64| ticks as f64 * 10.0 / confirmed.max(1) as f64;
+    let mut cpu = Vec::new();
+    let mut total = 0u64;
+    for (name, t1) in &w1.procs {
+        // A process restarted in the window has no comparable start.
+        if let Some((_, t0)) = w0.procs.iter().find(|(n, _)| n == name) {
+            let d = t1.saturating_sub(*t0);
+            total += d;
+            cpu.push(format!("{name}={:.2}", per_order(d)));
+        }
+    }
+    let m: Vec<u64> = w1
+        .machine
+        .iter()
+        .zip(w0.machine.iter().chain(std::iter::repeat(&0)))
+        .map(|(a, b)| a.saturating_sub(*b))
+        .collect();
+    let all: u64 = m.iter().sum::<u64>().max(1);
+    let pct = |i: usize| m.get(i).copied().unwrap_or(0) as f64 * 100.0 / all as f64;
+    let rate = confirmed as f64 / secs;
+    let slap = slap.map_or(String::new(), |r| {
+        format!(
+            " raw-commits/s={r:.0} ratio={:.2}%",
+            rate * 100.0 / r.max(1e-6)
+        )
+    });
+    format!(
+        "bench: window={secs:.1}s confirmed={confirmed} confirmed/s={rate:.1} p50={}ms p95={}ms p99={}ms \
+         cpu-ms/order: {} total={:.2} machine: user={:.0}% system={:.0}% softirq={:.0}% idle={:.0}% iowait={:.0}%{slap}",
+        percentile(&lat, 0.50).as_millis(),
+        percentile(&lat, 0.95).as_millis(),
+        percentile(&lat, 0.99).as_millis(),
+        cpu.join(" "),
+        per_order(total),
+        pct(0) + pct(1),
+        pct(2) + pct(5),
+        pct(6),
+        pct(3),
+        pct(4),
+    )
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -926,7 +1180,11 @@ async fn main() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("ordersys-chaos-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir)?;
     log(format!("work directory {}", dir.display()));
-    let mut dep = Deployment::start(&args, &dir)?;
+    let mut dep = if args.embedded {
+        Deployment::start_embedded(&args, &dir)?
+    } else {
+        Deployment::start(&args, &dir)?
+    };
     dep.wait_ready(Duration::from_secs(120)).await?;
     log(format!("deployment ready, gateway {}", dep.base));
     let logs: Vec<PathBuf> = dep
@@ -1001,7 +1259,8 @@ async fn main() -> anyhow::Result<()> {
             loop {
                 {
                     let mut d = dep.lock().await;
-                    for name in SERVICES {
+                    let names: Vec<&'static str> = d.services.keys().copied().collect();
+                    for name in names {
                         if d.down.contains(name) {
                             continue;
                         }
@@ -1023,6 +1282,13 @@ async fn main() -> anyhow::Result<()> {
     };
 
     let started = Instant::now();
+    let window_start = {
+        let (dep, warmup) = (dep.clone(), Duration::from_secs(args.warmup));
+        tokio::spawn(async move {
+            tokio::time::sleep(warmup).await;
+            CpuSnap::take(&*dep.lock().await)
+        })
+    };
     let progress_every = Duration::from_secs(10);
     while started.elapsed() < Duration::from_secs(args.seconds) && !load.is_empty() {
         tokio::select! {
@@ -1033,6 +1299,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
+    let window_end = CpuSnap::take(&*dep.lock().await);
     faults_stop.store(true, Ordering::Relaxed);
     injector.await??;
     shared.stop.store(true, Ordering::Relaxed);
@@ -1052,17 +1319,17 @@ async fn main() -> anyhow::Result<()> {
         all_ended_at = t;
     }
     supervisor.abort();
+    let window_start = window_start.await?;
+    let slap = if args.slap > 0 {
+        let port = dep.lock().await.servers["mariadb"].port();
+        Some(raw_commits(port, args.slap)?)
+    } else {
+        None
+    };
 
-    let mut lat: Vec<Duration> = clients
+    let mut lat: Vec<Duration> = orders_of(&clients)
         .iter()
-        .flat_map(|c| {
-            c.lock()
-                .expect("lock")
-                .orders
-                .iter()
-                .filter_map(|o| o.ended.as_ref().map(|(t, _)| *t - o.placed))
-                .collect::<Vec<_>>()
-        })
+        .filter_map(|o| o.ended.as_ref().map(|(t, _)| *t - o.placed))
         .collect();
     lat.sort();
     let fmt_map = |m: &BTreeMap<String, u64>| {
@@ -1129,6 +1396,7 @@ async fn main() -> anyhow::Result<()> {
         all_ended_at.saturating_duration_since(load_stopped).as_secs_f64(),
         after_last_fault.unwrap_or_default(),
     );
+    println!("{}", bench_line(&clients, &window_start, &window_end, slap));
     let failed = s.failed() || s.orders == 0;
     {
         let mut d = dep.lock().await;
