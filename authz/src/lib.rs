@@ -51,4 +51,4 @@ pub use blacklist::{revoke_token, Authenticator, Blacklist, BlacklistFailure, Me
 pub use claims::Claims;
 pub use error::{BoxError, Error, Result};
 pub use keys::{SigningKey, VerifyingKey};
-pub use token::{Clock, IssuedToken, TokenIssuer, TokenValidator};
+pub use token::{Clock, IssuedToken, TokenIssuer, TokenValidator, DEFAULT_LEEWAY};

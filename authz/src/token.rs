@@ -134,6 +134,10 @@ impl TokenIssuer {
     }
 }
 
+/// The clock-skew tolerance a [`TokenValidator`] allows on `exp` and `nbf` unless told
+/// otherwise: 5 seconds. An expired token stays usable this long — keep it short.
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(5);
+
 /// Validates signature, algorithm, `iss`, `aud`, `nbf` and `exp` (with leeway). It does
 /// not consult a blacklist: [`Authenticator`](crate::Authenticator) does both.
 #[derive(Debug, Clone)]
@@ -145,7 +149,7 @@ pub struct TokenValidator {
 }
 
 impl TokenValidator {
-    /// A validator with a 30-second leeway and the system clock.
+    /// A validator with a 5-second leeway (see [`DEFAULT_LEEWAY`]) and the system clock.
     pub fn new(key: VerifyingKey, issuer: &str, audience: &str) -> Self {
         let mut validation = Validation::new(key.algorithm());
         validation.set_issuer(&[issuer]);
@@ -158,7 +162,7 @@ impl TokenValidator {
         Self {
             key,
             validation,
-            leeway: Duration::from_secs(30),
+            leeway: DEFAULT_LEEWAY,
             clock: Clock::system(),
         }
     }

@@ -70,6 +70,30 @@ fn expired_token_is_rejected_after_leeway() {
 }
 
 #[test]
+fn the_default_leeway_is_five_seconds() {
+    let t = issuer_at(NOW).issue("u1").unwrap();
+    let default_at =
+        |now| TokenValidator::new(key().verifying_key(), ISS, AUD).with_clock(Clock::fixed(now));
+    assert_eq!(default_at(NOW).leeway(), authz::DEFAULT_LEEWAY);
+    default_at(NOW + 900 + 5).validate(&t.token).unwrap();
+    assert!(matches!(
+        default_at(NOW + 900 + 6).validate(&t.token),
+        Err(Error::Expired)
+    ));
+    // A 2-second token with no leeway is refused 3 seconds after it was issued.
+    let short = issuer_at(NOW)
+        .with_ttl(Duration::from_secs(2))
+        .issue("u1")
+        .unwrap();
+    assert!(matches!(
+        default_at(NOW + 3)
+            .with_leeway(Duration::ZERO)
+            .validate(&short.token),
+        Err(Error::Expired)
+    ));
+}
+
+#[test]
 fn not_yet_valid_token_is_rejected() {
     let t = issuer_at(NOW + 120).issue("u1").unwrap();
     assert!(matches!(

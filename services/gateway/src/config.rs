@@ -23,6 +23,9 @@ pub struct Config {
     pub jwt_issuer: String,
     /// `aud` (`JWT_AUDIENCE`).
     pub jwt_audience: String,
+    /// Seconds an expired (or not yet valid) token is still accepted, for clock skew
+    /// (`JWT_LEEWAY_SECS`, default 5).
+    pub jwt_leeway_secs: u64,
     /// Requests per minute per client IP (`RATE_LIMIT_PER_MINUTE`, default 100).
     pub rate_limit_per_minute: u32,
     /// Redis key prefix of the rate-limit counters (`RATE_LIMIT_KEY_PREFIX`, default `rate:`).
@@ -51,6 +54,7 @@ impl Default for Config {
             jwt_secret: String::new(),
             jwt_issuer: "ordersys".into(),
             jwt_audience: "ordersys-api".into(),
+            jwt_leeway_secs: 5,
             rate_limit_per_minute: 100,
             rate_limit_key_prefix: "rate:".into(),
             trusted_proxies: String::new(),
@@ -76,6 +80,7 @@ impl std::fmt::Debug for Config {
             )
             .field("jwt_issuer", &self.jwt_issuer)
             .field("jwt_audience", &self.jwt_audience)
+            .field("jwt_leeway_secs", &self.jwt_leeway_secs)
             .field("rate_limit_per_minute", &self.rate_limit_per_minute)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("body_limit_bytes", &self.body_limit_bytes)
@@ -97,6 +102,7 @@ impl Config {
         "JWT_SECRET",
         "JWT_ISSUER",
         "JWT_AUDIENCE",
+        "JWT_LEEWAY_SECS",
         "RATE_LIMIT_PER_MINUTE",
         "RATE_LIMIT_KEY_PREFIX",
         "TRUSTED_PROXIES",

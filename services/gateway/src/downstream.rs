@@ -32,7 +32,9 @@ pub fn request<T>(ctx: &RequestContext, msg: T) -> tonic::Request<T> {
 }
 
 /// Whether a status means "the downstream is in trouble" (counts against its breaker),
-/// as opposed to a refusal of this particular request.
+/// as opposed to a refusal of this particular request. `RESOURCE_EXHAUSTED` is a healthy
+/// service shedding load (e.g. more logins than it hashes at once): it does not open the
+/// breaker, which would turn away everything else the service still answers.
 pub fn is_outage(s: &Status) -> bool {
     matches!(
         s.code(),
@@ -40,7 +42,6 @@ pub fn is_outage(s: &Status) -> bool {
             | Code::DeadlineExceeded
             | Code::Unknown
             | Code::Internal
-            | Code::ResourceExhausted
             | Code::Cancelled
     )
 }
@@ -55,7 +56,16 @@ pub fn to_api_error(service: &str, s: &Status) -> ApiError {
         Code::Unauthenticated => ApiError::unauthorized(s.message()),
         Code::PermissionDenied => ApiError::new(StatusCode::FORBIDDEN, "forbidden", s.message()),
         Code::NotFound => ApiError::not_found(s.message()),
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::ResourceExhausted => {
+        Code::ResourceExhausted => {
+            tracing::warn!(service, "нижестоящий сервис перегружен");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                format!("{service} service is busy; retry shortly"),
+            )
+            .retry_after(1)
+        }
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
             tracing::warn!(service, code = ?s.code(), "нижестоящий сервис недоступен");
             ApiError::unavailable(format!("{service} service is unavailable"))
         }
@@ -85,5 +95,21 @@ where
             )
         }
         Err(BreakerError::Inner(s)) => Err(to_api_error(service, &s)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_service_shedding_load_is_a_503_with_retry_after_and_not_an_outage() {
+        let busy = Status::resource_exhausted("too many logins at once");
+        assert!(!is_outage(&busy), "load shedding must not open the breaker");
+        let e = to_api_error("user", &busy);
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.code, "overloaded");
+        assert_eq!(e.retry_after, Some(1));
+        assert!(is_outage(&Status::unavailable("down")));
     }
 }

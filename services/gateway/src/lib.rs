@@ -172,7 +172,8 @@ pub fn app_with(config: &Config, backends: Backends) -> anyhow::Result<Router> {
             key.verifying_key(),
             &config.jwt_issuer,
             &config.jwt_audience,
-        ),
+        )
+        .with_leeway(std::time::Duration::from_secs(config.jwt_leeway_secs)),
         backends.blacklist,
     );
     let limiter = backends.limiter;

@@ -41,6 +41,9 @@ pub struct Config {
     pub jwt_secret: String,
     /// Token lifetime (`JWT_TTL_SECS`, default 900).
     pub jwt_ttl_secs: u64,
+    /// Seconds an expired token is still accepted, for clock skew (`JWT_LEEWAY_SECS`,
+    /// default 5).
+    pub jwt_leeway_secs: u64,
     /// Requests per minute per client IP (`RATE_LIMIT_PER_MINUTE`, default 100).
     pub rate_limit_per_minute: u32,
     /// A new account's balance (`INITIAL_BALANCE`, default 100000).
@@ -60,6 +63,7 @@ impl Default for Config {
             redis_url: String::new(),
             jwt_secret: String::new(),
             jwt_ttl_secs: 900,
+            jwt_leeway_secs: 5,
             rate_limit_per_minute: 100,
             initial_balance: 100_000,
             payment_deadline_secs: 30,
@@ -111,6 +115,7 @@ impl Config {
         "REDIS_URL",
         "JWT_SECRET",
         "JWT_TTL_SECS",
+        "JWT_LEEWAY_SECS",
         "RATE_LIMIT_PER_MINUTE",
         "INITIAL_BALANCE",
         "PAYMENT_DEADLINE_SECS",
@@ -148,8 +153,44 @@ async fn jwt_secret(config: &Config) -> anyhow::Result<String> {
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     );
-    tokio::fs::write(&path, &secret).await?;
-    Ok(secret)
+    write_secret(&path, &secret)?;
+    // Another process may have won the race: everyone uses what is on disk.
+    let on_disk = tokio::fs::read_to_string(&path).await?;
+    Ok(on_disk.trim().to_owned())
+}
+
+/// Write a generated secret readable by its owner only (0600, its directory 0700): to a
+/// temporary file created exclusively, then linked into place only if no secret is
+/// there yet — a reader never sees a half-written file, and an existing one is kept.
+fn write_secret(path: &std::path::Path, secret: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    #[cfg(unix)]
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    #[cfg(unix)]
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    let tmp = dir.join(format!(".jwt_secret.{}", uuid::Uuid::new_v4().simple()));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts.open(&tmp)?;
+    f.write_all(secret.as_bytes())?;
+    f.sync_all()?;
+    drop(f);
+    // `hard_link` fails if the target exists: a secret already there is never replaced
+    // (an empty or short one left by an older version is replaced).
+    let short = std::fs::read_to_string(path).is_ok_and(|s| s.trim().len() < 32);
+    if short {
+        std::fs::remove_file(path)?;
+    }
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn bind(config: &Config, grpc: u16, admin: u16) -> anyhow::Result<Listeners> {
@@ -192,6 +233,7 @@ pub async fn run(
         redis_url: config.redis_url.clone(),
         jwt_secret: secret.clone(),
         jwt_ttl_secs: config.jwt_ttl_secs,
+        jwt_leeway_secs: config.jwt_leeway_secs,
         ..ordersys_user::Config::default()
     };
     let order = ordersys_order::Config {
@@ -214,6 +256,7 @@ pub async fn run(
         payment_service_url: payment_url,
         redis_url: config.redis_url.clone(),
         jwt_secret: secret,
+        jwt_leeway_secs: config.jwt_leeway_secs,
         rate_limit_per_minute: config.rate_limit_per_minute,
         ..ordersys_gateway::Config::default()
     };
@@ -260,4 +303,54 @@ pub async fn run(
     println!("  curl -s -X POST http://{shown}/api/v1/auth/login    -H 'content-type: application/json' -d '{{\"email\":\"me@example.com\",\"password\":\"correct-horse\"}}'");
     tracing::info!(http = %http_addr, mode = %mode, "система ordersys запущена");
     ordersys_kit::shutdown::supervise(tasks, shutdown, trigger).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_in(dir: &std::path::Path) -> Config {
+        Config {
+            data_dir: dir.display().to_string(),
+            ..Config::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_generated_jwt_secret_is_private_kept_and_never_replaced() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir =
+            std::env::temp_dir().join(format!("ordersys-secret-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = config_in(&dir);
+        let first = jwt_secret(&config).await.unwrap();
+        assert!(first.len() >= 32);
+        let file = dir.join("jwt_secret");
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&file), 0o600, "the secret file is the owner's only");
+        assert_eq!(mode(&dir), 0o700, "so is its directory");
+        // Started again: the same secret (tokens issued before stay valid).
+        assert_eq!(jwt_secret(&config).await.unwrap(), first);
+        // A second writer racing the first never replaces what is there.
+        write_secret(&file, "x".repeat(64).as_str()).unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), first);
+        // No temporary files left behind.
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["jwt_secret"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_too_short_secret_left_on_disk_is_replaced() {
+        let dir =
+            std::env::temp_dir().join(format!("ordersys-secret-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("jwt_secret"), "short").unwrap();
+        let secret = jwt_secret(&config_in(&dir)).await.unwrap();
+        assert!(secret.len() >= 32);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -22,6 +22,9 @@ pub struct Config {
     pub jwt_audience: String,
     /// Token lifetime in seconds (`JWT_TTL_SECS`, default 900).
     pub jwt_ttl_secs: u64,
+    /// Seconds an expired (or not yet valid) token is still accepted, for clock skew
+    /// (`JWT_LEEWAY_SECS`, default 5); a logout revokes a token this much longer.
+    pub jwt_leeway_secs: u64,
 }
 
 impl Default for Config {
@@ -35,6 +38,7 @@ impl Default for Config {
             jwt_issuer: "ordersys".into(),
             jwt_audience: "ordersys-api".into(),
             jwt_ttl_secs: 900,
+            jwt_leeway_secs: 5,
         }
     }
 }
@@ -53,6 +57,7 @@ impl std::fmt::Debug for Config {
             .field("jwt_issuer", &self.jwt_issuer)
             .field("jwt_audience", &self.jwt_audience)
             .field("jwt_ttl_secs", &self.jwt_ttl_secs)
+            .field("jwt_leeway_secs", &self.jwt_leeway_secs)
             .finish()
     }
 }
@@ -68,6 +73,7 @@ impl Config {
         "JWT_ISSUER",
         "JWT_AUDIENCE",
         "JWT_TTL_SECS",
+        "JWT_LEEWAY_SECS",
     ];
 
     /// Load from defaults, `CONFIG_FILE` and the environment.

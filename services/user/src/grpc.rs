@@ -27,6 +27,7 @@ impl From<UserError> for Status {
             UserError::InvalidCredentials => Status::unauthenticated("invalid email or password"),
             UserError::Unauthenticated(e) => Status::unauthenticated(e.to_string()),
             UserError::NotFound => Status::not_found("user not found"),
+            UserError::Busy => Status::resource_exhausted("too many logins at once; retry shortly"),
             UserError::Unavailable(e) => {
                 tracing::error!(error = %e, "зависимость недоступна");
                 Status::unavailable("a dependency of the user service is unavailable")

@@ -80,7 +80,8 @@ pub async fn run(
             key.verifying_key(),
             &config.jwt_issuer,
             &config.jwt_audience,
-        ),
+        )
+        .with_leeway(std::time::Duration::from_secs(config.jwt_leeway_secs)),
         blacklist,
     );
     let service = service::UserService::new(repo, issuer, auth).await?;

@@ -29,6 +29,10 @@ pub enum UserError {
     /// No such user.
     #[error("user not found")]
     NotFound,
+    /// Too many password hashes queued already (each argon2 run takes ≈ 19 MiB and a
+    /// core for tens of milliseconds): try again shortly.
+    #[error("too many logins and registrations at once")]
+    Busy,
     /// A dependency (database, Redis) is down.
     #[error("dependency unavailable: {0}")]
     Unavailable(String),
@@ -54,6 +58,56 @@ pub struct UserService {
     auth: Authenticator,
     /// Verified against when the e-mail is unknown, so both paths cost one argon2 run.
     dummy_hash: Arc<String>,
+    hashing: Arc<HashGate>,
+}
+
+/// Bounds argon2 work: `running` hashes at once (one per core), at most `queue` more
+/// waiting; beyond that, [`UserError::Busy`] at once instead of a growing pile of
+/// blocking threads and memory.
+#[derive(Debug)]
+pub struct HashGate {
+    running: tokio::sync::Semaphore,
+    waiting: std::sync::atomic::AtomicUsize,
+    queue: usize,
+}
+
+impl HashGate {
+    /// `running` hashes at once, `queue` more waiting.
+    pub fn new(running: usize, queue: usize) -> Self {
+        Self {
+            running: tokio::sync::Semaphore::new(running.max(1)),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+            queue,
+        }
+    }
+
+    /// One per core, and four per core waiting.
+    pub fn per_core() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::new(cores, 4 * cores)
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, UserError> {
+        use std::sync::atomic::Ordering;
+        let permit = match self.running.try_acquire() {
+            Ok(p) => p,
+            Err(_) => {
+                if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.queue {
+                    self.waiting.fetch_sub(1, Ordering::SeqCst);
+                    return Err(UserError::Busy);
+                }
+                let p = self.running.acquire().await;
+                self.waiting.fetch_sub(1, Ordering::SeqCst);
+                p.map_err(|e| UserError::Internal(e.to_string()))?
+            }
+        };
+        let r = blocking(f).await;
+        drop(permit);
+        r
+    }
 }
 
 impl std::fmt::Debug for UserService {
@@ -108,7 +162,14 @@ impl UserService {
             issuer,
             auth,
             dummy_hash: Arc::new(dummy_hash),
+            hashing: Arc::new(HashGate::per_core()),
         })
+    }
+
+    /// Use another bound on concurrent password hashing.
+    pub fn with_hash_gate(mut self, gate: HashGate) -> Self {
+        self.hashing = Arc::new(gate);
+        self
     }
 
     /// Create an account.
@@ -119,7 +180,7 @@ impl UserService {
         if self.repo.by_email(&email).await?.is_some() {
             return Err(UserError::DuplicateEmail);
         }
-        let password_hash = blocking(move || hash(password.expose())).await??;
+        let password_hash = self.hashing.run(move || hash(password.expose())).await??;
         let user = User {
             id: UserId::new(),
             email,
@@ -144,7 +205,7 @@ impl UserService {
             .map(|u| u.password_hash.clone())
             .unwrap_or_else(|| (*self.dummy_hash).clone());
         let pw = password.to_owned();
-        let ok = blocking(move || verify(&pw, &phc)).await?;
+        let ok = self.hashing.run(move || verify(&pw, &phc)).await?;
         match user {
             Some(u) if ok => {
                 let token = self
@@ -282,6 +343,40 @@ mod tests {
             assert!(matches!(err, UserError::InvalidCredentials), "{email}");
             assert_eq!(err.to_string(), "invalid email or password");
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn password_hashing_is_bounded_and_sheds_load_beyond_its_queue() {
+        use std::sync::atomic::Ordering;
+        let gate = Arc::new(HashGate::new(1, 1));
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        // One hash running (held until released)…
+        let running = {
+            let g = gate.clone();
+            tokio::spawn(async move { g.run(move || hold.recv().is_ok()).await })
+        };
+        while gate.running.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        // …one waiting…
+        let queued = {
+            let g = gate.clone();
+            tokio::spawn(async move { g.run(|| true).await })
+        };
+        while gate.waiting.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        // …and the next is turned away at once.
+        assert!(matches!(gate.run(|| true).await, Err(UserError::Busy)));
+        release.send(()).unwrap();
+        assert!(running.await.unwrap().unwrap());
+        assert!(queued.await.unwrap().unwrap());
+        // Room again.
+        assert!(gate.run(|| true).await.unwrap());
+        assert_eq!(
+            tonic::Status::from(UserError::Busy).code(),
+            tonic::Code::ResourceExhausted
+        );
     }
 
     #[tokio::test]
