@@ -296,6 +296,35 @@ async fn bad_input_is_refused_and_lists_paginate() {
         )
         .await;
     assert_eq!((r.status, r.error_code()), (400, "bad_request"));
+    // An Idempotency-Key sent empty is a mistake, not "no key".
+    let r = api
+        .raw(
+            api.client()
+                .post(sys.url("/api/v1/orders"))
+                .bearer_auth(&token)
+                .header("Idempotency-Key", "")
+                .json(&order_body(&[(1, 100)], "USD").unwrap()),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (422, "validation_failed"),
+        "{r:?}"
+    );
+    // A path that is not valid percent-encoded UTF-8 gets the JSON error shape.
+    for path in ["/api/v1/orders/%FF", "/api/v1/orders/%FF/cancel"] {
+        let method = if path.ends_with("cancel") {
+            "POST"
+        } else {
+            "GET"
+        };
+        let r = api.send(method, path, None, Some(&token)).await;
+        assert_eq!(
+            (r.status, r.error_code()),
+            (400, "bad_request"),
+            "{path}: {r:?}"
+        );
+    }
     let many: Vec<(i32, i64)> = vec![(1, 1); 3000];
     let r = api
         .send(
@@ -356,6 +385,12 @@ async fn bad_input_is_refused_and_lists_paginate() {
         .collect();
     assert_eq!(got, [ids[0].as_str()]);
     assert!(p2.body["next_cursor"].is_null());
+    // `?limit=` (empty) is the default page size, not an error.
+    let r = api
+        .send("GET", "/api/v1/orders?limit=", None, Some(&token))
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["orders"].as_array().unwrap().len(), 3);
     for q in ["limit=0", "limit=101", "limit=abc", "cursor=garbage"] {
         let r = api
             .send("GET", &format!("/api/v1/orders?{q}"), None, Some(&token))

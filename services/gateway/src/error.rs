@@ -152,3 +152,29 @@ where
         }
     }
 }
+
+/// `axum::extract::Path`, whose rejections (a segment that is not valid percent-encoded
+/// UTF-8, like `%FF`) are the JSON error shape instead of text.
+#[derive(Debug)]
+pub struct PathParam<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for PathParam<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Self(v)),
+            Err(rejection) => Err(ApiError::bad_request(format!(
+                "malformed path: {}",
+                rejection.body_text()
+            ))),
+        }
+    }
+}

@@ -1396,7 +1396,10 @@ async fn main() -> anyhow::Result<()> {
         all_ended_at.saturating_duration_since(load_stopped).as_secs_f64(),
         after_last_fault.unwrap_or_default(),
     );
-    println!("{}", bench_line(&clients, &window_start, &window_end, slap));
+    if args.faults.is_empty() {
+        // A load measurement (with faults the figures would mean little).
+        println!("{}", bench_line(&clients, &window_start, &window_end, slap));
+    }
     let failed = s.failed() || s.orders == 0;
     {
         let mut d = dep.lock().await;

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use authz::Claims;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -13,7 +13,7 @@ use ordersys_proto::payment::v1 as pay;
 use serde::{Deserialize, Serialize};
 
 use crate::downstream::{call, request};
-use crate::error::{ApiError, JsonBody};
+use crate::error::{ApiError, JsonBody, PathParam};
 use crate::AppState;
 
 /// One line of an order, in and out.
@@ -86,10 +86,17 @@ pub async fn create(
     JsonBody(body): JsonBody<CreateBody>,
 ) -> Result<Response, ApiError> {
     let key = match headers.get("idempotency-key") {
-        Some(v) => v
-            .to_str()
-            .map_err(|_| ApiError::validation("Idempotency-Key must be printable ASCII"))?
-            .to_owned(),
+        Some(v) => {
+            let k = v
+                .to_str()
+                .map_err(|_| ApiError::validation("Idempotency-Key must be printable ASCII"))?;
+            if k.is_empty() {
+                // Sent but empty is a client bug, not "no key": it would silently turn
+                // off the protection against placing an order twice.
+                return Err(ApiError::validation("Idempotency-Key must not be empty"));
+            }
+            k.to_owned()
+        }
         None => String::new(),
     };
     let msg = pb::CreateOrderRequest {
@@ -121,7 +128,7 @@ pub async fn get(
     State(s): State<AppState>,
     Extension(ctx): Extension<RequestContext>,
     Extension(claims): Extension<Claims>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
 ) -> Result<Json<OrderBody>, ApiError> {
     let mut client = s.orders.clone();
     let o = call(
@@ -153,8 +160,9 @@ pub async fn list(
     Extension(claims): Extension<Claims>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Page>, ApiError> {
-    let limit = match q.get("limit") {
-        None => 20,
+    let limit = match q.get("limit").map(String::as_str) {
+        // `?limit=` (empty) is no limit given: the default.
+        None | Some("") => 20,
         Some(l) => l
             .parse::<u32>()
             .ok()
@@ -187,7 +195,7 @@ pub async fn cancel(
     State(s): State<AppState>,
     Extension(ctx): Extension<RequestContext>,
     Extension(claims): Extension<Claims>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
 ) -> Result<Response, ApiError> {
     let mut client = s.orders.clone();
     let o = call(
