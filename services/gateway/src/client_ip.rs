@@ -31,8 +31,11 @@ impl TrustedProxies {
         self.0.iter().any(|n| n.contains(ip))
     }
 
-    /// The client address for a request from `peer` with `headers`.
+    /// The client address for a request from `peer` with `headers`. IPv4 addresses
+    /// mapped into IPv6 (`::ffff:10.0.0.1`, what a dual-stack listener reports) count as
+    /// the IPv4 address, for trust and for the answer.
     pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let peer = peer.to_canonical();
         if !self.trusts(&peer) {
             return peer;
         }
@@ -45,13 +48,27 @@ impl TrustedProxies {
             .map(str::trim)
             .collect::<Vec<_>>();
         for hop in hops.iter().rev() {
-            match hop.parse::<IpAddr>() {
+            match hop.parse::<IpAddr>().map(|ip| ip.to_canonical()) {
                 Ok(ip) if self.trusts(&ip) => client = ip,
                 Ok(ip) => return ip,
                 Err(_) => return client, // garbage: stop at the last address we trust
             }
         }
         client
+    }
+}
+
+/// The rate-limit bucket of a client: an IPv4 address on its own; an IPv6 address by its
+/// /64 — one subscriber usually holds a whole /64 and can pick a new address from it
+/// for every request.
+pub fn rate_limit_key(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let prefix = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
+            format!("{prefix}/64")
+        }
     }
 }
 
@@ -92,5 +109,37 @@ mod tests {
             "10.0.0.1".parse::<IpAddr>().unwrap()
         );
         assert!(TrustedProxies::parse("not-an-ip").is_err());
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_are_ipv4_for_trust_and_answer() {
+        let t = TrustedProxies::parse("10.0.0.0/8").unwrap();
+        // A dual-stack listener reports the proxy as ::ffff:10.1.2.3: still trusted.
+        assert_eq!(
+            t.client_ip("::ffff:10.1.2.3".parse().unwrap(), &xff("::ffff:1.2.3.4")),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            t.client_ip("::ffff:203.0.113.9".parse().unwrap(), &HeaderMap::new()),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn ipv6_clients_share_a_bucket_per_64() {
+        let a = rate_limit_key("2001:db8:1:2:aaaa::1".parse().unwrap());
+        let b = rate_limit_key("2001:db8:1:2:ffff:1:2:3".parse().unwrap());
+        let other = rate_limit_key("2001:db8:1:3::1".parse().unwrap());
+        assert_eq!(a, "2001:db8:1:2::/64");
+        assert_eq!(a, b);
+        assert_ne!(a, other);
+        assert_eq!(
+            rate_limit_key("203.0.113.9".parse().unwrap()),
+            "203.0.113.9"
+        );
+        assert_eq!(
+            rate_limit_key("::ffff:203.0.113.9".parse().unwrap()),
+            "203.0.113.9"
+        );
     }
 }

@@ -292,7 +292,7 @@ async fn rate_limit(State(state): State<AppState>, req: Request, next: Next) -> 
         .map(|c| c.0.ip())
         .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
     let ip = state.proxies.client_ip(peer, req.headers());
-    match state.limiter.check(&ip.to_string()).await {
+    match state.limiter.check(&client_ip::rate_limit_key(ip)).await {
         Ok(d) if !d.allowed => {
             let route = req
                 .extensions()

@@ -46,6 +46,11 @@ pub struct Config {
     pub jwt_leeway_secs: u64,
     /// Requests per minute per client IP (`RATE_LIMIT_PER_MINUTE`, default 100).
     pub rate_limit_per_minute: u32,
+    /// Proxies whose `X-Forwarded-For` is believed (`TRUSTED_PROXIES`, comma-separated
+    /// IPs or CIDRs; default none).
+    pub trusted_proxies: String,
+    /// Largest accepted request body in bytes (`BODY_LIMIT_BYTES`, default 64 KiB).
+    pub body_limit_bytes: usize,
     /// A new account's balance (`INITIAL_BALANCE`, default 100000).
     pub initial_balance: i64,
     /// Payment step deadline (`PAYMENT_DEADLINE_SECS`, default 30).
@@ -65,6 +70,8 @@ impl Default for Config {
             jwt_ttl_secs: 900,
             jwt_leeway_secs: 5,
             rate_limit_per_minute: 100,
+            trusted_proxies: String::new(),
+            body_limit_bytes: 64 * 1024,
             initial_balance: 100_000,
             payment_deadline_secs: 30,
         }
@@ -99,6 +106,8 @@ impl std::fmt::Debug for Config {
                 &ordersys_kit::config::redact(&self.jwt_secret),
             )
             .field("rate_limit_per_minute", &self.rate_limit_per_minute)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("body_limit_bytes", &self.body_limit_bytes)
             .field("initial_balance", &self.initial_balance)
             .finish()
     }
@@ -117,6 +126,8 @@ impl Config {
         "JWT_TTL_SECS",
         "JWT_LEEWAY_SECS",
         "RATE_LIMIT_PER_MINUTE",
+        "TRUSTED_PROXIES",
+        "BODY_LIMIT_BYTES",
         "INITIAL_BALANCE",
         "PAYMENT_DEADLINE_SECS",
     ];
@@ -258,6 +269,8 @@ pub async fn run(
         jwt_secret: secret,
         jwt_leeway_secs: config.jwt_leeway_secs,
         rate_limit_per_minute: config.rate_limit_per_minute,
+        trusted_proxies: config.trusted_proxies.clone(),
+        body_limit_bytes: config.body_limit_bytes,
         ..ordersys_gateway::Config::default()
     };
     // The gateway reads revocations where the user service writes them.
