@@ -250,6 +250,32 @@ async fn idempotency_on(sqlite: bool) {
     assert_eq!(balance(&api, &token).await, 100_000 - 1000);
     let o = wait_order(&api, &token, &id, status_is("CONFIRMED")).await;
     assert_eq!(o["saga_state"], "COMPLETED");
+
+    // The same key with a different order: refused, nothing placed, nobody charged.
+    let with_key = |key: &'static str, quantity: i32| {
+        api.raw(
+            api.client()
+                .post(sys.url("/api/v1/orders"))
+                .bearer_auth(&token)
+                .header("idempotency-key", key)
+                .json(&order_body(&[(quantity, 1000)], "USD").unwrap()),
+        )
+    };
+    let other = with_key("checkout-7f3a", 2).await;
+    assert_eq!(
+        (other.status, other.error_code()),
+        (422, "idempotency_key_reused"),
+        "{other:?}"
+    );
+    // Keys are case-sensitive: another spelling is another key, another order.
+    let upper = with_key("CHECKOUT-7F3A", 1).await;
+    assert_eq!(upper.status, 201, "{upper:?}");
+    let upper_id = upper.body["order_id"].as_str().unwrap().to_owned();
+    assert_ne!(upper_id, id);
+    wait_order(&api, &token, &upper_id, status_is("CONFIRMED")).await;
+    let list = api.send("GET", "/api/v1/orders", None, Some(&token)).await;
+    assert_eq!(list.body["orders"].as_array().unwrap().len(), 2);
+    assert_eq!(balance(&api, &token).await, 100_000 - 2000);
     sys.stop().await;
 }
 

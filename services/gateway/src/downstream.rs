@@ -48,6 +48,20 @@ pub fn is_outage(s: &Status) -> bool {
 
 /// Map a downstream status to the REST error.
 pub fn to_api_error(service: &str, s: &Status) -> ApiError {
+    // A precise code named by the service wins over the status code's default.
+    if let Some(code) = s
+        .metadata()
+        .get(ordersys_kit::context::ERROR_CODE)
+        .and_then(|v| v.to_str().ok())
+    {
+        if code == "idempotency_key_reused" {
+            return ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                s.message(),
+            );
+        }
+    }
     match s.code() {
         Code::InvalidArgument | Code::OutOfRange => ApiError::validation(s.message()),
         // A state conflict: e.g. cancelling a cancelled order.
@@ -111,5 +125,23 @@ mod tests {
         assert_eq!(e.code, "overloaded");
         assert_eq!(e.retry_after, Some(1));
         assert!(is_outage(&Status::unavailable("down")));
+    }
+
+    #[test]
+    fn a_reused_idempotency_key_is_a_422_with_its_own_code() {
+        let mut st = Status::failed_precondition("used for a different order");
+        st.metadata_mut().insert(
+            ordersys_kit::context::ERROR_CODE,
+            "idempotency_key_reused".parse().unwrap(),
+        );
+        let e = to_api_error("order", &st);
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+        );
+        assert!(!is_outage(&st));
+        // Without the metadata, the status code's default.
+        let plain = to_api_error("order", &Status::failed_precondition("x"));
+        assert_eq!(plain.status, StatusCode::CONFLICT);
     }
 }

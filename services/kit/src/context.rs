@@ -15,6 +15,9 @@ use tracing::Instrument;
 pub const CORRELATION_ID: &str = "x-correlation-id";
 /// W3C `traceparent`.
 pub const TRACEPARENT: &str = "traceparent";
+/// gRPC metadata naming a REST error code more precise than the status code (e.g.
+/// `idempotency_key_reused` on a `FAILED_PRECONDITION`), for the gateway to answer with.
+pub const ERROR_CODE: &str = "x-error-code";
 
 /// What identifies a request across services.
 #[derive(Clone, PartialEq, Eq)]

@@ -32,6 +32,14 @@ impl From<OrderError> for Status {
                 Status::failed_precondition("order is already cancelled")
             }
             OrderError::InProgress => Status::aborted(e.to_string()),
+            OrderError::KeyReused => {
+                let mut st = Status::failed_precondition(e.to_string());
+                st.metadata_mut().insert(
+                    ordersys_kit::context::ERROR_CODE,
+                    tonic::metadata::MetadataValue::from_static("idempotency_key_reused"),
+                );
+                st
+            }
             OrderError::Unavailable(msg) => {
                 tracing::error!(error = %msg, "зависимость недоступна");
                 Status::unavailable("a dependency of the order service is unavailable")

@@ -28,6 +28,10 @@ pub enum OrderError {
     /// Cancelling a cancelled order.
     #[error("order is already cancelled")]
     AlreadyCancelled,
+    /// The Idempotency-Key was used before for a different order (other items or
+    /// currency): refused rather than answered with the first order.
+    #[error("this Idempotency-Key was used for a different order")]
+    KeyReused,
     /// The same Idempotency-Key is being processed right now.
     #[error("a request with this Idempotency-Key is in progress")]
     InProgress,
@@ -51,6 +55,17 @@ impl From<saga_core::Error> for OrderError {
 impl From<outbox::Error> for OrderError {
     fn from(e: outbox::Error) -> Self {
         Self::Unavailable(e.to_string())
+    }
+}
+
+/// The order an Idempotency-Key already points at, if this request is the same one (same
+/// items in the same order, same currency); another request under a used key is
+/// [`OrderError::KeyReused`]. The stored order is the fingerprint: nothing else to keep.
+fn replay(order: Order, new: &NewOrder) -> Result<Order, OrderError> {
+    if order.items == new.items && order.currency == new.currency {
+        Ok(order)
+    } else {
+        Err(OrderError::KeyReused)
     }
 }
 
@@ -179,7 +194,7 @@ impl<B: Backend> OrderService<B> {
                         .and_then(|s| Uuid::parse_str(s).ok())
                     {
                         if let Some(order) = self.load(o).await? {
-                            return Ok(order);
+                            return replay(order, &new);
                         }
                     }
                 }
@@ -187,7 +202,8 @@ impl<B: Backend> OrderService<B> {
                     // Another request with this key is being handled: give it a moment.
                     for _ in 0..20 {
                         if let Some(id) = self.repo.by_idempotency_key(user, k).await? {
-                            return self.load(id).await?.ok_or(OrderError::NotFound);
+                            let order = self.load(id).await?.ok_or(OrderError::NotFound)?;
+                            return replay(order, &new);
                         }
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
@@ -256,7 +272,8 @@ impl<B: Backend> OrderService<B> {
                 .by_idempotency_key(user, key.unwrap_or_default())
                 .await?
                 .ok_or(OrderError::NotFound)?;
-            return self.load(existing).await?.ok_or(OrderError::NotFound);
+            let order = self.load(existing).await?.ok_or(OrderError::NotFound)?;
+            return replay(order, &new);
         };
         let bytes = Bytes::from(serde_json::to_vec(&data).expect("saga data serialises"));
         let applied = self
