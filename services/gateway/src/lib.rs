@@ -182,7 +182,8 @@ pub fn app_with(config: &Config, backends: Backends) -> anyhow::Result<Router> {
     let order_channel = downstream::channel(&config.order_service_url, timeout)?;
     let payment_channel = downstream::channel(&config.payment_service_url, timeout)?;
 
-    let mut admin = Admin::new("gateway");
+    // Served on the public port: readiness without backend error text.
+    let mut admin = Admin::new("gateway").public();
     if let Some(conn) = backends.redis {
         admin = admin.redis(conn);
     }

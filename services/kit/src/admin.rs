@@ -23,6 +23,8 @@ pub struct Admin {
     service: &'static str,
     checks: Vec<(&'static str, Check)>,
     registry: Registry,
+    /// Served to the public: failed checks are named, their error text only logged.
+    public: bool,
 }
 
 impl std::fmt::Debug for Admin {
@@ -40,7 +42,16 @@ impl Admin {
             service,
             checks: Vec::new(),
             registry: Registry::new(),
+            public: false,
         }
+    }
+
+    /// For endpoints on a public port (the gateway's): `/readyz` names the checks that
+    /// failed but not why — backend error text (hosts, ports, driver messages) is for
+    /// the logs, not for anyone on the internet.
+    pub fn public(mut self) -> Self {
+        self.public = true;
+        self
     }
 
     /// Add a readiness check named `name`.
@@ -145,8 +156,17 @@ async fn readyz(State(a): State<Arc<Admin>>) -> Response {
                 .into_response()
         }
         Err(failed) => {
-            let checks: serde_json::Map<String, serde_json::Value> =
-                failed.into_iter().map(|(n, e)| (n, e.into())).collect();
+            let checks: serde_json::Map<String, serde_json::Value> = failed
+                .into_iter()
+                .map(|(n, e)| {
+                    if a.public {
+                        tracing::warn!(check = %n, error = %e, "проверка готовности не прошла");
+                        (n, "unavailable".into())
+                    } else {
+                        (n, e.into())
+                    }
+                })
+                .collect();
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 Json(serde_json::json!({ "status": "not_ready", "service": a.service, "pid": std::process::id(), "failed": checks })),
@@ -177,4 +197,45 @@ pub async fn serve(
     )
     .with_graceful_shutdown(shutdown)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt as _;
+
+    async fn readyz_body(admin: Admin) -> (StatusCode, serde_json::Value) {
+        let r = admin
+            .router()
+            .oneshot(
+                axum::http::Request::get("/readyz")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = r.status();
+        let bytes = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    fn failing() -> Admin {
+        Admin::new("test").check("mysql", || async {
+            Err("error connecting to 10.0.0.7:3306: access denied for user 'svc'".to_owned())
+        })
+    }
+
+    #[tokio::test]
+    async fn a_public_readyz_names_the_failed_check_without_its_error_text() {
+        let (status, body) = readyz_body(failing().public()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["failed"]["mysql"], "unavailable");
+        assert!(!body.to_string().contains("10.0.0.7"), "{body}");
+        // The admin port (internal) keeps the detail.
+        let (_, body) = readyz_body(failing()).await;
+        assert!(body["failed"]["mysql"]
+            .as_str()
+            .unwrap()
+            .contains("10.0.0.7"));
+    }
 }
