@@ -720,3 +720,53 @@ async fn sigterm_mid_requests_stops_cleanly_and_leaves_nothing_half_done() {
     );
     sys.stop().await;
 }
+
+/// A client that sends its headers and then drips (here: stops) its body is answered
+/// 408 in the JSON shape once `REQUEST_TIMEOUT_SECS` passes, and its connection freed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_dripping_its_body_gets_a_408() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let sys = System::start(Options {
+        gateway_env: vec![
+            ("RATE_LIMIT_PER_MINUTE".into(), "100000".into()),
+            ("REQUEST_TIMEOUT_SECS".into(), "1".into()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let api = Api::new(&sys.base);
+    let token = api.signup(&email(), "password-123").await;
+    let mut s = tokio::net::TcpStream::connect(sys.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    s.write_all(
+        format!(
+            "POST /api/v1/orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"items\""
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            got.extend_from_slice(&buf[..n]);
+            if n == 0 || String::from_utf8_lossy(&got).contains("request_timeout") {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("no answer to a request whose body never came");
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    assert!(got.contains("\"request_timeout\""), "{got}");
+    // Nothing was placed.
+    let r = api.send("GET", "/api/v1/orders", None, Some(&token)).await;
+    assert_eq!(r.body["orders"].as_array().unwrap().len(), 0);
+    sys.stop().await;
+}

@@ -41,6 +41,9 @@ pub struct Config {
     pub breaker_open_secs: u64,
     /// Per-call deadline for downstream gRPC calls in ms (`DOWNSTREAM_TIMEOUT_MS`, 3000).
     pub downstream_timeout_ms: u64,
+    /// A whole request — reading its body included — must be answered within this many
+    /// seconds, else 408 (`REQUEST_TIMEOUT_SECS`, 30). Headers must arrive within 10 s.
+    pub request_timeout_secs: u64,
 }
 
 impl Default for Config {
@@ -62,6 +65,7 @@ impl Default for Config {
             breaker_failure_threshold: 5,
             breaker_open_secs: 30,
             downstream_timeout_ms: 3000,
+            request_timeout_secs: 30,
         }
     }
 }
@@ -87,6 +91,7 @@ impl std::fmt::Debug for Config {
             .field("breaker_failure_threshold", &self.breaker_failure_threshold)
             .field("breaker_open_secs", &self.breaker_open_secs)
             .field("downstream_timeout_ms", &self.downstream_timeout_ms)
+            .field("request_timeout_secs", &self.request_timeout_secs)
             .finish()
     }
 }
@@ -110,6 +115,7 @@ impl Config {
         "BREAKER_FAILURE_THRESHOLD",
         "BREAKER_OPEN_SECS",
         "DOWNSTREAM_TIMEOUT_MS",
+        "REQUEST_TIMEOUT_SECS",
     ];
 
     /// Load from defaults, `CONFIG_FILE` and the environment.

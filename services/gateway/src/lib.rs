@@ -257,9 +257,27 @@ pub fn app_with(config: &Config, backends: Backends) -> anyhow::Result<Router> {
         .with_state(state.clone())
         .merge(admin.router())
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
+        .layer(middleware::from_fn_with_state(
+            Duration::from_secs(config.request_timeout_secs.max(1)),
+            request_timeout,
+        ))
         .layer(middleware::from_fn(error::with_correlation_id))
         .layer(middleware::from_fn_with_state(state, observe))
         .layer(ContextLayer))
+}
+
+/// A request not answered within `limit` (a client dripping its body, a handler stuck
+/// on a dependency beyond its own deadline) is answered 408 and its handling dropped.
+async fn request_timeout(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request took too long",
+        )
+        .into_response(),
+    }
 }
 
 /// Count and time every request by its route template.

@@ -185,18 +185,104 @@ async fn metrics(State(a): State<Arc<Admin>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], buf).into_response()
 }
 
-/// Serve `router` on `listener` until `shutdown` resolves.
+/// Limits of an HTTP server: what a slow or greedy client can hold.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// A request's headers must arrive within this, counted from the connection's first
+    /// byte or the end of the previous response (default 10 s): a client trickling its
+    /// headers (slowloris) or holding an idle keep-alive connection is cut off.
+    pub header_read_timeout: Duration,
+    /// Connections served at once (default 4096); more wait, unaccepted, in the listen
+    /// backlog until one closes.
+    pub max_connections: usize,
+    /// How long a graceful stop waits for requests in flight (default 30 s).
+    pub drain_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Serve `router` on `listener` until `shutdown` resolves, with the default
+/// [`HttpLimits`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    serve_with(listener, router, HttpLimits::default(), shutdown).await
+}
+
+/// Serve `router` on `listener` until `shutdown` resolves (then finish the requests in
+/// flight, for at most `limits.drain_timeout`). HTTP/1.1 and HTTP/2; handlers see the
+/// peer address as `ConnectInfo<SocketAddr>`.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.header_read_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            () = &mut shutdown => break,
+            s = slots.clone().acquire_owned() => s.expect("the semaphore is never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // E.g. out of file descriptors: do not spin.
+                    tracing::warn!(error = %e, "не удалось принять соединение");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let router = router.clone();
+        let service =
+            hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                tower::ServiceExt::oneshot(router.clone(), req.map(axum::body::Body::new))
+            });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            // Errors here are the client's (reset, timed out headers): nothing to do.
+            let _ = conn.await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("не все запросы завершились за отведённое время остановки");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -223,6 +309,87 @@ mod tests {
         Admin::new("test").check("mysql", || async {
             Err("error connecting to 10.0.0.7:3306: access denied for user 'svc'".to_owned())
         })
+    }
+
+    /// A server on a free port with `limits`; its address and the stop switch.
+    async fn server(
+        limits: HttpLimits,
+    ) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(serve_with(
+            listener,
+            Admin::new("test").router(),
+            limits,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        (addr, stop)
+    }
+
+    /// Read until the server closes the connection; what it sent.
+    async fn read_to_close(s: &mut tokio::net::TcpStream) -> String {
+        use tokio::io::AsyncReadExt as _;
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf).await;
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_client_trickling_its_headers_is_cut_off() {
+        use tokio::io::AsyncWriteExt as _;
+        let (addr, _stop) = server(HttpLimits {
+            header_read_timeout: Duration::from_millis(300),
+            ..HttpLimits::default()
+        })
+        .await;
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        // …and never the blank line. The server closes the connection (a 408 at most);
+        // without the timeout this read would wait forever (the test would time out).
+        let got = tokio::time::timeout(Duration::from_secs(10), read_to_close(&mut slow))
+            .await
+            .expect("the server held a slowloris connection open");
+        assert!(!got.contains("200 OK"), "{got}");
+        // A well-behaved client on another connection is served meanwhile.
+        let mut ok = tokio::net::TcpStream::connect(addr).await.unwrap();
+        ok.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(read_to_close(&mut ok).await.starts_with("HTTP/1.1 200 OK"));
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_limit_wait_until_one_closes() {
+        use tokio::io::AsyncWriteExt as _;
+        let (addr, _stop) = server(HttpLimits {
+            max_connections: 1,
+            ..HttpLimits::default()
+        })
+        .await;
+        let held = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut next = tokio::net::TcpStream::connect(addr).await.unwrap();
+        next.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        // Not served while the first connection holds the only slot…
+        let mut read = Box::pin(read_to_close(&mut next));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), &mut read)
+                .await
+                .is_err(),
+            "a second connection was served beyond the limit"
+        );
+        // …and served once it closes.
+        drop(held);
+        let got = tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .unwrap();
+        assert!(got.starts_with("HTTP/1.1 200 OK"), "{got}");
     }
 
     #[tokio::test]
