@@ -361,6 +361,20 @@ async fn bad_input_is_refused_and_lists_paginate() {
         )
         .await;
     assert_eq!((r.status, r.error_code()), (413, "payload_too_large"));
+    // A 10 MB body from a client that writes its whole request before reading (curl,
+    // most simple clients): it gets to read the 413, not a reset connection.
+    let got = write_then_read(
+        &sys.base,
+        &format!(
+            "POST /api/v1/orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            10 << 20
+        ),
+        &vec![b'x'; 10 << 20],
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 413"), "{got}");
+    assert!(got.contains("\"payload_too_large\""), "{got}");
     let r = api
         .send(
             "POST",
@@ -769,4 +783,25 @@ async fn a_client_dripping_its_body_gets_a_408() {
     let r = api.send("GET", "/api/v1/orders", None, Some(&token)).await;
     assert_eq!(r.body["orders"].as_array().unwrap().len(), 0);
     sys.stop().await;
+}
+
+/// Send `head` and `body` on a new connection, all of it, and only then read the answer
+/// to the end (the server closes after it).
+async fn write_then_read(base: &str, head: &str, body: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let io = async {
+        s.write_all(head.as_bytes()).await?;
+        s.write_all(body).await?;
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await?;
+        Ok::<_, std::io::Error>(got)
+    };
+    let got = tokio::time::timeout(Duration::from_secs(30), io)
+        .await
+        .expect("no answer within 30 s")
+        .unwrap_or_else(|e| panic!("the connection failed before the answer was read: {e}"));
+    String::from_utf8_lossy(&got).into_owned()
 }

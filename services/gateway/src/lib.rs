@@ -258,12 +258,55 @@ pub fn app_with(config: &Config, backends: Backends) -> anyhow::Result<Router> {
         .merge(admin.router())
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
         .layer(middleware::from_fn_with_state(
+            config.body_limit_bytes,
+            refuse_oversized,
+        ))
+        .layer(middleware::from_fn_with_state(
             Duration::from_secs(config.request_timeout_secs.max(1)),
             request_timeout,
         ))
         .layer(middleware::from_fn(error::with_correlation_id))
         .layer(middleware::from_fn_with_state(state, observe))
         .layer(ContextLayer))
+}
+
+/// Bodies declared larger than this are not even read through: the connection is closed
+/// after the 413 (the client may then see a reset instead of the answer).
+const DRAIN_MAX_BYTES: u64 = 16 * 1024 * 1024;
+
+/// A body declared (`Content-Length`) over the limit: 413 in the JSON shape, after
+/// reading and dropping what the client sends — a server that answers and closes while
+/// the client is still writing makes the client's kernel see a reset, and the client
+/// never reads the answer. Bounded by [`DRAIN_MAX_BYTES`] and the request timeout.
+async fn refuse_oversized(State(limit): State<usize>, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let Some(declared) = declared.filter(|n| *n > limit as u64) else {
+        return next.run(req).await;
+    };
+    let mut response = ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("request body is too large (limit {limit} bytes)"),
+    )
+    .into_response();
+    if declared <= DRAIN_MAX_BYTES {
+        use http_body_util::BodyExt as _;
+        let mut body = req.into_body();
+        while let Some(frame) = body.frame().await {
+            if frame.is_err() {
+                break;
+            }
+        }
+    }
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 /// A request not answered within `limit` (a client dripping its body, a handler stuck
