@@ -294,6 +294,11 @@ async fn bad_input_is_refused_and_lists_paginate() {
         ),
         ("zero price", order_body(&[(1, 0)], "USD").unwrap()),
         ("unknown currency", order_body(&[(1, 100)], "XYZ").unwrap()),
+        // A real currency, but the wallets hold USD: it could never be paid.
+        (
+            "currency no wallet holds",
+            order_body(&[(1, 100)], "EUR").unwrap(),
+        ),
         (
             "missing currency",
             json!({ "items": [{ "product_id": "a", "quantity": 1, "unit_price": 1 }] }),

@@ -25,6 +25,10 @@ pub struct Config {
     /// recognised (`INBOX_RETENTION_HOURS`, default 168 = Kafka's default log
     /// retention). Purged hourly.
     pub inbox_retention_hours: u64,
+    /// Currencies orders may be placed in: those the payment service's wallets hold
+    /// (`ACCEPTED_CURRENCIES`, comma-separated, default `USD` = the payment service's
+    /// default `ACCOUNT_CURRENCY`; empty: any known currency).
+    pub accepted_currencies: String,
     /// Kafka client settings (`KAFKA_FETCH_WAIT_MAX_MS`, `KAFKA_LINGER_MS`,
     /// `KAFKA_MAX_IN_FLIGHT`).
     #[serde(flatten)]
@@ -42,6 +46,7 @@ impl Default for Config {
             kafka_topic_prefix: String::new(),
             payment_deadline_secs: 30,
             inbox_retention_hours: 168,
+            accepted_currencies: "USD".into(),
             kafka: Default::default(),
         }
     }
@@ -58,6 +63,7 @@ impl std::fmt::Debug for Config {
             .field("kafka_topic_prefix", &self.kafka_topic_prefix)
             .field("payment_deadline_secs", &self.payment_deadline_secs)
             .field("inbox_retention_hours", &self.inbox_retention_hours)
+            .field("accepted_currencies", &self.accepted_currencies)
             .field("kafka", &self.kafka)
             .finish()
     }
@@ -74,6 +80,7 @@ impl Config {
         "KAFKA_TOPIC_PREFIX",
         "PAYMENT_DEADLINE_SECS",
         "INBOX_RETENTION_HOURS",
+        "ACCEPTED_CURRENCIES",
         "KAFKA_FETCH_WAIT_MAX_MS",
         "KAFKA_LINGER_MS",
         "KAFKA_MAX_IN_FLIGHT",

@@ -73,6 +73,9 @@ pub enum ValidationError {
     /// Not a supported currency.
     #[error("unknown currency {0:?}")]
     BadCurrency(String),
+    /// A currency no wallet holds: the debit could only ever be declined.
+    #[error("currency {0} is not accepted here (wallets hold {1})")]
+    CurrencyNotAccepted(String, String),
     /// The total does not fit.
     #[error("order total is too large")]
     Overflow,

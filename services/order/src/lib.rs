@@ -199,6 +199,14 @@ async fn serve<B: saga::Backend, I: Inbox<Tx = B::Tx> + Clone>(
         cache.clone(),
         idempotency,
         relay_handle.clone(),
+    )
+    .accepting(
+        config
+            .accepted_currencies
+            .split(',')
+            .map(|c| c.trim().to_owned())
+            .filter(|c| !c.is_empty())
+            .collect(),
     );
     let replies = saga::ReplyHandler::<B>::new(
         orchestrator.clone(),

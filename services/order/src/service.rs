@@ -97,6 +97,8 @@ pub struct OrderService<B: Backend> {
     cache: Arc<dyn Cache>,
     idempotency: Arc<dyn IdempotencyStore>,
     relay: RelayHandle,
+    /// Currencies the wallets hold; empty: any known currency.
+    accepted: Arc<Vec<String>>,
 }
 
 impl<B: Backend> Clone for OrderService<B> {
@@ -108,6 +110,7 @@ impl<B: Backend> Clone for OrderService<B> {
             cache: self.cache.clone(),
             idempotency: self.idempotency.clone(),
             relay: self.relay.clone(),
+            accepted: self.accepted.clone(),
         }
     }
 }
@@ -142,7 +145,16 @@ impl<B: Backend> OrderService<B> {
             cache,
             idempotency,
             relay,
+            accepted: Arc::new(Vec::new()),
         }
+    }
+
+    /// Accept orders only in these currencies (those the wallets hold): an order no
+    /// wallet can pay is refused up front (422) instead of placed and then always
+    /// cancelled. Empty: any known currency.
+    pub fn accepting(mut self, currencies: Vec<String>) -> Self {
+        self.accepted = Arc::new(currencies);
+        self
     }
 
     fn to_order(&self, row: OrderRow) -> Order {
@@ -183,6 +195,13 @@ impl<B: Backend> OrderService<B> {
     ) -> Result<Order, OrderError> {
         let user = user_id(user)?;
         let new = NewOrder::new(items, currency)?;
+        if !self.accepted.is_empty() && !self.accepted.iter().any(|c| *c == new.currency) {
+            return Err(ValidationError::CurrencyNotAccepted(
+                new.currency,
+                self.accepted.join(", "),
+            )
+            .into());
+        }
         let key = idempotency_key(idempotency)?;
         let redis_key = key.as_ref().map(|k| format!("order:{user}:{k}"));
 
@@ -680,6 +699,28 @@ mod tests {
             serde_json::to_value(&read).unwrap(),
             serde_json::to_value(&placed).unwrap()
         );
+        f.close().await;
+    }
+
+    #[tokio::test]
+    async fn an_order_no_wallet_can_pay_is_refused_up_front() {
+        let f = Fixture::new(Arc::new(outbox::idempotency::MemoryIdempotencyStore::new())).await;
+        let service = f.service.clone().accepting(vec!["USD".into()]);
+        let user = Uuid::now_v7().to_string();
+        let e = service
+            .create(&user, one_line(), "EUR", "", None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, OrderError::Validation(ValidationError::CurrencyNotAccepted(ref c, _)) if c == "EUR"),
+            "{e:?}"
+        );
+        // Nothing placed.
+        assert!(service.list(&user, 10, "").await.unwrap().0.is_empty());
+        service
+            .create(&user, one_line(), "USD", "", None)
+            .await
+            .unwrap();
         f.close().await;
     }
 
