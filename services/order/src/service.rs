@@ -195,7 +195,7 @@ impl<B: Backend> OrderService<B> {
     ) -> Result<Order, OrderError> {
         let user = user_id(user)?;
         let new = NewOrder::new(items, currency)?;
-        if !self.accepted.is_empty() && !self.accepted.iter().any(|c| *c == new.currency) {
+        if !self.accepted.is_empty() && !self.accepted.contains(&new.currency) {
             return Err(ValidationError::CurrencyNotAccepted(
                 new.currency,
                 self.accepted.join(", "),
