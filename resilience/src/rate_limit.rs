@@ -65,8 +65,23 @@ pub trait RateLimiter: Send + Sync {
 pub struct MemoryRateLimiter {
     limit: u32,
     window: Duration,
-    counters: Mutex<HashMap<String, (u32, Instant)>>,
+    counters: Mutex<Counters>,
 }
+
+/// Windows per client, and when to sweep the expired ones next.
+#[derive(Debug)]
+struct Counters {
+    map: HashMap<String, (u32, Instant)>,
+    /// Sweep when the map grows past this: at least [`SWEEP_FROM`], and twice what the
+    /// last sweep left — so a map full of live windows is not scanned on every call
+    /// (amortised O(1) per call instead of O(clients)).
+    sweep_at: usize,
+    #[cfg(test)]
+    sweeps: usize,
+}
+
+/// Entries kept before expired windows are swept out.
+const SWEEP_FROM: usize = 100_000;
 
 impl MemoryRateLimiter {
     /// `limit` requests per `window` per client.
@@ -74,7 +89,12 @@ impl MemoryRateLimiter {
         Self {
             limit,
             window,
-            counters: Mutex::new(HashMap::new()),
+            counters: Mutex::new(Counters {
+                map: HashMap::new(),
+                sweep_at: SWEEP_FROM,
+                #[cfg(test)]
+                sweeps: 0,
+            }),
         }
     }
 }
@@ -83,11 +103,17 @@ impl MemoryRateLimiter {
 impl RateLimiter for MemoryRateLimiter {
     async fn check(&self, client: &str) -> Result<RateDecision, RateLimitError> {
         let now = Instant::now();
-        let mut map = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() > 100_000 {
-            map.retain(|_, (_, end)| *end > now);
+        let mut c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        if c.map.len() > c.sweep_at {
+            c.map.retain(|_, (_, end)| *end > now);
+            c.sweep_at = SWEEP_FROM.max(2 * c.map.len());
+            #[cfg(test)]
+            {
+                c.sweeps += 1;
+            }
         }
-        let entry = map
+        let entry = c
+            .map
             .entry(client.to_owned())
             .or_insert((0, now + self.window));
         if entry.1 <= now {
@@ -225,5 +251,32 @@ pub mod conformance {
     fn uuid_like() -> String {
         use rand::Rng;
         format!("{:016x}", rand::rng().random::<u64>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn many_live_clients_are_swept_rarely_not_on_every_call() {
+        let limiter = MemoryRateLimiter::new(10, Duration::from_secs(60));
+        for i in 0..=SWEEP_FROM {
+            limiter.check(&format!("c{i}")).await.unwrap();
+        }
+        // Past the threshold with every window live: one sweep, which keeps them all…
+        limiter.check("one-more").await.unwrap();
+        let sweeps = |l: &MemoryRateLimiter| l.counters.lock().unwrap().sweeps;
+        assert_eq!(sweeps(&limiter), 1);
+        // …and the next calls do not scan again until the map has doubled.
+        for i in 0..1000 {
+            limiter.check(&format!("d{i}")).await.unwrap();
+        }
+        assert_eq!(sweeps(&limiter), 1);
+        // The limits still hold.
+        for _ in 0..9 {
+            assert!(limiter.check("c0").await.unwrap().allowed);
+        }
+        assert!(!limiter.check("c0").await.unwrap().allowed);
     }
 }

@@ -237,7 +237,8 @@ async fn logout_revokes_only_that_token() {
 async fn forged_tokens_are_refused() {
     let sys = System::start(Options::default()).await;
     let api = Api::new(&sys.base);
-    let token = api.signup(&email(), "password-123").await;
+    let address = email();
+    let token = api.signup(&address, "password-123").await;
     let me = api.send("GET", "/api/v1/auth/me", None, Some(&token)).await;
     let user_id = me.body["user_id"].as_str().unwrap().to_owned();
 
@@ -280,15 +281,67 @@ async fn forged_tokens_are_refused() {
         "ordersys",
         "ordersys-api",
     )
-    .issue(user_id)
+    .issue(user_id.clone())
     .unwrap()
     .token;
+
+    // Right key, wrong claims.
+    let issued = |iss: &str, aud: &str, at: i64| {
+        TokenIssuer::new(key.clone(), iss, aud)
+            .with_clock(Clock::fixed(at))
+            .issue(user_id.clone())
+            .unwrap()
+    };
+    let not_yet_valid = issued("ordersys", "ordersys-api", now + 3600).token;
+    let wrong_issuer = issued("someone-else", "ordersys-api", now).token;
+    let wrong_audience = issued("ordersys", "another-api", now).token;
+    let mut no_jti = issued("ordersys", "ordersys-api", now).claims;
+    no_jti.jti = String::new();
+    let no_jti = TokenIssuer::new(key.clone(), "ordersys", "ordersys-api")
+        .sign(no_jti)
+        .unwrap()
+        .token;
+    // Algorithm confusion: valid claims, signed EdDSA instead of the HS256 the gateway
+    // is configured for.
+    let ed = SigningKey::ed25519_from_pem(
+        include_bytes!("../../../authz/tests/keys/ed25519.pem"),
+        include_bytes!("../../../authz/tests/keys/ed25519.pub.pem"),
+    )
+    .unwrap();
+    let eddsa = TokenIssuer::new(ed, "ordersys", "ordersys-api")
+        .issue(user_id.clone())
+        .unwrap()
+        .token;
+    let truncated = token[..token.len() - 8].to_owned();
+    let oversized = format!("{token}{}", "A".repeat(16 * 1024));
+    // Revoked: logged out, then used again.
+    let r = api
+        .send(
+            "POST",
+            "/api/v1/auth/login",
+            creds(&address, "password-123"),
+            None,
+        )
+        .await;
+    let revoked = r.body["access_token"].as_str().unwrap().to_owned();
+    let r = api
+        .send("POST", "/api/v1/auth/logout", None, Some(&revoked))
+        .await;
+    assert_eq!(r.status, 204, "{r:?}");
 
     for (name, t) in [
         ("tampered", &tampered),
         ("expired", &expired),
         ("alg none", &none),
         ("other key", &other),
+        ("not yet valid", &not_yet_valid),
+        ("wrong issuer", &wrong_issuer),
+        ("wrong audience", &wrong_audience),
+        ("missing jti", &no_jti),
+        ("EdDSA instead of HS256", &eddsa),
+        ("truncated", &truncated),
+        ("oversized", &oversized),
+        ("revoked", &revoked),
     ] {
         let r = api.send("GET", "/api/v1/auth/me", None, Some(t)).await;
         assert_eq!(r.status, 401, "{name}: {r:?}");
