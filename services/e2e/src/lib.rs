@@ -749,6 +749,26 @@ impl Api {
         }
     }
 
+    /// Log in; the access token.
+    pub async fn login(&self, email: &str, password: &str) -> String {
+        let creds = serde_json::json!({ "email": email, "password": password });
+        let r = self
+            .send("POST", "/api/v1/auth/login", Some(creds), None)
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        r.body["access_token"].as_str().expect("token").to_owned()
+    }
+
+    /// A token of a new session of `email`, already logged out (revoked).
+    pub async fn revoked_token(&self, email: &str, password: &str) -> String {
+        let token = self.login(email, password).await;
+        let r = self
+            .send("POST", "/api/v1/auth/logout", None, Some(&token))
+            .await;
+        assert_eq!(r.status, 204, "{r:?}");
+        token
+    }
+
     /// Register, then log in; returns the access token.
     pub async fn signup(&self, email: &str, password: &str) -> String {
         let creds = serde_json::json!({ "email": email, "password": password });

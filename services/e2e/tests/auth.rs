@@ -315,19 +315,7 @@ async fn forged_tokens_are_refused() {
     let truncated = token[..token.len() - 8].to_owned();
     let oversized = format!("{token}{}", "A".repeat(16 * 1024));
     // Revoked: logged out, then used again.
-    let r = api
-        .send(
-            "POST",
-            "/api/v1/auth/login",
-            creds(&address, "password-123"),
-            None,
-        )
-        .await;
-    let revoked = r.body["access_token"].as_str().unwrap().to_owned();
-    let r = api
-        .send("POST", "/api/v1/auth/logout", None, Some(&revoked))
-        .await;
-    assert_eq!(r.status, 204, "{r:?}");
+    let revoked = api.revoked_token(&address, "password-123").await;
 
     for (name, t) in [
         ("tampered", &tampered),
