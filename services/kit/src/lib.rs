@@ -13,6 +13,7 @@ pub mod messaging;
 pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 
 /// The sockets a gRPC service serves on.
 #[derive(Debug)]
