@@ -105,9 +105,51 @@ pub struct Service {
     ready_url: Option<String>,
 }
 
+/// The development CA and service certificates (`scripts/dev-certs`), made once per
+/// test process.
+pub fn dev_certs() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("ordersys-e2e-certs-{}", std::process::id()));
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/dev-certs");
+        let out = Command::new(&script)
+            .arg(&dir)
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "scripts/dev-certs failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    })
+}
+
+/// The mutual-TLS settings (`TLS_CERT`, `TLS_KEY`, `TLS_CA`) of a separate service
+/// (`ordersys-user` → the `user` certificate), unless `env` already says how its gRPC is
+/// secured: the test suite runs with mutual TLS on, as production does.
+fn with_tls(name: &str, mut env: HashMap<String, String>) -> HashMap<String, String> {
+    let Some(cert) = name.strip_prefix("ordersys-") else {
+        return env;
+    };
+    let separate = ["user", "order", "payment", "gateway"].contains(&cert);
+    if separate && !env.contains_key("TLS_CERT") && !env.contains_key("GRPC_INSECURE") {
+        let dir = dev_certs();
+        let path = |f: &str| dir.join(f).display().to_string();
+        env.insert("TLS_CERT".into(), path(&format!("{cert}.pem")));
+        env.insert("TLS_KEY".into(), path(&format!("{cert}.key")));
+        env.insert("TLS_CA".into(), path("ca.pem"));
+    }
+    env
+}
+
 impl Service {
     /// Start binary `name` with `env`; its output goes to a log file under the temp dir.
+    /// The separate services get mutual TLS (see [`dev_certs`]) unless `env` sets
+    /// `TLS_CERT` or `GRPC_INSECURE`.
     pub fn start(name: &'static str, env: HashMap<String, String>) -> Self {
+        let env = with_tls(name, env);
         let log = std::env::temp_dir().join(format!(
             "ordersys-e2e-{name}-{}.log",
             uuid::Uuid::new_v4().simple()
@@ -131,6 +173,7 @@ impl Service {
         log_dir: &std::path::Path,
         ready_url: &str,
     ) -> Self {
+        let env = with_tls(name, env);
         let mut s = Self {
             name,
             env,

@@ -44,6 +44,10 @@ pub struct Config {
     /// A whole request — reading its body included — must be answered within this many
     /// seconds, else 408 (`REQUEST_TIMEOUT_SECS`, 30). Headers must arrive within 10 s.
     pub request_timeout_secs: u64,
+    /// Mutual TLS of the internal gRPC (`TLS_CERT`, `TLS_KEY`, `TLS_CA`;
+    /// `GRPC_INSECURE=true` for plain text in development).
+    #[serde(flatten)]
+    pub tls: ordersys_kit::tls::GrpcTls,
 }
 
 impl Default for Config {
@@ -66,6 +70,7 @@ impl Default for Config {
             breaker_open_secs: 30,
             downstream_timeout_ms: 3000,
             request_timeout_secs: 30,
+            tls: Default::default(),
         }
     }
 }
@@ -92,6 +97,7 @@ impl std::fmt::Debug for Config {
             .field("breaker_open_secs", &self.breaker_open_secs)
             .field("downstream_timeout_ms", &self.downstream_timeout_ms)
             .field("request_timeout_secs", &self.request_timeout_secs)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -116,6 +122,10 @@ impl Config {
         "BREAKER_OPEN_SECS",
         "DOWNSTREAM_TIMEOUT_MS",
         "REQUEST_TIMEOUT_SECS",
+        "TLS_CERT",
+        "TLS_KEY",
+        "TLS_CA",
+        "GRPC_INSECURE",
     ];
 
     /// Load from defaults, `CONFIG_FILE` and the environment.

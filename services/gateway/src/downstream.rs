@@ -6,14 +6,19 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use ordersys_kit::context::RequestContext;
 use resilience::{BreakerError, CircuitBreaker};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::error::ApiError;
 
 /// A lazily connected channel with per-call deadline.
-pub fn channel(url: &str, timeout: Duration) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(url.to_owned())?
+pub fn channel(
+    tls: &ordersys_kit::tls::GrpcTls,
+    url: &str,
+    timeout: Duration,
+) -> anyhow::Result<Channel> {
+    Ok(tls
+        .endpoint(url)?
         .connect_timeout(Duration::from_secs(1))
         .timeout(timeout)
         .connect_lazy())

@@ -178,9 +178,9 @@ pub fn app_with(config: &Config, backends: Backends) -> anyhow::Result<Router> {
     );
     let limiter = backends.limiter;
     let timeout = Duration::from_millis(config.downstream_timeout_ms);
-    let user_channel = downstream::channel(&config.user_service_url, timeout)?;
-    let order_channel = downstream::channel(&config.order_service_url, timeout)?;
-    let payment_channel = downstream::channel(&config.payment_service_url, timeout)?;
+    let user_channel = downstream::channel(&config.tls, &config.user_service_url, timeout)?;
+    let order_channel = downstream::channel(&config.tls, &config.order_service_url, timeout)?;
+    let payment_channel = downstream::channel(&config.tls, &config.payment_service_url, timeout)?;
 
     // Served on the public port: readiness without backend error text.
     let mut admin = Admin::new("gateway").public();

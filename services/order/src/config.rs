@@ -33,6 +33,10 @@ pub struct Config {
     /// `KAFKA_MAX_IN_FLIGHT`).
     #[serde(flatten)]
     pub kafka: ordersys_kit::messaging::KafkaTuning,
+    /// Mutual TLS of the internal gRPC (`TLS_CERT`, `TLS_KEY`, `TLS_CA`;
+    /// `GRPC_INSECURE=true` for plain text in development).
+    #[serde(flatten)]
+    pub tls: ordersys_kit::tls::GrpcTls,
 }
 
 impl Default for Config {
@@ -48,6 +52,7 @@ impl Default for Config {
             inbox_retention_hours: 168,
             accepted_currencies: "USD".into(),
             kafka: Default::default(),
+            tls: Default::default(),
         }
     }
 }
@@ -65,6 +70,7 @@ impl std::fmt::Debug for Config {
             .field("inbox_retention_hours", &self.inbox_retention_hours)
             .field("accepted_currencies", &self.accepted_currencies)
             .field("kafka", &self.kafka)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -84,6 +90,10 @@ impl Config {
         "KAFKA_FETCH_WAIT_MAX_MS",
         "KAFKA_LINGER_MS",
         "KAFKA_MAX_IN_FLIGHT",
+        "TLS_CERT",
+        "TLS_KEY",
+        "TLS_CA",
+        "GRPC_INSECURE",
     ];
 
     /// Load from defaults, `CONFIG_FILE` and the environment.

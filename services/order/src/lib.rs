@@ -271,8 +271,9 @@ async fn serve<B: saga::Backend, I: Inbox<Tx = B::Tx> + Clone>(
         stop.clone(),
     ));
     let s = stop.clone();
+    let grpc_server = config.tls.server(tonic::transport::Server::builder())?;
     tasks.spawn(async move {
-        tonic::transport::Server::builder()
+        grpc_server
             .layer(ContextLayer)
             .layer(grpc_metrics)
             .add_service(health_service)

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use authz::Blacklist;
 use ordersys_kit::messaging::Messaging;
 use ordersys_kit::shutdown::Shutdown;
+use ordersys_kit::tls::GrpcTls;
 use ordersys_kit::Listeners;
 use serde::{Deserialize, Serialize};
 
@@ -245,6 +246,7 @@ pub async fn run(
         jwt_secret: secret.clone(),
         jwt_ttl_secs: config.jwt_ttl_secs,
         jwt_leeway_secs: config.jwt_leeway_secs,
+        tls: GrpcTls::loopback_plaintext(),
         ..ordersys_user::Config::default()
     };
     let order = ordersys_order::Config {
@@ -252,6 +254,7 @@ pub async fn run(
         redis_url: config.redis_url.clone(),
         kafka_brokers: config.kafka_brokers.clone(),
         payment_deadline_secs: config.payment_deadline_secs,
+        tls: GrpcTls::loopback_plaintext(),
         ..ordersys_order::Config::default()
     };
     let payment = ordersys_payment::Config {
@@ -259,6 +262,7 @@ pub async fn run(
         redis_url: config.redis_url.clone(),
         kafka_brokers: config.kafka_brokers.clone(),
         initial_balance: config.initial_balance,
+        tls: GrpcTls::loopback_plaintext(),
         ..ordersys_payment::Config::default()
     };
     let gateway = ordersys_gateway::Config {
@@ -271,6 +275,8 @@ pub async fn run(
         rate_limit_per_minute: config.rate_limit_per_minute,
         trusted_proxies: config.trusted_proxies.clone(),
         body_limit_bytes: config.body_limit_bytes,
+        // The services' gRPC is bound to 127.0.0.1 in this one process: plain text.
+        tls: GrpcTls::loopback_plaintext(),
         ..ordersys_gateway::Config::default()
     };
     // The gateway reads revocations where the user service writes them.

@@ -30,6 +30,10 @@ pub struct Config {
     /// `KAFKA_MAX_IN_FLIGHT`).
     #[serde(flatten)]
     pub kafka: ordersys_kit::messaging::KafkaTuning,
+    /// Mutual TLS of the internal gRPC (`TLS_CERT`, `TLS_KEY`, `TLS_CA`;
+    /// `GRPC_INSECURE=true` for plain text in development).
+    #[serde(flatten)]
+    pub tls: ordersys_kit::tls::GrpcTls,
 }
 
 impl Default for Config {
@@ -45,6 +49,7 @@ impl Default for Config {
             account_currency: "USD".into(),
             inbox_retention_hours: 168,
             kafka: Default::default(),
+            tls: Default::default(),
         }
     }
 }
@@ -62,6 +67,7 @@ impl std::fmt::Debug for Config {
             .field("account_currency", &self.account_currency)
             .field("inbox_retention_hours", &self.inbox_retention_hours)
             .field("kafka", &self.kafka)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -81,6 +87,10 @@ impl Config {
         "KAFKA_FETCH_WAIT_MAX_MS",
         "KAFKA_LINGER_MS",
         "KAFKA_MAX_IN_FLIGHT",
+        "TLS_CERT",
+        "TLS_KEY",
+        "TLS_CA",
+        "GRPC_INSECURE",
     ];
 
     /// Load from defaults, `CONFIG_FILE` and the environment.

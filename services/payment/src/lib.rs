@@ -232,8 +232,9 @@ where
     });
     let s = stop.clone();
     let wallets = service::Wallets::new(repo, accounts);
+    let grpc_server = config.tls.server(tonic::transport::Server::builder())?;
     tasks.spawn(async move {
-        tonic::transport::Server::builder()
+        grpc_server
             .layer(ContextLayer)
             .layer(grpc_metrics)
             .add_service(health_service)

@@ -25,6 +25,10 @@ pub struct Config {
     /// Seconds an expired (or not yet valid) token is still accepted, for clock skew
     /// (`JWT_LEEWAY_SECS`, default 5); a logout revokes a token this much longer.
     pub jwt_leeway_secs: u64,
+    /// Mutual TLS of the internal gRPC (`TLS_CERT`, `TLS_KEY`, `TLS_CA`;
+    /// `GRPC_INSECURE=true` for plain text in development).
+    #[serde(flatten)]
+    pub tls: ordersys_kit::tls::GrpcTls,
 }
 
 impl Default for Config {
@@ -39,6 +43,7 @@ impl Default for Config {
             jwt_audience: "ordersys-api".into(),
             jwt_ttl_secs: 900,
             jwt_leeway_secs: 5,
+            tls: Default::default(),
         }
     }
 }
@@ -58,6 +63,7 @@ impl std::fmt::Debug for Config {
             .field("jwt_audience", &self.jwt_audience)
             .field("jwt_ttl_secs", &self.jwt_ttl_secs)
             .field("jwt_leeway_secs", &self.jwt_leeway_secs)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -74,6 +80,10 @@ impl Config {
         "JWT_AUDIENCE",
         "JWT_TTL_SECS",
         "JWT_LEEWAY_SECS",
+        "TLS_CERT",
+        "TLS_KEY",
+        "TLS_CA",
+        "GRPC_INSECURE",
     ];
 
     /// Load from defaults, `CONFIG_FILE` and the environment.

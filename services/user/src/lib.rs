@@ -100,7 +100,9 @@ pub async fn run(
         admin.router(),
         stop.clone().wait(),
     ));
-    let grpc = tonic::transport::Server::builder()
+    let grpc = config
+        .tls
+        .server(tonic::transport::Server::builder())?
         .layer(ContextLayer)
         .layer(grpc_metrics)
         .add_service(health_service)

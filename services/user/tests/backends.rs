@@ -66,6 +66,8 @@ async fn start(
         database_url: format!("sqlite://{db}"),
         redis_url: String::new(),
         jwt_secret: "embedded-test-secret-0123456789abcdef".into(),
+        // In process, on 127.0.0.1: the test is about storage, not transport security.
+        tls: ordersys_kit::tls::GrpcTls::loopback_plaintext(),
         ..Config::default()
     };
     let listeners = Listeners::bind(&config.grpc_addr, &config.admin_addr)
