@@ -283,10 +283,20 @@ pub async fn ensure_topics_with(
     topics: &[(&str, i32)],
     replication: i32,
 ) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .map_err(kafka_err)?;
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    ensure_topics_using(&config, topics, replication).await
+}
+
+/// [`ensure_topics`] through an admin client made from `config` (with its
+/// `bootstrap.servers` and any security settings: `security.protocol`, `ssl.*`,
+/// `sasl.*`).
+pub async fn ensure_topics_using(
+    config: &ClientConfig,
+    topics: &[(&str, i32)],
+    replication: i32,
+) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = config.create().map_err(kafka_err)?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|(name, partitions)| {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use outbox::kafka::ensure_topics;
+use outbox::kafka::ensure_topics_using;
 use outbox::{OutboxStore, Relay, RelayConfig, RelayHandle};
 
 /// The saga topics, with an optional prefix (tests run isolated systems on one broker).
@@ -36,12 +36,19 @@ impl Topics {
 
     /// Create the topics if missing (3 partitions each), retrying while the broker is
     /// not up yet.
-    pub async fn ensure(&self, brokers: &str, wait: Duration) -> anyhow::Result<()> {
+    pub async fn ensure(
+        &self,
+        brokers: &str,
+        tuning: &KafkaTuning,
+        wait: Duration,
+    ) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + wait;
+        let config = tuning.client_config(brokers)?;
         loop {
-            let r = ensure_topics(
-                brokers,
+            let r = ensure_topics_using(
+                &config,
                 &[(&self.commands, 3), (&self.replies, 3), (&self.dlq, 1)],
+                1,
             )
             .await;
             match r {
@@ -71,6 +78,11 @@ pub struct KafkaTuning {
     /// Messages a consumer handles at once, one key at a time
     /// (`KAFKA_MAX_IN_FLIGHT`, default 32; 1 = strictly one after the other).
     pub kafka_max_in_flight: usize,
+    /// More librdkafka properties for every client — producer, consumer, topic admin —,
+    /// `;`-separated `name=value` pairs (`KAFKA_PROPERTIES`): TLS and SASL, e.g.
+    /// `security.protocol=SASL_SSL;sasl.mechanism=SCRAM-SHA-512;sasl.username=order;
+    /// sasl.password=…;ssl.ca.location=/etc/ordersys/kafka-ca.pem`.
+    pub kafka_properties: String,
 }
 
 impl Default for KafkaTuning {
@@ -79,6 +91,7 @@ impl Default for KafkaTuning {
             kafka_fetch_wait_max_ms: 20,
             kafka_linger_ms: 0,
             kafka_max_in_flight: 32,
+            kafka_properties: String::new(),
         }
     }
 }
@@ -89,23 +102,53 @@ impl KafkaTuning {
         "KAFKA_FETCH_WAIT_MAX_MS",
         "KAFKA_LINGER_MS",
         "KAFKA_MAX_IN_FLIGHT",
+        "KAFKA_PROPERTIES",
     ];
 
+    /// `KAFKA_PROPERTIES` as (name, value) pairs; an entry without `=` is an error.
+    pub fn properties(&self) -> anyhow::Result<Vec<(String, String)>> {
+        self.kafka_properties
+            .split(';')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| match p.split_once('=') {
+                Some((k, v)) if !k.trim().is_empty() => {
+                    Ok((k.trim().to_owned(), v.trim().to_owned()))
+                }
+                _ => anyhow::bail!("KAFKA_PROPERTIES: {p:?} is not name=value"),
+            })
+            .collect()
+    }
+
+    /// A client config for `brokers` with [`properties`](Self::properties) applied.
+    pub fn client_config(&self, brokers: &str) -> anyhow::Result<rdkafka::ClientConfig> {
+        let mut c = rdkafka::ClientConfig::new();
+        c.set("bootstrap.servers", brokers);
+        for (k, v) in self.properties()? {
+            c.set(k, v);
+        }
+        Ok(c)
+    }
+
     /// A publisher for `brokers` with these settings.
-    pub fn publisher(&self, brokers: &str) -> outbox::Result<outbox::kafka::KafkaPublisher> {
+    pub fn publisher(&self, brokers: &str) -> anyhow::Result<outbox::kafka::KafkaPublisher> {
         let mut c = outbox::kafka::producer_config(brokers);
         c.set("linger.ms", self.kafka_linger_ms.to_string());
-        outbox::kafka::KafkaPublisher::from_config(&c)
+        for (k, v) in self.properties()? {
+            c.set(k, v);
+        }
+        Ok(outbox::kafka::KafkaPublisher::from_config(&c)?)
     }
 
     /// Apply the consumer settings to `config`.
     pub fn consumer(
         &self,
         mut config: outbox::kafka::ConsumerConfig,
-    ) -> outbox::kafka::ConsumerConfig {
+    ) -> anyhow::Result<outbox::kafka::ConsumerConfig> {
         config.fetch_wait_max = Duration::from_millis(self.kafka_fetch_wait_max_ms);
         config.max_in_flight = self.kafka_max_in_flight.max(1);
-        config
+        config.extra.extend(self.properties()?);
+        Ok(config)
     }
 }
 
@@ -237,6 +280,49 @@ pub fn spawn_housekeeping<I: outbox::Inbox>(
 
 #[cfg(test)]
 mod tests {
+    use super::KafkaTuning;
+
+    #[test]
+    fn kafka_properties_reach_every_client() {
+        let tuning = KafkaTuning {
+            kafka_properties: " security.protocol=ssl ; ssl.ca.location=/nonexistent/ca.pem;"
+                .into(),
+            ..KafkaTuning::default()
+        };
+        assert_eq!(
+            tuning.properties().unwrap(),
+            [
+                ("security.protocol".to_owned(), "ssl".to_owned()),
+                (
+                    "ssl.ca.location".to_owned(),
+                    "/nonexistent/ca.pem".to_owned()
+                )
+            ]
+        );
+        let admin = tuning.client_config("127.0.0.1:9092").unwrap();
+        assert_eq!(admin.get("security.protocol"), Some("ssl"));
+        let consumer = tuning
+            .consumer(outbox::kafka::ConsumerConfig::new(
+                "127.0.0.1:9092",
+                "g",
+                &["t"],
+            ))
+            .unwrap();
+        assert!(consumer
+            .extra
+            .contains(&("security.protocol".into(), "ssl".into())));
+        // The producer really gets them: librdkafka refuses the missing CA file.
+        let err = tuning
+            .publisher("127.0.0.1:9092")
+            .expect_err("a producer with a missing CA");
+        assert!(err.to_string().contains("ssl.ca.location"), "{err}");
+        // Malformed entries are an error, not ignored.
+        let bad = KafkaTuning {
+            kafka_properties: "security.protocol".into(),
+            ..KafkaTuning::default()
+        };
+        assert!(bad.properties().is_err());
+    }
     use std::sync::Arc;
     use std::time::Duration;
 

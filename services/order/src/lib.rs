@@ -163,7 +163,9 @@ async fn serve<B: saga::Backend, I: Inbox<Tx = B::Tx> + Clone>(
     // The relay: to Kafka, or onto the in-process bus.
     let (relay_handle, kafka) = match &messaging {
         Messaging::Kafka { brokers, tuning } => {
-            topics.ensure(brokers, Duration::from_secs(30)).await?;
+            topics
+                .ensure(brokers, tuning, Duration::from_secs(30))
+                .await?;
             let publisher = tuning.publisher(brokers)?;
             let (relay, handle) = relay(outbox.clone(), publisher.clone(), "order");
             let s = stop.clone();
@@ -226,7 +228,7 @@ async fn serve<B: saga::Backend, I: Inbox<Tx = B::Tx> + Clone>(
                 &brokers,
                 topics.group("order"),
                 &[&topics.replies],
-            ));
+            ))?;
             consumer_config.instance_id = Some(ordersys_kit::messaging::relay_id("order"));
             let s = stop.clone();
             tasks.spawn(async move {

@@ -178,7 +178,9 @@ where
     };
     match messaging {
         Messaging::Kafka { brokers, tuning } => {
-            topics.ensure(&brokers, Duration::from_secs(30)).await?;
+            topics
+                .ensure(&brokers, &tuning, Duration::from_secs(30))
+                .await?;
             let publisher = tuning.publisher(&brokers)?;
             let (relay, handle) = relay(outbox.clone(), publisher.clone(), "payment");
             let handler = handler(handle);
@@ -191,7 +193,7 @@ where
                 &brokers,
                 topics.group("payment"),
                 &[&topics.commands],
-            ));
+            ))?;
             consumer_config.instance_id = Some(ordersys_kit::messaging::relay_id("payment"));
             let s = stop.clone();
             tasks.spawn(async move { relay.run(s.wait()).await.map_err(anyhow::Error::from) });
