@@ -98,14 +98,20 @@ pub enum BreakerError<E> {
     /// The operation ran and returned this error.
     #[error("{0}")]
     Inner(E),
+    /// The operation ran but did not finish before the deadline of a
+    /// [`Retry::call_with_breaker`](crate::Retry::call_with_breaker): it was abandoned,
+    /// and the breaker counted it as a failure (a downstream that hangs is a downstream
+    /// in trouble).
+    #[error("the call did not finish before the deadline")]
+    TimedOut,
 }
 
 impl<E> BreakerError<E> {
-    /// The operation's own error, if the call ran.
+    /// The operation's own error, if the call ran and returned one.
     pub fn into_inner(self) -> Option<E> {
         match self {
             Self::Inner(e) => Some(e),
-            Self::Open(_) => None,
+            Self::Open(_) | Self::TimedOut => None,
         }
     }
 

@@ -223,6 +223,15 @@ impl Retry {
 
     /// Retry `f` through `breaker`: every attempt asks the breaker first, and an open
     /// breaker ends the retries at once (retrying into an open breaker only burns time).
+    ///
+    /// **Every attempt counts with the breaker**: a logical call retried three times
+    /// that fails three times is three failures (two such calls open a breaker with a
+    /// threshold of five). With a [`deadline`](Self::deadline), an attempt still running
+    /// when it passes is abandoned, counted as a breaker failure, and reported as
+    /// [`BreakerError::TimedOut`] — so a downstream that hangs opens the breaker like
+    /// one that fails. To retry only some errors and count only some as breaker
+    /// failures, use [`call_if`](Self::call_if) around
+    /// [`CircuitBreaker::call_classified`].
     pub async fn call_with_breaker<F, Fut, T, E>(
         &self,
         breaker: &CircuitBreaker,
@@ -232,22 +241,41 @@ impl Retry {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.call_if(
-            || {
-                let fut = f();
-                breaker.call(move || fut)
-            },
-            |e| !e.is_open(),
-        )
-        .await
-        .map_err(|e| match e {
-            RetryError::Failed { error, .. } => error,
-            RetryError::DeadlineExceeded { last, .. } => last.unwrap_or_else(|| {
-                BreakerError::Open(crate::CircuitOpen {
-                    name: breaker.name().into(),
-                    retry_after: Duration::ZERO,
-                })
-            }),
+        enum Attempt<E> {
+            Failed(E),
+            TimedOut,
+        }
+        // Taken before `call_if` takes its own: an attempt still running at the deadline
+        // ends inside the breaker (a counted failure), not by being dropped outside it.
+        let deadline = self.deadline.map(|d| Instant::now() + d);
+        let result = self
+            .call_if(
+                || {
+                    let fut = f();
+                    breaker.call(move || async move {
+                        match deadline {
+                            Some(at) => match tokio::time::timeout_at(at, fut).await {
+                                Ok(r) => r.map_err(Attempt::Failed),
+                                Err(_) => Err(Attempt::TimedOut),
+                            },
+                            None => fut.await.map_err(Attempt::Failed),
+                        }
+                    })
+                },
+                |e| {
+                    !matches!(
+                        e,
+                        BreakerError::Open(_) | BreakerError::Inner(Attempt::TimedOut)
+                    )
+                },
+            )
+            .await;
+        result.map_err(|e| match e.into_last() {
+            Some(BreakerError::Open(o)) => BreakerError::Open(o),
+            Some(BreakerError::Inner(Attempt::Failed(e))) => BreakerError::Inner(e),
+            Some(BreakerError::Inner(Attempt::TimedOut) | BreakerError::TimedOut) | None => {
+                BreakerError::TimedOut
+            }
         })
     }
 }
@@ -279,6 +307,46 @@ impl Iterator for Backoff {
 
 #[cfg(test)]
 mod tests {
+
+    /// A downstream that hangs: the deadline ends the attempt as a breaker failure —
+    /// reported as a timeout, not as "open" — so enough of them open the breaker.
+    #[tokio::test(start_paused = true)]
+    async fn a_hanging_call_past_the_deadline_is_a_timeout_counted_by_the_breaker() {
+        let breaker = CircuitBreaker::builder("hangs")
+            .failure_threshold(2)
+            .build();
+        let retry = Retry::default().deadline(Duration::from_secs(1));
+        for _ in 0..2 {
+            let r = retry
+                .call_with_breaker(&breaker, std::future::pending::<Result<(), ()>>)
+                .await;
+            assert!(matches!(r, Err(BreakerError::TimedOut)), "{r:?}");
+        }
+        assert_eq!(breaker.state(), crate::BreakerState::Open);
+        let r = retry
+            .call_with_breaker(&breaker, || async { Ok::<_, ()>(()) })
+            .await;
+        assert!(matches!(r, Err(BreakerError::Open(_))), "{r:?}");
+    }
+
+    /// Failures that use up the retries are the call's own error, each attempt counted.
+    #[tokio::test(start_paused = true)]
+    async fn each_failed_attempt_counts_with_the_breaker() {
+        let breaker = CircuitBreaker::builder("fails")
+            .failure_threshold(5)
+            .build();
+        let retry = Retry::default().max_attempts(3);
+        let r = retry
+            .call_with_breaker(&breaker, || async { Err::<(), _>("boom") })
+            .await;
+        assert!(matches!(r, Err(BreakerError::Inner("boom"))), "{r:?}");
+        assert_eq!(breaker.state(), crate::BreakerState::Closed);
+        let _ = retry
+            .call_with_breaker(&breaker, || async { Err::<(), _>("boom") })
+            .await;
+        // 3 + 2 attempts reached the threshold of 5 (the sixth was refused).
+        assert_eq!(breaker.state(), crate::BreakerState::Open);
+    }
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::Mutex;

@@ -114,6 +114,10 @@ where
             )
         }
         Err(BreakerError::Inner(s)) => Err(to_api_error(service, &s)),
+        // Only `Retry::call_with_breaker` produces it; this path has no retry deadline.
+        Err(BreakerError::TimedOut) => Err(ApiError::unavailable(format!(
+            "{service} service did not answer in time"
+        ))),
     }
 }
 
