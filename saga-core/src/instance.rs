@@ -30,6 +30,36 @@ impl fmt::Display for SagaId {
     }
 }
 
+impl From<Uuid> for SagaId {
+    fn from(id: Uuid) -> Self {
+        Self(id)
+    }
+}
+
+impl From<SagaId> for Uuid {
+    fn from(id: SagaId) -> Self {
+        id.0
+    }
+}
+
+/// Parses the hyphenated (or simple) UUID form that [`Display`](fmt::Display) writes.
+///
+/// ```
+/// use saga_core::SagaId;
+///
+/// let id = SagaId::new();
+/// let again: SagaId = id.to_string().parse().unwrap();
+/// assert_eq!(again, id);
+/// assert!("not-a-saga".parse::<SagaId>().is_err());
+/// ```
+impl std::str::FromStr for SagaId {
+    type Err = uuid::Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(Self)
+    }
+}
+
 impl fmt::Debug for SagaId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SagaId({})", self.0)

@@ -73,3 +73,10 @@ pub use machine::{
 };
 pub use orchestrator::{Applied, CommandSink, Dispatch, Orchestrator, SagaCommand};
 pub use store::{MemorySagaStore, SagaStore};
+
+// The crates this API takes and returns, re-exported so a user needs no matching
+// versions of their own: saga data is `bytes::Bytes`, ids wrap `uuid::Uuid`, and the
+// unit of work and the outbox come from `outbox`.
+pub use bytes;
+pub use outbox;
+pub use uuid;
