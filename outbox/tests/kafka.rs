@@ -50,6 +50,13 @@ struct Collect {
 }
 
 impl Collect {
+    /// The numeric payloads handled so far, sorted.
+    fn sorted_numbers(&self) -> Vec<u32> {
+        let mut n: Vec<u32> = self.payloads().iter().map(|p| p.parse().unwrap()).collect();
+        n.sort();
+        n
+    }
+
     /// The payloads handled so far, as text.
     fn payloads(&self) -> Vec<String> {
         self.seen
@@ -333,14 +340,7 @@ async fn a_second_group_member_joining_midway_loses_and_doubles_nothing() {
         u64::from(total),
         "{sa:?} {sb:?}"
     );
-    let mut payloads: Vec<u32> = all
-        .seen
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|d| std::str::from_utf8(&d.payload).unwrap().parse().unwrap())
-        .collect();
-    payloads.sort();
+    let payloads = all.sorted_numbers();
     assert_eq!(payloads, (0..total).collect::<Vec<_>>());
 }
 
@@ -382,14 +382,7 @@ async fn a_group_member_leaving_midway_hands_its_partitions_over_and_doubles_not
     all.wait_for(total as usize).await;
     stop.send_replace(true);
     a.await.unwrap().unwrap();
-    let mut payloads: Vec<u32> = all
-        .seen
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|d| std::str::from_utf8(&d.payload).unwrap().parse().unwrap())
-        .collect();
-    payloads.sort();
+    let payloads = all.sorted_numbers();
     assert_eq!(payloads, (0..total).collect::<Vec<_>>(), "lost or doubled");
 }
 

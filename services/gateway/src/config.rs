@@ -103,7 +103,8 @@ impl std::fmt::Debug for Config {
 }
 
 impl Config {
-    /// The environment variables the gateway reads.
+    /// The environment variables of the gateway's own settings (TLS comes from
+    /// [`GrpcTls::ENV`](ordersys_kit::tls::GrpcTls::ENV); see [`Config::env`]).
     pub const ENV: &'static [&'static str] = &[
         "HTTP_ADDR",
         "USER_SERVICE_URL",
@@ -122,14 +123,15 @@ impl Config {
         "BREAKER_OPEN_SECS",
         "DOWNSTREAM_TIMEOUT_MS",
         "REQUEST_TIMEOUT_SECS",
-        "TLS_CERT",
-        "TLS_KEY",
-        "TLS_CA",
-        "GRPC_INSECURE",
     ];
+
+    /// Every environment variable read.
+    pub fn env() -> Vec<&'static str> {
+        [Self::ENV, ordersys_kit::tls::GrpcTls::ENV].concat()
+    }
 
     /// Load from defaults, `CONFIG_FILE` and the environment.
     pub fn load() -> anyhow::Result<Self> {
-        ordersys_kit::config::load(Self::ENV)
+        ordersys_kit::config::load(&Self::env())
     }
 }

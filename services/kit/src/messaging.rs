@@ -105,6 +105,18 @@ impl KafkaTuning {
         "KAFKA_PROPERTIES",
     ];
 
+    /// Of the variables a service with Kafka and mutual TLS must read (this struct's and
+    /// [`GrpcTls::ENV`](crate::tls::GrpcTls::ENV)), those missing from `env` — for a
+    /// test of each such service's variable list.
+    pub fn unread(env: &[&str]) -> Vec<&'static str> {
+        Self::ENV
+            .iter()
+            .chain(crate::tls::GrpcTls::ENV)
+            .filter(|v| !env.contains(v))
+            .copied()
+            .collect()
+    }
+
     /// `KAFKA_PROPERTIES` as (name, value) pairs; an entry without `=` is an error.
     pub fn properties(&self) -> anyhow::Result<Vec<(String, String)>> {
         self.kafka_properties

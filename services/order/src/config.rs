@@ -30,7 +30,7 @@ pub struct Config {
     /// default `ACCOUNT_CURRENCY`; empty: any known currency).
     pub accepted_currencies: String,
     /// Kafka client settings (`KAFKA_FETCH_WAIT_MAX_MS`, `KAFKA_LINGER_MS`,
-    /// `KAFKA_MAX_IN_FLIGHT`).
+    /// `KAFKA_MAX_IN_FLIGHT`, `KAFKA_PROPERTIES`).
     #[serde(flatten)]
     pub kafka: ordersys_kit::messaging::KafkaTuning,
     /// Mutual TLS of the internal gRPC (`TLS_CERT`, `TLS_KEY`, `TLS_CA`;
@@ -76,7 +76,8 @@ impl std::fmt::Debug for Config {
 }
 
 impl Config {
-    /// The environment variables this service reads.
+    /// The environment variables of this service's own settings (the shared ones —
+    /// TLS, Kafka client — come from their structs; see [`Config::env`]).
     pub const ENV: &'static [&'static str] = &[
         "GRPC_ADDR",
         "ADMIN_ADDR",
@@ -87,17 +88,31 @@ impl Config {
         "PAYMENT_DEADLINE_SECS",
         "INBOX_RETENTION_HOURS",
         "ACCEPTED_CURRENCIES",
-        "KAFKA_FETCH_WAIT_MAX_MS",
-        "KAFKA_LINGER_MS",
-        "KAFKA_MAX_IN_FLIGHT",
-        "TLS_CERT",
-        "TLS_KEY",
-        "TLS_CA",
-        "GRPC_INSECURE",
     ];
+
+    /// Every environment variable read.
+    pub fn env() -> Vec<&'static str> {
+        [
+            Self::ENV,
+            ordersys_kit::messaging::KafkaTuning::ENV,
+            ordersys_kit::tls::GrpcTls::ENV,
+        ]
+        .concat()
+    }
 
     /// Load from defaults, `CONFIG_FILE` and the environment.
     pub fn load() -> anyhow::Result<Self> {
-        ordersys_kit::config::load(Self::ENV)
+        ordersys_kit::config::load(&Self::env())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The shared settings' variables are read too (`KAFKA_PROPERTIES` once was not,
+    /// when each service listed them by hand).
+    #[test]
+    fn every_shared_setting_is_read_from_the_environment() {
+        let env = super::Config::env();
+        assert!(ordersys_kit::messaging::KafkaTuning::unread(&env).is_empty());
     }
 }

@@ -69,7 +69,8 @@ impl std::fmt::Debug for Config {
 }
 
 impl Config {
-    /// The environment variables this service reads.
+    /// The environment variables of this service's own settings (the shared ones —
+    /// TLS — come from their structs; see [`Config::env`]).
     pub const ENV: &'static [&'static str] = &[
         "GRPC_ADDR",
         "ADMIN_ADDR",
@@ -80,14 +81,15 @@ impl Config {
         "JWT_AUDIENCE",
         "JWT_TTL_SECS",
         "JWT_LEEWAY_SECS",
-        "TLS_CERT",
-        "TLS_KEY",
-        "TLS_CA",
-        "GRPC_INSECURE",
     ];
+
+    /// Every environment variable read.
+    pub fn env() -> Vec<&'static str> {
+        [Self::ENV, ordersys_kit::tls::GrpcTls::ENV].concat()
+    }
 
     /// Load from defaults, `CONFIG_FILE` and the environment.
     pub fn load() -> anyhow::Result<Self> {
-        ordersys_kit::config::load(Self::ENV)
+        ordersys_kit::config::load(&Self::env())
     }
 }
