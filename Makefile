@@ -1,7 +1,7 @@
 # ordersys — developer entry points. `make test` is the test command CI runs.
 CARGO ?= cargo
 
-.PHONY: run test test-unit services-up kafka-down dev-up dev-down lint fmt doc bench example check chaos chaos-short
+.PHONY: run test test-unit services-up kafka-down dev-up dev-down lint fmt doc bench bench-peers example check chaos chaos-short
 
 ## The whole system in one process, embedded (SQLite + in-process bus) on :8080.
 run:
@@ -51,6 +51,10 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 	for c in $(SDK_CRATES); do $(CARGO) check -q -p $$c --no-default-features || exit 1; done
+	# The peers of bench/peers (not run in CI): at least they parse.
+	bash -n bench/peers/run && bash -n bench/peers/install
+	node --check bench/peers/restate/saga.mjs
+	python3 -c 'import ast, sys; ast.parse(open(sys.argv[1]).read())' bench/peers/dbos/app.py
 
 ## Format the code.
 fmt:
@@ -91,6 +95,12 @@ bench:
 	$(BENCH_E2E) --embedded --clients 64 --seconds 20 --warmup 5 --poll-ms 1
 	SQLITE_SYNCHRONOUS=normal $(BENCH_E2E) --embedded --clients 1 --seconds 20 --warmup 5 --poll-ms 1
 	SQLITE_SYNCHRONOUS=normal $(BENCH_E2E) --embedded --clients 64 --seconds 20 --warmup 5 --poll-ms 1
+
+## ordersys beside Restate and DBOS (bench/peers): the same order saga on each, the same
+## load generator (saga-bench), 1 and 64 clients, one table (≈ 8 minutes; installs the
+## pinned peers from npm and PyPI on first use). docs/BENCHMARKS.md, "Side by side".
+bench-peers:
+	bench/peers/run
 
 ## The fault suite, long run: the separate services on a MariaDB, Redis and Kafka broker
 ## of their own, 16 clients placing orders while services and servers are killed with
