@@ -1,7 +1,7 @@
 # ordersys — developer entry points. `make test` is the test command CI runs.
 CARGO ?= cargo
 
-.PHONY: run test test-unit services-up kafka-down dev-up dev-down lint fmt doc bench bench-peers example check chaos chaos-short
+.PHONY: run test test-unit services-up kafka-down dev-up dev-down lint fmt doc bench bench-peers fuzz-api example check chaos chaos-short
 
 ## The whole system in one process, embedded (SQLite + in-process bus) on :8080.
 run:
@@ -12,6 +12,12 @@ run:
 test: services-up
 	$(CARGO) build --workspace --bins --all-features
 	$(CARGO) test --workspace --all-features --no-fail-fast
+	scripts/fuzz-api
+
+## The REST API fuzzed from its OpenAPI document (schemathesis), against services it
+## starts itself, or the gateway at BASE_URL. Part of `make test`.
+fuzz-api:
+	scripts/fuzz-api
 
 ## Only what needs no server: default features, memory backends.
 ## What needs no server at all: every crate's unit tests, the memory and SQLite

@@ -9,6 +9,7 @@ pub mod client_ip;
 pub mod config;
 pub mod downstream;
 pub mod error;
+pub mod openapi;
 pub mod routes;
 
 use std::future::Future;
@@ -246,6 +247,8 @@ pub fn app_with(config: &Config, backends: Backends) -> anyhow::Result<Router> {
 
     Ok(Router::new()
         .merge(api)
+        .route("/openapi.json", get(openapi::document))
+        .route("/docs", get(openapi::rendered))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

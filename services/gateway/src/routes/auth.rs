@@ -9,34 +9,55 @@ use axum::{Extension, Json};
 use ordersys_kit::context::RequestContext;
 use ordersys_proto::user::v1 as pb;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::downstream::{call, request};
 use crate::error::{ApiError, JsonBody};
 use crate::AppState;
 
 /// Body of register and login.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct Credentials {
+    /// An e-mail address (at most 254 characters; compared case-insensitively).
+    #[schema(
+        example = "ada@example.com",
+        max_length = 254,
+        pattern = r"^[\x21-\x3f\x41-\x7e]{1,64}@([A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$"
+    )]
     email: String,
+    /// 8 to 128 characters.
+    #[schema(example = "correct horse battery", min_length = 8, max_length = 128)]
     password: String,
 }
 
-/// `201` body of register.
-#[derive(Debug, Serialize)]
+/// `201` body of register; the body of `GET /api/v1/auth/me`.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Registered {
+    /// The account's id (a UUID).
     user_id: String,
     email: String,
 }
 
 /// `200` body of login.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Token {
+    /// A JWT (HS256) for `Authorization: Bearer …`.
     access_token: String,
+    /// Always `Bearer`.
+    #[schema(example = "Bearer")]
     token_type: String,
+    /// Seconds until the token expires.
     expires_in: i64,
 }
 
 /// `POST /api/v1/auth/register`.
+#[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth",
+    summary = "Create an account",
+    request_body = Credentials,
+    responses(
+        (status = 201, description = "The account was created", body = Registered),
+        (status = 409, description = "The e-mail is taken", body = crate::openapi::ErrorBody),
+    ))]
 pub async fn register(
     State(s): State<AppState>,
     Extension(ctx): Extension<RequestContext>,
@@ -66,6 +87,13 @@ pub async fn register(
 }
 
 /// `POST /api/v1/auth/login`.
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth",
+    summary = "Exchange credentials for a token",
+    request_body = Credentials,
+    responses(
+        (status = 200, description = "A bearer token", body = Token),
+        (status = 401, description = "Wrong e-mail or password", body = crate::openapi::ErrorBody),
+    ))]
 pub async fn login(
     State(s): State<AppState>,
     Extension(ctx): Extension<RequestContext>,
@@ -92,6 +120,10 @@ pub async fn login(
 }
 
 /// `POST /api/v1/auth/logout`: the token is revoked; `204`.
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth",
+    summary = "Revoke the token (every later use of it is 401)",
+    security(("bearer" = [])),
+    responses((status = 204, description = "The token is revoked")))]
 pub async fn logout(
     State(s): State<AppState>,
     Extension(ctx): Extension<RequestContext>,
@@ -113,6 +145,10 @@ pub async fn logout(
 }
 
 /// `GET /api/v1/auth/me`: the authenticated account.
+#[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth",
+    summary = "The authenticated account",
+    security(("bearer" = [])),
+    responses((status = 200, description = "The account", body = Registered)))]
 pub async fn me(
     State(s): State<AppState>,
     Extension(ctx): Extension<RequestContext>,

@@ -11,39 +11,61 @@ use ordersys_kit::context::RequestContext;
 use ordersys_proto::order::v1 as pb;
 use ordersys_proto::payment::v1 as pay;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::downstream::{call, request};
 use crate::error::{ApiError, JsonBody, PathParam};
 use crate::AppState;
 
 /// One line of an order, in and out.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ItemBody {
+    /// 1 to 64 characters.
+    #[schema(example = "sku-1", min_length = 1, max_length = 64)]
     product_id: String,
+    /// At least 1.
+    #[schema(example = 2, minimum = 1)]
     quantity: i32,
+    /// Minor units of the order's currency (cents), at least 1; the order's total must
+    /// fit in 64 bits.
+    #[schema(example = 1250, minimum = 1)]
     unit_price: i64,
 }
 
 /// `POST /api/v1/orders` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateBody {
+    /// 1 to 100 lines.
+    #[schema(min_items = 1, max_items = 100)]
     items: Vec<ItemBody>,
+    /// An ISO 4217 code the wallets hold (`ACCEPTED_CURRENCIES`, default `USD`);
+    /// another is 422.
+    #[schema(example = "USD", pattern = "^[A-Z]{3}$")]
     currency: String,
 }
 
 /// An order as the REST API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct OrderBody {
+    /// A UUID.
     order_id: String,
+    /// `PENDING`, then `CONFIRMED` or `CANCELLED`.
+    #[schema(example = "PENDING")]
     status: String,
+    /// Where the saga is: `PAYMENT_PENDING`, `COMPLETED`, `COMPENSATING`, `COMPENSATED`…
+    #[schema(example = "PAYMENT_PENDING")]
     saga_state: String,
+    /// The sum of the lines, in minor units.
     total_amount: i64,
     currency: String,
     items: Vec<ItemBody>,
+    /// Set once the payment went through.
     #[serde(skip_serializing_if = "Option::is_none")]
     payment_id: Option<String>,
+    /// Why the order was cancelled, when it was.
     #[serde(skip_serializing_if = "Option::is_none")]
     failure_reason: Option<String>,
+    /// Unix seconds.
     created_at: i64,
 }
 
@@ -78,6 +100,16 @@ impl From<pb::Order> for OrderBody {
 
 /// `POST /api/v1/orders` → `201` with the order (PENDING); an `Idempotency-Key` header
 /// makes a retry return the same order.
+#[utoipa::path(post, path = "/api/v1/orders", tag = "orders",
+    summary = "Place an order (starts its saga; answers at once with PENDING)",
+    security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, max_length = 128, pattern = "^[\\x21-\\x7e]+$",
+        description = "The same key with the same body returns the same order; with another body it is 422 `idempotency_key_reused`; empty is 422. Case-sensitive.")),
+    request_body = CreateBody,
+    responses(
+        (status = 201, description = "The order, PENDING", body = OrderBody),
+        (status = 409, description = "A request with this Idempotency-Key is still being processed", body = crate::openapi::ErrorBody),
+    ))]
 pub async fn create(
     State(s): State<AppState>,
     Extension(ctx): Extension<RequestContext>,
@@ -124,6 +156,14 @@ pub async fn create(
 }
 
 /// `GET /api/v1/orders/{id}`; `404` for an unknown id or another user's order.
+#[utoipa::path(get, path = "/api/v1/orders/{id}", tag = "orders",
+    summary = "One of the caller's orders",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The order id")),
+    responses(
+        (status = 200, description = "The order", body = OrderBody),
+        (status = 404, description = "No such order of the caller's", body = crate::openapi::ErrorBody),
+    ))]
 pub async fn get(
     State(s): State<AppState>,
     Extension(ctx): Extension<RequestContext>,
@@ -147,13 +187,23 @@ pub async fn get(
 }
 
 /// Page of orders.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Page {
     orders: Vec<OrderBody>,
+    /// Pass as `cursor` for the next page; null on the last.
     next_cursor: Option<String>,
 }
 
 /// `GET /api/v1/orders?limit=&cursor=`: own orders, newest first.
+#[utoipa::path(get, path = "/api/v1/orders", tag = "orders",
+    summary = "The caller's orders, newest first",
+    security(("bearer" = [])),
+    params(
+        ("limit" = Option<String>, Query, pattern = "^(100|[1-9][0-9]?)?$",
+            description = "Page size, an integer from 1 to 100; absent or empty: 20"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses((status = 200, description = "A page of orders", body = Page)))]
 pub async fn list(
     State(s): State<AppState>,
     Extension(ctx): Extension<RequestContext>,
@@ -191,6 +241,15 @@ pub async fn list(
 }
 
 /// `POST /api/v1/orders/{id}/cancel` → `202`; `409` if already cancelled.
+#[utoipa::path(post, path = "/api/v1/orders/{id}/cancel", tag = "orders",
+    summary = "Cancel an order (a debit is refunded)",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The order id")),
+    responses(
+        (status = 202, description = "Cancellation accepted; the order ends CANCELLED", body = OrderBody),
+        (status = 404, description = "No such order of the caller's", body = crate::openapi::ErrorBody),
+        (status = 409, description = "Already cancelled", body = crate::openapi::ErrorBody),
+    ))]
 pub async fn cancel(
     State(s): State<AppState>,
     Extension(ctx): Extension<RequestContext>,
@@ -214,13 +273,18 @@ pub async fn cancel(
 }
 
 /// Wallet body.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct WalletBody {
+    /// Minor units.
     balance: i64,
     currency: String,
 }
 
 /// `GET /api/v1/wallet`: the user's payment account.
+#[utoipa::path(get, path = "/api/v1/wallet", tag = "orders",
+    summary = "The caller's payment account",
+    security(("bearer" = [])),
+    responses((status = 200, description = "The wallet", body = WalletBody)))]
 pub async fn wallet(
     State(s): State<AppState>,
     Extension(ctx): Extension<RequestContext>,

@@ -1,0 +1,254 @@
+//! The OpenAPI 3.1 document of the REST API, generated from the route handlers'
+//! annotations (`utoipa`), served at `GET /openapi.json` with a rendered view at
+//! `GET /docs`. Errors every route can answer (malformed input, rate limit, timeouts,
+//! outages) are added to each operation here rather than repeated on every handler.
+
+use axum::http::header;
+use axum::response::{Html, IntoResponse, Response};
+use serde::Serialize;
+use utoipa::openapi::content::ContentBuilder;
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::schema::{ObjectBuilder, Ref, Type};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{OpenApi as Document, RefOr};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use crate::routes;
+
+/// Every error: `{"error":{"code","message","correlation_id"}}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+/// The inside of [`ErrorBody`].
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable and machine-readable: `bad_request`, `unauthorized`, `token_revoked`,
+    /// `not_found`, `conflict`, `validation_failed`, `idempotency_key_reused`,
+    /// `payload_too_large`, `rate_limited`, `request_timeout`, `overloaded`,
+    /// `service_unavailable`, `internal`…
+    #[schema(example = "validation_failed")]
+    code: String,
+    /// For people; may change.
+    message: String,
+    /// The request's correlation id (also the `x-correlation-id` response header).
+    correlation_id: Option<String>,
+}
+
+/// The document's root.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "ordersys REST API",
+        description = "The gateway of the ordersys reference system: accounts, orders (each \
+            placed order runs a saga: payment, then confirmation or compensation) and wallets. \
+            Errors share one JSON shape; every response carries `x-correlation-id`.",
+        license(name = "MIT OR Apache-2.0"),
+    ),
+    paths(
+        routes::auth::register,
+        routes::auth::login,
+        routes::auth::logout,
+        routes::auth::me,
+        routes::orders::create,
+        routes::orders::list,
+        routes::orders::get,
+        routes::orders::cancel,
+        routes::orders::wallet,
+    ),
+    components(schemas(ErrorBody, ErrorDetail)),
+    modifiers(&Common),
+    tags(
+        (name = "auth", description = "Accounts and tokens"),
+        (name = "orders", description = "Orders and the wallet that pays them"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The bearer scheme, and the errors every operation can answer.
+struct Common;
+
+impl Modify for Common {
+    fn modify(&self, doc: &mut Document) {
+        if let Some(c) = doc.components.as_mut() {
+            c.add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .bearer_format("JWT")
+                        .build(),
+                ),
+            );
+        }
+        for item in doc.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                add_common_errors(op);
+            }
+        }
+    }
+}
+
+fn add_common_errors(op: &mut Operation) {
+    let protected = op.security.as_ref().is_some_and(|s| !s.is_empty());
+    let has_body = op.request_body.is_some();
+    let has_params = op.parameters.as_ref().is_some_and(|p| !p.is_empty());
+    let mut errors: Vec<(&str, &str, bool)> = vec![
+        ("408", "The request took longer than `REQUEST_TIMEOUT_SECS`", false),
+        ("429", "Rate limited (per client IP); retry after `Retry-After` seconds", true),
+        ("500", "An unexpected error (logged with the correlation id)", false),
+        ("503", "A service behind the gateway is unavailable or busy (circuit open, overloaded); retry after `Retry-After` seconds", true),
+    ];
+    if protected {
+        errors.push((
+            "401",
+            "No, malformed, expired or revoked bearer token (`WWW-Authenticate` says which)",
+            false,
+        ));
+    }
+    if has_body || has_params {
+        errors.push((
+            "400",
+            "Malformed request: JSON syntax, missing `Content-Type: application/json`, undecodable path",
+            false,
+        ));
+        errors.push((
+            "422",
+            "Well-formed but invalid: missing or mistyped fields, values out of range",
+            false,
+        ));
+    }
+    if has_body {
+        errors.push(("413", "The body is over `BODY_LIMIT_BYTES`", false));
+    }
+    for (code, description, retry_after) in errors {
+        op.responses
+            .responses
+            .entry(code.to_owned())
+            .or_insert_with(|| RefOr::T(error_response(description, retry_after)));
+    }
+}
+
+fn error_response(description: &str, retry_after: bool) -> utoipa::openapi::Response {
+    let mut r = ResponseBuilder::new().description(description).content(
+        "application/json",
+        ContentBuilder::new()
+            .schema(Some(Ref::from_schema_name("ErrorBody")))
+            .build(),
+    );
+    if retry_after {
+        r = r.header(
+            "Retry-After",
+            HeaderBuilder::new()
+                .schema(ObjectBuilder::new().schema_type(Type::Integer))
+                .description(Some("Seconds to wait before retrying"))
+                .build(),
+        );
+    }
+    r.build()
+}
+
+/// `GET /openapi.json`.
+pub async fn document() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        ApiDoc::openapi().to_json().unwrap_or_default(),
+    )
+        .into_response()
+}
+
+/// `GET /docs`: the document rendered by Scalar (loaded from its CDN by the browser).
+pub async fn rendered() -> Html<&'static str> {
+    Html(
+        r#"<!doctype html>
+<html>
+  <head>
+    <title>ordersys REST API</title>
+    <meta charset="utf-8" />
+    <meta name="viewport" content="width=device-width, initial-scale=1" />
+  </head>
+  <body>
+    <script id="api-reference" data-url="/openapi.json"></script>
+    <script src="https://cdn.jsdelivr.net/npm/@scalar/api-reference"></script>
+  </body>
+</html>
+"#,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc() -> serde_json::Value {
+        serde_json::from_str(&ApiDoc::openapi().to_json().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn covers_every_route_of_the_rest_contract() {
+        let d = doc();
+        assert_eq!(d["openapi"], "3.1.0");
+        let mut ops: Vec<String> = Vec::new();
+        for (path, item) in d["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                ops.push(format!("{} {path}", method.to_uppercase()));
+            }
+        }
+        ops.sort();
+        assert_eq!(
+            ops,
+            [
+                "GET /api/v1/auth/me",
+                "GET /api/v1/orders",
+                "GET /api/v1/orders/{id}",
+                "GET /api/v1/wallet",
+                "POST /api/v1/auth/login",
+                "POST /api/v1/auth/logout",
+                "POST /api/v1/auth/register",
+                "POST /api/v1/orders",
+                "POST /api/v1/orders/{id}/cancel",
+            ]
+        );
+    }
+
+    #[test]
+    fn every_operation_documents_the_errors_it_can_answer() {
+        let d = doc();
+        for (path, item) in d["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let r = op["responses"].as_object().unwrap();
+                for code in ["408", "429", "500", "503"] {
+                    assert!(r.contains_key(code), "{method} {path} lacks {code}");
+                    assert_eq!(
+                        r[code]["content"]["application/json"]["schema"]["$ref"],
+                        "#/components/schemas/ErrorBody"
+                    );
+                }
+                if op.get("security").is_some() {
+                    assert!(r.contains_key("401"), "{method} {path} lacks 401");
+                }
+                if op.get("requestBody").is_some() {
+                    for code in ["400", "413", "422"] {
+                        assert!(r.contains_key(code), "{method} {path} lacks {code}");
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            d["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+    }
+}
