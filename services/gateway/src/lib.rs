@@ -129,7 +129,7 @@ impl std::fmt::Debug for Backends {
 impl Backends {
     /// Redis for both (`REDIS_URL`): every gateway instance shares them.
     pub async fn redis(config: &Config) -> anyhow::Result<Self> {
-        let conn = redis::Client::open(config.redis_url.as_str())?
+        let conn = ordersys_kit::redis_client::client(&config.redis_url)?
             .get_connection_manager()
             .await?;
         let limiter = RedisRateLimiter::new(

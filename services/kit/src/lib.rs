@@ -11,8 +11,11 @@ pub mod context;
 pub mod db;
 pub mod messaging;
 pub mod metrics;
+pub mod redis_client;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(test)]
+mod test_pki;
 pub mod tls;
 
 /// The sockets a gRPC service serves on.

@@ -145,55 +145,13 @@ impl GrpcTls {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use crate::test_pki::{leaf, new_ca, Files};
     use std::time::Duration;
 
-    /// A CA: its certificate (PEM) and an issuer to sign leaves with.
-    fn new_ca() -> (String, Issuer<'static, KeyPair>) {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let cert = params.self_signed(&key).unwrap();
-        (cert.pem(), Issuer::new(params, key))
-    }
-
-    /// A leaf for localhost/127.0.0.1 signed by `issuer`: (cert PEM, key PEM).
-    fn leaf(issuer: &Issuer<'_, KeyPair>, expired: bool) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-        if expired {
-            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
-        }
-        let cert = params.signed_by(&key, issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-
-    struct Files(std::path::PathBuf);
-
-    impl Files {
-        fn new() -> Self {
-            let d = std::env::temp_dir()
-                .join(format!("ordersys-tls-{}", uuid::Uuid::new_v4().simple()));
-            std::fs::create_dir_all(&d).unwrap();
-            Self(d)
-        }
-
-        /// Write a cert/key pair and a CA; the settings naming them.
-        fn tls(&self, name: &str, (cert, key): &(String, String), ca: &str) -> GrpcTls {
-            let p = |f: &str| self.0.join(format!("{name}-{f}"));
-            std::fs::write(p("cert.pem"), cert).unwrap();
-            std::fs::write(p("key.pem"), key).unwrap();
-            std::fs::write(p("ca.pem"), ca).unwrap();
-            GrpcTls::files(p("cert.pem"), p("key.pem"), p("ca.pem"))
-        }
-    }
-
-    impl Drop for Files {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+    /// Write a cert/key pair and a CA into `files`; the settings naming them.
+    fn tls(files: &Files, name: &str, pair: &(String, String), ca: &str) -> GrpcTls {
+        let (cert, key, ca) = files.pki(name, pair, ca);
+        GrpcTls::files(cert, key, ca)
     }
 
     /// A gRPC server (the health service) with `tls`; its address.
@@ -231,12 +189,12 @@ mod tests {
         let files = Files::new();
         let (ca_pem, ca) = new_ca();
         let (other_ca_pem, other_ca) = new_ca();
-        let server_tls = files.tls("server", &leaf(&ca, false), &ca_pem);
+        let server_tls = tls(&files, "server", &leaf(&ca, false), &ca_pem);
         let addr = server(&server_tls).await;
         let url = format!("https://127.0.0.1:{}", addr.port());
 
         // The right client certificate: in.
-        let client = files.tls("client", &leaf(&ca, false), &ca_pem);
+        let client = tls(&files, "client", &leaf(&ca, false), &ca_pem);
         assert!(reaches(client.endpoint(&url).unwrap()).await);
         // No certificate (TLS, verifying the server, but presenting nothing): refused.
         let anonymous = Endpoint::from_shared(url.clone())
@@ -253,19 +211,19 @@ mod tests {
         let plain = Endpoint::from_shared(format!("http://127.0.0.1:{}", addr.port())).unwrap();
         assert!(!reaches(plain).await, "a plain-text client got in");
         // A certificate from another CA (trusting ours for the server): refused.
-        let foreign = files.tls("foreign", &leaf(&other_ca, false), &ca_pem);
+        let foreign = tls(&files, "foreign", &leaf(&other_ca, false), &ca_pem);
         assert!(
             !reaches(foreign.endpoint(&url).unwrap()).await,
             "another CA's certificate got in"
         );
         // An expired certificate from our CA: refused.
-        let expired = files.tls("expired", &leaf(&ca, true), &ca_pem);
+        let expired = tls(&files, "expired", &leaf(&ca, true), &ca_pem);
         assert!(
             !reaches(expired.endpoint(&url).unwrap()).await,
             "an expired certificate got in"
         );
         // And a client that trusts another CA does not talk to our server.
-        let wary = files.tls("wary", &leaf(&ca, false), &other_ca_pem);
+        let wary = tls(&files, "wary", &leaf(&ca, false), &other_ca_pem);
         assert!(!reaches(wary.endpoint(&url).unwrap()).await);
     }
 

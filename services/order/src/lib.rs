@@ -73,7 +73,7 @@ pub async fn run_with(
                     Arc::new(SqliteIdempotencyStore::new(pool.clone())),
                 )
             } else {
-                let conn = redis::Client::open(config.redis_url.as_str())?
+                let conn = ordersys_kit::redis_client::client(&config.redis_url)?
                     .get_connection_manager()
                     .await?;
                 admin = admin.redis(conn.clone());
@@ -108,7 +108,7 @@ pub async fn run_with(
             !config.redis_url.is_empty(),
             "REDIS_URL is required with a MySQL database"
         );
-        let conn = redis::Client::open(config.redis_url.as_str())?
+        let conn = ordersys_kit::redis_client::client(&config.redis_url)?
             .get_connection_manager()
             .await?;
         let admin = Admin::new("order").mysql(pool.clone()).redis(conn.clone());

@@ -85,7 +85,7 @@ pub async fn run_with(
             outbox::sqlite::migrate(&keys).await?;
             Arc::new(SqliteIdempotencyStore::new(keys))
         } else {
-            let conn = redis::Client::open(config.redis_url.as_str())?
+            let conn = ordersys_kit::redis_client::client(&config.redis_url)?
                 .get_connection_manager()
                 .await?;
             admin = admin.redis(conn.clone());
@@ -113,7 +113,7 @@ pub async fn run_with(
             !config.redis_url.is_empty(),
             "REDIS_URL is required with a MySQL database"
         );
-        let conn = redis::Client::open(config.redis_url.as_str())?
+        let conn = ordersys_kit::redis_client::client(&config.redis_url)?
             .get_connection_manager()
             .await?;
         let admin = Admin::new("payment")

@@ -48,7 +48,7 @@ pub async fn run(
                 authz::sqlite::migrate(&pool).await?;
                 Arc::new(authz::sqlite::SqliteBlacklist::new(pool))
             } else {
-                let conn = redis::Client::open(config.redis_url.as_str())?
+                let conn = ordersys_kit::redis_client::client(&config.redis_url)?
                     .get_connection_manager()
                     .await?;
                 admin = admin.redis(conn.clone());
@@ -65,7 +65,7 @@ pub async fn run(
                 !config.redis_url.is_empty(),
                 "REDIS_URL is required with a MySQL database"
             );
-            let conn = redis::Client::open(config.redis_url.as_str())?
+            let conn = ordersys_kit::redis_client::client(&config.redis_url)?
                 .get_connection_manager()
                 .await?;
             admin = admin.redis(conn.clone());
