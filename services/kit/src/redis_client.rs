@@ -127,16 +127,17 @@ mod tests {
         }
 
         async fn wait_listening(&self) {
-            for _ in 0..200 {
-                if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                    .await
-                    .is_ok()
-                {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-            panic!("redis-server did not listen on {}", self.port);
+            let port = self.port;
+            ordersys_testkit::eventually(
+                "redis-server listening",
+                Duration::from_secs(10),
+                || async move {
+                    tokio::net::TcpStream::connect(("127.0.0.1", port))
+                        .await
+                        .ok()
+                },
+            )
+            .await;
         }
     }
 
