@@ -1,7 +1,7 @@
 # ordersys — developer entry points. `make test` is the test command CI runs.
 CARGO ?= cargo
 
-.PHONY: run test test-unit services-up kafka-down dev-up dev-down lint fmt doc bench bench-peers fuzz-api example check chaos chaos-short
+.PHONY: run test test-unit services-up kafka-down dev-up dev-down lint fmt doc bench bench-peers fuzz-api publish-check outside-user features example check chaos chaos-short
 
 ## The whole system in one process, embedded (SQLite + in-process bus) on :8080.
 run:
@@ -27,10 +27,10 @@ NO_SERVERS = REDIS_URL=redis://127.0.0.1:1/ DATABASE_URL=mysql://root@127.0.0.1:
 	DATABASE_SERVER_URL=mysql://root@127.0.0.1:1 KAFKA_BROKERS=127.0.0.1:1
 test-unit:
 	$(NO_SERVERS) $(CARGO) test --workspace --lib --all-features
-	$(NO_SERVERS) $(CARGO) test -p authz --test tokens
-	$(NO_SERVERS) $(CARGO) test -p outbox --all-features --test memory --test sqlite
-	$(NO_SERVERS) $(CARGO) test -p saga-core --all-features --test orchestrator --test sqlite
-	$(NO_SERVERS) $(CARGO) test --doc -p outbox -p saga-core -p authz -p resilience --all-features
+	$(NO_SERVERS) $(CARGO) test -p ordersys-authz --test tokens
+	$(NO_SERVERS) $(CARGO) test -p ordersys-outbox --all-features --test memory --test sqlite
+	$(NO_SERVERS) $(CARGO) test -p ordersys-saga --all-features --test orchestrator --test sqlite
+	$(NO_SERVERS) $(CARGO) test --doc -p ordersys-outbox -p ordersys-saga -p ordersys-authz -p ordersys-resilience --all-features
 
 ## Start MariaDB, Redis and the local Kafka broker if they are not running.
 services-up:
@@ -49,18 +49,33 @@ dev-down:
 kafka-down:
 	scripts/kafka-down
 
-SDK_CRATES := resilience authz outbox saga-core
+SDK_CRATES := ordersys-resilience ordersys-authz ordersys-outbox ordersys-saga
 
 ## fmt --check, clippy with warnings as errors, and each SDK crate building on its own
 ## with no default features (a user who wants only the breaker compiles nothing else).
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
-	for c in $(SDK_CRATES); do $(CARGO) check -q -p $$c --no-default-features || exit 1; done
+	scripts/check-features
 	# The peers of bench/peers (not run in CI): at least they parse.
 	bash -n bench/peers/run && bash -n bench/peers/install
 	node --check bench/peers/restate/saga.mjs
 	python3 -c 'import ast, sys; ast.parse(open(sys.argv[1]).read())' bench/peers/dbos/app.py
+
+## The SDK crates as the crates registry would take them: packaged (what ships, README
+## included, test keys not), then each package built on its own from the package, in
+## dependency order, against the others' packages (`cargo publish --dry-run`).
+publish-check:
+	$(CARGO) publish --dry-run --allow-dirty $(foreach c,$(SDK_CRATES),-p $(c))
+
+## A crate outside the workspace using the four SDK crates from their READMEs, by package
+## name: built and run (it needs no server).
+outside-user:
+	$(CARGO) run --quiet --manifest-path tests/outside-user/Cargo.toml
+
+## Each feature of each SDK crate compiles on its own (also part of `make lint`).
+features:
+	scripts/check-features
 
 ## Format the code.
 fmt:
@@ -84,10 +99,10 @@ doc:
 CRITERION = -- --warm-up-time 1 --measurement-time 3
 BENCH_E2E = $${CARGO_TARGET_DIR:-target}/release/chaos --faults none --cancel-percent 0 --initial 1000000000 --orders 1000000000
 bench:
-	$(CARGO) bench -p resilience --bench resilience $(CRITERION)
-	$(CARGO) bench -p authz --bench tokens $(CRITERION)
-	$(CARGO) bench -p saga-core --bench saga $(CRITERION)
-	$(CARGO) bench -p outbox --bench relay $(CRITERION)
+	$(CARGO) bench -p ordersys-resilience --bench resilience $(CRITERION)
+	$(CARGO) bench -p ordersys-authz --bench tokens $(CRITERION)
+	$(CARGO) bench -p ordersys-saga --bench saga $(CRITERION)
+	$(CARGO) bench -p ordersys-outbox --bench relay $(CRITERION)
 	scripts/kafka-up --install-only
 	$(CARGO) build --release --bins -p ordersys-user -p ordersys-order -p ordersys-payment -p ordersys-gateway -p ordersys -p ordersys-e2e
 	$${CARGO_TARGET_DIR:-target}/release/relay-bench --rows 100000 --profile-rounds 5

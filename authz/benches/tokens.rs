@@ -1,6 +1,6 @@
 //! Token validation as the gateway does it (signature, claims, our clock and leeway,
 //! then the blacklist) beside a bare `jsonwebtoken::decode` of the same token.
-//! Run: `cargo bench -p authz --bench tokens`.
+//! Run: `cargo bench -p ordersys-authz --bench tokens`.
 
 use std::hint::black_box;
 use std::time::Duration;

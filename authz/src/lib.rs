@@ -28,7 +28,10 @@
 //! # Ok(())
 //! # }
 //! ```
-
+//!
+//! # Cargo features
+//!
+#![doc = document_features::document_features!()]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
@@ -52,3 +55,8 @@ pub use claims::Claims;
 pub use error::{BoxError, Error, Result};
 pub use keys::{SigningKey, VerifyingKey};
 pub use token::{Clock, IssuedToken, TokenIssuer, TokenValidator, DEFAULT_LEEWAY};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

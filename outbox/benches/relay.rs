@@ -1,6 +1,6 @@
 //! Relay throughput with the memory outbox and broker (the framework's own overhead, no
 //! I/O): enqueue N messages over 16 keys, then drain them in rounds of 100.
-//! Run: `cargo bench -p outbox --bench relay`.
+//! Run: `cargo bench -p ordersys-outbox --bench relay`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use outbox::memory::{MemoryBroker, MemoryOutbox};

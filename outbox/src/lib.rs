@@ -32,7 +32,10 @@
 //! # Ok(())
 //! # }
 //! ```
-
+//!
+//! # Cargo features
+//!
+#![doc = document_features::document_features!()]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
@@ -58,3 +61,8 @@ pub use error::{BoxError, Error, Result};
 pub use message::{Delivery, Headers, MessageId, OutboxMessage, MESSAGE_ID_HEADER};
 pub use relay::{Relay, RelayConfig, RelayHandle, RoundReport};
 pub use store::{DeadLetter, Inbox, OutboxStore, Publisher, Transactional};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -1,7 +1,7 @@
 //! Hot-path costs: a call through a CLOSED breaker, a rejected call through an OPEN one,
 //! and a first-try success through retry + breaker; the closed-state call beside the
 //! `failsafe` crate's.
-//! Run: `cargo bench -p resilience --bench resilience`.
+//! Run: `cargo bench -p ordersys-resilience --bench resilience`.
 
 use std::hint::black_box;
 

@@ -27,7 +27,10 @@
 //! assert_eq!(result.unwrap(), 42);
 //! # }
 //! ```
-
+//!
+//! # Cargo features
+//!
+#![doc = document_features::document_features!()]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
@@ -44,3 +47,8 @@ pub use breaker::{
 };
 pub use rate_limit::{MemoryRateLimiter, RateDecision, RateLimitError, RateLimiter};
 pub use retry::{Backoff, Retry, RetryError};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -1,5 +1,5 @@
 //! Cost of the pure state machine and of a whole saga through the orchestrator with the
-//! memory store. Run: `cargo bench -p saga-core --bench saga`.
+//! memory store. Run: `cargo bench -p ordersys-saga --bench saga`.
 
 use std::hint::black_box;
 

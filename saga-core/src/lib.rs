@@ -45,7 +45,10 @@
 //! # Ok(())
 //! # }
 //! ```
-
+//!
+//! # Cargo features
+//!
+#![doc = document_features::document_features!()]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
@@ -80,3 +83,8 @@ pub use store::{MemorySagaStore, SagaStore};
 pub use bytes;
 pub use outbox;
 pub use uuid;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
