@@ -142,6 +142,7 @@ chaos-short:
 ## Run the in-memory saga example.
 example:
 	$(CARGO) run -p example-saga-in-memory
+	$(CARGO) run -p example-axum-jwt
 
 ## Everything CI checks.
 check: lint test doc

@@ -13,6 +13,23 @@ use crate::{Claims, Error, Result, TokenValidator};
 /// (`SET jwt:blacklist:{jti} 1 EX ttl`) in the backends.
 ///
 /// Backend failures are returned as [`Error::BlacklistUnavailable`] (see [`Error::blacklist`]).
+///
+/// Implement it with the re-exported [`async_trait`](crate::async_trait) — no extra
+/// dependency:
+///
+/// ```
+/// use std::time::Duration;
+/// use authz::{async_trait, Blacklist, Result};
+///
+/// /// Revokes nothing (a test double).
+/// struct Lenient;
+///
+/// #[async_trait]
+/// impl Blacklist for Lenient {
+///     async fn revoke(&self, _jti: &str, _ttl: Duration) -> Result<()> { Ok(()) }
+///     async fn is_revoked(&self, _jti: &str) -> Result<bool> { Ok(false) }
+/// }
+/// ```
 #[async_trait]
 pub trait Blacklist: Send + Sync {
     /// Mark `jti` revoked for `ttl` (after which the token has expired anyway).

@@ -50,6 +50,8 @@ mod token;
 #[cfg(feature = "tower")]
 pub mod layer;
 
+/// The attribute [`Blacklist`] implementations need (re-exported from `async-trait`).
+pub use async_trait::async_trait;
 pub use blacklist::{revoke_token, Authenticator, Blacklist, BlacklistFailure, MemoryBlacklist};
 pub use claims::Claims;
 pub use error::{BoxError, Error, Result};

@@ -14,7 +14,11 @@ use crate::{MessageId, OutboxMessage, Result};
 /// Tunables of a [`Relay`].
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
-    /// Identifies this relay's leases (several relays may share one outbox).
+    /// Identifies this relay's leases (several relays may share one outbox). The
+    /// default is random, which is right for tests and throwaway relays; in a service
+    /// give each instance a **stable** id (its pod or host name, [`RelayConfig::with_id`]):
+    /// a relay restarted under the same id takes back the messages it had leased at
+    /// once, instead of waiting for their lease to run out.
     pub relay_id: String,
     /// Messages claimed per round (default 100).
     pub batch_size: usize,
@@ -46,6 +50,21 @@ impl Default for RelayConfig {
                 .max_attempts(u32::MAX)
                 .max_delay(Duration::from_secs(5)),
             retention: Some(Duration::from_secs(24 * 3600)),
+        }
+    }
+}
+
+impl RelayConfig {
+    /// The defaults, with a stable relay id (see [`RelayConfig::relay_id`]).
+    ///
+    /// ```
+    /// let config = outbox::RelayConfig::with_id("order-service-0");
+    /// assert_eq!(config.relay_id, "order-service-0");
+    /// ```
+    pub fn with_id(relay_id: impl Into<String>) -> Self {
+        Self {
+            relay_id: relay_id.into(),
+            ..Self::default()
         }
     }
 }

@@ -236,6 +236,57 @@ impl<S: SagaStore, D: CommandSink<S::Tx>> Orchestrator<S, D> {
         Ok(changed)
     }
 
+    /// The deadline driver: [`fire_due_deadlines`](Self::fire_due_deadlines) (up to
+    /// `limit` sagas) every `every` until `shutdown` resolves, handing the sagas each
+    /// sweep changed to `on_changed` (to wake a relay for the commands they emitted,
+    /// invalidate caches…). A sweep that fails is logged and retried at the next tick;
+    /// a sweep in progress finishes before it returns.
+    ///
+    /// ```
+    /// # use saga_core::*;
+    /// # use saga_core::outbox::memory::MemoryTx;
+    /// # struct Sink;
+    /// # impl CommandSink<MemoryTx> for Sink {
+    /// #     async fn dispatch(&self, _: &mut MemoryTx, _: &SagaInstance, _: &SagaCommand)
+    /// #         -> saga_core::Result<Dispatch> { Ok(Dispatch::Sent) }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use std::time::Duration;
+    /// let orch = Orchestrator::new(MemorySagaStore::new(), Sink);
+    /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// let driver = orch.run_deadlines(Duration::from_secs(1), 100, async { stopped.await.ok(); },
+    ///     |changed| async move { println!("{} sagas moved on", changed.len()) });
+    /// stop.send(()).unwrap();
+    /// driver.await;
+    /// # }
+    /// ```
+    pub async fn run_deadlines<F, Fut>(
+        &self,
+        every: Duration,
+        limit: usize,
+        shutdown: impl Future<Output = ()>,
+        mut on_changed: F,
+    ) where
+        F: FnMut(Vec<SagaId>) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                _ = tick.tick() => {}
+            }
+            match self.fire_due_deadlines(limit).await {
+                Ok(changed) if !changed.is_empty() => on_changed(changed).await,
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "ошибка обработки сроков саг"),
+            }
+        }
+    }
+
     async fn drive(
         &self,
         tx: &mut S::Tx,

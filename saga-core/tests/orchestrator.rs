@@ -224,6 +224,48 @@ async fn duplicate_and_stale_replies_change_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_driver_fires_due_deadlines_until_shut_down() {
+    let w = Arc::new(world(true, false));
+    let id = w.start().await;
+    w.commands().await;
+    let (changed_tx, mut changed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let driver = {
+        let w = w.clone();
+        tokio::spawn(async move {
+            w.orch
+                .run_deadlines(
+                    Duration::from_millis(10),
+                    10,
+                    async {
+                        stopped.await.ok();
+                    },
+                    |ids| {
+                        let tx = changed_tx.clone();
+                        async move {
+                            tx.send(ids).unwrap();
+                        }
+                    },
+                )
+                .await
+        })
+    };
+    // The payment deadline passes: the next sweep compensates.
+    w.clock.fetch_add(30_000, Ordering::SeqCst);
+    let changed = tokio::time::timeout(Duration::from_secs(10), changed_rx.recv())
+        .await
+        .expect("the driver did not sweep")
+        .unwrap();
+    assert_eq!(changed, vec![id]);
+    assert_eq!(w.label(id), "COMPENSATING");
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), driver)
+        .await
+        .expect("the driver did not stop")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missed_deadline_refunds_blindly_then_cancels() {
     let w = world(true, false);
     let id = w.start().await;

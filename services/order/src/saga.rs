@@ -344,28 +344,20 @@ pub async fn sweep_deadlines<B: Backend>(
     relay: RelayHandle,
     stop: ordersys_kit::shutdown::Shutdown,
 ) -> anyhow::Result<()> {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let stopped = stop.clone().wait();
-    tokio::pin!(stopped);
-    loop {
-        tokio::select! {
-            () = &mut stopped => return Ok(()),
-            _ = tick.tick() => {}
-        }
-        match orchestrator.fire_due_deadlines(100).await {
-            Ok(changed) if !changed.is_empty() => {
-                relay.wake();
+    orchestrator
+        .run_deadlines(Duration::from_secs(1), 100, stop.wait(), |changed| {
+            relay.wake();
+            let (repo, cache) = (repo.clone(), cache.clone());
+            async move {
                 for saga in changed {
                     for order in repo.orders_of_saga(saga.0).await.unwrap_or_default() {
                         invalidate(&*cache, order).await;
                     }
                 }
             }
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "ошибка обработки сроков саг"),
-        }
-    }
+        })
+        .await;
+    Ok(())
 }
 
 /// The kind string of a command kind (for tests and tools).
