@@ -380,6 +380,19 @@ async fn bad_input_is_refused_and_lists_paginate() {
     .await;
     assert!(got.starts_with("HTTP/1.1 413"), "{got}");
     assert!(got.contains("\"payload_too_large\""), "{got}");
+    // Headers over the limit: 431 in the JSON shape too.
+    let got = write_then_read(
+        &sys.base,
+        &format!(
+            "GET /api/v1/orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+             X-Padding: {}\r\nConnection: close\r\n\r\n",
+            "p".repeat(20_000)
+        ),
+        b"",
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 431"), "{got}");
+    assert!(got.contains("\"request_header_fields_too_large\""), "{got}");
     let r = api
         .send(
             "POST",

@@ -268,9 +268,38 @@ pub fn app_with(config: &Config, backends: Backends) -> anyhow::Result<Router> {
             Duration::from_secs(config.request_timeout_secs.max(1)),
             request_timeout,
         ))
+        .layer(middleware::from_fn(refuse_large_headers))
         .layer(middleware::from_fn(error::with_correlation_id))
         .layer(middleware::from_fn_with_state(state, observe))
         .layer(ContextLayer))
+}
+
+/// The most header bytes (names, values and separators) a request may carry.
+pub const HEADER_LIMIT_BYTES: usize = 16 * 1024;
+
+/// Headers over [`HEADER_LIMIT_BYTES`]: 431 in the JSON shape, and the connection is
+/// closed. (Past 100 header fields or about 400 KB, hyper refuses the request itself
+/// while parsing it, with a bare 431.)
+async fn refuse_large_headers(req: Request, next: Next) -> Response {
+    let size: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if size <= HEADER_LIMIT_BYTES {
+        return next.run(req).await;
+    }
+    let mut response = ApiError::new(
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "request_header_fields_too_large",
+        format!("request headers are too large (limit {HEADER_LIMIT_BYTES} bytes)"),
+    )
+    .into_response();
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 /// Bodies declared larger than this are not even read through: the connection is closed

@@ -28,7 +28,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable and machine-readable: `bad_request`, `unauthorized`, `token_revoked`,
     /// `not_found`, `conflict`, `validation_failed`, `idempotency_key_reused`,
-    /// `payload_too_large`, `rate_limited`, `request_timeout`, `overloaded`,
+    /// `payload_too_large`, `request_header_fields_too_large`, `rate_limited`, `request_timeout`, `overloaded`,
     /// `service_unavailable`, `internal`…
     #[schema(example = "validation_failed")]
     code: String,
@@ -107,6 +107,7 @@ fn add_common_errors(op: &mut Operation) {
     let has_params = op.parameters.as_ref().is_some_and(|p| !p.is_empty());
     let mut errors: Vec<(&str, &str, bool)> = vec![
         ("408", "The request took longer than `REQUEST_TIMEOUT_SECS`", false),
+        ("431", "The request's headers are over 16 KiB", false),
         ("429", "Rate limited (per client IP); retry after `Retry-After` seconds", true),
         ("500", "An unexpected error (logged with the correlation id)", false),
         ("503", "A service behind the gateway is unavailable or busy (circuit open, overloaded); retry after `Retry-After` seconds", true),
