@@ -95,6 +95,7 @@ impl Blacklist for MemoryBlacklist {
 
 /// What to do when the blacklist cannot be consulted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum BlacklistFailure {
     /// Refuse the token ([`Error::BlacklistUnavailable`]). The safe default.
     #[default]

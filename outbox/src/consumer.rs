@@ -203,6 +203,8 @@ impl<I: Inbox, D: DeadLetter> IdempotentConsumer<I, D> {
                 Some(error) => (error, attempts),
                 None => return Err(Error::Handler("deadline exceeded".into())),
             },
+            // `RetryError` may grow variants; whatever it is, it did not succeed.
+            Err(_) => return Err(Error::Handler("the retry ended without a result".into())),
         };
         let reason = match error {
             // Infrastructure trouble is not the message's fault: do not park it.

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// The three states of a [`CircuitBreaker`].
+/// The three states of a [`CircuitBreaker`]. Deliberately exhaustive (not
+/// `#[non_exhaustive]`): the state set of a circuit breaker is fixed, and matching on it
+/// without a wildcard arm (to export it as a metric, say) is what users want.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BreakerState {
     /// Normal operation: calls pass, consecutive failures are counted.
@@ -91,6 +93,7 @@ pub struct CircuitOpen {
 /// Error of [`CircuitBreaker::call`]: either the breaker rejected the call, or the call ran
 /// and failed with its own error.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum BreakerError<E> {
     /// Rejected without calling the downstream.
     #[error(transparent)]

@@ -55,6 +55,7 @@ impl Default for Retry {
 
 /// Why a retried operation finally failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RetryError<E> {
     /// The last attempt failed and no retry is left (or the error is not retryable).
     #[error("failed after {attempts} attempt(s): {error}")]

@@ -114,8 +114,9 @@ where
             )
         }
         Err(BreakerError::Inner(s)) => Err(to_api_error(service, &s)),
-        // Only `Retry::call_with_breaker` produces it; this path has no retry deadline.
-        Err(BreakerError::TimedOut) => Err(ApiError::unavailable(format!(
+        // `TimedOut` comes only from `Retry::call_with_breaker` (this path has no retry
+        // deadline); any variant added later is an outage too.
+        Err(_) => Err(ApiError::unavailable(format!(
             "{service} service did not answer in time"
         ))),
     }
