@@ -1,7 +1,7 @@
 # ordersys — developer entry points. `make test` is the test command CI runs.
 CARGO ?= cargo
 
-.PHONY: run test test-unit services-up kafka-down dev-up dev-down lint fmt doc bench bench-peers fuzz-api publish-check outside-user features example check chaos chaos-short
+.PHONY: run test test-unit services-up kafka-down dev-up dev-down lint fmt doc bench bench-peers fuzz-api publish-check outside-user features deploy-check proto build up down smoke example check chaos chaos-short
 
 ## The whole system in one process, embedded (SQLite + in-process bus) on :8080.
 run:
@@ -76,6 +76,40 @@ outside-user:
 ## Each feature of each SDK crate compiles on its own (also part of `make lint`).
 features:
 	scripts/check-features
+
+## The deployment artefacts (Dockerfile, compose, workflows, provisioning) validated
+## with pinned tools: hadolint, the compose schema, actionlint. Part of .ci/run.
+deploy-check:
+	scripts/check-deploy
+
+## Compile the .proto files (protox, no system protoc; also part of every build).
+proto:
+	$(CARGO) build -p ordersys-proto
+
+## The image (needs a Docker engine): every binary, the command picks the service.
+IMAGE ?= ordersys:dev
+build:
+	docker build -f deployments/docker/Dockerfile -t $(IMAGE) .
+
+## The reference deployment with compose (needs a Docker engine): development
+## certificates (0644 inside the compose folder: the containers run as another user)
+## and secrets in deployments/compose/.env on first use, then everything up.
+COMPOSE = docker compose -f deployments/compose/compose.yaml
+up:
+	scripts/dev-certs deployments/compose/certs >/dev/null
+	chmod 0755 deployments/compose/certs && chmod 0644 deployments/compose/certs/*.key
+	test -s deployments/compose/.env || printf 'JWT_SECRET=%s\nMYSQL_ROOT_PASSWORD=%s\n' \
+		"$$(head -c 48 /dev/urandom | base64 | tr -d '\n/+=')" "$$(head -c 24 /dev/urandom | base64 | tr -d '\n/+=')" \
+		> deployments/compose/.env
+	ORDERSYS_IMAGE=$(IMAGE) $(COMPOSE) up -d --build --wait
+
+down:
+	$(COMPOSE) down
+
+## Place and confirm one order through the REST API of a running deployment.
+BASE_URL ?= http://127.0.0.1:8080
+smoke:
+	BASE_URL=$(BASE_URL) scripts/smoke
 
 ## Format the code.
 fmt:

@@ -313,7 +313,9 @@ async fn forged_tokens_are_refused() {
         .unwrap()
         .token;
     let truncated = token[..token.len() - 8].to_owned();
-    let oversized = format!("{token}{}", "A".repeat(16 * 1024));
+    // Oversized, yet under the 16 KiB header limit (past it the answer is 431, tested in
+    // orders.rs): some 25 times a real token.
+    let oversized = format!("{token}{}", "A".repeat(8 * 1024));
     // Revoked: logged out, then used again.
     let revoked = api.revoked_token(&address, "password-123").await;
 
