@@ -1,7 +1,7 @@
 # ordersys — developer entry points. `make test` is the test command CI runs.
 CARGO ?= cargo
 
-.PHONY: run test test-unit services-up kafka-down dev-up dev-down lint fmt doc bench bench-peers fuzz-api publish-check outside-user features deploy-check proto build up down smoke example check chaos chaos-short
+.PHONY: run test test-unit services-up kafka-down dev-up dev-down lint fmt doc bench bench-peers fuzz-api publish-check outside-user features deploy-check proto build up down migrate smoke example check chaos chaos-short
 
 ## The whole system in one process, embedded (SQLite + in-process bus) on :8080.
 run:
@@ -105,6 +105,11 @@ up:
 
 down:
 	$(COMPOSE) down
+
+## Apply every service's migrations as a step of its own (each also migrates at start):
+## `ordersys-{user,order,payment} migrate` in the compose deployment.
+migrate:
+	for s in user order payment; do $(COMPOSE) run --rm $$s ordersys-$$s migrate || exit 1; done
 
 ## Place and confirm one order through the REST API of a running deployment.
 BASE_URL ?= http://127.0.0.1:8080

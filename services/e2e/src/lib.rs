@@ -144,6 +144,28 @@ fn with_tls(name: &str, mut env: HashMap<String, String>) -> HashMap<String, Str
     env
 }
 
+/// Run binary `name` with `args` and `env` (plain text inside: no TLS settings added)
+/// until it exits, at most `within`: its exit status and what it printed.
+pub async fn run_to_end(
+    name: &str,
+    args: &[&str],
+    env: &HashMap<String, String>,
+    within: Duration,
+) -> (std::process::ExitStatus, String) {
+    let child = tokio::process::Command::new(bin(name))
+        .args(args)
+        .envs(env)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(within, child)
+        .await
+        .unwrap_or_else(|_| panic!("{name} {args:?} did not exit within {within:?}"))
+        .expect("the binary runs");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status, text)
+}
+
 impl Service {
     /// Start binary `name` with `env`; its output goes to a log file under the temp dir.
     /// The separate services get mutual TLS (see [`dev_certs`]) unless `env` sets

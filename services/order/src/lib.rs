@@ -52,6 +52,20 @@ pub async fn run(
     run_with(config, listeners, shutdown, messaging).await
 }
 
+/// Create the database if missing and apply every migration (orders, sagas, outbox,
+/// inbox), then return: `ordersys-order migrate`, `make migrate`. Serving applies them
+/// too; this runs them as a step of their own (before a rollout, say).
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    if ordersys_kit::db::is_sqlite(&config.database_url) {
+        let pool = ordersys_kit::db::connect_sqlite(&config.database_url).await?;
+        repository::SqliteOrders::new(pool).migrate().await
+    } else {
+        let pool =
+            ordersys_kit::db::connect(&config.database_url, 2, Duration::from_secs(30)).await?;
+        repository::MySqlOrders::new(pool).migrate().await
+    }
+}
+
 /// Run until `shutdown` resolves, with `messaging` for the saga messages.
 pub async fn run_with(
     config: Config,

@@ -47,6 +47,29 @@ pub async fn run(
     run_with(config, listeners, shutdown, messaging).await
 }
 
+/// Create the database if missing and apply every migration (accounts, payments,
+/// outbox, inbox; with SQLite and no Redis, the idempotency file too), then return:
+/// `ordersys-payment migrate`, `make migrate`.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    if ordersys_kit::db::is_sqlite(&config.database_url) {
+        let pool = ordersys_kit::db::connect_sqlite(&config.database_url).await?;
+        repository::SqlitePayments::new(pool).migrate().await?;
+        if config.redis_url.is_empty() {
+            let keys = ordersys_kit::db::connect_sqlite(&ordersys_kit::db::sibling_sqlite(
+                &config.database_url,
+                "idempotency",
+            ))
+            .await?;
+            outbox::sqlite::migrate(&keys).await?;
+        }
+        Ok(())
+    } else {
+        let pool =
+            ordersys_kit::db::connect(&config.database_url, 2, Duration::from_secs(30)).await?;
+        repository::MySqlPayments::new(pool).migrate().await
+    }
+}
+
 /// Run until `shutdown` resolves: the message in progress is finished, the relay
 /// finishes its round, in-flight gRPC calls complete.
 pub async fn run_with(

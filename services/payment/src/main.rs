@@ -4,6 +4,12 @@
 async fn main() -> anyhow::Result<()> {
     ordersys_kit::telemetry::init("payment");
     let config = ordersys_payment::Config::load()?;
+    // `ordersys-payment migrate`: apply the migrations and exit (`make migrate`).
+    if std::env::args().nth(1).as_deref() == Some("migrate") {
+        ordersys_payment::migrate(&config).await?;
+        tracing::info!("миграции применены");
+        return Ok(());
+    }
     tracing::info!(config = ?config, "конфигурация загружена");
     let listeners =
         ordersys_payment::Listeners::bind(&config.grpc_addr, &config.admin_addr).await?;

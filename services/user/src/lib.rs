@@ -27,6 +27,23 @@ use tokio_stream::wrappers::TcpListenerStream;
 pub use config::Config;
 pub use ordersys_kit::Listeners;
 
+/// Create the database if missing and apply every migration (users; with SQLite and no
+/// Redis, the revoked tokens too), then return: `ordersys-user migrate`, `make migrate`.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    if ordersys_kit::db::is_sqlite(&config.database_url) {
+        let pool = ordersys_kit::db::connect_sqlite(&config.database_url).await?;
+        repository::SqliteUsers::new(pool.clone()).migrate().await?;
+        if config.redis_url.is_empty() {
+            authz::sqlite::migrate(&pool).await?;
+        }
+        Ok(())
+    } else {
+        let pool =
+            ordersys_kit::db::connect(&config.database_url, 2, Duration::from_secs(30)).await?;
+        repository::MySqlUsers::new(pool).migrate().await
+    }
+}
+
 /// Run the service until `shutdown` resolves; in-flight requests are finished first.
 pub async fn run(
     config: Config,
