@@ -124,6 +124,11 @@ impl std::fmt::Debug for Authenticator {
 impl Authenticator {
     /// Fail-closed authenticator.
     pub fn new(validator: TokenValidator, blacklist: Arc<dyn Blacklist>) -> Self {
+        // The counters exist (at 0) from the start, for dashboards and alerts.
+        metrics::counter!("authz_blacklist_hits_total").increment(0);
+        for policy in ["fail_closed", "fail_open"] {
+            metrics::counter!("authz_blacklist_errors_total", "policy" => policy).increment(0);
+        }
         Self {
             validator,
             blacklist,
@@ -147,14 +152,24 @@ impl Authenticator {
         let claims = self.validator.validate(token)?;
         match self.blacklist.is_revoked(&claims.jti).await {
             Ok(false) => Ok(claims),
-            Ok(true) => Err(Error::Revoked),
-            Err(e) => match self.on_failure {
-                BlacklistFailure::FailClosed => Err(match e {
-                    Error::BlacklistUnavailable(_) => e,
-                    other => Error::blacklist(other),
-                }),
-                BlacklistFailure::FailOpen => Ok(claims),
-            },
+            Ok(true) => {
+                metrics::counter!("authz_blacklist_hits_total").increment(1);
+                Err(Error::Revoked)
+            }
+            Err(e) => {
+                let policy = match self.on_failure {
+                    BlacklistFailure::FailClosed => "fail_closed",
+                    BlacklistFailure::FailOpen => "fail_open",
+                };
+                metrics::counter!("authz_blacklist_errors_total", "policy" => policy).increment(1);
+                match self.on_failure {
+                    BlacklistFailure::FailClosed => Err(match e {
+                        Error::BlacklistUnavailable(_) => e,
+                        other => Error::blacklist(other),
+                    }),
+                    BlacklistFailure::FailOpen => Ok(claims),
+                }
+            }
         }
     }
 

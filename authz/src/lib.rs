@@ -29,6 +29,14 @@
 //! # }
 //! ```
 //!
+//! # Metrics
+//!
+//! Through the [`metrics`](https://docs.rs/metrics) facade (a no-op until the
+//! application installs a recorder), from [`Authenticator`]:
+//! `authz_blacklist_hits_total` (valid tokens refused because revoked) and
+//! `authz_blacklist_errors_total{policy}` (blacklist lookups that failed — an outage —,
+//! with the policy applied: `fail_closed` refused the token, `fail_open` let it pass).
+//!
 //! # Cargo features
 //!
 #![doc = document_features::document_features!()]

@@ -296,6 +296,7 @@ fn fast_config(id: &str) -> RelayConfig {
             .max_attempts(u32::MAX)
             .max_delay(Duration::from_millis(50)),
         retention: None,
+        backlog_interval: None,
     }
 }
 

@@ -4,6 +4,7 @@ use std::fmt;
 use std::future::Future;
 
 use resilience::{Retry, RetryError};
+use tracing::Instrument;
 
 use crate::error::BoxError;
 use crate::store::{DeadLetter, Inbox};
@@ -114,6 +115,9 @@ pub struct IdempotentConsumer<I, D> {
     inbox: I,
     dead_letter: D,
     retry: Retry,
+    /// Topics whose outcome counters exist (registered at 0 on first sight, so a
+    /// dashboard or alert sees `dead_lettered 0`, not nothing).
+    topics_seen: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl<I, D> fmt::Debug for IdempotentConsumer<I, D> {
@@ -137,7 +141,8 @@ impl<I: Inbox, D: DeadLetter> IdempotentConsumer<I, D> {
             name: name.into(),
             inbox,
             dead_letter,
-            retry: Retry::default(),
+            retry: Retry::default().named("outbox.consume"),
+            topics_seen: Default::default(),
         }
     }
 
@@ -172,8 +177,61 @@ impl<I: Inbox, D: DeadLetter> IdempotentConsumer<I, D> {
         Ok(Attempt::Done(Outcome::Processed))
     }
 
-    /// Handle one delivery (see the type docs for the guarantees).
+    /// Handle one delivery (see the type docs for the guarantees), inside an
+    /// `outbox.consume` span that continues the trace carried in the delivery's headers
+    /// (see [`trace`](crate::trace)), counted in `outbox_consumer_messages_total` and
+    /// timed in `outbox_consumer_handle_duration_seconds`.
     pub async fn process<H: Handler<I::Tx>>(&self, msg: &Delivery, handler: &H) -> Result<Outcome> {
+        let span = tracing::info_span!(
+            "outbox.consume",
+            otel.name = %format_args!("{} process", msg.topic),
+            otel.kind = "consumer",
+            consumer = %self.name,
+            messaging.destination.name = %msg.topic,
+            messaging.message.id = %msg.id,
+            key = %msg.key,
+            outcome = tracing::field::Empty,
+        );
+        crate::trace::set_parent(&span, &msg.headers);
+        let started = std::time::Instant::now();
+        let result = self
+            .process_inner(msg, handler)
+            .instrument(span.clone())
+            .await;
+        let outcome = match &result {
+            Ok(Outcome::Processed) => "processed",
+            Ok(Outcome::Duplicate) => "duplicate",
+            Ok(Outcome::DeadLettered { .. }) => "dead_lettered",
+            Err(_) => "failed",
+        };
+        span.record("outcome", outcome);
+        let (consumer, topic) = (self.name.clone(), msg.topic.clone());
+        let first_sight = self
+            .topics_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(topic.clone());
+        if first_sight {
+            for o in ["processed", "duplicate", "dead_lettered", "failed"] {
+                metrics::counter!("outbox_consumer_messages_total",
+                    "consumer" => consumer.clone(), "topic" => topic.clone(), "outcome" => o)
+                .increment(0);
+            }
+        }
+        metrics::counter!("outbox_consumer_messages_total",
+            "consumer" => consumer.clone(), "topic" => topic.clone(), "outcome" => outcome)
+        .increment(1);
+        metrics::histogram!("outbox_consumer_handle_duration_seconds",
+            "consumer" => consumer, "topic" => topic)
+        .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn process_inner<H: Handler<I::Tx>>(
+        &self,
+        msg: &Delivery,
+        handler: &H,
+    ) -> Result<Outcome> {
         enum Fail {
             Store(Error),
             Handler(HandlerError),

@@ -10,9 +10,10 @@ use std::future::Future;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -396,6 +397,32 @@ pub struct ConsumerStats {
     pub dead_lettered: u64,
 }
 
+/// The consumer's client context: reports each assigned partition's lag
+/// (`outbox_consumer_lag_messages{group,topic,partition}`) from librdkafka's statistics
+/// (every `statistics.interval.ms`, default 5 s here).
+struct LagContext {
+    group: String,
+}
+
+impl ClientContext for LagContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                // -1: the internal "unassigned" partition, or no lag known (not ours).
+                if *partition < 0 || p.consumer_lag < 0 {
+                    continue;
+                }
+                metrics::gauge!("outbox_consumer_lag_messages",
+                    "group" => self.group.clone(), "topic" => topic.clone(),
+                    "partition" => partition.to_string())
+                .set(p.consumer_lag as f64);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LagContext {}
+
 /// Turn a Kafka message into a [`Delivery`]. A message without a valid `message-id`
 /// header gets an id derived from its topic, partition and offset, which is stable
 /// across redeliveries.
@@ -475,8 +502,18 @@ where
     for (k, v) in &config.extra {
         cc.set(k, v);
     }
-    let kafka: std::sync::Arc<StreamConsumer> =
-        std::sync::Arc::new(cc.create().map_err(kafka_err)?);
+    if !config
+        .extra
+        .iter()
+        .any(|(k, _)| k == "statistics.interval.ms")
+    {
+        cc.set("statistics.interval.ms", "5000");
+    }
+    let context = LagContext {
+        group: config.group_id.clone(),
+    };
+    let kafka: std::sync::Arc<StreamConsumer<LagContext>> =
+        std::sync::Arc::new(cc.create_with_context(context).map_err(kafka_err)?);
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
     kafka.subscribe(&topics).map_err(kafka_err)?;
 
@@ -762,7 +799,7 @@ impl Watchdog {
     }
 
     /// Blocking (librdkafka metadata and offset requests): run off the async threads.
-    fn check(&mut self, kafka: &StreamConsumer, topics: &[String]) -> KafkaResult<()> {
+    fn check(&mut self, kafka: &StreamConsumer<LagContext>, topics: &[String]) -> KafkaResult<()> {
         let assignment = kafka.assignment()?;
         if assignment.count() > 0 {
             self.unconsumed_since = None;
@@ -817,7 +854,7 @@ impl Watchdog {
     /// beyond the end of its log is moved to the start of the log.
     fn seek_back_from_beyond_the_end(
         &self,
-        kafka: &StreamConsumer,
+        kafka: &StreamConsumer<LagContext>,
         assignment: &TopicPartitionList,
     ) -> KafkaResult<()> {
         let position = kafka.position()?;

@@ -55,12 +55,13 @@ mod relay;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 mod store;
+pub mod trace;
 
 pub use consumer::{Handler, HandlerError, IdempotentConsumer, Outcome};
 pub use error::{BoxError, Error, Result};
 pub use message::{Delivery, Headers, MessageId, OutboxMessage, MESSAGE_ID_HEADER};
 pub use relay::{Relay, RelayConfig, RelayHandle, RoundReport};
-pub use store::{DeadLetter, Inbox, OutboxStore, Publisher, Transactional};
+pub use store::{Backlog, DeadLetter, Inbox, OutboxStore, Publisher, Transactional};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

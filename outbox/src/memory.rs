@@ -273,6 +273,16 @@ impl OutboxStore for MemoryOutbox {
         Ok(doomed.len() as u64)
     }
 
+    async fn backlog(&self) -> Result<Option<crate::Backlog>> {
+        let st = lock(&self.state);
+        let mut unsent = st.rows.values().filter(|r| r.sent_at.is_none());
+        let oldest = unsent.next().map(|r| r.msg.created_at);
+        Ok(Some(crate::Backlog {
+            messages: u64::from(oldest.is_some()) + unsent.count() as u64,
+            oldest,
+        }))
+    }
+
     fn commit_signal(&self) -> Option<Arc<Notify>> {
         Some(self.notify.clone())
     }

@@ -157,18 +157,22 @@ impl fmt::Debug for OutboxMessage {
 }
 
 impl OutboxMessage {
-    /// A new message with a fresh id.
+    /// A new message with a fresh id. With the `opentelemetry` feature its headers start
+    /// with the current span's trace context (see [`trace`](crate::trace)), so the
+    /// message's journey joins the trace of the operation that enqueued it.
     pub fn new(
         topic: impl Into<String>,
         key: impl Into<String>,
         payload: impl Into<Bytes>,
     ) -> Self {
+        let mut headers = Headers::new();
+        crate::trace::inject_current(&mut headers);
         Self {
             id: MessageId::new(),
             topic: topic.into(),
             key: key.into(),
             payload: payload.into(),
-            headers: Headers::new(),
+            headers,
             created_at: SystemTime::now(),
             attempts: 0,
         }

@@ -1,12 +1,14 @@
 //! The relay: drains the outbox into the broker.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use resilience::Retry;
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 use crate::store::{OutboxStore, Publisher};
 use crate::{MessageId, OutboxMessage, Result};
@@ -37,6 +39,9 @@ pub struct RelayConfig {
     pub backoff: Retry,
     /// Sent messages are purged after this long (default 24 h); `None` keeps them.
     pub retention: Option<Duration>,
+    /// How often the relay reports the store's backlog (`outbox_backlog_messages`,
+    /// `outbox_oldest_unsent_age_seconds`; default every 5 s); `None` never asks.
+    pub backlog_interval: Option<Duration>,
 }
 
 impl Default for RelayConfig {
@@ -50,6 +55,7 @@ impl Default for RelayConfig {
                 .max_attempts(u32::MAX)
                 .max_delay(Duration::from_secs(5)),
             retention: Some(Duration::from_secs(24 * 3600)),
+            backlog_interval: Some(Duration::from_secs(5)),
         }
     }
 }
@@ -67,6 +73,52 @@ impl RelayConfig {
             ..Self::default()
         }
     }
+}
+
+/// Publish one message inside an `outbox.publish` span (a child of the context stored
+/// with the message), carrying the span's context to the broker, and count it.
+async fn publish_one<P: Publisher>(publisher: &P, m: &OutboxMessage) -> Result<()> {
+    let span = tracing::info_span!(
+        "outbox.publish",
+        otel.name = %format_args!("{} publish", m.topic),
+        otel.kind = "producer",
+        messaging.destination.name = %m.topic,
+        messaging.message.id = %m.id,
+        key = %m.key,
+    );
+    crate::trace::set_parent(&span, &m.headers);
+    let mut headers = m.headers.clone();
+    crate::trace::inject_span(&span, &mut headers);
+    let out = if headers == m.headers {
+        Cow::Borrowed(m)
+    } else {
+        Cow::Owned(OutboxMessage {
+            headers,
+            ..m.clone()
+        })
+    };
+    let started = std::time::Instant::now();
+    let result = publisher.publish(&out).instrument(span).await;
+    let topic = m.topic.clone();
+    match &result {
+        Ok(()) => {
+            metrics::counter!("outbox_relay_published_total", "topic" => topic.clone())
+                .increment(1);
+            // Exists at 0 until the first failure (for dashboards and alerts).
+            metrics::counter!("outbox_relay_publish_failures_total", "topic" => topic.clone())
+                .increment(0);
+            metrics::histogram!("outbox_relay_publish_duration_seconds", "topic" => topic.clone())
+                .record(started.elapsed().as_secs_f64());
+            if let Ok(lag) = SystemTime::now().duration_since(m.created_at) {
+                metrics::histogram!("outbox_relay_lag_seconds", "topic" => topic)
+                    .record(lag.as_secs_f64());
+            }
+        }
+        Err(_) => {
+            metrics::counter!("outbox_relay_publish_failures_total", "topic" => topic).increment(1)
+        }
+    }
+    result
 }
 
 /// What one round of the relay did.
@@ -206,7 +258,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
             async move {
                 let mut sent = Vec::new();
                 for (i, m) in msgs.iter().enumerate() {
-                    match publisher.publish(m).await {
+                    match publish_one(&**publisher, m).await {
                         Ok(()) => sent.push(m.id),
                         Err(e) => {
                             let rest: Vec<MessageId> = msgs[i + 1..].iter().map(|m| m.id).collect();
@@ -254,6 +306,23 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         Ok(report)
     }
 
+    /// Report the store's backlog as gauges (see [`trace`](crate::trace)).
+    pub async fn report_backlog(&self) -> Result<Option<crate::Backlog>> {
+        let backlog = self.store.backlog().await?;
+        if let Some(b) = backlog {
+            let relay = self.config.relay_id.clone();
+            metrics::gauge!("outbox_backlog_messages", "relay" => relay.clone())
+                .set(b.messages as f64);
+            let age = b
+                .oldest
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .unwrap_or_default();
+            metrics::gauge!("outbox_oldest_unsent_age_seconds", "relay" => relay)
+                .set(age.as_secs_f64());
+        }
+        Ok(backlog)
+    }
+
     /// Run until `shutdown` resolves. A round in progress is always finished (its
     /// messages are published and marked, or failed and released) before returning, so
     /// a graceful stop never leaves a batch leased.
@@ -262,6 +331,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         let mut backoff = self.config.backoff.backoff();
         let mut last_delay = self.config.backoff.nominal_delay(1);
         let mut last_purge = tokio::time::Instant::now();
+        let mut last_backlog: Option<tokio::time::Instant> = None;
         // When the earliest message held back after a failed publish is due again.
         let mut next_retry: Option<tokio::time::Instant> = None;
         loop {
@@ -296,6 +366,15 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                     Next::Backoff(last_delay)
                 }
             };
+
+            if let Some(every) = self.config.backlog_interval {
+                if last_backlog.is_none_or(|at| at.elapsed() >= every) {
+                    last_backlog = Some(tokio::time::Instant::now());
+                    if let Err(e) = self.report_backlog().await {
+                        tracing::debug!(error = %e, "не удалось измерить очередь outbox");
+                    }
+                }
+            }
 
             if let Some(retention) = self.config.retention {
                 if last_purge.elapsed() >= retention.min(Duration::from_secs(3600)) {

@@ -283,6 +283,18 @@ impl OutboxStore for SqliteOutbox {
             .map(|r| r.rows_affected())
             .map_err(storage)
     }
+
+    async fn backlog(&self) -> Result<Option<crate::Backlog>> {
+        let (n, oldest_us): (i64, Option<i64>) = sqlx::query_as(concat!(
+            "SELECT COUNT(*), (SELECT created_at_us FROM outbox_messages ",
+            "WHERE sent_at_us IS NULL ORDER BY seq LIMIT 1) ",
+            "FROM outbox_messages WHERE sent_at_us IS NULL"
+        ))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(storage)?;
+        Ok(Some(crate::store::backlog_from(n, oldest_us)))
+    }
 }
 
 /// SQLite [`Inbox`].

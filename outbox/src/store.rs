@@ -96,6 +96,13 @@ pub trait OutboxStore: Transactional {
     /// Delete sent messages older than `retention`; returns how many were deleted.
     fn purge_sent(&self, retention: Duration) -> impl Future<Output = Result<u64>> + Send;
 
+    /// How much is waiting to be published, for the relay's metrics
+    /// (`outbox_backlog_messages`, `outbox_oldest_unsent_age_seconds`). Default: `None`
+    /// (not reported).
+    fn backlog(&self) -> impl Future<Output = Result<Option<Backlog>>> + Send {
+        async { Ok(None) }
+    }
+
     /// Signalled when a unit of work that enqueued something committed, if the backend
     /// can tell (the memory backend can; a SQL backend shared by several processes
     /// cannot, and the relay falls back to polling).
@@ -129,6 +136,24 @@ pub trait Publisher: Send + Sync + 'static {
     /// Publish `msg` to `msg.topic` with `msg.key` and `msg.headers` (plus the
     /// [`MESSAGE_ID_HEADER`](crate::MESSAGE_ID_HEADER)).
     fn publish(&self, msg: &OutboxMessage) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// What an outbox holds unsent ([`OutboxStore::backlog`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backlog {
+    /// Unsent messages (leased or not, held back or not).
+    pub messages: u64,
+    /// When the oldest of them was enqueued (`None` when there are none).
+    pub oldest: Option<std::time::SystemTime>,
+}
+
+/// A [`Backlog`] from a count and the oldest `created_at_us` (SQL backends).
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+pub(crate) fn backlog_from(messages: i64, oldest_us: Option<i64>) -> Backlog {
+    Backlog {
+        messages: messages.max(0) as u64,
+        oldest: oldest_us.map(|us| std::time::UNIX_EPOCH + Duration::from_micros(us.max(0) as u64)),
+    }
 }
 
 /// Where messages go that could not be processed (the `dlq.saga` topic in ordersys).
@@ -179,6 +204,9 @@ impl<T: OutboxStore> OutboxStore for Arc<T> {
     }
     fn purge_sent(&self, retention: Duration) -> impl Future<Output = Result<u64>> + Send {
         (**self).purge_sent(retention)
+    }
+    fn backlog(&self) -> impl Future<Output = Result<Option<Backlog>>> + Send {
+        (**self).backlog()
     }
     fn commit_signal(&self) -> Option<Arc<Notify>> {
         (**self).commit_signal()

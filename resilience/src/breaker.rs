@@ -31,6 +31,19 @@ impl BreakerState {
         }
     }
 
+    /// The value of the `resilience_breaker_state` gauge: 0 closed, 1 open, 2 half-open.
+    ///
+    /// ```
+    /// assert_eq!(resilience::BreakerState::Open.metric_value(), 1.0);
+    /// ```
+    pub fn metric_value(self) -> f64 {
+        match self {
+            Self::Closed => 0.0,
+            Self::Open => 1.0,
+            Self::HalfOpen => 2.0,
+        }
+    }
+
     fn from_u8(v: u8) -> Self {
         match v {
             CLOSED => Self::Closed,
@@ -219,6 +232,11 @@ impl CircuitBreakerBuilder {
 
     /// Build the breaker, starting CLOSED.
     pub fn build(self) -> CircuitBreaker {
+        metrics::gauge!("resilience_breaker_state", "breaker" => self.name.to_string())
+            .set(BreakerState::Closed.metric_value());
+        metrics::counter!("resilience_breaker_transitions_total", "breaker" => self.name.to_string(),
+            "from" => BreakerState::Closed.as_str(), "to" => BreakerState::Open.as_str())
+        .increment(0);
         CircuitBreaker {
             inner: Arc::new(Inner {
                 name: self.name,
@@ -278,11 +296,18 @@ impl CircuitBreaker {
     }
 
     fn emit(&self, from: u8, to: u8) {
+        let (from, to) = (BreakerState::from_u8(from), BreakerState::from_u8(to));
+        let name = self.inner.name.to_string();
+        metrics::gauge!("resilience_breaker_state", "breaker" => name.clone())
+            .set(to.metric_value());
+        metrics::counter!("resilience_breaker_transitions_total", "breaker" => name,
+            "from" => from.as_str(), "to" => to.as_str())
+        .increment(1);
         if let Some(cb) = &self.inner.on_transition {
             cb(&Transition {
                 name: self.inner.name.clone(),
-                from: BreakerState::from_u8(from),
-                to: BreakerState::from_u8(to),
+                from,
+                to,
             });
         }
     }

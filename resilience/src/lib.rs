@@ -28,6 +28,18 @@
 //! # }
 //! ```
 //!
+//! # Metrics
+//!
+//! Through the [`metrics`](https://docs.rs/metrics) facade (a no-op until the
+//! application installs a recorder):
+//!
+//! | name | type | labels | what |
+//! |---|---|---|---|
+//! | `resilience_breaker_state` | gauge | `breaker` | 0 closed, 1 open, 2 half-open ([`BreakerState::metric_value`]) |
+//! | `resilience_breaker_transitions_total` | counter | `breaker`, `from`, `to` | state changes |
+//! | `resilience_retries_total` | counter | `retry` | retries made (attempts after the first) by a policy ([`Retry::named`]) |
+//! | `resilience_rate_limit_rejections_total` | counter | `limiter` (`memory`, `redis`) | requests refused |
+//!
 //! # Cargo features
 //!
 #![doc = document_features::document_features!()]

@@ -86,6 +86,8 @@ const SWEEP_FROM: usize = 100_000;
 impl MemoryRateLimiter {
     /// `limit` requests per `window` per client.
     pub fn new(limit: u32, window: Duration) -> Self {
+        metrics::counter!("resilience_rate_limit_rejections_total", "limiter" => "memory")
+            .increment(0);
         Self {
             limit,
             window,
@@ -120,11 +122,15 @@ impl RateLimiter for MemoryRateLimiter {
             *entry = (0, now + self.window);
         }
         entry.0 = entry.0.saturating_add(1);
-        Ok(decide(self.limit, entry.0, entry.1 - now))
+        Ok(decide(self.limit, entry.0, entry.1 - now, "memory"))
     }
 }
 
-fn decide(limit: u32, count: u32, reset_after: Duration) -> RateDecision {
+fn decide(limit: u32, count: u32, reset_after: Duration, limiter: &'static str) -> RateDecision {
+    if count > limit {
+        metrics::counter!("resilience_rate_limit_rejections_total", "limiter" => limiter)
+            .increment(1);
+    }
     RateDecision {
         allowed: count <= limit,
         limit,
@@ -177,6 +183,8 @@ return {c, ttl}
     impl RedisRateLimiter {
         /// `limit` requests per `window` per client, keys `rate:{client}`.
         pub fn new(conn: ConnectionManager, limit: u32, window: Duration) -> Self {
+            metrics::counter!("resilience_rate_limit_rejections_total", "limiter" => "redis")
+                .increment(0);
             Self {
                 conn,
                 limit,
@@ -209,6 +217,7 @@ return {c, ttl}
                 self.limit,
                 count,
                 Duration::from_millis(ttl_ms.max(0) as u64),
+                "redis",
             ))
         }
     }

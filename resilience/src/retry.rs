@@ -38,6 +38,7 @@ pub struct Retry {
     max_delay: Duration,
     jitter: f64,
     deadline: Option<Duration>,
+    name: &'static str,
 }
 
 impl Default for Retry {
@@ -49,6 +50,7 @@ impl Default for Retry {
             max_delay: Duration::from_secs(30),
             jitter: 0.1,
             deadline: None,
+            name: "unnamed",
         }
     }
 }
@@ -137,6 +139,25 @@ impl Retry {
         self
     }
 
+    /// Name the policy: the `retry` label of `resilience_retries_total`, the counter of
+    /// retries made (attempts after the first). Default `unnamed`.
+    ///
+    /// ```
+    /// let policy = resilience::Retry::default().named("payment-debit");
+    /// assert_eq!(policy.name(), "payment-debit");
+    /// ```
+    pub fn named(mut self, name: &'static str) -> Self {
+        self.name = name;
+        // The counter exists from now on (at 0), for dashboards and alerts.
+        metrics::counter!("resilience_retries_total", "retry" => name).increment(0);
+        self
+    }
+
+    /// The policy's name (see [`named`](Self::named)).
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
     /// Overall deadline across all attempts and waits.
     pub fn deadline(mut self, d: Duration) -> Self {
         self.deadline = Some(d);
@@ -218,6 +239,7 @@ impl Retry {
                 }
             }
             last = Some(error);
+            metrics::counter!("resilience_retries_total", "retry" => self.name).increment(1);
             tokio::time::sleep(delay).await;
         }
     }

@@ -46,6 +46,26 @@
 //! # }
 //! ```
 //!
+//! # Spans and metrics
+//!
+//! [`Orchestrator::start`] and [`Orchestrator::handle`] run in `saga.start` /
+//! `saga.handle` spans (`saga_id`, `saga_type`, `event`); commands they emit through the
+//! outbox carry the span's trace context when `outbox`'s `opentelemetry` feature is on.
+//! Metrics go through the [`metrics`](https://docs.rs/metrics) facade (a no-op until
+//! the application installs a recorder):
+//!
+//! | name | type | labels | what |
+//! |---|---|---|---|
+//! | `saga_started_total` | counter | `saga` | sagas started |
+//! | `saga_finished_total` | counter | `saga`, `outcome` | sagas ended: `completed`, `compensated` (undone after a failure), `failed` (failed with nothing to undo) |
+//! | `saga_compensations_started_total` | counter | `saga` | sagas that began compensating |
+//! | `saga_duration_seconds` | histogram | `saga`, `outcome` | start → end |
+//! | `saga_instances` | gauge | `saga`, `status` | unfinished sagas by status (`STARTED`, `RUNNING`, `COMPENSATING`), every 5 s from [`Orchestrator::run_deadlines`] |
+//! | `saga_oldest_update_age_seconds` | gauge | `saga`, `status` | how long the stalest of them has not moved |
+//!
+//! The counters of every registered saga type exist at 0 from [`Orchestrator::register`]
+//! on, so an alert on them sees 0 rather than nothing.
+//!
 //! # Cargo features
 //!
 #![doc = document_features::document_features!()]
@@ -75,7 +95,7 @@ pub use machine::{
     Transition,
 };
 pub use orchestrator::{Applied, CommandSink, Dispatch, Orchestrator, SagaCommand};
-pub use store::{MemorySagaStore, SagaStore};
+pub use store::{Census, MemorySagaStore, SagaStore, UNFINISHED};
 
 // The crates this API takes and returns, re-exported so a user needs no matching
 // versions of their own: saga data is `bytes::Bytes`, ids wrap `uuid::Uuid`, and the

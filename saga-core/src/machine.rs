@@ -165,6 +165,25 @@ pub enum SagaEvent {
     },
 }
 
+impl SagaEvent {
+    /// The event's name in `snake_case` (`start`, `step_succeeded`, …), for spans and logs.
+    ///
+    /// ```
+    /// assert_eq!(saga_core::SagaEvent::StepSucceeded { step: 0 }.name(), "step_succeeded");
+    /// ```
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Start => "start",
+            Self::StepSucceeded { .. } => "step_succeeded",
+            Self::StepFailed { .. } => "step_failed",
+            Self::DeadlineExpired { .. } => "deadline_expired",
+            Self::CompensationSucceeded { .. } => "compensation_succeeded",
+            Self::CompensationFailed { .. } => "compensation_failed",
+            Self::Abort { .. } => "abort",
+        }
+    }
+}
+
 /// Which command of a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -9,9 +9,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+use tracing::Instrument;
+
 use crate::{
     transition, CommandKind, Error, Result, SagaDefinition, SagaEvent, SagaId, SagaInstance,
-    SagaStore, StepStatus,
+    SagaStatus, SagaStore, StepStatus,
 };
 
 /// A command to carry out, handed to the [`CommandSink`].
@@ -116,6 +118,14 @@ impl<S: SagaStore, D: CommandSink<S::Tx>> Orchestrator<S, D> {
 
     /// Register a saga definition under its name.
     pub fn register(mut self, def: SagaDefinition) -> Self {
+        // Every counter exists (at 0) from the start, for dashboards and alerts.
+        let saga = def.name().to_owned();
+        metrics::counter!("saga_started_total", "saga" => saga.clone()).increment(0);
+        metrics::counter!("saga_compensations_started_total", "saga" => saga.clone()).increment(0);
+        for outcome in ["completed", "compensated", "failed"] {
+            metrics::counter!("saga_finished_total", "saga" => saga.clone(), "outcome" => outcome)
+                .increment(0);
+        }
         self.definitions
             .insert(def.name().to_owned(), Arc::new(def));
         self
@@ -160,23 +170,36 @@ impl<S: SagaStore, D: CommandSink<S::Tx>> Orchestrator<S, D> {
         id: SagaId,
         data: Bytes,
     ) -> Result<Applied> {
-        let def = self.definition(saga_type)?.clone();
-        let now = (self.clock)();
-        let saga = SagaInstance::new(&def, id, data, now);
-        let applied = self.drive(tx, &def, saga, SagaEvent::Start).await?;
-        self.store.insert(tx, &applied.saga).await?;
-        Ok(applied)
+        let span = tracing::info_span!("saga.start", saga_id = %id, saga_type = %saga_type);
+        async {
+            let def = self.definition(saga_type)?.clone();
+            let now = (self.clock)();
+            let saga = SagaInstance::new(&def, id, data, now);
+            let applied = self.drive(tx, &def, saga, SagaEvent::Start).await?;
+            self.store.insert(tx, &applied.saga).await?;
+            metrics::counter!("saga_started_total", "saga" => saga_type.to_owned()).increment(1);
+            Ok(applied)
+        }
+        .instrument(span)
+        .await
     }
 
     /// Apply `event` to saga `id` inside `tx`.
     pub async fn handle(&self, tx: &mut S::Tx, id: SagaId, event: SagaEvent) -> Result<Applied> {
-        let saga = self.store.load(tx, id).await?.ok_or(Error::NotFound(id))?;
-        let def = self.definition(&saga.saga_type)?.clone();
-        let applied = self.drive(tx, &def, saga, event).await?;
-        if applied.changed {
-            self.store.update(tx, &applied.saga).await?;
+        let span = tracing::info_span!("saga.handle", saga_id = %id, event = event.name(),
+            saga_type = tracing::field::Empty);
+        async {
+            let saga = self.store.load(tx, id).await?.ok_or(Error::NotFound(id))?;
+            tracing::Span::current().record("saga_type", saga.saga_type.as_str());
+            let def = self.definition(&saga.saga_type)?.clone();
+            let applied = self.drive(tx, &def, saga, event).await?;
+            if applied.changed {
+                self.store.update(tx, &applied.saga).await?;
+            }
+            Ok(applied)
         }
-        Ok(applied)
+        .instrument(span)
+        .await
     }
 
     /// Apply `event` in a unit of work of its own, retrying on optimistic-lock conflicts.
@@ -274,10 +297,17 @@ impl<S: SagaStore, D: CommandSink<S::Tx>> Orchestrator<S, D> {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
+        let mut last_census: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 () = &mut shutdown => return,
                 _ = tick.tick() => {}
+            }
+            if last_census.is_none_or(|at| at.elapsed() >= CENSUS_EVERY) {
+                last_census = Some(tokio::time::Instant::now());
+                if let Err(e) = self.report_census().await {
+                    tracing::debug!(error = %e, "не удалось сосчитать саги");
+                }
             }
             match self.fire_due_deadlines(limit).await {
                 Ok(changed) if !changed.is_empty() => on_changed(changed).await,
@@ -285,6 +315,34 @@ impl<S: SagaStore, D: CommandSink<S::Tx>> Orchestrator<S, D> {
                 Err(e) => tracing::error!(error = %e, "ошибка обработки сроков саг"),
             }
         }
+    }
+
+    /// Report the unfinished sagas as gauges: `saga_instances{saga,status}` and
+    /// `saga_oldest_update_age_seconds{saga,status}` (how long the stalest one has not
+    /// moved), for every registered type and every unfinished status (0 when none).
+    /// [`run_deadlines`](Self::run_deadlines) calls it every 5 s; a store without
+    /// [`SagaStore::census`] reports nothing.
+    pub async fn report_census(&self) -> Result<()> {
+        let Some(census) = self.store.census().await? else {
+            return Ok(());
+        };
+        let now = (self.clock)();
+        for saga_type in self.definitions.keys() {
+            for status in crate::UNFINISHED {
+                let found = census
+                    .iter()
+                    .find(|c| &c.saga_type == saga_type && c.status == status);
+                let (count, age) = found.map_or((0, 0), |c| (c.count, now - c.oldest_update_ms));
+                let labels = [
+                    ("saga", saga_type.clone()),
+                    ("status", status.as_str().to_owned()),
+                ];
+                metrics::gauge!("saga_instances", &labels).set(count as f64);
+                metrics::gauge!("saga_oldest_update_age_seconds", &labels)
+                    .set(age.max(0) as f64 / 1000.0);
+            }
+        }
+        Ok(())
     }
 
     async fn drive(
@@ -314,7 +372,9 @@ impl<S: SagaStore, D: CommandSink<S::Tx>> Orchestrator<S, D> {
             };
             changed = true;
             let from = saga.state.label(def);
+            let was = saga.state.status;
             saga.state = t.state;
+            record_outcome(&saga, was, now);
             for (i, st) in saga.state.steps.iter().enumerate() {
                 if !matches!(st, StepStatus::Awaiting | StepStatus::Compensating) {
                     saga.deadlines[i] = None;
@@ -370,4 +430,31 @@ impl<S: SagaStore, D: CommandSink<S::Tx>> Orchestrator<S, D> {
             sent,
         })
     }
+}
+
+/// How often [`Orchestrator::run_deadlines`] reports the census.
+const CENSUS_EVERY: Duration = Duration::from_secs(5);
+
+/// Count a saga that just ended, and how long it took (see the crate docs' metrics).
+fn record_outcome(saga: &SagaInstance, was: SagaStatus, now_ms: i64) {
+    let status = saga.state.status;
+    if status == was {
+        return;
+    }
+    let outcome = match status {
+        SagaStatus::Completed => "completed",
+        SagaStatus::Failed if saga.state.steps.contains(&StepStatus::Compensated) => "compensated",
+        SagaStatus::Failed => "failed",
+        SagaStatus::Compensating => {
+            metrics::counter!("saga_compensations_started_total", "saga" => saga.saga_type.clone())
+                .increment(1);
+            return;
+        }
+        _ => return,
+    };
+    metrics::counter!("saga_finished_total", "saga" => saga.saga_type.clone(), "outcome" => outcome)
+        .increment(1);
+    let secs = (now_ms - saga.created_at).max(0) as f64 / 1000.0;
+    metrics::histogram!("saga_duration_seconds", "saga" => saga.saga_type.clone(), "outcome" => outcome)
+        .record(secs);
 }

@@ -105,6 +105,30 @@ macro_rules! sql_saga_store {
                     .map(|b| Uuid::from_slice(b).map(SagaId).map_err(Error::storage))
                     .collect()
             }
+
+            async fn census(&self) -> Result<Option<Vec<crate::Census>>> {
+                let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
+                    "SELECT saga_type, status, COUNT(*), MIN(updated_at_ms) FROM saga_instances \
+                     WHERE status IN ('STARTED', 'RUNNING', 'COMPENSATING') \
+                     GROUP BY saga_type, status",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .map_err(Error::storage)?;
+                rows.into_iter()
+                    .map(|(saga_type, status, count, oldest_update_ms)| {
+                        Ok(crate::Census {
+                            saga_type,
+                            status: crate::SagaStatus::parse(&status).ok_or_else(|| {
+                                Error::storage(format!("unknown saga status {status:?}"))
+                            })?,
+                            count: count.max(0) as u64,
+                            oldest_update_ms,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()
+                    .map(Some)
+            }
         }
     };
 }

@@ -36,7 +36,35 @@ pub trait SagaStore: Transactional {
 
     /// Ids of sagas with a deadline at or before `now_ms`, earliest first.
     fn due(&self, now_ms: i64, limit: usize) -> impl Future<Output = Result<Vec<SagaId>>> + Send;
+
+    /// Sagas that have not ended (status `STARTED`, `RUNNING` or `COMPENSATING`), by type
+    /// and status, for the orchestrator's metrics (`saga_instances`,
+    /// `saga_oldest_update_age_seconds`). Default: `None` (not reported).
+    fn census(&self) -> impl Future<Output = Result<Option<Vec<Census>>>> + Send {
+        async { Ok(None) }
+    }
 }
+
+/// How many sagas of one type are in one unfinished status ([`SagaStore::census`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Census {
+    /// The saga type.
+    pub saga_type: String,
+    /// `STARTED`, `RUNNING` or `COMPENSATING`.
+    pub status: crate::SagaStatus,
+    /// How many.
+    pub count: u64,
+    /// The oldest last update among them, unix milliseconds: how long the stalest one
+    /// has not moved.
+    pub oldest_update_ms: i64,
+}
+
+/// The statuses [`SagaStore::census`] counts.
+pub const UNFINISHED: [crate::SagaStatus; 3] = [
+    crate::SagaStatus::Started,
+    crate::SagaStatus::Running,
+    crate::SagaStatus::Compensating,
+];
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -146,5 +174,28 @@ impl SagaStore for MemorySagaStore {
             .collect();
         due.sort();
         Ok(due.into_iter().take(limit).map(|(_, id)| id).collect())
+    }
+
+    async fn census(&self) -> Result<Option<Vec<Census>>> {
+        let mut by: HashMap<(String, crate::SagaStatus), (u64, i64)> = HashMap::new();
+        for s in lock(&self.sagas).values() {
+            if UNFINISHED.contains(&s.state.status) {
+                let e = by
+                    .entry((s.saga_type.clone(), s.state.status))
+                    .or_insert((0, i64::MAX));
+                e.0 += 1;
+                e.1 = e.1.min(s.updated_at);
+            }
+        }
+        Ok(Some(
+            by.into_iter()
+                .map(|((saga_type, status), (count, oldest_update_ms))| Census {
+                    saga_type,
+                    status,
+                    count,
+                    oldest_update_ms,
+                })
+                .collect(),
+        ))
     }
 }

@@ -18,6 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod infra;
+pub mod otlp;
 
 /// A free TCP port on 127.0.0.1, never one this process handed out before.
 ///
@@ -850,6 +851,25 @@ impl Api {
 }
 
 pub use ordersys_testkit::eventually;
+
+/// The environment of the embedded `ordersys` binary with data in `data_dir`, REST on
+/// 127.0.0.1:`port`, internal ports ephemeral, a generous rate limit and no servers at
+/// all, whatever this process's environment says.
+pub fn embedded_env(data_dir: &std::path::Path, port: u16) -> HashMap<String, String> {
+    [
+        ("DATA_DIR", data_dir.display().to_string()),
+        ("HTTP_ADDR", format!("127.0.0.1:{port}")),
+        ("INTERNAL_PORTS", "ephemeral".into()),
+        ("RATE_LIMIT_PER_MINUTE", "100000".into()),
+        ("DATABASE_URL", String::new()),
+        ("KAFKA_BROKERS", String::new()),
+        ("REDIS_URL", String::new()),
+        ("JWT_SECRET", String::new()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
 
 /// A unique e-mail address.
 pub fn email() -> String {

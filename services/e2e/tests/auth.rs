@@ -173,7 +173,7 @@ async fn auth_flow_and_contract() {
     assert!(metrics.contains(
         "http_requests_total{method=\"POST\",route=\"/api/v1/auth/login\",status=\"401\"}"
     ));
-    assert!(metrics.contains("circuit_breaker_state{downstream=\"user\"} 0"));
+    assert!(metrics.contains("resilience_breaker_state{breaker=\"user\"} 0"));
     let user_metrics = client
         .get(format!("{}/metrics", sys.user_admin))
         .send()
@@ -481,7 +481,7 @@ async fn breaker_state(sys: &System, downstream: &str) -> String {
         .text()
         .await
         .unwrap();
-    let prefix = format!("circuit_breaker_state{{downstream=\"{downstream}\"}} ");
+    let prefix = format!("resilience_breaker_state{{breaker=\"{downstream}\"}} ");
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(&prefix))

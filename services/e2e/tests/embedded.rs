@@ -2,28 +2,14 @@
 //! REDIS_URL): SQLite files, the in-process bus — the same REST contract and saga, and
 //! data that survives a restart, including a saga interrupted by the stop.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use ordersys_e2e::{email, free_port, wait_ready, Api, Service};
 use serde_json::{json, Value};
 
 fn start(data_dir: &std::path::Path, port: u16) -> Service {
-    let env: HashMap<String, String> = [
-        ("DATA_DIR", data_dir.display().to_string()),
-        ("HTTP_ADDR", format!("127.0.0.1:{port}")),
-        ("INTERNAL_PORTS", "ephemeral".into()),
-        ("RATE_LIMIT_PER_MINUTE", "100000".into()),
-        // Embedded: no servers at all, whatever the environment says.
-        ("DATABASE_URL", String::new()),
-        ("KAFKA_BROKERS", String::new()),
-        ("REDIS_URL", String::new()),
-        ("JWT_SECRET", String::new()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    Service::start("ordersys", env)
+    // Embedded: no servers at all, whatever the environment says.
+    Service::start("ordersys", ordersys_e2e::embedded_env(data_dir, port))
 }
 
 async fn wait_status(api: &Api, token: &str, id: &str, want: &str) -> Value {

@@ -31,7 +31,7 @@ use ordersys_kit::context::ContextLayer;
 use ordersys_proto::order::v1::order_service_client::OrderServiceClient;
 use ordersys_proto::payment::v1::payment_service_client::PaymentServiceClient;
 use ordersys_proto::user::v1::user_service_client::UserServiceClient;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 use resilience::rate_limit::RedisRateLimiter;
 use resilience::{CircuitBreaker, RateLimiter};
 use tonic::transport::Channel;
@@ -72,18 +72,13 @@ struct Metrics {
     rate_limited: IntCounterVec,
 }
 
-fn breaker(name: &'static str, config: &Config, states: IntGaugeVec) -> CircuitBreaker {
-    states.with_label_values(&[name]).set(0);
+/// A breaker for calls to `name`; its state is the SDK's `resilience_breaker_state`
+/// gauge (0 closed, 1 open, 2 half-open) and `resilience_breaker_transitions_total`.
+fn breaker(name: &'static str, config: &Config) -> CircuitBreaker {
     CircuitBreaker::builder(name)
         .failure_threshold(config.breaker_failure_threshold)
         .open_timeout(Duration::from_secs(config.breaker_open_secs))
         .on_transition(move |t| {
-            let v = match t.to {
-                resilience::BreakerState::Closed => 0,
-                resilience::BreakerState::Open => 1,
-                resilience::BreakerState::HalfOpen => 2,
-            };
-            states.with_label_values(&[name]).set(v);
             tracing::warn!(breaker = name, from = %t.from, to = %t.to, "автоматический выключатель сменил состояние");
         })
         .build()
@@ -207,22 +202,17 @@ pub fn app_with(config: &Config, backends: Backends) -> anyhow::Result<Router> {
             &["route"],
         )?,
     };
-    let breaker_states = IntGaugeVec::new(
-        Opts::new("circuit_breaker_state", "0 closed, 1 open, 2 half-open"),
-        &["downstream"],
-    )?;
     registry.register(Box::new(metrics.requests.clone()))?;
     registry.register(Box::new(metrics.latency.clone()))?;
     registry.register(Box::new(metrics.rate_limited.clone()))?;
-    registry.register(Box::new(breaker_states.clone()))?;
 
     let state = AppState {
         users: UserServiceClient::new(user_channel),
-        users_breaker: breaker("user", config, breaker_states.clone()),
+        users_breaker: breaker("user", config),
         orders: OrderServiceClient::new(order_channel),
-        orders_breaker: breaker("order", config, breaker_states.clone()),
+        orders_breaker: breaker("order", config),
         payments: PaymentServiceClient::new(payment_channel),
-        payments_breaker: breaker("payment", config, breaker_states),
+        payments_breaker: breaker("payment", config),
         limiter,
         proxies: client_ip::TrustedProxies::parse(&config.trusted_proxies)?,
         metrics: metrics.clone(),

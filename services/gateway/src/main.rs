@@ -2,7 +2,7 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    ordersys_kit::telemetry::init("gateway");
+    let _telemetry = ordersys_kit::telemetry::init("gateway");
     let config = ordersys_gateway::Config::load()?;
     tracing::info!(config = ?config, "конфигурация загружена");
     let listener = tokio::net::TcpListener::bind(&config.http_addr).await?;

@@ -1,5 +1,6 @@
 //! The admin HTTP endpoints every service serves: `/healthz` (alive), `/readyz`
-//! (dependencies reachable) and `/metrics` (Prometheus text).
+//! (dependencies reachable) and `/metrics` (Prometheus text: the service's registry and
+//! the SDK crates' metrics).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -182,6 +183,8 @@ async fn metrics(State(a): State<Arc<Admin>>) -> Response {
     if TextEncoder::new().encode(&families, &mut buf).is_err() {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
+    // The SDK crates' metrics (the `metrics` facade).
+    buf.extend_from_slice(crate::telemetry::render_metrics().as_bytes());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], buf).into_response()
 }
 

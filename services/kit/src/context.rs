@@ -99,10 +99,35 @@ impl RequestContext {
     }
 }
 
+/// Make the `traceparent` in `headers` (if any) the parent of `span`, and return the
+/// `traceparent` of `span` itself for the next hop — `None` when no OpenTelemetry layer
+/// is installed (then [`RequestContext::from_headers`]' own one stands).
+pub fn continue_trace(span: &tracing::Span, headers: &HeaderMap) -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let parent = opentelemetry::global::get_text_map_propagator(|p| {
+        p.extract(&opentelemetry_http::HeaderExtractor(headers))
+    });
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
+    let cx = span.context();
+    if !cx.span().span_context().is_valid() {
+        return None;
+    }
+    let mut out = HeaderMap::new();
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(&cx, &mut opentelemetry_http::HeaderInjector(&mut out))
+    });
+    out.get(TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 /// Server-side layer (axum or tonic): establishes the [`RequestContext`], puts it in the
-/// request extensions, runs the request inside a span carrying `correlation_id` and
-/// `trace_id` (so every log line has them), and echoes `X-Correlation-ID` on the
-/// response.
+/// request extensions, runs the request inside a `request` span (an OpenTelemetry server
+/// span continuing the caller's `traceparent`) carrying `correlation_id` (so every log
+/// line has it, with the trace id), and echoes `X-Correlation-ID` on the response.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ContextLayer;
 
@@ -135,14 +160,19 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let ctx = RequestContext::from_headers(req.headers());
+        let mut ctx = RequestContext::from_headers(req.headers());
         let span = tracing::info_span!(
             "request",
+            otel.name = %format_args!("{} {}", req.method(), req.uri().path()),
+            otel.kind = "server",
             correlation_id = %ctx.correlation_id,
-            trace_id = %ctx.trace_id(),
             method = %req.method(),
             path = %req.uri().path(),
         );
+        // Continue the caller's trace; the next hop continues this span.
+        if let Some(traceparent) = continue_trace(&span, req.headers()) {
+            ctx.traceparent = traceparent;
+        }
         let cid = HeaderValue::from_str(&ctx.correlation_id).ok();
         if let Some(v) = &cid {
             // Inner layers (auth errors, handlers) see the id in force.

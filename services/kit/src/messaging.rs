@@ -219,14 +219,19 @@ pub fn relay<O: OutboxStore, P: outbox::Publisher>(
     (relay, handle)
 }
 
-/// Correlation headers to put on an outgoing message, taken from an incoming one.
+/// Correlation headers to put on an outgoing message, taken from an incoming one: the
+/// correlation id always; the incoming `traceparent` only if the message carries none
+/// of its own (it normally has the handling span's, set by `OutboxMessage::new`).
 pub fn forward_headers(
     from: &outbox::Headers,
     mut msg: outbox::OutboxMessage,
 ) -> outbox::OutboxMessage {
-    for name in [crate::context::CORRELATION_ID, crate::context::TRACEPARENT] {
-        if let Some(v) = from.get(name) {
-            msg.headers.insert(name, v);
+    if let Some(v) = from.get(crate::context::CORRELATION_ID) {
+        msg.headers.insert(crate::context::CORRELATION_ID, v);
+    }
+    if msg.headers.get(crate::context::TRACEPARENT).is_none() {
+        if let Some(v) = from.get(crate::context::TRACEPARENT) {
+            msg.headers.insert(crate::context::TRACEPARENT, v);
         }
     }
     msg

@@ -2,7 +2,7 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    ordersys_kit::telemetry::init("order");
+    let _telemetry = ordersys_kit::telemetry::init("order");
     let config = ordersys_order::Config::load()?;
     // `ordersys-order migrate`: apply the migrations and exit (`make migrate`).
     if std::env::args().nth(1).as_deref() == Some("migrate") {

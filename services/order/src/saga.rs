@@ -194,7 +194,10 @@ impl<B: Backend> CommandSink<B::Tx> for OrderSink<B> {
                     out.headers
                         .insert(CORRELATION_ID, data.correlation_id.clone());
                 }
-                if !data.traceparent.is_empty() {
+                // The current span's context (set by `OutboxMessage::new`) continues the
+                // trace through this step; the one of the request that started the saga
+                // stands in where there is none (a deadline fired by the sweep).
+                if !data.traceparent.is_empty() && out.headers.get(TRACEPARENT).is_none() {
                     out.headers.insert(TRACEPARENT, data.traceparent.clone());
                 }
                 self.outbox

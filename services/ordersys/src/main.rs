@@ -3,7 +3,7 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    ordersys_kit::telemetry::init("ordersys");
+    let _telemetry = ordersys_kit::telemetry::init("ordersys");
     let config = ordersys::Config::load()?;
     ordersys::run(config, ordersys_kit::shutdown::signal()).await
 }

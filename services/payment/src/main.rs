@@ -2,7 +2,7 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    ordersys_kit::telemetry::init("payment");
+    let _telemetry = ordersys_kit::telemetry::init("payment");
     let config = ordersys_payment::Config::load()?;
     // `ordersys-payment migrate`: apply the migrations and exit (`make migrate`).
     if std::env::args().nth(1).as_deref() == Some("migrate") {

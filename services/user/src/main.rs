@@ -2,7 +2,7 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    ordersys_kit::telemetry::init("user");
+    let _telemetry = ordersys_kit::telemetry::init("user");
     let config = ordersys_user::Config::load()?;
     // `ordersys-user migrate`: apply the migrations and exit (`make migrate`).
     if std::env::args().nth(1).as_deref() == Some("migrate") {
