@@ -304,7 +304,7 @@ const BUCKETS: &[f64] = &[
 ];
 
 /// Install the process-wide recorder of the `metrics` facade (Prometheus text, histograms
-/// with [`BUCKETS`]); later calls return the same handle.
+/// with buckets from 0.5 ms to 300 s); later calls return the same handle.
 pub fn metrics_recorder() -> &'static metrics_exporter_prometheus::PrometheusHandle {
     PROMETHEUS.get_or_init(|| {
         let builder = metrics_exporter_prometheus::PrometheusBuilder::new()
