@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 pub mod infra;
 pub mod otlp;
+pub mod promql;
 
 /// A free TCP port on 127.0.0.1, never one this process handed out before.
 ///

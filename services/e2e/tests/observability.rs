@@ -3,10 +3,11 @@
 //! to the orchestrator — received by an OTLP collector inside this test — and every
 //! service's `/metrics` shows the SDK's metrics with live values after one order.
 
-use std::collections::HashMap;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use ordersys_e2e::otlp::{ancestry, Collector, Span};
+use ordersys_e2e::promql;
 use ordersys_e2e::{email, free_port, wait_ready, Api, Options, Service, System};
 use serde_json::json;
 
@@ -183,34 +184,6 @@ async fn one_order_is_one_trace_through_grpc_kafka_and_back() {
     sys.stop().await;
 }
 
-fn scrape(text: &str) -> HashMap<String, f64> {
-    // `name{labels} value` → the sum per metric name (histograms: `_count` and so on).
-    let mut out: HashMap<String, f64> = HashMap::new();
-    for line in text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-    {
-        let name = line.split(['{', ' ']).next().unwrap_or_default();
-        let value: f64 = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        *out.entry(name.to_owned()).or_default() += value;
-    }
-    out
-}
-
-async fn metrics_of(url: &str) -> HashMap<String, f64> {
-    let text = reqwest::get(format!("{url}/metrics"))
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("body");
-    scrape(&text)
-}
-
 /// The metrics each service must show after one order, with `true` where the value must
 /// be above 0 (counted something), `false` where existing suffices (a gauge at 0, a
 /// failure counter that stayed 0).
@@ -249,6 +222,7 @@ fn expected(service: &str) -> Vec<(&'static str, bool)> {
             &[("grpc_server_requests_total", true)],
         ]
         .concat(),
+        "user" => vec![("grpc_server_requests_total", true)],
         "gateway" => vec![
             ("http_requests_total", true),
             ("resilience_breaker_state", false),
@@ -262,14 +236,16 @@ fn expected(service: &str) -> Vec<(&'static str, bool)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_service_shows_the_sdk_metrics_after_one_order() {
+async fn every_service_shows_the_sdk_metrics_and_every_dashboard_metric_exists() {
     let sys = System::start(Options::default()).await;
     let api = Api::new(&sys.base);
     one_traced_order(&api).await;
+    let mut exported: BTreeSet<String> = BTreeSet::new();
     for (service, url) in [
         ("order", sys.order_admin.clone()),
         ("payment", sys.payment_admin.clone()),
         ("gateway", sys.base.clone()),
+        ("user", sys.user_admin.clone()),
     ] {
         let want = expected(service);
         // Gauges are refreshed every few seconds (backlog, consumer lag): wait for them.
@@ -279,7 +255,7 @@ async fn every_service_shows_the_sdk_metrics_after_one_order() {
             || {
                 let (url, want) = (url.clone(), want.clone());
                 async move {
-                    let got = metrics_of(&url).await;
+                    let got = promql::scrape(&url).await;
                     want.iter()
                         .all(|(name, live)| got.get(*name).is_some_and(|v| !*live || *v > 0.0))
                         .then_some(got)
@@ -287,9 +263,44 @@ async fn every_service_shows_the_sdk_metrics_after_one_order() {
             },
         )
         .await;
-        assert!(got.len() > want.len());
+        exported.extend(got.into_keys());
     }
     sys.stop().await;
+
+    // The exporters of the infrastructure panels, run against the local servers.
+    exported.extend(
+        promql::exporter_metrics(
+            "prometheus-mysqld-exporter",
+            &[],
+            &[("DATA_SOURCE_NAME", "root@(127.0.0.1:3306)/")],
+            "mysql_up",
+        )
+        .await,
+    );
+    exported.extend(
+        promql::exporter_metrics(
+            "prometheus-redis-exporter",
+            &["--redis.addr=redis://127.0.0.1:6379".to_owned()],
+            &[],
+            "redis_up",
+        )
+        .await,
+    );
+    exported.extend(promql::kafka_exporter_metrics());
+    exported.insert("up".into()); // Prometheus' own, per scrape target
+
+    let referenced = promql::referenced();
+    assert!(referenced.len() > 30, "{referenced:?}");
+    let missing: Vec<String> = referenced
+        .iter()
+        .filter(|(name, _)| !exported.contains(*name))
+        .map(|(name, places)| format!("{name} (in {})", places.join("; ")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "dashboards or alerts query metrics nothing exports:\n{}",
+        missing.join("\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
