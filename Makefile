@@ -98,9 +98,9 @@ COMPOSE = docker compose -f deployments/compose/compose.yaml
 up:
 	scripts/dev-certs deployments/compose/certs >/dev/null
 	chmod 0755 deployments/compose/certs && chmod 0644 deployments/compose/certs/*.key
-	test -s deployments/compose/.env || printf 'JWT_SECRET=%s\nMYSQL_ROOT_PASSWORD=%s\n' \
+	test -s deployments/compose/.env || printf 'JWT_SECRET=%s\nMYSQL_ROOT_PASSWORD=%s\nADMIN_TOKEN=%s\n' \
 		"$$(head -c 48 /dev/urandom | base64 | tr -d '\n/+=')" "$$(head -c 24 /dev/urandom | base64 | tr -d '\n/+=')" \
-		> deployments/compose/.env
+		"$$(head -c 32 /dev/urandom | base64 | tr -d '\n/+=')" > deployments/compose/.env
 	ORDERSYS_IMAGE=$(IMAGE) $(COMPOSE) up -d --build --wait
 
 down:

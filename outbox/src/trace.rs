@@ -54,6 +54,15 @@ pub fn inject_span(span: &tracing::Span, headers: &mut Headers) {
     let _ = (span, headers);
 }
 
+/// The trace id (hex) of the current span, if it has a valid OpenTelemetry context
+/// (always `None` without the `opentelemetry` feature).
+pub fn current_trace_id() -> Option<String> {
+    #[cfg(feature = "opentelemetry")]
+    return otel::trace_id(&tracing::Span::current());
+    #[cfg(not(feature = "opentelemetry"))]
+    None
+}
+
 /// Make the context carried in `headers` the parent of `span` (a no-op without the
 /// `opentelemetry` feature or without a valid context in `headers`). Call right after
 /// creating the span, before entering it.
@@ -97,6 +106,12 @@ mod otel {
         opentelemetry::global::get_text_map_propagator(|p| {
             p.inject_context(&cx, &mut Inject(headers))
         });
+    }
+
+    pub(super) fn trace_id(span: &tracing::Span) -> Option<String> {
+        let cx = span.context();
+        let sc = cx.span().span_context().clone();
+        sc.is_valid().then(|| sc.trace_id().to_string())
     }
 
     pub(super) fn set_parent(span: &tracing::Span, headers: &Headers) {

@@ -91,6 +91,96 @@ where
     optimistic_versions(&fresh().await).await;
     rollback_discards(&fresh().await).await;
     due_deadlines_in_order(&fresh().await).await;
+    history_find_and_census(&fresh().await).await;
+}
+
+/// The operators' queries, where the backend supports them (`None` = not supported,
+/// allowed): history kept in order per saga and committed with the unit of work;
+/// `find` filtering by status, idle time and overdue deadline, least recently updated
+/// first, within the limit; `census` counting only unfinished sagas.
+pub async fn history_find_and_census<S: SagaStore>(store: &S) {
+    let mut old = instance(Some(5_000));
+    old.updated_at = 1_000;
+    let mut new = instance(None);
+    new.updated_at = 3_000;
+    let mut done = instance(None);
+    done.state.status = SagaStatus::Completed;
+    let entry = |version: u64, name: &str| crate::HistoryEntry {
+        version,
+        at_ms: 1_000 + version as i64,
+        kind: "event".into(),
+        name: name.into(),
+        detail: format!("detail of {name}"),
+        trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+    };
+    let mut tx = store.begin().await.unwrap();
+    for s in [&old, &new, &done] {
+        store.insert(&mut tx, s).await.unwrap();
+    }
+    store
+        .append_history(
+            &mut tx,
+            old.id,
+            0,
+            &[entry(0, "start"), entry(0, "dispatch")],
+        )
+        .await
+        .unwrap();
+    store.commit(tx).await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    store
+        .append_history(&mut tx, old.id, 1, &[entry(1, "never committed")])
+        .await
+        .unwrap();
+    drop(tx); // rolled back
+    let mut tx = store.begin().await.unwrap();
+    store
+        .append_history(&mut tx, old.id, 1, &[entry(1, "reply")])
+        .await
+        .unwrap();
+    store.commit(tx).await.unwrap();
+
+    if let Some(h) = store.history(old.id).await.unwrap() {
+        let names: Vec<&str> = h.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["start", "dispatch", "reply"]);
+        assert_eq!(h[2], entry(1, "reply"));
+        assert_eq!(store.history(new.id).await.unwrap(), Some(Vec::new()));
+    }
+
+    let ids = |found: Option<Vec<SagaInstance>>| {
+        found.map(|v| v.into_iter().map(|s| s.id).collect::<Vec<_>>())
+    };
+    let running = Some(SagaStatus::Running);
+    let q = |status, updated_before_ms, deadline_before_ms, limit| crate::SagaQuery {
+        status,
+        updated_before_ms,
+        deadline_before_ms,
+        limit,
+    };
+    if let Some(all) = ids(store.find(&q(running, None, None, 0)).await.unwrap()) {
+        assert_eq!(all, [old.id, new.id], "least recently updated first");
+        let found = |query| async move { ids(store.find(&query).await.unwrap()).unwrap() };
+        assert_eq!(found(q(running, Some(2_000), None, 0)).await, [old.id]);
+        assert_eq!(found(q(None, None, Some(6_000), 0)).await, [old.id]);
+        assert_eq!(found(q(None, None, Some(4_000), 0)).await, []);
+        assert_eq!(found(q(running, None, None, 1)).await, [old.id]);
+        assert_eq!(
+            found(q(Some(SagaStatus::Completed), None, None, 0)).await,
+            [done.id]
+        );
+    }
+
+    if let Some(census) = store.census().await.unwrap() {
+        assert_eq!(
+            census,
+            [crate::Census {
+                saga_type: "conformance".into(),
+                status: SagaStatus::Running,
+                count: 2,
+                oldest_update_ms: 1_000,
+            }]
+        );
+    }
 }
 
 /// What is inserted is loaded back field for field; a second insert of the id fails.

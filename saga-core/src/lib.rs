@@ -95,7 +95,7 @@ pub use machine::{
     Transition,
 };
 pub use orchestrator::{Applied, CommandSink, Dispatch, Orchestrator, SagaCommand};
-pub use store::{Census, MemorySagaStore, SagaStore, UNFINISHED};
+pub use store::{Census, HistoryEntry, MemorySagaStore, SagaQuery, SagaStore, UNFINISHED};
 
 // The crates this API takes and returns, re-exported so a user needs no matching
 // versions of their own: saga data is `bytes::Bytes`, ids wrap `uuid::Uuid`, and the

@@ -68,6 +68,8 @@ pub struct Applied {
     pub changed: bool,
     /// Commands handed on with [`Dispatch::Sent`].
     pub sent: Vec<SagaCommand>,
+    /// What the change recorded in the saga's history ([`SagaStore::history`]).
+    pub history: Vec<crate::HistoryEntry>,
 }
 
 type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -177,6 +179,9 @@ impl<S: SagaStore, D: CommandSink<S::Tx>> Orchestrator<S, D> {
             let saga = SagaInstance::new(&def, id, data, now);
             let applied = self.drive(tx, &def, saga, SagaEvent::Start).await?;
             self.store.insert(tx, &applied.saga).await?;
+            self.store
+                .append_history(tx, id, applied.saga.version, &applied.history)
+                .await?;
             metrics::counter!("saga_started_total", "saga" => saga_type.to_owned()).increment(1);
             Ok(applied)
         }
@@ -195,6 +200,9 @@ impl<S: SagaStore, D: CommandSink<S::Tx>> Orchestrator<S, D> {
             let applied = self.drive(tx, &def, saga, event).await?;
             if applied.changed {
                 self.store.update(tx, &applied.saga).await?;
+                self.store
+                    .append_history(tx, id, applied.saga.version, &applied.history)
+                    .await?;
             }
             Ok(applied)
         }
@@ -356,6 +364,18 @@ impl<S: SagaStore, D: CommandSink<S::Tx>> Orchestrator<S, D> {
         let mut queue = VecDeque::from([event]);
         let mut changed = false;
         let mut sent = Vec::new();
+        let mut history = Vec::new();
+        let trace_id = outbox::trace::current_trace_id().unwrap_or_default();
+        let mut note = |kind: &str, name: String, detail: String| {
+            history.push(crate::HistoryEntry {
+                version: 0, // set below, once the new version is known
+                at_ms: now,
+                kind: kind.to_owned(),
+                name,
+                detail,
+                trace_id: trace_id.clone(),
+            })
+        };
         // Every local step moves the machine forward; a generous bound stops a buggy
         // sink that keeps answering "failed" to a compensation from looping forever.
         let mut budget = 4 * def.steps().len() + 8;
@@ -367,10 +387,12 @@ impl<S: SagaStore, D: CommandSink<S::Tx>> Orchestrator<S, D> {
                 Ok(t) => t,
                 Err(ignored) => {
                     tracing::debug!(saga_id = %saga.id, reason = %ignored, "событие саги проигнорировано");
+                    note("ignored", event.name().to_owned(), ignored.to_string());
                     continue;
                 }
             };
             changed = true;
+            note("event", event.name().to_owned(), event_detail(&event));
             let from = saga.state.label(def);
             let was = saga.state.status;
             saga.state = t.state;
@@ -382,6 +404,7 @@ impl<S: SagaStore, D: CommandSink<S::Tx>> Orchestrator<S, D> {
             }
             tracing::info!(saga_id = %saga.id, saga_type = %saga.saga_type, from = %from,
                 to = %saga.state.label(def), "сага сменила состояние");
+            note("transition", saga.state.label(def), format!("from {from}"));
             for c in t.commands {
                 let step = &def.steps()[c.step];
                 let cmd = SagaCommand {
@@ -393,7 +416,23 @@ impl<S: SagaStore, D: CommandSink<S::Tx>> Orchestrator<S, D> {
                     name: c.name,
                     idempotency_key: saga.idempotency_key(c.step, c.kind),
                 };
-                match self.sink.dispatch(tx, &saga, &cmd).await? {
+                let dispatched = self.sink.dispatch(tx, &saga, &cmd).await?;
+                let outcome = match &dispatched {
+                    Dispatch::Sent => "sent".to_owned(),
+                    Dispatch::Succeeded => "done locally".to_owned(),
+                    Dispatch::Failed(reason) => format!("failed locally: {reason}"),
+                };
+                note(
+                    "command",
+                    cmd.name.clone(),
+                    format!(
+                        "step {} ({}) {}: {outcome}",
+                        cmd.step,
+                        cmd.step_name,
+                        cmd.kind.as_str()
+                    ),
+                );
+                match dispatched {
                     Dispatch::Sent => {
                         saga.deadlines[c.step] = step.deadline.map(|d| now + d.as_millis() as i64);
                         sent.push(cmd);
@@ -424,11 +463,29 @@ impl<S: SagaStore, D: CommandSink<S::Tx>> Orchestrator<S, D> {
             saga.version += 1;
             saga.updated_at = now;
         }
+        for h in &mut history {
+            h.version = saga.version;
+        }
         Ok(Applied {
             saga,
             changed,
             sent,
+            history,
         })
+    }
+}
+
+/// The parameters of `event`, for its history entry.
+fn event_detail(event: &SagaEvent) -> String {
+    match event {
+        SagaEvent::Start => String::new(),
+        SagaEvent::StepSucceeded { step }
+        | SagaEvent::DeadlineExpired { step }
+        | SagaEvent::CompensationSucceeded { step } => format!("step {step}"),
+        SagaEvent::StepFailed { step, reason } | SagaEvent::CompensationFailed { step, reason } => {
+            format!("step {step}: {reason}")
+        }
+        SagaEvent::Abort { reason } => reason.clone(),
     }
 }
 

@@ -106,6 +106,76 @@ macro_rules! sql_saga_store {
                     .collect()
             }
 
+            async fn append_history(
+                &self,
+                tx: &mut $tx,
+                saga_id: SagaId,
+                version: u64,
+                entries: &[crate::HistoryEntry],
+            ) -> Result<()> {
+                if entries.is_empty() {
+                    return Ok(());
+                }
+                let mut q = sqlx::QueryBuilder::new(
+                    "INSERT INTO saga_history (saga_id, version, idx, at_ms, kind, name, detail, trace_id) ",
+                );
+                q.push_values(entries.iter().enumerate(), |mut b, (i, e)| {
+                    b.push_bind(saga_id.0.as_bytes().to_vec())
+                        .push_bind(version as $version)
+                        .push_bind(i as i64)
+                        .push_bind(e.at_ms)
+                        .push_bind(e.kind.clone())
+                        .push_bind(e.name.clone())
+                        .push_bind(e.detail.clone())
+                        .push_bind(e.trace_id.clone());
+                });
+                q.build().execute(&mut **tx).await.map_err(Error::storage)?;
+                Ok(())
+            }
+
+            async fn history(&self, saga_id: SagaId) -> Result<Option<Vec<crate::HistoryEntry>>> {
+                let rows: Vec<($version, i64, String, String, String, String)> = sqlx::query_as(
+                    "SELECT version, at_ms, kind, name, detail, trace_id FROM saga_history \
+                     WHERE saga_id = ? ORDER BY version, idx",
+                )
+                .bind(saga_id.0.as_bytes().as_slice())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(Error::storage)?;
+                Ok(Some(
+                    rows.into_iter()
+                        .map(|(version, at_ms, kind, name, detail, trace_id)| crate::HistoryEntry {
+                            version: version as u64,
+                            at_ms,
+                            kind,
+                            name,
+                            detail,
+                            trace_id,
+                        })
+                        .collect(),
+                ))
+            }
+
+            async fn find(&self, query: &crate::SagaQuery) -> Result<Option<Vec<SagaInstance>>> {
+                let mut q = sqlx::QueryBuilder::new(
+                    "SELECT id, saga_type, state, data, deadlines, version, created_at_ms, \
+                     updated_at_ms FROM saga_instances WHERE 1 = 1",
+                );
+                if let Some(status) = query.status {
+                    q.push(" AND status = ").push_bind(status.as_str());
+                }
+                if let Some(t) = query.updated_before_ms {
+                    q.push(" AND updated_at_ms <= ").push_bind(t);
+                }
+                if let Some(t) = query.deadline_before_ms {
+                    q.push(" AND next_deadline IS NOT NULL AND next_deadline <= ").push_bind(t);
+                }
+                q.push(" ORDER BY updated_at_ms LIMIT ")
+                    .push_bind(query.effective_limit() as i64);
+                let rows = q.build().fetch_all(&self.pool).await.map_err(Error::storage)?;
+                rows.iter().map(decode).collect::<Result<Vec<_>>>().map(Some)
+            }
+
             async fn census(&self) -> Result<Option<Vec<crate::Census>>> {
                 let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
                     "SELECT saga_type, status, COUNT(*), MIN(updated_at_ms) FROM saga_instances \

@@ -43,6 +43,88 @@ pub trait SagaStore: Transactional {
     fn census(&self) -> impl Future<Output = Result<Option<Vec<Census>>>> + Send {
         async { Ok(None) }
     }
+
+    /// Record what happened to `saga_id` in the change that made it `version`, inside
+    /// `tx` (the orchestrator calls it after every insert or update). Default: nothing.
+    fn append_history(
+        &self,
+        tx: &mut Self::Tx,
+        saga_id: SagaId,
+        version: u64,
+        entries: &[HistoryEntry],
+    ) -> impl Future<Output = Result<()>> + Send {
+        let _ = (tx, saga_id, version, entries);
+        async { Ok(()) }
+    }
+
+    /// Everything recorded for `saga_id`, oldest first. Default: `None` (not kept).
+    fn history(
+        &self,
+        saga_id: SagaId,
+    ) -> impl Future<Output = Result<Option<Vec<HistoryEntry>>>> + Send {
+        let _ = saga_id;
+        async { Ok(None) }
+    }
+
+    /// Sagas matching `query`, least recently updated first (operators' listing).
+    /// Default: `None` (not supported).
+    fn find(
+        &self,
+        query: &SagaQuery,
+    ) -> impl Future<Output = Result<Option<Vec<SagaInstance>>>> + Send {
+        let _ = query;
+        async { Ok(None) }
+    }
+}
+
+/// One thing that happened to a saga ([`SagaStore::history`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HistoryEntry {
+    /// The saga's version after the change this entry belongs to.
+    pub version: u64,
+    /// When, unix milliseconds.
+    pub at_ms: i64,
+    /// `event` (applied), `transition` (status change), `command` (dispatched) or
+    /// `ignored` (an event that did not apply, e.g. a duplicate reply).
+    pub kind: String,
+    /// The event's, command's or new state's name.
+    pub name: String,
+    /// More: the step, the reason, the previous state.
+    pub detail: String,
+    /// The trace the change happened in (hex; empty when unknown).
+    pub trace_id: String,
+}
+
+/// Which sagas [`SagaStore::find`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SagaQuery {
+    /// Only in this status.
+    pub status: Option<crate::SagaStatus>,
+    /// Only those not updated since (unix milliseconds).
+    pub updated_before_ms: Option<i64>,
+    /// Only those with a step deadline at or before this (unix milliseconds): overdue.
+    pub deadline_before_ms: Option<i64>,
+    /// At most this many (0: 100).
+    pub limit: usize,
+}
+
+impl SagaQuery {
+    /// The limit in force (default 100, at most 1,000).
+    pub fn effective_limit(&self) -> usize {
+        match self.limit {
+            0 => 100,
+            n => n.min(1000),
+        }
+    }
+
+    /// Whether `saga` matches.
+    pub fn matches(&self, saga: &SagaInstance) -> bool {
+        self.status.is_none_or(|s| saga.state.status == s)
+            && self.updated_before_ms.is_none_or(|t| saga.updated_at <= t)
+            && self
+                .deadline_before_ms
+                .is_none_or(|t| saga.next_deadline().is_some_and(|d| d <= t))
+    }
 }
 
 /// How many sagas of one type are in one unfinished status ([`SagaStore::census`]).
@@ -75,6 +157,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug, Clone, Default)]
 pub struct MemorySagaStore {
     sagas: Arc<Mutex<HashMap<SagaId, SagaInstance>>>,
+    history: Arc<Mutex<HashMap<SagaId, Vec<HistoryEntry>>>>,
 }
 
 impl MemorySagaStore {
@@ -174,6 +257,41 @@ impl SagaStore for MemorySagaStore {
             .collect();
         due.sort();
         Ok(due.into_iter().take(limit).map(|(_, id)| id).collect())
+    }
+
+    async fn append_history(
+        &self,
+        tx: &mut MemoryTx,
+        saga_id: SagaId,
+        _version: u64,
+        entries: &[HistoryEntry],
+    ) -> Result<()> {
+        let history = self.history.clone();
+        let entries = entries.to_vec();
+        tx.on_commit(move || {
+            lock(&history).entry(saga_id).or_default().extend(entries);
+        });
+        Ok(())
+    }
+
+    async fn history(&self, saga_id: SagaId) -> Result<Option<Vec<HistoryEntry>>> {
+        Ok(Some(
+            lock(&self.history)
+                .get(&saga_id)
+                .cloned()
+                .unwrap_or_default(),
+        ))
+    }
+
+    async fn find(&self, query: &SagaQuery) -> Result<Option<Vec<SagaInstance>>> {
+        let mut found: Vec<SagaInstance> = lock(&self.sagas)
+            .values()
+            .filter(|s| query.matches(s))
+            .cloned()
+            .collect();
+        found.sort_by_key(|s| s.updated_at);
+        found.truncate(query.effective_limit());
+        Ok(Some(found))
     }
 
     async fn census(&self) -> Result<Option<Vec<Census>>> {

@@ -45,7 +45,9 @@ pub fn free_port() -> u16 {
     }
 }
 
-fn bin(name: &str) -> PathBuf {
+/// The path of workspace binary `name` (built first under `cargo test`): a service, or a
+/// tool like `ordersys-admin`.
+pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // A test: target/<profile>/deps/<test> → target/<profile>/<name>; a binary of this
     // crate (the fault suite): target/<profile>/<bin> → target/<profile>/<name>.

@@ -29,6 +29,9 @@ pub struct Config {
     /// (`ACCEPTED_CURRENCIES`, comma-separated, default `USD` = the payment service's
     /// default `ACCOUNT_CURRENCY`; empty: any known currency).
     pub accepted_currencies: String,
+    /// The bearer token of the operator tools on the admin port (`ADMIN_TOKEN`; empty,
+    /// the default: the tools are off). See [`crate::operator`].
+    pub admin_token: String,
     /// Kafka client settings (`KAFKA_FETCH_WAIT_MAX_MS`, `KAFKA_LINGER_MS`,
     /// `KAFKA_MAX_IN_FLIGHT`, `KAFKA_PROPERTIES`).
     #[serde(flatten)]
@@ -51,6 +54,7 @@ impl Default for Config {
             payment_deadline_secs: 30,
             inbox_retention_hours: 168,
             accepted_currencies: "USD".into(),
+            admin_token: String::new(),
             kafka: Default::default(),
             tls: Default::default(),
         }
@@ -69,6 +73,14 @@ impl std::fmt::Debug for Config {
             .field("payment_deadline_secs", &self.payment_deadline_secs)
             .field("inbox_retention_hours", &self.inbox_retention_hours)
             .field("accepted_currencies", &self.accepted_currencies)
+            .field(
+                "admin_token",
+                &if self.admin_token.is_empty() {
+                    "<unset>"
+                } else {
+                    "<redacted>"
+                },
+            )
             .field("kafka", &self.kafka)
             .field("tls", &self.tls)
             .finish()
@@ -88,6 +100,7 @@ impl Config {
         "PAYMENT_DEADLINE_SECS",
         "INBOX_RETENTION_HOURS",
         "ACCEPTED_CURRENCIES",
+        "ADMIN_TOKEN",
     ];
 
     /// Every environment variable read.

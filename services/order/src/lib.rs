@@ -10,6 +10,7 @@
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod operator;
 pub mod repository;
 pub mod saga;
 pub mod service;
@@ -224,6 +225,30 @@ async fn serve<B: saga::Backend, I: Inbox<Tx = B::Tx> + Clone>(
             .filter(|c| !c.is_empty())
             .collect(),
     );
+    let operator = (!config.admin_token.is_empty()).then(|| {
+        let dlq = match (&messaging, &kafka) {
+            (Messaging::Kafka { .. }, Some((brokers, tuning, publisher))) => tuning
+                .client_config(brokers)
+                .ok()
+                .map(|client| operator::Dlq {
+                    client,
+                    topic: topics.dlq.clone(),
+                    publisher: publisher.clone(),
+                }),
+            _ => None,
+        };
+        operator::Operator::<B>::new(
+            orchestrator.clone(),
+            repo.clone(),
+            cache.clone(),
+            relay_handle.clone(),
+            dlq,
+            config.admin_token.clone(),
+        )
+    });
+    if operator.is_none() {
+        tracing::info!("инструменты оператора выключены (ADMIN_TOKEN не задан)");
+    }
     let replies = saga::ReplyHandler::<B>::new(
         orchestrator.clone(),
         repo.clone(),
@@ -274,8 +299,12 @@ async fn serve<B: saga::Backend, I: Inbox<Tx = B::Tx> + Clone>(
     let grpc_addr = listeners.grpc.local_addr()?;
     let admin_addr = listeners.admin.local_addr()?;
     let s = stop.clone();
+    let admin_router = match operator {
+        Some(op) => admin.router().merge(op.router()),
+        None => admin.router(),
+    };
     tasks.spawn(async move {
-        admin::serve(listeners.admin, admin.router(), s.wait())
+        admin::serve(listeners.admin, admin_router, s.wait())
             .await
             .map_err(anyhow::Error::from)
     });

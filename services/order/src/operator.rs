@@ -1,0 +1,484 @@
+//! Operator tools on the admin port (never on the public gateway), behind
+//! `Authorization: Bearer $ADMIN_TOKEN` — off when `ADMIN_TOKEN` is unset:
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /admin/sagas?status=&older_than_secs=&overdue=&limit=` | sagas by status and age, least recently moved first; `overdue=true`: a step deadline has passed (e.g. `PAYMENT_PENDING` past the payment deadline) |
+//! | `GET /admin/sagas/{id}` | one saga, its orders and its history: every event, state change and command, with timestamps and trace ids |
+//! | `POST /admin/sagas/{id}/compensate` `{"reason": "…"}` | force compensation: a running saga gives up its awaited step and compensates; a compensating one sends its pending compensations again |
+//! | `GET /admin/dlq?limit=` | what `dlq.saga` holds: id, original topic, key, reason, headers |
+//! | `POST /admin/dlq/replay` `{"partition": 0, "offset": 7}` | publish a dead letter to its original topic again, after a fix (a derived id: replaying the same one twice is processed once) |
+//!
+//! Every action is logged (warn level, with the operator's reason) and counted in
+//! `ordersys_operator_actions_total{action,result}`. The CLI `ordersys-admin` calls
+//! these routes.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use outbox::idempotency::Cache;
+use outbox::{RelayHandle, Transactional};
+use saga_core::{SagaEvent, SagaId, SagaInstance, SagaQuery, SagaStatus, SagaStore, StepStatus};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::repository::OrderRepo;
+use crate::saga::{invalidate, Backend, OrderOrchestrator};
+
+/// Where the dead letters are (Kafka only: the embedded bus keeps none to replay).
+#[derive(Clone, Debug)]
+pub struct Dlq {
+    /// Client settings (brokers, TLS/SASL).
+    pub client: rdkafka::ClientConfig,
+    /// The dead-letter topic.
+    pub topic: String,
+    /// Publishes replays.
+    pub publisher: outbox::kafka::KafkaPublisher,
+}
+
+/// The operator tools of one order service.
+pub struct Operator<B: Backend> {
+    orchestrator: Arc<OrderOrchestrator<B>>,
+    repo: B::Repo,
+    cache: Arc<dyn Cache>,
+    relay: RelayHandle,
+    dlq: Option<Dlq>,
+    token: String,
+}
+
+impl<B: Backend> std::fmt::Debug for Operator<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Operator")
+            .field("dlq", &self.dlq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Backend> Operator<B> {
+    /// Tools over the service's parts, for `token` (`ADMIN_TOKEN`).
+    pub fn new(
+        orchestrator: Arc<OrderOrchestrator<B>>,
+        repo: B::Repo,
+        cache: Arc<dyn Cache>,
+        relay: RelayHandle,
+        dlq: Option<Dlq>,
+        token: String,
+    ) -> Self {
+        Self {
+            orchestrator,
+            repo,
+            cache,
+            relay,
+            dlq,
+            token,
+        }
+    }
+
+    /// The routes, behind the token check.
+    pub fn router(self) -> Router {
+        let op = Arc::new(self);
+        Router::new()
+            .route("/admin/sagas", get(list::<B>))
+            .route("/admin/sagas/{id}", get(show::<B>))
+            .route("/admin/sagas/{id}/compensate", post(compensate::<B>))
+            .route("/admin/dlq", get(dlq_list::<B>))
+            .route("/admin/dlq/replay", post(dlq_replay::<B>))
+            .route_layer(axum::middleware::from_fn_with_state(
+                op.clone(),
+                authorize::<B>,
+            ))
+            .with_state(op)
+    }
+}
+
+fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
+    (
+        status,
+        Json(json!({ "error": { "code": code, "message": message.to_string() } })),
+    )
+        .into_response()
+}
+
+fn counted(action: &'static str, result: &'static str) {
+    metrics::counter!("ordersys_operator_actions_total", "action" => action, "result" => result)
+        .increment(1);
+}
+
+/// Equal in time independent of where they differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn authorize<B: Backend>(
+    State(op): State<Arc<Operator<B>>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let given = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !same(given.as_bytes(), op.token.as_bytes()) {
+        tracing::warn!(path = %req.uri().path(), "запрос к инструментам оператора без верного токена");
+        counted("authenticate", "refused");
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "an operator token is required (Authorization: Bearer $ADMIN_TOKEN)",
+        );
+    }
+    next.run(req).await
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn rfc3339(ms: i64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+        .to_string()
+}
+
+fn saga_json<B: Backend>(op: &Operator<B>, s: &SagaInstance, now: i64) -> Value {
+    let label = op
+        .orchestrator
+        .definition(&s.saga_type)
+        .map(|d| s.state.label(d))
+        .unwrap_or_else(|_| s.state.status.as_str().to_owned());
+    let steps: Vec<Value> = s
+        .state
+        .steps
+        .iter()
+        .map(|st| json!(format!("{st:?}").to_uppercase()))
+        .collect();
+    json!({
+        "id": s.id.0.to_string(),
+        "saga_type": s.saga_type,
+        "status": s.state.status.as_str(),
+        "state": label,
+        "steps": steps,
+        "failure_reason": s.state.failure_reason,
+        "version": s.version,
+        "created_at": rfc3339(s.created_at),
+        "updated_at": rfc3339(s.updated_at),
+        "idle_secs": (now - s.updated_at).max(0) / 1000,
+        "next_deadline": s.next_deadline().map(rfc3339),
+        "overdue": s.next_deadline().is_some_and(|d| d <= now),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+    older_than_secs: Option<u64>,
+    overdue: Option<bool>,
+    limit: Option<usize>,
+}
+
+async fn list<B: Backend>(
+    State(op): State<Arc<Operator<B>>>,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    let status = match q.status.as_deref().map(str::to_ascii_uppercase) {
+        None => None,
+        Some(s) => match SagaStatus::parse(&s) {
+            Some(s) => Some(s),
+            None => {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "validation_failed",
+                    format!(
+                        "status {s:?}: one of STARTED, RUNNING, COMPENSATING, COMPLETED, FAILED"
+                    ),
+                )
+            }
+        },
+    };
+    let now = now_ms();
+    let query = SagaQuery {
+        status,
+        updated_before_ms: q.older_than_secs.map(|s| now - (s as i64) * 1000),
+        deadline_before_ms: q.overdue.unwrap_or(false).then_some(now),
+        limit: q.limit.unwrap_or(100),
+    };
+    match op.orchestrator.store().find(&query).await {
+        Ok(Some(sagas)) => {
+            counted("list_sagas", "ok");
+            let items: Vec<Value> = sagas.iter().map(|s| saga_json(&op, s, now)).collect();
+            Json(json!({ "sagas": items })).into_response()
+        }
+        Ok(None) => error(
+            StatusCode::NOT_IMPLEMENTED,
+            "unsupported",
+            "the saga store cannot list",
+        ),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
+    }
+}
+
+/// A handler's early answer (boxed: a `Response` is large).
+type Early = Box<Response>;
+
+fn saga_id(id: &str) -> Result<SagaId, Early> {
+    Uuid::parse_str(id).map(SagaId).map_err(|_| {
+        Box::new(error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            format!("{id:?} is not a saga id (UUID)"),
+        ))
+    })
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Early {
+    Box::new(error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e))
+}
+
+async fn load<B: Backend>(op: &Operator<B>, id: SagaId) -> Result<SagaInstance, Early> {
+    let store = op.orchestrator.store();
+    let mut tx = store.begin().await.map_err(unavailable)?;
+    let saga = store.load(&mut tx, id).await.map_err(unavailable)?;
+    drop(tx); // read only: rolled back
+    saga.ok_or_else(|| {
+        Box::new(error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no saga {}", id.0),
+        ))
+    })
+}
+
+async fn show<B: Backend>(State(op): State<Arc<Operator<B>>>, Path(id): Path<String>) -> Response {
+    let id = match saga_id(&id) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    let saga = match load(&op, id).await {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let history = match op.orchestrator.store().history(id).await {
+        Ok(h) => h.unwrap_or_default(),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
+    };
+    let orders: Vec<String> = op
+        .repo
+        .orders_of_saga(id.0)
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(Uuid::to_string)
+        .collect();
+    counted("show_saga", "ok");
+    let history: Vec<Value> = history
+        .iter()
+        .map(|h| {
+            json!({ "version": h.version, "at": rfc3339(h.at_ms), "kind": h.kind,
+                "name": h.name, "detail": h.detail, "trace_id": h.trace_id })
+        })
+        .collect();
+    Json(json!({ "saga": saga_json(&op, &saga, now_ms()), "orders": orders, "history": history }))
+        .into_response()
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct CompensateBody {
+    #[serde(default)]
+    reason: String,
+}
+
+async fn compensate<B: Backend>(
+    State(op): State<Arc<Operator<B>>>,
+    Path(id): Path<String>,
+    body: Option<Json<CompensateBody>>,
+) -> Response {
+    let id = match saga_id(&id) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    let reason = body.map(|b| b.0.reason).unwrap_or_default();
+    let reason = if reason.trim().is_empty() {
+        "forced by an operator".to_owned()
+    } else {
+        format!("forced by an operator: {}", reason.trim())
+    };
+    let saga = match load(&op, id).await {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let events: Vec<SagaEvent> = match saga.state.status {
+        SagaStatus::Started | SagaStatus::Running => vec![SagaEvent::Abort {
+            reason: reason.clone(),
+        }],
+        // Send the pending compensations again (as their deadline would).
+        SagaStatus::Compensating => saga
+            .state
+            .steps
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| **s == StepStatus::Compensating)
+            .map(|(step, _)| SagaEvent::DeadlineExpired { step })
+            .collect(),
+        SagaStatus::Completed | SagaStatus::Failed => Vec::new(),
+    };
+    if events.is_empty() {
+        counted("compensate", "refused");
+        return error(
+            StatusCode::CONFLICT,
+            "saga_ended",
+            format!(
+                "saga {} is {}: nothing to compensate",
+                id.0, saga.state.status
+            ),
+        );
+    }
+    let mut after = saga;
+    for event in events {
+        match op.orchestrator.handle_now(id, event).await {
+            Ok(applied) => after = applied.saga,
+            Err(e) => {
+                counted("compensate", "failed");
+                return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e);
+            }
+        }
+    }
+    op.relay.wake();
+    for order in op.repo.orders_of_saga(id.0).await.unwrap_or_default() {
+        invalidate(&*op.cache, order).await;
+    }
+    tracing::warn!(saga_id = %id, reason = %reason, status = %after.state.status,
+        "оператор принудительно запустил компенсацию саги");
+    counted("compensate", "ok");
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({ "saga": saga_json(&op, &after, now_ms()) })),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct DlqQuery {
+    limit: Option<usize>,
+}
+
+fn record_json(r: &outbox::kafka::DeadLetterRecord) -> Value {
+    let headers: serde_json::Map<String, Value> = r
+        .delivery
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_owned(), json!(v)))
+        .collect();
+    json!({
+        "partition": r.partition,
+        "offset": r.offset,
+        "parked_at": r.timestamp_ms.map(rfc3339),
+        "message_id": r.delivery.id.to_string(),
+        "original_topic": r.original_topic,
+        "key": r.delivery.key,
+        "reason": r.reason,
+        "payload_bytes": r.delivery.payload.len(),
+        "headers": headers,
+    })
+}
+
+fn dlq_of<B: Backend>(op: &Operator<B>) -> Result<&Dlq, Early> {
+    op.dlq.as_ref().ok_or_else(|| {
+        Box::new(error(
+            StatusCode::NOT_IMPLEMENTED,
+            "unsupported",
+            "no dead-letter topic here: the embedded bus keeps no dead letters to replay",
+        ))
+    })
+}
+
+async fn read<B: Backend>(op: &Operator<B>) -> Result<Vec<outbox::kafka::DeadLetterRecord>, Early> {
+    let dlq = dlq_of(op)?;
+    outbox::kafka::read_dead_letters(&dlq.client, &dlq.topic, 10_000, Duration::from_secs(15))
+        .await
+        .map_err(unavailable)
+}
+
+async fn dlq_list<B: Backend>(
+    State(op): State<Arc<Operator<B>>>,
+    Query(q): Query<DlqQuery>,
+) -> Response {
+    match read(&op).await {
+        Ok(records) => {
+            counted("list_dlq", "ok");
+            let skip = records.len().saturating_sub(q.limit.unwrap_or(100));
+            let items: Vec<Value> = records[skip..].iter().map(record_json).collect();
+            Json(json!({ "dead_letters": items, "total": records.len() })).into_response()
+        }
+        Err(r) => *r,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ReplayBody {
+    #[serde(default)]
+    partition: i32,
+    offset: i64,
+}
+
+async fn dlq_replay<B: Backend>(
+    State(op): State<Arc<Operator<B>>>,
+    Json(body): Json<ReplayBody>,
+) -> Response {
+    let records = match read(&op).await {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    let Some(record) = records
+        .iter()
+        .find(|r| r.partition == body.partition && r.offset == body.offset)
+    else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "no dead letter at partition {} offset {}",
+                body.partition, body.offset
+            ),
+        );
+    };
+    if record.original_topic.is_empty() {
+        counted("replay_dlq", "refused");
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "no_original_topic",
+            "the dead letter does not name its original topic",
+        );
+    }
+    let message = record.replay_message();
+    let publisher = match dlq_of(&op) {
+        Ok(d) => d.publisher.clone(),
+        Err(r) => return *r,
+    };
+    if let Err(e) = outbox::Publisher::publish(&publisher, &message).await {
+        counted("replay_dlq", "failed");
+        return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e);
+    }
+    tracing::warn!(message_id = %record.delivery.id, replay_id = %message.id,
+        topic = %message.topic, reason = %record.reason,
+        "оператор повторно отправил сообщение из очереди недоставленных");
+    counted("replay_dlq", "ok");
+    (
+        StatusCode::ACCEPTED,
+        Json(
+            json!({ "replayed": record_json(record), "message_id": message.id.to_string(),
+            "topic": message.topic }),
+        ),
+    )
+        .into_response()
+}
