@@ -65,8 +65,16 @@ lint:
 ## The SDK crates as the crates registry would take them: packaged (what ships, README
 ## included, test keys not), then each package built on its own from the package, in
 ## dependency order, against the others' packages (`cargo publish --dry-run`).
+## Its own target directory, and our crates' artefacts wiped first: cargo takes a crate
+## from a registry as immutable, so a package verified in an earlier run (same name and
+## version, other source) would otherwise be reused as it was.
+PUBLISH_TARGET = $${CARGO_TARGET_DIR:-target}-publish
 publish-check:
-	$(CARGO) publish --dry-run --allow-dirty $(foreach c,$(SDK_CRATES),-p $(c))
+	rm -rf $(PUBLISH_TARGET)/package $(PUBLISH_TARGET)/debug/.fingerprint/ordersys-* \
+		$(PUBLISH_TARGET)/debug/deps/*ordersys_* $(PUBLISH_TARGET)/debug/deps/*saga_core* \
+		$(PUBLISH_TARGET)/debug/deps/*outbox* $(PUBLISH_TARGET)/debug/deps/*authz* \
+		$(PUBLISH_TARGET)/debug/deps/*resilience*
+	CARGO_TARGET_DIR=$(PUBLISH_TARGET) $(CARGO) publish --dry-run --allow-dirty $(foreach c,$(SDK_CRATES),-p $(c))
 
 ## A crate outside the workspace using the four SDK crates from their READMEs, by package
 ## name: built and run (it needs no server).

@@ -1,7 +1,9 @@
 //! Observability end to end: one order is one OpenTelemetry trace from the REST call
 //! through gRPC, the outbox, Kafka (or the embedded bus), the payment service and back
-//! to the orchestrator — received by an OTLP collector inside this test — and every
-//! service's `/metrics` shows the SDK's metrics with live values after one order.
+//! to the orchestrator — received by an OTLP collector inside this test, over OTLP/HTTP
+//! and OTLP/gRPC, and flushed when a service stops — and every service's `/metrics`
+//! shows the SDK's metrics with live values after one order, including every metric a
+//! dashboard or an alert rule queries.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -304,17 +306,24 @@ async fn every_service_shows_the_sdk_metrics_and_every_dashboard_metric_exists()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_embedded_system_traces_one_order_through_its_bus() {
+async fn the_embedded_system_traces_one_order_through_its_bus_and_flushes_at_stop() {
     let collector = Collector::start().await;
     let dir = std::env::temp_dir().join(format!("ordersys-otel-{}", uuid::Uuid::new_v4().simple()));
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut env = ordersys_e2e::embedded_env(&dir, port);
     env.extend(otel_env(&collector, false));
+    // Batches leave only every 10 minutes: what arrives was flushed at the stop.
+    env.insert("OTEL_BSP_SCHEDULE_DELAY".into(), "600000".into());
     let mut sys = Service::start("ordersys", env);
     wait_ready(&format!("{base}/readyz"), &mut sys, Duration::from_secs(60)).await;
     let api = Api::new(&base);
     let (trace_id, client_span) = one_traced_order(&api).await;
+    let status = sys.terminate(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "no clean stop: {status:?}"
+    );
     let spans = collector
         .wait_for(&trace_id, Duration::from_secs(30), |spans| {
             hop(spans, &client_span, "order", &[("saga.replies", PRODUCER)]).is_some()
@@ -335,6 +344,5 @@ async fn the_embedded_system_traces_one_order_through_its_bus() {
         );
     }
     assert!(back.iter().all(|s| s.service == "ordersys"), "{all}");
-    sys.kill();
     let _ = std::fs::remove_dir_all(&dir);
 }
