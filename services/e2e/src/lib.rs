@@ -397,6 +397,10 @@ pub struct Options {
     pub mysql_server_url: Option<String>,
     /// A broker of the test's own; default `KAFKA_BROKERS` or the shared 127.0.0.1:9092.
     pub brokers: Option<String>,
+    /// Also start a second order service, payment service and gateway (the gateway
+    /// talking to the second ones) on the same databases, topics and Redis
+    /// ([`System::second`]); each replica has its own `RELAY_ID`.
+    pub two_replicas: bool,
 }
 
 impl Default for Options {
@@ -409,8 +413,26 @@ impl Default for Options {
             redis_url: None,
             mysql_server_url: None,
             brokers: None,
+            two_replicas: false,
         }
     }
+}
+
+/// The second replicas of a [`System`] started with [`Options::two_replicas`].
+#[derive(Debug)]
+pub struct Replicas {
+    /// The second order service.
+    pub order: Service,
+    /// The second payment service.
+    pub payment: Service,
+    /// The second gateway (to the second order and payment services).
+    pub gateway: Service,
+    /// `http://127.0.0.1:<port>` of the second gateway.
+    pub base: String,
+    /// The second order service's admin base URL.
+    pub order_admin: String,
+    /// The second payment service's admin base URL.
+    pub payment_admin: String,
 }
 
 /// The whole system — user, order and payment services and the gateway — each on free
@@ -442,6 +464,8 @@ pub struct System {
     /// This system's HS256 secret (every system has its own: a token of one is
     /// worthless at another's gateway). Tests forge tokens with it.
     pub jwt_secret: String,
+    /// The second replicas ([`Options::two_replicas`]).
+    pub second: Option<Replicas>,
     mysql_server: String,
     dbs: Vec<String>,
     data_dir: std::path::PathBuf,
@@ -504,17 +528,19 @@ impl System {
             ("GRPC_ADDR", format!("127.0.0.1:{order_grpc}")),
             ("ADMIN_ADDR", format!("127.0.0.1:{order_admin}")),
             ("DATABASE_URL", db_url(1)),
+            ("RELAY_ID", format!("{id}-1")),
         ]);
-        order_env.extend(opts.order_env);
-        let mut order = Service::start("ordersys-order", order_env);
+        order_env.extend(opts.order_env.clone());
+        let mut order = Service::start("ordersys-order", order_env.clone());
         let payment_db_url = db_url(2);
         let mut payment_env = env(&[
             ("GRPC_ADDR", format!("127.0.0.1:{pay_grpc}")),
             ("ADMIN_ADDR", format!("127.0.0.1:{pay_admin}")),
             ("DATABASE_URL", payment_db_url.clone()),
+            ("RELAY_ID", format!("{id}-1")),
         ]);
-        payment_env.extend(opts.payment_env);
-        let mut payment = Service::start("ordersys-payment", payment_env);
+        payment_env.extend(opts.payment_env.clone());
+        let mut payment = Service::start("ordersys-payment", payment_env.clone());
         let mut genv = env(&[
             ("HTTP_ADDR", format!("127.0.0.1:{http}")),
             ("USER_SERVICE_URL", format!("http://127.0.0.1:{user_grpc}")),
@@ -528,8 +554,8 @@ impl System {
             ),
             ("RATE_LIMIT_KEY_PREFIX", format!("e2e:{id}:rate:")),
         ]);
-        genv.extend(opts.gateway_env);
-        let mut gateway = Service::start("ordersys-gateway", genv);
+        genv.extend(opts.gateway_env.clone());
+        let mut gateway = Service::start("ordersys-gateway", genv.clone());
         let user_admin = format!("http://127.0.0.1:{user_admin}");
         wait_ready(
             &format!("{user_admin}/readyz"),
@@ -556,6 +582,63 @@ impl System {
             Duration::from_secs(90),
         )
         .await;
+        let second = if opts.two_replicas {
+            let p: Vec<u16> = (0..5).map(|_| free_port()).collect();
+            let mut o2 = order_env.clone();
+            o2.insert("GRPC_ADDR".into(), format!("127.0.0.1:{}", p[0]));
+            o2.insert("ADMIN_ADDR".into(), format!("127.0.0.1:{}", p[1]));
+            o2.insert("RELAY_ID".into(), format!("{id}-2"));
+            let mut p2 = payment_env.clone();
+            p2.insert("GRPC_ADDR".into(), format!("127.0.0.1:{}", p[2]));
+            p2.insert("ADMIN_ADDR".into(), format!("127.0.0.1:{}", p[3]));
+            p2.insert("RELAY_ID".into(), format!("{id}-2"));
+            let mut order2 = Service::start("ordersys-order", o2);
+            let mut payment2 = Service::start("ordersys-payment", p2);
+            let (order_admin2, payment_admin2) = (
+                format!("http://127.0.0.1:{}", p[1]),
+                format!("http://127.0.0.1:{}", p[3]),
+            );
+            wait_ready(
+                &format!("{order_admin2}/readyz"),
+                &mut order2,
+                Duration::from_secs(90),
+            )
+            .await;
+            wait_ready(
+                &format!("{payment_admin2}/readyz"),
+                &mut payment2,
+                Duration::from_secs(90),
+            )
+            .await;
+            let mut g2 = genv.clone();
+            g2.insert("HTTP_ADDR".into(), format!("127.0.0.1:{}", p[4]));
+            g2.insert(
+                "ORDER_SERVICE_URL".into(),
+                format!("http://127.0.0.1:{}", p[0]),
+            );
+            g2.insert(
+                "PAYMENT_SERVICE_URL".into(),
+                format!("http://127.0.0.1:{}", p[2]),
+            );
+            let mut gateway2 = Service::start("ordersys-gateway", g2);
+            let base2 = format!("http://127.0.0.1:{}", p[4]);
+            wait_ready(
+                &format!("{base2}/readyz"),
+                &mut gateway2,
+                Duration::from_secs(90),
+            )
+            .await;
+            Some(Replicas {
+                order: order2,
+                payment: payment2,
+                gateway: gateway2,
+                base: base2,
+                order_admin: order_admin2,
+                payment_admin: payment_admin2,
+            })
+        } else {
+            None
+        };
         Self {
             user,
             order,
@@ -569,6 +652,7 @@ impl System {
             brokers,
             payment_db_url,
             jwt_secret,
+            second,
             mysql_server: mysql,
             dbs,
             data_dir,
@@ -600,36 +684,17 @@ impl System {
     /// Run a `SELECT COUNT(*) …` with one blob parameter against the payment database
     /// (MySQL or SQLite, whichever this system runs on).
     pub async fn payment_count(&self, sql: &str, param: &[u8]) -> i64 {
-        use sqlx::{ConnectOptions, Connection};
-        use std::str::FromStr;
-        if self.payment_db_url.starts_with("sqlite:") {
-            let path = self.payment_db_url.trim_start_matches("sqlite://");
-            let mut c = sqlx::sqlite::SqliteConnectOptions::new()
-                .filename(path)
-                .connect()
-                .await
-                .expect("sqlite");
-            let n: i64 = sqlx::query_scalar(sql)
-                .bind(param)
-                .fetch_one(&mut c)
-                .await
-                .expect("query");
-            let _ = c.close().await;
-            n
+        count(&self.payment_db_url, sql, Param::Bytes(param)).await
+    }
+
+    /// Run a `SELECT COUNT(*) …` with one text parameter against the order database.
+    pub async fn order_count(&self, sql: &str, param: &str) -> i64 {
+        let url = if self.sqlite {
+            format!("sqlite://{}/{}.db", self.data_dir.display(), self.dbs[1])
         } else {
-            let mut c = sqlx::mysql::MySqlConnectOptions::from_str(&self.payment_db_url)
-                .expect("url")
-                .connect()
-                .await
-                .expect("mysql");
-            let n: i64 = sqlx::query_scalar(sql)
-                .bind(param)
-                .fetch_one(&mut c)
-                .await
-                .expect("query");
-            let _ = c.close().await;
-            n
-        }
+            format!("{}/{}", self.mysql_server, self.dbs[1])
+        };
+        count(&url, sql, Param::Text(param)).await
     }
 
     /// Stop the services and drop the databases.
@@ -639,6 +704,11 @@ impl System {
     }
 
     fn kill_all(&mut self) {
+        if let Some(r) = &mut self.second {
+            r.gateway.kill();
+            r.order.kill();
+            r.payment.kill();
+        }
         self.gateway.kill();
         self.order.kill();
         self.payment.kill();
@@ -703,6 +773,44 @@ async fn drop_database(server: &str, db: &str) -> anyhow::Result<()> {
         .await?;
     let _ = conn.close().await;
     Ok(())
+}
+
+/// The one parameter of a [`count`] query.
+enum Param<'a> {
+    Bytes(&'a [u8]),
+    Text(&'a str),
+}
+
+/// `SELECT COUNT(*) …` with one parameter on a MySQL or SQLite database URL.
+async fn count(url: &str, sql: &str, param: Param<'_>) -> i64 {
+    use sqlx::{ConnectOptions, Connection};
+    use std::str::FromStr;
+    macro_rules! run {
+        ($conn:expr) => {{
+            let mut c = $conn;
+            let q = sqlx::query_scalar(sql);
+            let q = match param {
+                Param::Bytes(b) => q.bind(b.to_vec()),
+                Param::Text(t) => q.bind(t.to_owned()),
+            };
+            let n: i64 = q.fetch_one(&mut c).await.expect("query");
+            let _ = c.close().await;
+            n
+        }};
+    }
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        run!(sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(path)
+            .connect()
+            .await
+            .expect("sqlite"))
+    } else {
+        run!(sqlx::mysql::MySqlConnectOptions::from_str(url)
+            .expect("url")
+            .connect()
+            .await
+            .expect("mysql"))
+    }
 }
 
 /// A JSON API client for the gateway.

@@ -83,6 +83,14 @@ pub struct KafkaTuning {
     /// `security.protocol=SASL_SSL;sasl.mechanism=SCRAM-SHA-512;sasl.username=order;
     /// sasl.password=…;ssl.ca.location=/etc/ordersys/kafka-ca.pem`.
     pub kafka_properties: String,
+    /// Static group membership (`KAFKA_STATIC_MEMBERSHIP`, default true): the consumer
+    /// joins as `group.instance.id` = the relay id, so a restarted instance takes its
+    /// partitions back at once, without a rebalance. The price: the partitions of an
+    /// instance that is gone for good (crashed and not restarted, scaled down) move to
+    /// the others only when the broker expires its session (`session.timeout.ms`,
+    /// 10 s). `false`: dynamic membership — a graceful stop hands the partitions over at
+    /// once, a restart costs a rebalance.
+    pub kafka_static_membership: bool,
 }
 
 impl Default for KafkaTuning {
@@ -92,6 +100,7 @@ impl Default for KafkaTuning {
             kafka_linger_ms: 0,
             kafka_max_in_flight: 32,
             kafka_properties: String::new(),
+            kafka_static_membership: true,
         }
     }
 }
@@ -103,6 +112,7 @@ impl KafkaTuning {
         "KAFKA_LINGER_MS",
         "KAFKA_MAX_IN_FLIGHT",
         "KAFKA_PROPERTIES",
+        "KAFKA_STATIC_MEMBERSHIP",
     ];
 
     /// Of the variables a service with Kafka and mutual TLS must read (this struct's and
@@ -150,6 +160,12 @@ impl KafkaTuning {
             c.set(k, v);
         }
         Ok(outbox::kafka::KafkaPublisher::from_config(&c)?)
+    }
+
+    /// The `group.instance.id` of `service`'s consumer: its [`relay_id`] with static
+    /// membership, none without.
+    pub fn instance_id(&self, service: &str) -> Option<String> {
+        self.kafka_static_membership.then(|| relay_id(service))
     }
 
     /// Apply the consumer settings to `config`.

@@ -139,7 +139,8 @@ where
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
                 if let Some(fields) = span.extensions().get::<SpanFields>() {
-                    for (k, v) in &fields.0 {
+                    // `otel.*` fields steer the OpenTelemetry span (name, kind), not logs.
+                    for (k, v) in fields.0.iter().filter(|(k, _)| !k.starts_with("otel.")) {
                         map.insert(k.clone(), v.clone());
                     }
                 }

@@ -268,7 +268,7 @@ async fn serve<B: saga::Backend, I: Inbox<Tx = B::Tx> + Clone>(
                 topics.group("order"),
                 &[&topics.replies],
             ))?;
-            consumer_config.instance_id = Some(ordersys_kit::messaging::relay_id("order"));
+            consumer_config.instance_id = tuning.instance_id("order");
             let s = stop.clone();
             tasks.spawn(async move {
                 run_consumer(&consumer_config, &consumer, &replies, s.wait())

@@ -217,7 +217,7 @@ where
                 topics.group("payment"),
                 &[&topics.commands],
             ))?;
-            consumer_config.instance_id = Some(ordersys_kit::messaging::relay_id("payment"));
+            consumer_config.instance_id = tuning.instance_id("payment");
             let s = stop.clone();
             tasks.spawn(async move { relay.run(s.wait()).await.map_err(anyhow::Error::from) });
             let s = stop.clone();

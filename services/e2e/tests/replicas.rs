@@ -1,0 +1,276 @@
+//! Scale out: two replicas each of the order service, the payment service and the
+//! gateway on one MariaDB, broker and Redis. Clients place orders through both gateways
+//! (falling over to the other, with the same `Idempotency-Key`, when one fails); one
+//! replica of each service is stopped mid-load — the order service and the gateway with
+//! SIGTERM (a graceful stop, bounded in time, that leaves no outbox lease behind), the
+//! payment service with SIGKILL. Every order ends, nobody is charged
+//! twice or for nothing, every balance adds up, messages of one order stay in order on
+//! every topic, and both replicas did work before the kill (the partitions and the
+//! outbox were shared between them).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ordersys_e2e::{email, eventually, promql, Api, Options, System};
+use serde_json::json;
+
+const CLIENTS: usize = 8;
+
+#[derive(Debug, Clone)]
+struct Placed {
+    user: usize,
+    id: String,
+    total: i64,
+    via: usize,
+}
+
+/// Place one order, trying the gateways in turn (starting at `first`) with one
+/// idempotency key until one answers 201, for at most 60 s.
+async fn place(apis: &[Api; 2], first: usize, token: &str, price: i64) -> Option<(String, usize)> {
+    let key = uuid::Uuid::new_v4().to_string();
+    let body = json!({ "items": [{ "product_id": "book", "quantity": 1, "unit_price": price }], "currency": "USD" });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut n = first;
+    while tokio::time::Instant::now() < deadline {
+        let api = &apis[n % 2];
+        let rb = api
+            .client()
+            .post(format!("{}/api/v1/orders", api.base()))
+            .bearer_auth(token)
+            .header("Idempotency-Key", &key)
+            .timeout(Duration::from_secs(5))
+            .json(&body);
+        if let Ok(r) = rb.send().await {
+            if r.status().as_u16() == 201 {
+                let v: serde_json::Value = r.json().await.ok()?;
+                return Some((v["order_id"].as_str()?.to_owned(), n % 2));
+            }
+            assert!(
+                r.status().is_server_error() || r.status().as_u16() == 429,
+                "unexpected {}",
+                r.status()
+            );
+        }
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+async fn processed(admin: &str) -> (f64, f64) {
+    let text = reqwest::get(format!("{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let consumed: f64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("outbox_consumer_messages_total{") && l.contains("outcome=\"processed\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    let published = promql::parse_text(&text)
+        .get("outbox_relay_published_total")
+        .copied()
+        .unwrap_or(0.0);
+    (consumed, published)
+}
+
+/// Per key, the ids (UUID v7, time-ordered at enqueue) must first appear in the order
+/// they were enqueued; a republished duplicate may come again later.
+async fn assert_per_key_order(brokers: &str, topic: &str) -> usize {
+    let mut config = rdkafka::ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    let mut records =
+        outbox::kafka::read_dead_letters(&config, topic, usize::MAX, Duration::from_secs(30))
+            .await
+            .unwrap();
+    records.sort_by_key(|r| (r.partition, r.offset));
+    let mut last: HashMap<String, outbox::MessageId> = HashMap::new();
+    let mut seen = std::collections::HashSet::new();
+    for r in &records {
+        let id = r.delivery.id;
+        if !seen.insert(id) {
+            continue; // a duplicate of one already seen
+        }
+        if let Some(prev) = last.get(&r.delivery.key) {
+            assert!(
+                *prev < id,
+                "{topic}: key {} has {id} after {prev} (offset {})",
+                r.delivery.key,
+                r.offset
+            );
+        }
+        last.insert(r.delivery.key.clone(), id);
+    }
+    records.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_the_work_and_survive_losing_one_of_each() {
+    let mut sys = System::start(Options {
+        two_replicas: true,
+        // Orders held up by the kill are paid late, not given up.
+        // Replicas that stop for good hand their partitions over (as in Kubernetes, whose
+        // manifests set this too): with static membership a gone member keeps its
+        // partitions until its session expires — and Tansu was seen never expiring it.
+        order_env: vec![
+            ("PAYMENT_DEADLINE_SECS".into(), "120".into()),
+            ("KAFKA_STATIC_MEMBERSHIP".into(), "false".into()),
+        ],
+        payment_env: vec![("KAFKA_STATIC_MEMBERSHIP".into(), "false".into())],
+        ..Options::default()
+    })
+    .await;
+    let second = sys.second.as_ref().unwrap();
+    let apis = [Api::new(&sys.base), Api::new(&second.base)];
+    let (order2_admin, payment2_admin) = (second.order_admin.clone(), second.payment_admin.clone());
+    let mut tokens = Vec::new();
+    for i in 0..CLIENTS {
+        tokens.push(apis[i % 2].signup(&email(), "password-123").await);
+    }
+
+    let placed: Arc<Mutex<Vec<Placed>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for (user, token) in tokens.iter().enumerate() {
+        let (apis, token, placed, stop) =
+            (apis.clone(), token.clone(), placed.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let mut n = user;
+            while !stop.load(Ordering::Relaxed) {
+                let price = 500 + ((n * 7919) % 2500) as i64;
+                let (id, via) = place(&apis, n, &token, price)
+                    .await
+                    .expect("no gateway took the order for a minute");
+                placed.lock().unwrap().push(Placed {
+                    user,
+                    id,
+                    total: price,
+                    via,
+                });
+                n += 1;
+            }
+        }));
+    }
+
+    // Both replicas of each service work, then one of each dies.
+    eventually(
+        "both replicas to have done work",
+        Duration::from_secs(60),
+        || {
+            let (a, b, c, d) = (
+                sys.order_admin.clone(),
+                order2_admin.clone(),
+                sys.payment_admin.clone(),
+                payment2_admin.clone(),
+            );
+            async move {
+                let all = [
+                    processed(&a).await,
+                    processed(&b).await,
+                    processed(&c).await,
+                    processed(&d).await,
+                ];
+                all.iter()
+                    .all(|(consumed, published)| *consumed > 0.0 && *published > 0.0)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let before_kill = placed.lock().unwrap().len();
+    sys.payment.kill();
+    for (name, service) in [("order", &mut sys.order), ("gateway", &mut sys.gateway)] {
+        let status = service.terminate(Duration::from_secs(40));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{name} did not stop cleanly within 40 s: {status:?}"
+        );
+    }
+    // The stopped relay finished its round: nothing is left leased to it.
+    let leased = sys
+        .order_count(
+            "SELECT COUNT(*) FROM outbox_messages WHERE sent_at IS NULL AND leased_by = ?",
+            &format!(
+                "order@{}-1",
+                sys.topic_prefix
+                    .trim_start_matches("e2e.")
+                    .trim_end_matches('.')
+            ),
+        )
+        .await;
+    assert_eq!(
+        leased, 0,
+        "the stopped order service left {leased} messages leased"
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await; // load goes on against the survivors
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await.unwrap();
+    }
+    let placed = placed.lock().unwrap().clone();
+    assert!(
+        placed.len() > before_kill,
+        "no order was placed after the kill"
+    );
+    for via in 0..2 {
+        assert!(
+            placed.iter().any(|p| p.via == via),
+            "gateway {via} took no order"
+        );
+    }
+
+    // Every order ends; confirmed ones were charged once, cancelled ones not at all.
+    let survivor = &apis[1];
+    let mut confirmed: BTreeMap<usize, i64> = BTreeMap::new();
+    for p in &placed {
+        let o = survivor
+            .wait_order(&tokens[p.user], &p.id, |o| {
+                o["status"] == "CONFIRMED" || o["status"] == "CANCELLED"
+            })
+            .await;
+        let order = uuid::Uuid::parse_str(&p.id).unwrap();
+        let debited = sys
+            .payment_count(
+                "SELECT COUNT(*) FROM payments WHERE order_id = ? AND status = 'DEBITED'",
+                order.as_bytes(),
+            )
+            .await;
+        if o["status"] == "CONFIRMED" {
+            assert_eq!(
+                debited, 1,
+                "confirmed order {} debited {debited} times",
+                p.id
+            );
+            *confirmed.entry(p.user).or_default() += p.total;
+        } else {
+            assert_eq!(debited, 0, "cancelled order {} still debited", p.id);
+        }
+    }
+    for (user, token) in tokens.iter().enumerate() {
+        let spent = confirmed.get(&user).copied().unwrap_or(0);
+        eventually("the balance to settle", Duration::from_secs(60), || {
+            let token = token.clone();
+            async move {
+                let w = survivor
+                    .send("GET", "/api/v1/wallet", None, Some(&token))
+                    .await;
+                (w.body["balance"] == 100_000 - spent).then_some(())
+            }
+        })
+        .await;
+    }
+    assert!(!confirmed.is_empty(), "no order was confirmed");
+
+    // Per-order message order held on both topics, whichever relay published.
+    for topic in ["saga.commands", "saga.replies"] {
+        let n = assert_per_key_order(&sys.brokers, &format!("{}{topic}", sys.topic_prefix)).await;
+        assert!(n >= placed.len(), "{topic}: only {n} messages");
+    }
+    sys.stop().await;
+}
