@@ -380,6 +380,37 @@ async fn bad_input_is_refused_and_lists_paginate() {
     .await;
     assert!(got.starts_with("HTTP/1.1 413"), "{got}");
     assert!(got.contains("\"payload_too_large\""), "{got}");
+    // The same without a length (chunked): the 413 too, read by the client.
+    let chunked = |body: &[u8]| -> Vec<u8> {
+        let mut out = Vec::new();
+        for part in body.chunks(64 << 10) {
+            out.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+            out.extend_from_slice(part);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"0\r\n\r\n");
+        out
+    };
+    let head = format!(
+        "POST /api/v1/orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    let got = write_then_read(&sys.base, &head, &chunked(&vec![b'x'; 10 << 20])).await;
+    assert!(got.starts_with("HTTP/1.1 413"), "{got}");
+    assert!(got.contains("\"payload_too_large\""), "{got}");
+    // A chunked body within the limit is an order like any other (another user's: this
+    // one must have none yet).
+    let other = api.signup(&email(), "password-123").await;
+    let small = serde_json::to_vec(&order_body(&[(1, 100)], "USD")).unwrap();
+    let got = write_then_read(
+        &sys.base,
+        &head
+            .replace(&token, &other)
+            .replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n"),
+        &chunked(&small),
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 201"), "{got}");
     // Headers over the limit: 431 in the JSON shape too.
     let got = write_then_read(
         &sys.base,

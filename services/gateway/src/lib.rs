@@ -292,22 +292,68 @@ async fn refuse_large_headers(req: Request, next: Next) -> Response {
     response
 }
 
-/// Bodies declared larger than this are not even read through: the connection is closed
-/// after the 413 (the client may then see a reset instead of the answer).
+/// Bodies larger than this are not read through: the connection is closed after the 413
+/// (the client may then see a reset instead of the answer).
 const DRAIN_MAX_BYTES: u64 = 16 * 1024 * 1024;
 
-/// A body declared (`Content-Length`) over the limit: 413 in the JSON shape, after
-/// reading and dropping what the client sends — a server that answers and closes while
-/// the client is still writing makes the client's kernel see a reset, and the client
-/// never reads the answer. Bounded by [`DRAIN_MAX_BYTES`] and the request timeout.
+/// A body over the limit: 413 in the JSON shape, after reading and dropping what the
+/// client sends — a server that answers and closes while the client is still writing
+/// makes the client's kernel see a reset, and the client never reads the answer.
+/// Declared (`Content-Length`) too large: refused before the handler. Sent without a
+/// length (`Transfer-Encoding: chunked`): read up to the limit here — a body within it
+/// goes on to the handler — and refused as soon as it passes the limit. Draining is
+/// bounded by [`DRAIN_MAX_BYTES`] and the request timeout.
 async fn refuse_oversized(State(limit): State<usize>, req: Request, next: Next) -> Response {
+    use http_body_util::BodyExt as _;
     let declared = req
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let Some(declared) = declared.filter(|n| *n > limit as u64) else {
-        return next.run(req).await;
+    let chunked = declared.is_none()
+        && req
+            .headers()
+            .contains_key(axum::http::header::TRANSFER_ENCODING);
+    let mut read: u64 = 0;
+    let body = if chunked {
+        let (parts, mut body) = req.into_parts();
+        let mut buf = bytes::BytesMut::new();
+        loop {
+            match body.frame().await {
+                None => break,
+                Some(Err(_)) => {
+                    return ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        "the request body could not be read",
+                    )
+                    .into_response()
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        buf.extend_from_slice(&data);
+                    }
+                }
+            }
+            if buf.len() > limit {
+                break;
+            }
+        }
+        if buf.len() <= limit {
+            let req = Request::from_parts(parts, axum::body::Body::from(buf.freeze()));
+            return next.run(req).await;
+        }
+        read = buf.len() as u64;
+        body
+    } else {
+        match declared.filter(|n| *n > limit as u64) {
+            None => return next.run(req).await,
+            Some(n) if n > DRAIN_MAX_BYTES => {
+                read = DRAIN_MAX_BYTES; // too much to read through: answer and close
+                req.into_body()
+            }
+            Some(_) => req.into_body(),
+        }
     };
     let mut response = ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -315,13 +361,13 @@ async fn refuse_oversized(State(limit): State<usize>, req: Request, next: Next) 
         format!("request body is too large (limit {limit} bytes)"),
     )
     .into_response();
-    if declared <= DRAIN_MAX_BYTES {
-        use http_body_util::BodyExt as _;
-        let mut body = req.into_body();
-        while let Some(frame) = body.frame().await {
-            if frame.is_err() {
-                break;
+    let mut body = body;
+    while read < DRAIN_MAX_BYTES {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                read += frame.data_ref().map_or(0, |d| d.len() as u64);
             }
+            _ => break,
         }
     }
     response.headers_mut().insert(
