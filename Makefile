@@ -187,9 +187,11 @@ chaos-short:
 	$${CARGO_TARGET_DIR:-target}/debug/chaos $(CHAOS_SHORT_ARGS)
 
 ## Run the in-memory saga example.
-example:
+example: services-up
 	$(CARGO) run -p example-saga-in-memory
 	$(CARGO) run -p example-axum-jwt
+	$(CARGO) run -p example-outbox-mysql-kafka
+	$(CARGO) run -p example-tonic-resilience
 
 ## Everything CI checks.
 check: lint test doc

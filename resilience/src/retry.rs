@@ -252,22 +252,67 @@ impl Retry {
     /// threshold of five). With a [`deadline`](Self::deadline), an attempt still running
     /// when it passes is abandoned, counted as a breaker failure, and reported as
     /// [`BreakerError::TimedOut`] — so a downstream that hangs opens the breaker like
-    /// one that fails. To retry only some errors and count only some as breaker
-    /// failures, use [`call_if`](Self::call_if) around
-    /// [`CircuitBreaker::call_classified`].
+    /// one that fails. To retry and count only the errors that mean the downstream is
+    /// in trouble, use [`call_with_breaker_classified`](Self::call_with_breaker_classified).
     pub async fn call_with_breaker<F, Fut, T, E>(
         &self,
         breaker: &CircuitBreaker,
-        mut f: F,
+        f: F,
     ) -> Result<T, BreakerError<E>>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
+        self.call_with_breaker_classified(breaker, f, |_| true)
+            .await
+    }
+
+    /// [`call_with_breaker`](Self::call_with_breaker) for calls whose errors are not
+    /// all the downstream's fault: only errors for which `is_failure` holds (down,
+    /// overloaded, timed out) are retried and counted as breaker failures; any other
+    /// error is the downstream's *answer* (not found, invalid argument) — returned at
+    /// once as [`BreakerError::Inner`] and counted as a successful round trip. An
+    /// attempt cut by the [`deadline`](Self::deadline) always counts as a failure.
+    ///
+    /// ```
+    /// use resilience::{BreakerError, CircuitBreaker, Retry};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// #[derive(Debug, PartialEq)]
+    /// enum E { Unavailable, NotFound }
+    /// let breaker = CircuitBreaker::new("users");
+    /// let policy = Retry::default().base_delay(std::time::Duration::from_millis(1));
+    /// let transient = |e: &E| *e == E::Unavailable;
+    ///
+    /// let answer = policy
+    ///     .call_with_breaker_classified(&breaker, || async { Err::<(), _>(E::NotFound) }, transient)
+    ///     .await;
+    /// assert!(matches!(answer, Err(BreakerError::Inner(E::NotFound))));
+    /// assert_eq!(breaker.consecutive_failures(), 0); // an answer, not a failure
+    ///
+    /// let down = policy
+    ///     .call_with_breaker_classified(&breaker, || async { Err::<(), _>(E::Unavailable) }, transient)
+    ///     .await;
+    /// assert!(matches!(down, Err(BreakerError::Inner(E::Unavailable))));
+    /// assert_eq!(breaker.consecutive_failures(), 3); // three attempts, three failures
+    /// # }
+    /// ```
+    pub async fn call_with_breaker_classified<F, Fut, T, E, C>(
+        &self,
+        breaker: &CircuitBreaker,
+        mut f: F,
+        is_failure: C,
+    ) -> Result<T, BreakerError<E>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        C: Fn(&E) -> bool,
+    {
         enum Attempt<E> {
             Failed(E),
             TimedOut,
         }
+        let is_failure = &is_failure;
         // Taken before `call_if` takes its own: an attempt still running at the deadline
         // ends inside the breaker (a counted failure), not by being dropped outside it.
         let deadline = self.deadline.map(|d| Instant::now() + d);
@@ -275,22 +320,23 @@ impl Retry {
             .call_if(
                 || {
                     let fut = f();
-                    breaker.call(move || async move {
-                        match deadline {
-                            Some(at) => match tokio::time::timeout_at(at, fut).await {
-                                Ok(r) => r.map_err(Attempt::Failed),
-                                Err(_) => Err(Attempt::TimedOut),
-                            },
-                            None => fut.await.map_err(Attempt::Failed),
-                        }
-                    })
-                },
-                |e| {
-                    !matches!(
-                        e,
-                        BreakerError::Open(_) | BreakerError::Inner(Attempt::TimedOut)
+                    breaker.call_classified(
+                        move || async move {
+                            match deadline {
+                                Some(at) => match tokio::time::timeout_at(at, fut).await {
+                                    Ok(r) => r.map_err(Attempt::Failed),
+                                    Err(_) => Err(Attempt::TimedOut),
+                                },
+                                None => fut.await.map_err(Attempt::Failed),
+                            }
+                        },
+                        |e| match e {
+                            Attempt::Failed(e) => is_failure(e),
+                            Attempt::TimedOut => true,
+                        },
                     )
                 },
+                |e| matches!(e, BreakerError::Inner(Attempt::Failed(e)) if is_failure(e)),
             )
             .await;
         result.map_err(|e| match e.into_last() {
