@@ -87,15 +87,19 @@ async fn publish_one<P: Publisher>(publisher: &P, m: &OutboxMessage) -> Result<(
         key = %m.key,
     );
     crate::trace::set_parent(&span, &m.headers);
-    let mut headers = m.headers.clone();
-    crate::trace::inject_span(&span, &mut headers);
-    let out = if headers == m.headers {
-        Cow::Borrowed(m)
-    } else {
-        Cow::Owned(OutboxMessage {
-            headers,
-            ..m.clone()
-        })
+    // The message leaves with the publish span's context — a copy only when there is one.
+    let out = match crate::trace::context_of(&span) {
+        Some(context) => {
+            let mut headers = m.headers.clone();
+            for (k, v) in context.iter() {
+                headers.insert(k, v);
+            }
+            Cow::Owned(OutboxMessage {
+                headers,
+                ..m.clone()
+            })
+        }
+        None => Cow::Borrowed(m),
     };
     let started = std::time::Instant::now();
     let result = publisher.publish(&out).instrument(span).await;

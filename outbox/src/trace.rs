@@ -63,6 +63,14 @@ pub fn current_trace_id() -> Option<String> {
     None
 }
 
+/// The headers carrying `span`'s context (`traceparent`, maybe `tracestate`), or `None`
+/// when it has no valid one (always without the `opentelemetry` feature).
+pub(crate) fn context_of(span: &tracing::Span) -> Option<Headers> {
+    let mut headers = Headers::new();
+    inject_span(span, &mut headers);
+    (!headers.is_empty()).then_some(headers)
+}
+
 /// Make the context carried in `headers` the parent of `span` (a no-op without the
 /// `opentelemetry` feature or without a valid context in `headers`). Call right after
 /// creating the span, before entering it.
