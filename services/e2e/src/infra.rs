@@ -58,13 +58,18 @@ pub fn tansu_bin() -> PathBuf {
     if let Ok(p) = std::env::var("TANSU_BIN") {
         return PathBuf::from(p);
     }
-    let tools = std::env::var("ORDERSYS_TOOLS")
+    tools_dir().join("tansu-calfkit-0.1.2/tansu")
+}
+
+/// Where the project's scripts install their tools: `ORDERSYS_TOOLS`, else
+/// `~/.cache/ordersys`.
+pub fn tools_dir() -> PathBuf {
+    std::env::var("ORDERSYS_TOOLS")
         .map(PathBuf::from)
         .unwrap_or_else(|_| {
             PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
                 .join(".cache/ordersys")
-        });
-    tools.join("tansu-calfkit-0.1.2/tansu")
+        })
 }
 
 impl Daemon {

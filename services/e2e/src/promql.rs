@@ -144,13 +144,7 @@ pub async fn scrape(base: &str) -> HashMap<String, f64> {
 
 /// Where `make deploy-check` unpacks Debian's Prometheus tools and exporters.
 pub fn tools_bin() -> PathBuf {
-    let tools = std::env::var("ORDERSYS_TOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
-                .join(".cache/ordersys")
-        });
-    tools.join("deploy-tools/prometheus/usr/bin")
+    crate::infra::tools_dir().join("deploy-tools/prometheus/usr/bin")
 }
 
 /// Run exporter `bin` with `args` and `env` on a free port until it answers `/metrics`
