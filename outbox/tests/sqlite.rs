@@ -120,3 +120,72 @@ async fn sqlite_idempotency_purge_deletes_expired_keys_only() {
     assert_eq!(count().await, 1, "the live key must stay");
     pool.close().await;
 }
+
+/// The relay's bookkeeping commits without waiting for the disk, and every connection
+/// goes back to the pool as durable as it came — also when the bookkeeping fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_bookkeeping_leaves_a_full_sync_connection_full() {
+    use outbox::{OutboxMessage, OutboxStore, Transactional};
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteSynchronous};
+    use std::time::Duration;
+
+    let file = TempDbFile::new("ordersys-sync");
+    let opts = SqliteConnectOptions::new()
+        .filename(file.path())
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full);
+    // One connection: the one the bookkeeping relaxed is the one checked afterwards.
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts)
+        .await
+        .unwrap();
+    migrate(&pool).await.unwrap();
+    let level = |pool: sqlx::SqlitePool| async move {
+        sqlx::query_scalar::<_, i64>("PRAGMA synchronous")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(level(pool.clone()).await, 2, "FULL to begin with");
+
+    let outbox = SqliteOutbox::new(pool.clone());
+    let mut tx = outbox.begin().await.unwrap();
+    let msg = OutboxMessage::new("t", "k", "v");
+    let id = msg.id;
+    outbox.enqueue(&mut tx, msg).await.unwrap();
+    outbox.commit(tx).await.unwrap();
+
+    let claimed = outbox
+        .claim("relay-1", 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(level(pool.clone()).await, 2, "FULL again after the claim");
+    outbox.mark_sent(&[id]).await.unwrap();
+    assert_eq!(level(pool.clone()).await, 2, "FULL again after the mark");
+    assert_eq!(outbox.pending().await.unwrap(), 0, "the mark was written");
+
+    // Bookkeeping that fails (the table is gone) still puts the connection back FULL.
+    sqlx::query("DROP TABLE outbox_messages")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert!(outbox
+        .claim("relay-1", 10, Duration::from_secs(30))
+        .await
+        .is_err());
+    assert_eq!(
+        level(pool.clone()).await,
+        2,
+        "FULL again after a failed claim"
+    );
+    assert!(outbox.mark_sent(&[id]).await.is_err());
+    assert_eq!(
+        level(pool.clone()).await,
+        2,
+        "FULL again after a failed mark"
+    );
+    pool.close().await;
+}

@@ -455,6 +455,9 @@ pub struct System {
     pub order_admin: String,
     /// The payment service's admin base URL.
     pub payment_admin: String,
+    /// The gRPC URLs of the user, order and payment services (`http://127.0.0.1:port`;
+    /// mutual TLS, the development certificates).
+    pub grpc: [String; 3],
     /// The Kafka topic prefix of this system.
     pub topic_prefix: String,
     /// Kafka brokers.
@@ -648,6 +651,7 @@ impl System {
             user_admin,
             order_admin: format!("http://127.0.0.1:{order_admin}"),
             payment_admin: format!("http://127.0.0.1:{pay_admin}"),
+            grpc: [user_grpc, order_grpc, pay_grpc].map(|p| format!("http://127.0.0.1:{p}")),
             topic_prefix,
             brokers,
             payment_db_url,

@@ -5,23 +5,24 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use ordersys_kit::context::RequestContext;
+use ordersys_kit::local_grpc::{channel_transport, Transport};
 use resilience::{BreakerError, CircuitBreaker};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::error::ApiError;
 
-/// A lazily connected channel with per-call deadline.
+/// A lazily connected channel with per-call deadline, as a client transport.
 pub fn channel(
     tls: &ordersys_kit::tls::GrpcTls,
     url: &str,
     timeout: Duration,
-) -> anyhow::Result<Channel> {
-    Ok(tls
-        .endpoint(url)?
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(timeout)
-        .connect_lazy())
+) -> anyhow::Result<Transport> {
+    Ok(channel_transport(
+        tls.endpoint(url)?
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(timeout)
+            .connect_lazy(),
+    ))
 }
 
 /// A gRPC request carrying `x-correlation-id` and `traceparent`.

@@ -28,13 +28,13 @@ use axum::routing::{get, post};
 use axum::Router;
 use ordersys_kit::admin::Admin;
 use ordersys_kit::context::ContextLayer;
+use ordersys_kit::local_grpc::{LocalGrpc, Transport};
 use ordersys_proto::order::v1::order_service_client::OrderServiceClient;
 use ordersys_proto::payment::v1::payment_service_client::PaymentServiceClient;
 use ordersys_proto::user::v1::user_service_client::UserServiceClient;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 use resilience::rate_limit::RedisRateLimiter;
 use resilience::{CircuitBreaker, RateLimiter};
-use tonic::transport::Channel;
 
 pub use config::Config;
 use error::ApiError;
@@ -43,15 +43,15 @@ use error::ApiError;
 #[derive(Clone)]
 pub struct AppState {
     /// User service client.
-    pub users: UserServiceClient<Channel>,
+    pub users: UserServiceClient<Transport>,
     /// Its breaker.
     pub users_breaker: CircuitBreaker,
     /// Order service client.
-    pub orders: OrderServiceClient<Channel>,
+    pub orders: OrderServiceClient<Transport>,
     /// Its breaker.
     pub orders_breaker: CircuitBreaker,
     /// Payment service client.
-    pub payments: PaymentServiceClient<Channel>,
+    pub payments: PaymentServiceClient<Transport>,
     /// Its breaker.
     pub payments_breaker: CircuitBreaker,
     limiter: Arc<dyn RateLimiter>,
@@ -86,7 +86,7 @@ fn breaker(name: &'static str, config: &Config) -> CircuitBreaker {
 
 /// A readiness check: the downstream's gRPC health service answers.
 fn grpc_health(
-    channel: Channel,
+    channel: Transport,
 ) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
        + Send
        + Sync
@@ -113,6 +113,20 @@ pub struct Backends {
     pub limiter: Arc<dyn RateLimiter>,
     /// Redis, when used (for the readiness check).
     pub redis: Option<redis::aio::ConnectionManager>,
+    /// The services in this process, called without a socket (the one-process system);
+    /// `None`: over gRPC at the configured URLs.
+    pub in_process: Option<InProcess>,
+}
+
+/// The three services' in-process gRPC (see [`ordersys_kit::local_grpc`]).
+#[derive(Debug, Clone, Default)]
+pub struct InProcess {
+    /// The user service.
+    pub user: LocalGrpc,
+    /// The order service.
+    pub order: LocalGrpc,
+    /// The payment service.
+    pub payment: LocalGrpc,
 }
 
 impl std::fmt::Debug for Backends {
@@ -137,6 +151,7 @@ impl Backends {
             blacklist: Arc::new(RedisBlacklist::new(conn.clone())),
             limiter: Arc::new(limiter),
             redis: Some(conn),
+            in_process: None,
         })
     }
 
@@ -149,7 +164,14 @@ impl Backends {
                 Duration::from_secs(60),
             )),
             redis: None,
+            in_process: None,
         }
+    }
+
+    /// Call the services in this process instead of over the network.
+    pub fn in_process(mut self, services: InProcess) -> Self {
+        self.in_process = Some(services);
+        self
     }
 }
 
@@ -170,13 +192,47 @@ pub fn app_with(config: &Config, backends: Backends) -> anyhow::Result<Router> {
             &config.jwt_audience,
         )
         .with_leeway(std::time::Duration::from_secs(config.jwt_leeway_secs)),
-        backends.blacklist,
+        backends.blacklist.clone(),
     );
+    build(config, backends, Security::On(Box::new(auth)))
+}
+
+/// **For benchmarks only** (feature `bench`, never enabled by the gateway binary): the
+/// router of [`app_with`] without its security layers — no token check, no blacklist,
+/// no rate limit — every request acting as `claims`. It exists to measure what those
+/// layers cost (`gateway-bench`, docs/BENCHMARKS.md); serving it exposes every user's
+/// orders to anyone.
+#[cfg(feature = "bench")]
+#[doc(hidden)]
+pub fn app_without_security(
+    config: &Config,
+    backends: Backends,
+    claims: authz::Claims,
+) -> anyhow::Result<Router> {
+    build(config, backends, Security::Off(claims))
+}
+
+enum Security {
+    On(Box<Authenticator>),
+    #[cfg_attr(not(feature = "bench"), allow(dead_code))]
+    Off(authz::Claims),
+}
+
+fn build(config: &Config, backends: Backends, security: Security) -> anyhow::Result<Router> {
     let limiter = backends.limiter;
     let timeout = Duration::from_millis(config.downstream_timeout_ms);
-    let user_channel = downstream::channel(&config.tls, &config.user_service_url, timeout)?;
-    let order_channel = downstream::channel(&config.tls, &config.order_service_url, timeout)?;
-    let payment_channel = downstream::channel(&config.tls, &config.payment_service_url, timeout)?;
+    let (user_channel, order_channel, payment_channel) = match &backends.in_process {
+        Some(local) => (
+            local.user.transport(timeout),
+            local.order.transport(timeout),
+            local.payment.transport(timeout),
+        ),
+        None => (
+            downstream::channel(&config.tls, &config.user_service_url, timeout)?,
+            downstream::channel(&config.tls, &config.order_service_url, timeout)?,
+            downstream::channel(&config.tls, &config.payment_service_url, timeout)?,
+        ),
+    };
 
     // Served on the public port: readiness without backend error text.
     let mut admin = Admin::new("gateway").public();
@@ -227,13 +283,21 @@ pub fn app_with(config: &Config, backends: Backends) -> anyhow::Result<Router> {
         )
         .route("/api/v1/orders/{id}", get(routes::orders::get))
         .route("/api/v1/orders/{id}/cancel", post(routes::orders::cancel))
-        .route("/api/v1/wallet", get(routes::orders::wallet))
-        .route_layer(AuthLayer::new(auth));
+        .route("/api/v1/wallet", get(routes::orders::wallet));
+    let protected = match &security {
+        Security::On(auth) => protected.route_layer(AuthLayer::new((**auth).clone())),
+        Security::Off(claims) => protected.route_layer(axum::Extension(claims.clone())),
+    };
     let api = Router::new()
         .route("/api/v1/auth/register", post(routes::auth::register))
         .route("/api/v1/auth/login", post(routes::auth::login))
-        .merge(protected)
-        .route_layer(middleware::from_fn_with_state(state.clone(), rate_limit));
+        .merge(protected);
+    let api = match security {
+        Security::On(_) => {
+            api.route_layer(middleware::from_fn_with_state(state.clone(), rate_limit))
+        }
+        Security::Off(_) => api,
+    };
 
     Ok(Router::new()
         .merge(api)

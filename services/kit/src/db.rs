@@ -57,6 +57,26 @@ async fn try_connect(
 /// being killed but not a power loss or OS crash, which can take back the last commits
 /// of each file — and the files (orders, payments) are not flushed together.
 pub async fn connect_sqlite(url: &str) -> anyhow::Result<sqlx::SqlitePool> {
+    let sync = match std::env::var("SQLITE_SYNCHRONOUS").as_deref() {
+        Err(_) | Ok("" | "full") => sqlx::sqlite::SqliteSynchronous::Full,
+        Ok("normal") => sqlx::sqlite::SqliteSynchronous::Normal,
+        Ok(other) => anyhow::bail!("SQLITE_SYNCHRONOUS must be full or normal, not {other:?}"),
+    };
+    open_sqlite(url, sync).await
+}
+
+/// A SQLite database that only ever holds a cache — what a power loss may take back
+/// costs a fast path, never correctness (the idempotency keys in front of a unique key
+/// of the real data): `synchronous = NORMAL` whatever `SQLITE_SYNCHRONOUS` says, so its
+/// commits survive the process being killed but wait for no disk.
+pub async fn connect_sqlite_cache(url: &str) -> anyhow::Result<sqlx::SqlitePool> {
+    open_sqlite(url, sqlx::sqlite::SqliteSynchronous::Normal).await
+}
+
+async fn open_sqlite(
+    url: &str,
+    sync: sqlx::sqlite::SqliteSynchronous,
+) -> anyhow::Result<sqlx::SqlitePool> {
     use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
     let path = url
         .strip_prefix("sqlite://")
@@ -71,11 +91,7 @@ pub async fn connect_sqlite(url: &str) -> anyhow::Result<sqlx::SqlitePool> {
         .filename(path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(match std::env::var("SQLITE_SYNCHRONOUS").as_deref() {
-            Err(_) | Ok("" | "full") => sqlx::sqlite::SqliteSynchronous::Full,
-            Ok("normal") => sqlx::sqlite::SqliteSynchronous::Normal,
-            Ok(other) => anyhow::bail!("SQLITE_SYNCHRONOUS must be full or normal, not {other:?}"),
-        })
+        .synchronous(sync)
         .busy_timeout(Duration::from_secs(5));
     let size: u32 = match std::env::var("SQLITE_POOL_SIZE") {
         Err(_) => 1,
@@ -86,6 +102,48 @@ pub async fn connect_sqlite(url: &str) -> anyhow::Result<sqlx::SqlitePool> {
     };
     Ok(SqlitePoolOptions::new()
         .max_connections(size)
+        // A connection to a local file does not go stale: no ping (a round trip to the
+        // connection's thread) before every transaction.
+        .test_before_acquire(false)
+        .connect_with(opts)
+        .await?)
+}
+
+/// The idempotency keys of the service whose SQLite database `url` names, when there is
+/// no Redis: a file of its own next to it (`…-idempotency.db`, see [`sibling_sqlite`]),
+/// migrated. The keys are a fast path in front of a unique key of the real data, so the
+/// file is a cache ([`connect_sqlite_cache`]), and its writes never queue behind the
+/// service's own.
+pub async fn sqlite_idempotency_keys(url: &str) -> anyhow::Result<sqlx::SqlitePool> {
+    let keys = connect_sqlite_cache(&sibling_sqlite(url, "idempotency")).await?;
+    outbox::sqlite::migrate(&keys).await?;
+    Ok(keys)
+}
+
+/// Read-only connections (`SQLITE_READERS`, default 2) to the SQLite database `url`
+/// names, for reads outside transactions: in WAL mode a reader sees every committed
+/// write and never waits for the writer, nor it for them. Open the writing pool
+/// ([`connect_sqlite`]) first — it creates the file and switches it to WAL.
+pub async fn connect_sqlite_readers(url: &str) -> anyhow::Result<sqlx::SqlitePool> {
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .ok_or_else(|| anyhow::anyhow!("not a sqlite URL: {url}"))?;
+    let size: u32 = match std::env::var("SQLITE_READERS") {
+        Err(_) => 2,
+        Ok(v) => match v.parse() {
+            Ok(n) if n > 0 => n,
+            _ => anyhow::bail!("SQLITE_READERS must be a positive number, not {v:?}"),
+        },
+    };
+    let opts = SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true)
+        .busy_timeout(Duration::from_secs(5));
+    Ok(SqlitePoolOptions::new()
+        .max_connections(size)
+        .test_before_acquire(false)
         .connect_with(opts)
         .await?)
 }

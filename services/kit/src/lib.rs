@@ -9,6 +9,7 @@ pub mod admin;
 pub mod config;
 pub mod context;
 pub mod db;
+pub mod local_grpc;
 pub mod messaging;
 pub mod metrics;
 pub mod redis_client;
@@ -25,6 +26,9 @@ pub struct Listeners {
     pub grpc: tokio::net::TcpListener,
     /// Admin HTTP (`/healthz`, `/readyz`, `/metrics`).
     pub admin: tokio::net::TcpListener,
+    /// Where the service also serves its gRPC in process (the one-process system), if
+    /// anywhere: see [`local_grpc`].
+    pub local: Option<local_grpc::LocalGrpc>,
 }
 
 impl Listeners {
@@ -33,6 +37,31 @@ impl Listeners {
         Ok(Self {
             grpc: tokio::net::TcpListener::bind(grpc).await?,
             admin: tokio::net::TcpListener::bind(admin).await?,
+            local: None,
         })
+    }
+
+    /// Also serve gRPC in process, to the clients of `local`.
+    pub fn with_local(mut self, local: local_grpc::LocalGrpc) -> Self {
+        self.local = Some(local);
+        self
+    }
+}
+
+/// Serve `routes` in process to the clients of `local` (a service's
+/// [`Listeners::local`]), behind the layers its socket's server has: the request context
+/// and `metrics`. Nothing when `local` is `None`.
+pub fn serve_in_process(
+    local: Option<&local_grpc::LocalGrpc>,
+    routes: &tonic::service::Routes,
+    metrics: &metrics::RequestMetricsLayer,
+) {
+    if let Some(local) = local {
+        local.serve(
+            tower::ServiceBuilder::new()
+                .layer(context::ContextLayer)
+                .layer(metrics.clone())
+                .service(routes.clone()),
+        );
     }
 }

@@ -54,12 +54,17 @@ pub async fn run(
 }
 
 /// Create the database if missing and apply every migration (orders, sagas, outbox,
-/// inbox), then return: `ordersys-order migrate`, `make migrate`. Serving applies them
-/// too; this runs them as a step of their own (before a rollout, say).
+/// inbox; with SQLite and no Redis, the idempotency file too), then return:
+/// `ordersys-order migrate`, `make migrate`. Serving applies them too; this runs them as
+/// a step of their own (before a rollout, say).
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     if ordersys_kit::db::is_sqlite(&config.database_url) {
         let pool = ordersys_kit::db::connect_sqlite(&config.database_url).await?;
-        repository::SqliteOrders::new(pool).migrate().await
+        repository::SqliteOrders::new(pool).migrate().await?;
+        if config.redis_url.is_empty() {
+            ordersys_kit::db::sqlite_idempotency_keys(&config.database_url).await?;
+        }
+        Ok(())
     } else {
         let pool =
             ordersys_kit::db::connect(&config.database_url, 2, Duration::from_secs(30)).await?;
@@ -80,12 +85,18 @@ pub async fn run_with(
         let pool = ordersys_kit::db::connect_sqlite(&config.database_url).await?;
         let repo = repository::SqliteOrders::new(pool.clone());
         repo.migrate().await?;
+        let repo = repo
+            .with_readers(ordersys_kit::db::connect_sqlite_readers(&config.database_url).await?);
         let mut admin = Admin::new("order").sqlite(pool.clone());
         let (cache, idempotency): (Arc<dyn Cache>, Arc<dyn IdempotencyStore>) =
             if config.redis_url.is_empty() {
+                // The keys are a fast path in front of the orders' unique
+                // (user, Idempotency-Key): a cache in a file of its own, whose commits
+                // wait for no disk and never queue behind the orders' writes.
+                let keys = ordersys_kit::db::sqlite_idempotency_keys(&config.database_url).await?;
                 (
                     Arc::new(MemoryCache::new()),
-                    Arc::new(SqliteIdempotencyStore::new(pool.clone())),
+                    Arc::new(SqliteIdempotencyStore::new(keys)),
                 )
             } else {
                 let conn = ordersys_kit::redis_client::client(&config.redis_url)?
@@ -317,12 +328,14 @@ async fn serve<B: saga::Backend, I: Inbox<Tx = B::Tx> + Clone>(
     ));
     let s = stop.clone();
     let grpc_server = config.tls.server(tonic::transport::Server::builder())?;
+    let routes = tonic::service::Routes::new(health_service)
+        .add_service(OrderServiceServer::new(grpc::OrderGrpc::new(service)));
+    ordersys_kit::serve_in_process(listeners.local.as_ref(), &routes, &grpc_metrics);
     tasks.spawn(async move {
         grpc_server
             .layer(ContextLayer)
             .layer(grpc_metrics)
-            .add_service(health_service)
-            .add_service(OrderServiceServer::new(grpc::OrderGrpc::new(service)))
+            .add_routes(routes)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), s.wait())
             .await
             .map_err(anyhow::Error::from)

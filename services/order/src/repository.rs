@@ -194,7 +194,7 @@ macro_rules! sql_repo {
                 let id: Option<Vec<u8>> = sqlx::query_scalar("SELECT id FROM orders WHERE user_id = ? AND idempotency_key = ?")
                     .bind(user.as_bytes().as_slice())
                     .bind(key)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&self.readers)
                     .await?;
                 id.map(|b| Uuid::from_slice(&b).map_err(|e| sqlx::Error::Decode(Box::new(e)))).transpose()
             }
@@ -202,7 +202,7 @@ macro_rules! sql_repo {
             async fn get(&self, id: Uuid) -> sqlx::Result<Option<OrderRow>> {
                 sqlx::query(&format!("{SELECT} WHERE o.id = ?"))
                     .bind(id.as_bytes().as_slice())
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&self.readers)
                     .await?
                     .as_ref()
                     .map(decode)
@@ -225,7 +225,7 @@ macro_rules! sql_repo {
                         sqlx::query(&format!("{SELECT} WHERE o.user_id = ? ORDER BY o.created_at_ms DESC, o.id DESC LIMIT ?"))
                             .bind(user.as_bytes().as_slice())
                             .bind(i64::from(limit))
-                            .fetch_all(&self.pool)
+                            .fetch_all(&self.readers)
                             .await?
                     }
                     Some(c) => {
@@ -238,7 +238,7 @@ macro_rules! sql_repo {
                         .bind(c.created_at)
                         .bind(c.id.as_bytes().as_slice())
                         .bind(i64::from(limit))
-                        .fetch_all(&self.pool)
+                        .fetch_all(&self.readers)
                         .await?
                     }
                 };
@@ -286,7 +286,7 @@ macro_rules! sql_repo {
                 let ids: Vec<Vec<u8>> = sqlx::query_scalar("SELECT id FROM orders WHERE saga_id = ? OR cancel_saga_id = ?")
                     .bind(saga.as_bytes().as_slice())
                     .bind(saga.as_bytes().as_slice())
-                    .fetch_all(&self.pool)
+                    .fetch_all(&self.readers)
                     .await?;
                 ids.iter()
                     .map(|b| Uuid::from_slice(b).map_err(|e| sqlx::Error::Decode(Box::new(e))))
@@ -300,12 +300,16 @@ macro_rules! sql_repo {
 #[derive(Debug, Clone)]
 pub struct MySqlOrders {
     pool: MySqlPool,
+    readers: MySqlPool,
 }
 
 impl MySqlOrders {
     /// Over `pool`.
     pub fn new(pool: MySqlPool) -> Self {
-        Self { pool }
+        Self {
+            readers: pool.clone(),
+            pool,
+        }
     }
 
     /// Apply migrations: orders, sagas, outbox/inbox.
@@ -323,12 +327,26 @@ impl MySqlOrders {
 #[derive(Debug, Clone)]
 pub struct SqliteOrders {
     pool: SqlitePool,
+    readers: SqlitePool,
 }
 
 impl SqliteOrders {
-    /// Over `pool`.
+    /// Over `pool`, reading through it too.
     pub fn new(pool: SqlitePool) -> Self {
-        Self { pool }
+        Self {
+            readers: pool.clone(),
+            pool,
+        }
+    }
+
+    /// Reads outside a transaction (an order, a list, an idempotency key) through
+    /// `readers` — connections of their own to the same file
+    /// ([`connect_sqlite_readers`](ordersys_kit::db::connect_sqlite_readers)): in WAL
+    /// mode they see every committed write and neither wait for the writer nor make it
+    /// wait, where the one writing connection would queue them behind every write.
+    pub fn with_readers(mut self, readers: SqlitePool) -> Self {
+        self.readers = readers;
+        self
     }
 
     /// Apply migrations: orders, sagas, outbox/inbox.

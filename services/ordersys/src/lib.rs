@@ -228,10 +228,18 @@ pub async fn run(
             tuning: Default::default(),
         }
     };
+    // The gateway calls the services in process; their gRPC ports serve everyone else.
+    let in_process = ordersys_gateway::InProcess::default();
     let (user_l, order_l, payment_l) = (
-        bind(&config, 50051, 8081).await?,
-        bind(&config, 50052, 8082).await?,
-        bind(&config, 50053, 8083).await?,
+        bind(&config, 50051, 8081)
+            .await?
+            .with_local(in_process.user.clone()),
+        bind(&config, 50052, 8082)
+            .await?
+            .with_local(in_process.order.clone()),
+        bind(&config, 50053, 8083)
+            .await?
+            .with_local(in_process.payment.clone()),
     );
     let url = |l: &Listeners| l.grpc.local_addr().map(|a| format!("http://{a}"));
     let (user_url, order_url, payment_url) = (url(&user_l)?, url(&order_l)?, url(&payment_l)?);
@@ -291,7 +299,8 @@ pub async fn run(
         ordersys_gateway::Backends::local(&gateway, blacklist)
     } else {
         ordersys_gateway::Backends::redis(&gateway).await?
-    };
+    }
+    .in_process(in_process);
 
     let (trigger, stop) = Shutdown::new();
     let mut tasks = tokio::task::JoinSet::new();

@@ -55,12 +55,7 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
         let pool = ordersys_kit::db::connect_sqlite(&config.database_url).await?;
         repository::SqlitePayments::new(pool).migrate().await?;
         if config.redis_url.is_empty() {
-            let keys = ordersys_kit::db::connect_sqlite(&ordersys_kit::db::sibling_sqlite(
-                &config.database_url,
-                "idempotency",
-            ))
-            .await?;
-            outbox::sqlite::migrate(&keys).await?;
+            ordersys_kit::db::sqlite_idempotency_keys(&config.database_url).await?;
         }
         Ok(())
     } else {
@@ -99,13 +94,9 @@ pub async fn run_with(
         let mut admin = Admin::new("payment").sqlite(pool.clone());
         let idempotency: Arc<dyn IdempotencyStore> = if config.redis_url.is_empty() {
             // A file of its own: the handler consults it while its unit of work holds
-            // the payment database's write lock.
-            let keys = ordersys_kit::db::connect_sqlite(&ordersys_kit::db::sibling_sqlite(
-                &config.database_url,
-                "idempotency",
-            ))
-            .await?;
-            outbox::sqlite::migrate(&keys).await?;
+            // the payment database's write lock. A fast path in front of the payments'
+            // unique key, so a cache: its commits wait for no disk.
+            let keys = ordersys_kit::db::sqlite_idempotency_keys(&config.database_url).await?;
             Arc::new(SqliteIdempotencyStore::new(keys))
         } else {
             let conn = ordersys_kit::redis_client::client(&config.redis_url)?
@@ -258,12 +249,14 @@ where
     let s = stop.clone();
     let wallets = service::Wallets::new(repo, accounts);
     let grpc_server = config.tls.server(tonic::transport::Server::builder())?;
+    let routes = tonic::service::Routes::new(health_service)
+        .add_service(PaymentServiceServer::new(grpc::PaymentGrpc::new(wallets)));
+    ordersys_kit::serve_in_process(listeners.local.as_ref(), &routes, &grpc_metrics);
     tasks.spawn(async move {
         grpc_server
             .layer(ContextLayer)
             .layer(grpc_metrics)
-            .add_service(health_service)
-            .add_service(PaymentServiceServer::new(grpc::PaymentGrpc::new(wallets)))
+            .add_routes(routes)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), s.wait())
             .await
             .map_err(anyhow::Error::from)

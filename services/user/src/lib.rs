@@ -117,13 +117,15 @@ pub async fn run(
         admin.router(),
         stop.clone().wait(),
     ));
+    let routes = tonic::service::Routes::new(health_service)
+        .add_service(UserServiceServer::new(grpc::UserGrpc::new(service)));
+    ordersys_kit::serve_in_process(listeners.local.as_ref(), &routes, &grpc_metrics);
     let grpc = config
         .tls
         .server(tonic::transport::Server::builder())?
         .layer(ContextLayer)
         .layer(grpc_metrics)
-        .add_service(health_service)
-        .add_service(UserServiceServer::new(grpc::UserGrpc::new(service)))
+        .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), stop.wait());
     tracing::info!(grpc = %grpc_addr, admin = %admin_addr, "сервис пользователей запущен");
 

@@ -12,6 +12,8 @@
 //! relay-bench [--rows 100000] [--keys 1000] [--naive-seconds 10] [--latency-messages 500]
 //!             [--profile-rounds 0]   (time claim / publish / mark-sent of that many rounds
 //!                                     before the relay run)
+//!             [--fetch-wait-ms 20,5] (the latency consumer's `fetch.wait.max.ms`: one
+//!                                     latency run per value; 20 is the services' default)
 //! ```
 
 use std::collections::HashMap;
@@ -34,6 +36,7 @@ struct Args {
     naive_seconds: u64,
     latency_messages: usize,
     profile_rounds: usize,
+    fetch_waits: Vec<u64>,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -43,6 +46,7 @@ fn args() -> anyhow::Result<Args> {
         naive_seconds: 10,
         latency_messages: 500,
         profile_rounds: 0,
+        fetch_waits: vec![20, 5],
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -53,6 +57,12 @@ fn args() -> anyhow::Result<Args> {
             "--naive-seconds" => a.naive_seconds = val()?.parse()?,
             "--latency-messages" => a.latency_messages = val()?.parse()?,
             "--profile-rounds" => a.profile_rounds = val()?.parse()?,
+            "--fetch-wait-ms" => {
+                a.fetch_waits = val()?
+                    .split(',')
+                    .map(|v| v.trim().parse())
+                    .collect::<Result<_, _>>()?
+            }
             other => anyhow::bail!("unknown argument {other}"),
         }
     }
@@ -247,19 +257,65 @@ async fn main() -> anyhow::Result<()> {
         .await?;
 
     // 4. Commit → consumer-visible latency, with the relay running as a service runs it
-    //    (woken by the committing code).
+    //    (woken by the committing code), once per consumer `fetch.wait.max.ms`.
+    for (run, wait) in a.fetch_waits.iter().enumerate() {
+        latency(&a, &brokers, &outbox, run, *wait).await?;
+    }
+
+    drop(mariadb);
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+async fn send(producer: &FutureProducer, m: &OutboxMessage) -> anyhow::Result<()> {
+    producer
+        .send(
+            FutureRecord::to(&m.topic)
+                .key(&m.key)
+                .payload(m.payload.as_ref()),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Commit → consumer-visible latency with a consumer at `fetch.wait.max.ms = wait`, on a
+/// topic of this run's own.
+async fn latency(
+    a: &Args,
+    brokers: &str,
+    outbox: &MySqlOutbox,
+    run: usize,
+    wait: u64,
+) -> anyhow::Result<()> {
+    let topic = if run == 0 {
+        "bench.latency".to_owned()
+    } else {
+        format!("bench.latency.{run}")
+    };
+    let brokers = brokers.to_owned();
+    ensure_topics(&brokers, &[(topic.as_str(), 3)]).await?;
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &brokers)
-        .set("group.id", "bench-latency")
+        .set("group.id", format!("bench-latency-{run}"))
         .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "20")
+        .set("fetch.wait.max.ms", wait.to_string())
         .create()?;
-    consumer.subscribe(&["bench.latency"])?;
+    consumer.subscribe(&[topic.as_str()])?;
     let relay = Relay::new(
         outbox.clone(),
         KafkaPublisher::new(&brokers)?,
         RelayConfig {
-            relay_id: "bench-latency".into(),
+            relay_id: format!("bench-latency-{run}"),
             ..RelayConfig::default()
         },
     );
@@ -269,7 +325,7 @@ async fn main() -> anyhow::Result<()> {
         let _ = stop_rx.await;
     }));
     // Wait for the consumer to join: one message through first.
-    let probe = OutboxMessage::new("bench.latency", "probe", "probe");
+    let probe = OutboxMessage::new(&topic, "probe", "probe");
     let mut tx = outbox.begin().await?;
     outbox.enqueue(&mut tx, probe).await?;
     outbox.commit(tx).await?;
@@ -300,7 +356,7 @@ async fn main() -> anyhow::Result<()> {
         outbox
             .enqueue(
                 &mut tx,
-                OutboxMessage::new("bench.latency", format!("m{i}"), stamp.to_string()),
+                OutboxMessage::new(&topic, format!("m{i}"), stamp.to_string()),
             )
             .await?;
         outbox.commit(tx).await?;
@@ -316,35 +372,12 @@ async fn main() -> anyhow::Result<()> {
     v.sort();
     let pct = |p: f64| v[((v.len() - 1) as f64 * p) as usize].as_secs_f64() * 1000.0;
     println!(
-        "relay-bench: enqueue+commit → consumer received, {} messages one every 5 ms: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms",
+        "relay-bench: enqueue+commit → consumer received (fetch.wait.max.ms={wait}), {} messages one every 5 ms: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms",
         v.len(),
         pct(0.5),
         pct(0.9),
         pct(0.99)
     );
 
-    drop(mariadb);
-    drop(broker);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
-}
-
-async fn send(producer: &FutureProducer, m: &OutboxMessage) -> anyhow::Result<()> {
-    producer
-        .send(
-            FutureRecord::to(&m.topic)
-                .key(&m.key)
-                .payload(m.payload.as_ref()),
-            Duration::from_secs(10),
-        )
-        .await
-        .map_err(|(e, _)| anyhow::anyhow!("{e}"))?;
-    Ok(())
-}
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
 }
