@@ -153,6 +153,8 @@ bench:
 	scripts/kafka-up --install-only
 	$(CARGO) build --release --bins -p ordersys-user -p ordersys-order -p ordersys-payment -p ordersys-gateway -p ordersys -p ordersys-e2e
 	$${CARGO_TARGET_DIR:-target}/release/relay-bench --rows 100000 --profile-rounds 5
+	# The gateway's security layers: GET /api/v1/orders/{id} with and without them.
+	$${CARGO_TARGET_DIR:-target}/release/gateway-bench --clients 32 --seconds 8 --warmup 2 --rounds 3
 	# Separate services: latency with one client, throughput with 16 and 64.
 	$(BENCH_E2E) --clients 1 --seconds 25 --warmup 10 --poll-ms 1
 	$(BENCH_E2E) --clients 16 --seconds 35 --warmup 15 --poll-ms 100

@@ -4,10 +4,11 @@
 //! same router with those layers left out.
 //!
 //! It starts a MariaDB, a Redis and a broker of its own, the separate services with
-//! mutual TLS, registers a user and places one order; then it serves two gateways in
+//! mutual TLS, registers a user and places one order; then it serves three gateways in
 //! this process, both calling the same order service: `app_with` (what the gateway
 //! binary runs) and `app_without_security` (the same routes and layers, the user's
-//! claims put on every request instead of checking a token, no rate limit). Keep-alive
+//! claims put on every request instead of checking a token, no rate limit) — and, to
+//! split the cost, the real one with its rate limit counted in process. Keep-alive
 //! clients ask for the order as fast as it answers, against each in turn, round after
 //! round; every answer must be 200.
 //!
@@ -30,7 +31,8 @@ gateway-bench — GET /api/v1/orders/{id} with and without the security layers
   --clients N   concurrent keep-alive clients (32)
   --seconds S   measured seconds per run (8)
   --warmup S    seconds of load before each run is measured (2)
-  --rounds R    secured/bare pairs of runs (3)
+  --rounds R    rounds of the three runs: secured, local-limit (the rate limit
+                counted in this process instead of Redis), bare (3)
 ";
 
 struct Args {
@@ -242,8 +244,19 @@ async fn main() -> anyhow::Result<()> {
         ordersys_gateway::Backends::redis(&config).await?,
         claims,
     )?;
-    let secured = serve(secured).await?;
-    let bare = serve(bare).await?;
+    // The blacklist in Redis as usual, the rate limit counted in this process: what the
+    // Redis limiter's round trip costs on its own.
+    let mut backends = ordersys_gateway::Backends::redis(&config).await?;
+    backends.limiter = Arc::new(resilience::MemoryRateLimiter::new(
+        config.rate_limit_per_minute,
+        Duration::from_secs(60),
+    ));
+    let local_limit = ordersys_gateway::app_with(&config, backends)?;
+    let variants = [
+        ("secured", serve(secured).await?),
+        ("local-limit", serve(local_limit).await?),
+        ("bare", serve(bare).await?),
+    ];
 
     let procs: Vec<(String, u32)> = [
         (
@@ -260,9 +273,9 @@ async fn main() -> anyhow::Result<()> {
         "GET /api/v1/orders/{{id}}: {} clients, {} s per run after {} s of warm-up, {} rounds",
         args.clients, args.seconds, args.warmup, args.rounds
     );
-    let (mut with, mut without) = (Vec::new(), Vec::new());
+    let mut per_sec: HashMap<&str, Vec<f64>> = HashMap::new();
     for round in 1..=args.rounds {
-        for (label, base) in [("secured", &secured), ("bare", &bare)] {
+        for (label, base) in &variants {
             let run = load(
                 base,
                 &token,
@@ -279,23 +292,22 @@ async fn main() -> anyhow::Result<()> {
                 .map(|(n, ms)| format!("{n} {ms:.3}"))
                 .collect();
             println!(
-                "round {round} {label:>7}: {:>8.0} requests/s, {} failed; CPU ms per request: {}",
+                "round {round} {label:>11}: {:>8.0} requests/s, {} failed; CPU ms per request: {}",
                 run.per_sec,
                 run.failed,
                 cpu.join(" · ")
             );
             anyhow::ensure!(run.failed == 0, "{label}: {} requests failed", run.failed);
-            if label == "secured" {
-                with.push(run.per_sec);
-            } else {
-                without.push(run.per_sec);
-            }
+            per_sec.entry(label).or_default().push(run.per_sec);
         }
     }
-    let (w, wo) = (median(with), median(without));
+    let m = |label: &str| median(per_sec[label].clone());
+    let (secured, local, bare) = (m("secured"), m("local-limit"), m("bare"));
     println!(
-        "bench: secured {w:.0}/s, bare {wo:.0}/s (medians): the security layers cost {:.1} % of the throughput",
-        (1.0 - w / wo) * 100.0
+        "bench: secured {secured:.0}/s, local-limit {local:.0}/s, bare {bare:.0}/s (medians): \
+         the security layers cost {:.1} % of the throughput ({:.1} % with the rate limit counted in process)",
+        (1.0 - secured / bare) * 100.0,
+        (1.0 - local / bare) * 100.0
     );
     system.stop().await;
     drop(servers);
