@@ -35,7 +35,9 @@
 //! application installs a recorder), from [`Authenticator`]:
 //! `authz_blacklist_hits_total` (valid tokens refused because revoked) and
 //! `authz_blacklist_errors_total{policy}` (blacklist lookups that failed — an outage —,
-//! with the policy applied: `fail_closed` refused the token, `fail_open` let it pass).
+//! with the policy applied: `fail_closed` refused the token, `fail_open` let it pass);
+//! from `redis::MirroredBlacklist` (feature `redis`): `authz_blacklist_mirror_live`
+//! (1 while lookups are answered from memory, 0 while Redis is asked).
 //!
 //! # Cargo features
 //!

@@ -1,11 +1,20 @@
-//! Redis [`Blacklist`] (feature `redis`): `SET jwt:blacklist:{jti} 1 EX {ttl}` on
-//! revoke (unless the entry already lives longer), `EXISTS` on validation — entries
-//! vanish when the token would have expired.
+//! Redis [`Blacklist`]s (feature `redis`): `SET jwt:blacklist:{jti} 1 EX {ttl}` on
+//! revoke (unless the entry already lives longer) and a message on the channel
+//! `jwt:blacklist:revoked`; entries vanish when the token would have expired.
+//!
+//! - [`RedisBlacklist`] asks Redis (`EXISTS`) on every validation.
+//! - [`MirroredBlacklist`] keeps the revoked set in memory — loaded on (re)connect, kept
+//!   current by the channel — and answers without a round trip; while its subscription is
+//!   not known to be working it asks Redis like [`RedisBlacklist`].
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
+use redis::AsyncCommands as _;
 
 use crate::{Blacklist, Error, Result};
 
@@ -48,17 +57,26 @@ impl RedisBlacklist {
 }
 
 /// `SET key 1 EX secs`, unless the key already lives longer: revoking twice keeps the
-/// longer life (a second, shorter revocation must not bring a token back early).
+/// longer life (a second, shorter revocation must not bring a token back early). Then
+/// `PUBLISH channel "{secs} {jti}"` for the mirrors ([`MirroredBlacklist`]).
 static REVOKE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
         r#"
         local left = redis.call('PTTL', KEYS[1])
         if left == -1 or left >= tonumber(ARGV[1]) * 1000 then return 0 end
         redis.call('SET', KEYS[1], 1, 'EX', ARGV[1])
+        redis.call('PUBLISH', ARGV[2], ARGV[1] .. ' ' .. ARGV[3])
         return 1
         "#,
     )
 });
+
+impl RedisBlacklist {
+    /// The channel revocations are announced on: `{prefix}revoked`.
+    fn channel(&self) -> String {
+        format!("{}revoked", self.prefix)
+    }
+}
 
 #[async_trait]
 impl Blacklist for RedisBlacklist {
@@ -69,6 +87,8 @@ impl Blacklist for RedisBlacklist {
         REVOKE
             .key(format!("{}{jti}", self.prefix))
             .arg(secs)
+            .arg(self.channel())
+            .arg(jti)
             .invoke_async::<i64>(&mut conn)
             .await
             .map(drop)
@@ -83,4 +103,272 @@ impl Blacklist for RedisBlacklist {
             .await
             .map_err(Error::blacklist)
     }
+}
+
+/// A [`Blacklist`] over Redis that answers from memory.
+///
+/// A background task subscribes to the revocation channel, then loads every revoked
+/// `jti` (`SCAN` + `PTTL`) — subscribing first, so nothing revoked in between is missed —
+/// and applies each announced revocation. Every `heartbeat` it publishes a beat on the
+/// channel; the subscription counts as working once its first beat came back, and while
+/// something (a beat or a revocation) comes through within three heartbeats and each
+/// beat is accepted within one. While it works, [`is_revoked`](Blacklist::is_revoked)
+/// is a memory lookup; otherwise — before the first load, after a disconnect, on a
+/// silent subscription — it asks Redis (`EXISTS`), and the task reconnects and reloads.
+///
+/// **Consistency.** A revocation made anywhere (any [`RedisBlacklist`] or mirror on the
+/// same Redis and prefix) reaches a working mirror with the channel's delivery, well
+/// under a millisecond on one network; a revocation made through this value is applied
+/// to it at once. A subscription that breaks silently is noticed within three
+/// heartbeats — the longest a revoked token can still pass here.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// let client = redis::Client::open("redis://127.0.0.1:6379/")?;
+/// let blacklist = authz::redis::RedisBlacklist::new(client.get_connection_manager().await?)
+///     .mirrored(client, Duration::from_secs(1));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct MirroredBlacklist {
+    redis: RedisBlacklist,
+    mirror: Arc<Mirror>,
+    _task: Arc<AbortOnDrop>,
+}
+
+impl std::fmt::Debug for MirroredBlacklist {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MirroredBlacklist")
+            .field("prefix", &self.redis.prefix)
+            .field("live", &self.is_live())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Mirror {
+    /// The set below is complete and current.
+    live: AtomicBool,
+    /// Revoked `jti` → when its entry expires.
+    revoked: RwLock<HashMap<String, Instant>>,
+}
+
+impl Mirror {
+    fn insert(&self, jti: &str, until: Instant) {
+        let mut map = self.revoked.write().unwrap_or_else(|p| p.into_inner());
+        let e = map.entry(jti.to_owned()).or_insert(until);
+        if *e < until {
+            *e = until;
+        }
+    }
+
+    fn purge(&self) {
+        let now = Instant::now();
+        let mut map = self.revoked.write().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, until| *until > now);
+    }
+
+    fn set_live(&self, live: bool) {
+        self.live.store(live, Ordering::Release);
+        metrics::gauge!("authz_blacklist_mirror_live").set(if live { 1.0 } else { 0.0 });
+    }
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl RedisBlacklist {
+    /// Mirror this blacklist in memory (see [`MirroredBlacklist`]): `client` opens the
+    /// subscription (the same server as this blacklist's connection), `heartbeat` is how
+    /// often the subscription proves it works. Spawns the mirror's task: call it inside
+    /// a Tokio runtime.
+    pub fn mirrored(self, client: redis::Client, heartbeat: Duration) -> MirroredBlacklist {
+        let mirror = Arc::new(Mirror::default());
+        mirror.set_live(false);
+        let task = tokio::spawn(keep_mirror(
+            client,
+            self.clone(),
+            Arc::downgrade(&mirror),
+            heartbeat.max(Duration::from_millis(10)),
+        ));
+        MirroredBlacklist {
+            redis: self,
+            mirror,
+            _task: Arc::new(AbortOnDrop(task.abort_handle())),
+        }
+    }
+}
+
+impl MirroredBlacklist {
+    /// Whether lookups are answered from memory (the subscription works and the set is
+    /// loaded), rather than by Redis.
+    pub fn is_live(&self) -> bool {
+        self.mirror.live.load(Ordering::Acquire)
+    }
+}
+
+#[async_trait]
+impl Blacklist for MirroredBlacklist {
+    async fn revoke(&self, jti: &str, ttl: Duration) -> Result<()> {
+        self.redis.revoke(jti, ttl).await?;
+        self.mirror.insert(jti, Instant::now() + ttl);
+        Ok(())
+    }
+
+    async fn is_revoked(&self, jti: &str) -> Result<bool> {
+        if self.is_live() {
+            let map = self
+                .mirror
+                .revoked
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            return Ok(map.get(jti).is_some_and(|until| *until > Instant::now()));
+        }
+        self.redis.is_revoked(jti).await
+    }
+}
+
+/// Keep `mirror` current until it is dropped: subscribe, load, follow; on any failure
+/// mark it not live, wait a little and start over.
+async fn keep_mirror(
+    client: redis::Client,
+    redis: RedisBlacklist,
+    mirror: Weak<Mirror>,
+    heartbeat: Duration,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let started = Instant::now();
+        let _ = follow(&client, &redis, &mirror, heartbeat).await;
+        match mirror.upgrade() {
+            Some(m) => m.set_live(false),
+            None => return,
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            backoff = Duration::from_millis(100);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn follow(
+    client: &redis::Client,
+    redis: &RedisBlacklist,
+    mirror: &Weak<Mirror>,
+    heartbeat: Duration,
+) -> redis::RedisResult<()> {
+    use futures_util::StreamExt as _;
+    let channel = redis.channel();
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.subscribe(&channel).await?;
+    let mut messages = pubsub.into_on_message();
+    // Subscribed: whatever is revoked from now on arrives as a message; load the rest.
+    let mut conn = redis.conn.clone();
+    let mut keys: Vec<String> = Vec::new();
+    {
+        let mut iter: redis::AsyncIter<'_, String> = conn
+            .scan_match(format!("{}*", escape_glob(&redis.prefix)))
+            .await?;
+        while let Some(k) = iter.next_item().await {
+            keys.push(k?);
+        }
+    }
+    let now = Instant::now();
+    for chunk in keys.chunks(500) {
+        let mut pipe = redis::pipe();
+        for k in chunk {
+            pipe.cmd("PTTL").arg(k);
+        }
+        let ttls: Vec<i64> = pipe.query_async(&mut conn).await?;
+        let Some(m) = mirror.upgrade() else {
+            return Ok(());
+        };
+        for (k, ms) in chunk.iter().zip(ttls) {
+            if ms > 0 {
+                let jti = &k[redis.prefix.len()..];
+                m.insert(jti, now + Duration::from_millis(ms as u64));
+            }
+        }
+    }
+    // Live once a beat of our own came back through the channel: the subscription is
+    // proven end to end, not just opened.
+    let publish_beat = |mut conn: ConnectionManager| {
+        let channel = channel.clone();
+        async move {
+            match tokio::time::timeout(
+                heartbeat,
+                redis::cmd("PUBLISH")
+                    .arg(&channel)
+                    .arg("beat")
+                    .query_async::<i64>(&mut conn),
+            )
+            .await
+            {
+                Ok(r) => r.map(drop),
+                Err(_) => Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "heartbeat not acknowledged in time",
+                ))),
+            }
+        }
+    };
+    publish_beat(conn.clone()).await?;
+    let mut live = false;
+    let mut last_heard = Instant::now();
+    let mut beat = tokio::time::interval(heartbeat);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            msg = messages.next() => {
+                let Some(msg) = msg else {
+                    return Ok(()); // disconnected
+                };
+                last_heard = Instant::now();
+                let Some(m) = mirror.upgrade() else {
+                    return Ok(());
+                };
+                let payload: String = msg.get_payload().unwrap_or_default();
+                if let Some((secs, jti)) = payload.split_once(' ') {
+                    if let Ok(secs) = secs.parse::<u64>() {
+                        m.insert(jti, Instant::now() + Duration::from_secs(secs));
+                    }
+                }
+                if !live {
+                    live = true;
+                    m.set_live(true);
+                }
+            }
+            _ = beat.tick() => {
+                let Some(m) = mirror.upgrade() else {
+                    return Ok(());
+                };
+                if last_heard.elapsed() > heartbeat * 3 {
+                    return Ok(()); // silent: start over
+                }
+                m.purge();
+                // A beat that cannot be published within a heartbeat (a server that
+                // stopped answering) ends this subscription too.
+                publish_beat(conn.clone()).await?;
+            }
+        }
+    }
+}
+
+/// `prefix` with the glob characters of `SCAN MATCH` escaped.
+fn escape_glob(prefix: &str) -> String {
+    let mut out = String::with_capacity(prefix.len());
+    for c in prefix.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }

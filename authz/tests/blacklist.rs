@@ -50,8 +50,8 @@ mod redis_backend {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use authz::redis::RedisBlacklist;
-    use authz::{Authenticator, Clock, Error, SigningKey, TokenIssuer, TokenValidator};
+    use authz::redis::{MirroredBlacklist, RedisBlacklist};
+    use authz::{Authenticator, Blacklist, Clock, Error, SigningKey, TokenIssuer, TokenValidator};
 
     use ordersys_testkit::redis;
 
@@ -106,57 +106,223 @@ mod redis_backend {
             .unwrap();
     }
 
+    /// A Redis of the test's own that it can kill, killed on drop (so a failing
+    /// assertion does not orphan it).
+    struct OwnRedis {
+        child: std::process::Child,
+        port: u16,
+    }
+
+    impl OwnRedis {
+        fn start(port: Option<u16>) -> Self {
+            let port = port.unwrap_or_else(|| {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .unwrap()
+                    .local_addr()
+                    .unwrap()
+                    .port()
+            });
+            let child = std::process::Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server on PATH");
+            Self { child, port }
+        }
+
+        fn client(&self) -> redis::Client {
+            redis::Client::open(format!("redis://127.0.0.1:{}/", self.port)).unwrap()
+        }
+
+        async fn conn(&self) -> redis::aio::ConnectionManager {
+            let client = self.client();
+            for _ in 0..100 {
+                if let Ok(c) = client.get_connection_manager().await {
+                    return c;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("the test's redis-server did not start");
+        }
+
+        fn kill(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    impl Drop for OwnRedis {
+        fn drop(&mut self) {
+            self.kill();
+        }
+    }
+
+    fn shared_client() -> redis::Client {
+        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
+        redis::Client::open(url).unwrap()
+    }
+
+    async fn until_live(mirror: &MirroredBlacklist) {
+        ordersys_testkit::eventually("the mirror to go live", Duration::from_secs(10), || async {
+            mirror.is_live().then_some(())
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_mirror_loads_follows_and_answers_from_memory() {
+        let prefix = format!("test:{}:jwt:blacklist:", uuid::Uuid::new_v4().simple());
+        let mut conn = redis().await;
+        let plain = RedisBlacklist::new(conn.clone()).with_prefix(&prefix);
+        // Revoked before the mirror exists: loaded when it connects.
+        plain
+            .revoke("before", Duration::from_secs(60))
+            .await
+            .unwrap();
+        let mirror = RedisBlacklist::new(conn.clone())
+            .with_prefix(&prefix)
+            .mirrored(shared_client(), Duration::from_millis(100));
+        until_live(&mirror).await;
+        assert!(mirror.is_revoked("before").await.unwrap());
+        assert!(!mirror.is_revoked("never").await.unwrap());
+        // Revoked elsewhere afterwards: announced on the channel.
+        plain
+            .revoke("after", Duration::from_secs(60))
+            .await
+            .unwrap();
+        ordersys_testkit::eventually(
+            "the revocation to reach the mirror",
+            Duration::from_secs(5),
+            || async { mirror.is_revoked("after").await.unwrap().then_some(()) },
+        )
+        .await;
+        // Answered from memory: the key gone from Redis behind its back, still revoked.
+        let _: () = redis::cmd("DEL")
+            .arg(format!("{prefix}after"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(!plain.is_revoked("after").await.unwrap());
+        assert!(mirror.is_live() && mirror.is_revoked("after").await.unwrap());
+        // And it behaves as a blacklist.
+        super::blacklist_all(&mirror).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_mirror_without_its_subscription_asks_redis() {
+        let prefix = format!("test:{}:jwt:blacklist:", uuid::Uuid::new_v4().simple());
+        let conn = redis().await;
+        // The subscription goes to a port nobody listens on: never live.
+        let nowhere = OwnRedis::start(None);
+        let client = nowhere.client();
+        drop(nowhere);
+        let mirror = RedisBlacklist::new(conn.clone())
+            .with_prefix(&prefix)
+            .mirrored(client, Duration::from_millis(100));
+        RedisBlacklist::new(conn)
+            .with_prefix(&prefix)
+            .revoke("elsewhere", Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(!mirror.is_live());
+        assert!(mirror.is_revoked("elsewhere").await.unwrap(), "asked Redis");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_mirror_that_loses_redis_stops_answering_from_memory_and_comes_back() {
+        let mut server = OwnRedis::start(None);
+        let port = server.port;
+        let conn = server.conn().await;
+        let key = SigningKey::hs256(b"0123456789abcdef0123456789abcdef-test").unwrap();
+        let token = TokenIssuer::new(key.clone(), "ordersys", "api")
+            .issue("u1")
+            .unwrap();
+        let mirror =
+            RedisBlacklist::new(conn.clone()).mirrored(server.client(), Duration::from_millis(100));
+        until_live(&mirror).await;
+        let auth = Authenticator::new(
+            TokenValidator::new(key.verifying_key(), "ordersys", "api"),
+            Arc::new(mirror.clone()),
+        );
+        auth.authenticate(&token.token).await.unwrap();
+        server.kill();
+        ordersys_testkit::eventually("the mirror to notice", Duration::from_secs(10), || async {
+            (!mirror.is_live()).then_some(())
+        })
+        .await;
+        // Not live: it asks Redis, which is down — the authenticator fails closed.
+        let err = auth.authenticate(&token.token).await.unwrap_err();
+        assert!(matches!(err, Error::BlacklistUnavailable(_)), "{err:?}");
+        // Redis back (empty, as a new server): the mirror reconnects and reloads.
+        let back = OwnRedis::start(Some(port));
+        let conn = back.conn().await;
+        RedisBlacklist::new(conn)
+            .revoke(&token.claims.jti, Duration::from_secs(60))
+            .await
+            .unwrap();
+        until_live(&mirror).await;
+        ordersys_testkit::eventually(
+            "the token to be refused",
+            Duration::from_secs(5),
+            || async {
+                matches!(auth.authenticate(&token.token).await, Err(Error::Revoked)).then_some(())
+            },
+        )
+        .await;
+        assert!(mirror.is_live());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_silent_subscription_is_noticed_by_the_heartbeat() {
+        let server = OwnRedis::start(None);
+        let mut conn = server.conn().await;
+        let mirror =
+            RedisBlacklist::new(conn.clone()).mirrored(server.client(), Duration::from_millis(100));
+        until_live(&mirror).await;
+        // The server stops taking writes (a stand-in for a link that stops carrying
+        // anything without closing): no beat is published, none comes back.
+        let _: () = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(3000)
+            .arg("WRITE")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        ordersys_testkit::eventually(
+            "the mirror to stop answering from memory",
+            Duration::from_secs(2),
+            || async { (!mirror.is_live()).then_some(()) },
+        )
+        .await;
+        // (Lookups go to Redis meanwhile — and wait behind the unanswered beat, so an
+        // authenticator fails closed until the server answers again.)
+        // Writes back: live again.
+        until_live(&mirror).await;
+    }
+
     #[tokio::test]
     async fn redis_outage_fails_closed() {
-        // A Redis of our own that we can kill.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        // Killed on drop, so a failing assertion below does not orphan it.
-        struct KillOnDrop(std::process::Child);
-        impl Drop for KillOnDrop {
-            fn drop(&mut self) {
-                let _ = self.0.kill();
-                let _ = self.0.wait();
-            }
-        }
-        let server = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH");
-        let mut server = KillOnDrop(server);
-        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
-        let mut conn = None;
-        for _ in 0..100 {
-            if let Ok(c) = client.get_connection_manager().await {
-                conn = Some(c);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let mut server = OwnRedis::start(None);
+        let conn = server.conn().await;
         let key = SigningKey::hs256(b"0123456789abcdef0123456789abcdef-test").unwrap();
         let token = TokenIssuer::new(key.clone(), "ordersys", "api")
             .issue("u1")
             .unwrap();
         let auth = Authenticator::new(
             TokenValidator::new(key.verifying_key(), "ordersys", "api"),
-            Arc::new(RedisBlacklist::new(conn.expect("test redis started"))),
+            Arc::new(RedisBlacklist::new(conn)),
         );
         auth.authenticate(&token.token).await.unwrap();
-        server.0.kill().unwrap();
-        server.0.wait().unwrap();
+        server.kill();
         let err = auth.authenticate(&token.token).await.unwrap_err();
         assert!(matches!(err, Error::BlacklistUnavailable(_)), "{err:?}");
     }

@@ -15,7 +15,7 @@ async fn memory_rate_limiter_conformance() {
 #[cfg(feature = "redis")]
 mod redis_backend {
     use super::*;
-    use resilience::rate_limit::RedisRateLimiter;
+    use resilience::rate_limit::{BatchedRedisRateLimiter, RedisRateLimiter};
     use resilience::RateLimiter;
 
     use ordersys_testkit::redis;
@@ -65,6 +65,79 @@ mod redis_backend {
         let prefix = format!("test:{}:rate:", uuid::Uuid::new_v4().simple());
         let limiter =
             RedisRateLimiter::new(redis().await, 50, Duration::from_secs(60)).with_prefix(prefix);
+        let results = futures::future::join_all((0..80).map(|_| limiter.check("same-ip"))).await;
+        let allowed = results
+            .iter()
+            .filter(|r| r.as_ref().unwrap().allowed)
+            .count();
+        assert_eq!(allowed, 50);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batched_rate_limiter_conformance() {
+        let prefix = format!("test:{}:rate:", uuid::Uuid::new_v4().simple());
+        let window = Duration::from_secs(3);
+        let limiter = BatchedRedisRateLimiter::new(redis().await, 3, window)
+            .with_prefix(prefix)
+            .start(Duration::from_millis(10));
+        rate_limiter_all(&limiter, 3, window).await;
+    }
+
+    /// Two instances share the count through Redis: what one admitted, the other learns
+    /// at its next settlement, and the keys are those of the per-request limiter.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batched_instances_share_the_count_through_redis() {
+        let prefix = format!("test:{}:rate:", uuid::Uuid::new_v4().simple());
+        let mut conn = redis().await;
+        let window = Duration::from_secs(60);
+        let a = BatchedRedisRateLimiter::new(conn.clone(), 5, window).with_prefix(&prefix);
+        let b = BatchedRedisRateLimiter::new(conn.clone(), 5, window).with_prefix(&prefix);
+        for _ in 0..3 {
+            assert!(a.check("ip").await.unwrap().allowed);
+        }
+        // Nothing sent yet: Redis has not heard of it.
+        let none: Option<i64> = redis::cmd("GET")
+            .arg(format!("{prefix}ip"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(none, None);
+        a.settle().await.unwrap();
+        let count: i64 = redis::cmd("GET")
+            .arg(format!("{prefix}ip"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(count, 3, "the settlement added what `a` admitted");
+        // `b` admits locally until it settles, then knows the shared count.
+        assert!(b.check("ip").await.unwrap().allowed);
+        b.settle().await.unwrap();
+        let d = b.check("ip").await.unwrap();
+        assert!(d.allowed, "the fifth request");
+        assert_eq!(d.remaining, 0);
+        assert!(
+            !b.check("ip").await.unwrap().allowed,
+            "the sixth is refused"
+        );
+        // A per-request limiter on the same keys agrees.
+        b.settle().await.unwrap();
+        let strict = RedisRateLimiter::new(conn.clone(), 5, window).with_prefix(&prefix);
+        assert!(!strict.check("ip").await.unwrap().allowed);
+        // And the window expires in Redis as the spec says.
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(format!("{prefix}ip"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(ttl > 50_000 && ttl <= 60_000, "PTTL {ttl}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batched_limiter_counts_exactly_within_one_instance() {
+        let prefix = format!("test:{}:rate:", uuid::Uuid::new_v4().simple());
+        let limiter = BatchedRedisRateLimiter::new(redis().await, 50, Duration::from_secs(60))
+            .with_prefix(prefix)
+            .start(Duration::from_millis(1));
         let results = futures::future::join_all((0..80).map(|_| limiter.check("same-ip"))).await;
         let allowed = results
             .iter()

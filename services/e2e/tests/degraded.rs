@@ -90,7 +90,16 @@ async fn redis_down_protected_routes_fail_closed_and_recover_by_themselves() {
 
     redis.kill();
     // Fail closed: while revocation cannot be checked, no token is accepted — not even
-    // one that is valid — and the answer says the service is unavailable.
+    // one that is valid — and the answer says the service is unavailable. The gateway's
+    // mirror of the revoked tokens stops answering when its subscription drops with the
+    // connection (at once for a killed server; within three heartbeats for a silent
+    // one): from then on every lookup asks Redis, and fails.
+    eventually("the gateway to fail closed", Duration::from_secs(5), || {
+        let t = token.clone();
+        let orders = &orders;
+        async move { (orders(t).await.status == 503).then_some(()) }
+    })
+    .await;
     for t in [&token, &revoked] {
         let r = orders(t.clone()).await;
         assert_eq!(r.status, 503, "{r:?}");

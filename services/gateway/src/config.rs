@@ -30,6 +30,17 @@ pub struct Config {
     pub rate_limit_per_minute: u32,
     /// Redis key prefix of the rate-limit counters (`RATE_LIMIT_KEY_PREFIX`, default `rate:`).
     pub rate_limit_key_prefix: String,
+    /// Revoked tokens are mirrored in memory and the mirror's subscription proves itself
+    /// every this many ms (`BLACKLIST_HEARTBEAT_MS`, default 1000): a revocation reaches
+    /// every gateway through a Redis channel, and a silently broken subscription is
+    /// noticed within three heartbeats (then Redis is asked per request until it works
+    /// again). `0`: no mirror — ask Redis on every request.
+    pub blacklist_heartbeat_ms: u64,
+    /// The rate limit is decided in process and the counts settled with Redis every this
+    /// many ms (`RATE_LIMIT_SETTLE_MS`, default 10): several gateways together can admit
+    /// at most what each admits in one interval beyond the limit. `0`: one Redis round
+    /// trip per request, exact across gateways.
+    pub rate_limit_settle_ms: u64,
     /// Proxies whose `X-Forwarded-For` is believed (`TRUSTED_PROXIES`, comma-separated
     /// IPs or CIDRs; default none).
     pub trusted_proxies: String,
@@ -64,6 +75,8 @@ impl Default for Config {
             jwt_leeway_secs: 5,
             rate_limit_per_minute: 100,
             rate_limit_key_prefix: "rate:".into(),
+            blacklist_heartbeat_ms: 1000,
+            rate_limit_settle_ms: 10,
             trusted_proxies: String::new(),
             body_limit_bytes: 64 * 1024,
             breaker_failure_threshold: 5,
@@ -91,6 +104,8 @@ impl std::fmt::Debug for Config {
             .field("jwt_audience", &self.jwt_audience)
             .field("jwt_leeway_secs", &self.jwt_leeway_secs)
             .field("rate_limit_per_minute", &self.rate_limit_per_minute)
+            .field("blacklist_heartbeat_ms", &self.blacklist_heartbeat_ms)
+            .field("rate_limit_settle_ms", &self.rate_limit_settle_ms)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("body_limit_bytes", &self.body_limit_bytes)
             .field("breaker_failure_threshold", &self.breaker_failure_threshold)
@@ -117,6 +132,8 @@ impl Config {
         "JWT_LEEWAY_SECS",
         "RATE_LIMIT_PER_MINUTE",
         "RATE_LIMIT_KEY_PREFIX",
+        "BLACKLIST_HEARTBEAT_MS",
+        "RATE_LIMIT_SETTLE_MS",
         "TRUSTED_PROXIES",
         "BODY_LIMIT_BYTES",
         "BREAKER_FAILURE_THRESHOLD",

@@ -33,15 +33,27 @@ use ordersys_proto::order::v1::order_service_client::OrderServiceClient;
 use ordersys_proto::payment::v1::payment_service_client::PaymentServiceClient;
 use ordersys_proto::user::v1::user_service_client::UserServiceClient;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
-use resilience::rate_limit::RedisRateLimiter;
+use resilience::rate_limit::{BatchedRedisRateLimiter, RedisRateLimiter};
 use resilience::{CircuitBreaker, RateLimiter};
 
 pub use config::Config;
 use error::ApiError;
 
-/// Shared state of the handlers.
+/// Shared state of the handlers: cheap to clone (axum clones it for every extractor and
+/// middleware of every request — cloning the clients, breakers and validator each time
+/// was a third of the gateway's CPU per request).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct Shared {
     /// User service client.
     pub users: UserServiceClient<Transport>,
     /// Its breaker.
@@ -54,6 +66,10 @@ pub struct AppState {
     pub payments: PaymentServiceClient<Transport>,
     /// Its breaker.
     pub payments_breaker: CircuitBreaker,
+    /// Revokes on logout in this gateway's own blacklist too (`None` without the
+    /// security layers): a mirrored blacklist knows at once, before the announcement
+    /// comes back from Redis.
+    pub auth: Option<Authenticator>,
     limiter: Arc<dyn RateLimiter>,
     proxies: client_ip::TrustedProxies,
     metrics: Metrics,
@@ -62,6 +78,12 @@ pub struct AppState {
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
     }
 }
 
@@ -136,20 +158,35 @@ impl std::fmt::Debug for Backends {
 }
 
 impl Backends {
-    /// Redis for both (`REDIS_URL`): every gateway instance shares them.
+    /// Redis for both (`REDIS_URL`): every gateway instance shares them. The blacklist
+    /// is mirrored in memory unless `BLACKLIST_HEARTBEAT_MS` is 0
+    /// ([`authz::redis::MirroredBlacklist`]); the rate limit is decided in process and
+    /// settled in batches unless `RATE_LIMIT_SETTLE_MS` is 0
+    /// ([`BatchedRedisRateLimiter`]).
     pub async fn redis(config: &Config) -> anyhow::Result<Self> {
-        let conn = ordersys_kit::redis_client::client(&config.redis_url)?
-            .get_connection_manager()
-            .await?;
-        let limiter = RedisRateLimiter::new(
-            conn.clone(),
-            config.rate_limit_per_minute,
-            Duration::from_secs(60),
-        )
-        .with_prefix(config.rate_limit_key_prefix.clone());
+        let client = ordersys_kit::redis_client::client(&config.redis_url)?;
+        let conn = client.get_connection_manager().await?;
+        let (limit, minute) = (config.rate_limit_per_minute, Duration::from_secs(60));
+        let limiter: Arc<dyn RateLimiter> = match config.rate_limit_settle_ms {
+            0 => Arc::new(
+                RedisRateLimiter::new(conn.clone(), limit, minute)
+                    .with_prefix(config.rate_limit_key_prefix.clone()),
+            ),
+            ms => Arc::new(
+                BatchedRedisRateLimiter::new(conn.clone(), limit, minute)
+                    .with_prefix(config.rate_limit_key_prefix.clone())
+                    .start(Duration::from_millis(ms)),
+            ),
+        };
+        let blacklist: Arc<dyn Blacklist> = match config.blacklist_heartbeat_ms {
+            0 => Arc::new(RedisBlacklist::new(conn.clone())),
+            ms => Arc::new(
+                RedisBlacklist::new(conn.clone()).mirrored(client, Duration::from_millis(ms)),
+            ),
+        };
         Ok(Self {
-            blacklist: Arc::new(RedisBlacklist::new(conn.clone())),
-            limiter: Arc::new(limiter),
+            blacklist,
+            limiter,
             redis: Some(conn),
             in_process: None,
         })
@@ -262,17 +299,21 @@ fn build(config: &Config, backends: Backends, security: Security) -> anyhow::Res
     registry.register(Box::new(metrics.latency.clone()))?;
     registry.register(Box::new(metrics.rate_limited.clone()))?;
 
-    let state = AppState {
+    let state = AppState(Arc::new(Shared {
         users: UserServiceClient::new(user_channel),
         users_breaker: breaker("user", config),
         orders: OrderServiceClient::new(order_channel),
         orders_breaker: breaker("order", config),
         payments: PaymentServiceClient::new(payment_channel),
         payments_breaker: breaker("payment", config),
+        auth: match &security {
+            Security::On(auth) => Some((**auth).clone()),
+            Security::Off(_) => None,
+        },
         limiter,
         proxies: client_ip::TrustedProxies::parse(&config.trusted_proxies)?,
         metrics: metrics.clone(),
-    };
+    }));
 
     let protected = Router::new()
         .route("/api/v1/auth/logout", post(routes::auth::logout))

@@ -128,6 +128,7 @@ pub async fn logout(
     State(s): State<AppState>,
     Extension(ctx): Extension<RequestContext>,
     Extension(token): Extension<BearerToken>,
+    Extension(claims): Extension<Claims>,
 ) -> Result<StatusCode, ApiError> {
     let mut client = s.users.clone();
     call(
@@ -141,6 +142,14 @@ pub async fn logout(
         )),
     )
     .await?;
+    // The user service revoked it (and announced it to every gateway); this gateway's
+    // own blacklist takes it at once, so the very next request here is refused even if
+    // the announcement is still on its way. (Revoking again never shortens the entry.)
+    if let Some(auth) = &s.auth {
+        if let Err(e) = auth.revoke(&claims).await {
+            tracing::warn!(error = %e, "не удалось отметить отозванный токен в шлюзе");
+        }
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
