@@ -149,12 +149,14 @@ mod redis_backend {
     use redis::aio::ConnectionManager;
     use std::sync::Arc;
 
-    /// INCR the window counter, start its expiry on the first hit (or if it somehow has
-    /// none), and return the count and the time left — one round trip.
+    /// INCRBY the window counter (`ARGV[2]`: 1 per request for [`RedisRateLimiter`],
+    /// what an instance admitted since its last settlement for
+    /// [`BatchedRedisRateLimiter`]), start its expiry on the first hit (or if it somehow
+    /// has none), and return the count and the time left — one round trip.
     const SCRIPT: &str = r#"
-local c = redis.call('INCR', KEYS[1])
+local c = redis.call('INCRBY', KEYS[1], ARGV[2])
 local ttl = redis.call('PTTL', KEYS[1])
-if c == 1 or ttl < 0 then
+if ttl < 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[1])
   ttl = tonumber(ARGV[1])
 end
@@ -203,18 +205,6 @@ return {c, ttl}
         }
     }
 
-    /// INCRBY the window counter by what one instance admitted since its last
-    /// settlement, start its expiry if it has none, return the count and the time left.
-    const SETTLE: &str = r#"
-local c = redis.call('INCRBY', KEYS[1], ARGV[2])
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl < 0 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[1])
-  ttl = tonumber(ARGV[1])
-end
-return {c, ttl}
-"#;
-
     /// A Redis fixed-window limiter that decides in process and settles with Redis in
     /// batches: each instance counts what it admits and, every `settle` interval, adds
     /// it to the shared counter (`INCRBY`, the keys of [`RedisRateLimiter`]) and learns
@@ -223,8 +213,8 @@ return {c, ttl}
     ///
     /// **Precision.** One instance counts exactly. With several, a client spreading its
     /// requests over them can exceed the limit by what the other instances admitted
-    /// since their last settlement: at most `instances × rate × settle` (10 ms of
-    /// traffic per instance at the default). While Redis is unreachable each instance
+    /// since their last settlement: at most `instances × rate × settle` (settling every
+    /// 10 ms, 10 ms of their traffic). While Redis is unreachable each instance
     /// limits on its own count, and what it admitted is added when Redis is back.
     ///
     /// ```no_run
@@ -367,7 +357,7 @@ return {c, ttl}
             let mut pipe = redis::pipe();
             for (client, n) in &batch {
                 pipe.cmd("EVAL")
-                    .arg(SETTLE)
+                    .arg(SCRIPT)
                     .arg(1)
                     .arg(format!("{}{client}", self.prefix))
                     .arg(self.window.as_millis() as u64)
@@ -443,6 +433,7 @@ return {c, ttl}
                 .script
                 .key(format!("{}{client}", self.prefix))
                 .arg(self.window.as_millis() as u64)
+                .arg(1)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| RateLimitError(Box::new(e)))?;
