@@ -138,7 +138,7 @@ doc:
 	CARGO_TARGET_DIR=$(DOCSRS_TARGET) RUSTC_BOOTSTRAP=1 RUSTDOCFLAGS="--cfg docsrs -D warnings" \
 		$(CARGO) doc --no-deps --all-features $(foreach c,$(SDK_CRATES),-p $(c))
 
-## Everything docs/BENCHMARKS.md reports, in one run (≈ 15 minutes on 2 cores): the SDK
+## Everything docs/BENCHMARKS.md reports, in one run (≈ 16 minutes on 2 cores): the SDK
 ## hot paths beside `failsafe` and bare `jsonwebtoken` (criterion); the outbox relay
 ## against a plain producer and a naive relay; then the whole system, separate services
 ## (with the raw commit rate of the same MariaDB) and embedded, each on fresh servers of
