@@ -398,12 +398,21 @@ return {c, ttl}
             let b = &self.shared;
             let now = Instant::now();
             let mut slots = lock(&b.slots);
-            let slot = slots.entry(client.to_owned()).or_insert(Slot {
-                shared: 0,
-                pending: 0,
-                sending: 0,
-                resets_at: now + b.window,
-            });
+            // The key is allocated only for a client not seen in this window.
+            if !slots.contains_key(client) {
+                slots.insert(
+                    client.to_owned(),
+                    Slot {
+                        shared: 0,
+                        pending: 0,
+                        sending: 0,
+                        resets_at: now + b.window,
+                    },
+                );
+            }
+            let Some(slot) = slots.get_mut(client) else {
+                unreachable!("inserted above")
+            };
             if slot.resets_at <= now {
                 // The window ended: a new one (Redis's TTL corrects it at settlement).
                 *slot = Slot {
