@@ -181,26 +181,28 @@ impl SqliteOutbox {
         lease: Duration,
     ) -> Result<Vec<OutboxMessage>> {
         let (mut conn, restore) = self.bookkeeping_conn().await?;
+        // Fixed statements: nothing is built per claim.
         let (begin, commit, rollback) = match restore {
-            None => (
-                "BEGIN IMMEDIATE".to_owned(),
-                "COMMIT".to_owned(),
-                "ROLLBACK".to_owned(),
+            None => ("BEGIN IMMEDIATE", "COMMIT", "ROLLBACK"),
+            Some("PRAGMA synchronous = EXTRA") => (
+                "PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE",
+                "COMMIT; PRAGMA synchronous = EXTRA",
+                "ROLLBACK; PRAGMA synchronous = EXTRA",
             ),
-            Some(r) => (
-                "PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE".to_owned(),
-                format!("COMMIT; {r}"),
-                format!("ROLLBACK; {r}"),
+            Some(_) => (
+                "PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE",
+                "COMMIT; PRAGMA synchronous = FULL",
+                "ROLLBACK; PRAGMA synchronous = FULL",
             ),
         };
-        if let Err(e) = sqlx::query(&begin).execute(&mut *conn).await {
+        if let Err(e) = sqlx::query(begin).execute(&mut *conn).await {
             // No transaction began (`BEGIN` is the last statement).
             Self::put_back(&mut conn, restore).await;
             return Err(storage(e));
         }
         match Self::claim_on(&mut conn, relay_id, limit, lease).await {
             Ok(chosen) => {
-                if let Err(e) = sqlx::query(&commit).execute(&mut *conn).await {
+                if let Err(e) = sqlx::query(commit).execute(&mut *conn).await {
                     // Committed or not, unknown: a closed connection rolls back whatever
                     // is open, and leases left behind expire.
                     conn.close_on_drop();
@@ -209,7 +211,7 @@ impl SqliteOutbox {
                 Ok(chosen)
             }
             Err(e) => {
-                if sqlx::query(&rollback).execute(&mut *conn).await.is_err() {
+                if sqlx::query(rollback).execute(&mut *conn).await.is_err() {
                     conn.close_on_drop();
                 }
                 Err(e)
