@@ -47,6 +47,13 @@ pub enum Error {
     /// Signing a token failed.
     #[error("could not sign token: {0}")]
     Signing(String),
+    /// A claim handed to [`TokenIssuer::issue_with`](crate::TokenIssuer::issue_with) is
+    /// one the issuer sets itself (`sub`, `jti`, `iat`, `nbf`, `exp`, `iss`, `aud`).
+    #[error("claim `{0}` is set by the issuer")]
+    ReservedClaim(String),
+    /// The token is valid but does not carry a scope the route requires (HTTP 403).
+    #[error("token lacks the scope `{0}`")]
+    InsufficientScope(String),
 }
 
 impl Error {
@@ -55,12 +62,17 @@ impl Error {
         Self::BlacklistUnavailable(err.into())
     }
 
-    /// Whether the client's credentials are at fault (HTTP 401), as opposed to the server
-    /// (a blacklist outage, a bad key: HTTP 503 / 500).
+    /// Whether the client's credentials are at fault (HTTP 401), as opposed to a valid
+    /// token without the required scope (403) or the server (a blacklist outage, a bad
+    /// key: HTTP 503 / 500).
     pub fn is_unauthorized(&self) -> bool {
         !matches!(
             self,
-            Self::BlacklistUnavailable(_) | Self::InvalidKey(_) | Self::Signing(_)
+            Self::BlacklistUnavailable(_)
+                | Self::InvalidKey(_)
+                | Self::Signing(_)
+                | Self::ReservedClaim(_)
+                | Self::InsufficientScope(_)
         )
     }
 
@@ -77,7 +89,8 @@ impl Error {
             Self::NotYetValid => "invalid_token",
             Self::Revoked => "token_revoked",
             Self::BlacklistUnavailable(_) => "service_unavailable",
-            Self::InvalidKey(_) | Self::Signing(_) => "internal",
+            Self::InsufficientScope(_) => "insufficient_scope",
+            Self::InvalidKey(_) | Self::Signing(_) | Self::ReservedClaim(_) => "internal",
         }
     }
 }

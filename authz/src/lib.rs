@@ -67,6 +67,9 @@ pub use claims::Claims;
 pub use error::{BoxError, Error, Result};
 pub use keys::{SigningKey, VerifyingKey};
 pub use token::{Clock, IssuedToken, TokenIssuer, TokenValidator, DEFAULT_LEEWAY};
+/// The JSON values of custom claims ([`Claims::extra`]), re-exported so the version
+/// always matches.
+pub use serde_json;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -112,6 +112,35 @@ impl TokenIssuer {
 
     /// Issue a token for `subject`.
     pub fn issue(&self, subject: impl Into<String>) -> Result<IssuedToken> {
+        self.issue_with(subject, std::iter::empty::<(String, serde_json::Value)>())
+    }
+
+    /// Issue a token for `subject` that also carries the application's own claims —
+    /// `scope` (space-separated), `roles` (an array), anything else — read back with
+    /// [`Claims::claim`], [`Claims::has_scope`], [`Claims::has_role`]. A registered claim
+    /// name among them is [`Error::ReservedClaim`]: those the issuer sets.
+    ///
+    /// ```
+    /// # use authz::{SigningKey, TokenIssuer};
+    /// # let key = SigningKey::hs256(b"an-example-secret-of-at-least-32-bytes!").unwrap();
+    /// let issuer = TokenIssuer::new(key, "ordersys", "ordersys-api");
+    /// let issued = issuer.issue_with("user-42", [("scope", "orders:read".into())]).unwrap();
+    /// assert!(issued.claims.has_scope("orders:read"));
+    /// assert!(issuer.issue_with("user-42", [("exp", 0.into())]).is_err());
+    /// ```
+    pub fn issue_with<K: Into<String>>(
+        &self,
+        subject: impl Into<String>,
+        claims: impl IntoIterator<Item = (K, serde_json::Value)>,
+    ) -> Result<IssuedToken> {
+        let mut extra = serde_json::Map::new();
+        for (name, value) in claims {
+            let name = name.into();
+            if crate::claims::REGISTERED.contains(&name.as_str()) {
+                return Err(Error::ReservedClaim(name));
+            }
+            extra.insert(name, value);
+        }
         let now = self.clock.now();
         let claims = Claims {
             sub: subject.into(),
@@ -121,8 +150,20 @@ impl TokenIssuer {
             exp: now.saturating_add(self.ttl.as_secs() as i64),
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
+            extra,
         };
         self.sign(claims)
+    }
+
+    /// A validator for this issuer's tokens: the verifying half of its key, its issuer
+    /// and audience, the default leeway and the issuer's clock.
+    pub fn validator(&self) -> TokenValidator {
+        TokenValidator::new(
+            self.key.verifying_key(),
+            self.issuer.clone(),
+            self.audience.clone(),
+        )
+        .with_clock(self.clock.clone())
     }
 
     /// Sign arbitrary claims with this issuer's key (tests, migrations).
@@ -149,11 +190,13 @@ pub struct TokenValidator {
 }
 
 impl TokenValidator {
-    /// A validator with a 5-second leeway (see [`DEFAULT_LEEWAY`]) and the system clock.
-    pub fn new(key: VerifyingKey, issuer: &str, audience: &str) -> Self {
+    /// A validator with a 5-second leeway (see [`DEFAULT_LEEWAY`]) and the system clock,
+    /// accepting tokens of `issuer` for `audience` (the same argument types as
+    /// [`TokenIssuer::new`]; [`TokenIssuer::validator`] builds the matching one).
+    pub fn new(key: VerifyingKey, issuer: impl Into<String>, audience: impl Into<String>) -> Self {
         let mut validation = Validation::new(key.algorithm());
-        validation.set_issuer(&[issuer]);
-        validation.set_audience(&[audience]);
+        validation.set_issuer(&[issuer.into()]);
+        validation.set_audience(&[audience.into()]);
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
         // Time claims are checked below against our own clock, so tests can pin it.
         validation.validate_exp = false;

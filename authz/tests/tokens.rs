@@ -343,3 +343,95 @@ async fn layer_answers_503_when_blacklist_is_down() {
         "backend detail leaked: {body}"
     );
 }
+
+#[test]
+fn custom_claims_survive_signing_and_validation() {
+    use serde_json::json;
+    let issuer = issuer_at(NOW);
+    let t = issuer
+        .issue_with(
+            "u7",
+            [
+                ("scope", json!("orders:read orders:write")),
+                ("roles", json!(["admin"])),
+                ("tenant", json!({ "id": 42 })),
+            ],
+        )
+        .unwrap();
+    // The matching validator comes from the issuer (same key, iss, aud and clock).
+    let claims = issuer.validator().validate(&t.token).unwrap();
+    assert_eq!(claims, t.claims);
+    assert!(claims.has_scope("orders:write") && claims.has_role("admin"));
+    assert_eq!(claims.extra["tenant"]["id"], 42);
+    // A token forged by a client cannot set the registered claims through `extra`.
+    for reserved in ["sub", "jti", "exp", "aud"] {
+        let err = issuer.issue_with("u7", [(reserved, json!("x"))]).unwrap_err();
+        assert!(matches!(err, Error::ReservedClaim(ref n) if n == reserved), "{err}");
+    }
+    // Tokens without custom claims decode to an empty `extra`.
+    let plain = validator_at(NOW).validate(&issuer.issue("u7").unwrap().token);
+    assert!(plain.unwrap().extra.is_empty());
+}
+
+fn scoped_app(auth: Authenticator, layer: impl FnOnce(AuthLayer) -> AuthLayer) -> Router {
+    Router::new()
+        .route("/me", get(|Extension(c): Extension<Claims>| async move { c.sub }))
+        .layer(layer(AuthLayer::new(auth)))
+}
+
+#[tokio::test]
+async fn a_required_scope_is_403_with_the_scope_named_and_passes_when_present() {
+    use serde_json::json;
+    let app = scoped_app(
+        authenticator(NOW, Arc::new(MemoryBlacklist::new())),
+        |l| l.require_scope("orders:write").require_scope("orders:read"),
+    );
+    let issuer = issuer_at(NOW);
+    let both = issuer
+        .issue_with("u7", [("scope", json!("orders:read orders:write"))])
+        .unwrap();
+    let (status, _, body) = send(&app, Some(&format!("Bearer {}", both.token))).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "u7"));
+
+    let one = issuer
+        .issue_with("u7", [("scope", json!("orders:write"))])
+        .unwrap();
+    let (status, headers, body) = send(&app, Some(&format!("Bearer {}", one.token))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        headers["www-authenticate"],
+        r#"Bearer error="insufficient_scope", scope="orders:read""#
+    );
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["error"]["code"], "insufficient_scope");
+    assert_eq!(json["error"]["correlation_id"], "cid-1");
+    // No scopes at all: 403 too; a bad token is still 401.
+    let none = issuer.issue("u7").unwrap();
+    let (status, _, _) = send(&app, Some(&format!("Bearer {}", none.token))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, _) = send(&app, Some("Bearer not.a.jwt")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn the_error_response_can_be_replaced() {
+    let app = scoped_app(authenticator(NOW, Arc::new(BrokenBlacklist)), |l| {
+        l.with_error_response(|err, headers| {
+            let mut resp = http::Response::new(format!(
+                "{}|{}",
+                err.code(),
+                headers.get("x-correlation-id").unwrap().to_str().unwrap()
+            ));
+            *resp.status_mut() = StatusCode::IM_A_TEAPOT;
+            resp
+        })
+    });
+    let (status, _, body) = send(&app, None).await;
+    assert_eq!((status, body.as_str()), (StatusCode::IM_A_TEAPOT, "missing_token|cid-1"));
+    let t = issuer_at(NOW).issue("u7").unwrap();
+    let (status, _, body) = send(&app, Some(&format!("Bearer {}", t.token))).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::IM_A_TEAPOT, "service_unavailable|cid-1")
+    );
+}

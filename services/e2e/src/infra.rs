@@ -20,6 +20,10 @@ pub enum Kind {
     MariaDb,
     /// `redis-server` with an append-only file (so a kill loses nothing it acknowledged).
     Redis,
+    /// The same on TLS only (no plain-text port), requiring client certificates: the
+    /// server presents the development `redis` certificate and trusts the development
+    /// CA ([`dev_certs`](crate::dev_certs)); clients connect with `rediss://`.
+    RedisTls,
     /// Tansu with memory storage: a restart is a new, empty cluster.
     Broker,
 }
@@ -30,6 +34,7 @@ impl Kind {
         match self {
             Self::MariaDb => "mariadb",
             Self::Redis => "redis",
+            Self::RedisTls => "redis-tls",
             Self::Broker => "broker",
         }
     }
@@ -142,6 +147,22 @@ impl Daemon {
                     .arg(&self.dir);
                 c
             }
+            Kind::RedisTls => {
+                let certs = crate::dev_certs();
+                let mut c = Command::new("redis-server");
+                c.args(["--port", "0", "--bind", "127.0.0.1"])
+                    .args(["--tls-port", &p.to_string(), "--tls-auth-clients", "yes"])
+                    .arg("--tls-cert-file")
+                    .arg(certs.join("redis.pem"))
+                    .arg("--tls-key-file")
+                    .arg(certs.join("redis.key"))
+                    .arg("--tls-ca-cert-file")
+                    .arg(certs.join("ca.pem"))
+                    .args(["--save", "", "--appendonly", "yes"])
+                    .args(["--appendfsync", "everysec", "--dir"])
+                    .arg(&self.dir);
+                c
+            }
             Kind::Broker => {
                 let mut c = Command::new(tansu_bin());
                 c.arg("broker")
@@ -239,12 +260,13 @@ impl Daemon {
         self.port
     }
 
-    /// The URL clients use: `mysql://root@127.0.0.1:P`, `redis://127.0.0.1:P/` or
-    /// `127.0.0.1:P` (bootstrap servers).
+    /// The URL clients use: `mysql://root@127.0.0.1:P`, `redis://127.0.0.1:P/`,
+    /// `rediss://127.0.0.1:P/` or `127.0.0.1:P` (bootstrap servers).
     pub fn url(&self) -> String {
         match self.kind {
             Kind::MariaDb => format!("mysql://root@127.0.0.1:{}", self.port),
             Kind::Redis => format!("redis://127.0.0.1:{}/", self.port),
+            Kind::RedisTls => format!("rediss://127.0.0.1:{}/", self.port),
             Kind::Broker => format!("127.0.0.1:{}", self.port),
         }
     }

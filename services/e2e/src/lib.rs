@@ -132,18 +132,28 @@ pub fn dev_certs() -> &'static std::path::Path {
 
 /// The mutual-TLS settings (`TLS_CERT`, `TLS_KEY`, `TLS_CA`) of a separate service
 /// (`ordersys-user` → the `user` certificate), unless `env` already says how its gRPC is
-/// secured: the test suite runs with mutual TLS on, as production does.
+/// secured: the test suite runs with mutual TLS on, as production does. With a
+/// `rediss://` `REDIS_URL` (a [`infra::Kind::RedisTls`] server) and no `REDIS_CA`, also
+/// the Redis client's: the development CA and the service's own certificate.
 fn with_tls(name: &str, mut env: HashMap<String, String>) -> HashMap<String, String> {
     let Some(cert) = name.strip_prefix("ordersys-") else {
         return env;
     };
+    let dir = dev_certs();
+    let path = |f: &str| dir.join(f).display().to_string();
     let separate = ["user", "order", "payment", "gateway"].contains(&cert);
     if separate && !env.contains_key("TLS_CERT") && !env.contains_key("GRPC_INSECURE") {
-        let dir = dev_certs();
-        let path = |f: &str| dir.join(f).display().to_string();
         env.insert("TLS_CERT".into(), path(&format!("{cert}.pem")));
         env.insert("TLS_KEY".into(), path(&format!("{cert}.key")));
         env.insert("TLS_CA".into(), path("ca.pem"));
+    }
+    let rediss = env
+        .get("REDIS_URL")
+        .is_some_and(|u| u.starts_with("rediss://"));
+    if separate && rediss && !env.contains_key("REDIS_CA") {
+        env.insert("REDIS_CA".into(), path("ca.pem"));
+        env.insert("REDIS_CERT".into(), path(&format!("{cert}.pem")));
+        env.insert("REDIS_KEY".into(), path(&format!("{cert}.key")));
     }
     env
 }
@@ -389,7 +399,8 @@ pub struct Options {
     pub payment_env: Vec<(String, String)>,
     /// Run user, order and payment on SQLite files (Kafka and Redis as usual).
     pub sqlite: bool,
-    /// A Redis of the test's own (`redis://…`), e.g. one it kills; default `REDIS_URL`
+    /// A Redis of the test's own (`redis://…`, or `rediss://…` for a
+    /// [`infra::Kind::RedisTls`] one), e.g. one it kills; default `REDIS_URL`
     /// or the shared 127.0.0.1:6379.
     pub redis_url: Option<String>,
     /// A MySQL server of the test's own (`mysql://root@host:port`); default
