@@ -284,14 +284,19 @@ mod tests {
         let mut c = claims();
         assert_eq!(c.scopes().count(), 0);
         assert!(!c.has_role("admin"));
-        c.extra.insert("scope".into(), json!(" orders:read  orders:write "));
-        c.extra.insert("roles".into(), json!(["admin", 3, "support"]));
+        c.extra
+            .insert("scope".into(), json!(" orders:read  orders:write "));
+        c.extra
+            .insert("roles".into(), json!(["admin", 3, "support"]));
         c.extra.insert("level".into(), json!(3));
         assert!(c.has_scope("orders:write"));
         assert!(!c.has_scope("orders"));
         assert_eq!(c.roles().collect::<Vec<_>>(), ["admin", "support"]);
         assert_eq!(c.claim::<u8>("level").unwrap(), Some(3));
-        assert!(matches!(c.claim::<String>("level"), Err(Error::Malformed(_))));
+        assert!(matches!(
+            c.claim::<String>("level"),
+            Err(Error::Malformed(_))
+        ));
         c.extra.insert("roles".into(), json!("auditor"));
         assert!(c.has_role("auditor"));
     }

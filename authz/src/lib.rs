@@ -39,6 +39,12 @@
 //! from `redis::MirroredBlacklist` (feature `redis`): `authz_blacklist_mirror_live`
 //! (1 while lookups are answered from memory, 0 while Redis is asked).
 //!
+//! # Semver
+//!
+//! `Error` and `BlacklistFailure` are `#[non_exhaustive]`. `Claims` is open on purpose
+//! (tests and migrations build it to [`TokenIssuer::sign`]); claims beyond the seven
+//! registered ones live in its `extra` map, so new claims never change the struct.
+//!
 //! # Cargo features
 //!
 #![doc = document_features::document_features!()]
@@ -66,10 +72,10 @@ pub use blacklist::{revoke_token, Authenticator, Blacklist, BlacklistFailure, Me
 pub use claims::Claims;
 pub use error::{BoxError, Error, Result};
 pub use keys::{SigningKey, VerifyingKey};
-pub use token::{Clock, IssuedToken, TokenIssuer, TokenValidator, DEFAULT_LEEWAY};
 /// The JSON values of custom claims ([`Claims::extra`]), re-exported so the version
 /// always matches.
 pub use serde_json;
+pub use token::{Clock, IssuedToken, TokenIssuer, TokenValidator, DEFAULT_LEEWAY};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

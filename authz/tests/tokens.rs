@@ -365,8 +365,13 @@ fn custom_claims_survive_signing_and_validation() {
     assert_eq!(claims.extra["tenant"]["id"], 42);
     // A token forged by a client cannot set the registered claims through `extra`.
     for reserved in ["sub", "jti", "exp", "aud"] {
-        let err = issuer.issue_with("u7", [(reserved, json!("x"))]).unwrap_err();
-        assert!(matches!(err, Error::ReservedClaim(ref n) if n == reserved), "{err}");
+        let err = issuer
+            .issue_with("u7", [(reserved, json!("x"))])
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::ReservedClaim(ref n) if n == reserved),
+            "{err}"
+        );
     }
     // Tokens without custom claims decode to an empty `extra`.
     let plain = validator_at(NOW).validate(&issuer.issue("u7").unwrap().token);
@@ -375,17 +380,19 @@ fn custom_claims_survive_signing_and_validation() {
 
 fn scoped_app(auth: Authenticator, layer: impl FnOnce(AuthLayer) -> AuthLayer) -> Router {
     Router::new()
-        .route("/me", get(|Extension(c): Extension<Claims>| async move { c.sub }))
+        .route(
+            "/me",
+            get(|Extension(c): Extension<Claims>| async move { c.sub }),
+        )
         .layer(layer(AuthLayer::new(auth)))
 }
 
 #[tokio::test]
 async fn a_required_scope_is_403_with_the_scope_named_and_passes_when_present() {
     use serde_json::json;
-    let app = scoped_app(
-        authenticator(NOW, Arc::new(MemoryBlacklist::new())),
-        |l| l.require_scope("orders:write").require_scope("orders:read"),
-    );
+    let app = scoped_app(authenticator(NOW, Arc::new(MemoryBlacklist::new())), |l| {
+        l.require_scope("orders:write").require_scope("orders:read")
+    });
     let issuer = issuer_at(NOW);
     let both = issuer
         .issue_with("u7", [("scope", json!("orders:read orders:write"))])
@@ -427,7 +434,10 @@ async fn the_error_response_can_be_replaced() {
         })
     });
     let (status, _, body) = send(&app, None).await;
-    assert_eq!((status, body.as_str()), (StatusCode::IM_A_TEAPOT, "missing_token|cid-1"));
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::IM_A_TEAPOT, "missing_token|cid-1")
+    );
     let t = issuer_at(NOW).issue("u7").unwrap();
     let (status, _, body) = send(&app, Some(&format!("Bearer {}", t.token))).await;
     assert_eq!(

@@ -19,8 +19,8 @@ use std::time::Duration;
 use crate::memory::{MemoryBroker, MemoryDeadLetters};
 use crate::store::{Inbox, OutboxStore};
 use crate::{
-    Delivery, Handler, HandlerError, IdempotentConsumer, MessageId, OutboxMessage, Outcome, Relay,
-    RelayConfig,
+    Delivery, DeliveryOutcome, HandlerError, IdempotentConsumer, MessageHandler, MessageId,
+    OutboxMessage, Relay, RelayConfig,
 };
 
 fn msg(topic: &str, key: &str, n: usize) -> OutboxMessage {
@@ -390,7 +390,7 @@ impl crate::Publisher for Tagged {
 /// commits (as a real handler's database writes would).
 struct Count(Arc<std::sync::atomic::AtomicUsize>);
 
-impl Handler<crate::memory::MemoryTx> for Count {
+impl MessageHandler<crate::memory::MemoryTx> for Count {
     async fn handle(
         &self,
         tx: &mut crate::memory::MemoryTx,
@@ -438,7 +438,7 @@ pub async fn crash_after_publish_republishes<S: OutboxStore + Clone>(store: S) {
     let handled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let consumer = IdempotentConsumer::new("payment", inbox, MemoryDeadLetters::new());
     let handler = Count(handled.clone());
-    let outcomes: Vec<Outcome> = futures::future::join_all(published.iter().map(|p| {
+    let outcomes: Vec<DeliveryOutcome> = futures::future::join_all(published.iter().map(|p| {
         let d = p.to_delivery();
         let consumer = &consumer;
         let handler = &handler;
@@ -446,8 +446,8 @@ pub async fn crash_after_publish_republishes<S: OutboxStore + Clone>(store: S) {
     }))
     .await;
     assert_eq!(handled.load(std::sync::atomic::Ordering::SeqCst), 1);
-    assert!(outcomes.contains(&Outcome::Processed));
-    assert!(outcomes.contains(&Outcome::Duplicate));
+    assert!(outcomes.contains(&DeliveryOutcome::Processed));
+    assert!(outcomes.contains(&DeliveryOutcome::Duplicate));
 }
 
 /// Inbox contract: a record is visible only after commit, a second record of the same

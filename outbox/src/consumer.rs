@@ -12,6 +12,7 @@ use crate::{Delivery, Error, Result};
 
 /// Why a handler failed, which decides whether it is retried.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HandlerError {
     /// Might succeed later (a database deadlock, a timeout): retried with backoff.
     #[error("transient: {0}")]
@@ -49,7 +50,7 @@ impl HandlerError {
 /// Business logic for one message, run inside the unit of work that also records the
 /// message in the inbox: its writes (including outbox replies) commit together with
 /// that record, or not at all.
-pub trait Handler<Tx>: Send + Sync {
+pub trait MessageHandler<Tx>: Send + Sync {
     /// Handle `msg`, writing through `tx`.
     fn handle(
         &self,
@@ -68,7 +69,8 @@ pub trait Handler<Tx>: Send + Sync {
 
 /// What became of a delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+#[non_exhaustive]
+pub enum DeliveryOutcome {
     /// Handled and committed.
     Processed,
     /// Already processed earlier: skipped, nothing written.
@@ -80,7 +82,7 @@ pub enum Outcome {
     },
 }
 
-/// Runs a [`Handler`] for each delivery exactly once in effect: duplicates are dropped
+/// Runs a [`MessageHandler`] for each delivery exactly once in effect: duplicates are dropped
 /// by the [`Inbox`], transient failures retried with a [`Retry`] policy (default 3
 /// attempts, 100/200 ms), and messages that still fail go to a [`DeadLetter`] sink
 /// (also recorded in the inbox, so a redelivery is not dead-lettered twice).
@@ -91,10 +93,10 @@ pub enum Outcome {
 ///
 /// ```
 /// use outbox::memory::{MemoryDeadLetters, MemoryInbox, MemoryTx};
-/// use outbox::{Delivery, Handler, HandlerError, IdempotentConsumer, OutboxMessage, Outcome};
+/// use outbox::{Delivery, MessageHandler, HandlerError, IdempotentConsumer, OutboxMessage, DeliveryOutcome};
 ///
 /// struct Print;
-/// impl Handler<MemoryTx> for Print {
+/// impl MessageHandler<MemoryTx> for Print {
 ///     async fn handle(&self, _tx: &mut MemoryTx, msg: &Delivery) -> Result<(), HandlerError> {
 ///         println!("got {} bytes", msg.payload.len());
 ///         Ok(())
@@ -105,8 +107,8 @@ pub enum Outcome {
 /// # async fn main() -> outbox::Result<()> {
 /// let consumer = IdempotentConsumer::new("payment", MemoryInbox::new(), MemoryDeadLetters::new());
 /// let msg = OutboxMessage::new("saga.commands", "order-1", "debit").to_delivery();
-/// assert_eq!(consumer.process(&msg, &Print).await?, Outcome::Processed);
-/// assert_eq!(consumer.process(&msg, &Print).await?, Outcome::Duplicate);
+/// assert_eq!(consumer.process(&msg, &Print).await?, DeliveryOutcome::Processed);
+/// assert_eq!(consumer.process(&msg, &Print).await?, DeliveryOutcome::Duplicate);
 /// # Ok(())
 /// # }
 /// ```
@@ -130,7 +132,7 @@ impl<I, D> fmt::Debug for IdempotentConsumer<I, D> {
 }
 
 enum Attempt {
-    Done(Outcome),
+    Done(DeliveryOutcome),
     Failed(HandlerError),
 }
 
@@ -162,10 +164,14 @@ impl<I: Inbox, D: DeadLetter> IdempotentConsumer<I, D> {
         &self.inbox
     }
 
-    async fn attempt<H: Handler<I::Tx>>(&self, msg: &Delivery, handler: &H) -> Result<Attempt> {
+    async fn attempt<H: MessageHandler<I::Tx>>(
+        &self,
+        msg: &Delivery,
+        handler: &H,
+    ) -> Result<Attempt> {
         let mut tx = self.inbox.begin().await?;
         if !self.inbox.try_record(&mut tx, &self.name, msg.id).await? {
-            return Ok(Attempt::Done(Outcome::Duplicate));
+            return Ok(Attempt::Done(DeliveryOutcome::Duplicate));
         }
         if let Err(e) = handler.handle(&mut tx, msg).await {
             return Ok(Attempt::Failed(e)); // tx dropped: rolled back
@@ -174,14 +180,18 @@ impl<I: Inbox, D: DeadLetter> IdempotentConsumer<I, D> {
         // next attempt's inbox check tells whether a concurrent delivery of the same
         // message committed first.
         self.inbox.commit(tx).await?;
-        Ok(Attempt::Done(Outcome::Processed))
+        Ok(Attempt::Done(DeliveryOutcome::Processed))
     }
 
     /// Handle one delivery (see the type docs for the guarantees), inside an
     /// `outbox.consume` span that continues the trace carried in the delivery's headers
     /// (see [`trace`](crate::trace)), counted in `outbox_consumer_messages_total` and
     /// timed in `outbox_consumer_handle_duration_seconds`.
-    pub async fn process<H: Handler<I::Tx>>(&self, msg: &Delivery, handler: &H) -> Result<Outcome> {
+    pub async fn process<H: MessageHandler<I::Tx>>(
+        &self,
+        msg: &Delivery,
+        handler: &H,
+    ) -> Result<DeliveryOutcome> {
         let span = tracing::info_span!(
             "outbox.consume",
             otel.name = %format_args!("{} process", msg.topic),
@@ -199,9 +209,9 @@ impl<I: Inbox, D: DeadLetter> IdempotentConsumer<I, D> {
             .instrument(span.clone())
             .await;
         let outcome = match &result {
-            Ok(Outcome::Processed) => "processed",
-            Ok(Outcome::Duplicate) => "duplicate",
-            Ok(Outcome::DeadLettered { .. }) => "dead_lettered",
+            Ok(DeliveryOutcome::Processed) => "processed",
+            Ok(DeliveryOutcome::Duplicate) => "duplicate",
+            Ok(DeliveryOutcome::DeadLettered { .. }) => "dead_lettered",
             Err(_) => "failed",
         };
         span.record("outcome", outcome);
@@ -227,11 +237,11 @@ impl<I: Inbox, D: DeadLetter> IdempotentConsumer<I, D> {
         result
     }
 
-    async fn process_inner<H: Handler<I::Tx>>(
+    async fn process_inner<H: MessageHandler<I::Tx>>(
         &self,
         msg: &Delivery,
         handler: &H,
-    ) -> Result<Outcome> {
+    ) -> Result<DeliveryOutcome> {
         enum Fail {
             Store(Error),
             Handler(HandlerError),
@@ -251,7 +261,7 @@ impl<I: Inbox, D: DeadLetter> IdempotentConsumer<I, D> {
             .await;
         let (error, attempts) = match result {
             Ok(outcome) => {
-                if outcome == Outcome::Processed {
+                if outcome == DeliveryOutcome::Processed {
                     handler.after_commit(msg).await;
                 }
                 return Ok(outcome);
@@ -281,6 +291,6 @@ impl<I: Inbox, D: DeadLetter> IdempotentConsumer<I, D> {
                 Err(e) => return Err(e),
             }
         }
-        Ok(Outcome::DeadLettered { reason })
+        Ok(DeliveryOutcome::DeadLettered { reason })
     }
 }

@@ -22,8 +22,8 @@ use uuid::Uuid;
 
 use crate::store::{DeadLetter, Inbox, Publisher};
 use crate::{
-    Delivery, Error, Handler, Headers, IdempotentConsumer, MessageId, OutboxMessage, Outcome,
-    Result, MESSAGE_ID_HEADER,
+    Delivery, DeliveryOutcome, Error, Headers, IdempotentConsumer, MessageHandler, MessageId,
+    OutboxMessage, Result, MESSAGE_ID_HEADER,
 };
 
 /// Header carrying the reason on a dead-lettered message.
@@ -457,8 +457,22 @@ pub async fn ensure_topics_using(
     Ok(())
 }
 
-/// Settings of [`run_consumer`].
+/// Settings of [`run_consumer`]: start from [`ConsumerConfig::new`] and change what you
+/// need with the `with_*` methods or by assigning fields. New settings may be added in
+/// minor versions (the struct is `#[non_exhaustive]`).
+///
+/// ```
+/// use std::time::Duration;
+/// use outbox::kafka::ConsumerConfig;
+/// let config = ConsumerConfig::new("127.0.0.1:9092", "payment", &["saga.commands"])
+///     .with_instance_id("payment-0")
+///     .with_max_in_flight(64)
+///     .with_fetch_wait_max(Duration::from_millis(5))
+///     .with_property("security.protocol", "ssl");
+/// assert_eq!(config.extra, [("security.protocol".to_owned(), "ssl".to_owned())]);
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ConsumerConfig {
     /// `bootstrap.servers`.
     pub brokers: String,
@@ -523,10 +537,59 @@ impl ConsumerConfig {
             extra: Vec::new(),
         }
     }
+
+    /// [`session_timeout`](Self::session_timeout).
+    pub fn with_session_timeout(mut self, session_timeout: Duration) -> Self {
+        self.session_timeout = session_timeout;
+        self
+    }
+
+    /// [`instance_id`](Self::instance_id): static group membership under this id.
+    pub fn with_instance_id(mut self, instance_id: impl Into<String>) -> Self {
+        self.instance_id = Some(instance_id.into());
+        self
+    }
+
+    /// [`fetch_wait_max`](Self::fetch_wait_max).
+    pub fn with_fetch_wait_max(mut self, fetch_wait_max: Duration) -> Self {
+        self.fetch_wait_max = fetch_wait_max;
+        self
+    }
+
+    /// [`store_backoff`](Self::store_backoff).
+    pub fn with_store_backoff(mut self, store_backoff: resilience::Retry) -> Self {
+        self.store_backoff = store_backoff;
+        self
+    }
+
+    /// [`watchdog_interval`](Self::watchdog_interval) (`None` turns the check off).
+    pub fn with_watchdog_interval(mut self, watchdog_interval: Option<Duration>) -> Self {
+        self.watchdog_interval = watchdog_interval;
+        self
+    }
+
+    /// [`close_timeout`](Self::close_timeout).
+    pub fn with_close_timeout(mut self, close_timeout: Duration) -> Self {
+        self.close_timeout = close_timeout;
+        self
+    }
+
+    /// [`max_in_flight`](Self::max_in_flight).
+    pub fn with_max_in_flight(mut self, max_in_flight: usize) -> Self {
+        self.max_in_flight = max_in_flight;
+        self
+    }
+
+    /// One more librdkafka setting ([`extra`](Self::extra)), e.g. TLS or SASL.
+    pub fn with_property(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.extra.push((name.into(), value.into()));
+        self
+    }
 }
 
 /// What a consumer run did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConsumerStats {
     /// Deliveries handled and committed.
     pub processed: u64,
@@ -618,7 +681,7 @@ pub async fn run_consumer<I, D, H>(
 where
     I: Inbox,
     D: DeadLetter,
-    H: Handler<I::Tx>,
+    H: MessageHandler<I::Tx>,
 {
     let mut cc = ClientConfig::new();
     cc.set("bootstrap.servers", &config.brokers)
@@ -701,16 +764,16 @@ where
                 window.drop_queued();
             }
             Some((delivery, at, outcome)) = futures::StreamExt::next(&mut running) => {
-                let (delivery, at, outcome): (Delivery, Position, Option<Outcome>) =
+                let (delivery, at, outcome): (Delivery, Position, Option<DeliveryOutcome>) =
                     (delivery, at, outcome);
                 last_message = tokio::time::Instant::now();
                 let Some(outcome) = outcome else {
                     continue; // given up at shutdown: not settled, its offset not stored
                 };
                 match outcome {
-                    Outcome::Processed => stats.processed += 1,
-                    Outcome::Duplicate => stats.duplicates += 1,
-                    Outcome::DeadLettered { .. } => stats.dead_lettered += 1,
+                    DeliveryOutcome::Processed => stats.processed += 1,
+                    DeliveryOutcome::Duplicate => stats.duplicates += 1,
+                    DeliveryOutcome::DeadLettered { .. } => stats.dead_lettered += 1,
                 }
                 if let Some(through) = window.finish(&at) {
                     if let Err(e) = kafka.store_offset(&at.topic, at.partition, through) {
@@ -785,11 +848,11 @@ async fn process_one<I, D, H>(
     delivery: Delivery,
     at: Position,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) -> (Delivery, Position, Option<Outcome>)
+) -> (Delivery, Position, Option<DeliveryOutcome>)
 where
     I: Inbox,
     D: DeadLetter,
-    H: Handler<I::Tx>,
+    H: MessageHandler<I::Tx>,
 {
     let mut backoff = config.store_backoff.backoff();
     loop {

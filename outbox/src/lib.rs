@@ -33,6 +33,16 @@
 //! # }
 //! ```
 //!
+//! # Semver
+//!
+//! Settings (`RelayConfig`, `kafka::ConsumerConfig`) and reports (`RoundReport`,
+//! `kafka::ConsumerStats`) are `#[non_exhaustive]`: build settings from
+//! `RelayConfig::with_id` / `ConsumerConfig::new` and their `with_*` methods (or assign
+//! fields), so a new setting is not a breaking change. So are the enums that may grow
+//! (`Error`, `HandlerError`, `DeliveryOutcome`). Deliberately open: the data that
+//! backends and callers build field by field (`OutboxMessage`, `Delivery`, `Backlog`) and
+//! `idempotency::Reservation`, whose states every caller must handle.
+//!
 //! # Cargo features
 //!
 #![doc = document_features::document_features!()]
@@ -57,7 +67,7 @@ pub mod sqlite;
 mod store;
 pub mod trace;
 
-pub use consumer::{Handler, HandlerError, IdempotentConsumer, Outcome};
+pub use consumer::{DeliveryOutcome, HandlerError, IdempotentConsumer, MessageHandler};
 pub use error::{BoxError, Error, Result};
 pub use message::{Delivery, Headers, MessageId, OutboxMessage, MESSAGE_ID_HEADER};
 pub use relay::{Relay, RelayConfig, RelayHandle, RoundReport};

@@ -11,10 +11,10 @@
 //! ```
 //! use outbox::local::LocalBus;
 //! use outbox::memory::{MemoryDeadLetters, MemoryInbox, MemoryOutbox, MemoryTx};
-//! use outbox::{Delivery, Handler, HandlerError, IdempotentConsumer, OutboxMessage, OutboxStore, Relay, RelayConfig, Transactional};
+//! use outbox::{Delivery, MessageHandler, HandlerError, IdempotentConsumer, OutboxMessage, OutboxStore, Relay, RelayConfig, Transactional};
 //!
 //! struct Print;
-//! impl Handler<MemoryTx> for Print {
+//! impl MessageHandler<MemoryTx> for Print {
 //!     async fn handle(&self, _tx: &mut MemoryTx, msg: &Delivery) -> Result<(), HandlerError> {
 //!         println!("{} on {}", String::from_utf8_lossy(&msg.payload), msg.topic);
 //!         Ok(())
@@ -42,9 +42,11 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::store::{DeadLetter, Inbox, Publisher};
-use crate::{Delivery, Error, Handler, IdempotentConsumer, OutboxMessage, Outcome, Result};
+use crate::{
+    Delivery, DeliveryOutcome, Error, IdempotentConsumer, MessageHandler, OutboxMessage, Result,
+};
 
-type Settling = Pin<Box<dyn Future<Output = Result<Outcome>> + Send>>;
+type Settling = Pin<Box<dyn Future<Output = Result<DeliveryOutcome>> + Send>>;
 type Deliver = Arc<dyn Fn(Delivery) -> Settling + Send + Sync>;
 /// Subscriptions: topic → (consumer name, delivery function).
 type Routes = Arc<RwLock<HashMap<String, Vec<(String, Deliver)>>>>;
@@ -86,7 +88,7 @@ impl LocalBus {
     where
         I: Inbox,
         D: DeadLetter,
-        H: Handler<I::Tx> + 'static,
+        H: MessageHandler<I::Tx> + 'static,
     {
         let consumer = Arc::new(consumer);
         let handler = Arc::new(handler);

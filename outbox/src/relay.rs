@@ -13,8 +13,21 @@ use tracing::Instrument;
 use crate::store::{OutboxStore, Publisher};
 use crate::{MessageId, OutboxMessage, Result};
 
-/// Tunables of a [`Relay`].
+/// Tunables of a [`Relay`]: start from [`RelayConfig::with_id`] (or `default()`) and
+/// change what you need with the `with_*` methods or by assigning fields. New settings
+/// may be added in minor versions (the struct is `#[non_exhaustive]`: it cannot be
+/// written as a literal outside this crate).
+///
+/// ```
+/// use std::time::Duration;
+/// let config = outbox::RelayConfig::with_id("order-0")
+///     .with_batch_size(500)
+///     .with_poll_interval(Duration::from_millis(200))
+///     .with_retention(None);
+/// assert_eq!(config.batch_size, 500);
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RelayConfig {
     /// Identifies this relay's leases (several relays may share one outbox). The
     /// default is random, which is right for tests and throwaway relays; in a service
@@ -73,6 +86,42 @@ impl RelayConfig {
             ..Self::default()
         }
     }
+
+    /// [`batch_size`](Self::batch_size).
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size;
+        self
+    }
+
+    /// [`lease`](Self::lease).
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// [`poll_interval`](Self::poll_interval).
+    pub fn with_poll_interval(mut self, poll_interval: Duration) -> Self {
+        self.poll_interval = poll_interval;
+        self
+    }
+
+    /// [`backoff`](Self::backoff).
+    pub fn with_backoff(mut self, backoff: Retry) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// [`retention`](Self::retention) (`None` keeps sent messages).
+    pub fn with_retention(mut self, retention: Option<Duration>) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// [`backlog_interval`](Self::backlog_interval) (`None` never asks).
+    pub fn with_backlog_interval(mut self, backlog_interval: Option<Duration>) -> Self {
+        self.backlog_interval = backlog_interval;
+        self
+    }
 }
 
 /// Publish one message inside an `outbox.publish` span (a child of the context stored
@@ -127,6 +176,7 @@ async fn publish_one<P: Publisher>(publisher: &P, m: &OutboxMessage) -> Result<(
 
 /// What one round of the relay did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RoundReport {
     /// Messages claimed.
     pub claimed: usize,

@@ -12,7 +12,7 @@ use outbox::kafka::{
 };
 use outbox::memory::{MemoryDeadLetters, MemoryInbox, MemoryOutbox, MemoryTx};
 use outbox::{
-    Delivery, Handler, HandlerError, IdempotentConsumer, OutboxMessage, OutboxStore, Relay,
+    Delivery, HandlerError, IdempotentConsumer, MessageHandler, OutboxMessage, OutboxStore, Relay,
     RelayConfig, Transactional,
 };
 use tokio::sync::watch;
@@ -81,7 +81,7 @@ impl Collect {
     }
 }
 
-impl Handler<MemoryTx> for Collect {
+impl MessageHandler<MemoryTx> for Collect {
     async fn handle(&self, tx: &mut MemoryTx, msg: &Delivery) -> Result<(), HandlerError> {
         if Some(&msg.payload[..]) == self.poison.map(str::as_bytes) {
             return Err(HandlerError::permanent("cannot decode payload"));
@@ -409,7 +409,7 @@ fn member(
 /// Records into two collectors (all members, and this member).
 struct Both(Collect, Collect);
 
-impl Handler<MemoryTx> for Both {
+impl MessageHandler<MemoryTx> for Both {
     async fn handle(&self, tx: &mut MemoryTx, msg: &Delivery) -> Result<(), HandlerError> {
         self.0.handle(tx, msg).await?;
         self.1.handle(tx, msg).await
@@ -613,7 +613,7 @@ struct Gated {
     open: watch::Receiver<bool>,
 }
 
-impl Handler<MemoryTx> for Gated {
+impl MessageHandler<MemoryTx> for Gated {
     async fn handle(&self, tx: &mut MemoryTx, msg: &Delivery) -> Result<(), HandlerError> {
         if &msg.payload[..] == b"slow" {
             let _ = self.open.clone().wait_for(|o| *o).await;

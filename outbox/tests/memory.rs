@@ -10,8 +10,8 @@ mod support;
 use outbox::conformance;
 use outbox::memory::{MemoryBroker, MemoryDeadLetters, MemoryInbox, MemoryOutbox, MemoryTx};
 use outbox::{
-    Delivery, Handler, HandlerError, IdempotentConsumer, OutboxMessage, OutboxStore, Outcome,
-    Publisher, Relay, RelayConfig, Transactional,
+    Delivery, DeliveryOutcome, HandlerError, IdempotentConsumer, MessageHandler, OutboxMessage,
+    OutboxStore, Publisher, Relay, RelayConfig, Transactional,
 };
 
 #[tokio::test(start_paused = true)]
@@ -30,11 +30,7 @@ async fn memory_inbox_conformance() {
 }
 
 fn config() -> RelayConfig {
-    RelayConfig {
-        relay_id: "r".into(),
-        poll_interval: Duration::from_secs(3600),
-        ..RelayConfig::default()
-    }
+    RelayConfig::with_id("r").with_poll_interval(Duration::from_secs(3600))
 }
 
 #[tokio::test]
@@ -102,13 +98,12 @@ async fn a_poison_key_backs_off_alone_and_never_slows_the_others() {
     let store = MemoryOutbox::new();
     let broker = MemoryBroker::new();
     broker.fail_key("poison");
-    let cfg = RelayConfig {
-        backoff: resilience::Retry::default()
+    let cfg = config().with_backoff(
+        resilience::Retry::default()
             .max_attempts(u32::MAX)
             .base_delay(Duration::from_secs(10))
             .max_delay(Duration::from_secs(60)),
-        ..config()
-    };
+    );
     let poison = OutboxMessage::new("t", "poison", "too large");
     let mut tx = store.begin().await.unwrap();
     store.enqueue(&mut tx, poison.clone()).await.unwrap();
@@ -247,7 +242,7 @@ async fn a_relay_killed_mid_round_loses_nothing_and_its_successor_does_not_wait(
 /// Fails transiently every time, like a message the payment service cannot apply.
 struct AlwaysFails(Arc<AtomicU32>);
 
-impl Handler<MemoryTx> for AlwaysFails {
+impl MessageHandler<MemoryTx> for AlwaysFails {
     async fn handle(&self, _tx: &mut MemoryTx, _msg: &Delivery) -> Result<(), HandlerError> {
         self.0.fetch_add(1, Ordering::SeqCst);
         Err(HandlerError::transient("database deadlock"))
@@ -264,7 +259,9 @@ async fn poison_message_is_dead_lettered_after_three_attempts() {
     let d = OutboxMessage::new("saga.commands", "order-9", "poison").to_delivery();
 
     let outcome = consumer.process(&d, &handler).await.unwrap();
-    assert!(matches!(outcome, Outcome::DeadLettered { ref reason } if reason.contains("deadlock")));
+    assert!(
+        matches!(outcome, DeliveryOutcome::DeadLettered { ref reason } if reason.contains("deadlock"))
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 3);
     let parked = dlq.parked();
     assert_eq!(parked.len(), 1);
@@ -274,7 +271,7 @@ async fn poison_message_is_dead_lettered_after_three_attempts() {
     // Redelivered after dead-lettering: recognised as settled, not parked twice.
     assert_eq!(
         consumer.process(&d, &handler).await.unwrap(),
-        Outcome::Duplicate
+        DeliveryOutcome::Duplicate
     );
     assert_eq!(dlq.parked().len(), 1);
     assert_eq!(calls.load(Ordering::SeqCst), 3);
@@ -282,7 +279,7 @@ async fn poison_message_is_dead_lettered_after_three_attempts() {
 
 struct Undecodable;
 
-impl Handler<MemoryTx> for Undecodable {
+impl MessageHandler<MemoryTx> for Undecodable {
     async fn handle(&self, _tx: &mut MemoryTx, _msg: &Delivery) -> Result<(), HandlerError> {
         Err(HandlerError::permanent("cannot decode payload"))
     }
@@ -295,15 +292,15 @@ async fn permanent_failure_skips_retries() {
     let d = OutboxMessage::new("saga.commands", "k", "garbage").to_delivery();
     let outcome = consumer.process(&d, &Undecodable).await.unwrap();
     assert!(
-        matches!(outcome, Outcome::DeadLettered { ref reason } if reason.contains("1 attempt"))
+        matches!(outcome, DeliveryOutcome::DeadLettered { ref reason } if reason.contains("1 attempt"))
     );
     assert_eq!(dlq.parked().len(), 1);
 }
 
-/// Handler whose writes (an outbox reply) go through the same unit of work as the inbox.
+/// MessageHandler whose writes (an outbox reply) go through the same unit of work as the inbox.
 struct Reply(MemoryOutbox);
 
-impl Handler<MemoryTx> for Reply {
+impl MessageHandler<MemoryTx> for Reply {
     async fn handle(&self, tx: &mut MemoryTx, msg: &Delivery) -> Result<(), HandlerError> {
         self.0
             .enqueue(
@@ -325,7 +322,7 @@ async fn handler_writes_commit_with_the_inbox_record_exactly_once() {
     assert_eq!(
         outcomes
             .iter()
-            .filter(|o| **o == Outcome::Processed)
+            .filter(|o| **o == DeliveryOutcome::Processed)
             .count(),
         1
     );
@@ -336,7 +333,7 @@ async fn futures_join(
     consumer: &IdempotentConsumer<MemoryInbox, MemoryDeadLetters>,
     handler: &Reply,
     d: &Delivery,
-) -> Vec<Outcome> {
+) -> Vec<DeliveryOutcome> {
     let (a, b, c) = tokio::join!(
         consumer.process(d, handler),
         consumer.process(d, handler),
@@ -356,7 +353,7 @@ mod local_bus {
         accept_all: bool,
     }
 
-    impl Handler<MemoryTx> for Sink {
+    impl MessageHandler<MemoryTx> for Sink {
         async fn handle(&self, tx: &mut MemoryTx, msg: &Delivery) -> Result<(), HandlerError> {
             if !self.accept_all && &msg.payload[..] == b"poison" {
                 return Err(HandlerError::permanent("cannot decode"));
@@ -487,7 +484,7 @@ impl outbox::Inbox for ConflictingCommits {
 /// Counts the deliveries whose unit of work committed.
 struct Committed(Arc<AtomicU32>);
 
-impl Handler<MemoryTx> for Committed {
+impl MessageHandler<MemoryTx> for Committed {
     async fn handle(&self, _tx: &mut MemoryTx, _msg: &Delivery) -> Result<(), HandlerError> {
         Ok(())
     }
@@ -511,7 +508,7 @@ async fn a_conflict_at_commit_is_retried_not_taken_for_a_duplicate() {
         .unwrap();
     assert_eq!(
         outcome,
-        Outcome::Processed,
+        DeliveryOutcome::Processed,
         "the effect must not be dropped"
     );
     assert_eq!(committed.load(Ordering::SeqCst), 1);
@@ -520,14 +517,14 @@ async fn a_conflict_at_commit_is_retried_not_taken_for_a_duplicate() {
         .process(&msg, &Committed(committed.clone()))
         .await
         .unwrap();
-    assert_eq!(again, Outcome::Duplicate);
+    assert_eq!(again, DeliveryOutcome::Duplicate);
     assert_eq!(committed.load(Ordering::SeqCst), 1);
 }
 
 /// Fails with an infrastructure error (database down, deadlock) a number of times.
 struct DatabaseDown(Arc<AtomicU32>);
 
-impl Handler<MemoryTx> for DatabaseDown {
+impl MessageHandler<MemoryTx> for DatabaseDown {
     async fn handle(&self, _tx: &mut MemoryTx, _msg: &Delivery) -> Result<(), HandlerError> {
         if self
             .0
@@ -554,7 +551,7 @@ async fn infrastructure_failures_are_never_dead_lettered() {
     assert!(consumer.process(&msg, &handler).await.is_err()); // 3 attempts, 3 failures
     assert_eq!(
         consumer.process(&msg, &handler).await.unwrap(),
-        Outcome::Processed
+        DeliveryOutcome::Processed
     );
     assert!(
         dead.parked().is_empty(),

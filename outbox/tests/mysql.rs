@@ -8,8 +8,8 @@ use outbox::conformance::{self, mysql::TestDb};
 use outbox::memory::MemoryDeadLetters;
 use outbox::mysql::{MySqlInbox, MySqlOutbox, MySqlTx};
 use outbox::{
-    Delivery, Handler, HandlerError, IdempotentConsumer, OutboxMessage, OutboxStore, Outcome,
-    Transactional,
+    Delivery, DeliveryOutcome, HandlerError, IdempotentConsumer, MessageHandler, OutboxMessage,
+    OutboxStore, Transactional,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,7 +61,7 @@ async fn mysql_inbox_conformance() {
 /// A business effect written in the consumer's transaction.
 struct Debit;
 
-impl Handler<MySqlTx> for Debit {
+impl MessageHandler<MySqlTx> for Debit {
     async fn handle(&self, tx: &mut MySqlTx, msg: &Delivery) -> Result<(), HandlerError> {
         sqlx::query("INSERT INTO debits (msg) VALUES (?)")
             .bind(msg.id.to_string())
@@ -96,7 +96,7 @@ async fn concurrent_duplicate_deliveries_apply_once() {
     }
     let mut processed = 0;
     for t in tasks {
-        if t.await.unwrap() == Outcome::Processed {
+        if t.await.unwrap() == DeliveryOutcome::Processed {
             processed += 1;
         }
     }

@@ -7,8 +7,8 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use outbox::memory::{MemoryBroker, MemoryDeadLetters, MemoryInbox, MemoryOutbox, MemoryTx};
 use outbox::{
-    Delivery, Handler, HandlerError, IdempotentConsumer, OutboxMessage, OutboxStore, Outcome,
-    Relay, RelayConfig, Transactional,
+    Delivery, DeliveryOutcome, HandlerError, IdempotentConsumer, MessageHandler, OutboxMessage,
+    OutboxStore, Relay, RelayConfig, Transactional,
 };
 use tracing::Instrument;
 use tracing_subscriber::layer::SubscriberExt;
@@ -16,7 +16,7 @@ use tracing_subscriber::layer::SubscriberExt;
 /// Handles a command by enqueuing a reply.
 struct Reply(MemoryOutbox);
 
-impl Handler<MemoryTx> for Reply {
+impl MessageHandler<MemoryTx> for Reply {
     async fn handle(&self, tx: &mut MemoryTx, msg: &Delivery) -> Result<(), HandlerError> {
         let reply = OutboxMessage::new("replies", msg.key.clone(), "ok");
         self.0
@@ -66,7 +66,7 @@ async fn one_trace_from_enqueue_through_publish_and_consume_to_the_reply() {
         .process(&sent[0].to_delivery(), &Reply(store.clone()))
         .await
         .unwrap();
-    assert_eq!(outcome, Outcome::Processed);
+    assert_eq!(outcome, DeliveryOutcome::Processed);
     assert_eq!(relay.run_once().await.unwrap().published, 1);
     let reply = broker.published_on("replies");
 

@@ -66,6 +66,7 @@ const HALF_OPEN: u8 = 2;
 /// A state change of a breaker, passed to the [`on_transition`](CircuitBreakerBuilder::on_transition)
 /// callback (attach metrics or logs there).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Transition {
     /// The breaker's name.
     pub name: Arc<str>,
@@ -75,8 +76,20 @@ pub struct Transition {
     pub to: BreakerState,
 }
 
-/// Tunables of a [`CircuitBreaker`].
+/// Tunables of a [`CircuitBreaker`]: `default()` and the `with_*` methods (or
+/// [`CircuitBreaker::builder`]). New settings may be added in minor versions (the
+/// struct is `#[non_exhaustive]`).
+///
+/// ```
+/// use std::time::Duration;
+/// use resilience::BreakerConfig;
+/// let config = BreakerConfig::default()
+///     .with_failure_threshold(3)
+///     .with_open_timeout(Duration::from_secs(10));
+/// assert_eq!(config.failure_threshold, 3);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BreakerConfig {
     /// Consecutive failures that open the breaker (default 5).
     pub failure_threshold: u32,
@@ -90,6 +103,20 @@ impl Default for BreakerConfig {
             failure_threshold: 5,
             open_timeout: Duration::from_secs(30),
         }
+    }
+}
+
+impl BreakerConfig {
+    /// [`failure_threshold`](Self::failure_threshold).
+    pub fn with_failure_threshold(mut self, failure_threshold: u32) -> Self {
+        self.failure_threshold = failure_threshold;
+        self
+    }
+
+    /// [`open_timeout`](Self::open_timeout).
+    pub fn with_open_timeout(mut self, open_timeout: Duration) -> Self {
+        self.open_timeout = open_timeout;
+        self
     }
 }
 

@@ -40,6 +40,14 @@
 //! | `resilience_retries_total` | counter | `retry` | retries made (attempts after the first) by a policy ([`Retry::named`]) |
 //! | `resilience_rate_limit_rejections_total` | counter | `limiter` (`memory`, `redis`) | requests refused |
 //!
+//! # Semver
+//!
+//! `BreakerConfig` and `Transition` are `#[non_exhaustive]` (build the config from
+//! `default()` with its `with_*` methods or [`CircuitBreaker::builder`]), and so are the
+//! error enums `BreakerError` and `RetryError`. `BreakerState` is exhaustive on purpose
+//! (closed, open, half-open is the pattern); `RateDecision` stays open for custom
+//! limiters to build.
+//!
 //! # Cargo features
 //!
 #![doc = document_features::document_features!()]

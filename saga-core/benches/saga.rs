@@ -7,8 +7,8 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use outbox::memory::MemoryTx;
 use saga_core::{
-    transition, CommandSink, Dispatch, MemorySagaStore, Orchestrator, SagaCommand, SagaDefinition,
-    SagaEvent, SagaId, SagaInstance, SagaState,
+    transition, CommandSink, Dispatched, MemorySagaStore, Orchestrator, SagaCommand,
+    SagaDefinition, SagaEvent, SagaId, SagaInstance, SagaState,
 };
 
 fn def() -> SagaDefinition {
@@ -23,11 +23,11 @@ impl CommandSink<MemoryTx> for Sink {
         _: &mut MemoryTx,
         _: &SagaInstance,
         cmd: &SagaCommand,
-    ) -> saga_core::Result<Dispatch> {
+    ) -> saga_core::Result<Dispatched> {
         Ok(if cmd.name.starts_with("payment.") {
-            Dispatch::Sent
+            Dispatched::Sent
         } else {
-            Dispatch::Succeeded
+            Dispatched::Succeeded
         })
     }
 }
@@ -59,7 +59,7 @@ fn saga(c: &mut Criterion) {
                 .unwrap();
             tx.commit().unwrap();
             black_box(
-                orch.handle_now(id, SagaEvent::StepSucceeded { step: 1 })
+                orch.handle_and_commit(id, SagaEvent::StepSucceeded { step: 1 })
                     .await
                     .unwrap(),
             )

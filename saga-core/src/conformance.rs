@@ -47,13 +47,13 @@ impl<O: outbox::OutboxStore> crate::CommandSink<O::Tx> for OutboxSink<O> {
         tx: &mut O::Tx,
         saga: &SagaInstance,
         cmd: &crate::SagaCommand,
-    ) -> crate::Result<crate::Dispatch> {
+    ) -> crate::Result<crate::Dispatched> {
         if !cmd.name.contains('.') {
-            return Ok(crate::Dispatch::Succeeded);
+            return Ok(crate::Dispatched::Succeeded);
         }
         let m = outbox::OutboxMessage::new("saga.commands", saga.id.to_string(), cmd.name.clone());
         self.0.enqueue(tx, m).await.map_err(Error::dispatch)?;
-        Ok(crate::Dispatch::Sent)
+        Ok(crate::Dispatched::Sent)
     }
 }
 

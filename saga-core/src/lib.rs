@@ -19,8 +19,8 @@
 //! struct Sink;
 //! impl CommandSink<MemoryTx> for Sink {
 //!     async fn dispatch(&self, _tx: &mut MemoryTx, _saga: &SagaInstance, cmd: &SagaCommand)
-//!         -> saga_core::Result<Dispatch> {
-//!         Ok(if cmd.name.starts_with("payment.") { Dispatch::Sent } else { Dispatch::Succeeded })
+//!         -> saga_core::Result<Dispatched> {
+//!         Ok(if cmd.name.starts_with("payment.") { Dispatched::Sent } else { Dispatched::Succeeded })
 //!     }
 //! }
 //!
@@ -40,7 +40,7 @@
 //! assert_eq!(started.sent[0].name, "payment.debit");
 //!
 //! // The payment service replied "debited":
-//! let done = orch.handle_now(id, SagaEvent::StepSucceeded { step: 1 }).await?;
+//! let done = orch.handle_and_commit(id, SagaEvent::StepSucceeded { step: 1 }).await?;
 //! assert_eq!(done.saga.state.status, SagaStatus::Completed);
 //! # Ok(())
 //! # }
@@ -65,6 +65,14 @@
 //!
 //! The counters of every registered saga type exist at 0 from [`Orchestrator::register`]
 //! on, so an alert on them sees 0 rather than nothing.
+//!
+//! # Semver
+//!
+//! `Error`, `Dispatched` and `Applied` are `#[non_exhaustive]`. The state machine's
+//! enums (`SagaStatus`, `StepStatus`, `SagaEvent`, `CommandKind`) are exhaustive on
+//! purpose: a new state or event changes what every caller must handle, so it comes
+//! with a major version. Store data (`SagaInstance`, `HistoryEntry`, `SagaQuery`,
+//! `Census`) stays open for backends to build.
 //!
 //! # Cargo features
 //!
@@ -94,7 +102,7 @@ pub use machine::{
     transition, CommandKind, Ignored, SagaEvent, SagaState, SagaStatus, StepCommand, StepStatus,
     Transition,
 };
-pub use orchestrator::{Applied, CommandSink, Dispatch, Orchestrator, SagaCommand};
+pub use orchestrator::{Applied, CommandSink, Dispatched, Orchestrator, SagaCommand};
 pub use store::{Census, HistoryEntry, MemorySagaStore, SagaQuery, SagaStore, UNFINISHED};
 
 // The crates this API takes and returns, re-exported so a user needs no matching

@@ -35,9 +35,10 @@ pub struct SagaCommand {
     pub idempotency_key: String,
 }
 
-/// What the sink did with a command.
+/// What a [`CommandSink`] did with a command.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Dispatch {
+#[non_exhaustive]
+pub enum Dispatched {
     /// Handed on (written to the outbox); the reply comes later as an event.
     Sent,
     /// Executed locally within the unit of work, successfully.
@@ -56,17 +57,18 @@ pub trait CommandSink<Tx>: Send + Sync {
         tx: &mut Tx,
         saga: &SagaInstance,
         cmd: &SagaCommand,
-    ) -> impl Future<Output = Result<Dispatch>> + Send;
+    ) -> impl Future<Output = Result<Dispatched>> + Send;
 }
 
 /// What [`Orchestrator::handle`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Applied {
     /// The saga after the event (as it will be once the unit of work commits).
     pub saga: SagaInstance,
     /// Whether anything changed (false: the event was a duplicate / stale / out of order).
     pub changed: bool,
-    /// Commands handed on with [`Dispatch::Sent`].
+    /// Commands handed on with [`Dispatched::Sent`].
     pub sent: Vec<SagaCommand>,
     /// What the change recorded in the saga's history ([`SagaStore::history`]).
     pub history: Vec<crate::HistoryEntry>,
@@ -103,7 +105,7 @@ fn system_now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// How many times [`Orchestrator::handle_now`] retries after an optimistic-lock conflict.
+/// How many times [`Orchestrator::handle_and_commit`] retries after an optimistic-lock conflict.
 const CONFLICT_RETRIES: usize = 5;
 
 impl<S: SagaStore, D: CommandSink<S::Tx>> Orchestrator<S, D> {
@@ -211,7 +213,7 @@ impl<S: SagaStore, D: CommandSink<S::Tx>> Orchestrator<S, D> {
     }
 
     /// Apply `event` in a unit of work of its own, retrying on optimistic-lock conflicts.
-    pub async fn handle_now(&self, id: SagaId, event: SagaEvent) -> Result<Applied> {
+    pub async fn handle_and_commit(&self, id: SagaId, event: SagaEvent) -> Result<Applied> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -253,7 +255,7 @@ impl<S: SagaStore, D: CommandSink<S::Tx>> Orchestrator<S, D> {
             for step in due_steps {
                 tracing::warn!(saga_id = %id, step, "истёк срок ожидания ответа шага саги");
                 match self
-                    .handle_now(id, SagaEvent::DeadlineExpired { step })
+                    .handle_and_commit(id, SagaEvent::DeadlineExpired { step })
                     .await
                 {
                     Ok(a) if a.changed => changed.push(id),
@@ -279,7 +281,7 @@ impl<S: SagaStore, D: CommandSink<S::Tx>> Orchestrator<S, D> {
     /// # struct Sink;
     /// # impl CommandSink<MemoryTx> for Sink {
     /// #     async fn dispatch(&self, _: &mut MemoryTx, _: &SagaInstance, _: &SagaCommand)
-    /// #         -> saga_core::Result<Dispatch> { Ok(Dispatch::Sent) }
+    /// #         -> saga_core::Result<Dispatched> { Ok(Dispatched::Sent) }
     /// # }
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
@@ -418,9 +420,9 @@ impl<S: SagaStore, D: CommandSink<S::Tx>> Orchestrator<S, D> {
                 };
                 let dispatched = self.sink.dispatch(tx, &saga, &cmd).await?;
                 let outcome = match &dispatched {
-                    Dispatch::Sent => "sent".to_owned(),
-                    Dispatch::Succeeded => "done locally".to_owned(),
-                    Dispatch::Failed(reason) => format!("failed locally: {reason}"),
+                    Dispatched::Sent => "sent".to_owned(),
+                    Dispatched::Succeeded => "done locally".to_owned(),
+                    Dispatched::Failed(reason) => format!("failed locally: {reason}"),
                 };
                 note(
                     "command",
@@ -433,17 +435,17 @@ impl<S: SagaStore, D: CommandSink<S::Tx>> Orchestrator<S, D> {
                     ),
                 );
                 match dispatched {
-                    Dispatch::Sent => {
+                    Dispatched::Sent => {
                         saga.deadlines[c.step] = step.deadline.map(|d| now + d.as_millis() as i64);
                         sent.push(cmd);
                     }
-                    Dispatch::Succeeded => queue.push_back(match c.kind {
+                    Dispatched::Succeeded => queue.push_back(match c.kind {
                         CommandKind::Action => SagaEvent::StepSucceeded { step: c.step },
                         CommandKind::Compensation => {
                             SagaEvent::CompensationSucceeded { step: c.step }
                         }
                     }),
-                    Dispatch::Failed(reason) => match c.kind {
+                    Dispatched::Failed(reason) => match c.kind {
                         CommandKind::Action => queue.push_back(SagaEvent::StepFailed {
                             step: c.step,
                             reason,

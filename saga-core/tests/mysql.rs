@@ -10,7 +10,7 @@ use outbox::mysql::{MySqlOutbox, MySqlTx};
 use outbox::{OutboxMessage, OutboxStore, Transactional};
 use saga_core::mysql::{migrate, MySqlSagaStore};
 use saga_core::{
-    CommandSink, Dispatch, Orchestrator, SagaCommand, SagaEvent, SagaId, SagaInstance, SagaStatus,
+    CommandSink, Dispatched, Orchestrator, SagaCommand, SagaEvent, SagaId, SagaInstance, SagaStatus,
 };
 
 async fn db() -> TestDb {
@@ -48,7 +48,7 @@ impl CommandSink<MySqlTx> for Sink {
         tx: &mut MySqlTx,
         saga: &SagaInstance,
         cmd: &SagaCommand,
-    ) -> saga_core::Result<Dispatch> {
+    ) -> saga_core::Result<Dispatched> {
         let status = match cmd.name.as_str() {
             "create_order" => "PENDING",
             "cancel_order" => "CANCELLED",
@@ -60,7 +60,7 @@ impl CommandSink<MySqlTx> for Sink {
                     .enqueue(tx, msg)
                     .await
                     .map_err(saga_core::Error::dispatch)?;
-                return Ok(Dispatch::Sent);
+                return Ok(Dispatched::Sent);
             }
         };
         sqlx::query("REPLACE INTO orders (id, status) VALUES (?, ?)")
@@ -69,7 +69,7 @@ impl CommandSink<MySqlTx> for Sink {
             .execute(&mut **tx)
             .await
             .map_err(saga_core::Error::dispatch)?;
-        Ok(Dispatch::Succeeded)
+        Ok(Dispatched::Succeeded)
     }
 }
 
@@ -124,7 +124,7 @@ async fn saga_order_and_command_commit_together() {
     for _ in 0..4 {
         let o = orch.clone();
         tasks.push(tokio::spawn(async move {
-            o.handle_now(id, SagaEvent::StepSucceeded { step: 1 })
+            o.handle_and_commit(id, SagaEvent::StepSucceeded { step: 1 })
                 .await
                 .unwrap()
                 .changed

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use outbox::memory::{MemoryOutbox, MemoryTx};
 use outbox::{OutboxMessage, OutboxStore, Transactional};
 use saga_core::{
-    CommandKind, CommandSink, Dispatch, MemorySagaStore, Orchestrator, SagaCommand, SagaDefinition,
-    SagaEvent, SagaId, SagaInstance, SagaStatus, SagaStore, StepStatus,
+    CommandKind, CommandSink, Dispatched, MemorySagaStore, Orchestrator, SagaCommand,
+    SagaDefinition, SagaEvent, SagaId, SagaInstance, SagaStatus, SagaStore, StepStatus,
 };
 
 /// Order rows, committed through the unit of work like a real repository.
@@ -44,22 +44,22 @@ impl CommandSink<MemoryTx> for Sink {
         tx: &mut MemoryTx,
         saga: &SagaInstance,
         cmd: &SagaCommand,
-    ) -> saga_core::Result<Dispatch> {
+    ) -> saga_core::Result<Dispatched> {
         match cmd.name.as_str() {
             "create_order" => {
                 self.orders.set(tx, saga.id, "PENDING");
-                Ok(Dispatch::Succeeded)
+                Ok(Dispatched::Succeeded)
             }
             "cancel_order" => {
                 self.orders.set(tx, saga.id, "CANCELLED");
-                Ok(Dispatch::Succeeded)
+                Ok(Dispatched::Succeeded)
             }
             "confirm_order" if self.fail_confirm => {
-                Ok(Dispatch::Failed("order was cancelled".into()))
+                Ok(Dispatched::Failed("order was cancelled".into()))
             }
             "confirm_order" => {
                 self.orders.set(tx, saga.id, "CONFIRMED");
-                Ok(Dispatch::Succeeded)
+                Ok(Dispatched::Succeeded)
             }
             remote => {
                 let msg =
@@ -69,7 +69,7 @@ impl CommandSink<MemoryTx> for Sink {
                     .enqueue(tx, msg)
                     .await
                     .map_err(saga_core::Error::dispatch)?;
-                Ok(Dispatch::Sent)
+                Ok(Dispatched::Sent)
             }
         }
     }
@@ -165,7 +165,7 @@ async fn happy_path_commits_saga_order_and_command_together() {
 
     let a = w
         .orch
-        .handle_now(id, SagaEvent::StepSucceeded { step: 1 })
+        .handle_and_commit(id, SagaEvent::StepSucceeded { step: 1 })
         .await
         .unwrap();
     assert!(a.changed);
@@ -180,7 +180,7 @@ async fn declined_payment_cancels_the_order_and_fails() {
     let w = world(true, false);
     let id = w.start().await;
     w.orch
-        .handle_now(
+        .handle_and_commit(
             id,
             SagaEvent::StepFailed {
                 step: 1,
@@ -203,7 +203,7 @@ async fn duplicate_and_stale_replies_change_nothing() {
     let w = world(true, false);
     let id = w.start().await;
     w.orch
-        .handle_now(id, SagaEvent::StepSucceeded { step: 1 })
+        .handle_and_commit(id, SagaEvent::StepSucceeded { step: 1 })
         .await
         .unwrap();
     let version = w.saga(id).version;
@@ -216,7 +216,7 @@ async fn duplicate_and_stale_replies_change_nothing() {
         SagaEvent::DeadlineExpired { step: 1 },
         SagaEvent::CompensationSucceeded { step: 1 },
     ] {
-        let a = w.orch.handle_now(id, e).await.unwrap();
+        let a = w.orch.handle_and_commit(id, e).await.unwrap();
         assert!(!a.changed);
     }
     assert_eq!(w.saga(id).version, version);
@@ -284,13 +284,13 @@ async fn missed_deadline_refunds_blindly_then_cancels() {
     // A late debit success while the refund is in flight changes nothing.
     assert!(
         !w.orch
-            .handle_now(id, SagaEvent::StepSucceeded { step: 1 })
+            .handle_and_commit(id, SagaEvent::StepSucceeded { step: 1 })
             .await
             .unwrap()
             .changed
     );
     w.orch
-        .handle_now(id, SagaEvent::CompensationSucceeded { step: 1 })
+        .handle_and_commit(id, SagaEvent::CompensationSucceeded { step: 1 })
         .await
         .unwrap();
     assert_eq!(w.label(id), "FAILED");
@@ -314,14 +314,14 @@ async fn late_success_after_failure_is_refunded() {
     // The debit did happen after all:
     let a = w
         .orch
-        .handle_now(id, SagaEvent::StepSucceeded { step: 1 })
+        .handle_and_commit(id, SagaEvent::StepSucceeded { step: 1 })
         .await
         .unwrap();
     assert_eq!(a.sent.len(), 1);
     assert_eq!(a.sent[0].kind, CommandKind::Compensation);
     assert_eq!(w.commands().await, ["payment.refund"]);
     w.orch
-        .handle_now(id, SagaEvent::CompensationSucceeded { step: 1 })
+        .handle_and_commit(id, SagaEvent::CompensationSucceeded { step: 1 })
         .await
         .unwrap();
     assert_eq!(w.label(id), "FAILED");
@@ -334,13 +334,13 @@ async fn local_step_failure_compensates_the_remote_one() {
     let id = w.start().await;
     w.commands().await;
     w.orch
-        .handle_now(id, SagaEvent::StepSucceeded { step: 1 })
+        .handle_and_commit(id, SagaEvent::StepSucceeded { step: 1 })
         .await
         .unwrap();
     assert_eq!(w.label(id), "COMPENSATING");
     assert_eq!(w.commands().await, ["payment.refund"]);
     w.orch
-        .handle_now(id, SagaEvent::CompensationSucceeded { step: 1 })
+        .handle_and_commit(id, SagaEvent::CompensationSucceeded { step: 1 })
         .await
         .unwrap();
     assert_eq!(w.label(id), "FAILED");
@@ -372,7 +372,7 @@ async fn concurrent_replies_apply_once() {
         let w = w.clone();
         tasks.push(tokio::spawn(async move {
             w.orch
-                .handle_now(id, SagaEvent::StepSucceeded { step: 1 })
+                .handle_and_commit(id, SagaEvent::StepSucceeded { step: 1 })
                 .await
                 .unwrap()
                 .changed
@@ -411,7 +411,9 @@ async fn stale_version_update_conflicts() {
 async fn unknown_saga_and_type_are_errors() {
     let w = world(true, false);
     assert!(matches!(
-        w.orch.handle_now(SagaId::new(), SagaEvent::Start).await,
+        w.orch
+            .handle_and_commit(SagaId::new(), SagaEvent::Start)
+            .await,
         Err(saga_core::Error::NotFound(_))
     ));
     let mut tx = MemoryTx::new();

@@ -72,7 +72,7 @@ async fn a_saga_in_flight_survives_a_restart() {
     );
     let orch = Orchestrator::new(SqliteSagaStore::new(pool.clone()), Sink(outbox)).register(def());
     let done = orch
-        .handle_now(id, SagaEvent::StepSucceeded { step: 1 })
+        .handle_and_commit(id, SagaEvent::StepSucceeded { step: 1 })
         .await
         .unwrap();
     assert_eq!(done.saga.state.status, SagaStatus::Completed);

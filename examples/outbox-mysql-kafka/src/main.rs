@@ -15,7 +15,7 @@ use std::time::Duration;
 use outbox::kafka::{ensure_topics, run_consumer, ConsumerConfig, KafkaDeadLetter, KafkaPublisher};
 use outbox::mysql::{MySqlInbox, MySqlOutbox, MySqlTx};
 use outbox::{
-    Delivery, Handler, HandlerError, IdempotentConsumer, OutboxMessage, OutboxStore, Relay,
+    Delivery, HandlerError, IdempotentConsumer, MessageHandler, OutboxMessage, OutboxStore, Relay,
     RelayConfig, Transactional,
 };
 
@@ -23,7 +23,7 @@ use outbox::{
 /// message in the inbox.
 struct CountGreetings(tokio::sync::mpsc::UnboundedSender<String>);
 
-impl Handler<MySqlTx> for CountGreetings {
+impl MessageHandler<MySqlTx> for CountGreetings {
     async fn handle(&self, tx: &mut MySqlTx, msg: &Delivery) -> Result<(), HandlerError> {
         let name = String::from_utf8_lossy(&msg.payload).into_owned();
         sqlx::query("UPDATE greetings SET seen = seen + 1 WHERE name = ?")

@@ -15,11 +15,11 @@ use bytes::Bytes;
 use outbox::local::LocalBus;
 use outbox::memory::{MemoryDeadLetters, MemoryInbox, MemoryOutbox, MemoryTx};
 use outbox::{
-    Delivery, Handler, HandlerError, IdempotentConsumer, OutboxMessage, OutboxStore, Relay,
+    Delivery, HandlerError, IdempotentConsumer, MessageHandler, OutboxMessage, OutboxStore, Relay,
     RelayConfig, Transactional,
 };
 use saga_core::{
-    CommandSink, Dispatch, MemorySagaStore, Orchestrator, SagaCommand, SagaDefinition, SagaEvent,
+    CommandSink, Dispatched, MemorySagaStore, Orchestrator, SagaCommand, SagaDefinition, SagaEvent,
     SagaId, SagaInstance, Step,
 };
 use tokio::sync::mpsc;
@@ -46,7 +46,7 @@ impl CommandSink<MemoryTx> for OrderSink {
         tx: &mut MemoryTx,
         saga: &SagaInstance,
         cmd: &SagaCommand,
-    ) -> saga_core::Result<Dispatch> {
+    ) -> saga_core::Result<Dispatched> {
         match cmd.name.as_str() {
             "create_order" => self.set(tx, saga.id, "PENDING"),
             "cancel_order" => self.set(tx, saga.id, "CANCELLED"),
@@ -59,10 +59,10 @@ impl CommandSink<MemoryTx> for OrderSink {
                     .enqueue(tx, msg)
                     .await
                     .map_err(saga_core::Error::dispatch)?;
-                return Ok(Dispatch::Sent);
+                return Ok(Dispatched::Sent);
             }
         }
-        Ok(Dispatch::Succeeded)
+        Ok(Dispatched::Succeeded)
     }
 }
 
@@ -73,7 +73,7 @@ struct Payment {
     replies: MemoryOutbox,
 }
 
-impl Handler<MemoryTx> for Payment {
+impl MessageHandler<MemoryTx> for Payment {
     async fn handle(&self, tx: &mut MemoryTx, msg: &Delivery) -> Result<(), HandlerError> {
         let text = String::from_utf8(msg.payload.to_vec()).map_err(HandlerError::permanent)?;
         let mut parts = text.split(['|', ':']);
@@ -108,7 +108,7 @@ struct Replies {
     done: mpsc::UnboundedSender<SagaId>,
 }
 
-impl Handler<MemoryTx> for Replies {
+impl MessageHandler<MemoryTx> for Replies {
     async fn handle(&self, tx: &mut MemoryTx, msg: &Delivery) -> Result<(), HandlerError> {
         let id = SagaId(msg.key.parse().map_err(HandlerError::permanent)?);
         let event = match &msg.payload[..] {

@@ -575,7 +575,7 @@ async fn payment_rows(sys: &System, order_id: &str) -> Vec<(String, i64)> {
 #[derive(Clone, Default)]
 struct Collect(std::sync::Arc<std::sync::Mutex<Vec<outbox::Delivery>>>);
 
-impl outbox::Handler<outbox::memory::MemoryTx> for Collect {
+impl outbox::MessageHandler<outbox::memory::MemoryTx> for Collect {
     async fn handle(
         &self,
         _tx: &mut outbox::memory::MemoryTx,

@@ -88,7 +88,11 @@ async fn every_service_works_on_a_tls_only_redis_with_client_certificates() {
     let revoked = api.revoked_token(&user, "password-123").await;
     let me = |t: String| {
         let api = &api;
-        async move { api.send("GET", "/api/v1/auth/me", None, Some(&t)).await.status }
+        async move {
+            api.send("GET", "/api/v1/auth/me", None, Some(&t))
+                .await
+                .status
+        }
     };
     assert_eq!(me(revoked.clone()).await, 401);
     assert_eq!(me(token.clone()).await, 200);
@@ -96,13 +100,17 @@ async fn every_service_works_on_a_tls_only_redis_with_client_certificates() {
     assert_eq!(redis_cli(redis.port(), &["EXISTS", &key(&revoked)]), "1");
     assert_eq!(redis_cli(redis.port(), &["EXISTS", &key(&token)]), "0");
     // The rate limiter settles its counts there too.
-    eventually("rate-limit counters in Redis", Duration::from_secs(5), || {
-        let port = redis.port();
-        async move {
-            let keys = redis_cli(port, &["--scan", "--pattern", "e2e:*:rate:*"]);
-            (!keys.is_empty()).then_some(())
-        }
-    })
+    eventually(
+        "rate-limit counters in Redis",
+        Duration::from_secs(5),
+        || {
+            let port = redis.port();
+            async move {
+                let keys = redis_cli(port, &["--scan", "--pattern", "e2e:*:rate:*"]);
+                (!keys.is_empty()).then_some(())
+            }
+        },
+    )
     .await;
     // The gateway's subscription runs over TLS: a revocation announced on the channel
     // only (no key written, so asking Redis would not find it) is refused. (Announced
@@ -114,12 +122,16 @@ async fn every_service_works_on_a_tls_only_redis_with_client_certificates() {
     };
     let heard = api.login(&user, "password-123").await;
     assert_eq!(me(heard.clone()).await, 200);
-    eventually("the mirror to hear a revocation", Duration::from_secs(10), || {
-        let t = heard.clone();
-        let me = &me;
-        announced_only(&t);
-        async move { (me(t).await == 401).then_some(()) }
-    })
+    eventually(
+        "the mirror to hear a revocation",
+        Duration::from_secs(10),
+        || {
+            let t = heard.clone();
+            let me = &me;
+            announced_only(&t);
+            async move { (me(t).await == 401).then_some(()) }
+        },
+    )
     .await;
 
     // Killed and restarted: the mirror reconnects over TLS and reloads; the valid token
@@ -132,21 +144,29 @@ async fn every_service_works_on_a_tls_only_redis_with_client_certificates() {
     })
     .await;
     redis.restart().unwrap();
-    eventually("the token to be accepted again", Duration::from_secs(30), || {
-        let t = token.clone();
-        let me = &me;
-        async move { (me(t).await == 200).then_some(()) }
-    })
+    eventually(
+        "the token to be accepted again",
+        Duration::from_secs(30),
+        || {
+            let t = token.clone();
+            let me = &me;
+            async move { (me(t).await == 200).then_some(()) }
+        },
+    )
     .await;
     assert_eq!(me(revoked).await, 401);
     // ... and the new subscription hears the channel again.
     let later = api.login(&user, "password-123").await;
-    eventually("the resubscribed mirror to hear a revocation", Duration::from_secs(15), || {
-        let t = later.clone();
-        let me = &me;
-        announced_only(&t);
-        async move { (me(t).await == 401).then_some(()) }
-    })
+    eventually(
+        "the resubscribed mirror to hear a revocation",
+        Duration::from_secs(15),
+        || {
+            let t = later.clone();
+            let me = &me;
+            announced_only(&t);
+            async move { (me(t).await == 401).then_some(()) }
+        },
+    )
     .await;
     sys.stop().await;
 }

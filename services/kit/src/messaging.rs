@@ -225,11 +225,7 @@ pub fn relay<O: OutboxStore, P: outbox::Publisher>(
     let relay = Relay::new(
         outbox,
         publisher,
-        RelayConfig {
-            relay_id: relay_id(service),
-            poll_interval: Duration::from_millis(500),
-            ..RelayConfig::default()
-        },
+        RelayConfig::with_id(relay_id(service)).with_poll_interval(Duration::from_millis(500)),
     );
     let handle = relay.handle();
     (relay, handle)

@@ -345,7 +345,7 @@ async fn compensate<B: Backend>(
     }
     let mut after = saga;
     for event in events {
-        match op.orchestrator.handle_now(id, event).await {
+        match op.orchestrator.handle_and_commit(id, event).await {
             Ok(applied) => after = applied.saga,
             Err(e) => {
                 counted("compensate", "failed");

@@ -11,13 +11,13 @@ use ordersys_proto::saga::v1::{CommandType, ReplyStatus, SagaCommand as CommandM
 use outbox::idempotency::Cache;
 use outbox::mysql::{MySqlOutbox, MySqlTx};
 use outbox::sqlite::{SqliteOutbox, SqliteTx};
-use outbox::{Delivery, Handler, HandlerError, OutboxMessage, OutboxStore, RelayHandle};
+use outbox::{Delivery, HandlerError, MessageHandler, OutboxMessage, OutboxStore, RelayHandle};
 use prost::Message;
 use saga_core::mysql::MySqlSagaStore;
 use saga_core::sqlite::SqliteSagaStore;
 use saga_core::SagaStore;
 use saga_core::{
-    CommandKind, CommandSink, Dispatch, Orchestrator, SagaCommand, SagaDefinition, SagaEvent,
+    CommandKind, CommandSink, Dispatched, Orchestrator, SagaCommand, SagaDefinition, SagaEvent,
     SagaId, SagaInstance, SagaStatus, Step,
 };
 use uuid::Uuid;
@@ -130,12 +130,12 @@ impl<B: Backend> CommandSink<B::Tx> for OrderSink<B> {
         tx: &mut B::Tx,
         saga: &SagaInstance,
         cmd: &SagaCommand,
-    ) -> saga_core::Result<Dispatch> {
+    ) -> saga_core::Result<Dispatched> {
         let data = data_of(saga)?;
         let db = |e: sqlx::Error| saga_core::Error::dispatch(e);
         match cmd.name.as_str() {
             // The row was inserted in this same unit of work before the saga started.
-            "create_order" => Ok(Dispatch::Succeeded),
+            "create_order" => Ok(Dispatched::Succeeded),
             "cancel_order" | "mark_cancelled" => {
                 let reason =
                     saga.state
@@ -151,7 +151,7 @@ impl<B: Backend> CommandSink<B::Tx> for OrderSink<B> {
                     .await
                     .map_err(db)?;
                 tracing::info!(order_id = %data.order_id, reason = ?reason, "заказ отменён");
-                Ok(Dispatch::Succeeded)
+                Ok(Dispatched::Succeeded)
             }
             "confirm_order" => {
                 let n = self
@@ -160,10 +160,10 @@ impl<B: Backend> CommandSink<B::Tx> for OrderSink<B> {
                     .await
                     .map_err(db)?;
                 if n == 0 {
-                    return Ok(Dispatch::Failed("order is no longer pending".into()));
+                    return Ok(Dispatched::Failed("order is no longer pending".into()));
                 }
                 tracing::info!(order_id = %data.order_id, "заказ подтверждён");
-                Ok(Dispatch::Succeeded)
+                Ok(Dispatched::Succeeded)
             }
             "payment.debit" | "payment.refund" => {
                 let command = if cmd.name == "payment.debit" {
@@ -205,7 +205,7 @@ impl<B: Backend> CommandSink<B::Tx> for OrderSink<B> {
                     .await
                     .map_err(saga_core::Error::dispatch)?;
                 tracing::info!(order_id = %data.order_id, saga_id = %saga.id, command = %cmd.name, "команда саги записана в outbox");
-                Ok(Dispatch::Sent)
+                Ok(Dispatched::Sent)
             }
             other => Err(saga_core::Error::dispatch(format!(
                 "unknown saga command {other}"
@@ -288,7 +288,7 @@ pub async fn invalidate(cache: &dyn Cache, order: Uuid) {
     }
 }
 
-impl<B: Backend> Handler<B::Tx> for ReplyHandler<B> {
+impl<B: Backend> MessageHandler<B::Tx> for ReplyHandler<B> {
     async fn handle(&self, tx: &mut B::Tx, msg: &Delivery) -> Result<(), HandlerError> {
         let reply = SagaReply::decode(msg.payload.as_ref())
             .map_err(|e| HandlerError::permanent(format!("undecodable saga reply: {e}")))?;

@@ -8,7 +8,7 @@ use ordersys_kit::messaging::{forward_headers, Topics};
 use ordersys_proto::common::v1::Money;
 use ordersys_proto::saga::v1::{CommandType, ReplyStatus, SagaCommand, SagaReply};
 use outbox::idempotency::{IdempotencyStore, Reservation};
-use outbox::{Delivery, Handler, HandlerError, MessageId, OutboxMessage, OutboxStore};
+use outbox::{Delivery, HandlerError, MessageHandler, MessageId, OutboxMessage, OutboxStore};
 use prost::Message;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -320,7 +320,7 @@ fn reply_to(cmd: &SagaCommand) -> SagaReply {
     }
 }
 
-impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> Handler<R::Tx> for CommandHandler<R, O> {
+impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> MessageHandler<R::Tx> for CommandHandler<R, O> {
     async fn handle(&self, tx: &mut R::Tx, msg: &Delivery) -> Result<(), HandlerError> {
         let cmd = SagaCommand::decode(msg.payload.as_ref())
             .map_err(|e| HandlerError::permanent(format!("undecodable saga command: {e}")))?;

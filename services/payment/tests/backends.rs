@@ -13,7 +13,7 @@ use ordersys_proto::common::v1::Money;
 use ordersys_proto::saga::v1::{CommandType, ReplyStatus, SagaCommand, SagaReply};
 use outbox::idempotency::MemoryIdempotencyStore;
 use outbox::memory::MemoryDeadLetters;
-use outbox::{IdempotentConsumer, Inbox, OutboxMessage, OutboxStore, Outcome};
+use outbox::{DeliveryOutcome, IdempotentConsumer, Inbox, OutboxMessage, OutboxStore};
 use prost::Message;
 use uuid::Uuid;
 
@@ -67,14 +67,14 @@ where
             .process(&debit.to_delivery(), &handler)
             .await
             .unwrap(),
-        Outcome::Processed
+        DeliveryOutcome::Processed
     );
     assert_eq!(
         consumer
             .process(&debit.to_delivery(), &handler)
             .await
             .unwrap(),
-        Outcome::Duplicate
+        DeliveryOutcome::Duplicate
     );
     let resent = command(CommandType::Debit, order, user, 2_500);
     assert_eq!(
@@ -82,7 +82,7 @@ where
             .process(&resent.to_delivery(), &handler)
             .await
             .unwrap(),
-        Outcome::Processed
+        DeliveryOutcome::Processed
     );
     assert_eq!(
         repo.account(user).await.unwrap().0,

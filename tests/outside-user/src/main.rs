@@ -10,7 +10,7 @@ use resilience::{BreakerError, CircuitBreaker, Retry};
 use saga_core::bytes::Bytes;
 use saga_core::outbox::memory::MemoryTx;
 use saga_core::{
-    CommandSink, Dispatch, MemorySagaStore, Orchestrator, SagaCommand, SagaDefinition,
+    CommandSink, Dispatched, MemorySagaStore, Orchestrator, SagaCommand, SagaDefinition,
     SagaEvent, SagaId, SagaInstance, SagaStatus, Step,
 };
 
@@ -22,11 +22,11 @@ impl CommandSink<MemoryTx> for Sink {
         _tx: &mut MemoryTx,
         _saga: &SagaInstance,
         cmd: &SagaCommand,
-    ) -> saga_core::Result<Dispatch> {
+    ) -> saga_core::Result<Dispatched> {
         Ok(if cmd.name.starts_with("payment.") {
-            Dispatch::Sent
+            Dispatched::Sent
         } else {
-            Dispatch::Succeeded
+            Dispatched::Succeeded
         })
     }
 }
@@ -52,6 +52,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let claims = auth.authenticate(&issued.token).await?;
     auth.revoke(&claims).await?;
     assert!(auth.authenticate(&issued.token).await.is_err());
+    // Claims of the application's own, read back through the issuer's own validator.
+    let scoped = issuer.issue_with(
+        "user-42",
+        [("scope", authz::serde_json::json!("orders:read")), ("tenant", "acme".into())],
+    )?;
+    let claims = issuer.validator().validate(&scoped.token)?;
+    assert!(claims.has_scope("orders:read"));
+    assert_eq!(claims.claim::<String>("tenant")?.as_deref(), Some("acme"));
 
     // ordersys-outbox
     let store = MemoryOutbox::new();
@@ -61,7 +69,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     store.commit(tx).await?;
     let broker = MemoryBroker::new();
-    let relay = Relay::new(store.clone(), broker.clone(), RelayConfig::default());
+    let config = RelayConfig::with_id("outside-user-0").with_batch_size(10);
+    let relay = Relay::new(store.clone(), broker.clone(), config);
     assert_eq!(relay.run_once().await?.published, 1);
 
     // ordersys-saga
@@ -80,7 +89,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     orch.start(&mut tx, "create_order", id, Bytes::new()).await?;
     tx.commit()?;
     let done = orch
-        .handle_now(id, SagaEvent::StepSucceeded { step: 1 })
+        .handle_and_commit(id, SagaEvent::StepSucceeded { step: 1 })
         .await?;
     assert_eq!(done.saga.state.status, SagaStatus::Completed);
 

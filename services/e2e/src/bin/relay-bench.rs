@@ -191,11 +191,7 @@ async fn main() -> anyhow::Result<()> {
     let relay = Relay::new(
         outbox.clone(),
         KafkaPublisher::new(&brokers)?,
-        RelayConfig {
-            relay_id: "bench".into(),
-            batch_size: 1000,
-            ..RelayConfig::default()
-        },
+        RelayConfig::with_id("bench").with_batch_size(1000),
     );
     let t = Instant::now();
     let mut rounds = 0;
@@ -314,10 +310,7 @@ async fn latency(
     let relay = Relay::new(
         outbox.clone(),
         KafkaPublisher::new(&brokers)?,
-        RelayConfig {
-            relay_id: format!("bench-latency-{run}"),
-            ..RelayConfig::default()
-        },
+        RelayConfig::with_id(format!("bench-latency-{run}")),
     );
     let wake = relay.handle();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
