@@ -124,6 +124,25 @@ impl SagaDefinition {
     pub fn steps(&self) -> &[Step] {
         &self.steps
     }
+
+    /// The index of the step named `name` — what [`SagaEvent`](crate::SagaEvent)s carry —,
+    /// for code that knows steps by name.
+    ///
+    /// ```
+    /// use saga_core::{SagaDefinition, SagaEvent, Step};
+    /// let def = SagaDefinition::new("create_order")
+    ///     .step(Step::new("create_order"))
+    ///     .step(Step::new("payment").action("payment.debit"))
+    ///     .build()
+    ///     .unwrap();
+    /// let payment = def.step_index("payment").unwrap();
+    /// assert_eq!(payment, 1);
+    /// let _event = SagaEvent::StepSucceeded { step: payment };
+    /// assert_eq!(def.step_index("shipping"), None);
+    /// ```
+    pub fn step_index(&self, name: &str) -> Option<usize> {
+        self.steps.iter().position(|s| s.name == name)
+    }
 }
 
 /// Builder returned by [`SagaDefinition::new`].

@@ -35,6 +35,54 @@ pub struct SagaCommand {
     pub idempotency_key: String,
 }
 
+impl SagaCommand {
+    /// The event that reports this command done: [`SagaEvent::StepSucceeded`] for an
+    /// action, [`SagaEvent::CompensationSucceeded`] for a compensation, for this step —
+    /// so a reply handler never computes step indices itself (keep `step` and `kind`
+    /// with the command on its way to the participant and back, e.g. in the message's
+    /// headers).
+    ///
+    /// ```
+    /// use saga_core::{CommandKind, SagaCommand, SagaEvent, SagaId};
+    /// let cmd = SagaCommand {
+    ///     saga_id: SagaId::new(),
+    ///     saga_type: "create_order".into(),
+    ///     step: 1,
+    ///     step_name: "payment".into(),
+    ///     kind: CommandKind::Action,
+    ///     name: "payment.debit".into(),
+    ///     idempotency_key: "k".into(),
+    /// };
+    /// assert_eq!(cmd.succeeded(), SagaEvent::StepSucceeded { step: 1 });
+    /// assert_eq!(
+    ///     cmd.failed("insufficient funds"),
+    ///     SagaEvent::StepFailed { step: 1, reason: "insufficient funds".into() }
+    /// );
+    /// ```
+    pub fn succeeded(&self) -> SagaEvent {
+        match self.kind {
+            CommandKind::Action => SagaEvent::StepSucceeded { step: self.step },
+            CommandKind::Compensation => SagaEvent::CompensationSucceeded { step: self.step },
+        }
+    }
+
+    /// The event that reports this command refused for `reason`:
+    /// [`SagaEvent::StepFailed`] or [`SagaEvent::CompensationFailed`].
+    pub fn failed(&self, reason: impl Into<String>) -> SagaEvent {
+        let reason = reason.into();
+        match self.kind {
+            CommandKind::Action => SagaEvent::StepFailed {
+                step: self.step,
+                reason,
+            },
+            CommandKind::Compensation => SagaEvent::CompensationFailed {
+                step: self.step,
+                reason,
+            },
+        }
+    }
+}
+
 /// What a [`CommandSink`] did with a command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

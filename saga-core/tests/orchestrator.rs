@@ -429,3 +429,73 @@ async fn unknown_saga_and_type_are_errors() {
 async fn memory_saga_store_conformance() {
     saga_core::conformance::saga_store_all(|| async { MemorySagaStore::new() }).await;
 }
+
+/// Start a saga and return the command its first remote step sent.
+async fn start_and_take_the_command(w: &World) -> (SagaId, SagaCommand) {
+    let id = SagaId::new();
+    let mut tx = w.orch.store().begin().await.unwrap();
+    let applied = w
+        .orch
+        .start(&mut tx, "create_order", id, Bytes::new())
+        .await
+        .unwrap();
+    w.orch.store().commit(tx).await.unwrap();
+    (id, applied.sent[0].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_built_from_the_command_drive_the_saga_without_step_indices() {
+    // The happy path: the command that was sent answers for itself.
+    let w = world(true, false);
+    let (id, debit) = start_and_take_the_command(&w).await;
+    let def = w.orch.definition("create_order").unwrap();
+    assert_eq!(def.step_index("payment"), Some(debit.step));
+    assert_eq!(def.step_index("shipping"), None);
+    w.orch
+        .handle_and_commit(id, debit.succeeded())
+        .await
+        .unwrap();
+    assert_eq!(w.label(id), "COMPLETED");
+
+    // Confirming fails (the order was cancelled meanwhile): the payment is compensated,
+    // and the refund answers for itself too.
+    let w = world(true, true);
+    let (id, debit) = start_and_take_the_command(&w).await;
+    let applied = w
+        .orch
+        .handle_and_commit(id, debit.succeeded())
+        .await
+        .unwrap();
+    let refund = applied
+        .sent
+        .iter()
+        .find(|c| c.kind == CommandKind::Compensation)
+        .expect("a refund was sent")
+        .clone();
+    assert_eq!(
+        (refund.name.as_str(), refund.step),
+        ("payment.refund", debit.step)
+    );
+    assert_eq!(
+        refund.failed("try again"),
+        SagaEvent::CompensationFailed {
+            step: debit.step,
+            reason: "try again".into()
+        }
+    );
+    w.orch
+        .handle_and_commit(id, refund.succeeded())
+        .await
+        .unwrap();
+    assert_eq!(w.saga(id).state.status, SagaStatus::Failed);
+    assert_eq!(w.orders.get(id), Some("CANCELLED"));
+
+    // A declined debit, reported through the command.
+    let w = world(true, false);
+    let (id, debit) = start_and_take_the_command(&w).await;
+    w.orch
+        .handle_and_commit(id, debit.failed("insufficient funds"))
+        .await
+        .unwrap();
+    assert_eq!(w.saga(id).state.status, SagaStatus::Failed);
+}
