@@ -263,7 +263,7 @@ async fn payment_and_user_stop_gracefully_mid_load_and_nothing_is_lost() {
 
     // Every order ends; confirmed ones were charged once, cancelled ones not at all.
     let placed = placed.lock().unwrap().clone();
-    let mut spent = vec![0i64; CLIENTS];
+    let mut spent = [0i64; CLIENTS];
     for (user, id, price) in &placed {
         let o = api
             .wait_order(&users[*user].1, id, |o| {
