@@ -41,6 +41,28 @@ async fn sqlite_blacklist_conformance_and_restart() {
             .unwrap(),
         "revocation lost on restart"
     );
+    // Cached: the same behaviour from memory, loaded from the table, written through.
+    let cached = SqliteBlacklist::cached(pool.clone()).await.unwrap();
+    blacklist_all(&cached).await;
+    assert!(cached.is_revoked("kept").await.unwrap(), "not loaded");
+    cached
+        .revoke("through", std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(
+        SqliteBlacklist::new(pool.clone())
+            .is_revoked("through")
+            .await
+            .unwrap(),
+        "a cached revocation was not written to the table"
+    );
+    // Answered from memory: a row deleted behind its back does not change its answer
+    // (the reason it must be the file's only writer), and a clone shares the memory.
+    sqlx::query("DELETE FROM revoked_tokens")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert!(cached.clone().is_revoked("through").await.unwrap());
     pool.close().await;
     let _ = std::fs::remove_file(&path);
 }
