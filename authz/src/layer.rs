@@ -70,7 +70,11 @@ pub type ErrorResponder = Arc<dyn Fn(&Error, &http::HeaderMap) -> Response<Strin
 ///     .require_scope("orders:write")
 ///     .with_error_response(|err, _headers| {
 ///         // RFC 9457 problem details instead of the default shape.
-///         let status = if err.is_unauthorized() { StatusCode::UNAUTHORIZED } else { StatusCode::FORBIDDEN };
+///         let status = match err {
+///             authz::Error::InsufficientScope(_) => StatusCode::FORBIDDEN,
+///             e if e.is_unauthorized() => StatusCode::UNAUTHORIZED,
+///             _ => StatusCode::SERVICE_UNAVAILABLE,
+///         };
 ///         let body = format!(r#"{{"type":"about:blank","title":"{}","status":{}}}"#, err.code(), status.as_u16());
 ///         let mut resp = Response::new(body);
 ///         *resp.status_mut() = status;
