@@ -315,10 +315,16 @@ pub async fn everything_is_published_in_key_order<S: OutboxStore + Clone>(store:
     let (stop, rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     let mut counts = Vec::new();
-    for id in ["relay-1", "relay-2"] {
+    // Both relays must take part: each holds its first publish until the other has
+    // claimed something too (else one fast relay may drain the outbox alone and the
+    // test would not exercise two).
+    let both = Arc::new(tokio::sync::watch::channel(0u8).0);
+    for (i, id) in ["relay-1", "relay-2"].into_iter().enumerate() {
         let tagged = Tagged {
             inner: broker.clone(),
             published: Arc::default(),
+            me: 1 << i,
+            both: both.clone(),
         };
         counts.push(tagged.published.clone());
         // Batches of 2 over 4 keys: each relay finds keys the other has not leased.
@@ -374,10 +380,20 @@ pub async fn everything_is_published_in_key_order<S: OutboxStore + Clone>(store:
 struct Tagged {
     inner: MemoryBroker,
     published: Arc<std::sync::atomic::AtomicUsize>,
+    /// This relay's bit in `both`.
+    me: u8,
+    /// The bits of the relays that reached their first publish.
+    both: Arc<tokio::sync::watch::Sender<u8>>,
 }
 
 impl crate::Publisher for Tagged {
     async fn publish(&self, msg: &OutboxMessage) -> crate::Result<()> {
+        self.both.send_modify(|b| *b |= self.me);
+        let mut rx = self.both.subscribe();
+        tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|b| *b == 0b11))
+            .await
+            .expect("the other relay claimed nothing within 10 s while this one held messages")
+            .expect("the sender lives as long as the relays");
         tokio::task::yield_now().await;
         self.inner.publish(msg).await?;
         self.published
