@@ -36,6 +36,9 @@ use uuid::Uuid;
 use crate::store::{claimable, Inbox, OutboxStore, Transactional};
 use crate::{Error, Headers, MessageId, OutboxMessage, Result};
 
+mod streaming;
+pub use streaming::MySqlStreamingOutbox;
+
 /// The transaction type of the MySQL backends.
 pub type MySqlTx = Transaction<'static, MySql>;
 

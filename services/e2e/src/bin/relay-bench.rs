@@ -12,6 +12,7 @@
 //! relay-bench [--rows 100000] [--keys 1000] [--naive-seconds 10] [--latency-messages 500]
 //!             [--profile-rounds 0]   (time claim / publish / mark-sent of that many rounds
 //!                                     before the relay run)
+//!             [--stream-batches 1000,5000] (the streaming relay, once per batch size)
 //!             [--fetch-wait-ms 20,5] (the latency consumer's `fetch.wait.max.ms`: one
 //!                                     latency run per value; 20 is the services' default)
 //! ```
@@ -23,7 +24,7 @@ use anyhow::Context as _;
 use futures::StreamExt as _;
 use ordersys_e2e::infra::{Daemon, Kind};
 use outbox::kafka::{ensure_topics, KafkaPublisher};
-use outbox::mysql::{migrate, MySqlOutbox};
+use outbox::mysql::{migrate, MySqlOutbox, MySqlStreamingOutbox};
 use outbox::{OutboxMessage, OutboxStore, Publisher, Relay, RelayConfig, Transactional};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -37,6 +38,7 @@ struct Args {
     latency_messages: usize,
     profile_rounds: usize,
     fetch_waits: Vec<u64>,
+    stream_batches: Vec<usize>,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -47,6 +49,7 @@ fn args() -> anyhow::Result<Args> {
         latency_messages: 500,
         profile_rounds: 0,
         fetch_waits: vec![20, 5],
+        stream_batches: vec![1000, 5000],
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -57,6 +60,12 @@ fn args() -> anyhow::Result<Args> {
             "--naive-seconds" => a.naive_seconds = val()?.parse()?,
             "--latency-messages" => a.latency_messages = val()?.parse()?,
             "--profile-rounds" => a.profile_rounds = val()?.parse()?,
+            "--stream-batches" => {
+                a.stream_batches = val()?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?
+            }
             "--fetch-wait-ms" => {
                 a.fetch_waits = val()?
                     .split(',')
@@ -98,6 +107,16 @@ async fn unsent(pool: &MySqlPool) -> anyhow::Result<i64> {
             .fetch_one(pool)
             .await?,
     )
+}
+
+/// A publisher whose connection and topic metadata are warm, as the plain producer's
+/// are when it is timed (the first publish of a new producer waits ≈ 1 s for them).
+async fn warm_publisher(brokers: &str, topic: &str) -> anyhow::Result<KafkaPublisher> {
+    let p = KafkaPublisher::new(brokers)?;
+    for i in 0..100 {
+        p.publish(&message(topic, i, 100)).await?;
+    }
+    Ok(p)
 }
 
 fn rate(n: usize, d: Duration) -> f64 {
@@ -164,6 +183,37 @@ async fn main() -> anyhow::Result<()> {
         rate(a.rows, plain)
     );
 
+    // 1b. The same producer keeping the relay's promise of per-key order under failures:
+    //     a key's next message only after its previous one was acknowledged (all keys at
+    //     once). What a relay with that promise can approach at best.
+    let mut by_key: HashMap<&str, Vec<&OutboxMessage>> = HashMap::new();
+    for m in &msgs {
+        by_key.entry(m.key.as_str()).or_default().push(m);
+    }
+    let t = Instant::now();
+    let chains = futures::future::join_all(by_key.values().map(|chain| {
+        let producer = &producer;
+        async move {
+            for m in chain {
+                send(producer, m).await?;
+            }
+            anyhow::Ok(())
+        }
+    }))
+    .await;
+    let keyed = t.elapsed();
+    anyhow::ensure!(
+        chains.iter().all(Result::is_ok),
+        "plain producer in key order: a send failed"
+    );
+    println!(
+        "relay-bench: plain producer, a key's next message after its previous ack ({} keys): {} messages in {:.2} s = {:.0}/s",
+        by_key.len(),
+        a.rows,
+        keyed.as_secs_f64(),
+        rate(a.rows, keyed)
+    );
+
     // 2. Our relay on N pre-filled rows.
     fill(&outbox, "bench.relay", a.rows, a.keys).await?;
     if a.profile_rounds > 0 {
@@ -190,7 +240,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let relay = Relay::new(
         outbox.clone(),
-        KafkaPublisher::new(&brokers)?,
+        warm_publisher(&brokers, "bench.relay").await?,
         RelayConfig::with_id("bench").with_batch_size(1000),
     );
     let t = Instant::now();
@@ -213,9 +263,70 @@ async fn main() -> anyhow::Result<()> {
         rate(a.rows, ours) * 100.0 / rate(a.rows, plain)
     );
 
+    // 2b. The streaming relay (`MySqlStreamingOutbox`: one relay, a position instead of
+    //     per-row leases) on N pre-filled rows, at each batch size.
+    for batch in &a.stream_batches {
+        fill(&outbox, "bench.relay", a.rows, a.keys).await?;
+        let stream = MySqlStreamingOutbox::new(pool.clone()).with_name(format!("bench-{batch}"));
+        if a.profile_rounds > 0 {
+            let p = KafkaPublisher::new(&brokers)?;
+            let prof = MySqlStreamingOutbox::new(pool.clone()).with_name(format!("prof-{batch}"));
+            for _ in 0..a.profile_rounds {
+                let t0 = Instant::now();
+                let batch = prof.claim("prof", *batch, Duration::from_secs(30)).await?;
+                let t1 = Instant::now();
+                let r = futures::future::join_all(batch.iter().map(|m| p.publish(m))).await;
+                anyhow::ensure!(r.iter().all(Result::is_ok));
+                let t2 = Instant::now();
+                prof.mark_sent(&batch.iter().map(|m| m.id).collect::<Vec<_>>())
+                    .await?;
+                let t3 = Instant::now();
+                println!(
+                    "relay-bench: streaming profile of a {}-message round: claim {:.1} ms (the read of this batch overlapped the previous round), publish {:.1} ms, mark sent {:.1} ms",
+                    batch.len(),
+                    (t1 - t0).as_secs_f64() * 1000.0,
+                    (t2 - t1).as_secs_f64() * 1000.0,
+                    (t3 - t2).as_secs_f64() * 1000.0
+                );
+            }
+        }
+        let relay = Relay::new(
+            stream.clone(),
+            warm_publisher(&brokers, "bench.relay").await?,
+            RelayConfig::with_id("bench").with_batch_size(*batch),
+        );
+        let t = Instant::now();
+        let mut rounds = 0;
+        loop {
+            let r = relay.run_once().await?;
+            rounds += 1;
+            if r.claimed == 0 {
+                break;
+            }
+            anyhow::ensure!(r.failed == 0, "streaming relay: publishes failed");
+        }
+        let took = t.elapsed();
+        anyhow::ensure!(
+            stream.pending().await? == 0,
+            "streaming relay left rows unpublished"
+        );
+        println!(
+            "relay-bench: streaming relay (batch {batch}): {} rows in {:.2} s = {:.0}/s, {rounds} rounds; {:.0} % of the plain producer, {:.0} % of it in key order",
+            a.rows,
+            took.as_secs_f64(),
+            rate(a.rows, took),
+            rate(a.rows, took) * 100.0 / rate(a.rows, plain),
+            rate(a.rows, took) * 100.0 / rate(a.rows, keyed)
+        );
+        // For the naive relay below, which reads `sent_at`.
+        sqlx::query("UPDATE outbox_messages SET sent_at = NOW(6) WHERE sent_at IS NULL")
+            .execute(&pool)
+            .await?;
+    }
+
     // 3. Naive relay: one row at a time, for a fixed time.
     fill(&outbox, "bench.naive", a.rows.min(20_000), a.keys).await?;
-    let naive_publisher = KafkaPublisher::new(&brokers)?;
+    let naive_publisher = warm_publisher(&brokers, "bench.naive").await?;
     let t = Instant::now();
     let mut naive = 0usize;
     while t.elapsed() < Duration::from_secs(a.naive_seconds) {

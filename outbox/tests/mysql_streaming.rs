@@ -1,0 +1,357 @@
+//! `MySqlStreamingOutbox` against the real server (`DATABASE_URL`, default the local
+//! MariaDB): completeness with transactions committing out of `seq` order, rollbacks,
+//! failures, takeover, restart, purge.
+#![cfg(feature = "mysql")]
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use outbox::conformance::{self, mysql::TestDb};
+use outbox::memory::MemoryBroker;
+use outbox::mysql::{MySqlOutbox, MySqlStreamingOutbox};
+use outbox::{Error, MessageId, OutboxMessage, OutboxStore, Relay, RelayConfig, Transactional};
+
+const LEASE: Duration = Duration::from_secs(30);
+
+fn msg(key: &str, n: usize) -> OutboxMessage {
+    OutboxMessage::new("orders", key, format!("{key}#{n}"))
+}
+
+async fn committed(store: &impl OutboxStore<Tx = outbox::mysql::MySqlTx>, msgs: &[OutboxMessage]) {
+    let mut tx = store.begin().await.unwrap();
+    for m in msgs {
+        store.enqueue(&mut tx, m.clone()).await.unwrap();
+    }
+    store.commit(tx).await.unwrap();
+}
+
+fn ids(batch: &[OutboxMessage]) -> Vec<MessageId> {
+    batch.iter().map(|m| m.id).collect()
+}
+
+fn payloads(batch: &[OutboxMessage]) -> Vec<String> {
+    batch
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect()
+}
+
+fn fast(id: &str) -> RelayConfig {
+    RelayConfig::with_id(id)
+        .with_batch_size(16)
+        .with_poll_interval(Duration::from_millis(20))
+        .with_backoff(
+            resilience::Retry::default()
+                .base_delay(Duration::from_millis(5))
+                .max_attempts(u32::MAX)
+                .max_delay(Duration::from_millis(50)),
+        )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn everything_is_published_in_key_order_through_broker_failures() {
+    let db = TestDb::new().await;
+    let store = MySqlStreamingOutbox::new(db.pool.clone());
+    let keys = ["a", "b", "c", "d"];
+    let mut all = Vec::new();
+    for n in 0..25 {
+        let batch: Vec<_> = keys.iter().map(|k| msg(k, n)).collect();
+        all.extend(ids(&batch));
+        committed(&store, &batch).await;
+    }
+    let broker = MemoryBroker::new();
+    broker.fail_next(3);
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let relay = Relay::new(store.clone(), broker.clone(), fast("relay-1"));
+    let task = tokio::spawn(relay.run(async move {
+        let mut rx = rx;
+        let _ = rx.wait_for(|s| *s).await;
+    }));
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let seen: HashSet<MessageId> = broker.published().iter().map(|m| m.id).collect();
+            if all.iter().all(|id| seen.contains(id)) {
+                break;
+            }
+            broker.wait_for(seen.len() + 1).await;
+        }
+    })
+    .await
+    .expect("the relay did not publish everything");
+    let published = broker.published();
+    for k in keys {
+        let mut seq: Vec<String> = payloads(&published)
+            .into_iter()
+            .filter(|p| p.starts_with(k))
+            .collect();
+        // A failure sends the stream back: what followed is published again, in order.
+        seq.dedup();
+        let mut first = Vec::new();
+        for p in seq {
+            if !first.contains(&p) {
+                first.push(p);
+            }
+        }
+        let expected: Vec<String> = (0..25).map(|n| format!("{k}#{n}")).collect();
+        assert_eq!(first, expected, "key {k} out of order");
+    }
+    // The position reaches the last row once the relay marked it.
+    let max: u64 = sqlx::query_scalar("SELECT MAX(seq) FROM outbox_messages")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let wait = tokio::time::Instant::now() + Duration::from_secs(10);
+    while store.position().await.unwrap() != Some(max) {
+        assert!(
+            tokio::time::Instant::now() < wait,
+            "position stuck below {max}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(store.pending().await.unwrap(), 0);
+    stop.send_replace(true);
+    task.await.unwrap().unwrap();
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_that_commits_after_a_later_one_is_published_and_holds_the_position() {
+    let db = TestDb::new().await;
+    let store = MySqlStreamingOutbox::new(db.pool.clone());
+    // `early` takes seq 1 and stays open; `late` takes seq 2 and commits first.
+    let mut early = store.begin().await.unwrap();
+    store.enqueue(&mut early, msg("a", 1)).await.unwrap();
+    committed(&store, &[msg("b", 2)]).await;
+
+    let batch = store.claim("r", 100, LEASE).await.unwrap();
+    assert_eq!(payloads(&batch), ["b#2"]);
+    store.mark_sent(&ids(&batch)).await.unwrap();
+    assert_eq!(
+        store.position().await.unwrap(),
+        Some(0),
+        "the position must not pass seq 1 while its transaction may still commit"
+    );
+    assert!(store.claim("r", 100, LEASE).await.unwrap().is_empty());
+
+    store.commit(early).await.unwrap();
+    let batch = store.claim("r", 100, LEASE).await.unwrap();
+    assert_eq!(payloads(&batch), ["a#1"], "the late commit fills its hole");
+    store.mark_sent(&ids(&batch)).await.unwrap();
+    assert_eq!(store.position().await.unwrap(), Some(2));
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_row_frees_the_position_after_the_grace_an_open_one_never_does() {
+    let db = TestDb::new().await;
+    let store = MySqlStreamingOutbox::new(db.pool.clone()).with_hole_grace(Duration::ZERO);
+    // seq 1: a transaction that stays open; seq 2: rolled back; seq 3: committed.
+    let mut open = store.begin().await.unwrap();
+    store.enqueue(&mut open, msg("a", 1)).await.unwrap();
+    let mut doomed = store.begin().await.unwrap();
+    store.enqueue(&mut doomed, msg("b", 2)).await.unwrap();
+    drop(doomed);
+    committed(&store, &[msg("c", 3)]).await;
+
+    let batch = store.claim("r", 100, LEASE).await.unwrap();
+    assert_eq!(payloads(&batch), ["c#3"]);
+    store.mark_sent(&ids(&batch)).await.unwrap();
+    // Probed at once (grace 0): seq 1 is locked by its open transaction, so the holes stay.
+    for _ in 0..3 {
+        assert!(store.claim("r", 100, LEASE).await.unwrap().is_empty());
+        assert_eq!(store.position().await.unwrap(), Some(0));
+    }
+
+    store.commit(open).await.unwrap();
+    let batch = store.claim("r", 100, LEASE).await.unwrap();
+    assert_eq!(payloads(&batch), ["a#1"]);
+    store.mark_sent(&ids(&batch)).await.unwrap();
+    assert_eq!(
+        store.position().await.unwrap(),
+        Some(1),
+        "seq 2 was not probed yet"
+    );
+    // The next claim probes seq 2, finds no row and nobody holding it: the position
+    // moves past it.
+    assert!(store.claim("r", 100, LEASE).await.unwrap().is_empty());
+    assert_eq!(store.position().await.unwrap(), Some(3));
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_relay_holds_the_stream_and_another_takes_over_from_the_position() {
+    let db = TestDb::new().await;
+    let store = MySqlStreamingOutbox::new(db.pool.clone());
+    let all: Vec<_> = (0..10).map(|n| msg("k", n)).collect();
+    committed(&store, &all).await;
+
+    let lease = Duration::from_millis(400);
+    let first = store.claim("one", 100, lease).await.unwrap();
+    assert_eq!(first.len(), 10);
+    store.mark_sent(&ids(&first[..4])).await.unwrap();
+    assert_eq!(store.position().await.unwrap(), Some(4));
+    // While "one" holds the lease, "two" gets nothing — not even the unmarked rows.
+    let other = MySqlStreamingOutbox::new(db.pool.clone());
+    assert!(other.claim("two", 100, lease).await.unwrap().is_empty());
+
+    // "one" stops renewing; once its lease expired, "two" resumes after position 4.
+    tokio::time::sleep(lease + Duration::from_millis(300)).await;
+    let taken = other.claim("two", 100, lease).await.unwrap();
+    assert_eq!(payloads(&taken), payloads(&all[4..]));
+    other.mark_sent(&ids(&taken)).await.unwrap();
+    assert_eq!(store.position().await.unwrap(), Some(10));
+    // The old holder learns it lost the stream when it marks, and claims nothing.
+    let err = store.mark_sent(&ids(&first[4..])).await.unwrap_err();
+    assert!(matches!(err, Error::Conflict(_)), "{err}");
+    assert!(store.claim("one", 100, lease).await.unwrap().is_empty());
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_relay_resumes_after_what_it_marked() {
+    let db = TestDb::new().await;
+    let store = MySqlStreamingOutbox::new(db.pool.clone());
+    let all: Vec<_> = (0..6).map(|n| msg("k", n)).collect();
+    committed(&store, &all).await;
+    let batch = store.claim("r", 3, LEASE).await.unwrap();
+    assert_eq!(payloads(&batch), payloads(&all[..3]));
+    store.mark_sent(&ids(&batch)).await.unwrap();
+    // Claimed but never marked: published again after the restart.
+    let lost = store.claim("r", 2, LEASE).await.unwrap();
+    assert_eq!(payloads(&lost), payloads(&all[3..5]));
+    drop(store);
+
+    // The same relay id, a new process: its own lease is taken back at once.
+    let restarted = MySqlStreamingOutbox::new(db.pool.clone());
+    let batch = restarted.claim("r", 100, LEASE).await.unwrap();
+    assert_eq!(payloads(&batch), payloads(&all[3..]));
+    restarted.mark_sent(&ids(&batch)).await.unwrap();
+    assert!(restarted.claim("r", 100, LEASE).await.unwrap().is_empty());
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_starts_where_a_claims_relay_stopped() {
+    let db = TestDb::new().await;
+    let claims = MySqlOutbox::new(db.pool.clone());
+    let all: Vec<_> = (0..5).map(|n| msg("k", n)).collect();
+    committed(&claims, &all).await;
+    let batch = claims.claim("old", 2, LEASE).await.unwrap();
+    claims.mark_sent(&ids(&batch)).await.unwrap();
+
+    let stream = MySqlStreamingOutbox::new(db.pool.clone());
+    let batch = stream.claim("new", 100, LEASE).await.unwrap();
+    assert_eq!(payloads(&batch), payloads(&all[2..]));
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_deletes_only_old_rows_up_to_the_position() {
+    let db = TestDb::new().await;
+    let store = MySqlStreamingOutbox::new(db.pool.clone());
+    let all: Vec<_> = (0..4).map(|n| msg("k", n)).collect();
+    committed(&store, &all).await;
+    let batch = store.claim("r", 2, LEASE).await.unwrap();
+    store.mark_sent(&ids(&batch)).await.unwrap();
+    // Young rows stay whatever their position.
+    assert_eq!(
+        store.purge_sent(Duration::from_secs(3600)).await.unwrap(),
+        0
+    );
+    // Old enough: only the two published ones go.
+    assert_eq!(store.purge_sent(Duration::ZERO).await.unwrap(), 2);
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox_messages")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 2);
+    let batch = store.claim("r", 100, LEASE).await.unwrap();
+    assert_eq!(payloads(&batch), payloads(&all[2..]));
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_dies_after_publishing_causes_a_republish_applied_once() {
+    let db = TestDb::new().await;
+    conformance::crash_after_publish_republishes(MySqlStreamingOutbox::new(db.pool.clone())).await;
+    db.drop_db().await;
+}
+
+/// Writers whose transactions overlap — committing out of `seq` order, some rolling
+/// back — while the relay streams: every committed message is published, no rolled
+/// back one is, and the position ends at the last row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_committing_out_of_order_lose_nothing() {
+    let db = TestDb::new().await;
+    let store =
+        MySqlStreamingOutbox::new(db.pool.clone()).with_hole_grace(Duration::from_millis(200));
+    let broker = MemoryBroker::new();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let relay = Relay::new(store.clone(), broker.clone(), fast("relay-1"));
+    let task = tokio::spawn(relay.run(async move {
+        let mut rx = rx;
+        let _ = rx.wait_for(|s| *s).await;
+    }));
+
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut committed_ids = Vec::new();
+                for n in 0..40 {
+                    let m = msg(&format!("w{w}"), n);
+                    let mut tx = store.begin().await.unwrap();
+                    store.enqueue(&mut tx, m.clone()).await.unwrap();
+                    // Hold some transactions open across a few relay polls (20 ms): later
+                    // seqs commit and are read first.
+                    if (w + n) % 3 == 0 {
+                        tokio::time::sleep(Duration::from_millis(20 + ((w * 7 + n) % 40) as u64))
+                            .await;
+                    }
+                    if (w + n) % 7 == 0 {
+                        drop(tx); // rolled back: its seq stays a hole
+                    } else {
+                        store.commit(tx).await.unwrap();
+                        committed_ids.push(m.id);
+                    }
+                }
+                committed_ids
+            })
+        })
+        .collect();
+    let mut expected = HashSet::new();
+    for w in writers {
+        expected.extend(w.await.unwrap());
+    }
+    let max: u64 = sqlx::query_scalar("SELECT MAX(seq) FROM outbox_messages")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let wait = tokio::time::Instant::now() + Duration::from_secs(30);
+    while store.position().await.unwrap() != Some(max) {
+        assert!(
+            tokio::time::Instant::now() < wait,
+            "position {:?} never reached {max}",
+            store.position().await.unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let published: HashSet<MessageId> = broker.published().iter().map(|m| m.id).collect();
+    assert_eq!(
+        published, expected,
+        "exactly the committed messages, each at least once"
+    );
+    for w in 0..8 {
+        let key = format!("w{w}");
+        let order: Vec<String> = payloads(&broker.published())
+            .into_iter()
+            .filter(|p| p.starts_with(&format!("{key}#")))
+            .collect();
+        let mut sorted = order.clone();
+        sorted.sort_by_key(|p| p[key.len() + 1..].parse::<u32>().unwrap());
+        assert_eq!(order, sorted, "key {key} out of order");
+    }
+    stop.send_replace(true);
+    task.await.unwrap().unwrap();
+    db.drop_db().await;
+}
