@@ -1,5 +1,6 @@
-//! MySQL backends (feature `mysql`): [`MySqlOutbox`] and [`MySqlInbox`], whose unit of
-//! work is the application's own `sqlx::Transaction<'static, MySql>`.
+//! MySQL backends (feature `mysql`): [`MySqlOutbox`], [`MySqlStreamingOutbox`] and
+//! [`MySqlInbox`], whose unit of work is the application's own
+//! `sqlx::Transaction<'static, MySql>`.
 //!
 //! Tables come with the crate: run [`migrate`] (or copy `outbox/migrations/*.sql` into
 //! your own migrations). The SQL is portable between MySQL 8.0 and MariaDB ≥ 10.6.
@@ -11,6 +12,11 @@
 //! chosen rows with `lease_until = NOW(6) + lease`. A key whose earlier row is leased
 //! elsewhere is skipped, which keeps per-key order with any number of relays. A failed
 //! row is held back the same way: no owner, `lease_until` = its retry time.
+//!
+//! **Streaming.** [`MySqlStreamingOutbox`] drains the same table differently: one relay
+//! at a time reads it in `seq` order from a persisted position and writes nothing per
+//! message — several times the throughput (docs/BENCHMARKS.md), with a failed publish
+//! holding back the whole stream instead of its key. Its docs compare the two.
 //!
 //! ```no_run
 //! # async fn demo() -> outbox::Result<()> {

@@ -12,6 +12,7 @@ pub mod db;
 pub mod local_grpc;
 pub mod messaging;
 pub mod metrics;
+pub mod outbox_store;
 pub mod redis_client;
 pub mod shutdown;
 pub mod telemetry;

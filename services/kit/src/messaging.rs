@@ -91,6 +91,12 @@ pub struct KafkaTuning {
     /// 10 s). `false`: dynamic membership — a graceful stop hands the partitions over at
     /// once, a restart costs a rebalance.
     pub kafka_static_membership: bool,
+    /// How the relay reads a MySQL outbox (`OUTBOX_STREAM`, default false): `false`,
+    /// leased claims — every replica's relay publishes, a failed publish holds back
+    /// its key only; `true`, as a stream — one replica's relay at a time (the others
+    /// take over when its lease expires), no row written per message, a failed publish
+    /// holds back the stream ([`outbox::mysql::MySqlStreamingOutbox`]).
+    pub outbox_stream: bool,
 }
 
 impl Default for KafkaTuning {
@@ -101,6 +107,7 @@ impl Default for KafkaTuning {
             kafka_max_in_flight: 32,
             kafka_properties: String::new(),
             kafka_static_membership: true,
+            outbox_stream: false,
         }
     }
 }
@@ -113,6 +120,7 @@ impl KafkaTuning {
         "KAFKA_MAX_IN_FLIGHT",
         "KAFKA_PROPERTIES",
         "KAFKA_STATIC_MEMBERSHIP",
+        "OUTBOX_STREAM",
     ];
 
     /// Of the variables a service with Kafka and mutual TLS must read (this struct's and
@@ -195,6 +203,14 @@ pub enum Messaging {
     Local(outbox::local::LocalBus),
 }
 
+impl Messaging {
+    /// Whether the relay reads a MySQL outbox as a stream (Kafka with
+    /// [`KafkaTuning::outbox_stream`]).
+    pub fn outbox_stream(&self) -> bool {
+        matches!(self, Self::Kafka { tuning, .. } if tuning.outbox_stream)
+    }
+}
+
 /// The relay id: unique among live relays, stable across restarts of one, so that a
 /// restarted relay takes back what it left leased (`RELAY_ID`, else
 /// `{service}@{hostname}`).
@@ -217,16 +233,25 @@ pub fn relay_id(service: &str) -> String {
 }
 
 /// A relay from `outbox` to `publisher`, and the handle that wakes it after commits.
+/// `stream`: the outbox is read as a stream ([`Messaging::outbox_stream`]) — a lease of
+/// 5 s (a replica that dies stops the stream for at most that long, well inside the
+/// saga's payment deadline) and a poll every 50 ms (a commit wakes the relay of its own
+/// replica only, which may not be the one holding the stream).
 pub fn relay<O: OutboxStore, P: outbox::Publisher>(
     outbox: O,
     publisher: P,
     service: &str,
+    stream: bool,
 ) -> (Relay<O, P>, RelayHandle) {
-    let relay = Relay::new(
-        outbox,
-        publisher,
-        RelayConfig::with_id(relay_id(service)).with_poll_interval(Duration::from_millis(500)),
-    );
+    let config = RelayConfig::with_id(relay_id(service));
+    let config = if stream {
+        config
+            .with_lease(Duration::from_secs(5))
+            .with_poll_interval(Duration::from_millis(50))
+    } else {
+        config.with_poll_interval(Duration::from_millis(500))
+    };
+    let relay = Relay::new(outbox, publisher, config);
     let handle = relay.handle();
     (relay, handle)
 }

@@ -22,13 +22,14 @@ use std::time::Duration;
 use ordersys_kit::admin::{self, Admin};
 use ordersys_kit::context::ContextLayer;
 use ordersys_kit::messaging::{relay, Messaging, Topics};
+use ordersys_kit::outbox_store::MySqlServiceOutbox;
 use ordersys_kit::shutdown::Shutdown;
 use ordersys_proto::order::v1::order_service_server::OrderServiceServer;
 use outbox::idempotency::{
     Cache, IdempotencyStore, MemoryCache, RedisCache, RedisIdempotencyStore,
 };
 use outbox::kafka::{run_consumer, ConsumerConfig, KafkaDeadLetter};
-use outbox::mysql::{MySqlInbox, MySqlOutbox};
+use outbox::mysql::MySqlInbox;
 use outbox::sqlite::{SqliteIdempotencyStore, SqliteInbox, SqliteOutbox};
 use outbox::{IdempotentConsumer, Inbox};
 use saga_core::mysql::MySqlSagaStore;
@@ -141,7 +142,7 @@ pub async fn run_with(
         let parts = Parts::<saga::MySql> {
             repo,
             sagas: MySqlSagaStore::new(pool.clone()),
-            outbox: MySqlOutbox::new(pool.clone()),
+            outbox: MySqlServiceOutbox::new(pool.clone(), messaging.outbox_stream()),
         };
         let cache: Arc<dyn Cache> = Arc::new(RedisCache::new(conn.clone(), "order:"));
         serve(
@@ -193,13 +194,18 @@ async fn serve<B: saga::Backend, I: Inbox<Tx = B::Tx> + Clone>(
                 .ensure(brokers, tuning, Duration::from_secs(30))
                 .await?;
             let publisher = tuning.publisher(brokers)?;
-            let (relay, handle) = relay(outbox.clone(), publisher.clone(), "order");
+            let (relay, handle) = relay(
+                outbox.clone(),
+                publisher.clone(),
+                "order",
+                messaging.outbox_stream(),
+            );
             let s = stop.clone();
             tasks.spawn(async move { relay.run(s.wait()).await.map_err(anyhow::Error::from) });
             (handle, Some((brokers.clone(), tuning.clone(), publisher)))
         }
         Messaging::Local(bus) => {
-            let (relay, handle) = relay(outbox.clone(), bus.clone(), "order");
+            let (relay, handle) = relay(outbox.clone(), bus.clone(), "order", false);
             let s = stop.clone();
             tasks.spawn(async move { relay.run(s.wait()).await.map_err(anyhow::Error::from) });
             (handle, None)

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use ordersys_kit::context::{CORRELATION_ID, TRACEPARENT};
 use ordersys_kit::messaging::Topics;
+use ordersys_kit::outbox_store::MySqlServiceOutbox;
 use ordersys_proto::common::v1::Money;
 use ordersys_proto::saga::v1::{CommandType, ReplyStatus, SagaCommand as CommandMsg, SagaReply};
 use outbox::idempotency::Cache;
-use outbox::mysql::{MySqlOutbox, MySqlTx};
+use outbox::mysql::MySqlTx;
 use outbox::sqlite::{SqliteOutbox, SqliteTx};
 use outbox::{Delivery, HandlerError, MessageHandler, OutboxMessage, OutboxStore, RelayHandle};
 use prost::Message;
@@ -80,7 +81,7 @@ impl Backend for MySql {
     type Tx = MySqlTx;
     type Repo = MySqlOrders;
     type Sagas = MySqlSagaStore;
-    type Outbox = MySqlOutbox;
+    type Outbox = MySqlServiceOutbox;
 }
 
 /// SQLite (the embedded mode).

@@ -21,11 +21,12 @@ use std::time::Duration;
 use ordersys_kit::admin::{self, Admin};
 use ordersys_kit::context::ContextLayer;
 use ordersys_kit::messaging::{relay, Messaging, Topics};
+use ordersys_kit::outbox_store::MySqlServiceOutbox;
 use ordersys_kit::shutdown::Shutdown;
 use ordersys_proto::payment::v1::payment_service_server::PaymentServiceServer;
 use outbox::idempotency::{IdempotencyStore, RedisIdempotencyStore};
 use outbox::kafka::{run_consumer, ConsumerConfig, KafkaDeadLetter};
-use outbox::mysql::{MySqlInbox, MySqlOutbox};
+use outbox::mysql::MySqlInbox;
 use outbox::sqlite::{SqliteIdempotencyStore, SqliteInbox, SqliteOutbox};
 use outbox::{IdempotentConsumer, Inbox, OutboxStore};
 use tokio_stream::wrappers::TcpListenerStream;
@@ -133,7 +134,8 @@ pub async fn run_with(
         let admin = Admin::new("payment")
             .mysql(pool.clone())
             .redis(conn.clone());
-        let (outbox, inbox) = (MySqlOutbox::new(pool.clone()), MySqlInbox::new(pool));
+        let outbox = MySqlServiceOutbox::new(pool.clone(), messaging.outbox_stream());
+        let inbox = MySqlInbox::new(pool);
         serve(
             config,
             listeners,
@@ -196,7 +198,12 @@ where
                 .ensure(&brokers, &tuning, Duration::from_secs(30))
                 .await?;
             let publisher = tuning.publisher(&brokers)?;
-            let (relay, handle) = relay(outbox.clone(), publisher.clone(), "payment");
+            let (relay, handle) = relay(
+                outbox.clone(),
+                publisher.clone(),
+                "payment",
+                tuning.outbox_stream,
+            );
             let handler = handler(handle);
             let consumer = IdempotentConsumer::new(
                 "payment",
@@ -220,7 +227,7 @@ where
             });
         }
         Messaging::Local(bus) => {
-            let (relay, handle) = relay(outbox.clone(), bus.clone(), "payment");
+            let (relay, handle) = relay(outbox.clone(), bus.clone(), "payment", false);
             let dead_letters = bus.clone().with_dead_letter_topic(topics.dlq.clone());
             bus.subscribe(
                 &topics.commands,

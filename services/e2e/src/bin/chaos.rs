@@ -796,7 +796,9 @@ async fn check(
     loop {
         let mut o = mysql(&order_db).await?;
         let mut p = mysql(&pay_db).await?;
-        let q = "SELECT COUNT(*) FROM outbox_messages WHERE sent_at IS NULL";
+        // Unsent: not marked by a claims relay, and past a streaming relay's position.
+        let q = "SELECT COUNT(*) FROM outbox_messages WHERE sent_at IS NULL AND seq > \
+                 COALESCE((SELECT MAX(position) FROM outbox_relay_position), 0)";
         outbox_unsent = sqlx::query_scalar::<_, i64>(q).fetch_one(&mut o).await?
             + sqlx::query_scalar::<_, i64>(q).fetch_one(&mut p).await?;
         sagas_open = sqlx::query_scalar::<_, i64>(

@@ -1,3 +1,5 @@
+-- (Numbered 000002: the order service's own migrations took 20261126000001, and crates
+-- sharing a database share the migration table.)
 -- The streaming relay (`MySqlStreamingOutbox`): one row per stream, the seq up to which
 -- every outbox row has been published, and which relay holds the stream (a lease).
 CREATE TABLE IF NOT EXISTS outbox_relay_position (
