@@ -68,7 +68,9 @@ const MAX_HOLES_PER_CLAIM: usize = 256;
 ///     KafkaPublisher::new("127.0.0.1:9092")?,
 ///     RelayConfig::with_id("order-relay-1").with_batch_size(1000),
 /// );
-/// relay.run(async { tokio::signal::ctrl_c().await.unwrap() }).await?;
+/// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+/// # drop(stop);
+/// relay.run(async { stopped.await.ok(); }).await?;
 /// # Ok(()) }
 /// ```
 ///
