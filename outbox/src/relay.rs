@@ -379,8 +379,19 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
 
     /// Run until `shutdown` resolves. A round in progress is always finished (its
     /// messages are published and marked, or failed and released) before returning, so
-    /// a graceful stop never leaves a batch leased.
+    /// a graceful stop never leaves a batch leased; then the store is told the relay
+    /// stopped ([`OutboxStore::relay_stopped`]: the streaming outbox hands its stream
+    /// back for another relay to take over at once).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        self.run_until(shutdown).await;
+        if let Err(e) = self.store.relay_stopped(&self.config.relay_id).await {
+            // Harmless: what the store holds for this relay expires on its own.
+            tracing::warn!(error = %e, "relay остановлен, но хранилище не отпустило то, что держало за ним");
+        }
+        Ok(())
+    }
+
+    async fn run_until(&self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut backoff = self.config.backoff.backoff();
         let mut last_delay = self.config.backoff.nominal_delay(1);
@@ -443,19 +454,19 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                 Next::Now => {
                     // Still honour a shutdown between back-to-back rounds.
                     if futures::poll!(shutdown.as_mut()).is_ready() {
-                        return Ok(());
+                        return;
                     }
                 }
                 Next::Idle(wait) => tokio::select! {
                     biased;
-                    () = &mut shutdown => return Ok(()),
+                    () = &mut shutdown => return,
                     () = &mut notified => {}
                     () = tokio::time::sleep(wait) => {}
                 },
                 // After a store failure new commits do not cut the pause short.
                 Next::Backoff(delay) => tokio::select! {
                     biased;
-                    () = &mut shutdown => return Ok(()),
+                    () = &mut shutdown => return,
                     () = tokio::time::sleep(delay) => {}
                 },
             }

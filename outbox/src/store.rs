@@ -109,6 +109,17 @@ pub trait OutboxStore: Transactional {
     fn commit_signal(&self) -> Option<Arc<Notify>> {
         None
     }
+
+    /// The relay `relay_id` stops gracefully ([`Relay::run`](crate::Relay::run) calls
+    /// this after its last round, when nothing it claimed is still leased): give up
+    /// whatever else the store holds for it. Default: nothing. The streaming outbox
+    /// ([`MySqlStreamingOutbox`](crate::mysql::MySqlStreamingOutbox)) persists its
+    /// position and hands the stream back, so another relay takes over at once instead
+    /// of after the lease.
+    fn relay_stopped(&self, relay_id: &str) -> impl Future<Output = Result<()>> + Send {
+        let _ = relay_id;
+        async { Ok(()) }
+    }
 }
 
 /// The consumer-side record of processed messages ("inbox"), written in the same unit of
@@ -210,6 +221,9 @@ impl<T: OutboxStore> OutboxStore for Arc<T> {
     }
     fn commit_signal(&self) -> Option<Arc<Notify>> {
         (**self).commit_signal()
+    }
+    fn relay_stopped(&self, relay_id: &str) -> impl Future<Output = Result<()>> + Send {
+        (**self).relay_stopped(relay_id)
     }
 }
 

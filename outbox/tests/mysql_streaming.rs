@@ -36,6 +36,34 @@ fn payloads(batch: &[OutboxMessage]) -> Vec<String> {
         .collect()
 }
 
+/// Wait (30 s at most) until `broker` has published every one of `all`.
+async fn published_all(broker: &MemoryBroker, all: &[MessageId], what: &str) {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let seen: HashSet<MessageId> = broker.published().iter().map(|m| m.id).collect();
+            if all.iter().all(|id| seen.contains(id)) {
+                break;
+            }
+            broker.wait_for(seen.len() + 1).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}"));
+}
+
+/// Key `key`'s payloads (`key#n`) in the order each first appeared in `published`: a
+/// failure or restart sends the stream back, so what followed may be published again,
+/// but a key's first appearances keep its order.
+fn first_appearances(published: &[OutboxMessage], key: &str) -> Vec<String> {
+    let mut first = Vec::new();
+    for p in payloads(published) {
+        if p.starts_with(&format!("{key}#")) && !first.contains(&p) {
+            first.push(p);
+        }
+    }
+    first
+}
+
 fn fast(id: &str) -> RelayConfig {
     RelayConfig::with_id(id)
         .with_batch_size(16)
@@ -67,33 +95,15 @@ async fn everything_is_published_in_key_order_through_broker_failures() {
         let mut rx = rx;
         let _ = rx.wait_for(|s| *s).await;
     }));
-    tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let seen: HashSet<MessageId> = broker.published().iter().map(|m| m.id).collect();
-            if all.iter().all(|id| seen.contains(id)) {
-                break;
-            }
-            broker.wait_for(seen.len() + 1).await;
-        }
-    })
-    .await
-    .expect("the relay did not publish everything");
+    published_all(&broker, &all, "the relay did not publish everything").await;
     let published = broker.published();
     for k in keys {
-        let mut seq: Vec<String> = payloads(&published)
-            .into_iter()
-            .filter(|p| p.starts_with(k))
-            .collect();
-        // A failure sends the stream back: what followed is published again, in order.
-        seq.dedup();
-        let mut first = Vec::new();
-        for p in seq {
-            if !first.contains(&p) {
-                first.push(p);
-            }
-        }
         let expected: Vec<String> = (0..25).map(|n| format!("{k}#{n}")).collect();
-        assert_eq!(first, expected, "key {k} out of order");
+        assert_eq!(
+            first_appearances(&published, k),
+            expected,
+            "key {k} out of order"
+        );
     }
     // The position reaches the last row once the relay marked it.
     let max: u64 = sqlx::query_scalar("SELECT MAX(seq) FROM outbox_messages")
@@ -204,6 +214,41 @@ async fn one_relay_holds_the_stream_and_another_takes_over_from_the_position() {
     let err = store.mark_sent(&ids(&first[4..])).await.unwrap_err();
     assert!(matches!(err, Error::Conflict(_)), "{err}");
     assert!(store.claim("one", 100, lease).await.unwrap().is_empty());
+    db.drop_db().await;
+}
+
+/// A relay stopped gracefully hands the stream back: another relay takes it over at
+/// once (not after the lease, here the default 30 s) and goes on after the position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_stopped_gracefully_hands_the_stream_over_at_once() {
+    let db = TestDb::new().await;
+    let store = MySqlStreamingOutbox::new(db.pool.clone());
+    let before: Vec<_> = (0..5).map(|n| msg("k", n)).collect();
+    committed(&store, &before).await;
+    let broker = MemoryBroker::new();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config = fast("one");
+    assert!(config.lease >= LEASE, "the lease must outlast the test");
+    let relay = Relay::new(store.clone(), broker.clone(), config);
+    let task = tokio::spawn(relay.run(async move {
+        let _ = stopped.await;
+    }));
+    published_all(&broker, &ids(&before), "the relay did not publish").await;
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    assert_eq!(store.position().await.unwrap(), Some(5));
+
+    let after: Vec<_> = (5..8).map(|n| msg("k", n)).collect();
+    committed(&store, &after).await;
+    let other = MySqlStreamingOutbox::new(db.pool.clone());
+    let taken = other.claim("two", 100, LEASE).await.unwrap();
+    assert_eq!(
+        payloads(&taken),
+        payloads(&after),
+        "not handed over at once"
+    );
+    // The stopped relay's store forgot the stream: it does not claim beside "two".
+    assert!(store.claim("one", 100, LEASE).await.unwrap().is_empty());
     db.drop_db().await;
 }
 
@@ -408,17 +453,7 @@ async fn a_stopped_relay_persists_what_it_published_and_the_next_run_goes_on() {
     let task = tokio::spawn(relay.run(async move {
         let _ = stopped.await;
     }));
-    tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let seen: HashSet<MessageId> = broker.published().iter().map(|m| m.id).collect();
-            if all.iter().all(|id| seen.contains(id)) {
-                break;
-            }
-            broker.wait_for(seen.len() + 1).await;
-        }
-    })
-    .await
-    .expect("the second run did not publish the rest");
+    published_all(&broker, &all, "the second run did not publish the rest").await;
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
     let published = broker.published();
@@ -430,19 +465,12 @@ async fn a_stopped_relay_persists_what_it_published_and_the_next_run_goes_on() {
         published.len() - all.len()
     );
     for k in keys {
-        let mut order: Vec<String> = payloads(&published)
-            .into_iter()
-            .filter(|p| p.starts_with(&format!("{k}#")))
-            .collect();
-        order.dedup();
-        let mut first_seen = Vec::new();
-        for p in order {
-            if !first_seen.contains(&p) {
-                first_seen.push(p);
-            }
-        }
         let expected: Vec<String> = (0..60).map(|n| format!("{k}#{n}")).collect();
-        assert_eq!(first_seen, expected, "key {k} out of order");
+        assert_eq!(
+            first_appearances(&published, k),
+            expected,
+            "key {k} out of order"
+        );
     }
     db.drop_db().await;
 }

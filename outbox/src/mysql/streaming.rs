@@ -28,7 +28,7 @@ const MAX_HOLES_PER_CLAIM: usize = 256;
 /// | | [`MySqlOutbox`] (claims) | `MySqlStreamingOutbox` |
 /// |---|---|---|
 /// | writes per published message | two row updates (lease, sent) | none: one position update per batch |
-/// | relays publishing at once | any number, sharing the work | one (the lease holder); others stand by and take over when its lease expires |
+/// | relays publishing at once | any number, sharing the work | one (the lease holder); others stand by and take over when its lease expires, or at once after a graceful stop ([`Relay::run`](crate::Relay::run) hands the stream back) |
 /// | a publish that fails | holds back its key only | holds back the stream from that message on, for its retry delay |
 /// | after a crash | the dead relay's leases expire, its rows are claimed again | the next holder resumes from the persisted position |
 ///
@@ -609,6 +609,34 @@ impl OutboxStore for MySqlStreamingOutbox {
                 s.rewind(first);
             }
         }
+        Ok(())
+    }
+
+    /// Persist the position and hand the stream back (owner and lease cleared): another
+    /// relay takes it over on its next poll instead of after the lease. Nothing happens
+    /// if `relay_id` does not hold the stream.
+    async fn relay_stopped(&self, relay_id: &str) -> Result<()> {
+        if !self.streams.lock().unwrap().contains_key(relay_id) {
+            return Ok(());
+        }
+        let persisted = self.persist(relay_id).await;
+        // Forget the stream (and abort a read ahead) whatever happens next: a relay that
+        // comes back takes the lease anew and reloads the position.
+        self.streams.lock().unwrap().remove(relay_id);
+        match persisted {
+            Err(Error::Conflict(_)) => return Ok(()), // no longer ours
+            other => other?,
+        }
+        sqlx::query(
+            "UPDATE outbox_relay_position SET owner = NULL, lease_until = NULL \
+             WHERE name = ? AND owner = ?",
+        )
+        .bind(&*self.name)
+        .bind(relay_id)
+        .execute(self.pool())
+        .await
+        .map_err(storage)?;
+        tracing::info!(relay = relay_id, stream = %self.name, "поток outbox отпущен");
         Ok(())
     }
 

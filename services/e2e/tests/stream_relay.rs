@@ -1,6 +1,7 @@
 //! `OUTBOX_STREAM=true`: the order and payment services' relays read their MySQL
 //! outboxes as streams. Two replicas of each: exactly one replica's relay publishes
-//! per service; SIGKILL the one holding the order stream mid-load and the other takes
+//! per service; SIGTERM the one holding the payment stream and it hands the stream back
+//! as it stops; SIGKILL the one holding the order stream mid-load and the other takes
 //! over from the persisted position (lease 5 s) — every order ends, nobody is charged
 //! twice or for nothing, balances add up, per-order message order holds on both topics.
 
@@ -9,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ordersys_e2e::{email, eventually, Api, Options, System};
+use ordersys_e2e::{email, eventually, wait_ready, Api, Options, System};
 
 mod common;
 use common::{assert_per_key_order, place, processed};
@@ -21,6 +22,15 @@ async fn holds(sys: &System, id: String) -> i64 {
     sys.order_count(
         "SELECT COUNT(*) FROM outbox_relay_position WHERE owner = ?",
         &id,
+    )
+    .await
+}
+
+/// 1 if the payment relay `id` holds the payment outbox's stream, else 0.
+async fn pays(sys: &System, id: String) -> i64 {
+    sys.payment_count(
+        "SELECT COUNT(*) FROM outbox_relay_position WHERE owner = ?",
+        id.as_bytes(),
     )
     .await
 }
@@ -95,6 +105,39 @@ async fn one_relay_streams_each_outbox_and_the_other_replica_takes_over_after_a_
         first_holds || holds(&sys, id(2)).await == 1,
         "neither order replica holds the stream"
     );
+
+    // SIGTERM the replica holding the payment stream: by the time it has exited it has
+    // handed the stream back (its lease would otherwise name it for up to 5 s more).
+    let pay_id = |n: usize| format!("payment@{prefix}-{n}");
+    let pay_first = pays(&sys, pay_id(1)).await == 1;
+    assert!(
+        pay_first || pays(&sys, pay_id(2)).await == 1,
+        "neither payment replica holds the stream"
+    );
+    let (stopped, status) = if pay_first {
+        (1, sys.payment.terminate(Duration::from_secs(30)))
+    } else {
+        let second = sys.second.as_mut().unwrap();
+        (2, second.payment.terminate(Duration::from_secs(30)))
+    };
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the payment replica did not stop gracefully: {status:?}"
+    );
+    assert_eq!(
+        pays(&sys, pay_id(stopped)).await,
+        0,
+        "the stopped payment replica still holds the stream"
+    );
+    // Back for the rest (the wallet checks below go through either gateway).
+    if stopped == 1 {
+        sys.restart("payment").await;
+    } else {
+        let second = sys.second.as_mut().unwrap();
+        second.payment.restart();
+        let url = format!("{}/readyz", second.payment_admin);
+        wait_ready(&url, &mut second.payment, Duration::from_secs(90)).await;
+    }
 
     // Kill the holder; the survivor takes the stream over once its lease expired.
     let before_kill = placed.lock().unwrap().len();

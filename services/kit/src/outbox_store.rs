@@ -107,4 +107,10 @@ impl OutboxStore for MySqlServiceOutbox {
             Self::Stream(o) => o.backlog().await,
         }
     }
+    async fn relay_stopped(&self, relay_id: &str) -> Result<()> {
+        match self {
+            Self::Claims(o) => o.relay_stopped(relay_id).await,
+            Self::Stream(o) => o.relay_stopped(relay_id).await,
+        }
+    }
 }
