@@ -30,11 +30,11 @@ use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
 use uuid::Uuid;
 
 use crate::idempotency::{IdempotencyStore, Reservation};
-use crate::store::{claimable, Inbox, OutboxStore, Transactional};
+use crate::store::{Inbox, OutboxStore, Transactional};
 use crate::{Error, Headers, MessageId, OutboxMessage, Result};
 
 /// The transaction type of the SQLite backends.
@@ -109,6 +109,22 @@ fn row_to_message(row: &SqliteRow) -> Result<OutboxMessage> {
     })
 }
 
+/// The claim as one statement (see `SqliteOutbox::claim_relaxed`): `?1` relay id,
+/// `?2` lease end, `?3` now, `?4` limit, `?5` window (µs times).
+const CLAIM_SQL: &str = "\
+WITH w AS (\
+    SELECT seq, msg_key, \
+           (lease_until_us IS NOT NULL AND lease_until_us > ?3 \
+            AND (leased_by IS NULL OR leased_by <> ?1)) AS leased \
+    FROM outbox_messages WHERE sent_at_us IS NULL ORDER BY seq LIMIT ?5), \
+b AS (\
+    SELECT seq, MAX(leased) OVER (PARTITION BY msg_key ORDER BY seq \
+                                  ROWS UNBOUNDED PRECEDING) AS blocked \
+    FROM w) \
+UPDATE outbox_messages SET leased_by = ?1, lease_until_us = ?2 \
+WHERE seq IN (SELECT seq FROM b WHERE blocked = 0 ORDER BY seq LIMIT ?4) \
+RETURNING seq, id, topic, msg_key, payload, headers, created_at_us, attempts";
+
 /// SQLite [`OutboxStore`].
 ///
 /// **Durability.** [`enqueue`](OutboxStore::enqueue) is part of the caller's transaction
@@ -171,9 +187,15 @@ impl SqliteOutbox {
         }
     }
 
-    /// Claim in one `BEGIN IMMEDIATE` transaction that commits without waiting for the
-    /// disk: relaxing the level rides on the `BEGIN`, restoring it on the `COMMIT` (no
-    /// round trip of its own to the connection's thread).
+    /// Claim with one statement — one round trip to the connection's thread, where a
+    /// `BEGIN IMMEDIATE … COMMIT` transaction took four — that commits without waiting
+    /// for the disk (relaxing the level and restoring it ride in the same query).
+    ///
+    /// The statement applies the claim rule every backend shares: over the oldest
+    /// `4 × limit` unsent rows, a row is taken unless it, or an earlier row of its key,
+    /// is leased to another relay or held back after a failure (a running `MAX` over
+    /// the key's rows, in `seq` order); the first `limit` such rows are leased and
+    /// returned.
     async fn claim_relaxed(
         &self,
         relay_id: &str,
@@ -181,90 +203,35 @@ impl SqliteOutbox {
         lease: Duration,
     ) -> Result<Vec<OutboxMessage>> {
         let (mut conn, restore) = self.bookkeeping_conn().await?;
-        // Fixed statements: nothing is built per claim.
-        let (begin, commit, rollback) = match restore {
-            None => ("BEGIN IMMEDIATE", "COMMIT", "ROLLBACK"),
-            Some("PRAGMA synchronous = EXTRA") => (
-                "PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE",
-                "COMMIT; PRAGMA synchronous = EXTRA",
-                "ROLLBACK; PRAGMA synchronous = EXTRA",
-            ),
-            Some(_) => (
-                "PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE",
-                "COMMIT; PRAGMA synchronous = FULL",
-                "ROLLBACK; PRAGMA synchronous = FULL",
-            ),
+        let sql = match restore {
+            None => CLAIM_SQL.to_owned(),
+            Some(r) => format!("PRAGMA synchronous = NORMAL; {CLAIM_SQL}; {r}"),
         };
-        if let Err(e) = sqlx::query(begin).execute(&mut *conn).await {
-            // No transaction began (`BEGIN` is the last statement).
-            Self::put_back(&mut conn, restore).await;
-            return Err(storage(e));
-        }
-        match Self::claim_on(&mut conn, relay_id, limit, lease).await {
-            Ok(chosen) => {
-                if let Err(e) = sqlx::query(commit).execute(&mut *conn).await {
-                    // Committed or not, unknown: a closed connection rolls back whatever
-                    // is open, and leases left behind expire.
-                    conn.close_on_drop();
-                    return Err(storage(e));
-                }
-                Ok(chosen)
-            }
-            Err(e) => {
-                if sqlx::query(rollback).execute(&mut *conn).await.is_err() {
-                    conn.close_on_drop();
-                }
-                Err(e)
-            }
-        }
-    }
-
-    /// The claim's statements, inside the caller's transaction.
-    async fn claim_on(
-        conn: &mut SqliteConnection,
-        relay_id: &str,
-        limit: usize,
-        lease: Duration,
-    ) -> Result<Vec<OutboxMessage>> {
         let now = now_us();
-        let rows = sqlx::query(
-            "SELECT seq, id, topic, msg_key, payload, headers, created_at_us, attempts, \
-                    (lease_until_us IS NOT NULL AND lease_until_us > ? \
-                     AND (leased_by IS NULL OR leased_by <> ?)) AS leased \
-             FROM outbox_messages WHERE sent_at_us IS NULL ORDER BY seq LIMIT ?",
-        )
-        .bind(now)
-        .bind(relay_id)
-        .bind((limit.saturating_mul(4)) as i64)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(storage)?;
-        let mut keys = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let key: String = row.try_get("msg_key").map_err(storage)?;
-            let leased: i64 = row.try_get("leased").map_err(storage)?;
-            keys.push((key, leased != 0));
-        }
-        let mut chosen = Vec::new();
-        let mut seqs = Vec::new();
-        for i in claimable(keys.iter().map(|(k, l)| (k.as_str(), *l)), limit) {
-            seqs.push(rows[i].try_get::<i64, _>("seq").map_err(storage)?);
-            chosen.push(row_to_message(&rows[i])?);
-        }
-        if !seqs.is_empty() {
-            let mut q = QueryBuilder::<Sqlite>::new("UPDATE outbox_messages SET leased_by = ");
-            q.push_bind(relay_id)
-                .push(", lease_until_us = ")
-                .push_bind(now + lease.as_micros() as i64)
-                .push(" WHERE seq IN (");
-            let mut sep = q.separated(", ");
-            for s in &seqs {
-                sep.push_bind(*s);
+        let rows = sqlx::query(&sql)
+            .bind(relay_id)
+            .bind(now.saturating_add(lease.as_micros() as i64))
+            .bind(now)
+            .bind(limit as i64)
+            .bind(limit.saturating_mul(4) as i64)
+            .fetch_all(&mut *conn)
+            .await;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                // One statement: it leased everything or nothing.
+                Self::put_back(&mut conn, restore).await;
+                return Err(storage(e));
             }
-            q.push(")");
-            q.build().execute(&mut *conn).await.map_err(storage)?;
+        };
+        let mut chosen = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let seq: i64 = row.try_get("seq").map_err(storage)?;
+            chosen.push((seq, row_to_message(row)?));
         }
-        Ok(chosen)
+        // `RETURNING` gives the rows in no particular order.
+        chosen.sort_unstable_by_key(|(seq, _)| *seq);
+        Ok(chosen.into_iter().map(|(_, m)| m).collect())
     }
 
     /// Rows not yet sent.
@@ -495,39 +462,49 @@ impl SqliteIdempotencyStore {
 
 #[async_trait]
 impl IdempotencyStore for SqliteIdempotencyStore {
+    /// One statement on the common path (a new or expired key): insert the
+    /// reservation, or take over an expired one, atomically; only a live key costs a
+    /// second statement to read its state.
     async fn reserve(&self, key: &str, ttl: Duration) -> Result<Reservation> {
-        let now = now_us();
-        let mut tx = begin(&self.pool).await?;
-        let row = sqlx::query(
-            "SELECT done, result FROM idempotency_keys WHERE key = ? AND expires_at_us > ?",
-        )
-        .bind(key)
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(storage)?;
-        let answer = match row {
-            Some(r) => {
+        loop {
+            let now = now_us();
+            let taken = sqlx::query(
+                "INSERT INTO idempotency_keys (key, done, result, expires_at_us) \
+                 VALUES (?1, 0, NULL, ?2) \
+                 ON CONFLICT (key) DO UPDATE SET done = 0, result = NULL, \
+                 expires_at_us = excluded.expires_at_us \
+                 WHERE idempotency_keys.expires_at_us <= ?3",
+            )
+            .bind(key)
+            .bind(now.saturating_add(ttl.as_micros() as i64))
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(storage)?
+            .rows_affected()
+                == 1;
+            if taken {
+                return Ok(Reservation::Reserved);
+            }
+            let row = sqlx::query(
+                "SELECT done, result FROM idempotency_keys WHERE key = ? AND expires_at_us > ?",
+            )
+            .bind(key)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(storage)?;
+            // `None`: released (or expired) since the insert found it — try again.
+            if let Some(r) = row {
                 let done: i64 = r.try_get("done").map_err(storage)?;
-                if done != 0 {
+                return Ok(if done != 0 {
                     let result: Option<Vec<u8>> = r.try_get("result").map_err(storage)?;
                     Reservation::Completed(Bytes::from(result.unwrap_or_default()))
                 } else {
                     Reservation::InProgress
-                }
+                });
             }
-            None => {
-                sqlx::query("INSERT OR REPLACE INTO idempotency_keys (key, done, result, expires_at_us) VALUES (?, 0, NULL, ?)")
-                    .bind(key)
-                    .bind(now + ttl.as_micros() as i64)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(storage)?;
-                Reservation::Reserved
-            }
-        };
-        commit(tx).await?;
-        Ok(answer)
+        }
     }
 
     async fn complete(&self, key: &str, result: &[u8], ttl: Duration) -> Result<()> {
