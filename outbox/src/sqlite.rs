@@ -111,19 +111,36 @@ fn row_to_message(row: &SqliteRow) -> Result<OutboxMessage> {
 
 /// The claim as one statement (see `SqliteOutbox::claim_relaxed`): `?1` relay id,
 /// `?2` lease end, `?3` now, `?4` limit, `?5` window (µs times).
-const CLAIM_SQL: &str = "\
-WITH w AS (\
-    SELECT seq, msg_key, \
-           (lease_until_us IS NOT NULL AND lease_until_us > ?3 \
-            AND (leased_by IS NULL OR leased_by <> ?1)) AS leased \
-    FROM outbox_messages WHERE sent_at_us IS NULL ORDER BY seq LIMIT ?5), \
-b AS (\
-    SELECT seq, MAX(leased) OVER (PARTITION BY msg_key ORDER BY seq \
-                                  ROWS UNBOUNDED PRECEDING) AS blocked \
-    FROM w) \
-UPDATE outbox_messages SET leased_by = ?1, lease_until_us = ?2 \
-WHERE seq IN (SELECT seq FROM b WHERE blocked = 0 ORDER BY seq LIMIT ?4) \
-RETURNING seq, id, topic, msg_key, payload, headers, created_at_us, attempts";
+macro_rules! claim_sql {
+    () => {
+        "WITH w AS (\
+            SELECT seq, msg_key, \
+                   (lease_until_us IS NOT NULL AND lease_until_us > ?3 \
+                    AND (leased_by IS NULL OR leased_by <> ?1)) AS leased \
+            FROM outbox_messages WHERE sent_at_us IS NULL ORDER BY seq LIMIT ?5), \
+         b AS (\
+            SELECT seq, MAX(leased) OVER (PARTITION BY msg_key ORDER BY seq \
+                                          ROWS UNBOUNDED PRECEDING) AS blocked \
+            FROM w) \
+         UPDATE outbox_messages SET leased_by = ?1, lease_until_us = ?2 \
+         WHERE seq IN (SELECT seq FROM b WHERE blocked = 0 ORDER BY seq LIMIT ?4) \
+         RETURNING seq, id, topic, msg_key, payload, headers, created_at_us, attempts"
+    };
+}
+
+/// The claim on a connection that waits for no disk anyway, and wrapped in relaxing and
+/// restoring a `FULL` or `EXTRA` level: fixed strings, nothing built per claim.
+const CLAIM_SQL: &str = claim_sql!();
+const CLAIM_SQL_FULL: &str = concat!(
+    "PRAGMA synchronous = NORMAL; ",
+    claim_sql!(),
+    "; PRAGMA synchronous = FULL"
+);
+const CLAIM_SQL_EXTRA: &str = concat!(
+    "PRAGMA synchronous = NORMAL; ",
+    claim_sql!(),
+    "; PRAGMA synchronous = EXTRA"
+);
 
 /// SQLite [`OutboxStore`].
 ///
@@ -204,11 +221,12 @@ impl SqliteOutbox {
     ) -> Result<Vec<OutboxMessage>> {
         let (mut conn, restore) = self.bookkeeping_conn().await?;
         let sql = match restore {
-            None => CLAIM_SQL.to_owned(),
-            Some(r) => format!("PRAGMA synchronous = NORMAL; {CLAIM_SQL}; {r}"),
+            None => CLAIM_SQL,
+            Some("PRAGMA synchronous = EXTRA") => CLAIM_SQL_EXTRA,
+            Some(_) => CLAIM_SQL_FULL,
         };
         let now = now_us();
-        let rows = sqlx::query(&sql)
+        let rows = sqlx::query(sql)
             .bind(relay_id)
             .bind(now.saturating_add(lease.as_micros() as i64))
             .bind(now)

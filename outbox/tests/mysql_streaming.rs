@@ -64,6 +64,28 @@ fn first_appearances(published: &[OutboxMessage], key: &str) -> Vec<String> {
     first
 }
 
+/// A relay running in a task of its own until [`Running::stop`].
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<outbox::Result<()>>,
+}
+
+fn start<P: outbox::Publisher>(relay: Relay<MySqlStreamingOutbox, P>) -> Running {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(relay.run(async move {
+        let _ = stopped.await;
+    }));
+    Running { stop, task }
+}
+
+impl Running {
+    /// Stop it gracefully and wait until `Relay::run` returned.
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
 fn fast(id: &str) -> RelayConfig {
     RelayConfig::with_id(id)
         .with_batch_size(16)
@@ -89,12 +111,7 @@ async fn everything_is_published_in_key_order_through_broker_failures() {
     }
     let broker = MemoryBroker::new();
     broker.fail_next(3);
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let relay = Relay::new(store.clone(), broker.clone(), fast("relay-1"));
-    let task = tokio::spawn(relay.run(async move {
-        let mut rx = rx;
-        let _ = rx.wait_for(|s| *s).await;
-    }));
+    let relay = start(Relay::new(store.clone(), broker.clone(), fast("relay-1")));
     published_all(&broker, &all, "the relay did not publish everything").await;
     let published = broker.published();
     for k in keys {
@@ -119,8 +136,7 @@ async fn everything_is_published_in_key_order_through_broker_failures() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(store.pending().await.unwrap(), 0);
-    stop.send_replace(true);
-    task.await.unwrap().unwrap();
+    relay.stop().await;
     db.drop_db().await;
 }
 
@@ -226,16 +242,11 @@ async fn a_relay_stopped_gracefully_hands_the_stream_over_at_once() {
     let before: Vec<_> = (0..5).map(|n| msg("k", n)).collect();
     committed(&store, &before).await;
     let broker = MemoryBroker::new();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let config = fast("one");
     assert!(config.lease >= LEASE, "the lease must outlast the test");
-    let relay = Relay::new(store.clone(), broker.clone(), config);
-    let task = tokio::spawn(relay.run(async move {
-        let _ = stopped.await;
-    }));
+    let relay = start(Relay::new(store.clone(), broker.clone(), config));
     published_all(&broker, &ids(&before), "the relay did not publish").await;
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    relay.stop().await;
     assert_eq!(store.position().await.unwrap(), Some(5));
 
     let after: Vec<_> = (5..8).map(|n| msg("k", n)).collect();
@@ -331,12 +342,7 @@ async fn concurrent_writers_committing_out_of_order_lose_nothing() {
     let store =
         MySqlStreamingOutbox::new(db.pool.clone()).with_hole_grace(Duration::from_millis(200));
     let broker = MemoryBroker::new();
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let relay = Relay::new(store.clone(), broker.clone(), fast("relay-1"));
-    let task = tokio::spawn(relay.run(async move {
-        let mut rx = rx;
-        let _ = rx.wait_for(|s| *s).await;
-    }));
+    let relay = start(Relay::new(store.clone(), broker.clone(), fast("relay-1")));
 
     let writers: Vec<_> = (0..8)
         .map(|w| {
@@ -396,8 +402,7 @@ async fn concurrent_writers_committing_out_of_order_lose_nothing() {
         sorted.sort_by_key(|p| p[key.len() + 1..].parse::<u32>().unwrap());
         assert_eq!(order, sorted, "key {key} out of order");
     }
-    stop.send_replace(true);
-    task.await.unwrap().unwrap();
+    relay.stop().await;
     db.drop_db().await;
 }
 
@@ -427,14 +432,13 @@ async fn a_stopped_relay_persists_what_it_published_and_the_next_run_goes_on() {
         committed(&store, &batch).await;
     }
     let broker = MemoryBroker::new();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let relay = Relay::new(store.clone(), Slow(broker.clone()), fast("relay-1"));
-    let task = tokio::spawn(relay.run(async move {
-        let _ = stopped.await;
-    }));
+    let relay = start(Relay::new(
+        store.clone(),
+        Slow(broker.clone()),
+        fast("relay-1"),
+    ));
     broker.wait_for(50).await;
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    relay.stop().await;
     let first = broker.published().len();
     assert!(
         first < all.len(),
@@ -448,14 +452,9 @@ async fn a_stopped_relay_persists_what_it_published_and_the_next_run_goes_on() {
 
     // The next run (a new process) starts after the position.
     let store = MySqlStreamingOutbox::new(db.pool.clone());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let relay = Relay::new(store.clone(), broker.clone(), fast("relay-1"));
-    let task = tokio::spawn(relay.run(async move {
-        let _ = stopped.await;
-    }));
+    let relay = start(Relay::new(store.clone(), broker.clone(), fast("relay-1")));
     published_all(&broker, &all, "the second run did not publish the rest").await;
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    relay.stop().await;
     let published = broker.published();
     // Republished after the restart: at most what was in flight or queued at the stop
     // (two batches of 16), never what the position covers.
