@@ -8,8 +8,10 @@ run:
 	$(CARGO) run --release -p ordersys
 
 ## Run the whole test suite (unit, integration against real MariaDB/Redis/Kafka,
-## doctests) of every crate, starting the servers first if they are down.
+## doctests) of every crate, starting the servers first if they are down and installing
+## the tools the tests run (the broker, the Prometheus exporters, schemathesis).
 test: services-up
+	scripts/prometheus-tools >/dev/null
 	$(CARGO) build --workspace --bins --all-features
 	$(CARGO) test --workspace --all-features --no-fail-fast
 	scripts/fuzz-api

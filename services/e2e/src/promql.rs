@@ -142,9 +142,10 @@ pub async fn scrape(base: &str) -> HashMap<String, f64> {
     parse_text(&text)
 }
 
-/// Where `make deploy-check` unpacks Debian's Prometheus tools and exporters.
+/// Where `scripts/prometheus-tools` (run by `make test`) unpacks Debian's Prometheus
+/// tools and exporters.
 pub fn tools_bin() -> PathBuf {
-    crate::infra::tools_dir().join("deploy-tools/prometheus/usr/bin")
+    crate::infra::tools_dir().join("prometheus/usr/bin")
 }
 
 /// Run exporter `bin` with `args` and `env` on a free port until it answers `/metrics`
@@ -158,7 +159,7 @@ pub async fn exporter_metrics(
     let path = tools_bin().join(bin);
     assert!(
         path.exists(),
-        "{} is missing: `make deploy-check` installs it",
+        "{} is missing: `scripts/prometheus-tools` (part of `make test`) installs it",
         path.display()
     );
     let port = crate::free_port();

@@ -86,6 +86,17 @@ async fn one_relay_streams_each_outbox_and_the_other_replica_takes_over_after_a_
     })
     .await;
     for (service, admins) in [("order", &order_admins), ("payment", &payment_admins)] {
+        // Placed is not yet published (on a loaded machine payment may not have debited
+        // anything by now): await the first publish of the service, then look at both.
+        eventually(
+            &format!("{service}: a relay publishes"),
+            Duration::from_secs(60),
+            || async {
+                let (a, b) = (processed(&admins[0]).await, processed(&admins[1]).await);
+                (a.1 + b.1 > 0.0).then_some(())
+            },
+        )
+        .await;
         let (a, b) = (processed(&admins[0]).await, processed(&admins[1]).await);
         assert!(
             (a.1 > 0.0) != (b.1 > 0.0),
