@@ -686,6 +686,165 @@ mod tests {
         assert_eq!(b.state(), BreakerState::Closed);
     }
 
+    /// A normal call admitted before the breaker opened, cancelled while a later trial
+    /// runs, must not take the trial's outcome away.
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_normal_call_leaves_the_trial_alone() {
+        let (b, _) = breaker_with_log(1);
+        let normal = b.try_acquire().unwrap();
+        assert!(!normal.is_trial());
+        b.try_acquire().unwrap().failure();
+        assert_eq!(b.state(), BreakerState::Open);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let trial = b.try_acquire().unwrap();
+        assert!(trial.is_trial());
+        drop(normal);
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        trial.success();
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    /// A late failure of a call admitted while CLOSED does not re-open a breaker whose
+    /// trial is running, nor restart its count.
+    #[tokio::test(start_paused = true)]
+    async fn failures_outside_closed_do_not_open_again() {
+        let (b, log) = breaker_with_log(1);
+        let late = b.try_acquire().unwrap();
+        b.try_acquire().unwrap().failure();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let trial = b.try_acquire().unwrap();
+        late.failure();
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        trial.success();
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert_eq!(b.consecutive_failures(), 0);
+        assert_eq!(log.lock().unwrap().len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_running_trial_rejects_with_no_wait_and_the_count_restarts_after_opening() {
+        let (b, _) = breaker_with_log(2);
+        fail(&b).await;
+        assert_eq!(b.consecutive_failures(), 1);
+        fail(&b).await;
+        assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(b.consecutive_failures(), 0, "reset when it opened");
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let trial = b.try_acquire().unwrap();
+        let rejected = b.try_acquire().unwrap_err();
+        assert_eq!(rejected.retry_after, Duration::ZERO);
+        assert_eq!(&*rejected.name, "test");
+        assert_eq!(rejected.to_string(), "circuit breaker `test` is open");
+        trial.success();
+        // Closed again: it takes the full threshold to open once more.
+        fail(&b).await;
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert_eq!(b.consecutive_failures(), 1);
+        ok(&b).await.unwrap();
+        assert_eq!(b.consecutive_failures(), 0);
+    }
+
+    #[test]
+    fn names_configuration_and_errors() {
+        assert_eq!(BreakerState::Closed.to_string(), "CLOSED");
+        assert_eq!(BreakerState::Open.to_string(), "OPEN");
+        assert_eq!(BreakerState::HalfOpen.to_string(), "HALF_OPEN");
+        assert_eq!(BreakerState::Closed.metric_value(), 0.0);
+        assert_eq!(BreakerState::Open.metric_value(), 1.0);
+        assert_eq!(BreakerState::HalfOpen.metric_value(), 2.0);
+        for s in [
+            BreakerState::Closed,
+            BreakerState::Open,
+            BreakerState::HalfOpen,
+        ] {
+            assert_eq!(BreakerState::from_u8(s.metric_value() as u8), s);
+        }
+
+        let config = BreakerConfig::default()
+            .with_failure_threshold(7)
+            .with_open_timeout(Duration::from_secs(3));
+        assert_eq!(config.failure_threshold, 7);
+        assert_eq!(config.open_timeout, Duration::from_secs(3));
+        let b = CircuitBreaker::builder("cfg").config(config).build();
+        assert_eq!(b.config(), config);
+        assert_eq!(b.name(), "cfg");
+        let zero = CircuitBreaker::builder("z")
+            .config(config.with_failure_threshold(0))
+            .build();
+        assert_eq!(zero.config().failure_threshold, 1, "at least one failure");
+        let zero = CircuitBreaker::builder("z").failure_threshold(0).build();
+        assert_eq!(zero.config().failure_threshold, 1);
+        let d = CircuitBreaker::new("d").config();
+        assert_eq!(
+            (d.failure_threshold, d.open_timeout),
+            (5, Duration::from_secs(30))
+        );
+
+        let inner: BreakerError<&str> = BreakerError::Inner("boom");
+        assert!(!inner.is_open());
+        assert_eq!(inner.into_inner(), Some("boom"));
+        let open: BreakerError<&str> = BreakerError::Open(CircuitOpen {
+            name: "x".into(),
+            retry_after: Duration::ZERO,
+        });
+        assert!(open.is_open());
+        assert_eq!(open.into_inner(), None);
+        assert!(!BreakerError::<&str>::TimedOut.is_open());
+        assert_eq!(BreakerError::<&str>::TimedOut.into_inner(), None);
+    }
+
+    /// The state gauge and the transition counter follow every change.
+    #[test]
+    fn metrics_follow_the_state() {
+        let recorder = ordersys_testkit::MetricsRecorder::default();
+        let state = [("breaker", "m")];
+        let moved = |from, to| {
+            recorder.counter(
+                "resilience_breaker_transitions_total",
+                &[("breaker", "m"), ("from", from), ("to", to)],
+            )
+        };
+        metrics::with_local_recorder(&recorder, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let b = CircuitBreaker::builder("m").failure_threshold(1).build();
+                assert_eq!(
+                    recorder.gauge("resilience_breaker_state", &state),
+                    Some(0.0)
+                );
+                assert_eq!(
+                    moved("CLOSED", "OPEN"),
+                    Some(0),
+                    "the counter exists before the first opening"
+                );
+                fail(&b).await;
+                assert_eq!(
+                    recorder.gauge("resilience_breaker_state", &state),
+                    Some(1.0)
+                );
+                assert_eq!(moved("CLOSED", "OPEN"), Some(1));
+                tokio::time::advance(Duration::from_secs(30)).await;
+                let trial = b.try_acquire().unwrap();
+                assert_eq!(
+                    recorder.gauge("resilience_breaker_state", &state),
+                    Some(2.0)
+                );
+                assert_eq!(moved("OPEN", "HALF_OPEN"), Some(1));
+                trial.success();
+                assert_eq!(
+                    recorder.gauge("resilience_breaker_state", &state),
+                    Some(0.0)
+                );
+                assert_eq!(moved("HALF_OPEN", "CLOSED"), Some(1));
+                assert_eq!(moved("CLOSED", "OPEN"), Some(1));
+            });
+        });
+    }
+
     #[tokio::test(start_paused = true)]
     async fn classifier_decides_what_counts() {
         let (b, _) = breaker_with_log(2);

@@ -400,6 +400,130 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 3);
     }
 
+    /// A service that is never ready (back-pressure) or fails to get ready.
+    #[derive(Clone)]
+    struct NotReady(Option<&'static str>);
+
+    impl Service<()> for NotReady {
+        type Response = ();
+        type Error = BoxError;
+        type Future = std::future::Ready<Result<(), BoxError>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            match self.0 {
+                Some(e) => Poll::Ready(Err(e.into())),
+                None => Poll::Pending,
+            }
+        }
+        fn call(&mut self, _: ()) -> Self::Future {
+            std::future::ready(Ok(()))
+        }
+    }
+
+    /// Both layers ask the inner service whether it is ready: its back-pressure and its
+    /// readiness errors come through.
+    #[tokio::test(start_paused = true)]
+    async fn readiness_is_the_inner_services() {
+        let breaker = CircuitBreaker::new("ready");
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut pending = CircuitBreakerLayer::new(breaker.clone()).layer(NotReady(None));
+        assert!(pending.poll_ready(&mut cx).is_pending());
+        let mut pending = RetryLayer::new(Retry::default()).layer(NotReady(None));
+        assert!(pending.poll_ready(&mut cx).is_pending());
+        let mut broken = CircuitBreakerLayer::new(breaker).layer(NotReady(Some("gone")));
+        match broken.poll_ready(&mut cx) {
+            Poll::Ready(Err(e)) => assert_eq!(e.to_string(), "gone"),
+            _ => panic!("the inner error must come through"),
+        }
+        let mut broken = RetryLayer::new(Retry::default()).layer(NotReady(Some("gone")));
+        match broken.poll_ready(&mut cx) {
+            Poll::Ready(Err(e)) => assert_eq!(e.to_string(), "gone"),
+            _ => panic!("the inner error must come through"),
+        }
+    }
+
+    /// An open breaker is never retried, even by a layer that retries everything: the
+    /// attempt that met it is the last.
+    #[tokio::test(start_paused = true)]
+    async fn retry_layer_does_not_retry_an_open_breaker() {
+        let attempts = Arc::new(AtomicU32::new(0));
+        let a = attempts.clone();
+        let breaker = CircuitBreaker::builder("b").failure_threshold(1).build();
+        let inner = CircuitBreakerLayer::new(breaker).layer(service_fn(|_: ()| async {
+            Err::<(), BoxError>("down".into())
+        }));
+        let counted = tower::util::MapRequest::new(inner, move |r: ()| {
+            a.fetch_add(1, Ordering::SeqCst);
+            r
+        });
+        let svc = RetryLayer::new(Retry::default().max_attempts(5)).layer(counted);
+        let err = svc.oneshot(()).await.unwrap_err();
+        assert!(err.downcast_ref::<CircuitOpen>().is_some());
+        assert_eq!(
+            attempts.load(Ordering::SeqCst),
+            2,
+            "one failure, then the open breaker"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_layer_predicate_and_deadline() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let c = calls.clone();
+        let svc = RetryLayer::with_predicate(Retry::default().max_attempts(5), |e| {
+            e.to_string() != "invalid"
+        })
+        .layer(service_fn(move |_: ()| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async { Err::<(), BoxError>("invalid".into()) }
+        }));
+        let err = svc.oneshot(()).await.unwrap_err();
+        assert_eq!(err.to_string(), "invalid", "the inner error, as it was");
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "not retryable");
+
+        let svc = RetryLayer::new(
+            Retry::default()
+                .max_attempts(10)
+                .deadline(Duration::from_millis(250)),
+        )
+        .layer(service_fn(|_: ()| async {
+            Err::<(), BoxError>("down".into())
+        }));
+        let err = svc.oneshot(()).await.unwrap_err();
+        let late = err.downcast_ref::<DeadlineExceeded>().expect("deadline");
+        assert_eq!(late.attempts, 2);
+    }
+
+    /// The classifier sees errors too; a non-failure error leaves the count alone, and
+    /// the rejection of an open breaker is answered without calling the inner service.
+    #[tokio::test(start_paused = true)]
+    async fn classifier_sees_errors_and_rejections_skip_the_inner_service() {
+        let breaker = CircuitBreaker::builder("grpc").failure_threshold(1).build();
+        let calls = Arc::new(AtomicU32::new(0));
+        let c = calls.clone();
+        let svc =
+            CircuitBreakerLayer::with_classifier(breaker.clone(), |r: Result<&(), &BoxError>| {
+                r.is_err_and(|e| e.to_string() == "unavailable")
+            })
+            .layer(service_fn(move |e: &'static str| {
+                c.fetch_add(1, Ordering::SeqCst);
+                async move { Err::<(), BoxError>(e.into()) }
+            }));
+        svc.clone().oneshot("not found").await.unwrap_err();
+        assert_eq!(breaker.state(), crate::BreakerState::Closed);
+        svc.clone().oneshot("unavailable").await.unwrap_err();
+        assert_eq!(breaker.state(), crate::BreakerState::Open);
+        let err = svc.clone().oneshot("not found").await.unwrap_err();
+        assert!(err.downcast_ref::<CircuitOpen>().is_some());
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // A success through the layer closes a half-open breaker.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let ok = CircuitBreakerLayer::<()>::new(breaker.clone())
+            .layer(service_fn(|_: ()| async { Ok::<_, BoxError>(()) }));
+        ok.oneshot(()).await.unwrap();
+        assert_eq!(breaker.state(), crate::BreakerState::Closed);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn retry_outside_breaker_stops_when_it_opens() {
         let calls = Arc::new(AtomicU32::new(0));

@@ -115,10 +115,8 @@ impl RateLimiter for MemoryRateLimiter {
                 c.sweeps += 1;
             }
         }
-        let entry = c
-            .map
-            .entry(client.to_owned())
-            .or_insert((0, now + self.window));
+        // A client not seen yet gets an ended window, which starts a new one below.
+        let entry = c.map.entry(client.to_owned()).or_insert((0, now));
         if entry.1 <= now {
             *entry = (0, now + self.window);
         }
@@ -304,16 +302,15 @@ return {c, ttl}
 
         /// Settle every `every` in a background task, until the last clone is dropped.
         pub fn start(mut self, every: Duration) -> Self {
-            let shared = Arc::downgrade(&self.shared);
+            // The task ends when the last clone drops its `AbortOnDrop` (and with it
+            // the task's own reference to the counts).
+            let shared = self.shared.clone();
             let every = every.max(Duration::from_millis(1));
             let task = tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
-                    let Some(shared) = shared.upgrade() else {
-                        return;
-                    };
                     // A failed settlement keeps its counts for the next one.
                     let _ = shared.settle().await;
                 }
@@ -398,7 +395,8 @@ return {c, ttl}
             let b = &self.shared;
             let now = Instant::now();
             let mut slots = lock(&b.slots);
-            // The key is allocated only for a client not seen in this window.
+            // The key is allocated only for a client not seen in this window; its slot
+            // starts as an ended window, which starts a new one below.
             if !slots.contains_key(client) {
                 slots.insert(
                     client.to_owned(),
@@ -406,7 +404,7 @@ return {c, ttl}
                         shared: 0,
                         pending: 0,
                         sending: 0,
-                        resets_at: now + b.window,
+                        resets_at: now,
                     },
                 );
             }
@@ -455,6 +453,133 @@ return {c, ttl}
             ))
         }
     }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn clients(l: &BatchedRedisRateLimiter) -> Vec<String> {
+            let mut keys: Vec<_> = lock(&l.shared.slots).keys().cloned().collect();
+            keys.sort();
+            keys
+        }
+
+        fn limiter(conn: ConnectionManager, window: Duration) -> BatchedRedisRateLimiter {
+            let prefix = format!("test:{}:rate:", rand::random::<u64>());
+            BatchedRedisRateLimiter::new(conn, 10, window).with_prefix(prefix)
+        }
+
+        /// A settlement forgets a client whose window has ended with nothing left to
+        /// send (memory stays bounded by the clients of one window), and keeps one
+        /// whose window is live or whose admissions are not sent yet.
+        #[tokio::test]
+        async fn settling_forgets_ended_idle_windows_only() {
+            let window = Duration::from_millis(300);
+            let l = limiter(ordersys_testkit::redis().await, window);
+            l.check("idle").await.unwrap();
+            l.settle().await.unwrap();
+            l.check("unsent").await.unwrap();
+            tokio::time::sleep(window + Duration::from_millis(100)).await;
+            // Both windows have ended; "unsent" still has an admission to send.
+            l.check("quiet").await.unwrap();
+            l.settle().await.unwrap();
+            assert_eq!(clients(&l), ["quiet", "unsent"]);
+            // Nothing new: a live window stays even with nothing to send.
+            l.settle().await.unwrap();
+            assert_eq!(clients(&l), ["quiet", "unsent"]);
+            assert_eq!(
+                lock(&l.shared.slots)["unsent"].shared,
+                1,
+                "sent and counted"
+            );
+        }
+
+        /// A window ending this very instant has ended: its idle slot goes.
+        #[tokio::test]
+        async fn a_window_ending_now_has_ended() {
+            let l = limiter(ordersys_testkit::redis().await, Duration::from_secs(60));
+            l.check("x").await.unwrap();
+            l.settle().await.unwrap();
+            tokio::time::pause();
+            let ends = lock(&l.shared.slots)["x"].resets_at;
+            tokio::time::advance(ends - Instant::now() - Duration::from_millis(1)).await;
+            l.settle().await.unwrap();
+            assert_eq!(clients(&l), ["x"], "a millisecond before its end");
+            tokio::time::advance(Duration::from_millis(1)).await;
+            assert_eq!(Instant::now(), ends);
+            l.settle().await.unwrap();
+            assert!(clients(&l).is_empty());
+        }
+
+        /// Only clients with news are sent: an instance with nothing new makes no round
+        /// trip, so what other instances admitted reaches it with its next news (the
+        /// precision the type's docs state).
+        #[tokio::test]
+        async fn a_settlement_sends_only_news() {
+            let conn = ordersys_testkit::redis().await;
+            let prefix = format!("test:{}:rate:", rand::random::<u64>());
+            let window = Duration::from_secs(60);
+            let a = BatchedRedisRateLimiter::new(conn.clone(), 5, window).with_prefix(&prefix);
+            let b = BatchedRedisRateLimiter::new(conn, 5, window).with_prefix(&prefix);
+            b.check("ip").await.unwrap();
+            b.settle().await.unwrap();
+            for _ in 0..4 {
+                a.check("ip").await.unwrap();
+            }
+            a.settle().await.unwrap();
+            b.settle().await.unwrap();
+            assert_eq!(
+                lock(&b.shared.slots)["ip"].shared,
+                1,
+                "nothing sent, nothing learnt"
+            );
+            let d = b.check("ip").await.unwrap();
+            assert!(d.allowed);
+            b.settle().await.unwrap();
+            assert_eq!(
+                lock(&b.shared.slots)["ip"].shared,
+                6,
+                "news sent, the total learnt"
+            );
+            assert!(!b.check("ip").await.unwrap().allowed);
+        }
+
+        /// A settlement running beside another does not drop the slot the other is
+        /// sending, and the other's result lands in it.
+        #[tokio::test]
+        async fn concurrent_settlements_keep_what_is_being_sent() {
+            let window = Duration::from_millis(300);
+            let l = limiter(ordersys_testkit::redis().await, window);
+            l.check("x").await.unwrap();
+            l.check("x").await.unwrap();
+            tokio::time::sleep(window + Duration::from_millis(100)).await;
+            let (a, b) = tokio::join!(l.settle(), l.settle());
+            a.unwrap();
+            b.unwrap();
+            let slots = lock(&l.shared.slots);
+            let x = slots.get("x").expect("the slot being sent was kept");
+            assert_eq!((x.shared, x.pending, x.sending), (2, 0, 0));
+            assert!(x.resets_at > Instant::now(), "the window Redis started");
+        }
+
+        /// The settlement task ends with the last clone of the limiter, even when its
+        /// next tick is an hour away, and lets go of the counts.
+        #[tokio::test]
+        async fn the_settlement_task_stops_with_the_last_clone() {
+            let l = limiter(ordersys_testkit::redis().await, Duration::from_secs(60))
+                .start(Duration::from_secs(3600));
+            let counts = Arc::downgrade(&l.shared);
+            let clone = l.clone();
+            drop(l);
+            tokio::task::yield_now().await;
+            assert!(counts.upgrade().is_some(), "a clone is left");
+            drop(clone);
+            ordersys_testkit::eventually("the task to end", Duration::from_secs(5), || async {
+                counts.upgrade().is_none().then_some(())
+            })
+            .await;
+        }
+    }
 }
 
 /// Conformance suite for [`RateLimiter`] backends (feature `conformance`).
@@ -489,6 +614,19 @@ pub mod conformance {
             "a new window must start after the old one ends"
         );
         assert_eq!(fresh.remaining, limit - 1);
+        // The new window is limited like the first one.
+        for i in 2..=limit {
+            let d = limiter.check(&a).await.unwrap();
+            assert!(d.allowed, "request {i} of the second window refused");
+            assert_eq!(d.remaining, limit - i);
+        }
+        let refused = limiter.check(&a).await.unwrap();
+        assert!(
+            !refused.allowed,
+            "the second window must refuse past the limit too"
+        );
+        assert_eq!(refused.remaining, 0);
+        assert!(refused.reset_after <= window && refused.reset_after > Duration::ZERO);
     }
 
     fn uuid_like() -> String {
@@ -501,16 +639,64 @@ pub mod conformance {
 mod tests {
     use super::*;
 
+    /// Each refusal is counted in `resilience_rate_limit_rejections_total`.
+    #[test]
+    fn refusals_are_counted() {
+        let recorder = ordersys_testkit::MetricsRecorder::default();
+        let rejected = || {
+            recorder.counter(
+                "resilience_rate_limit_rejections_total",
+                &[("limiter", "memory")],
+            )
+        };
+        metrics::with_local_recorder(&recorder, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let l = MemoryRateLimiter::new(2, Duration::from_secs(60));
+                assert_eq!(rejected(), Some(0), "the series exists from the start");
+                l.check("a").await.unwrap();
+                l.check("a").await.unwrap();
+                assert_eq!(rejected(), Some(0), "the limit itself is allowed");
+                l.check("a").await.unwrap();
+                l.check("a").await.unwrap();
+                assert_eq!(rejected(), Some(2));
+            });
+        });
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds_and_is_at_least_one() {
+        let after = |ms| RateDecision {
+            allowed: false,
+            limit: 1,
+            remaining: 0,
+            reset_after: Duration::from_millis(ms),
+        };
+        assert_eq!(after(1500).retry_after_secs(), 2);
+        assert_eq!(after(60_000).retry_after_secs(), 60);
+        assert_eq!(after(0).retry_after_secs(), 1);
+        assert_eq!(after(1).retry_after_secs(), 1);
+    }
+
     #[tokio::test]
     async fn many_live_clients_are_swept_rarely_not_on_every_call() {
         let limiter = MemoryRateLimiter::new(10, Duration::from_secs(60));
+        let sweeps = |l: &MemoryRateLimiter| l.counters.lock().unwrap().sweeps;
         for i in 0..=SWEEP_FROM {
             limiter.check(&format!("c{i}")).await.unwrap();
         }
+        assert_eq!(
+            sweeps(&limiter),
+            0,
+            "not before the map is past the threshold"
+        );
         // Past the threshold with every window live: one sweep, which keeps them all…
         limiter.check("one-more").await.unwrap();
-        let sweeps = |l: &MemoryRateLimiter| l.counters.lock().unwrap().sweeps;
         assert_eq!(sweeps(&limiter), 1);
+        assert_eq!(limiter.counters.lock().unwrap().map.len(), SWEEP_FROM + 2);
         // …and the next calls do not scan again until the map has doubled.
         for i in 0..1000 {
             limiter.check(&format!("d{i}")).await.unwrap();
@@ -521,5 +707,31 @@ mod tests {
             assert!(limiter.check("c0").await.unwrap().allowed);
         }
         assert!(!limiter.check("c0").await.unwrap().allowed);
+    }
+
+    /// A sweep drops exactly the windows that have ended (one ending this instant
+    /// included) and keeps the rest.
+    #[tokio::test(start_paused = true)]
+    async fn a_sweep_drops_the_ended_windows_only() {
+        let window = Duration::from_secs(60);
+        let limiter = MemoryRateLimiter::new(10, window);
+        for i in 0..SWEEP_FROM {
+            limiter.check(&format!("old{i}")).await.unwrap();
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        limiter.check("live").await.unwrap();
+        // Exactly one window after the old ones began: they end now; "live" does not.
+        tokio::time::advance(window - Duration::from_secs(1)).await;
+        limiter.check("trigger").await.unwrap();
+        let c = limiter.counters.lock().unwrap();
+        assert_eq!(c.sweeps, 1);
+        let mut left: Vec<_> = c.map.keys().cloned().collect();
+        left.sort();
+        assert_eq!(left, ["live", "trigger"]);
+        assert_eq!(c.map["live"].0, 1, "a live window keeps its count");
+        assert_eq!(
+            c.sweep_at, SWEEP_FROM,
+            "the threshold never drops below its floor"
+        );
     }
 }

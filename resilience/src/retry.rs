@@ -369,7 +369,7 @@ impl Iterator for Backoff {
         if j == 0.0 {
             return Some(nominal);
         }
-        let factor = 1.0 + rand::rng().random_range(-j..=j);
+        let factor = rand::rng().random_range(1.0 - j..=1.0 + j);
         Some(nominal.mul_f64(factor))
     }
 }
@@ -538,6 +538,108 @@ mod tests {
                 attempts: 1
             })
         ));
+    }
+
+    /// A call slower than no time but inside the deadline runs to its end.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_call_inside_the_deadline_succeeds_through_the_breaker() {
+        let breaker = CircuitBreaker::new("slow");
+        let r = Retry::default()
+            .deadline(Duration::from_secs(1))
+            .call_with_breaker(&breaker, || async {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                Ok::<_, ()>("late but in time")
+            })
+            .await;
+        assert_eq!(r.unwrap(), "late but in time");
+        assert_eq!(breaker.consecutive_failures(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_makes_one_attempt() {
+        let calls = AtomicU32::new(0);
+        let r = Retry::never()
+            .call(|| async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err::<(), _>("once")
+            })
+            .await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(Retry::never().attempts(), 1);
+        assert_eq!(Retry::default().attempts(), 3);
+        assert_eq!(Retry::default().max_attempts(7).attempts(), 7);
+        assert_eq!(Retry::never().backoff().count(), 0);
+        assert_eq!(r.unwrap_err().attempts(), 1);
+        assert_eq!(
+            Retry::default().max_attempts(0).attempts(),
+            1,
+            "at least one"
+        );
+    }
+
+    #[test]
+    fn the_setters_shape_the_delays() {
+        let r = Retry::new()
+            .base_delay(Duration::from_millis(50))
+            .multiplier(3)
+            .max_delay(Duration::from_secs(1))
+            .max_attempts(6)
+            .jitter(0.0);
+        assert_eq!(
+            r.backoff().collect::<Vec<_>>(),
+            [50, 150, 450, 1000, 1000].map(Duration::from_millis),
+            "base 50 ms, × 3 each retry, capped at 1 s, no jitter"
+        );
+        assert_eq!(
+            Retry::new().multiplier(0).nominal_delay(3),
+            Duration::from_millis(100),
+            "a multiplier below 1 is 1"
+        );
+        // Jitter is clamped to 0..=1; not a number means none.
+        assert_eq!(Retry::new().jitter(f64::NAN), Retry::new().jitter(0.0));
+        assert_eq!(Retry::new().jitter(7.0), Retry::new().jitter(1.0));
+        assert_eq!(Retry::new().jitter(-1.0), Retry::new().jitter(0.0));
+        assert_ne!(Retry::new().jitter(0.5), Retry::new());
+        // A wide jitter spreads over the whole ±50 % range.
+        let spread: Vec<_> = (0..500)
+            .filter_map(|_| Retry::new().jitter(0.5).backoff().next())
+            .collect();
+        assert!(spread.iter().any(|d| *d < Duration::from_millis(70)));
+        assert!(spread.iter().any(|d| *d > Duration::from_millis(130)));
+        assert!(spread
+            .iter()
+            .all(|d| *d >= Duration::from_millis(50) && *d <= Duration::from_millis(150)));
+        // A delay past what a Duration holds is the cap, not an overflow.
+        assert_eq!(
+            Retry::new()
+                .base_delay(Duration::MAX)
+                .max_delay(Duration::from_secs(5))
+                .nominal_delay(2),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            Retry::new().max_delay(Duration::MAX).nominal_delay(1000),
+            Duration::from_millis(100) * 2u32.pow(31),
+            "the exponent stops at 31"
+        );
+    }
+
+    #[test]
+    fn errors_report_their_attempts_and_last_error() {
+        let failed = RetryError::Failed {
+            error: "e",
+            attempts: 2,
+        };
+        assert_eq!(failed.attempts(), 2);
+        assert_eq!(failed.into_last(), Some("e"));
+        let late: RetryError<&str> = RetryError::DeadlineExceeded {
+            last: None,
+            attempts: 4,
+        };
+        assert_eq!(late.attempts(), 4);
+        assert_eq!(late.into_last(), None);
+        assert_eq!(Retry::default().name(), "unnamed");
+        assert_eq!(Retry::default().named("x").name(), "x");
     }
 
     #[tokio::test(start_paused = true)]

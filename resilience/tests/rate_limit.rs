@@ -136,6 +136,25 @@ mod redis_backend {
         assert!(ttl > 50_000 && ttl <= 60_000, "PTTL {ttl}");
     }
 
+    /// Between settlements an instance decides on its own count, window and all.
+    #[tokio::test]
+    async fn an_unsettled_batched_limiter_limits_on_its_own_count() {
+        let prefix = format!("test:{}:rate:", uuid::Uuid::new_v4().simple());
+        let limiter = BatchedRedisRateLimiter::new(redis().await, 3, Duration::from_secs(60))
+            .with_prefix(prefix);
+        for remaining in [2, 1, 0] {
+            let d = limiter.check("ip").await.unwrap();
+            assert!(d.allowed);
+            assert_eq!(d.remaining, remaining);
+            assert!(
+                d.reset_after > Duration::from_secs(59) && d.reset_after <= Duration::from_secs(60)
+            );
+        }
+        let refused = limiter.check("ip").await.unwrap();
+        assert!(!refused.allowed);
+        assert!(refused.reset_after > Duration::from_secs(59));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_batched_limiter_counts_exactly_within_one_instance() {
         let prefix = format!("test:{}:rate:", uuid::Uuid::new_v4().simple());

@@ -183,3 +183,78 @@ impl SagaDefinitionBuilder {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_step_is_built_as_written() {
+        let s = Step::new("payment");
+        assert_eq!(
+            (
+                s.action.as_str(),
+                s.pending_state.as_str(),
+                s.compensation.as_deref()
+            ),
+            ("payment", "PAYMENT_PENDING", None)
+        );
+        assert!(s.compensate_on_timeout && !s.resend_on_timeout);
+        assert_eq!(s.deadline, None);
+        let s = s
+            .action("payment.debit")
+            .compensate_with("payment.refund")
+            .deadline(Duration::from_secs(9))
+            .compensate_on_timeout(false)
+            .resend_on_timeout(true)
+            .pending_state("PAYING");
+        assert_eq!(s.name, "payment");
+        assert_eq!(s.action, "payment.debit");
+        assert_eq!(s.compensation.as_deref(), Some("payment.refund"));
+        assert_eq!(s.deadline, Some(Duration::from_secs(9)));
+        assert!(!s.compensate_on_timeout && s.resend_on_timeout);
+        assert_eq!(s.pending_state, "PAYING");
+    }
+
+    #[test]
+    fn a_definition_names_its_steps_in_order_and_refuses_nonsense() {
+        let def = SagaDefinition::new("trip")
+            .step(Step::new("flight"))
+            .step(Step::new("hotel"))
+            .build()
+            .unwrap();
+        assert_eq!(def.name(), "trip");
+        assert_eq!(
+            def.steps()
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>(),
+            ["flight", "hotel"]
+        );
+        assert_eq!(def.step_index("flight"), Some(0));
+        assert_eq!(def.step_index("hotel"), Some(1));
+        assert_eq!(def.step_index("car"), None);
+
+        let invalid = |b: SagaDefinitionBuilder| match b.build() {
+            Err(Error::InvalidDefinition(why)) => why,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            invalid(SagaDefinition::new("").step(Step::new("a"))),
+            "empty saga name"
+        );
+        assert_eq!(
+            invalid(SagaDefinition::new("x")),
+            "a saga needs at least one step"
+        );
+        assert_eq!(
+            invalid(
+                SagaDefinition::new("x")
+                    .step(Step::new("a"))
+                    .step(Step::new("b"))
+                    .step(Step::new("a"))
+            ),
+            "duplicate step `a`"
+        );
+    }
+}

@@ -149,3 +149,51 @@ impl SagaInstance {
         format!("{}:{}:{}", self.id, step, kind.as_str())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CommandKind, SagaDefinition, Step};
+
+    #[test]
+    fn ids_convert_both_ways_and_print_as_the_uuid() {
+        let uuid = Uuid::now_v7();
+        let id = SagaId::from(uuid);
+        assert_eq!(Uuid::from(id), uuid);
+        assert_eq!(id.to_string(), uuid.to_string());
+        assert_eq!(id.to_string().parse::<SagaId>().unwrap(), id);
+        assert_eq!(format!("{id:?}"), format!("SagaId({uuid})"));
+        assert_ne!(SagaId::new(), SagaId::default());
+    }
+
+    #[test]
+    fn a_new_instance_its_next_deadline_and_its_keys() {
+        let def = SagaDefinition::new("s")
+            .step(Step::new("a"))
+            .step(Step::new("b"))
+            .step(Step::new("c"))
+            .build()
+            .unwrap();
+        let id = SagaId::new();
+        let mut saga = SagaInstance::new(&def, id, Bytes::from_static(b"d"), 42);
+        assert_eq!(
+            (saga.version, saga.created_at, saga.updated_at),
+            (0, 42, 42)
+        );
+        assert_eq!(saga.saga_type, "s");
+        assert_eq!(saga.deadlines, [None, None, None]);
+        assert_eq!(saga.next_deadline(), None);
+        saga.deadlines = vec![Some(900), None, Some(-5)];
+        assert_eq!(saga.next_deadline(), Some(-5));
+        saga.deadlines = vec![None, Some(7), Some(8)];
+        assert_eq!(saga.next_deadline(), Some(7));
+        assert_eq!(
+            saga.idempotency_key(2, CommandKind::Compensation),
+            format!("{id}:2:compensation")
+        );
+        assert_eq!(
+            saga.idempotency_key(0, CommandKind::Action),
+            format!("{id}:0:action")
+        );
+    }
+}

@@ -1196,6 +1196,54 @@ mod tests {
     }
 
     #[test]
+    fn names_parse_back_and_terminal_states_are_exactly_two() {
+        for status in [Started, Running, Completed, Compensating, Failed] {
+            assert_eq!(SagaStatus::parse(status.as_str()), Some(status));
+            assert_eq!(status.to_string(), status.as_str());
+        }
+        assert_eq!(
+            [Started, Running, Completed, Compensating, Failed].map(SagaStatus::as_str),
+            ["STARTED", "RUNNING", "COMPLETED", "COMPENSATING", "FAILED"]
+        );
+        assert_eq!(SagaStatus::parse("completed"), None);
+        assert_eq!(SagaStatus::parse(""), None);
+        assert_eq!(CommandKind::Action.as_str(), "action");
+        assert_eq!(CommandKind::Compensation.as_str(), "compensation");
+        let names = [
+            SagaEvent::Start,
+            succ(0),
+            fail(0),
+            late(0),
+            csucc(0),
+            cfail(0),
+            abort(),
+        ]
+        .map(|e| e.name());
+        assert_eq!(
+            names,
+            [
+                "start",
+                "step_succeeded",
+                "step_failed",
+                "deadline_expired",
+                "compensation_succeeded",
+                "compensation_failed",
+                "abort"
+            ]
+        );
+
+        assert!(st(Completed, "SSS").is_terminal());
+        assert!(!st(Started, "NNN").is_terminal());
+        assert!(!st(Running, "SAN").is_terminal());
+        assert!(!st(Compensating, "CFN").is_terminal());
+        assert_eq!(st(Running, "SAN").awaiting_step(), Some(1));
+        assert_eq!(st(Running, "ANN").awaiting_step(), Some(0));
+        assert_eq!(st(Completed, "SSS").awaiting_step(), None);
+        // Running with nothing awaited (between local steps) shows the status.
+        assert_eq!(st(Running, "SNN").label(&spec_def(true)), "RUNNING");
+    }
+
+    #[test]
     fn mismatched_state_is_ignored_not_panicking() {
         let def = spec_def(true);
         assert!(transition(&def, &st(Started, "NN"), &SagaEvent::Start).is_err());

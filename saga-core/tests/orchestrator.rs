@@ -36,6 +36,8 @@ struct Sink {
     orders: Orders,
     outbox: MemoryOutbox,
     fail_confirm: bool,
+    /// How many more times `cancel_order` (a local compensation) fails.
+    fail_cancel: Arc<AtomicI64>,
 }
 
 impl CommandSink<MemoryTx> for Sink {
@@ -49,6 +51,9 @@ impl CommandSink<MemoryTx> for Sink {
             "create_order" => {
                 self.orders.set(tx, saga.id, "PENDING");
                 Ok(Dispatched::Succeeded)
+            }
+            "cancel_order" if self.fail_cancel.fetch_sub(1, Ordering::SeqCst) > 0 => {
+                Ok(Dispatched::Failed("order row locked".into()))
             }
             "cancel_order" => {
                 self.orders.set(tx, saga.id, "CANCELLED");
@@ -97,6 +102,7 @@ fn world(compensate_on_timeout: bool, fail_confirm: bool) -> World {
             orders: orders.clone(),
             outbox: outbox.clone(),
             fail_confirm,
+            fail_cancel: Arc::default(),
         },
     )
     .register(definition(compensate_on_timeout))
@@ -498,4 +504,391 @@ async fn replies_built_from_the_command_drive_the_saga_without_step_indices() {
         .await
         .unwrap();
     assert_eq!(w.saga(id).state.status, SagaStatus::Failed);
+}
+
+/// A world whose orchestrator retries a failed local compensation after `retry`.
+fn world_retrying(retry: Option<Duration>) -> World {
+    let w = world(true, false);
+    let World {
+        orch,
+        orders,
+        outbox,
+        clock,
+    } = w;
+    let sink = orch.sink().clone();
+    let c = clock.clone();
+    let mut orch = Orchestrator::new(MemorySagaStore::new(), sink)
+        .register(definition(true))
+        .with_clock(move || c.load(Ordering::SeqCst));
+    if let Some(retry) = retry {
+        orch = orch.with_local_retry(retry);
+    }
+    World {
+        orch,
+        orders,
+        outbox,
+        clock,
+    }
+}
+
+/// A local compensation that fails is not retried in a loop, nor forgotten: it is
+/// tried again once the local retry delay has passed (30 s unless configured).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_local_compensation_is_retried_after_the_retry_delay() {
+    for (retry, delay_ms) in [(None, 30_000), (Some(Duration::from_secs(5)), 5_000)] {
+        let w = world_retrying(retry);
+        w.orch.sink().fail_cancel.store(1, Ordering::SeqCst);
+        let id = w.start().await;
+        w.commands().await;
+        let declined = w
+            .orch
+            .handle_and_commit(
+                id,
+                SagaEvent::StepFailed {
+                    step: 1,
+                    reason: "insufficient funds".into(),
+                },
+            )
+            .await
+            .unwrap();
+        assert!(declined.sent.is_empty());
+        let saga = w.saga(id);
+        assert_eq!(saga.state.status, SagaStatus::Compensating);
+        assert_eq!(saga.state.steps[0], StepStatus::Compensating);
+        assert_eq!(saga.deadlines[0], Some(1_000_000 + delay_ms));
+        assert_eq!(w.orders.get(id), Some("PENDING"));
+        // Not before the delay…
+        w.clock.fetch_add(delay_ms - 1, Ordering::SeqCst);
+        assert!(w.orch.fire_due_deadlines(10).await.unwrap().is_empty());
+        // …then once more, and this time it works.
+        w.clock.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(w.orch.fire_due_deadlines(10).await.unwrap(), vec![id]);
+        let saga = w.saga(id);
+        assert_eq!(saga.state.status, SagaStatus::Failed);
+        assert_eq!(saga.state.steps[0], StepStatus::Compensated);
+        assert_eq!(saga.deadlines, vec![None, None, None]);
+        assert_eq!(w.orders.get(id), Some("CANCELLED"));
+    }
+}
+
+/// What a change records in the saga's history: the event with its parameters, the
+/// new state and where from, each command with what became of it — all under the
+/// saga's new version and the orchestrator's clock; an event that does not apply is
+/// recorded as ignored and changes nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_records_events_transitions_and_commands() {
+    let w = world(true, false);
+    w.orch.sink().fail_cancel.store(1, Ordering::SeqCst);
+    let id = w.start().await;
+    w.clock.fetch_add(7, Ordering::SeqCst);
+    let applied = w
+        .orch
+        .handle_and_commit(
+            id,
+            SagaEvent::StepFailed {
+                step: 1,
+                reason: "insufficient funds".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let entries: Vec<_> = applied
+        .history
+        .iter()
+        .map(|h| (h.kind.as_str(), h.name.as_str(), h.detail.as_str()))
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            ("event", "step_failed", "step 1: insufficient funds"),
+            ("transition", "COMPENSATING", "from PAYMENT_PENDING"),
+            (
+                "command",
+                "cancel_order",
+                "step 0 (create_order) compensation: failed locally: order row locked"
+            ),
+        ]
+    );
+    assert!(applied
+        .history
+        .iter()
+        .all(|h| h.version == 2 && h.at_ms == 1_000_007));
+    let stored = w.orch.store().history(id).await.unwrap().unwrap();
+    assert_eq!(&stored[stored.len() - 3..], &applied.history[..]);
+    let started: Vec<_> = stored
+        .iter()
+        .filter(|h| h.version == 1)
+        .map(|h| (h.kind.as_str(), h.name.as_str(), h.detail.as_str()))
+        .collect();
+    assert_eq!(
+        started,
+        [
+            ("event", "start", ""),
+            ("transition", "CREATE_ORDER_PENDING", "from STARTED"),
+            (
+                "command",
+                "create_order",
+                "step 0 (create_order) action: done locally"
+            ),
+            ("event", "step_succeeded", "step 0"),
+            ("transition", "PAYMENT_PENDING", "from CREATE_ORDER_PENDING"),
+            ("command", "payment.debit", "step 1 (payment) action: sent"),
+        ]
+    );
+    // A duplicate: recorded as ignored in what `handle` returns, nothing stored.
+    let dup = w
+        .orch
+        .handle_and_commit(
+            id,
+            SagaEvent::StepFailed {
+                step: 1,
+                reason: "again".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!dup.changed);
+    assert_eq!(dup.history.len(), 1);
+    assert_eq!(dup.history[0].kind, "ignored");
+    assert_eq!(dup.saga.version, 2);
+    assert_eq!(
+        w.orch.store().history(id).await.unwrap().unwrap().len(),
+        stored.len()
+    );
+}
+
+/// A saga store whose commits conflict a given number of times (another writer won),
+/// counting the units of work begun.
+struct Conflicting {
+    inner: MemorySagaStore,
+    conflicts: AtomicI64,
+    begun: AtomicI64,
+}
+
+impl outbox::Transactional for Conflicting {
+    type Tx = MemoryTx;
+    async fn begin(&self) -> outbox::Result<MemoryTx> {
+        self.begun.fetch_add(1, Ordering::SeqCst);
+        self.inner.begin().await
+    }
+    async fn commit(&self, tx: MemoryTx) -> outbox::Result<()> {
+        if self.conflicts.fetch_sub(1, Ordering::SeqCst) > 0 {
+            return Err(outbox::Error::Conflict("another writer won".into()));
+        }
+        self.inner.commit(tx).await
+    }
+}
+
+impl SagaStore for Conflicting {
+    async fn insert(&self, tx: &mut MemoryTx, saga: &SagaInstance) -> saga_core::Result<()> {
+        self.inner.insert(tx, saga).await
+    }
+    async fn load(&self, tx: &mut MemoryTx, id: SagaId) -> saga_core::Result<Option<SagaInstance>> {
+        self.inner.load(tx, id).await
+    }
+    async fn update(&self, tx: &mut MemoryTx, saga: &SagaInstance) -> saga_core::Result<()> {
+        self.inner.update(tx, saga).await
+    }
+    async fn due(&self, now_ms: i64, limit: usize) -> saga_core::Result<Vec<SagaId>> {
+        self.inner.due(now_ms, limit).await
+    }
+}
+
+/// `handle_and_commit` retries an optimistic-lock conflict five times, then gives up
+/// with `Conflict` instead of looping.
+#[tokio::test]
+async fn conflicts_are_retried_five_times_then_reported() {
+    for (conflicts, ok) in [(5, true), (6, false)] {
+        let store = Conflicting {
+            inner: MemorySagaStore::new(),
+            conflicts: AtomicI64::new(0),
+            begun: AtomicI64::new(0),
+        };
+        let orch = Orchestrator::new(
+            store,
+            saga_core::conformance::OutboxSink(MemoryOutbox::new()),
+        )
+        .register(definition(true));
+        let id = SagaId::new();
+        let mut tx = orch.store().begin().await.unwrap();
+        orch.start(&mut tx, "create_order", id, Bytes::new())
+            .await
+            .unwrap();
+        orch.store().commit(tx).await.unwrap();
+        orch.store().conflicts.store(conflicts, Ordering::SeqCst);
+        orch.store().begun.store(0, Ordering::SeqCst);
+        let r = orch
+            .handle_and_commit(id, SagaEvent::StepSucceeded { step: 1 })
+            .await;
+        if ok {
+            assert!(r.unwrap().changed);
+            assert_eq!(orch.store().begun.load(Ordering::SeqCst), 6);
+        } else {
+            assert!(
+                matches!(r, Err(saga_core::Error::Conflict(c)) if c == id),
+                "{r:?}"
+            );
+            assert_eq!(
+                orch.store().begun.load(Ordering::SeqCst),
+                6,
+                "1 + 5 retries"
+            );
+        }
+    }
+}
+
+/// Without `with_clock`, sagas are stamped with the system's time.
+#[tokio::test]
+async fn the_default_clock_is_the_system_time() {
+    let orch = Orchestrator::new(
+        MemorySagaStore::new(),
+        saga_core::conformance::OutboxSink(MemoryOutbox::new()),
+    )
+    .register(definition(true));
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let id = SagaId::new();
+    let mut tx = orch.store().begin().await.unwrap();
+    let applied = orch
+        .start(&mut tx, "create_order", id, Bytes::new())
+        .await
+        .unwrap();
+    let after = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let saga = applied.saga;
+    assert!(
+        saga.created_at >= before && saga.created_at <= after,
+        "{saga:?}"
+    );
+    assert_eq!(saga.updated_at, saga.created_at);
+    assert_eq!(saga.deadlines[1], Some(saga.created_at + 30_000));
+}
+
+/// The saga metrics: started, compensations started, finished by outcome with the
+/// duration, and the census gauges of unfinished sagas.
+#[test]
+fn metrics_count_every_saga_and_its_outcome() {
+    let recorder = ordersys_testkit::MetricsRecorder::default();
+    let count = |name: &str, labels: &[(&str, &str)]| {
+        recorder
+            .counter(name, labels)
+            .unwrap_or_else(|| panic!("{name} {labels:?} is not registered"))
+    };
+    let gauge = |name: &str, labels: &[(&str, &str)]| {
+        recorder
+            .gauge(name, labels)
+            .unwrap_or_else(|| panic!("{name} {labels:?} is not registered"))
+    };
+    let durations = |outcome: &str| {
+        recorder.histogram(
+            "saga_duration_seconds",
+            &[("saga", "create_order"), ("outcome", outcome)],
+        )
+    };
+    metrics::with_local_recorder(&recorder, || {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let w = world(true, false);
+                let saga = [("saga", "create_order")];
+                let finished = |outcome| [("saga", "create_order"), ("outcome", outcome)];
+                for outcome in ["completed", "compensated", "failed"] {
+                    assert_eq!(count("saga_finished_total", &finished(outcome)), 0);
+                }
+                assert_eq!(count("saga_started_total", &saga), 0);
+
+                // Completed after 1.5 s.
+                let done = w.start().await;
+                w.clock.fetch_add(1_500, Ordering::SeqCst);
+                w.orch
+                    .handle_and_commit(done, SagaEvent::StepSucceeded { step: 1 })
+                    .await
+                    .unwrap();
+                // Declined: compensated (the order row was cancelled) after 0.25 s.
+                let declined = w.start().await;
+                w.clock.fetch_add(250, Ordering::SeqCst);
+                w.orch
+                    .handle_and_commit(
+                        declined,
+                        SagaEvent::StepFailed {
+                            step: 1,
+                            reason: "no".into(),
+                        },
+                    )
+                    .await
+                    .unwrap();
+                // Left waiting for its payment.
+                let waiting = w.start().await;
+                assert_eq!(count("saga_started_total", &saga), 3);
+                assert_eq!(count("saga_finished_total", &finished("completed")), 1);
+                assert_eq!(count("saga_finished_total", &finished("compensated")), 1);
+                assert_eq!(count("saga_finished_total", &finished("failed")), 0);
+                assert_eq!(count("saga_compensations_started_total", &saga), 1);
+                assert_eq!(durations("completed"), [1.5]);
+                assert_eq!(durations("compensated"), [0.25]);
+
+                // The census: one RUNNING saga, not moved for 2 s.
+                w.clock.fetch_add(2_000, Ordering::SeqCst);
+                w.orch.report_census().await.unwrap();
+                let running = [("saga", "create_order"), ("status", "RUNNING")];
+                let compensating = [("saga", "create_order"), ("status", "COMPENSATING")];
+                assert_eq!(gauge("saga_instances", &running), 1.0);
+                assert_eq!(gauge("saga_oldest_update_age_seconds", &running), 2.0);
+                assert_eq!(gauge("saga_instances", &compensating), 0.0);
+                assert_eq!(gauge("saga_oldest_update_age_seconds", &compensating), 0.0);
+
+                // Its payment deadline passes: compensating (a blind refund is sent).
+                w.clock.fetch_add(30_000, Ordering::SeqCst);
+                assert_eq!(w.orch.fire_due_deadlines(10).await.unwrap(), [waiting]);
+                assert_eq!(count("saga_compensations_started_total", &saga), 2);
+                w.orch.report_census().await.unwrap();
+                assert_eq!(gauge("saga_instances", &running), 0.0);
+                assert_eq!(gauge("saga_instances", &compensating), 1.0);
+                assert_eq!(gauge("saga_oldest_update_age_seconds", &compensating), 0.0);
+
+                // A saga whose only step fails has nothing to compensate: "failed".
+                let orch = Orchestrator::new(
+                    MemorySagaStore::new(),
+                    saga_core::conformance::OutboxSink(MemoryOutbox::new()),
+                )
+                .register(
+                    SagaDefinition::new("pay_only")
+                        .step(
+                            saga_core::Step::new("payment")
+                                .action("payment.debit")
+                                .compensate_with("payment.refund"),
+                        )
+                        .build()
+                        .unwrap(),
+                );
+                let id = SagaId::new();
+                let mut tx = orch.store().begin().await.unwrap();
+                orch.start(&mut tx, "pay_only", id, Bytes::new())
+                    .await
+                    .unwrap();
+                orch.store().commit(tx).await.unwrap();
+                orch.handle_and_commit(
+                    id,
+                    SagaEvent::StepFailed {
+                        step: 0,
+                        reason: "declined".into(),
+                    },
+                )
+                .await
+                .unwrap();
+                let failed = [("saga", "pay_only"), ("outcome", "failed")];
+                assert_eq!(count("saga_finished_total", &failed), 1);
+                let compensated = [("saga", "pay_only"), ("outcome", "compensated")];
+                assert_eq!(count("saga_finished_total", &compensated), 0);
+                assert_eq!(
+                    count("saga_compensations_started_total", &[("saga", "pay_only")]),
+                    0
+                );
+            });
+    });
 }

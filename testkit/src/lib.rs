@@ -1,5 +1,6 @@
 //! Test support shared by the workspace's tests: the Redis connection every Redis test
-//! needs, and awaiting a condition with a deadline instead of sleeping a guess.
+//! needs, awaiting a condition with a deadline instead of sleeping a guess, and a
+//! metrics recorder whose values tests can read.
 //! Not published; the crates list it as a path-only dev-dependency.
 
 #![warn(missing_docs)]
@@ -37,5 +38,134 @@ where
             "timed out after {within:?} waiting for: {what}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A metrics recorder for tests: keeps every counter's total, every gauge's last value
+/// and every histogram sample, and reads them without resetting anything (unlike
+/// `metrics_util`'s debugging recorder, whose snapshot swaps every value to zero). Use
+/// it with [`metrics::with_local_recorder`] around a current-thread runtime.
+///
+/// ```
+/// let recorder = ordersys_testkit::MetricsRecorder::default();
+/// metrics::with_local_recorder(&recorder, || {
+///     metrics::counter!("requests_total", "route" => "/a").increment(2);
+///     metrics::gauge!("queue_depth").set(7.0);
+/// });
+/// assert_eq!(recorder.counter("requests_total", &[("route", "/a")]), Some(2));
+/// assert_eq!(recorder.gauge("queue_depth", &[]), Some(7.0));
+/// assert_eq!(recorder.counter("missing", &[]), None);
+/// ```
+pub struct MetricsRecorder {
+    registry: std::sync::Arc<
+        metrics_util::registry::Registry<metrics::Key, metrics_util::registry::AtomicStorage>,
+    >,
+}
+
+impl Default for MetricsRecorder {
+    fn default() -> Self {
+        Self {
+            registry: std::sync::Arc::new(metrics_util::registry::Registry::atomic()),
+        }
+    }
+}
+
+impl std::fmt::Debug for MetricsRecorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsRecorder").finish_non_exhaustive()
+    }
+}
+
+/// Whether `key` is named `name` and carries every one of `labels`.
+fn matches(key: &metrics::Key, name: &str, labels: &[(&str, &str)]) -> bool {
+    key.name() == name
+        && labels
+            .iter()
+            .all(|(k, v)| key.labels().any(|l| l.key() == *k && l.value() == *v))
+}
+
+impl MetricsRecorder {
+    /// The total of counter `name` over the series carrying `labels` (None: no such
+    /// series was ever registered).
+    pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
+        let found: Vec<u64> = self
+            .registry
+            .get_counter_handles()
+            .into_iter()
+            .filter(|(k, _)| matches(k, name, labels))
+            .map(|(_, c)| c.load(std::sync::atomic::Ordering::SeqCst))
+            .collect();
+        (!found.is_empty()).then(|| found.iter().sum())
+    }
+
+    /// The last value of gauge `name` with `labels` (None: never registered). Panics if
+    /// `labels` match more than one series.
+    pub fn gauge(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let found: Vec<f64> = self
+            .registry
+            .get_gauge_handles()
+            .into_iter()
+            .filter(|(k, _)| matches(k, name, labels))
+            .map(|(_, g)| f64::from_bits(g.load(std::sync::atomic::Ordering::SeqCst)))
+            .collect();
+        assert!(
+            found.len() <= 1,
+            "{name} {labels:?}: {} series",
+            found.len()
+        );
+        found.first().copied()
+    }
+
+    /// Every sample recorded in histogram `name` with `labels` (empty: none).
+    pub fn histogram(&self, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
+        self.registry
+            .get_histogram_handles()
+            .into_iter()
+            .filter(|(k, _)| matches(k, name, labels))
+            .flat_map(|(_, h)| h.data())
+            .collect()
+    }
+}
+
+impl metrics::Recorder for MetricsRecorder {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        self.registry
+            .get_or_create_counter(key, |c| metrics::Counter::from_arc(c.clone()))
+    }
+
+    fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        self.registry
+            .get_or_create_gauge(key, |g| metrics::Gauge::from_arc(g.clone()))
+    }
+
+    fn register_histogram(
+        &self,
+        key: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        self.registry
+            .get_or_create_histogram(key, |h| metrics::Histogram::from_arc(h.clone()))
     }
 }
