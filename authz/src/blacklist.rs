@@ -197,3 +197,57 @@ pub async fn revoke_token<B: Blacklist + ?Sized>(
     let ttl = claims.remaining(now) + leeway + Duration::from_secs(1);
     blacklist.revoke(&claims.jti, ttl).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An entry lives exactly its TTL: revoked up to the last instant before, gone at
+    /// the instant it ends — for `is_revoked`, `len` and the sweep a revocation makes.
+    #[tokio::test(start_paused = true)]
+    async fn an_entry_lives_exactly_its_ttl() {
+        let b = MemoryBlacklist::new();
+        assert!(b.is_empty());
+        b.revoke("a", Duration::from_secs(10)).await.unwrap();
+        assert_eq!(b.len(), 1);
+        assert!(!b.is_empty());
+        tokio::time::advance(Duration::from_secs(10) - Duration::from_millis(1)).await;
+        assert!(b.is_revoked("a").await.unwrap());
+        assert_eq!(b.len(), 1);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!b.is_revoked("a").await.unwrap());
+        assert_eq!(b.len(), 0);
+        assert!(b.is_empty());
+        // The next revocation sweeps the ended entry out of memory.
+        b.revoke("b", Duration::from_secs(10)).await.unwrap();
+        let stored: Vec<_> = b.entries.lock().unwrap().keys().cloned().collect();
+        assert_eq!(stored, ["b"]);
+    }
+
+    /// Revoking again keeps the later end; a shorter TTL never shortens a revocation.
+    #[tokio::test(start_paused = true)]
+    async fn a_second_revocation_keeps_the_later_end() {
+        let b = MemoryBlacklist::new();
+        b.revoke("a", Duration::from_secs(10)).await.unwrap();
+        b.revoke("a", Duration::from_secs(2)).await.unwrap();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(b.is_revoked("a").await.unwrap());
+        b.revoke("a", Duration::from_secs(20)).await.unwrap();
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(b.is_revoked("a").await.unwrap(), "extended to 25 s");
+        assert!(!b.is_revoked("other").await.unwrap());
+    }
+
+    /// A blacklist behind an `Arc` (as the services share one) is the same blacklist.
+    #[tokio::test(start_paused = true)]
+    async fn an_arc_of_a_blacklist_is_that_blacklist() {
+        let inner = Arc::new(MemoryBlacklist::new());
+        let shared: Arc<dyn Blacklist> = inner.clone();
+        Blacklist::revoke(&shared, "a", Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(inner.is_revoked("a").await.unwrap());
+        assert!(Blacklist::is_revoked(&shared, "a").await.unwrap());
+        assert!(!Blacklist::is_revoked(&shared, "b").await.unwrap());
+    }
+}

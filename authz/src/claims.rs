@@ -262,6 +262,31 @@ mod tests {
     }
 
     #[test]
+    fn many_extra_claims_round_trip() {
+        let mut c = claims();
+        for i in 0..12 {
+            c.extra.insert(format!("x{i}"), json!(i));
+        }
+        let back: Claims = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn what_is_not_claims_says_what_was_expected() {
+        let err = serde_json::from_str::<Claims>("[1, 2]").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("expected a JSON object of JWT claims"),
+            "{err}"
+        );
+        // A map whose keys are not names (possible outside JSON).
+        use serde::de::value::{Error as ValueError, MapDeserializer};
+        let numbered = MapDeserializer::<_, ValueError>::new(vec![(1u32, 2u32)].into_iter());
+        let err = Claims::deserialize(numbered).unwrap_err();
+        assert!(err.to_string().contains("expected a claim name"), "{err}");
+    }
+
+    #[test]
     fn a_registered_name_in_extra_is_never_written_twice() {
         let mut c = claims();
         c.extra.insert("sub".into(), json!("someone-else"));

@@ -112,3 +112,35 @@ impl From<jsonwebtoken::errors::Error> for Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::errors::{Error as JwtError, ErrorKind as K};
+
+    #[test]
+    fn each_jwt_error_keeps_its_meaning() {
+        let from = |k: K| Error::from(JwtError::from(k));
+        assert!(matches!(from(K::InvalidSignature), Error::InvalidSignature));
+        assert!(matches!(from(K::InvalidAlgorithm), Error::InvalidAlgorithm));
+        assert!(matches!(
+            from(K::InvalidAlgorithmName),
+            Error::InvalidAlgorithm
+        ));
+        assert!(matches!(from(K::InvalidIssuer), Error::InvalidIssuer));
+        assert!(matches!(from(K::InvalidAudience), Error::InvalidAudience));
+        assert!(matches!(from(K::ExpiredSignature), Error::Expired));
+        assert!(matches!(from(K::ImmatureSignature), Error::NotYetValid));
+        assert!(matches!(from(K::InvalidEcdsaKey), Error::InvalidKey(_)));
+        assert!(matches!(from(K::InvalidKeyFormat), Error::InvalidKey(_)));
+        assert!(matches!(
+            from(K::InvalidRsaKey("short".into())),
+            Error::InvalidKey(_)
+        ));
+        assert!(matches!(from(K::InvalidToken), Error::Malformed(_)));
+        assert!(matches!(
+            from(K::MissingRequiredClaim("exp".into())),
+            Error::Malformed(_)
+        ));
+    }
+}

@@ -111,3 +111,22 @@ impl VerifyingKey {
         &self.decoding
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_hmac_secret_needs_32_bytes() {
+        assert!(matches!(
+            SigningKey::hs256(&[7; 31]),
+            Err(Error::InvalidKey(_))
+        ));
+        assert!(matches!(
+            VerifyingKey::hs256(&[7; 31]),
+            Err(Error::InvalidKey(_))
+        ));
+        assert!(SigningKey::hs256(&[7; 32]).is_ok());
+        assert!(VerifyingKey::hs256(&[7; 32]).is_ok());
+    }
+}

@@ -372,3 +372,25 @@ fn escape_glob(prefix: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The mirror keeps the later end of a token revoked twice, whatever the order.
+    #[test]
+    fn the_mirror_keeps_the_later_end() {
+        let mirror = Mirror {
+            live: AtomicBool::new(true),
+            revoked: RwLock::new(HashMap::new()),
+        };
+        let now = Instant::now();
+        let (soon, later) = (now + Duration::from_secs(5), now + Duration::from_secs(50));
+        mirror.insert("a", soon);
+        mirror.insert("a", later);
+        mirror.insert("b", later);
+        mirror.insert("b", soon);
+        let map = mirror.revoked.read().unwrap();
+        assert_eq!((map["a"], map["b"]), (later, later));
+    }
+}

@@ -128,6 +128,55 @@ mod redis_backend {
             .unwrap();
     }
 
+    /// A revocation is announced on `{prefix}revoked` as `"{ttl secs} {jti}"` (what
+    /// the mirrors of every gateway listen to), and only once for a token.
+    #[tokio::test]
+    async fn a_revocation_is_announced_on_the_prefix_channel() {
+        let prefix = format!("test:{}:jwt:blacklist:", uuid::Uuid::new_v4().simple());
+        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
+        let mut sub = redis::Client::open(url)
+            .unwrap()
+            .get_async_pubsub()
+            .await
+            .unwrap();
+        sub.subscribe(format!("{prefix}revoked")).await.unwrap();
+        let blacklist = RedisBlacklist::new(redis().await).with_prefix(&prefix);
+        blacklist
+            .revoke("jti-1", Duration::from_secs(90))
+            .await
+            .unwrap();
+        blacklist
+            .revoke("jti-1", Duration::from_secs(30))
+            .await
+            .unwrap();
+        blacklist
+            .revoke("jti-2", Duration::from_secs(5))
+            .await
+            .unwrap();
+        use futures::StreamExt;
+        let mut messages = sub.on_message();
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let m = tokio::time::timeout(Duration::from_secs(5), messages.next())
+                .await
+                .expect("an announcement")
+                .unwrap();
+            seen.push((
+                m.get_channel_name().to_owned(),
+                m.get_payload::<String>().unwrap(),
+            ));
+        }
+        let channel = format!("{prefix}revoked");
+        assert_eq!(
+            seen,
+            [
+                (channel.clone(), "90 jti-1".to_owned()),
+                (channel, "5 jti-2".to_owned())
+            ],
+            "the shorter second revocation of jti-1 changed nothing and said nothing"
+        );
+    }
+
     /// A Redis of the test's own that it can kill, killed on drop (so a failing
     /// assertion does not orphan it).
     struct OwnRedis {

@@ -1243,6 +1243,35 @@ mod tests {
         assert_eq!(st(Running, "SNN").label(&spec_def(true)), "RUNNING");
     }
 
+    /// A stored state whose status contradicts its steps (a row edited by hand, say: a
+    /// step AWAITING in a saga that is not RUNNING) is never driven by that step's
+    /// replies or deadline — in either timeout mode.
+    #[test]
+    fn an_awaiting_step_outside_running_is_not_driven() {
+        // The spec's saga in both timeout modes, and one whose middle step is resent.
+        let resend = SagaDefinition::new("resend")
+            .step(Step::new("a"))
+            .step(
+                Step::new("b")
+                    .deadline(Duration::from_secs(30))
+                    .resend_on_timeout(true),
+            )
+            .step(Step::new("c"))
+            .build()
+            .unwrap();
+        for def in [spec_def(true), spec_def(false), resend] {
+            for status in [Started, Completed, Compensating, Failed] {
+                let state = st(status, "SAN");
+                for event in [succ(1), fail(1), late(1)] {
+                    assert!(
+                        transition(&def, &state, &event).is_err(),
+                        "{status:?} with step 1 awaiting must ignore {event:?}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn mismatched_state_is_ignored_not_panicking() {
         let def = spec_def(true);

@@ -364,8 +364,17 @@ async fn a_rolled_back_unit_of_work_leaves_no_trace() {
         .unwrap();
     drop(tx); // e.g. the order insert failed afterwards
     assert!(w.orch.store().get(id).is_none());
+    assert!(w.orch.store().is_empty());
+    assert_eq!(w.orch.store().len(), 0);
+
     assert_eq!(w.orders.get(id), None);
     assert!(w.commands().await.is_empty());
+    // What commits is there.
+    let kept = w.start().await;
+    let other = w.start().await;
+    assert_ne!(kept, other);
+    assert!(!w.orch.store().is_empty());
+    assert_eq!(w.orch.store().len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -659,10 +668,13 @@ async fn the_history_records_events_transitions_and_commands() {
 
 /// A saga store whose commits conflict a given number of times (another writer won),
 /// counting the units of work begun.
+#[derive(Default)]
 struct Conflicting {
     inner: MemorySagaStore,
     conflicts: AtomicI64,
     begun: AtomicI64,
+    committed: AtomicI64,
+    censuses: AtomicI64,
 }
 
 impl outbox::Transactional for Conflicting {
@@ -675,6 +687,7 @@ impl outbox::Transactional for Conflicting {
         if self.conflicts.fetch_sub(1, Ordering::SeqCst) > 0 {
             return Err(outbox::Error::Conflict("another writer won".into()));
         }
+        self.committed.fetch_add(1, Ordering::SeqCst);
         self.inner.commit(tx).await
     }
 }
@@ -692,6 +705,130 @@ impl SagaStore for Conflicting {
     async fn due(&self, now_ms: i64, limit: usize) -> saga_core::Result<Vec<SagaId>> {
         self.inner.due(now_ms, limit).await
     }
+    async fn census(&self) -> saga_core::Result<Option<Vec<saga_core::Census>>> {
+        self.censuses.fetch_add(1, Ordering::SeqCst);
+        self.inner.census().await
+    }
+}
+
+fn counted() -> Orchestrator<Conflicting, saga_core::conformance::OutboxSink<MemoryOutbox>> {
+    Orchestrator::new(
+        Conflicting::default(),
+        saga_core::conformance::OutboxSink(MemoryOutbox::new()),
+    )
+    .register(definition(true))
+}
+
+/// An event that changes nothing commits nothing.
+#[tokio::test]
+async fn an_ignored_event_commits_nothing() {
+    let orch = counted();
+    let id = SagaId::new();
+    let mut tx = orch.store().begin().await.unwrap();
+    orch.start(&mut tx, "create_order", id, Bytes::new())
+        .await
+        .unwrap();
+    orch.store().commit(tx).await.unwrap();
+    let ok = SagaEvent::StepSucceeded { step: 1 };
+    assert!(
+        orch.handle_and_commit(id, ok.clone())
+            .await
+            .unwrap()
+            .changed
+    );
+    assert_eq!(orch.store().committed.load(Ordering::SeqCst), 2);
+    assert!(!orch.handle_and_commit(id, ok).await.unwrap().changed);
+    assert_eq!(orch.store().committed.load(Ordering::SeqCst), 2);
+}
+
+/// A deadline that is due but no longer means anything (its step already answered) is
+/// swept without reporting the saga as changed.
+#[tokio::test]
+async fn a_due_deadline_that_changes_nothing_is_not_reported() {
+    let orch = counted();
+    let def = orch.definition("create_order").unwrap().clone();
+    let mut saga = SagaInstance::new(&def, SagaId::new(), Bytes::new(), 0);
+    saga.state.status = SagaStatus::Completed;
+    saga.state.steps = vec![StepStatus::Succeeded; 3];
+    saga.deadlines[1] = Some(1);
+    let mut tx = orch.store().begin().await.unwrap();
+    orch.store().insert(&mut tx, &saga).await.unwrap();
+    orch.store().commit(tx).await.unwrap();
+    assert!(orch.fire_due_deadlines(10).await.unwrap().is_empty());
+}
+
+/// The deadline driver reports the census every 5 s (not every tick) and calls
+/// `on_changed` only with sagas that changed.
+#[tokio::test(start_paused = true)]
+async fn the_driver_counts_every_five_seconds_and_reports_only_changes() {
+    let orch = counted();
+    let calls = AtomicI64::new(0);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::join!(
+        orch.run_deadlines(
+            Duration::from_secs(1),
+            10,
+            async {
+                stopped.await.ok();
+            },
+            |_| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async {}
+            },
+        ),
+        async {
+            tokio::time::sleep(Duration::from_millis(10_500)).await;
+            stop.send(()).unwrap();
+        }
+    );
+    assert_eq!(
+        orch.store().censuses.load(Ordering::SeqCst),
+        3,
+        "at 0, 5 and 10 s of 11 ticks"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "nothing changed");
+}
+
+/// A saga of many local steps runs in one unit of work: twenty succeed, the last
+/// fails, and all twenty are compensated locally — forty events in one `handle`.
+#[tokio::test]
+async fn a_long_local_saga_settles_in_one_unit_of_work() {
+    struct Local;
+    impl CommandSink<MemoryTx> for Local {
+        async fn dispatch(
+            &self,
+            _: &mut MemoryTx,
+            _: &SagaInstance,
+            cmd: &SagaCommand,
+        ) -> saga_core::Result<Dispatched> {
+            Ok(if cmd.name == "s20" {
+                Dispatched::Failed("no".into())
+            } else {
+                Dispatched::Succeeded
+            })
+        }
+    }
+    let mut def = SagaDefinition::new("long");
+    for i in 0..=20 {
+        def = def.step(saga_core::Step::new(format!("s{i}")).compensate_with(format!("undo{i}")));
+    }
+    let orch = Orchestrator::new(MemorySagaStore::new(), Local).register(def.build().unwrap());
+    let mut tx = orch.store().begin().await.unwrap();
+    let applied = orch
+        .start(&mut tx, "long", SagaId::new(), Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(applied.saga.state.status, SagaStatus::Failed);
+    assert_eq!(
+        applied
+            .saga
+            .state
+            .steps
+            .iter()
+            .filter(|s| **s == StepStatus::Compensated)
+            .count(),
+        20
+    );
 }
 
 /// `handle_and_commit` retries an optimistic-lock conflict five times, then gives up
@@ -699,11 +836,7 @@ impl SagaStore for Conflicting {
 #[tokio::test]
 async fn conflicts_are_retried_five_times_then_reported() {
     for (conflicts, ok) in [(5, true), (6, false)] {
-        let store = Conflicting {
-            inner: MemorySagaStore::new(),
-            conflicts: AtomicI64::new(0),
-            begun: AtomicI64::new(0),
-        };
+        let store = Conflicting::default();
         let orch = Orchestrator::new(
             store,
             saga_core::conformance::OutboxSink(MemoryOutbox::new()),
