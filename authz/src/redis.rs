@@ -10,7 +10,10 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// Tokio's clock (the system's unless a test pauses it).
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
@@ -157,10 +160,9 @@ struct Mirror {
 impl Mirror {
     fn insert(&self, jti: &str, until: Instant) {
         let mut map = self.revoked.write().unwrap_or_else(|p| p.into_inner());
-        let e = map.entry(jti.to_owned()).or_insert(until);
-        if *e < until {
-            *e = until;
-        }
+        map.entry(jti.to_owned())
+            .and_modify(|e| *e = (*e).max(until))
+            .or_insert(until);
     }
 
     fn purge(&self) {
@@ -377,13 +379,70 @@ fn escape_glob(prefix: &str) -> String {
 mod tests {
     use super::*;
 
+    /// A purge drops the entries that have ended (one ending this instant included).
+    #[tokio::test(start_paused = true)]
+    async fn a_purge_drops_what_has_ended() {
+        let mirror = Mirror::default();
+        let now = Instant::now();
+        mirror.insert("ends", now + Duration::from_secs(10));
+        mirror.insert("stays", now + Duration::from_secs(11));
+        tokio::time::advance(Duration::from_secs(10) - Duration::from_millis(1)).await;
+        mirror.purge();
+        assert_eq!(mirror.revoked.read().unwrap().len(), 2);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        mirror.purge();
+        let left: Vec<_> = mirror.revoked.read().unwrap().keys().cloned().collect();
+        assert_eq!(left, ["stays"]);
+    }
+
+    /// Dropping the last handle of a mirror ends its subscription at once, not at its
+    /// next heartbeat.
+    #[tokio::test]
+    async fn dropping_the_mirror_unsubscribes_at_once() {
+        let mut conn = ordersys_testkit::redis().await;
+        let prefix = format!("test:{}:jwt:blacklist:", rand_suffix());
+        let channel = format!("{prefix}revoked");
+        let subscribers = |mut conn: ConnectionManager, channel: String| async move {
+            let (_, n): (String, i64) = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(&channel)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            n
+        };
+        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
+        let mirror = RedisBlacklist::new(conn.clone())
+            .with_prefix(&prefix)
+            .mirrored(redis::Client::open(url).unwrap(), Duration::from_secs(3600));
+        ordersys_testkit::eventually("the mirror to subscribe", Duration::from_secs(5), || {
+            let (conn, channel) = (conn.clone(), channel.clone());
+            async move { (subscribers(conn, channel).await == 1).then_some(()) }
+        })
+        .await;
+        drop(mirror);
+        ordersys_testkit::eventually("the subscription to end", Duration::from_secs(5), || {
+            let (conn, channel) = (conn.clone(), channel.clone());
+            async move { (subscribers(conn, channel).await == 0).then_some(()) }
+        })
+        .await;
+        let _: () = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+    }
+
+    fn rand_suffix() -> String {
+        format!(
+            "{:x}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        )
+    }
+
     /// The mirror keeps the later end of a token revoked twice, whatever the order.
     #[test]
     fn the_mirror_keeps_the_later_end() {
-        let mirror = Mirror {
-            live: AtomicBool::new(true),
-            revoked: RwLock::new(HashMap::new()),
-        };
+        let mirror = Mirror::default();
         let now = Instant::now();
         let (soon, later) = (now + Duration::from_secs(5), now + Duration::from_secs(50));
         mirror.insert("a", soon);

@@ -426,9 +426,7 @@ impl<S: SagaStore, D: CommandSink<S::Tx>> Orchestrator<S, D> {
                 trace_id: trace_id.clone(),
             })
         };
-        // Every local step moves the machine forward; a generous bound stops a buggy
-        // sink that keeps answering "failed" to a compensation from looping forever.
-        let mut budget = 4 * def.steps().len() + 8;
+        let mut budget = settle_budget(def.steps().len());
         while let Some(event) = queue.pop_front() {
             budget = budget
                 .checked_sub(1)
@@ -523,6 +521,15 @@ impl<S: SagaStore, D: CommandSink<S::Tx>> Orchestrator<S, D> {
             history,
         })
     }
+}
+
+/// How many events one unit of work may apply to a saga of `steps` steps before it is
+/// declared unable to settle. Every local step moves the machine forward (a saga runs
+/// at most every action and every compensation once: 2 × steps + 1), so this generous
+/// bound only stops a defect — a sink or machine that keeps the queue growing — from
+/// looping forever.
+fn settle_budget(steps: usize) -> usize {
+    4 * steps + 8
 }
 
 /// The parameters of `event`, for its history entry.

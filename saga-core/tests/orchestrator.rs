@@ -1025,3 +1025,83 @@ fn metrics_count_every_saga_and_its_outcome() {
             });
     });
 }
+
+/// A stale update is refused when it is made, not only when it commits.
+#[tokio::test]
+async fn a_stale_update_is_refused_at_once() {
+    let w = world(true, false);
+    let id = w.start().await;
+    let store = w.orch.store();
+    let mut stale = store.get(id).unwrap();
+    // Version 1 stored: an update must carry 2.
+    stale.version = 3;
+    let mut tx = store.begin().await.unwrap();
+    assert!(matches!(
+        store.update(&mut tx, &stale).await,
+        Err(saga_core::Error::Conflict(c)) if c == id
+    ));
+    stale.version = 0;
+    assert!(matches!(
+        store.update(&mut tx, &stale).await,
+        Err(saga_core::Error::Conflict(_))
+    ));
+    stale.version = 2;
+    store.update(&mut tx, &stale).await.unwrap();
+}
+
+/// The operator's query: by status, by age, overdue, oldest first, limited.
+#[tokio::test]
+async fn find_answers_the_operators_query() {
+    let w = world(true, false);
+    let first = w.start().await;
+    w.clock.fetch_add(10, Ordering::SeqCst);
+    let second = w.start().await;
+    w.clock.fetch_add(10, Ordering::SeqCst);
+    let done = w.start().await;
+    w.orch
+        .handle_and_commit(done, SagaEvent::StepSucceeded { step: 1 })
+        .await
+        .unwrap();
+    let w = &w;
+    let find = |q: saga_core::SagaQuery| async move {
+        w.orch
+            .store()
+            .find(&q)
+            .await
+            .unwrap()
+            .expect("the memory store answers queries")
+            .into_iter()
+            .map(|s| s.id)
+            .collect::<Vec<_>>()
+    };
+    let running = saga_core::SagaQuery {
+        status: Some(SagaStatus::Running),
+        ..Default::default()
+    };
+    assert_eq!(find(running.clone()).await, [first, second], "oldest first");
+    assert_eq!(
+        find(saga_core::SagaQuery {
+            limit: 1,
+            ..running.clone()
+        })
+        .await,
+        [first]
+    );
+    assert_eq!(
+        find(saga_core::SagaQuery {
+            updated_before_ms: Some(1_000_005),
+            ..Default::default()
+        })
+        .await,
+        [first]
+    );
+    assert_eq!(
+        find(saga_core::SagaQuery {
+            deadline_before_ms: Some(1_000_000 + 30_000),
+            ..Default::default()
+        })
+        .await,
+        [first]
+    );
+    assert_eq!(find(saga_core::SagaQuery::default()).await.len(), 3);
+}
