@@ -165,6 +165,11 @@ impl Mirror {
             .or_insert(until);
     }
 
+    fn is_revoked(&self, jti: &str) -> bool {
+        let map = self.revoked.read().unwrap_or_else(|p| p.into_inner());
+        map.get(jti).is_some_and(|until| *until > Instant::now())
+    }
+
     fn purge(&self) {
         let now = Instant::now();
         let mut map = self.revoked.write().unwrap_or_else(|p| p.into_inner());
@@ -225,12 +230,7 @@ impl Blacklist for MirroredBlacklist {
 
     async fn is_revoked(&self, jti: &str) -> Result<bool> {
         if self.is_live() {
-            let map = self
-                .mirror
-                .revoked
-                .read()
-                .unwrap_or_else(|p| p.into_inner());
-            return Ok(map.get(jti).is_some_and(|until| *until > Instant::now()));
+            return Ok(self.mirror.is_revoked(jti));
         }
         self.redis.is_revoked(jti).await
     }
@@ -244,7 +244,7 @@ async fn keep_mirror(
     mirror: Weak<Mirror>,
     heartbeat: Duration,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::default();
     loop {
         let started = Instant::now();
         let _ = follow(&client, &redis, &mirror, heartbeat).await;
@@ -252,11 +252,37 @@ async fn keep_mirror(
             Some(m) => m.set_live(false),
             None => return,
         }
-        if started.elapsed() > Duration::from_secs(10) {
-            backoff = Duration::from_millis(100);
+        tokio::time::sleep(backoff.after(started.elapsed())).await;
+    }
+}
+
+/// The wait before the mirror subscribes again: 100 ms, doubling up to 5 s after each
+/// failure in a row; a subscription that held for more than 10 s starts over at 100 ms.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(5);
+    /// A subscription that held this long was not part of a run of failures.
+    const HELD: Duration = Duration::from_secs(10);
+
+    /// The wait after a subscription that lasted `held`.
+    fn after(&mut self, held: Duration) -> Duration {
+        if held > Self::HELD {
+            self.next = Self::FIRST;
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        let wait = self.next;
+        self.next = (wait * 2).min(Self::MAX);
+        wait
     }
 }
 
@@ -293,9 +319,10 @@ async fn follow(
             return Ok(());
         };
         for (k, ms) in chunk.iter().zip(ttls) {
-            if ms > 0 {
+            // No TTL (-1) or gone (-2): not a revocation of ours.
+            if let Ok(ms) = u64::try_from(ms) {
                 let jti = &k[redis.prefix.len()..];
-                m.insert(jti, now + Duration::from_millis(ms as u64));
+                m.insert(jti, now + Duration::from_millis(ms));
             }
         }
     }
@@ -378,6 +405,33 @@ fn escape_glob(prefix: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_resubscription_backoff_doubles_to_five_seconds_and_resets_after_a_long_hold() {
+        let mut b = Backoff::default();
+        let quick = Duration::from_millis(50);
+        let waits: Vec<_> = (0..8).map(|_| b.after(quick).as_millis()).collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(
+            b.after(Duration::from_secs(10)).as_millis(),
+            5000,
+            "10 s is not long"
+        );
+        assert_eq!(b.after(Duration::from_secs(11)).as_millis(), 100);
+        assert_eq!(b.after(quick).as_millis(), 200);
+    }
+
+    /// A revocation answers up to the instant it ends, not at it.
+    #[tokio::test(start_paused = true)]
+    async fn the_mirror_answers_until_the_end() {
+        let mirror = Mirror::default();
+        mirror.insert("a", Instant::now() + Duration::from_secs(10));
+        tokio::time::advance(Duration::from_secs(10) - Duration::from_millis(1)).await;
+        assert!(mirror.is_revoked("a"));
+        assert!(!mirror.is_revoked("b"));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!mirror.is_revoked("a"));
+    }
 
     /// A purge drops the entries that have ended (one ending this instant included).
     #[tokio::test(start_paused = true)]
