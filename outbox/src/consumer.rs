@@ -294,3 +294,15 @@ impl<I: Inbox, D: DeadLetter> IdempotentConsumer<I, D> {
         Ok(DeliveryOutcome::DeadLettered { reason })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::{MemoryDeadLetters, MemoryInbox};
+
+    #[test]
+    fn a_consumer_is_known_by_its_name() {
+        let c = IdempotentConsumer::new("payments", MemoryInbox::new(), MemoryDeadLetters::new());
+        assert_eq!(c.name(), "payments");
+    }
+}

@@ -394,3 +394,57 @@ return 0
         }
     }
 }
+
+#[cfg(test)]
+mod memory_tests {
+    use super::*;
+
+    /// A reservation lives exactly its TTL: in progress up to the last instant, free
+    /// again at the instant it ends; the purge counts and drops exactly the ended ones.
+    #[tokio::test(start_paused = true)]
+    async fn a_reservation_lives_exactly_its_ttl_and_the_purge_counts() {
+        let store = MemoryIdempotencyStore::new();
+        let ttl = Duration::from_secs(10);
+        assert!(matches!(
+            store.reserve("k", ttl).await.unwrap(),
+            Reservation::Reserved
+        ));
+        store.reserve("other", ttl * 2).await.unwrap();
+        tokio::time::advance(ttl - Duration::from_millis(1)).await;
+        assert!(matches!(
+            store.reserve("k", ttl).await.unwrap(),
+            Reservation::InProgress
+        ));
+        assert_eq!(store.purge_expired().await.unwrap(), 0);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(store.purge_expired().await.unwrap(), 1, "\"k\" ended now");
+        assert_eq!(store.purge_expired().await.unwrap(), 0);
+        assert!(matches!(
+            store.reserve("k", ttl).await.unwrap(),
+            Reservation::Reserved
+        ));
+        assert!(matches!(
+            store.reserve("other", ttl).await.unwrap(),
+            Reservation::InProgress
+        ));
+    }
+
+    /// The same for a reservation ended by its TTL without a purge.
+    #[tokio::test(start_paused = true)]
+    async fn an_ended_reservation_can_be_taken_again() {
+        let store = MemoryIdempotencyStore::new();
+        let ttl = Duration::from_secs(10);
+        store.reserve("k", ttl).await.unwrap();
+        store.complete("k", b"done", ttl).await.unwrap();
+        tokio::time::advance(ttl - Duration::from_millis(1)).await;
+        assert!(matches!(
+            store.reserve("k", ttl).await.unwrap(),
+            Reservation::Completed(b) if &b[..] == b"done"
+        ));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(matches!(
+            store.reserve("k", ttl).await.unwrap(),
+            Reservation::Reserved
+        ));
+    }
+}
