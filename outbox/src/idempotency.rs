@@ -429,6 +429,44 @@ mod memory_tests {
         ));
     }
 
+    /// A cached value lives exactly its TTL, for `get` and for `set_if_absent`.
+    #[tokio::test(start_paused = true)]
+    async fn a_cached_value_lives_exactly_its_ttl() {
+        let cache = MemoryCache::new();
+        let ttl = Duration::from_secs(10);
+        cache.set("a", b"1", ttl).await.unwrap();
+        cache.set("b", b"2", ttl).await.unwrap();
+        tokio::time::advance(ttl - Duration::from_millis(1)).await;
+        assert_eq!(cache.get("a").await.unwrap().as_deref(), Some(&b"1"[..]));
+        assert!(!cache.set_if_absent("b", b"3", ttl).await.unwrap());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(cache.get("a").await.unwrap(), None);
+        assert!(cache.set_if_absent("b", b"3", ttl).await.unwrap());
+        assert_eq!(cache.get("b").await.unwrap().as_deref(), Some(&b"3"[..]));
+        cache.delete("b").await.unwrap();
+        assert_eq!(cache.get("b").await.unwrap(), None);
+    }
+
+    /// Past 100,000 entries a `set` sweeps out the ended ones (one ending this instant
+    /// included), and only those.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_cache_sweeps_ended_entries_on_set() {
+        let cache = MemoryCache::new();
+        let ttl = Duration::from_secs(10);
+        for i in 0..100_000 {
+            cache.set(&format!("old{i}"), b"", ttl).await.unwrap();
+        }
+        // Every one of them ends now.
+        tokio::time::advance(ttl).await;
+        cache.set("live", b"", ttl).await.unwrap();
+        let len = |c: &MemoryCache| lock(&c.entries).len();
+        assert_eq!(len(&cache), 100_001, "no sweep at 100,000");
+        cache.set("new", b"", ttl).await.unwrap();
+        let mut left: Vec<_> = lock(&cache.entries).keys().cloned().collect();
+        left.sort();
+        assert_eq!(left, ["live", "new"]);
+    }
+
     /// The same for a reservation ended by its TTL without a purge.
     #[tokio::test(start_paused = true)]
     async fn an_ended_reservation_can_be_taken_again() {

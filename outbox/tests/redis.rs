@@ -36,6 +36,14 @@ mod redis_backend {
         .await;
     }
 
+    /// Redis expires every key itself: a purge has nothing to do and says so.
+    #[tokio::test]
+    async fn redis_idempotency_purge_has_nothing_to_do() {
+        let store = RedisIdempotencyStore::new(redis().await).with_prefix(prefix("idempotency"));
+        store.reserve("k", Duration::from_secs(60)).await.unwrap();
+        assert_eq!(store.purge_expired().await.unwrap(), 0);
+    }
+
     #[tokio::test]
     async fn redis_cache_conformance() {
         super::cache_all(&RedisCache::new(redis().await, prefix("order"))).await;
