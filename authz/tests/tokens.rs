@@ -101,6 +101,32 @@ fn not_yet_valid_token_is_rejected() {
         Err(Error::NotYetValid)
     ));
     validator_at(NOW + 100).validate(&t.token).unwrap();
+    // Exactly at the leeway's edge (nbf − 30 s) it is valid; a second earlier it is not.
+    validator_at(NOW + 90).validate(&t.token).unwrap();
+    assert!(matches!(
+        validator_at(NOW + 89).validate(&t.token),
+        Err(Error::NotYetValid)
+    ));
+}
+
+#[test]
+fn a_clock_from_a_function_reads_it_each_time_and_the_issuer_tells_its_ttl() {
+    let t = Arc::new(std::sync::atomic::AtomicI64::new(NOW));
+    let reading = t.clone();
+    let clock = Clock::from_fn(move || reading.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(clock.now(), NOW);
+    t.store(NOW + 5, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(clock.now(), NOW + 5);
+    let issued = TokenIssuer::new(key(), ISS, AUD)
+        .with_clock(clock)
+        .issue("u1")
+        .unwrap();
+    assert_eq!(issued.claims.iat, NOW + 5);
+    assert_eq!(issuer_at(NOW).ttl(), Duration::from_secs(900));
+    assert_eq!(
+        issuer_at(NOW).with_ttl(Duration::from_secs(60)).ttl(),
+        Duration::from_secs(60)
+    );
 }
 
 #[test]
