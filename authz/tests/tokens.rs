@@ -471,3 +471,42 @@ async fn the_error_response_can_be_replaced() {
         (StatusCode::IM_A_TEAPOT, "service_unavailable|cid-1")
     );
 }
+
+#[test]
+fn the_bearer_token_is_read_strictly() {
+    use authz::layer::bearer_token;
+    let h = |s: &'static str| http::HeaderValue::from_static(s);
+    assert_eq!(bearer_token(Some(&h("Bearer abc"))).unwrap(), "abc");
+    assert_eq!(bearer_token(Some(&h("bearer  abc "))).unwrap(), "abc");
+    for refused in ["Basic abc", "Bearer    ", "Bearer", "Basic  "] {
+        assert!(
+            matches!(bearer_token(Some(&h(refused))), Err(Error::MissingToken)),
+            "{refused:?}"
+        );
+    }
+    assert!(matches!(bearer_token(None), Err(Error::MissingToken)));
+}
+
+#[tokio::test]
+async fn each_failure_has_its_status_and_only_client_errors_say_why() {
+    use authz::layer::error_response;
+    let cases = [
+        (Error::Expired, 401, true),
+        (Error::InsufficientScope("orders:write".into()), 403, true),
+        (Error::blacklist("redis: connection refused"), 503, false),
+        (Error::InvalidKey("bad pem".into()), 500, false),
+    ];
+    for (err, status, says_why) in cases {
+        let resp = error_response::<String>(&err, Some("c-1"));
+        assert_eq!(resp.status().as_u16(), status, "{err:?}");
+        let body: serde_json::Value = serde_json::from_str(resp.body()).unwrap();
+        let message = body["error"]["message"].as_str().unwrap();
+        assert_eq!(body["error"]["code"], err.code());
+        assert_eq!(body["error"]["correlation_id"], "c-1");
+        if says_why {
+            assert_eq!(message, err.to_string());
+        } else {
+            assert_eq!(message, "authentication is temporarily unavailable");
+        }
+    }
+}
