@@ -510,3 +510,32 @@ async fn each_failure_has_its_status_and_only_client_errors_say_why() {
         }
     }
 }
+
+/// A service that is never ready: the auth layer must pass its back-pressure on.
+#[derive(Clone)]
+struct NeverReady;
+
+impl tower::Service<Request<Body>> for NeverReady {
+    type Response = http::Response<String>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<http::Response<String>, std::convert::Infallible>>;
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Pending
+    }
+    fn call(&mut self, _: Request<Body>) -> Self::Future {
+        std::future::ready(Ok(http::Response::new(String::new())))
+    }
+}
+
+#[test]
+fn the_auth_layer_is_ready_when_the_service_is() {
+    use tower::{Layer, Service};
+    let auth = authenticator(NOW, Arc::new(MemoryBlacklist::new()));
+    let mut svc = AuthLayer::new(auth).layer(NeverReady);
+    let waker = futures::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    assert!(svc.poll_ready(&mut cx).is_pending());
+}
