@@ -460,3 +460,40 @@ impl DeadLetter for MemoryDeadLetters {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tx_tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// Writes apply at commit, in order, only when every check holds; a failing check
+    /// applies none of them and reports the conflict.
+    #[test]
+    fn a_unit_of_work_applies_all_or_nothing() {
+        let applied = Arc::new(Mutex::new(Vec::new()));
+        let mut tx = MemoryTx::new();
+        assert!(tx.is_empty());
+        for i in 0..3 {
+            let a = applied.clone();
+            tx.on_commit(move || a.lock().unwrap().push(i));
+        }
+        assert!(!tx.is_empty(), "writes staged");
+        assert!(applied.lock().unwrap().is_empty(), "nothing before commit");
+        tx.commit().unwrap();
+        assert_eq!(*applied.lock().unwrap(), [0, 1, 2]);
+
+        let checked = Arc::new(AtomicU32::new(0));
+        let mut tx = MemoryTx::new();
+        let c = checked.clone();
+        tx.check(move || {
+            c.fetch_add(1, Ordering::SeqCst);
+            Err("version moved".into())
+        });
+        assert!(!tx.is_empty(), "a check alone is something staged");
+        let a = applied.clone();
+        tx.on_commit(move || a.lock().unwrap().push(9));
+        assert!(matches!(tx.commit(), Err(Error::Conflict(why)) if why == "version moved"));
+        assert_eq!(checked.load(Ordering::SeqCst), 1);
+        assert_eq!(*applied.lock().unwrap(), [0, 1, 2], "nothing applied");
+    }
+}
