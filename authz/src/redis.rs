@@ -449,6 +449,26 @@ mod tests {
         assert_eq!(left, ["stays"]);
     }
 
+    /// The mirror keeps the later end of a token revoked twice, whatever the order.
+    #[test]
+    fn the_mirror_keeps_the_later_end() {
+        let mirror = Mirror::default();
+        let now = Instant::now();
+        let (soon, later) = (now + Duration::from_secs(5), now + Duration::from_secs(50));
+        mirror.insert("a", soon);
+        mirror.insert("a", later);
+        mirror.insert("b", later);
+        mirror.insert("b", soon);
+        let map = mirror.revoked.read().unwrap();
+        assert_eq!((map["a"], map["b"]), (later, later));
+    }
+}
+
+/// Unit tests against the test Redis (`make test-unit` skips `with_redis`).
+#[cfg(test)]
+mod with_redis {
+    use super::*;
+
     /// Dropping the last handle of a mirror ends its subscription at once, not at its
     /// next heartbeat.
     #[tokio::test]
@@ -491,19 +511,5 @@ mod tests {
                 .unwrap()
                 .as_nanos()
         )
-    }
-
-    /// The mirror keeps the later end of a token revoked twice, whatever the order.
-    #[test]
-    fn the_mirror_keeps_the_later_end() {
-        let mirror = Mirror::default();
-        let now = Instant::now();
-        let (soon, later) = (now + Duration::from_secs(5), now + Duration::from_secs(50));
-        mirror.insert("a", soon);
-        mirror.insert("a", later);
-        mirror.insert("b", later);
-        mirror.insert("b", soon);
-        let map = mirror.revoked.read().unwrap();
-        assert_eq!((map["a"], map["b"]), (later, later));
     }
 }

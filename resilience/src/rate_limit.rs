@@ -455,7 +455,8 @@ return {c, ttl}
     }
 
     #[cfg(test)]
-    mod tests {
+    /// Unit tests against the test Redis (`make test-unit` skips `with_redis`).
+    mod with_redis {
         use super::*;
 
         fn clients(l: &BatchedRedisRateLimiter) -> Vec<String> {
