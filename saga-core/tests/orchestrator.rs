@@ -87,6 +87,14 @@ struct World {
     clock: Arc<AtomicI64>,
 }
 
+/// The payment step (1) refused for `reason`.
+fn declined(reason: &str) -> SagaEvent {
+    SagaEvent::StepFailed {
+        step: 1,
+        reason: reason.into(),
+    }
+}
+
 fn definition(compensate_on_timeout: bool) -> SagaDefinition {
     saga_core::conformance::create_order_saga(compensate_on_timeout)
 }
@@ -186,13 +194,7 @@ async fn declined_payment_cancels_the_order_and_fails() {
     let w = world(true, false);
     let id = w.start().await;
     w.orch
-        .handle_and_commit(
-            id,
-            SagaEvent::StepFailed {
-                step: 1,
-                reason: "insufficient funds".into(),
-            },
-        )
+        .handle_and_commit(id, declined("insufficient funds"))
         .await
         .unwrap();
     let saga = w.saga(id);
@@ -215,10 +217,7 @@ async fn duplicate_and_stale_replies_change_nothing() {
     let version = w.saga(id).version;
     for e in [
         SagaEvent::StepSucceeded { step: 1 },
-        SagaEvent::StepFailed {
-            step: 1,
-            reason: "late".into(),
-        },
+        declined("late"),
         SagaEvent::DeadlineExpired { step: 1 },
         SagaEvent::CompensationSucceeded { step: 1 },
     ] {
@@ -551,13 +550,7 @@ async fn a_failed_local_compensation_is_retried_after_the_retry_delay() {
         w.commands().await;
         let declined = w
             .orch
-            .handle_and_commit(
-                id,
-                SagaEvent::StepFailed {
-                    step: 1,
-                    reason: "insufficient funds".into(),
-                },
-            )
+            .handle_and_commit(id, declined("insufficient funds"))
             .await
             .unwrap();
         assert!(declined.sent.is_empty());
@@ -580,6 +573,14 @@ async fn a_failed_local_compensation_is_retried_after_the_retry_delay() {
     }
 }
 
+/// History entries as (kind, name, detail).
+fn rows(history: &[saga_core::HistoryEntry]) -> Vec<(&str, &str, &str)> {
+    history
+        .iter()
+        .map(|h| (h.kind.as_str(), h.name.as_str(), h.detail.as_str()))
+        .collect()
+}
+
 /// What a change records in the saga's history: the event with its parameters, the
 /// new state and where from, each command with what became of it — all under the
 /// saga's new version and the orchestrator's clock; an event that does not apply is
@@ -592,22 +593,11 @@ async fn the_history_records_events_transitions_and_commands() {
     w.clock.fetch_add(7, Ordering::SeqCst);
     let applied = w
         .orch
-        .handle_and_commit(
-            id,
-            SagaEvent::StepFailed {
-                step: 1,
-                reason: "insufficient funds".into(),
-            },
-        )
+        .handle_and_commit(id, declined("insufficient funds"))
         .await
         .unwrap();
-    let entries: Vec<_> = applied
-        .history
-        .iter()
-        .map(|h| (h.kind.as_str(), h.name.as_str(), h.detail.as_str()))
-        .collect();
     assert_eq!(
-        entries,
+        rows(&applied.history),
         [
             ("event", "step_failed", "step 1: insufficient funds"),
             ("transition", "COMPENSATING", "from PAYMENT_PENDING"),
@@ -624,13 +614,9 @@ async fn the_history_records_events_transitions_and_commands() {
         .all(|h| h.version == 2 && h.at_ms == 1_000_007));
     let stored = w.orch.store().history(id).await.unwrap().unwrap();
     assert_eq!(&stored[stored.len() - 3..], &applied.history[..]);
-    let started: Vec<_> = stored
-        .iter()
-        .filter(|h| h.version == 1)
-        .map(|h| (h.kind.as_str(), h.name.as_str(), h.detail.as_str()))
-        .collect();
+    let started: Vec<_> = stored.iter().filter(|h| h.version == 1).cloned().collect();
     assert_eq!(
-        started,
+        rows(&started),
         [
             ("event", "start", ""),
             ("transition", "CREATE_ORDER_PENDING", "from STARTED"),
@@ -647,13 +633,7 @@ async fn the_history_records_events_transitions_and_commands() {
     // A duplicate: recorded as ignored in what `handle` returns, nothing stored.
     let dup = w
         .orch
-        .handle_and_commit(
-            id,
-            SagaEvent::StepFailed {
-                step: 1,
-                reason: "again".into(),
-            },
-        )
+        .handle_and_commit(id, declined("again"))
         .await
         .unwrap();
     assert!(!dup.changed);
@@ -719,16 +699,25 @@ fn counted() -> Orchestrator<Conflicting, saga_core::conformance::OutboxSink<Mem
     .register(definition(true))
 }
 
+/// Start a saga of `saga_type` in a unit of work of its own and commit it.
+async fn started<S: SagaStore, D: CommandSink<S::Tx>>(
+    orch: &Orchestrator<S, D>,
+    saga_type: &str,
+) -> SagaId {
+    let id = SagaId::new();
+    let mut tx = orch.store().begin().await.unwrap();
+    orch.start(&mut tx, saga_type, id, Bytes::new())
+        .await
+        .unwrap();
+    orch.store().commit(tx).await.unwrap();
+    id
+}
+
 /// An event that changes nothing commits nothing.
 #[tokio::test]
 async fn an_ignored_event_commits_nothing() {
     let orch = counted();
-    let id = SagaId::new();
-    let mut tx = orch.store().begin().await.unwrap();
-    orch.start(&mut tx, "create_order", id, Bytes::new())
-        .await
-        .unwrap();
-    orch.store().commit(tx).await.unwrap();
+    let id = started(&orch, "create_order").await;
     let ok = SagaEvent::StepSucceeded { step: 1 };
     assert!(
         orch.handle_and_commit(id, ok.clone())
@@ -842,12 +831,7 @@ async fn conflicts_are_retried_five_times_then_reported() {
             saga_core::conformance::OutboxSink(MemoryOutbox::new()),
         )
         .register(definition(true));
-        let id = SagaId::new();
-        let mut tx = orch.store().begin().await.unwrap();
-        orch.start(&mut tx, "create_order", id, Bytes::new())
-            .await
-            .unwrap();
-        orch.store().commit(tx).await.unwrap();
+        let id = started(&orch, "create_order").await;
         orch.store().conflicts.store(conflicts, Ordering::SeqCst);
         orch.store().begun.store(0, Ordering::SeqCst);
         let r = orch
@@ -943,16 +927,10 @@ fn metrics_count_every_saga_and_its_outcome() {
                     .await
                     .unwrap();
                 // Declined: compensated (the order row was cancelled) after 0.25 s.
-                let declined = w.start().await;
+                let refused = w.start().await;
                 w.clock.fetch_add(250, Ordering::SeqCst);
                 w.orch
-                    .handle_and_commit(
-                        declined,
-                        SagaEvent::StepFailed {
-                            step: 1,
-                            reason: "no".into(),
-                        },
-                    )
+                    .handle_and_commit(refused, declined("no"))
                     .await
                     .unwrap();
                 // Left waiting for its payment.
@@ -999,12 +977,7 @@ fn metrics_count_every_saga_and_its_outcome() {
                         .build()
                         .unwrap(),
                 );
-                let id = SagaId::new();
-                let mut tx = orch.store().begin().await.unwrap();
-                orch.start(&mut tx, "pay_only", id, Bytes::new())
-                    .await
-                    .unwrap();
-                orch.store().commit(tx).await.unwrap();
+                let id = started(&orch, "pay_only").await;
                 orch.handle_and_commit(
                     id,
                     SagaEvent::StepFailed {
