@@ -469,6 +469,23 @@ mod tests {
 mod with_redis {
     use super::*;
 
+    /// A token this mirror revokes is in its memory as soon as `revoke` returns, for
+    /// its whole TTL (read-your-writes: not waiting for the channel to echo it).
+    #[tokio::test]
+    async fn a_revocation_is_in_the_mirror_at_once() {
+        let prefix = format!("test:{}:jwt:blacklist:", rand_suffix());
+        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
+        let mirror = RedisBlacklist::new(ordersys_testkit::redis().await)
+            .with_prefix(&prefix)
+            .mirrored(redis::Client::open(url).unwrap(), Duration::from_secs(3600));
+        mirror
+            .revoke("mine", Duration::from_secs(60))
+            .await
+            .unwrap();
+        let until = mirror.mirror.revoked.read().unwrap()["mine"];
+        assert!(until > Instant::now() + Duration::from_secs(59));
+    }
+
     /// Dropping the last handle of a mirror ends its subscription at once, not at its
     /// next heartbeat.
     #[tokio::test]
