@@ -57,6 +57,7 @@ async fn relay_wakes_on_commit_without_waiting_for_the_poll() {
     }
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
+    assert_eq!((store.pending(), store.sent()), (0, 3));
 }
 
 #[tokio::test(start_paused = true)]
