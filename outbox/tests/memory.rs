@@ -560,3 +560,31 @@ async fn infrastructure_failures_are_never_dead_lettered() {
         dead.parked()
     );
 }
+
+/// The backlog: how many messages are unsent and since when the oldest waits.
+#[tokio::test]
+async fn the_backlog_counts_the_unsent_and_dates_the_oldest() {
+    let store = MemoryOutbox::new();
+    let empty = store
+        .backlog()
+        .await
+        .unwrap()
+        .expect("the memory outbox reports");
+    assert_eq!((empty.messages, empty.oldest), (0, None));
+    let mut created = Vec::new();
+    let mut tx = store.begin().await.unwrap();
+    for i in 0..3 {
+        let mut msg = OutboxMessage::new("t", format!("k{i}"), "p");
+        msg.created_at = std::time::UNIX_EPOCH + Duration::from_secs(1_000 + i);
+        created.push(msg.created_at);
+        store.enqueue(&mut tx, msg).await.unwrap();
+    }
+    store.commit(tx).await.unwrap();
+    let all = store.backlog().await.unwrap().unwrap();
+    assert_eq!((all.messages, all.oldest), (3, Some(created[0])));
+    // The oldest is sent: the next one is the oldest now.
+    let claimed = store.claim("r", 1, Duration::from_secs(60)).await.unwrap();
+    store.mark_sent(&[claimed[0].id]).await.unwrap();
+    let rest = store.backlog().await.unwrap().unwrap();
+    assert_eq!((rest.messages, rest.oldest), (2, Some(created[1])));
+}
