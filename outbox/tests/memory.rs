@@ -588,3 +588,21 @@ async fn the_backlog_counts_the_unsent_and_dates_the_oldest() {
     let rest = store.backlog().await.unwrap().unwrap();
     assert_eq!((rest.messages, rest.oldest), (2, Some(created[1])));
 }
+
+/// `contains` tells what a consumer recorded, per consumer, once committed.
+#[tokio::test]
+async fn the_memory_inbox_knows_what_each_consumer_recorded() {
+    use outbox::Inbox;
+    let inbox = MemoryInbox::new();
+    let msg = OutboxMessage::new("t", "k", "p");
+    assert!(!inbox.contains("payments", msg.id));
+    let mut tx = inbox.begin().await.unwrap();
+    assert!(inbox.try_record(&mut tx, "payments", msg.id).await.unwrap());
+    assert!(!inbox.contains("payments", msg.id), "not before the commit");
+    inbox.commit(tx).await.unwrap();
+    assert!(inbox.contains("payments", msg.id));
+    assert!(
+        !inbox.contains("orders", msg.id),
+        "another consumer's record"
+    );
+}
