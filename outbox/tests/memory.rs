@@ -606,3 +606,28 @@ async fn the_memory_inbox_knows_what_each_consumer_recorded() {
         "another consumer's record"
     );
 }
+
+/// A record is kept for exactly its retention: purged at the instant it is that old.
+#[tokio::test(start_paused = true)]
+async fn the_memory_inbox_keeps_a_record_for_exactly_its_retention() {
+    use outbox::Inbox;
+    let inbox = MemoryInbox::new();
+    let (old, young) = (
+        OutboxMessage::new("t", "k", "1"),
+        OutboxMessage::new("t", "k", "2"),
+    );
+    let mut tx = inbox.begin().await.unwrap();
+    inbox.try_record(&mut tx, "c", old.id).await.unwrap();
+    inbox.commit(tx).await.unwrap();
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let mut tx = inbox.begin().await.unwrap();
+    inbox.try_record(&mut tx, "c", young.id).await.unwrap();
+    inbox.commit(tx).await.unwrap();
+    let retention = Duration::from_secs(60);
+    tokio::time::advance(retention - Duration::from_secs(1) - Duration::from_millis(1)).await;
+    assert_eq!(inbox.purge(retention).await.unwrap(), 0);
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert_eq!(inbox.purge(retention).await.unwrap(), 1, "60 s old now");
+    assert!(!inbox.contains("c", old.id));
+    assert!(inbox.contains("c", young.id));
+}
