@@ -216,3 +216,34 @@ pub struct Delivery {
     /// Headers.
     pub headers: Headers,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_id_prints_and_parses_back() {
+        let id = MessageId::new();
+        assert_eq!(id.to_string(), id.0.to_string());
+        assert_eq!(MessageId::parse(&id.to_string()), Some(id));
+        assert_eq!(MessageId::parse("not-an-id"), None);
+        assert_eq!(format!("{id:?}"), format!("MessageId({})", id.0));
+    }
+
+    #[test]
+    fn headers_keep_one_value_per_name_in_insertion_order() {
+        let mut h = Headers::new();
+        assert!(h.is_empty());
+        assert_eq!(h.len(), 0);
+        h.insert("a", "1");
+        h.insert("b", "2");
+        h.insert("a", "3");
+        assert_eq!(h.len(), 2);
+        assert!(!h.is_empty());
+        assert_eq!(h.get("a"), Some("3"));
+        assert_eq!(h.get("c"), None);
+        assert_eq!(h.iter().collect::<Vec<_>>(), [("a", "3"), ("b", "2")]);
+        let collected: Headers = [("x", "1"), ("x", "2")].into_iter().collect();
+        assert_eq!(collected.iter().collect::<Vec<_>>(), [("x", "2")]);
+    }
+}
