@@ -473,3 +473,40 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         }
     }
 }
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+
+    #[test]
+    fn the_settings_are_what_the_builders_say() {
+        let d = RelayConfig::default();
+        assert!(d.relay_id.starts_with("relay-"));
+        assert_ne!(
+            d.relay_id,
+            RelayConfig::default().relay_id,
+            "unique by default"
+        );
+        assert_eq!(
+            (d.batch_size, d.lease, d.poll_interval),
+            (100, Duration::from_secs(30), Duration::from_secs(1))
+        );
+        assert_eq!(d.retention, Some(Duration::from_secs(86_400)));
+        assert_eq!(d.backlog_interval, Some(Duration::from_secs(5)));
+        let c = RelayConfig::with_id("r1")
+            .with_batch_size(7)
+            .with_lease(Duration::from_secs(9))
+            .with_poll_interval(Duration::from_millis(50))
+            .with_backoff(Retry::never())
+            .with_retention(None)
+            .with_backlog_interval(Some(Duration::from_secs(2)));
+        assert_eq!(c.relay_id, "r1");
+        assert_eq!(
+            (c.batch_size, c.lease, c.poll_interval),
+            (7, Duration::from_secs(9), Duration::from_millis(50))
+        );
+        assert_eq!(c.backoff.attempts(), 1);
+        assert_eq!(c.retention, None);
+        assert_eq!(c.backlog_interval, Some(Duration::from_secs(2)));
+    }
+}
