@@ -631,3 +631,47 @@ async fn the_memory_inbox_keeps_a_record_for_exactly_its_retention() {
     assert!(!inbox.contains("c", old.id));
     assert!(inbox.contains("c", young.id));
 }
+
+/// One round reports what it did; the backlog is reported as gauges per relay.
+#[test]
+fn a_round_reports_what_it_did_and_the_backlog_its_gauges() {
+    let recorder = ordersys_testkit::MetricsRecorder::default();
+    metrics::with_local_recorder(&recorder, || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let store = MemoryOutbox::new();
+                let relay = Relay::new(store.clone(), MemoryBroker::new(), config());
+                assert_eq!(relay.config().relay_id, "r");
+                let mut tx = store.begin().await.unwrap();
+                for i in 0..3 {
+                    let mut msg = OutboxMessage::new("t", format!("k{i}"), "p");
+                    msg.created_at = std::time::SystemTime::now() - Duration::from_secs(60);
+                    store.enqueue(&mut tx, msg).await.unwrap();
+                }
+                store.commit(tx).await.unwrap();
+                let backlog = relay.report_backlog().await.unwrap().expect("reported");
+                assert_eq!(backlog.messages, 3);
+                let relay_label = [("relay", "r")];
+                assert_eq!(
+                    recorder.gauge("outbox_backlog_messages", &relay_label),
+                    Some(3.0)
+                );
+                let age = recorder
+                    .gauge("outbox_oldest_unsent_age_seconds", &relay_label)
+                    .unwrap();
+                assert!((60.0..120.0).contains(&age), "{age}");
+                let round = relay.run_once().await.unwrap();
+                assert_eq!((round.claimed, round.published, round.failed), (3, 3, 0));
+                relay.report_backlog().await.unwrap();
+                assert_eq!(
+                    recorder.gauge("outbox_backlog_messages", &relay_label),
+                    Some(0.0)
+                );
+                let idle = relay.run_once().await.unwrap();
+                assert_eq!((idle.claimed, idle.published), (0, 0));
+            });
+    });
+}

@@ -189,3 +189,51 @@ async fn relay_bookkeeping_leaves_a_full_sync_connection_full() {
     );
     pool.close().await;
 }
+
+/// The SQLite outbox does not signal commits: a relay polling once an hour publishes at
+/// once when its handle is woken (what a service does after committing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_woken_relay_publishes_without_waiting_for_its_poll() {
+    use outbox::memory::MemoryBroker;
+    use outbox::{OutboxMessage, OutboxStore, Relay, RelayConfig, Transactional};
+    use std::time::Duration;
+    let (pool, _file) = fresh().await;
+    let store = SqliteOutbox::new(pool.clone());
+    let broker = MemoryBroker::new();
+    let relay = Relay::new(
+        store.clone(),
+        broker.clone(),
+        RelayConfig::with_id("woken")
+            .with_poll_interval(Duration::from_secs(3600))
+            .with_backlog_interval(None),
+    );
+    let handle = relay.handle();
+    let enqueue = |payload: &'static str| {
+        let store = store.clone();
+        async move {
+            let mut tx = store.begin().await.unwrap();
+            store
+                .enqueue(&mut tx, OutboxMessage::new("t", "k", payload))
+                .await
+                .unwrap();
+            store.commit(tx).await.unwrap();
+        }
+    };
+    // The first message goes out in the relay's first round; then it waits an hour.
+    enqueue("first").await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(relay.run(async {
+        let _ = stopped.await;
+    }));
+    tokio::time::timeout(Duration::from_secs(10), broker.wait_for(1))
+        .await
+        .expect("the first round did not publish");
+    enqueue("second").await;
+    handle.wake();
+    tokio::time::timeout(Duration::from_secs(10), broker.wait_for(2))
+        .await
+        .expect("the woken relay did not publish");
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    pool.close().await;
+}
