@@ -157,6 +157,7 @@ async fn relay_bookkeeping_leaves_a_full_sync_connection_full() {
     outbox.enqueue(&mut tx, msg).await.unwrap();
     outbox.commit(tx).await.unwrap();
 
+    assert_eq!(outbox.pending().await.unwrap(), 1);
     let claimed = outbox
         .claim("relay-1", 10, Duration::from_secs(30))
         .await
@@ -236,4 +237,70 @@ async fn a_woken_relay_publishes_without_waiting_for_its_poll() {
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
     pool.close().await;
+}
+
+/// A connection at `NORMAL` already is left as it is by the relay's bookkeeping (nothing
+/// to relax, nothing to restore), and a message comes back as it was written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_bookkeeping_leaves_a_normal_sync_connection_normal() {
+    use outbox::{OutboxMessage, OutboxStore, Transactional};
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteSynchronous};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    let file = TempDbFile::new("ordersys-sync-normal");
+    let opts = SqliteConnectOptions::new()
+        .filename(file.path())
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts)
+        .await
+        .unwrap();
+    migrate(&pool).await.unwrap();
+    let outbox = SqliteOutbox::new(pool.clone());
+    let mut tx = outbox.begin().await.unwrap();
+    let mut msg = OutboxMessage::new("t", "k", "v").with_header("h", "1");
+    msg.created_at = UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456);
+    outbox.enqueue(&mut tx, msg.clone()).await.unwrap();
+    outbox.commit(tx).await.unwrap();
+    let claimed = outbox
+        .claim("relay-1", 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(
+        (
+            claimed[0].id,
+            claimed[0].created_at,
+            claimed[0].headers.get("h")
+        ),
+        (msg.id, msg.created_at, Some("1"))
+    );
+    let level: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(level, 1, "NORMAL as it was");
+    pool.close().await;
+}
+
+/// `connect` creates the directories the database file is to live in.
+#[tokio::test]
+async fn connect_creates_the_missing_directories() {
+    let root = std::env::temp_dir().join(format!(
+        "ordersys-nested-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    let path = root.join("a/b/outbox.db");
+    let pool = connect(path.to_str().unwrap()).await.unwrap();
+    migrate(&pool).await.unwrap();
+    pool.close().await;
+    assert!(path.exists());
+    std::fs::remove_dir_all(&root).unwrap();
 }
