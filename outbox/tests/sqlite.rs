@@ -304,3 +304,34 @@ async fn connect_creates_the_missing_directories() {
     assert!(path.exists());
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// The same message enqueued twice is a conflict (its id is taken), not a storage error;
+/// an invalid write is a storage error, not a conflict.
+#[tokio::test]
+async fn enqueueing_a_message_twice_is_a_conflict() {
+    use outbox::{Error, OutboxMessage, OutboxStore, Transactional};
+    let (pool, _file) = fresh().await;
+    let outbox = SqliteOutbox::new(pool.clone());
+    let msg = OutboxMessage::new("t", "k", "v");
+    let mut tx = outbox.begin().await.unwrap();
+    outbox.enqueue(&mut tx, msg.clone()).await.unwrap();
+    outbox.commit(tx).await.unwrap();
+    let mut tx = outbox.begin().await.unwrap();
+    let again = outbox.enqueue(&mut tx, msg.clone()).await;
+    assert!(matches!(again, Err(Error::Conflict(_))), "{again:?}");
+    drop(tx);
+    sqlx::query("DROP TABLE outbox_messages")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut tx = outbox.begin().await.unwrap();
+    let broken = outbox
+        .enqueue(&mut tx, OutboxMessage::new("t", "k", "v"))
+        .await;
+    assert!(
+        matches!(broken, Err(ref e) if !matches!(e, Error::Conflict(_))),
+        "{broken:?}"
+    );
+    drop(tx);
+    pool.close().await;
+}
