@@ -121,27 +121,33 @@ async fn sqlite_idempotency_purge_deletes_expired_keys_only() {
     pool.close().await;
 }
 
-/// The relay's bookkeeping commits without waiting for the disk, and every connection
-/// goes back to the pool as durable as it came — also when the bookkeeping fails.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn relay_bookkeeping_leaves_a_full_sync_connection_full() {
-    use outbox::{OutboxMessage, OutboxStore, Transactional};
-    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteSynchronous};
-    use std::time::Duration;
-
+/// A migrated WAL database at `sync` behind a pool of one connection: the one the relay's
+/// bookkeeping relaxed is the one checked afterwards.
+async fn one_connection(sync: sqlx::sqlite::SqliteSynchronous) -> (sqlx::SqlitePool, TempDbFile) {
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
     let file = TempDbFile::new("ordersys-sync");
     let opts = SqliteConnectOptions::new()
         .filename(file.path())
         .create_if_missing(true)
         .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full);
-    // One connection: the one the bookkeeping relaxed is the one checked afterwards.
+        .synchronous(sync);
     let pool = SqlitePoolOptions::new()
         .max_connections(1)
         .connect_with(opts)
         .await
         .unwrap();
     migrate(&pool).await.unwrap();
+    (pool, file)
+}
+
+/// The relay's bookkeeping commits without waiting for the disk, and every connection
+/// goes back to the pool as durable as it came — also when the bookkeeping fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_bookkeeping_leaves_a_full_sync_connection_full() {
+    use outbox::{OutboxMessage, OutboxStore, Transactional};
+    use std::time::Duration;
+
+    let (pool, _file) = one_connection(sqlx::sqlite::SqliteSynchronous::Full).await;
     let level = |pool: sqlx::SqlitePool| async move {
         sqlx::query_scalar::<_, i64>("PRAGMA synchronous")
             .fetch_one(&pool)
@@ -244,21 +250,9 @@ async fn a_woken_relay_publishes_without_waiting_for_its_poll() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_bookkeeping_leaves_a_normal_sync_connection_normal() {
     use outbox::{OutboxMessage, OutboxStore, Transactional};
-    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteSynchronous};
     use std::time::{Duration, UNIX_EPOCH};
 
-    let file = TempDbFile::new("ordersys-sync-normal");
-    let opts = SqliteConnectOptions::new()
-        .filename(file.path())
-        .create_if_missing(true)
-        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal);
-    let pool = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(opts)
-        .await
-        .unwrap();
-    migrate(&pool).await.unwrap();
+    let (pool, _file) = one_connection(sqlx::sqlite::SqliteSynchronous::Normal).await;
     let outbox = SqliteOutbox::new(pool.clone());
     let mut tx = outbox.begin().await.unwrap();
     let mut msg = OutboxMessage::new("t", "k", "v").with_header("h", "1");
