@@ -1,9 +1,10 @@
 //! Typed configuration (defaults → `CONFIG_FILE` → environment).
 
+use ordersys_kit::config::Secret;
 use serde::{Deserialize, Serialize};
 
 /// Gateway settings. Environment variables are the upper-case field names.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {
     /// REST listen address (`HTTP_ADDR`, default 0.0.0.0:8080); also serves /healthz,
@@ -16,9 +17,9 @@ pub struct Config {
     /// The payment service (`PAYMENT_SERVICE_URL`).
     pub payment_service_url: String,
     /// Redis (`REDIS_URL`): JWT blacklist and rate limits.
-    pub redis_url: String,
+    pub redis_url: Secret,
     /// HS256 secret shared with the user service (`JWT_SECRET`, required).
-    pub jwt_secret: String,
+    pub jwt_secret: Secret,
     /// `iss` (`JWT_ISSUER`).
     pub jwt_issuer: String,
     /// `aud` (`JWT_AUDIENCE`).
@@ -69,7 +70,7 @@ impl Default for Config {
             order_service_url: "http://127.0.0.1:50052".into(),
             payment_service_url: "http://127.0.0.1:50053".into(),
             redis_url: "redis://127.0.0.1:6379/".into(),
-            jwt_secret: String::new(),
+            jwt_secret: Secret::default(),
             jwt_issuer: "ordersys".into(),
             jwt_audience: "ordersys-api".into(),
             jwt_leeway_secs: 5,
@@ -88,67 +89,9 @@ impl Default for Config {
     }
 }
 
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("http_addr", &self.http_addr)
-            .field("user_service_url", &self.user_service_url)
-            .field("order_service_url", &self.order_service_url)
-            .field("payment_service_url", &self.payment_service_url)
-            .field("redis_url", &"<redacted>")
-            .field(
-                "jwt_secret",
-                &ordersys_kit::config::redact(&self.jwt_secret),
-            )
-            .field("jwt_issuer", &self.jwt_issuer)
-            .field("jwt_audience", &self.jwt_audience)
-            .field("jwt_leeway_secs", &self.jwt_leeway_secs)
-            .field("rate_limit_per_minute", &self.rate_limit_per_minute)
-            .field("blacklist_heartbeat_ms", &self.blacklist_heartbeat_ms)
-            .field("rate_limit_settle_ms", &self.rate_limit_settle_ms)
-            .field("trusted_proxies", &self.trusted_proxies)
-            .field("body_limit_bytes", &self.body_limit_bytes)
-            .field("breaker_failure_threshold", &self.breaker_failure_threshold)
-            .field("breaker_open_secs", &self.breaker_open_secs)
-            .field("downstream_timeout_ms", &self.downstream_timeout_ms)
-            .field("request_timeout_secs", &self.request_timeout_secs)
-            .field("tls", &self.tls)
-            .finish()
-    }
-}
-
 impl Config {
-    /// The environment variables of the gateway's own settings (TLS comes from
-    /// [`GrpcTls::ENV`](ordersys_kit::tls::GrpcTls::ENV); see [`Config::env`]).
-    pub const ENV: &'static [&'static str] = &[
-        "HTTP_ADDR",
-        "USER_SERVICE_URL",
-        "ORDER_SERVICE_URL",
-        "PAYMENT_SERVICE_URL",
-        "REDIS_URL",
-        "JWT_SECRET",
-        "JWT_ISSUER",
-        "JWT_AUDIENCE",
-        "JWT_LEEWAY_SECS",
-        "RATE_LIMIT_PER_MINUTE",
-        "RATE_LIMIT_KEY_PREFIX",
-        "BLACKLIST_HEARTBEAT_MS",
-        "RATE_LIMIT_SETTLE_MS",
-        "TRUSTED_PROXIES",
-        "BODY_LIMIT_BYTES",
-        "BREAKER_FAILURE_THRESHOLD",
-        "BREAKER_OPEN_SECS",
-        "DOWNSTREAM_TIMEOUT_MS",
-        "REQUEST_TIMEOUT_SECS",
-    ];
-
-    /// Every environment variable read.
-    pub fn env() -> Vec<&'static str> {
-        [Self::ENV, ordersys_kit::tls::GrpcTls::ENV].concat()
-    }
-
     /// Load from defaults, `CONFIG_FILE` and the environment.
     pub fn load() -> anyhow::Result<Self> {
-        ordersys_kit::config::load(&Self::env())
+        ordersys_kit::config::load()
     }
 }

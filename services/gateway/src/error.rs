@@ -8,6 +8,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use ordersys_kit::context::RequestContext;
 use serde::de::DeserializeOwned;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 /// An error answered to a REST client.
 #[derive(Debug, Clone)]
@@ -73,15 +75,37 @@ impl ApiError {
     }
 
     fn body(&self, correlation_id: Option<&str>) -> String {
-        serde_json::json!({
-            "error": {
-                "code": self.code,
-                "message": self.message,
-                "correlation_id": correlation_id,
-            }
-        })
-        .to_string()
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message.clone(),
+                correlation_id: correlation_id.map(str::to_owned),
+            },
+        };
+        serde_json::to_string(&body).expect("an error body always serialises")
     }
+}
+
+/// Every error: `{"error":{"code","message","correlation_id"}}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// The inside of [`ErrorBody`].
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable and machine-readable: `bad_request`, `unauthorized`, `token_revoked`,
+    /// `not_found`, `conflict`, `validation_failed`, `idempotency_key_reused`,
+    /// `payload_too_large`, `request_header_fields_too_large`, `rate_limited`, `request_timeout`, `overloaded`,
+    /// `service_unavailable`, `internal`…
+    #[schema(example = "validation_failed")]
+    pub code: String,
+    /// For people; may change.
+    pub message: String,
+    /// The request's correlation id (also the `x-correlation-id` response header).
+    pub correlation_id: Option<String>,
 }
 
 impl IntoResponse for ApiError {

@@ -5,7 +5,6 @@
 
 use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
-use serde::Serialize;
 use utoipa::openapi::content::ContentBuilder;
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::Operation;
@@ -13,30 +12,10 @@ use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::schema::{ObjectBuilder, Ref, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{OpenApi as Document, RefOr};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
 
+use crate::error::{ErrorBody, ErrorDetail};
 use crate::routes;
-
-/// Every error: `{"error":{"code","message","correlation_id"}}`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    error: ErrorDetail,
-}
-
-/// The inside of [`ErrorBody`].
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorDetail {
-    /// Stable and machine-readable: `bad_request`, `unauthorized`, `token_revoked`,
-    /// `not_found`, `conflict`, `validation_failed`, `idempotency_key_reused`,
-    /// `payload_too_large`, `request_header_fields_too_large`, `rate_limited`, `request_timeout`, `overloaded`,
-    /// `service_unavailable`, `internal`…
-    #[schema(example = "validation_failed")]
-    code: String,
-    /// For people; may change.
-    message: String,
-    /// The request's correlation id (also the `x-correlation-id` response header).
-    correlation_id: Option<String>,
-}
 
 /// The document's root.
 #[derive(Debug, OpenApi)]

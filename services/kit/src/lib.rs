@@ -9,6 +9,7 @@ pub mod admin;
 pub mod config;
 pub mod context;
 pub mod db;
+pub mod launch;
 pub mod local_grpc;
 pub mod messaging;
 pub mod metrics;

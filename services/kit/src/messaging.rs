@@ -113,28 +113,6 @@ impl Default for KafkaTuning {
 }
 
 impl KafkaTuning {
-    /// The environment variables read into it.
-    pub const ENV: &'static [&'static str] = &[
-        "KAFKA_FETCH_WAIT_MAX_MS",
-        "KAFKA_LINGER_MS",
-        "KAFKA_MAX_IN_FLIGHT",
-        "KAFKA_PROPERTIES",
-        "KAFKA_STATIC_MEMBERSHIP",
-        "OUTBOX_STREAM",
-    ];
-
-    /// Of the variables a service with Kafka and mutual TLS must read (this struct's and
-    /// [`GrpcTls::ENV`](crate::tls::GrpcTls::ENV)), those missing from `env` — for a
-    /// test of each such service's variable list.
-    pub fn unread(env: &[&str]) -> Vec<&'static str> {
-        Self::ENV
-            .iter()
-            .chain(crate::tls::GrpcTls::ENV)
-            .filter(|v| !env.contains(v))
-            .copied()
-            .collect()
-    }
-
     /// `KAFKA_PROPERTIES` as (name, value) pairs; an entry without `=` is an error.
     pub fn properties(&self) -> anyhow::Result<Vec<(String, String)>> {
         self.kafka_properties

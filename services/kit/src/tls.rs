@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
 
 /// The gRPC transport security settings of a service.
-#[derive(Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct GrpcTls {
     /// This process's certificate chain, PEM (`TLS_CERT`).
@@ -29,17 +29,6 @@ pub struct GrpcTls {
     pub grpc_insecure: bool,
 }
 
-impl std::fmt::Debug for GrpcTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GrpcTls")
-            .field("tls_cert", &self.tls_cert)
-            .field("tls_key", &crate::config::redact(&self.tls_key))
-            .field("tls_ca", &self.tls_ca)
-            .field("grpc_insecure", &self.grpc_insecure)
-            .finish()
-    }
-}
-
 /// The PEM material, read.
 #[derive(Clone)]
 struct Material {
@@ -48,9 +37,6 @@ struct Material {
 }
 
 impl GrpcTls {
-    /// The environment variables read into it.
-    pub const ENV: &'static [&'static str] = &["TLS_CERT", "TLS_KEY", "TLS_CA", "GRPC_INSECURE"];
-
     /// Mutual TLS from these files.
     pub fn files(cert: impl AsRef<Path>, key: impl AsRef<Path>, ca: impl AsRef<Path>) -> Self {
         let s = |p: &Path| p.display().to_string();

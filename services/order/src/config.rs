@@ -1,9 +1,10 @@
 //! Typed configuration (defaults → `CONFIG_FILE` → environment).
 
+use ordersys_kit::config::Secret;
 use serde::{Deserialize, Serialize};
 
 /// Order service settings. Environment variables are the upper-case field names.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {
     /// gRPC listen address (`GRPC_ADDR`, default 0.0.0.0:50052).
@@ -11,9 +12,9 @@ pub struct Config {
     /// Admin HTTP listen address (`ADMIN_ADDR`, default 0.0.0.0:8082).
     pub admin_addr: String,
     /// MySQL (`DATABASE_URL`); the database is created if missing.
-    pub database_url: String,
+    pub database_url: Secret,
     /// Redis (`REDIS_URL`): order cache and idempotency keys.
-    pub redis_url: String,
+    pub redis_url: Secret,
     /// Kafka (`KAFKA_BROKERS`).
     pub kafka_brokers: String,
     /// Prefix of topic names and consumer groups (`KAFKA_TOPIC_PREFIX`).
@@ -31,7 +32,7 @@ pub struct Config {
     pub accepted_currencies: String,
     /// The bearer token of the operator tools on the admin port (`ADMIN_TOKEN`; empty,
     /// the default: the tools are off). See [`crate::operator`].
-    pub admin_token: String,
+    pub admin_token: Secret,
     /// Kafka client settings (`KAFKA_FETCH_WAIT_MAX_MS`, `KAFKA_LINGER_MS`,
     /// `KAFKA_MAX_IN_FLIGHT`, `KAFKA_PROPERTIES`).
     #[serde(flatten)]
@@ -54,78 +55,16 @@ impl Default for Config {
             payment_deadline_secs: 30,
             inbox_retention_hours: 168,
             accepted_currencies: "USD".into(),
-            admin_token: String::new(),
+            admin_token: Secret::default(),
             kafka: Default::default(),
             tls: Default::default(),
         }
     }
 }
 
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("grpc_addr", &self.grpc_addr)
-            .field("admin_addr", &self.admin_addr)
-            .field("database_url", &"<redacted>")
-            .field("redis_url", &"<redacted>")
-            .field("kafka_brokers", &self.kafka_brokers)
-            .field("kafka_topic_prefix", &self.kafka_topic_prefix)
-            .field("payment_deadline_secs", &self.payment_deadline_secs)
-            .field("inbox_retention_hours", &self.inbox_retention_hours)
-            .field("accepted_currencies", &self.accepted_currencies)
-            .field(
-                "admin_token",
-                &if self.admin_token.is_empty() {
-                    "<unset>"
-                } else {
-                    "<redacted>"
-                },
-            )
-            .field("kafka", &self.kafka)
-            .field("tls", &self.tls)
-            .finish()
-    }
-}
-
 impl Config {
-    /// The environment variables of this service's own settings (the shared ones —
-    /// TLS, Kafka client — come from their structs; see [`Config::env`]).
-    pub const ENV: &'static [&'static str] = &[
-        "GRPC_ADDR",
-        "ADMIN_ADDR",
-        "DATABASE_URL",
-        "REDIS_URL",
-        "KAFKA_BROKERS",
-        "KAFKA_TOPIC_PREFIX",
-        "PAYMENT_DEADLINE_SECS",
-        "INBOX_RETENTION_HOURS",
-        "ACCEPTED_CURRENCIES",
-        "ADMIN_TOKEN",
-    ];
-
-    /// Every environment variable read.
-    pub fn env() -> Vec<&'static str> {
-        [
-            Self::ENV,
-            ordersys_kit::messaging::KafkaTuning::ENV,
-            ordersys_kit::tls::GrpcTls::ENV,
-        ]
-        .concat()
-    }
-
     /// Load from defaults, `CONFIG_FILE` and the environment.
     pub fn load() -> anyhow::Result<Self> {
-        ordersys_kit::config::load(&Self::env())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    /// The shared settings' variables are read too (`KAFKA_PROPERTIES` once was not,
-    /// when each service listed them by hand).
-    #[test]
-    fn every_shared_setting_is_read_from_the_environment() {
-        let env = super::Config::env();
-        assert!(ordersys_kit::messaging::KafkaTuning::unread(&env).is_empty());
+        ordersys_kit::config::load()
     }
 }

@@ -19,23 +19,20 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ordersys_kit::admin::{self, Admin};
-use ordersys_kit::context::ContextLayer;
-use ordersys_kit::messaging::{relay, Messaging, Topics};
+use ordersys_kit::admin::Admin;
+use ordersys_kit::launch::Launcher;
+use ordersys_kit::messaging::{Messaging, Topics};
 use ordersys_kit::outbox_store::MySqlServiceOutbox;
-use ordersys_kit::shutdown::Shutdown;
 use ordersys_proto::order::v1::order_service_server::OrderServiceServer;
 use outbox::idempotency::{
     Cache, IdempotencyStore, MemoryCache, RedisCache, RedisIdempotencyStore,
 };
-use outbox::kafka::{run_consumer, ConsumerConfig, KafkaDeadLetter};
 use outbox::mysql::MySqlInbox;
 use outbox::sqlite::{SqliteIdempotencyStore, SqliteInbox, SqliteOutbox};
-use outbox::{IdempotentConsumer, Inbox};
+use outbox::Inbox;
 use saga_core::mysql::MySqlSagaStore;
 use saga_core::sqlite::SqliteSagaStore;
 use saga_core::Orchestrator;
-use tokio_stream::wrappers::TcpListenerStream;
 
 pub use config::Config;
 pub use ordersys_kit::Listeners;
@@ -185,32 +182,8 @@ async fn serve<B: saga::Backend, I: Inbox<Tx = B::Tx> + Clone>(
         sagas,
         outbox,
     } = parts;
-    let (trigger, stop) = Shutdown::new();
-    let mut tasks = tokio::task::JoinSet::new();
-    // The relay: to Kafka, or onto the in-process bus.
-    let (relay_handle, kafka) = match &messaging {
-        Messaging::Kafka { brokers, tuning } => {
-            topics
-                .ensure(brokers, tuning, Duration::from_secs(30))
-                .await?;
-            let publisher = tuning.publisher(brokers)?;
-            let (relay, handle) = relay(
-                outbox.clone(),
-                publisher.clone(),
-                "order",
-                messaging.outbox_stream(),
-            );
-            let s = stop.clone();
-            tasks.spawn(async move { relay.run(s.wait()).await.map_err(anyhow::Error::from) });
-            (handle, Some((brokers.clone(), tuning.clone(), publisher)))
-        }
-        Messaging::Local(bus) => {
-            let (relay, handle) = relay(outbox.clone(), bus.clone(), "order", false);
-            let s = stop.clone();
-            tasks.spawn(async move { relay.run(s.wait()).await.map_err(anyhow::Error::from) });
-            (handle, None)
-        }
-    };
+    let mut launcher = Launcher::new("order", messaging, topics.clone()).await?;
+    let wake = launcher.relay(outbox.clone());
     let deadline = Duration::from_secs(config.payment_deadline_secs);
     let orchestrator = Arc::new(
         Orchestrator::new(
@@ -220,19 +193,17 @@ async fn serve<B: saga::Backend, I: Inbox<Tx = B::Tx> + Clone>(
         .register(saga::create_order(deadline))
         .register(saga::cancel_order(deadline)),
     );
-    ordersys_kit::messaging::spawn_housekeeping(
-        &mut tasks,
+    launcher.housekeeping(
         inbox.clone(),
         idempotency.clone(),
         config.inbox_retention_hours,
-        stop.clone(),
     );
     let service = service::OrderService::<B>::new(
         repo.clone(),
         orchestrator.clone(),
         cache.clone(),
         idempotency,
-        relay_handle.clone(),
+        wake.clone(),
     )
     .accepting(
         config
@@ -243,24 +214,18 @@ async fn serve<B: saga::Backend, I: Inbox<Tx = B::Tx> + Clone>(
             .collect(),
     );
     let operator = (!config.admin_token.is_empty()).then(|| {
-        let dlq = match (&messaging, &kafka) {
-            (Messaging::Kafka { .. }, Some((brokers, tuning, publisher))) => tuning
-                .client_config(brokers)
-                .ok()
-                .map(|client| operator::Dlq {
-                    client,
-                    topic: topics.dlq.clone(),
-                    publisher: publisher.clone(),
-                }),
-            _ => None,
-        };
+        let dlq = launcher.kafka_access().map(|kafka| operator::Dlq {
+            client: kafka.client,
+            topic: topics.dlq.clone(),
+            publisher: kafka.publisher,
+        });
         operator::Operator::<B>::new(
             orchestrator.clone(),
             repo.clone(),
             cache.clone(),
-            relay_handle.clone(),
+            wake.clone(),
             dlq,
-            config.admin_token.clone(),
+            config.admin_token.expose().to_owned(),
         )
     });
     if operator.is_none() {
@@ -270,84 +235,35 @@ async fn serve<B: saga::Backend, I: Inbox<Tx = B::Tx> + Clone>(
         orchestrator.clone(),
         repo.clone(),
         cache.clone(),
-        relay_handle.clone(),
+        wake.clone(),
     );
-    // Replies: from Kafka, or delivered by the in-process bus.
-    match (messaging, kafka) {
-        (Messaging::Kafka { .. }, Some((brokers, tuning, publisher))) => {
-            let consumer = IdempotentConsumer::new(
-                "order",
-                inbox,
-                KafkaDeadLetter::new(publisher).with_topic(topics.dlq.clone()),
-            );
-            let mut consumer_config = tuning.consumer(ConsumerConfig::new(
-                &brokers,
-                topics.group("order"),
-                &[&topics.replies],
-            ))?;
-            consumer_config.instance_id = tuning.instance_id("order");
-            let s = stop.clone();
-            tasks.spawn(async move {
-                run_consumer(&consumer_config, &consumer, &replies, s.wait())
-                    .await
-                    .map(drop)
-                    .map_err(anyhow::Error::from)
-            });
-        }
-        (Messaging::Local(bus), _) => {
-            let dead_letters = bus.clone().with_dead_letter_topic(topics.dlq.clone());
-            bus.subscribe(
-                &topics.replies,
-                IdempotentConsumer::new("order", inbox, dead_letters),
-                replies,
-            );
-        }
-        (Messaging::Kafka { .. }, None) => {
-            unreachable!("the Kafka branch above sets the publisher")
-        }
-    }
+    launcher.consume(&topics.replies, inbox, replies)?;
+    launcher.spawn(saga::sweep_deadlines(
+        orchestrator,
+        repo,
+        cache,
+        wake,
+        launcher.stop(),
+    ));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<OrderServiceServer<grpc::OrderGrpc<B>>>()
         .await;
     let grpc_metrics = ordersys_kit::metrics::RequestMetricsLayer::new(admin.registry())?;
-
-    let grpc_addr = listeners.grpc.local_addr()?;
-    let admin_addr = listeners.admin.local_addr()?;
-    let s = stop.clone();
     let admin_router = match operator {
         Some(op) => admin.router().merge(op.router()),
         None => admin.router(),
     };
-    tasks.spawn(async move {
-        admin::serve(listeners.admin, admin_router, s.wait())
-            .await
-            .map_err(anyhow::Error::from)
-    });
-    tasks.spawn(saga::sweep_deadlines(
-        orchestrator,
-        repo,
-        cache,
-        relay_handle,
-        stop.clone(),
-    ));
-    let s = stop.clone();
-    let grpc_server = config.tls.server(tonic::transport::Server::builder())?;
     let routes = tonic::service::Routes::new(health_service)
         .add_service(OrderServiceServer::new(grpc::OrderGrpc::new(service)));
-    ordersys_kit::serve_in_process(listeners.local.as_ref(), &routes, &grpc_metrics);
-    tasks.spawn(async move {
-        grpc_server
-            .layer(ContextLayer)
-            .layer(grpc_metrics)
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), s.wait())
-            .await
-            .map_err(anyhow::Error::from)
-    });
-    tracing::info!(grpc = %grpc_addr, admin = %admin_addr, "сервис заказов запущен");
-    let result = ordersys_kit::shutdown::supervise(tasks, shutdown, trigger).await;
-    tracing::info!("сервис заказов остановлен");
-    result
+    launcher.serve_with_admin_router(
+        listeners,
+        admin_router,
+        grpc_metrics,
+        &config.tls,
+        routes,
+        "сервис заказов запущен",
+    )?;
+    launcher.run(shutdown, "сервис заказов остановлен").await
 }

@@ -15,14 +15,15 @@ use std::future::Future;
 use std::sync::Arc;
 
 use authz::Blacklist;
+use ordersys_kit::config::Secret;
+use ordersys_kit::launch::Launcher;
 use ordersys_kit::messaging::Messaging;
-use ordersys_kit::shutdown::Shutdown;
 use ordersys_kit::tls::GrpcTls;
 use ordersys_kit::Listeners;
 use serde::{Deserialize, Serialize};
 
 /// Settings of the one-process system. Environment variables are the upper-case names.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {
     /// Where the SQLite files and the generated JWT secret live (`DATA_DIR`).
@@ -33,13 +34,13 @@ pub struct Config {
     /// (free ports; for tests) for the internal services (`INTERNAL_PORTS`).
     pub internal_ports: String,
     /// A MySQL server URL; empty: SQLite (`DATABASE_URL`).
-    pub database_url: String,
+    pub database_url: Secret,
     /// Kafka brokers; empty: the in-process bus (`KAFKA_BROKERS`).
     pub kafka_brokers: String,
     /// Redis; empty: memory + SQLite (`REDIS_URL`).
-    pub redis_url: String,
+    pub redis_url: Secret,
     /// HS256 secret; empty: generated once and kept in `DATA_DIR` (`JWT_SECRET`).
-    pub jwt_secret: String,
+    pub jwt_secret: Secret,
     /// Token lifetime (`JWT_TTL_SECS`, default 900).
     pub jwt_ttl_secs: u64,
     /// Seconds an expired token is still accepted, for clock skew (`JWT_LEEWAY_SECS`,
@@ -64,10 +65,10 @@ impl Default for Config {
             data_dir: "data".into(),
             http_addr: "0.0.0.0:8080".into(),
             internal_ports: "spec".into(),
-            database_url: String::new(),
+            database_url: Secret::default(),
             kafka_brokers: String::new(),
-            redis_url: String::new(),
-            jwt_secret: String::new(),
+            redis_url: Secret::default(),
+            jwt_secret: Secret::default(),
             jwt_ttl_secs: 900,
             jwt_leeway_secs: 5,
             rate_limit_per_minute: 100,
@@ -79,63 +80,10 @@ impl Default for Config {
     }
 }
 
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("data_dir", &self.data_dir)
-            .field("http_addr", &self.http_addr)
-            .field("internal_ports", &self.internal_ports)
-            .field(
-                "database",
-                &if self.database_url.is_empty() {
-                    "sqlite"
-                } else {
-                    "mysql"
-                },
-            )
-            .field(
-                "messaging",
-                &if self.kafka_brokers.is_empty() {
-                    "in-process"
-                } else {
-                    "kafka"
-                },
-            )
-            .field("redis", &!self.redis_url.is_empty())
-            .field(
-                "jwt_secret",
-                &ordersys_kit::config::redact(&self.jwt_secret),
-            )
-            .field("rate_limit_per_minute", &self.rate_limit_per_minute)
-            .field("trusted_proxies", &self.trusted_proxies)
-            .field("body_limit_bytes", &self.body_limit_bytes)
-            .field("initial_balance", &self.initial_balance)
-            .finish()
-    }
-}
-
 impl Config {
-    /// The environment variables read.
-    pub const ENV: &'static [&'static str] = &[
-        "DATA_DIR",
-        "HTTP_ADDR",
-        "INTERNAL_PORTS",
-        "DATABASE_URL",
-        "KAFKA_BROKERS",
-        "REDIS_URL",
-        "JWT_SECRET",
-        "JWT_TTL_SECS",
-        "JWT_LEEWAY_SECS",
-        "RATE_LIMIT_PER_MINUTE",
-        "TRUSTED_PROXIES",
-        "BODY_LIMIT_BYTES",
-        "INITIAL_BALANCE",
-        "PAYMENT_DEADLINE_SECS",
-    ];
-
     /// Load from defaults, `CONFIG_FILE` and the environment.
     pub fn load() -> anyhow::Result<Self> {
-        ordersys_kit::config::load(Self::ENV)
+        ordersys_kit::config::load()
     }
 
     fn database(&self, service: &str) -> String {
@@ -150,14 +98,14 @@ impl Config {
     }
 }
 
-async fn jwt_secret(config: &Config) -> anyhow::Result<String> {
+async fn jwt_secret(config: &Config) -> anyhow::Result<Secret> {
     if !config.jwt_secret.is_empty() {
         return Ok(config.jwt_secret.clone());
     }
     let path = std::path::Path::new(&config.data_dir).join("jwt_secret");
     if let Ok(s) = tokio::fs::read_to_string(&path).await {
         if s.trim().len() >= 32 {
-            return Ok(s.trim().to_owned());
+            return Ok(s.trim().into());
         }
     }
     let secret = format!(
@@ -168,7 +116,7 @@ async fn jwt_secret(config: &Config) -> anyhow::Result<String> {
     write_secret(&path, &secret)?;
     // Another process may have won the race: everyone uses what is on disk.
     let on_disk = tokio::fs::read_to_string(&path).await?;
-    Ok(on_disk.trim().to_owned())
+    Ok(on_disk.trim().into())
 }
 
 /// Write a generated secret readable by its owner only (0600, its directory 0700): to a
@@ -249,7 +197,7 @@ pub async fn run(
     let user = ordersys_user::Config {
         grpc_addr: String::new(),
         admin_addr: String::new(),
-        database_url: config.database("user"),
+        database_url: config.database("user").into(),
         redis_url: config.redis_url.clone(),
         jwt_secret: secret.clone(),
         jwt_ttl_secs: config.jwt_ttl_secs,
@@ -258,7 +206,7 @@ pub async fn run(
         ..ordersys_user::Config::default()
     };
     let order = ordersys_order::Config {
-        database_url: config.database("order"),
+        database_url: config.database("order").into(),
         redis_url: config.redis_url.clone(),
         kafka_brokers: config.kafka_brokers.clone(),
         payment_deadline_secs: config.payment_deadline_secs,
@@ -266,7 +214,7 @@ pub async fn run(
         ..ordersys_order::Config::default()
     };
     let payment = ordersys_payment::Config {
-        database_url: config.database("payment"),
+        database_url: config.database("payment").into(),
         redis_url: config.redis_url.clone(),
         kafka_brokers: config.kafka_brokers.clone(),
         initial_balance: config.initial_balance,
@@ -302,16 +250,18 @@ pub async fn run(
     }
     .in_process(in_process);
 
-    let (trigger, stop) = Shutdown::new();
-    let mut tasks = tokio::task::JoinSet::new();
-    let s = stop.clone();
-    tasks.spawn(async move { ordersys_user::run(user, user_l, s.wait()).await });
-    let (s, m) = (stop.clone(), messaging.clone());
-    tasks.spawn(async move { ordersys_payment::run_with(payment, payment_l, s.wait(), m).await });
-    let (s, m) = (stop.clone(), messaging.clone());
-    tasks.spawn(async move { ordersys_order::run_with(order, order_l, s.wait(), m).await });
-    let s = stop.clone();
-    tasks.spawn(async move { ordersys_gateway::run_with(gateway, http, s.wait(), backends).await });
+    // Each service is one task of the system's launcher: one that ends stops the others.
+    let mut launcher = Launcher::without_messaging("ordersys");
+    let s = launcher.stop();
+    launcher.spawn(async move { ordersys_user::run(user, user_l, s.wait()).await });
+    let (s, m) = (launcher.stop(), messaging.clone());
+    launcher
+        .spawn(async move { ordersys_payment::run_with(payment, payment_l, s.wait(), m).await });
+    let (s, m) = (launcher.stop(), messaging.clone());
+    launcher.spawn(async move { ordersys_order::run_with(order, order_l, s.wait(), m).await });
+    let s = launcher.stop();
+    launcher
+        .spawn(async move { ordersys_gateway::run_with(gateway, http, s.wait(), backends).await });
 
     let mode = if config.database_url.is_empty()
         && config.kafka_brokers.is_empty()
@@ -330,7 +280,7 @@ pub async fn run(
     println!("  curl -s -X POST http://{shown}/api/v1/auth/register -H 'content-type: application/json' -d '{{\"email\":\"me@example.com\",\"password\":\"correct-horse\"}}'");
     println!("  curl -s -X POST http://{shown}/api/v1/auth/login    -H 'content-type: application/json' -d '{{\"email\":\"me@example.com\",\"password\":\"correct-horse\"}}'");
     tracing::info!(http = %http_addr, mode = %mode, "система ordersys запущена");
-    ordersys_kit::shutdown::supervise(tasks, shutdown, trigger).await
+    launcher.run(shutdown, "система ordersys остановлена").await
 }
 
 #[cfg(test)]
@@ -361,7 +311,7 @@ mod tests {
         assert_eq!(jwt_secret(&config).await.unwrap(), first);
         // A second writer racing the first never replaces what is there.
         write_secret(&file, "x".repeat(64).as_str()).unwrap();
-        assert_eq!(std::fs::read_to_string(&file).unwrap(), first);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), first.expose());
         // No temporary files left behind.
         let names: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()

@@ -1,9 +1,10 @@
 //! Typed configuration (defaults → `CONFIG_FILE` → environment).
 
+use ordersys_kit::config::Secret;
 use serde::{Deserialize, Serialize};
 
 /// Payment service settings. Environment variables are the upper-case field names.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {
     /// gRPC listen address (`GRPC_ADDR`, default 0.0.0.0:50053).
@@ -11,9 +12,9 @@ pub struct Config {
     /// Admin HTTP listen address (`ADMIN_ADDR`, default 0.0.0.0:8083).
     pub admin_addr: String,
     /// MySQL (`DATABASE_URL`); the database is created if missing.
-    pub database_url: String,
+    pub database_url: Secret,
     /// Redis (`REDIS_URL`): the idempotency fast path.
-    pub redis_url: String,
+    pub redis_url: Secret,
     /// Kafka (`KAFKA_BROKERS`).
     pub kafka_brokers: String,
     /// Prefix of topic names and consumer groups (`KAFKA_TOPIC_PREFIX`, default none).
@@ -54,62 +55,9 @@ impl Default for Config {
     }
 }
 
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("grpc_addr", &self.grpc_addr)
-            .field("admin_addr", &self.admin_addr)
-            .field("database_url", &"<redacted>")
-            .field("redis_url", &"<redacted>")
-            .field("kafka_brokers", &self.kafka_brokers)
-            .field("kafka_topic_prefix", &self.kafka_topic_prefix)
-            .field("initial_balance", &self.initial_balance)
-            .field("account_currency", &self.account_currency)
-            .field("inbox_retention_hours", &self.inbox_retention_hours)
-            .field("kafka", &self.kafka)
-            .field("tls", &self.tls)
-            .finish()
-    }
-}
-
 impl Config {
-    /// The environment variables of this service's own settings (the shared ones —
-    /// TLS, Kafka client — come from their structs; see [`Config::env`]).
-    pub const ENV: &'static [&'static str] = &[
-        "GRPC_ADDR",
-        "ADMIN_ADDR",
-        "DATABASE_URL",
-        "REDIS_URL",
-        "KAFKA_BROKERS",
-        "KAFKA_TOPIC_PREFIX",
-        "INITIAL_BALANCE",
-        "ACCOUNT_CURRENCY",
-        "INBOX_RETENTION_HOURS",
-    ];
-
-    /// Every environment variable read.
-    pub fn env() -> Vec<&'static str> {
-        [
-            Self::ENV,
-            ordersys_kit::messaging::KafkaTuning::ENV,
-            ordersys_kit::tls::GrpcTls::ENV,
-        ]
-        .concat()
-    }
-
     /// Load from defaults, `CONFIG_FILE` and the environment.
     pub fn load() -> anyhow::Result<Self> {
-        ordersys_kit::config::load(&Self::env())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    /// The shared settings' variables are read too (`KAFKA_PROPERTIES` once was not,
-    /// when each service listed them by hand).
-    #[test]
-    fn every_shared_setting_is_read_from_the_environment() {
-        let env = super::Config::env();
-        assert!(ordersys_kit::messaging::KafkaTuning::unread(&env).is_empty());
+        ordersys_kit::config::load()
     }
 }

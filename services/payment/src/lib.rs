@@ -18,18 +18,15 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ordersys_kit::admin::{self, Admin};
-use ordersys_kit::context::ContextLayer;
-use ordersys_kit::messaging::{relay, Messaging, Topics};
+use ordersys_kit::admin::Admin;
+use ordersys_kit::launch::Launcher;
+use ordersys_kit::messaging::{Messaging, Topics};
 use ordersys_kit::outbox_store::MySqlServiceOutbox;
-use ordersys_kit::shutdown::Shutdown;
 use ordersys_proto::payment::v1::payment_service_server::PaymentServiceServer;
 use outbox::idempotency::{IdempotencyStore, RedisIdempotencyStore};
-use outbox::kafka::{run_consumer, ConsumerConfig, KafkaDeadLetter};
 use outbox::mysql::MySqlInbox;
 use outbox::sqlite::{SqliteIdempotencyStore, SqliteInbox, SqliteOutbox};
-use outbox::{IdempotentConsumer, Inbox, OutboxStore};
-use tokio_stream::wrappers::TcpListenerStream;
+use outbox::{Inbox, OutboxStore};
 
 pub use config::Config;
 pub use ordersys_kit::Listeners;
@@ -173,103 +170,36 @@ where
         initial_balance: config.initial_balance,
         currency: config.account_currency.clone(),
     };
-    let (trigger, stop) = Shutdown::new();
-    let mut tasks = tokio::task::JoinSet::new();
-    ordersys_kit::messaging::spawn_housekeeping(
-        &mut tasks,
+    let mut launcher = Launcher::new("payment", messaging, topics.clone()).await?;
+    launcher.housekeeping(
         inbox.clone(),
         idempotency.clone(),
         config.inbox_retention_hours,
-        stop.clone(),
     );
-    let handler = |handle| {
-        service::CommandHandler::new(
-            accounts.clone(),
-            repo.clone(),
-            outbox.clone(),
-            topics.clone(),
-            idempotency.clone(),
-        )
-        .waking(handle)
-    };
-    match messaging {
-        Messaging::Kafka { brokers, tuning } => {
-            topics
-                .ensure(&brokers, &tuning, Duration::from_secs(30))
-                .await?;
-            let publisher = tuning.publisher(&brokers)?;
-            let (relay, handle) = relay(
-                outbox.clone(),
-                publisher.clone(),
-                "payment",
-                tuning.outbox_stream,
-            );
-            let handler = handler(handle);
-            let consumer = IdempotentConsumer::new(
-                "payment",
-                inbox,
-                KafkaDeadLetter::new(publisher).with_topic(topics.dlq.clone()),
-            );
-            let mut consumer_config = tuning.consumer(ConsumerConfig::new(
-                &brokers,
-                topics.group("payment"),
-                &[&topics.commands],
-            ))?;
-            consumer_config.instance_id = tuning.instance_id("payment");
-            let s = stop.clone();
-            tasks.spawn(async move { relay.run(s.wait()).await.map_err(anyhow::Error::from) });
-            let s = stop.clone();
-            tasks.spawn(async move {
-                run_consumer(&consumer_config, &consumer, &handler, s.wait())
-                    .await
-                    .map(drop)
-                    .map_err(anyhow::Error::from)
-            });
-        }
-        Messaging::Local(bus) => {
-            let (relay, handle) = relay(outbox.clone(), bus.clone(), "payment", false);
-            let dead_letters = bus.clone().with_dead_letter_topic(topics.dlq.clone());
-            bus.subscribe(
-                &topics.commands,
-                IdempotentConsumer::new("payment", inbox, dead_letters),
-                handler(handle),
-            );
-            let s = stop.clone();
-            tasks.spawn(async move { relay.run(s.wait()).await.map_err(anyhow::Error::from) });
-        }
-    }
+    let wake = launcher.relay(outbox.clone());
+    let handler = service::CommandHandler::new(
+        accounts.clone(),
+        repo.clone(),
+        outbox,
+        topics.clone(),
+        idempotency,
+    )
+    .waking(wake);
+    launcher.consume(&topics.commands, inbox, handler)?;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<PaymentServiceServer<grpc::PaymentGrpc<R>>>()
         .await;
-    let grpc_metrics = ordersys_kit::metrics::RequestMetricsLayer::new(admin.registry())?;
-
-    let grpc_addr = listeners.grpc.local_addr()?;
-    let admin_addr = listeners.admin.local_addr()?;
-    let s = stop.clone();
-    tasks.spawn(async move {
-        admin::serve(listeners.admin, admin.router(), s.wait())
-            .await
-            .map_err(anyhow::Error::from)
-    });
-    let s = stop.clone();
     let wallets = service::Wallets::new(repo, accounts);
-    let grpc_server = config.tls.server(tonic::transport::Server::builder())?;
     let routes = tonic::service::Routes::new(health_service)
         .add_service(PaymentServiceServer::new(grpc::PaymentGrpc::new(wallets)));
-    ordersys_kit::serve_in_process(listeners.local.as_ref(), &routes, &grpc_metrics);
-    tasks.spawn(async move {
-        grpc_server
-            .layer(ContextLayer)
-            .layer(grpc_metrics)
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), s.wait())
-            .await
-            .map_err(anyhow::Error::from)
-    });
-    tracing::info!(grpc = %grpc_addr, admin = %admin_addr, "платёжный сервис запущен");
-    let result = ordersys_kit::shutdown::supervise(tasks, shutdown, trigger).await;
-    tracing::info!("платёжный сервис остановлен");
-    result
+    launcher.serve(
+        listeners,
+        admin,
+        &config.tls,
+        routes,
+        "платёжный сервис запущен",
+    )?;
+    launcher.run(shutdown, "платёжный сервис остановлен").await
 }

@@ -1,9 +1,10 @@
 //! Typed configuration (defaults → `CONFIG_FILE` → environment).
 
+use ordersys_kit::config::Secret;
 use serde::{Deserialize, Serialize};
 
 /// User service settings. Environment variables are the upper-case field names.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {
     /// gRPC listen address (`GRPC_ADDR`).
@@ -11,11 +12,11 @@ pub struct Config {
     /// Admin HTTP listen address (`ADMIN_ADDR`): /healthz, /readyz, /metrics.
     pub admin_addr: String,
     /// MySQL (`DATABASE_URL`); the database is created if missing.
-    pub database_url: String,
+    pub database_url: Secret,
     /// Redis (`REDIS_URL`): the JWT blacklist.
-    pub redis_url: String,
+    pub redis_url: Secret,
     /// HS256 secret shared with the gateway (`JWT_SECRET`, at least 32 bytes; required).
-    pub jwt_secret: String,
+    pub jwt_secret: Secret,
     /// `iss` (`JWT_ISSUER`).
     pub jwt_issuer: String,
     /// `aud` (`JWT_AUDIENCE`).
@@ -38,7 +39,7 @@ impl Default for Config {
             admin_addr: "0.0.0.0:8081".into(),
             database_url: "mysql://root@127.0.0.1:3306/ordersys_user".into(),
             redis_url: "redis://127.0.0.1:6379/".into(),
-            jwt_secret: String::new(),
+            jwt_secret: Secret::default(),
             jwt_issuer: "ordersys".into(),
             jwt_audience: "ordersys-api".into(),
             jwt_ttl_secs: 900,
@@ -48,48 +49,9 @@ impl Default for Config {
     }
 }
 
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("grpc_addr", &self.grpc_addr)
-            .field("admin_addr", &self.admin_addr)
-            .field("database_url", &"<redacted>")
-            .field("redis_url", &"<redacted>")
-            .field(
-                "jwt_secret",
-                &ordersys_kit::config::redact(&self.jwt_secret),
-            )
-            .field("jwt_issuer", &self.jwt_issuer)
-            .field("jwt_audience", &self.jwt_audience)
-            .field("jwt_ttl_secs", &self.jwt_ttl_secs)
-            .field("jwt_leeway_secs", &self.jwt_leeway_secs)
-            .field("tls", &self.tls)
-            .finish()
-    }
-}
-
 impl Config {
-    /// The environment variables of this service's own settings (the shared ones —
-    /// TLS — come from their structs; see [`Config::env`]).
-    pub const ENV: &'static [&'static str] = &[
-        "GRPC_ADDR",
-        "ADMIN_ADDR",
-        "DATABASE_URL",
-        "REDIS_URL",
-        "JWT_SECRET",
-        "JWT_ISSUER",
-        "JWT_AUDIENCE",
-        "JWT_TTL_SECS",
-        "JWT_LEEWAY_SECS",
-    ];
-
-    /// Every environment variable read.
-    pub fn env() -> Vec<&'static str> {
-        [Self::ENV, ordersys_kit::tls::GrpcTls::ENV].concat()
-    }
-
     /// Load from defaults, `CONFIG_FILE` and the environment.
     pub fn load() -> anyhow::Result<Self> {
-        ordersys_kit::config::load(&Self::env())
+        ordersys_kit::config::load()
     }
 }

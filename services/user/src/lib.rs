@@ -18,11 +18,9 @@ use std::time::Duration;
 
 use authz::redis::RedisBlacklist;
 use authz::{Authenticator, Blacklist, SigningKey, TokenIssuer, TokenValidator};
-use ordersys_kit::admin::{self, Admin};
-use ordersys_kit::context::ContextLayer;
-use ordersys_kit::shutdown::Shutdown;
+use ordersys_kit::admin::Admin;
+use ordersys_kit::launch::Launcher;
 use ordersys_proto::user::v1::user_service_server::UserServiceServer;
-use tokio_stream::wrappers::TcpListenerStream;
 
 pub use config::Config;
 pub use ordersys_kit::Listeners;
@@ -108,35 +106,17 @@ pub async fn run(
         .set_serving::<UserServiceServer<grpc::UserGrpc>>()
         .await;
 
-    let (trigger, stop) = Shutdown::new();
-    let grpc_metrics = ordersys_kit::metrics::RequestMetricsLayer::new(admin.registry())?;
-    let grpc_addr = listeners.grpc.local_addr()?;
-    let admin_addr = listeners.admin.local_addr()?;
-    let admin_task = tokio::spawn(admin::serve(
-        listeners.admin,
-        admin.router(),
-        stop.clone().wait(),
-    ));
     let routes = tonic::service::Routes::new(health_service)
         .add_service(UserServiceServer::new(grpc::UserGrpc::new(service)));
-    ordersys_kit::serve_in_process(listeners.local.as_ref(), &routes, &grpc_metrics);
-    let grpc = config
-        .tls
-        .server(tonic::transport::Server::builder())?
-        .layer(ContextLayer)
-        .layer(grpc_metrics)
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), stop.wait());
-    tracing::info!(grpc = %grpc_addr, admin = %admin_addr, "сервис пользователей запущен");
-
-    let watcher = tokio::spawn(async move {
-        shutdown.await;
-        tracing::info!("получен сигнал остановки, завершаем обработку запросов");
-        trigger.fire();
-    });
-    let result = grpc.await;
-    watcher.abort();
-    admin_task.await??;
-    tracing::info!("сервис пользователей остановлен");
-    result.map_err(Into::into)
+    let mut launcher = Launcher::without_messaging("user");
+    launcher.serve(
+        listeners,
+        admin,
+        &config.tls,
+        routes,
+        "сервис пользователей запущен",
+    )?;
+    launcher
+        .run(shutdown, "сервис пользователей остановлен")
+        .await
 }

@@ -63,8 +63,8 @@ async fn start(
     let config = Config {
         grpc_addr: "127.0.0.1:0".into(),
         admin_addr: "127.0.0.1:0".into(),
-        database_url: format!("sqlite://{db}"),
-        redis_url: String::new(),
+        database_url: format!("sqlite://{db}").into(),
+        redis_url: Default::default(),
         jwt_secret: "embedded-test-secret-0123456789abcdef".into(),
         // In process, on 127.0.0.1: the test is about storage, not transport security.
         tls: ordersys_kit::tls::GrpcTls::loopback_plaintext(),

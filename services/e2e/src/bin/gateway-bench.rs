@@ -223,8 +223,8 @@ async fn main() -> anyhow::Result<()> {
         user_service_url: system.grpc[0].clone(),
         order_service_url: system.grpc[1].clone(),
         payment_service_url: system.grpc[2].clone(),
-        redis_url: redis_url.clone(),
-        jwt_secret: system.jwt_secret.clone(),
+        redis_url: redis_url.clone().into(),
+        jwt_secret: system.jwt_secret.clone().into(),
         rate_limit_per_minute: 1_000_000_000,
         rate_limit_key_prefix: format!("gateway-bench:{}:", std::process::id()),
         tls: ordersys_kit::tls::GrpcTls::files(

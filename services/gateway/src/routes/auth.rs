@@ -56,7 +56,7 @@ pub struct Token {
     request_body = Credentials,
     responses(
         (status = 201, description = "The account was created", body = Registered),
-        (status = 409, description = "The e-mail is taken", body = crate::openapi::ErrorBody),
+        (status = 409, description = "The e-mail is taken", body = crate::error::ErrorBody),
     ))]
 pub async fn register(
     State(s): State<AppState>,
@@ -92,7 +92,7 @@ pub async fn register(
     request_body = Credentials,
     responses(
         (status = 200, description = "A bearer token", body = Token),
-        (status = 401, description = "Wrong e-mail or password", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Wrong e-mail or password", body = crate::error::ErrorBody),
     ))]
 pub async fn login(
     State(s): State<AppState>,

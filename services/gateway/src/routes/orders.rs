@@ -108,7 +108,7 @@ impl From<pb::Order> for OrderBody {
     request_body = CreateBody,
     responses(
         (status = 201, description = "The order, PENDING", body = OrderBody),
-        (status = 409, description = "A request with this Idempotency-Key is still being processed", body = crate::openapi::ErrorBody),
+        (status = 409, description = "A request with this Idempotency-Key is still being processed", body = crate::error::ErrorBody),
     ))]
 pub async fn create(
     State(s): State<AppState>,
@@ -162,7 +162,7 @@ pub async fn create(
     params(("id" = String, Path, description = "The order id")),
     responses(
         (status = 200, description = "The order", body = OrderBody),
-        (status = 404, description = "No such order of the caller's", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such order of the caller's", body = crate::error::ErrorBody),
     ))]
 pub async fn get(
     State(s): State<AppState>,
@@ -247,8 +247,8 @@ pub async fn list(
     params(("id" = String, Path, description = "The order id")),
     responses(
         (status = 202, description = "Cancellation accepted; the order ends CANCELLED", body = OrderBody),
-        (status = 404, description = "No such order of the caller's", body = crate::openapi::ErrorBody),
-        (status = 409, description = "Already cancelled", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such order of the caller's", body = crate::error::ErrorBody),
+        (status = 409, description = "Already cancelled", body = crate::error::ErrorBody),
     ))]
 pub async fn cancel(
     State(s): State<AppState>,

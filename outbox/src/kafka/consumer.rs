@@ -1,0 +1,438 @@
+//! The consumer loop: [`run_consumer`] with its [`ConsumerConfig`].
+
+use std::future::Future;
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Headers as _};
+use rdkafka::Message;
+use uuid::Uuid;
+
+use crate::store::{DeadLetter, Inbox};
+use crate::{
+    Delivery, DeliveryOutcome, Headers, IdempotentConsumer, MessageHandler, MessageId, Result,
+    MESSAGE_ID_HEADER,
+};
+
+use super::kafka_err;
+use super::watchdog::Watchdog;
+use super::window::{Position, Window};
+
+/// Settings of [`run_consumer`]: start from [`ConsumerConfig::new`] and change what you
+/// need with the `with_*` methods or by assigning fields. New settings may be added in
+/// minor versions (the struct is `#[non_exhaustive]`).
+///
+/// ```
+/// use std::time::Duration;
+/// use outbox::kafka::ConsumerConfig;
+/// let config = ConsumerConfig::new("127.0.0.1:9092", "payment", &["saga.commands"])
+///     .with_instance_id("payment-0")
+///     .with_max_in_flight(64)
+///     .with_fetch_wait_max(Duration::from_millis(5))
+///     .with_property("security.protocol", "ssl");
+/// assert_eq!(config.extra, [("security.protocol".to_owned(), "ssl".to_owned())]);
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ConsumerConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Consumer group.
+    pub group_id: String,
+    /// Topics to subscribe to.
+    pub topics: Vec<String>,
+    /// `session.timeout.ms` (default 10 s; short keeps rebalances quick).
+    pub session_timeout: Duration,
+    /// `group.instance.id`: static group membership. A member restarted under the same
+    /// id takes its partitions back at once instead of waiting for the dead member's
+    /// session to time out and a rebalance. Must be unique among live members and
+    /// stable across restarts of one (e.g. the pod or host name). Default: none.
+    pub instance_id: Option<String>,
+    /// `fetch.wait.max.ms`: how long the broker may hold a fetch while it has nothing
+    /// new (default 20 ms). Brokers that wake a waiting fetch when a message arrives
+    /// (Apache Kafka) deliver at once regardless; brokers that poll storage (Tansu)
+    /// deliver about a quarter of this late on average, so it is kept short.
+    pub fetch_wait_max: Duration,
+    /// Pause between tries when the store is down (default 100 ms doubling to 5 s).
+    pub store_backoff: resilience::Retry,
+    /// How often an idle consumer checks that it is not stuck (default 10 s; `None`
+    /// turns the check off). After an interval without a message it looks at its
+    /// partitions: one positioned **beyond the end of its log** (the topic was created
+    /// again, or the broker lost its data but not the group's offsets — a broker that
+    /// answers such a fetch with nothing instead of `OFFSET_OUT_OF_RANGE` would leave it
+    /// silent forever) is moved to the start of the log, as `auto.offset.reset=earliest`
+    /// would (the inbox drops what was already processed). A consumer that holds **no
+    /// partitions** while its topics have messages nobody consumes, for two checks in a
+    /// row, leaves and rejoins its group.
+    pub watchdog_interval: Option<Duration>,
+    /// Upper bound on closing the consumer (leaving the group) at shutdown (default 5 s).
+    pub close_timeout: Duration,
+    /// How many received messages may be unfinished at once (default 32; 1 handles one
+    /// message at a time). Messages of **one key** are always handled one after the
+    /// other, in log order; messages of different keys concurrently, each in its own
+    /// unit of work — which lets the database commit them together (one log flush for
+    /// several transactions) instead of one after the other. A partition's offset only
+    /// advances past messages that are all finished, so a crash redelivers whatever was
+    /// unfinished, never skips it.
+    pub max_in_flight: usize,
+    /// More librdkafka settings.
+    pub extra: Vec<(String, String)>,
+}
+
+impl ConsumerConfig {
+    /// Consume `topics` in group `group_id` from `brokers`.
+    pub fn new(brokers: impl Into<String>, group_id: impl Into<String>, topics: &[&str]) -> Self {
+        Self {
+            brokers: brokers.into(),
+            group_id: group_id.into(),
+            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+            session_timeout: Duration::from_secs(10),
+            instance_id: None,
+            fetch_wait_max: Duration::from_millis(20),
+            store_backoff: resilience::Retry::default()
+                .max_attempts(u32::MAX)
+                .max_delay(Duration::from_secs(5)),
+            watchdog_interval: Some(Duration::from_secs(10)),
+            close_timeout: Duration::from_secs(5),
+            max_in_flight: 32,
+            extra: Vec::new(),
+        }
+    }
+
+    /// [`session_timeout`](Self::session_timeout).
+    pub fn with_session_timeout(mut self, session_timeout: Duration) -> Self {
+        self.session_timeout = session_timeout;
+        self
+    }
+
+    /// [`instance_id`](Self::instance_id): static group membership under this id.
+    pub fn with_instance_id(mut self, instance_id: impl Into<String>) -> Self {
+        self.instance_id = Some(instance_id.into());
+        self
+    }
+
+    /// [`fetch_wait_max`](Self::fetch_wait_max).
+    pub fn with_fetch_wait_max(mut self, fetch_wait_max: Duration) -> Self {
+        self.fetch_wait_max = fetch_wait_max;
+        self
+    }
+
+    /// [`store_backoff`](Self::store_backoff).
+    pub fn with_store_backoff(mut self, store_backoff: resilience::Retry) -> Self {
+        self.store_backoff = store_backoff;
+        self
+    }
+
+    /// [`watchdog_interval`](Self::watchdog_interval) (`None` turns the check off).
+    pub fn with_watchdog_interval(mut self, watchdog_interval: Option<Duration>) -> Self {
+        self.watchdog_interval = watchdog_interval;
+        self
+    }
+
+    /// [`close_timeout`](Self::close_timeout).
+    pub fn with_close_timeout(mut self, close_timeout: Duration) -> Self {
+        self.close_timeout = close_timeout;
+        self
+    }
+
+    /// [`max_in_flight`](Self::max_in_flight).
+    pub fn with_max_in_flight(mut self, max_in_flight: usize) -> Self {
+        self.max_in_flight = max_in_flight;
+        self
+    }
+
+    /// One more librdkafka setting ([`extra`](Self::extra)), e.g. TLS or SASL.
+    pub fn with_property(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.extra.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// What a consumer run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConsumerStats {
+    /// Deliveries handled and committed.
+    pub processed: u64,
+    /// Redeliveries dropped by the inbox.
+    pub duplicates: u64,
+    /// Deliveries sent to the dead-letter sink.
+    pub dead_lettered: u64,
+}
+
+/// The consumer's client context: reports each assigned partition's lag
+/// (`outbox_consumer_lag_messages{group,topic,partition}`) from librdkafka's statistics
+/// (every `statistics.interval.ms`, default 5 s here).
+pub(super) struct LagContext {
+    group: String,
+}
+
+impl ClientContext for LagContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                // -1: the internal "unassigned" partition, or no lag known (not ours).
+                if *partition < 0 || p.consumer_lag < 0 {
+                    continue;
+                }
+                metrics::gauge!("outbox_consumer_lag_messages",
+                    "group" => self.group.clone(), "topic" => topic.clone(),
+                    "partition" => partition.to_string())
+                .set(p.consumer_lag as f64);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LagContext {}
+
+/// Turn a Kafka message into a [`Delivery`]. A message without a valid `message-id`
+/// header gets an id derived from its topic, partition and offset, which is stable
+/// across redeliveries.
+pub fn to_delivery(m: &BorrowedMessage<'_>) -> Delivery {
+    let mut headers = Headers::new();
+    let mut id = None;
+    if let Some(hs) = m.headers() {
+        for h in hs.iter() {
+            let value = h
+                .value
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default();
+            if h.key == MESSAGE_ID_HEADER {
+                id = MessageId::parse(&value);
+            }
+            headers.insert(h.key, value);
+        }
+    }
+    let id = id.unwrap_or_else(|| {
+        let name = format!("{}/{}/{}", m.topic(), m.partition(), m.offset());
+        MessageId(Uuid::new_v5(&Uuid::NAMESPACE_OID, name.as_bytes()))
+    });
+    Delivery {
+        id,
+        topic: m.topic().to_owned(),
+        key: m
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default(),
+        payload: m
+            .payload()
+            .map(bytes::Bytes::copy_from_slice)
+            .unwrap_or_default(),
+        headers,
+    }
+}
+
+/// Consume `config.topics` until `shutdown` resolves, handing each message to
+/// `consumer.process(.., handler)`.
+///
+/// At-least-once: an offset is stored only after its message and every earlier one of
+/// its partition were processed (or dead-lettered) and committed; stored offsets are
+/// committed every second and at shutdown. Up to [`ConsumerConfig::max_in_flight`]
+/// messages are handled at once, one key at a time in log order. While the store is
+/// down a message is retried with backoff, so nothing is skipped. Messages in progress
+/// are finished before shutdown (one waiting out a store outage is given up and comes
+/// again); closing the consumer is bounded by `close_timeout`.
+pub async fn run_consumer<I, D, H>(
+    config: &ConsumerConfig,
+    consumer: &IdempotentConsumer<I, D>,
+    handler: &H,
+    shutdown: impl Future<Output = ()>,
+) -> Result<ConsumerStats>
+where
+    I: Inbox,
+    D: DeadLetter,
+    H: MessageHandler<I::Tx>,
+{
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &config.brokers)
+        .set("group.id", &config.group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set(
+            "session.timeout.ms",
+            config.session_timeout.as_millis().to_string(),
+        )
+        .set(
+            "fetch.wait.max.ms",
+            config.fetch_wait_max.as_millis().to_string(),
+        );
+    if let Some(id) = &config.instance_id {
+        cc.set("group.instance.id", id);
+    }
+    for (k, v) in &config.extra {
+        cc.set(k, v);
+    }
+    if !config
+        .extra
+        .iter()
+        .any(|(k, _)| k == "statistics.interval.ms")
+    {
+        cc.set("statistics.interval.ms", "5000");
+    }
+    let context = LagContext {
+        group: config.group_id.clone(),
+    };
+    let kafka: std::sync::Arc<StreamConsumer<LagContext>> =
+        std::sync::Arc::new(cc.create_with_context(context).map_err(kafka_err)?);
+    let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+    kafka.subscribe(&topics).map_err(kafka_err)?;
+
+    tokio::pin!(shutdown);
+    let mut stats = ConsumerStats::default();
+    let watchdog_every = config.watchdog_interval.unwrap_or(Duration::MAX);
+    let mut watchdog = Watchdog::new(config.session_timeout);
+    let mut last_message = tokio::time::Instant::now();
+    let max_in_flight = config.max_in_flight.max(1);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut stopping = false;
+    let mut window = Window::default();
+    let mut running = futures::stream::FuturesUnordered::new();
+    loop {
+        if stopping && running.is_empty() {
+            break;
+        }
+        let idle_for = last_message.elapsed();
+        if !stopping && window.is_empty() && idle_for >= watchdog_every {
+            last_message = tokio::time::Instant::now();
+            let (k, t) = (kafka.clone(), config.topics.clone());
+            let mut w = std::mem::replace(&mut watchdog, Watchdog::new(config.session_timeout));
+            let checked = tokio::task::spawn_blocking(move || {
+                if let Err(e) = w.check(&k, &t) {
+                    tracing::debug!(error = %e, "проверка Kafka-консьюмера не удалась");
+                }
+                w
+            })
+            .await;
+            if let Ok(w) = checked {
+                watchdog = w;
+            }
+            continue;
+        }
+        let idle_wait = if window.is_empty() {
+            watchdog_every - idle_for
+        } else {
+            Duration::MAX
+        };
+        tokio::select! {
+            biased;
+            () = &mut shutdown, if !stopping => {
+                // Stop taking messages; finish the ones in progress.
+                stopping = true;
+                let _ = stop_tx.send(true);
+                window.drop_queued();
+            }
+            Some((delivery, at, outcome)) = futures::StreamExt::next(&mut running) => {
+                let (delivery, at, outcome): (Delivery, Position, Option<DeliveryOutcome>) =
+                    (delivery, at, outcome);
+                last_message = tokio::time::Instant::now();
+                let Some(outcome) = outcome else {
+                    continue; // given up at shutdown: not settled, its offset not stored
+                };
+                match outcome {
+                    DeliveryOutcome::Processed => stats.processed += 1,
+                    DeliveryOutcome::Duplicate => stats.duplicates += 1,
+                    DeliveryOutcome::DeadLettered { .. } => stats.dead_lettered += 1,
+                }
+                if let Some(through) = window.finish(&at) {
+                    if let Err(e) = kafka.store_offset(&at.topic, at.partition, through) {
+                        // E.g. the partition was revoked in a rebalance: the new owner
+                        // redelivers, and the inbox drops the duplicate.
+                        tracing::warn!(error = %e, "не удалось сохранить смещение");
+                    }
+                }
+                if !stopping {
+                    if let Some((next, next_at)) = window.next_of_key(&at, delivery.key) {
+                        running.push(process_one(config, consumer, handler, next, next_at, stop_rx.clone()));
+                    }
+                }
+            }
+            msg = kafka.recv(), if !stopping && window.len() < max_in_flight => {
+                last_message = tokio::time::Instant::now();
+                let msg = match msg {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ошибка получения сообщения из Kafka");
+                        // Do not spin while the broker is unreachable.
+                        tokio::select! {
+                            biased;
+                            () = &mut shutdown => {
+                                stopping = true;
+                                let _ = stop_tx.send(true);
+                                window.drop_queued();
+                            }
+                            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        }
+                        continue;
+                    }
+                };
+                let delivery = to_delivery(&msg);
+                let at = Position {
+                    topic: msg.topic().to_owned(),
+                    partition: msg.partition(),
+                    offset: msg.offset(),
+                };
+                drop(msg);
+                if let Some((delivery, at)) = window.receive(delivery, at) {
+                    running.push(process_one(config, consumer, handler, delivery, at, stop_rx.clone()));
+                }
+            }
+            // Cancel-safe: a message is taken from the queue only when `recv` is ready.
+            () = tokio::time::sleep(idle_wait) => {}
+        }
+    }
+
+    if let Err(e) = kafka.commit_consumer_state(CommitMode::Sync) {
+        if !matches!(e, KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) {
+            tracing::warn!(error = %e, "не удалось зафиксировать смещения при остановке");
+        }
+    }
+    // Leaving the group can hang on some brokers; never let it block shutdown.
+    let close = tokio::task::spawn_blocking(move || drop(kafka));
+    if tokio::time::timeout(config.close_timeout, close)
+        .await
+        .is_err()
+    {
+        tracing::warn!("закрытие Kafka-консьюмера не уложилось в отведённое время");
+    }
+    Ok(stats)
+}
+
+/// Handle one delivery, retrying while the store is down; `None` if given up because
+/// the consumer is stopping.
+async fn process_one<I, D, H>(
+    config: &ConsumerConfig,
+    consumer: &IdempotentConsumer<I, D>,
+    handler: &H,
+    delivery: Delivery,
+    at: Position,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> (Delivery, Position, Option<DeliveryOutcome>)
+where
+    I: Inbox,
+    D: DeadLetter,
+    H: MessageHandler<I::Tx>,
+{
+    let mut backoff = config.store_backoff.backoff();
+    loop {
+        match consumer.process(&delivery, handler).await {
+            Ok(o) => return (delivery, at, Some(o)),
+            Err(e) => {
+                let wait = backoff.next().unwrap_or(Duration::from_secs(5));
+                tracing::error!(error = %e, message_id = %delivery.id, topic = %delivery.topic,
+                    "не удалось обработать сообщение, повтор");
+                tokio::select! {
+                    biased;
+                    // Not processed: its offset is not stored; it comes again.
+                    _ = stop.wait_for(|s| *s) => return (delivery, at, None),
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! One service binary as a child process: built before the first start, on free ports,
+//! ready when its own `/readyz` answers, killed when dropped.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1, never one this process handed out before.
+///
+/// The port is found by binding port 0 and released for the child to bind later, so the
+/// kernel may offer it again meanwhile — to the next call of this very function (seen:
+/// a gateway given its own HTTP port as the user service's port). A process-wide record
+/// of the ports handed out rules that out for every system a test process starts; a
+/// port taken by another process in the gap makes the child fail to start, and the
+/// readiness check (service name + pid) fails loudly instead of passing against a
+/// stranger.
+pub fn free_port() -> u16 {
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let mut taken = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+        if !taken.contains(&port) {
+            taken.push(port);
+            return port;
+        }
+    }
+}
+
+/// The path of workspace binary `name` (built first under `cargo test`): a service, or a
+/// tool like `ordersys-admin`.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // A test: target/<profile>/deps/<test> → target/<profile>/<name>; a binary of this
+    // crate (the fault suite): target/<profile>/<bin> → target/<profile>/<name>.
+    let dir = exe.parent().expect("target dir");
+    let dir = if dir.ends_with("deps") {
+        dir.parent().expect("target dir")
+    } else {
+        dir
+    };
+    ensure_built(dir);
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the service binaries first (`cargo build --workspace --bins --all-features`, which `make test` runs)",
+        path.display()
+    );
+    path
+}
+
+/// Under `cargo test` (which sets `CARGO`), build the service binaries once per test
+/// process before the first start, so an edit is never tested against a stale binary
+/// (a no-op when they are up to date). The fault suite, run as a binary, is built by its
+/// make target instead.
+fn ensure_built(profile_dir: &std::path::Path) {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    let Ok(cargo) = std::env::var("CARGO") else {
+        return;
+    };
+    BUILT.call_once(|| {
+        let target_dir = profile_dir.parent().expect("target dir");
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "--workspace",
+            "--bins",
+            "--all-features",
+            "--quiet",
+        ])
+        .arg("--target-dir")
+        .arg(target_dir);
+        if profile_dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        if let Ok(manifest) = std::env::var("CARGO_MANIFEST_DIR") {
+            cmd.current_dir(manifest);
+        }
+        let status = cmd.status().expect("running cargo build");
+        assert!(status.success(), "building the service binaries failed");
+    });
+}
+
+/// One running service process.
+#[derive(Debug)]
+pub struct Service {
+    name: &'static str,
+    env: HashMap<String, String>,
+    child: Option<Child>,
+    log: PathBuf,
+    ready_url: Option<String>,
+}
+
+/// The development CA and service certificates (`scripts/dev-certs`), made once per
+/// test process.
+pub fn dev_certs() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("ordersys-e2e-certs-{}", std::process::id()));
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/dev-certs");
+        let out = Command::new(&script)
+            .arg(&dir)
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "scripts/dev-certs failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    })
+}
+
+/// The mutual-TLS settings (`TLS_CERT`, `TLS_KEY`, `TLS_CA`) of a separate service
+/// (`ordersys-user` → the `user` certificate), unless `env` already says how its gRPC is
+/// secured: the test suite runs with mutual TLS on, as production does. With a
+/// `rediss://` `REDIS_URL` (a [`infra::Kind::RedisTls`] server) and no `REDIS_CA`, also
+/// the Redis client's: the development CA and the service's own certificate.
+fn with_tls(name: &str, mut env: HashMap<String, String>) -> HashMap<String, String> {
+    let Some(cert) = name.strip_prefix("ordersys-") else {
+        return env;
+    };
+    let dir = dev_certs();
+    let path = |f: &str| dir.join(f).display().to_string();
+    let separate = ["user", "order", "payment", "gateway"].contains(&cert);
+    if separate && !env.contains_key("TLS_CERT") && !env.contains_key("GRPC_INSECURE") {
+        env.insert("TLS_CERT".into(), path(&format!("{cert}.pem")));
+        env.insert("TLS_KEY".into(), path(&format!("{cert}.key")));
+        env.insert("TLS_CA".into(), path("ca.pem"));
+    }
+    let rediss = env
+        .get("REDIS_URL")
+        .is_some_and(|u| u.starts_with("rediss://"));
+    if separate && rediss && !env.contains_key("REDIS_CA") {
+        env.insert("REDIS_CA".into(), path("ca.pem"));
+        env.insert("REDIS_CERT".into(), path(&format!("{cert}.pem")));
+        env.insert("REDIS_KEY".into(), path(&format!("{cert}.key")));
+    }
+    env
+}
+
+/// Run binary `name` with `args` and `env` (plain text inside: no TLS settings added)
+/// until it exits, at most `within`: its exit status and what it printed.
+pub async fn run_to_end(
+    name: &str,
+    args: &[&str],
+    env: &HashMap<String, String>,
+    within: Duration,
+) -> (std::process::ExitStatus, String) {
+    let child = tokio::process::Command::new(bin(name))
+        .args(args)
+        .envs(env)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(within, child)
+        .await
+        .unwrap_or_else(|_| panic!("{name} {args:?} did not exit within {within:?}"))
+        .expect("the binary runs");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status, text)
+}
+
+impl Service {
+    /// Start binary `name` with `env`; its output goes to a log file under the temp dir.
+    /// The separate services get mutual TLS (see [`dev_certs`]) unless `env` sets
+    /// `TLS_CERT` or `GRPC_INSECURE`.
+    pub fn start(name: &'static str, env: HashMap<String, String>) -> Self {
+        let env = with_tls(name, env);
+        let log = std::env::temp_dir().join(format!(
+            "ordersys-e2e-{name}-{}.log",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let mut s = Self {
+            name,
+            env,
+            child: None,
+            log,
+            ready_url: None,
+        };
+        s.spawn();
+        s
+    }
+
+    /// Start binary `name` with `env`, logging to `{log_dir}/{name}.log`; `ready_url`
+    /// answers 200 once it is ready (see [`wait_until_ready`](Self::wait_until_ready)).
+    pub fn start_logged(
+        name: &'static str,
+        env: HashMap<String, String>,
+        log_dir: &std::path::Path,
+        ready_url: &str,
+    ) -> Self {
+        let env = with_tls(name, env);
+        let mut s = Self {
+            name,
+            env,
+            child: None,
+            log: log_dir.join(format!("{name}.log")),
+            ready_url: Some(ready_url.to_owned()),
+        };
+        s.spawn();
+        s
+    }
+
+    /// Where its output goes (appended across restarts).
+    pub fn log_path(&self) -> &std::path::Path {
+        &self.log
+    }
+
+    /// Start it again if it is not running (after [`kill`](Self::kill), or a crash).
+    pub fn respawn(&mut self) {
+        if self.exited() {
+            self.child = None;
+            self.spawn();
+        }
+    }
+
+    /// Wait until the readiness URL given to [`start_logged`](Self::start_logged)
+    /// answers 200, restarting the process if it exits meanwhile.
+    pub async fn wait_until_ready(&mut self, within: Duration) -> anyhow::Result<()> {
+        let Some(url) = self.ready_url.clone() else {
+            anyhow::bail!("{} has no readiness URL", self.name);
+        };
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + within;
+        loop {
+            self.respawn();
+            if self.answers_ready(&client, &url).await {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{} not ready at {url} within {within:?}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn spawn(&mut self) {
+        // Appended, so that a restart keeps the log that explains the crash.
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(bin(self.name))
+            .envs(&self.env)
+            .env("ORDERSYS_STDIN_LIFELINE", "1")
+            .env(
+                "RUST_LOG",
+                self.env
+                    .get("RUST_LOG")
+                    .map(String::as_str)
+                    .unwrap_or("info"),
+            )
+            .stdin(Stdio::piped())
+            .stdout(out.try_clone().expect("log file"))
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", self.name));
+        self.child = Some(child);
+    }
+
+    /// Kill the process now (a crash, as far as everyone else can tell).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Send SIGTERM (a graceful stop, as an orchestrator would) and wait up to `within`
+    /// for the process to exit; returns its exit status, or `None` if it did not exit
+    /// in time (it is then killed).
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Start it again with the same settings.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// What it logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether `url` answers 200 from *this* process: `/readyz` and `/healthz` name the
+    /// service and its pid, so another system's service on a reused port never counts.
+    async fn answers_ready(&self, client: &reqwest::Client, url: &str) -> bool {
+        let Ok(r) = client.get(url).timeout(Duration::from_secs(2)).send().await else {
+            return false;
+        };
+        if !r.status().is_success() {
+            return false;
+        }
+        let body: serde_json::Value = r.json().await.unwrap_or_default();
+        // The all-in-one `ordersys` binary answers on its gateway's port.
+        let service = match self.name {
+            "ordersys" => "gateway",
+            name => name.trim_start_matches("ordersys-"),
+        };
+        body["service"] == service
+            && body["pid"]
+                .as_u64()
+                .is_some_and(|p| Some(p) == self.pid().map(u64::from))
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => c.try_wait().ok().flatten().is_some(),
+            None => true,
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Wait until `url` answers 200 from `service`'s own process (see the `pid` check), or
+/// panic with the service's log — at once if the process exited.
+pub async fn wait_ready(url: &str, service: &mut Service, timeout: Duration) {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let exited = service.exited();
+        if !exited && service.answers_ready(&client, url).await {
+            return;
+        }
+        if exited || Instant::now() > deadline {
+            panic!(
+                "{} did not become ready at {url}; log:\n{}",
+                service.name,
+                service.logs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub(crate) fn env_or(key: &str, default: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| default.to_owned())
+}

@@ -1,0 +1,466 @@
+//! A whole system of service processes (or the embedded binary) with its own databases,
+//! topics, secret and data directory, removed when dropped.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::process::*;
+
+/// Settings of one system.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Extra gateway environment (e.g. `RATE_LIMIT_PER_MINUTE`).
+    pub gateway_env: Vec<(String, String)>,
+    /// Extra order service environment.
+    pub order_env: Vec<(String, String)>,
+    /// Extra payment service environment.
+    pub payment_env: Vec<(String, String)>,
+    /// Run user, order and payment on SQLite files (Kafka and Redis as usual).
+    pub sqlite: bool,
+    /// A Redis of the test's own (`redis://…`, or `rediss://…` for a
+    /// [`infra::Kind::RedisTls`] one), e.g. one it kills; default `REDIS_URL`
+    /// or the shared 127.0.0.1:6379.
+    pub redis_url: Option<String>,
+    /// A MySQL server of the test's own (`mysql://root@host:port`); default
+    /// `DATABASE_SERVER_URL` or the shared 127.0.0.1:3306.
+    pub mysql_server_url: Option<String>,
+    /// A broker of the test's own; default `KAFKA_BROKERS` or the shared 127.0.0.1:9092.
+    pub brokers: Option<String>,
+    /// Also start a second order service, payment service and gateway (the gateway
+    /// talking to the second ones) on the same databases, topics and Redis
+    /// ([`System::second`]); each replica has its own `RELAY_ID`.
+    pub two_replicas: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            gateway_env: vec![("RATE_LIMIT_PER_MINUTE".into(), "100000".into())],
+            order_env: Vec::new(),
+            payment_env: Vec::new(),
+            sqlite: false,
+            redis_url: None,
+            mysql_server_url: None,
+            brokers: None,
+            two_replicas: false,
+        }
+    }
+}
+
+/// The second replicas of a [`System`] started with [`Options::two_replicas`].
+#[derive(Debug)]
+pub struct Replicas {
+    /// The second order service.
+    pub order: Service,
+    /// The second payment service.
+    pub payment: Service,
+    /// The second gateway (to the second order and payment services).
+    pub gateway: Service,
+    /// `http://127.0.0.1:<port>` of the second gateway.
+    pub base: String,
+    /// The second order service's admin base URL.
+    pub order_admin: String,
+    /// The second payment service's admin base URL.
+    pub payment_admin: String,
+}
+
+/// The whole system — user, order and payment services and the gateway — each on free
+/// ports, with databases and Kafka topics of their own.
+#[derive(Debug)]
+pub struct System {
+    /// The user service.
+    pub user: Service,
+    /// The order service.
+    pub order: Service,
+    /// The payment service.
+    pub payment: Service,
+    /// The gateway.
+    pub gateway: Service,
+    /// `http://127.0.0.1:<port>` of the gateway.
+    pub base: String,
+    /// The user service's admin base URL.
+    pub user_admin: String,
+    /// The order service's admin base URL (`/readyz`, `/metrics`).
+    pub order_admin: String,
+    /// The payment service's admin base URL.
+    pub payment_admin: String,
+    /// The gRPC URLs of the user, order and payment services (`http://127.0.0.1:port`;
+    /// mutual TLS, the development certificates).
+    pub grpc: [String; 3],
+    /// The Kafka topic prefix of this system.
+    pub topic_prefix: String,
+    /// Kafka brokers.
+    pub brokers: String,
+    /// The payment database URL.
+    pub payment_db_url: String,
+    /// This system's HS256 secret (every system has its own: a token of one is
+    /// worthless at another's gateway). Tests forge tokens with it.
+    pub jwt_secret: String,
+    /// The second replicas ([`Options::two_replicas`]).
+    pub second: Option<Replicas>,
+    mysql_server: String,
+    dbs: Vec<String>,
+    data_dir: std::path::PathBuf,
+    sqlite: bool,
+    cleaned: bool,
+}
+
+impl System {
+    /// Start everything and wait until the gateway is ready.
+    pub async fn start(opts: Options) -> Self {
+        let mysql = (opts.mysql_server_url.clone())
+            .unwrap_or_else(|| env_or("DATABASE_SERVER_URL", "mysql://root@127.0.0.1:3306"));
+        let redis = (opts.redis_url.clone())
+            .unwrap_or_else(|| env_or("REDIS_URL", "redis://127.0.0.1:6379/"));
+        let brokers =
+            (opts.brokers.clone()).unwrap_or_else(|| env_or("KAFKA_BROKERS", "127.0.0.1:9092"));
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let dbs: Vec<String> = ["user", "order", "payment"]
+            .iter()
+            .map(|s| format!("ordersys_e2e_{s}_{id}"))
+            .collect();
+        let data_dir = std::env::temp_dir().join(format!("ordersys-e2e-{id}"));
+        let db_url = |i: usize| {
+            if opts.sqlite {
+                format!("sqlite://{}/{}.db", data_dir.display(), dbs[i])
+            } else {
+                format!("{mysql}/{}", dbs[i])
+            }
+        };
+        let topic_prefix = format!("e2e.{id}.");
+        let jwt_secret = format!("e2e-{}{}", id, uuid::Uuid::new_v4().simple());
+        let ports: Vec<u16> = (0..7).map(|_| free_port()).collect();
+        let (user_grpc, user_admin, order_grpc, order_admin, pay_grpc, pay_admin, http) = (
+            ports[0], ports[1], ports[2], ports[3], ports[4], ports[5], ports[6],
+        );
+        let env = |pairs: &[(&str, String)]| -> HashMap<String, String> {
+            let mut m: HashMap<String, String> = [
+                ("REDIS_URL", redis.clone()),
+                ("JWT_SECRET", jwt_secret.clone()),
+                ("KAFKA_BROKERS", brokers.clone()),
+                ("KAFKA_TOPIC_PREFIX", topic_prefix.clone()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+            for (k, v) in pairs {
+                m.insert((*k).to_owned(), v.clone());
+            }
+            m
+        };
+        let mut user = Service::start(
+            "ordersys-user",
+            env(&[
+                ("GRPC_ADDR", format!("127.0.0.1:{user_grpc}")),
+                ("ADMIN_ADDR", format!("127.0.0.1:{user_admin}")),
+                ("DATABASE_URL", db_url(0)),
+            ]),
+        );
+        let mut order_env = env(&[
+            ("GRPC_ADDR", format!("127.0.0.1:{order_grpc}")),
+            ("ADMIN_ADDR", format!("127.0.0.1:{order_admin}")),
+            ("DATABASE_URL", db_url(1)),
+            ("RELAY_ID", format!("{id}-1")),
+        ]);
+        order_env.extend(opts.order_env.clone());
+        let mut order = Service::start("ordersys-order", order_env.clone());
+        let payment_db_url = db_url(2);
+        let mut payment_env = env(&[
+            ("GRPC_ADDR", format!("127.0.0.1:{pay_grpc}")),
+            ("ADMIN_ADDR", format!("127.0.0.1:{pay_admin}")),
+            ("DATABASE_URL", payment_db_url.clone()),
+            ("RELAY_ID", format!("{id}-1")),
+        ]);
+        payment_env.extend(opts.payment_env.clone());
+        let mut payment = Service::start("ordersys-payment", payment_env.clone());
+        let mut genv = env(&[
+            ("HTTP_ADDR", format!("127.0.0.1:{http}")),
+            ("USER_SERVICE_URL", format!("http://127.0.0.1:{user_grpc}")),
+            (
+                "ORDER_SERVICE_URL",
+                format!("http://127.0.0.1:{order_grpc}"),
+            ),
+            (
+                "PAYMENT_SERVICE_URL",
+                format!("http://127.0.0.1:{pay_grpc}"),
+            ),
+            ("RATE_LIMIT_KEY_PREFIX", format!("e2e:{id}:rate:")),
+        ]);
+        genv.extend(opts.gateway_env.clone());
+        let mut gateway = Service::start("ordersys-gateway", genv.clone());
+        let user_admin = format!("http://127.0.0.1:{user_admin}");
+        wait_ready(
+            &format!("{user_admin}/readyz"),
+            &mut user,
+            Duration::from_secs(90),
+        )
+        .await;
+        wait_ready(
+            &format!("http://127.0.0.1:{order_admin}/readyz"),
+            &mut order,
+            Duration::from_secs(90),
+        )
+        .await;
+        wait_ready(
+            &format!("http://127.0.0.1:{pay_admin}/readyz"),
+            &mut payment,
+            Duration::from_secs(90),
+        )
+        .await;
+        let base = format!("http://127.0.0.1:{http}");
+        wait_ready(
+            &format!("{base}/readyz"),
+            &mut gateway,
+            Duration::from_secs(90),
+        )
+        .await;
+        let second = if opts.two_replicas {
+            let p: Vec<u16> = (0..5).map(|_| free_port()).collect();
+            let mut o2 = order_env.clone();
+            o2.insert("GRPC_ADDR".into(), format!("127.0.0.1:{}", p[0]));
+            o2.insert("ADMIN_ADDR".into(), format!("127.0.0.1:{}", p[1]));
+            o2.insert("RELAY_ID".into(), format!("{id}-2"));
+            let mut p2 = payment_env.clone();
+            p2.insert("GRPC_ADDR".into(), format!("127.0.0.1:{}", p[2]));
+            p2.insert("ADMIN_ADDR".into(), format!("127.0.0.1:{}", p[3]));
+            p2.insert("RELAY_ID".into(), format!("{id}-2"));
+            let mut order2 = Service::start("ordersys-order", o2);
+            let mut payment2 = Service::start("ordersys-payment", p2);
+            let (order_admin2, payment_admin2) = (
+                format!("http://127.0.0.1:{}", p[1]),
+                format!("http://127.0.0.1:{}", p[3]),
+            );
+            wait_ready(
+                &format!("{order_admin2}/readyz"),
+                &mut order2,
+                Duration::from_secs(90),
+            )
+            .await;
+            wait_ready(
+                &format!("{payment_admin2}/readyz"),
+                &mut payment2,
+                Duration::from_secs(90),
+            )
+            .await;
+            let mut g2 = genv.clone();
+            g2.insert("HTTP_ADDR".into(), format!("127.0.0.1:{}", p[4]));
+            g2.insert(
+                "ORDER_SERVICE_URL".into(),
+                format!("http://127.0.0.1:{}", p[0]),
+            );
+            g2.insert(
+                "PAYMENT_SERVICE_URL".into(),
+                format!("http://127.0.0.1:{}", p[2]),
+            );
+            let mut gateway2 = Service::start("ordersys-gateway", g2);
+            let base2 = format!("http://127.0.0.1:{}", p[4]);
+            wait_ready(
+                &format!("{base2}/readyz"),
+                &mut gateway2,
+                Duration::from_secs(90),
+            )
+            .await;
+            Some(Replicas {
+                order: order2,
+                payment: payment2,
+                gateway: gateway2,
+                base: base2,
+                order_admin: order_admin2,
+                payment_admin: payment_admin2,
+            })
+        } else {
+            None
+        };
+        Self {
+            user,
+            order,
+            payment,
+            gateway,
+            base,
+            user_admin,
+            order_admin: format!("http://127.0.0.1:{order_admin}"),
+            payment_admin: format!("http://127.0.0.1:{pay_admin}"),
+            grpc: [user_grpc, order_grpc, pay_grpc].map(|p| format!("http://127.0.0.1:{p}")),
+            topic_prefix,
+            brokers,
+            payment_db_url,
+            jwt_secret,
+            second,
+            mysql_server: mysql,
+            dbs,
+            data_dir,
+            sqlite: opts.sqlite,
+            cleaned: false,
+        }
+    }
+
+    /// Restart one service (`user`, `order`, `payment` or `gateway`) and wait until its
+    /// own new process answers `/readyz`: a test never runs on against a service that
+    /// has not come back.
+    pub async fn restart(&mut self, which: &str) {
+        let (url, service) = match which {
+            "user" => (format!("{}/readyz", self.user_admin), &mut self.user),
+            "order" => (format!("{}/readyz", self.order_admin), &mut self.order),
+            "payment" => (format!("{}/readyz", self.payment_admin), &mut self.payment),
+            "gateway" => (format!("{}/readyz", self.base), &mut self.gateway),
+            other => panic!("no service {other:?}"),
+        };
+        service.restart();
+        wait_ready(&url, service, Duration::from_secs(90)).await;
+    }
+
+    /// The URL of `path` on the gateway.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Run a `SELECT COUNT(*) …` with one blob parameter against the payment database
+    /// (MySQL or SQLite, whichever this system runs on).
+    pub async fn payment_count(&self, sql: &str, param: &[u8]) -> i64 {
+        count(&self.payment_db_url, sql, Param::Bytes(param)).await
+    }
+
+    /// Run a `SELECT COUNT(*) …` with one text parameter against the order database.
+    pub async fn order_count(&self, sql: &str, param: &str) -> i64 {
+        let url = if self.sqlite {
+            format!("sqlite://{}/{}.db", self.data_dir.display(), self.dbs[1])
+        } else {
+            format!("{}/{}", self.mysql_server, self.dbs[1])
+        };
+        count(&url, sql, Param::Text(param)).await
+    }
+
+    /// Stop the services and drop the databases.
+    pub async fn stop(mut self) {
+        self.kill_all();
+        self.clean_up().await;
+    }
+
+    fn kill_all(&mut self) {
+        if let Some(r) = &mut self.second {
+            r.gateway.kill();
+            r.order.kill();
+            r.payment.kill();
+        }
+        self.gateway.kill();
+        self.order.kill();
+        self.payment.kill();
+        self.user.kill();
+    }
+
+    async fn clean_up(&mut self) {
+        if !self.sqlite {
+            for db in &self.dbs {
+                let _ = drop_database(&self.mysql_server, db).await;
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+        self.cleaned = true;
+    }
+}
+
+/// A test that panicked never reached [`System::stop`]: kill the processes (their logs
+/// stay in the temp dir, named in the panic of `wait_ready`), drop the databases and
+/// remove the data directory anyway. The Kafka topics (`e2e.{id}.*`) stay; they are
+/// isolated by name and gone with the test broker.
+impl Drop for System {
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        self.kill_all();
+        let (server, dbs, dir, sqlite) = (
+            self.mysql_server.clone(),
+            std::mem::take(&mut self.dbs),
+            self.data_dir.clone(),
+            self.sqlite,
+        );
+        // Drop may run inside a runtime: clean up on a thread with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            if !sqlite {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    rt.block_on(async {
+                        for db in &dbs {
+                            let _ = drop_database(&server, db).await;
+                        }
+                    });
+                }
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        })
+        .join();
+    }
+}
+
+async fn drop_database(server: &str, db: &str) -> anyhow::Result<()> {
+    use sqlx::{ConnectOptions, Connection};
+    use std::str::FromStr;
+    let mut conn = sqlx::mysql::MySqlConnectOptions::from_str(server)?
+        .connect()
+        .await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS `{db}`"))
+        .execute(&mut conn)
+        .await?;
+    let _ = conn.close().await;
+    Ok(())
+}
+
+/// The one parameter of a [`count`] query.
+enum Param<'a> {
+    Bytes(&'a [u8]),
+    Text(&'a str),
+}
+
+/// `SELECT COUNT(*) …` with one parameter on a MySQL or SQLite database URL.
+async fn count(url: &str, sql: &str, param: Param<'_>) -> i64 {
+    use sqlx::{ConnectOptions, Connection};
+    use std::str::FromStr;
+    macro_rules! run {
+        ($conn:expr) => {{
+            let mut c = $conn;
+            let q = sqlx::query_scalar(sql);
+            let q = match param {
+                Param::Bytes(b) => q.bind(b.to_vec()),
+                Param::Text(t) => q.bind(t.to_owned()),
+            };
+            let n: i64 = q.fetch_one(&mut c).await.expect("query");
+            let _ = c.close().await;
+            n
+        }};
+    }
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        run!(sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(path)
+            .connect()
+            .await
+            .expect("sqlite"))
+    } else {
+        run!(sqlx::mysql::MySqlConnectOptions::from_str(url)
+            .expect("url")
+            .connect()
+            .await
+            .expect("mysql"))
+    }
+}
+
+/// The environment of the embedded `ordersys` binary with data in `data_dir`, REST on
+/// 127.0.0.1:`port`, internal ports ephemeral, a generous rate limit and no servers at
+/// all, whatever this process's environment says.
+pub fn embedded_env(data_dir: &std::path::Path, port: u16) -> HashMap<String, String> {
+    [
+        ("DATA_DIR", data_dir.display().to_string()),
+        ("HTTP_ADDR", format!("127.0.0.1:{port}")),
+        ("INTERNAL_PORTS", "ephemeral".into()),
+        ("RATE_LIMIT_PER_MINUTE", "100000".into()),
+        ("DATABASE_URL", String::new()),
+        ("KAFKA_BROKERS", String::new()),
+        ("REDIS_URL", String::new()),
+        ("JWT_SECRET", String::new()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
