@@ -53,6 +53,20 @@ where
     purge_removes_only_old_sent(&fresh().await).await;
 }
 
+/// The same message enqueued twice is [`Error::Conflict`](crate::Error::Conflict) (its
+/// id is taken), not a storage error. Not part of [`outbox_store_all`]: the memory
+/// outbox applies enqueues at commit and may take a repeated id as the same message.
+pub async fn enqueueing_twice_is_a_conflict<S: OutboxStore>(store: &S) {
+    let msg = msg("t", "k", 1);
+    enqueue_committed(store, vec![msg.clone()]).await;
+    let mut tx = store.begin().await.unwrap();
+    let again = store.enqueue(&mut tx, msg).await;
+    assert!(
+        matches!(again, Err(crate::Error::Conflict(_))),
+        "a repeated id must be a conflict: {again:?}"
+    );
+}
+
 /// A unit of work that is dropped leaves nothing in the outbox.
 pub async fn rollback_enqueues_nothing<S: OutboxStore>(store: &S) {
     let mut tx = store.begin().await.unwrap();

@@ -148,3 +148,148 @@ async fn enqueue_rides_on_the_business_transaction() {
     assert_eq!(outbox.pending().await.unwrap(), 1);
     db.drop_db().await;
 }
+
+/// A claimed message carries the creation time it was written with (to the
+/// microsecond), a failed publish leaves its error readable, and the backlog counts
+/// what is unsent and names the oldest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_reads_back_as_written_with_its_failure_and_the_backlog() {
+    use std::time::{Duration, UNIX_EPOCH};
+    let db = TestDb::new().await;
+    let outbox = MySqlOutbox::new(db.pool.clone());
+    let mut first = OutboxMessage::new("t", "a", "1");
+    first.created_at = UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456);
+    let second = OutboxMessage::new("t", "b", "2");
+    let mut tx = outbox.begin().await.unwrap();
+    outbox.enqueue(&mut tx, first.clone()).await.unwrap();
+    outbox.enqueue(&mut tx, second.clone()).await.unwrap();
+    outbox.commit(tx).await.unwrap();
+
+    let backlog = outbox
+        .backlog()
+        .await
+        .unwrap()
+        .expect("MySQL knows its backlog");
+    assert_eq!(backlog.messages, 2);
+    assert_eq!(backlog.oldest, Some(first.created_at));
+
+    let claimed = outbox
+        .claim("r1", 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(claimed[0].id, first.id);
+    assert_eq!(claimed[0].created_at, first.created_at);
+    assert_eq!(outbox.last_error(first.id).await.unwrap(), None);
+    outbox
+        .record_failure(first.id, "broker said no", Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(
+        outbox.last_error(first.id).await.unwrap().as_deref(),
+        Some("broker said no")
+    );
+    outbox.mark_sent(&[second.id]).await.unwrap();
+    let backlog = outbox.backlog().await.unwrap().unwrap();
+    assert_eq!(
+        (backlog.messages, backlog.oldest),
+        (1, Some(first.created_at))
+    );
+    db.drop_db().await;
+}
+
+/// The same message enqueued twice is a conflict (its id is taken), not a storage
+/// error; a write that fails otherwise is a storage error, not a conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueueing_a_message_twice_is_a_conflict() {
+    use outbox::Error;
+    let db = TestDb::new().await;
+    let outbox = MySqlOutbox::new(db.pool.clone());
+    conformance::enqueueing_twice_is_a_conflict(&outbox).await;
+    sqlx::query("DROP TABLE outbox_messages")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut tx = outbox.begin().await.unwrap();
+    let broken = outbox
+        .enqueue(&mut tx, OutboxMessage::new("t", "k", "v"))
+        .await;
+    assert!(
+        matches!(broken, Err(ref e) if !matches!(e, Error::Conflict(_))),
+        "{broken:?}"
+    );
+    drop(tx);
+    db.drop_db().await;
+}
+
+/// Purges delete in slices of 5,000 rows until a slice comes back short: a backlog of
+/// exactly one slice more than that is purged whole, in the outbox and the inbox alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purges_go_on_past_a_full_slice() {
+    use outbox::Inbox;
+    use std::time::Duration;
+    let db = TestDb::new().await;
+    let rows: u64 = 5_001;
+    // One connection: the session allows a recursion as deep as the rows generated.
+    let mut conn = db.pool.acquire().await.unwrap();
+    sqlx::query("SET SESSION max_recursive_iterations = 100000")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO outbox_messages (id, topic, msg_key, payload, headers, created_at_us, sent_at) \
+         WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) \
+         SELECT UNHEX(MD5(i)), 't', 'k', '', '{}', 0, NOW(6) - INTERVAL 2 DAY FROM n",
+    )
+    .bind(rows)
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO inbox_messages (consumer, message_id, processed_at) \
+         WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) \
+         SELECT 'c', UNHEX(MD5(i)), NOW(6) - INTERVAL 2 DAY FROM n",
+    )
+    .bind(rows)
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    drop(conn);
+    let day = Duration::from_secs(86_400);
+    let outbox = MySqlOutbox::new(db.pool.clone());
+    assert_eq!(outbox.purge_sent(day).await.unwrap(), rows);
+    assert_eq!(
+        MySqlInbox::new(db.pool.clone()).purge(day).await.unwrap(),
+        rows
+    );
+    db.drop_db().await;
+}
+
+/// A consumer name must fit the inbox's column (1..=128 bytes); a failed insert that is
+/// not a duplicate is an error, never "already processed".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbox_checks_consumer_names_and_reports_failed_writes() {
+    use outbox::{Inbox, MessageId};
+    let db = TestDb::new().await;
+    let inbox = MySqlInbox::new(db.pool.clone());
+    let id = || MessageId(uuid::Uuid::new_v4());
+    let mut tx = inbox.begin().await.unwrap();
+    assert!(inbox.try_record(&mut tx, "", id()).await.is_err());
+    assert!(inbox
+        .try_record(&mut tx, &"c".repeat(129), id())
+        .await
+        .is_err());
+    assert!(inbox
+        .try_record(&mut tx, &"c".repeat(128), id())
+        .await
+        .unwrap());
+    drop(tx);
+    sqlx::query("DROP TABLE inbox_messages")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut tx = inbox.begin().await.unwrap();
+    let broken = inbox.try_record(&mut tx, "c", id()).await;
+    assert!(broken.is_err(), "{broken:?}");
+    drop(tx);
+    db.drop_db().await;
+}

@@ -306,14 +306,7 @@ async fn enqueueing_a_message_twice_is_a_conflict() {
     use outbox::{Error, OutboxMessage, OutboxStore, Transactional};
     let (pool, _file) = fresh().await;
     let outbox = SqliteOutbox::new(pool.clone());
-    let msg = OutboxMessage::new("t", "k", "v");
-    let mut tx = outbox.begin().await.unwrap();
-    outbox.enqueue(&mut tx, msg.clone()).await.unwrap();
-    outbox.commit(tx).await.unwrap();
-    let mut tx = outbox.begin().await.unwrap();
-    let again = outbox.enqueue(&mut tx, msg.clone()).await;
-    assert!(matches!(again, Err(Error::Conflict(_))), "{again:?}");
-    drop(tx);
+    outbox::conformance::enqueueing_twice_is_a_conflict(&outbox).await;
     sqlx::query("DROP TABLE outbox_messages")
         .execute(&pool)
         .await

@@ -48,12 +48,15 @@ async fn one_trace_from_enqueue_through_publish_and_consume_to_the_reply() {
 
     let store = MemoryOutbox::new();
     let broker = MemoryBroker::new();
-    async {
+    assert_eq!(outbox::trace::current_trace_id(), None, "no span, no trace");
+    let seen = async {
+        let seen = outbox::trace::current_trace_id();
         let mut tx = store.begin().await.unwrap();
         let msg = OutboxMessage::new("commands", "order-1", "debit");
         assert!(msg.headers.get(outbox::trace::TRACEPARENT).is_some());
         store.enqueue(&mut tx, msg).await.unwrap();
         store.commit(tx).await.unwrap();
+        seen
     }
     .instrument(tracing::info_span!("place_order"))
     .await;
@@ -77,6 +80,11 @@ async fn one_trace_from_enqueue_through_publish_and_consume_to_the_reply() {
         named(&spans, "commands process"),
     );
     let trace = origin.span_context.trace_id();
+    assert_eq!(
+        seen,
+        Some(trace.to_string()),
+        "current_trace_id names the span's trace"
+    );
     for s in &spans {
         assert_eq!(
             s.span_context.trace_id(),

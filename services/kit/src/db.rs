@@ -10,17 +10,13 @@ use sqlx::{ConnectOptions, Connection, MySqlPool};
 /// server needs no manual setup). Retries for up to `wait` while the server is not up.
 pub async fn connect(url: &str, max_connections: u32, wait: Duration) -> anyhow::Result<MySqlPool> {
     let opts = MySqlConnectOptions::from_str(url)?;
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        match try_connect(&opts, max_connections).await {
-            Ok(pool) => return Ok(pool),
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::warn!(error = %e, "база данных недоступна, повтор подключения");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    crate::retry::until_up(
+        "db_connect",
+        wait,
+        "база данных недоступна, повтор подключения",
+        || try_connect(&opts, max_connections),
+    )
+    .await
 }
 
 async fn try_connect(

@@ -15,6 +15,7 @@ pub mod messaging;
 pub mod metrics;
 pub mod outbox_store;
 pub mod redis_client;
+pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(test)]

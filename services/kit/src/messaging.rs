@@ -42,24 +42,15 @@ impl Topics {
         tuning: &KafkaTuning,
         wait: Duration,
     ) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + wait;
         let config = tuning.client_config(brokers)?;
-        loop {
-            let r = ensure_topics_using(
-                &config,
-                &[(&self.commands, 3), (&self.replies, 3), (&self.dlq, 1)],
-                1,
-            )
-            .await;
-            match r {
-                Ok(()) => return Ok(()),
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    tracing::warn!(error = %e, "Kafka недоступна, повтор создания топиков");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let topics = [(&*self.commands, 3), (&*self.replies, 3), (&*self.dlq, 1)];
+        crate::retry::until_up(
+            "kafka_topics",
+            wait,
+            "Kafka недоступна, повтор создания топиков",
+            || async { Ok(ensure_topics_using(&config, &topics, 1).await?) },
+        )
+        .await
     }
 }
 
