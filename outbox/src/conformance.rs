@@ -421,6 +421,7 @@ impl crate::Publisher for Tagged {
 struct Count(Arc<std::sync::atomic::AtomicUsize>);
 
 impl MessageHandler<crate::memory::MemoryTx> for Count {
+    type Output = ();
     async fn handle(
         &self,
         tx: &mut crate::memory::MemoryTx,

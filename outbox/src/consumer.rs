@@ -51,18 +51,28 @@ impl HandlerError {
 /// message in the inbox: its writes (including outbox replies) commit together with
 /// that record, or not at all.
 pub trait MessageHandler<Tx>: Send + Sync {
+    /// What [`handle`](Self::handle) decided that must only act once its unit of work
+    /// committed (a reply to cache, an id to announce): handed to
+    /// [`after_commit`](Self::after_commit). `()` when nothing follows a commit.
+    type Output: Send;
+
     /// Handle `msg`, writing through `tx`.
     fn handle(
         &self,
         tx: &mut Tx,
         msg: &Delivery,
-    ) -> impl Future<Output = std::result::Result<(), HandlerError>> + Send;
+    ) -> impl Future<Output = std::result::Result<Self::Output, HandlerError>> + Send;
 
-    /// Called after the unit of work of a processed message committed: side effects
-    /// that must only follow a commit, like invalidating a cache. Not called for
-    /// duplicates or dead-lettered messages. Default: nothing.
-    fn after_commit(&self, msg: &Delivery) -> impl Future<Output = ()> + Send {
-        let _ = msg;
+    /// Called after the unit of work of a processed message committed, with what
+    /// `handle` returned: side effects that must only follow a commit, like invalidating
+    /// a cache. Not called for duplicates, dead-lettered messages or attempts that did
+    /// not commit. Default: nothing.
+    fn after_commit(
+        &self,
+        msg: &Delivery,
+        output: Self::Output,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = (msg, output);
         async {}
     }
 }
@@ -97,6 +107,7 @@ pub enum DeliveryOutcome {
 ///
 /// struct Print;
 /// impl MessageHandler<MemoryTx> for Print {
+///     type Output = ();
 ///     async fn handle(&self, _tx: &mut MemoryTx, msg: &Delivery) -> Result<(), HandlerError> {
 ///         println!("got {} bytes", msg.payload.len());
 ///         Ok(())
@@ -131,8 +142,9 @@ impl<I, D> fmt::Debug for IdempotentConsumer<I, D> {
     }
 }
 
-enum Attempt {
-    Done(DeliveryOutcome),
+enum Attempt<O> {
+    /// Committed: what the handler returned (none for a duplicate).
+    Done(DeliveryOutcome, Option<O>),
     Failed(HandlerError),
 }
 
@@ -168,19 +180,20 @@ impl<I: Inbox, D: DeadLetter> IdempotentConsumer<I, D> {
         &self,
         msg: &Delivery,
         handler: &H,
-    ) -> Result<Attempt> {
+    ) -> Result<Attempt<H::Output>> {
         let mut tx = self.inbox.begin().await?;
         if !self.inbox.try_record(&mut tx, &self.name, msg.id).await? {
-            return Ok(Attempt::Done(DeliveryOutcome::Duplicate));
+            return Ok(Attempt::Done(DeliveryOutcome::Duplicate, None));
         }
-        if let Err(e) = handler.handle(&mut tx, msg).await {
-            return Ok(Attempt::Failed(e)); // tx dropped: rolled back
-        }
+        let output = match handler.handle(&mut tx, msg).await {
+            Ok(o) => o,
+            Err(e) => return Ok(Attempt::Failed(e)), // tx dropped: rolled back
+        };
         // A conflict at commit means "not applied, try again" — never "duplicate": the
         // next attempt's inbox check tells whether a concurrent delivery of the same
         // message committed first.
         self.inbox.commit(tx).await?;
-        Ok(Attempt::Done(DeliveryOutcome::Processed))
+        Ok(Attempt::Done(DeliveryOutcome::Processed, Some(output)))
     }
 
     /// Handle one delivery (see the type docs for the guarantees), inside an
@@ -251,7 +264,7 @@ impl<I: Inbox, D: DeadLetter> IdempotentConsumer<I, D> {
             .call_if(
                 || async {
                     match self.attempt(msg, handler).await {
-                        Ok(Attempt::Done(o)) => Ok(o),
+                        Ok(Attempt::Done(o, output)) => Ok((o, output)),
                         Ok(Attempt::Failed(e)) => Err(Fail::Handler(e)),
                         Err(e) => Err(Fail::Store(e)),
                     }
@@ -260,9 +273,9 @@ impl<I: Inbox, D: DeadLetter> IdempotentConsumer<I, D> {
             )
             .await;
         let (error, attempts) = match result {
-            Ok(outcome) => {
-                if outcome == DeliveryOutcome::Processed {
-                    handler.after_commit(msg).await;
+            Ok((outcome, output)) => {
+                if let Some(output) = output {
+                    handler.after_commit(msg, output).await;
                 }
                 return Ok(outcome);
             }

@@ -15,6 +15,7 @@
 //!
 //! struct Print;
 //! impl MessageHandler<MemoryTx> for Print {
+//!     type Output = ();
 //!     async fn handle(&self, _tx: &mut MemoryTx, msg: &Delivery) -> Result<(), HandlerError> {
 //!         println!("{} on {}", String::from_utf8_lossy(&msg.payload), msg.topic);
 //!         Ok(())

@@ -82,6 +82,7 @@ impl Collect {
 }
 
 impl MessageHandler<MemoryTx> for Collect {
+    type Output = ();
     async fn handle(&self, tx: &mut MemoryTx, msg: &Delivery) -> Result<(), HandlerError> {
         if Some(&msg.payload[..]) == self.poison.map(str::as_bytes) {
             return Err(HandlerError::permanent("cannot decode payload"));
@@ -410,6 +411,7 @@ fn member(
 struct Both(Collect, Collect);
 
 impl MessageHandler<MemoryTx> for Both {
+    type Output = ();
     async fn handle(&self, tx: &mut MemoryTx, msg: &Delivery) -> Result<(), HandlerError> {
         self.0.handle(tx, msg).await?;
         self.1.handle(tx, msg).await
@@ -614,6 +616,7 @@ struct Gated {
 }
 
 impl MessageHandler<MemoryTx> for Gated {
+    type Output = ();
     async fn handle(&self, tx: &mut MemoryTx, msg: &Delivery) -> Result<(), HandlerError> {
         if &msg.payload[..] == b"slow" {
             let _ = self.open.clone().wait_for(|o| *o).await;

@@ -244,6 +244,7 @@ async fn a_relay_killed_mid_round_loses_nothing_and_its_successor_does_not_wait(
 struct AlwaysFails(Arc<AtomicU32>);
 
 impl MessageHandler<MemoryTx> for AlwaysFails {
+    type Output = ();
     async fn handle(&self, _tx: &mut MemoryTx, _msg: &Delivery) -> Result<(), HandlerError> {
         self.0.fetch_add(1, Ordering::SeqCst);
         Err(HandlerError::transient("database deadlock"))
@@ -281,6 +282,7 @@ async fn poison_message_is_dead_lettered_after_three_attempts() {
 struct Undecodable;
 
 impl MessageHandler<MemoryTx> for Undecodable {
+    type Output = ();
     async fn handle(&self, _tx: &mut MemoryTx, _msg: &Delivery) -> Result<(), HandlerError> {
         Err(HandlerError::permanent("cannot decode payload"))
     }
@@ -302,6 +304,7 @@ async fn permanent_failure_skips_retries() {
 struct Reply(MemoryOutbox);
 
 impl MessageHandler<MemoryTx> for Reply {
+    type Output = ();
     async fn handle(&self, tx: &mut MemoryTx, msg: &Delivery) -> Result<(), HandlerError> {
         self.0
             .enqueue(
@@ -355,6 +358,7 @@ mod local_bus {
     }
 
     impl MessageHandler<MemoryTx> for Sink {
+        type Output = ();
         async fn handle(&self, tx: &mut MemoryTx, msg: &Delivery) -> Result<(), HandlerError> {
             if !self.accept_all && &msg.payload[..] == b"poison" {
                 return Err(HandlerError::permanent("cannot decode"));
@@ -482,15 +486,17 @@ impl outbox::Inbox for ConflictingCommits {
     }
 }
 
-/// Counts the deliveries whose unit of work committed.
+/// Adds up, after each commit, what `handle` returned for the committed attempt: the
+/// payload's length.
 struct Committed(Arc<AtomicU32>);
 
 impl MessageHandler<MemoryTx> for Committed {
-    async fn handle(&self, _tx: &mut MemoryTx, _msg: &Delivery) -> Result<(), HandlerError> {
-        Ok(())
+    type Output = u32;
+    async fn handle(&self, _tx: &mut MemoryTx, msg: &Delivery) -> Result<u32, HandlerError> {
+        Ok(msg.payload.len() as u32)
     }
-    async fn after_commit(&self, _msg: &Delivery) {
-        self.0.fetch_add(1, Ordering::SeqCst);
+    async fn after_commit(&self, _msg: &Delivery, len: u32) {
+        self.0.fetch_add(len, Ordering::SeqCst);
     }
 }
 
@@ -512,20 +518,23 @@ async fn a_conflict_at_commit_is_retried_not_taken_for_a_duplicate() {
         DeliveryOutcome::Processed,
         "the effect must not be dropped"
     );
-    assert_eq!(committed.load(Ordering::SeqCst), 1);
+    // Handled twice (the first commit failed), reported once: the committed attempt's
+    // output ("debit": 5 bytes) reaches `after_commit`, the rolled-back one's does not.
+    assert_eq!(committed.load(Ordering::SeqCst), 5);
     // And it is recorded: a redelivery is the duplicate.
     let again = consumer
         .process(&msg, &Committed(committed.clone()))
         .await
         .unwrap();
     assert_eq!(again, DeliveryOutcome::Duplicate);
-    assert_eq!(committed.load(Ordering::SeqCst), 1);
+    assert_eq!(committed.load(Ordering::SeqCst), 5, "no after_commit for a duplicate");
 }
 
 /// Fails with an infrastructure error (database down, deadlock) a number of times.
 struct DatabaseDown(Arc<AtomicU32>);
 
 impl MessageHandler<MemoryTx> for DatabaseDown {
+    type Output = ();
     async fn handle(&self, _tx: &mut MemoryTx, _msg: &Delivery) -> Result<(), HandlerError> {
         if self
             .0

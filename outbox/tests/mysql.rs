@@ -62,6 +62,7 @@ async fn mysql_inbox_conformance() {
 struct Debit;
 
 impl MessageHandler<MySqlTx> for Debit {
+    type Output = ();
     async fn handle(&self, tx: &mut MySqlTx, msg: &Delivery) -> Result<(), HandlerError> {
         sqlx::query("INSERT INTO debits (msg) VALUES (?)")
             .bind(msg.id.to_string())

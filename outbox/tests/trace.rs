@@ -17,6 +17,7 @@ use tracing_subscriber::layer::SubscriberExt;
 struct Reply(MemoryOutbox);
 
 impl MessageHandler<MemoryTx> for Reply {
+    type Output = ();
     async fn handle(&self, tx: &mut MemoryTx, msg: &Delivery) -> Result<(), HandlerError> {
         let reply = OutboxMessage::new("replies", msg.key.clone(), "ok");
         self.0

@@ -24,6 +24,7 @@ use outbox::{
 struct CountGreetings(tokio::sync::mpsc::UnboundedSender<String>);
 
 impl MessageHandler<MySqlTx> for CountGreetings {
+    type Output = ();
     async fn handle(&self, tx: &mut MySqlTx, msg: &Delivery) -> Result<(), HandlerError> {
         let name = String::from_utf8_lossy(&msg.payload).into_owned();
         sqlx::query("UPDATE greetings SET seen = seen + 1 WHERE name = ?")

@@ -74,6 +74,7 @@ struct Payment {
 }
 
 impl MessageHandler<MemoryTx> for Payment {
+    type Output = ();
     async fn handle(&self, tx: &mut MemoryTx, msg: &Delivery) -> Result<(), HandlerError> {
         let text = String::from_utf8(msg.payload.to_vec()).map_err(HandlerError::permanent)?;
         let mut parts = text.split(['|', ':']);
@@ -109,6 +110,7 @@ struct Replies {
 }
 
 impl MessageHandler<MemoryTx> for Replies {
+    type Output = ();
     async fn handle(&self, tx: &mut MemoryTx, msg: &Delivery) -> Result<(), HandlerError> {
         let id = SagaId(msg.key.parse().map_err(HandlerError::permanent)?);
         let event = match &msg.payload[..] {
@@ -126,7 +128,7 @@ impl MessageHandler<MemoryTx> for Replies {
         Ok(())
     }
 
-    async fn after_commit(&self, msg: &Delivery) {
+    async fn after_commit(&self, msg: &Delivery, (): ()) {
         // Report only what is committed.
         let saga = msg
             .key

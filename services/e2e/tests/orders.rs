@@ -576,6 +576,7 @@ async fn payment_rows(sys: &System, order_id: &str) -> Vec<(String, i64)> {
 struct Collect(std::sync::Arc<std::sync::Mutex<Vec<outbox::Delivery>>>);
 
 impl outbox::MessageHandler<outbox::memory::MemoryTx> for Collect {
+    type Output = ();
     async fn handle(
         &self,
         _tx: &mut outbox::memory::MemoryTx,

@@ -290,6 +290,7 @@ pub async fn invalidate(cache: &dyn Cache, order: Uuid) {
 }
 
 impl<B: Backend> MessageHandler<B::Tx> for ReplyHandler<B> {
+    type Output = ();
     async fn handle(&self, tx: &mut B::Tx, msg: &Delivery) -> Result<(), HandlerError> {
         let reply = SagaReply::decode(msg.payload.as_ref())
             .map_err(|e| HandlerError::permanent(format!("undecodable saga reply: {e}")))?;
@@ -332,7 +333,7 @@ impl<B: Backend> MessageHandler<B::Tx> for ReplyHandler<B> {
         }
     }
 
-    async fn after_commit(&self, msg: &Delivery) {
+    async fn after_commit(&self, msg: &Delivery, (): ()) {
         self.relay.wake();
         if let Ok(order) = Uuid::parse_str(&msg.key) {
             invalidate(&*self.cache, order).await;

@@ -1,14 +1,13 @@
 //! Use cases: apply saga commands (debit, refund) exactly once, and read wallets.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ordersys_kit::messaging::{forward_headers, Topics};
 use ordersys_proto::common::v1::Money;
 use ordersys_proto::saga::v1::{CommandType, ReplyStatus, SagaCommand, SagaReply};
 use outbox::idempotency::{IdempotencyStore, Reservation};
-use outbox::{Delivery, HandlerError, MessageHandler, MessageId, OutboxMessage, OutboxStore};
+use outbox::{Delivery, HandlerError, MessageHandler, OutboxMessage, OutboxStore};
 use prost::Message;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -37,8 +36,6 @@ pub struct CommandHandler<R, O> {
     outbox: O,
     topics: Topics,
     idempotency: Arc<dyn IdempotencyStore>,
-    /// Replies of the current unit of work, stored in Redis only after it committed.
-    pending: Mutex<HashMap<MessageId, (String, Vec<u8>)>>,
     /// Wakes the relay once a reply is committed to the outbox.
     relay: Option<outbox::RelayHandle>,
 }
@@ -79,7 +76,6 @@ impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> CommandHandler<R, O> {
             outbox,
             topics,
             idempotency,
-            pending: Mutex::new(HashMap::new()),
             relay: None,
         }
     }
@@ -249,14 +245,15 @@ impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> CommandHandler<R, O> {
         cmd: &SagaCommand,
         order: Uuid,
         user: Uuid,
-    ) -> Result<(), HandlerError> {
+    ) -> Result<Option<Answered>, HandlerError> {
         // Fast path: a command we already answered gets the same answer again.
         let key = format!("payment:{}", cmd.idempotency_key);
         match self.idempotency.reserve(&key, PENDING_TTL).await {
             Ok(Reservation::Completed(bytes)) => {
                 if let Ok(reply) = SagaReply::decode(bytes.as_ref()) {
                     tracing::info!("повторная команда: ответ из кэша идемпотентности");
-                    return self.send_reply(tx, msg, &reply).await;
+                    self.send_reply(tx, msg, &reply).await?;
+                    return Ok(None);
                 }
             }
             Ok(_) => {}
@@ -279,14 +276,10 @@ impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> CommandHandler<R, O> {
             }
         };
         self.send_reply(tx, msg, &reply).await?;
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        // Entries whose unit of work never committed are never taken out; keep the map
-        // bounded (losing an entry only skips the Redis fast path, never correctness).
-        if pending.len() > 10_000 {
-            pending.clear();
-        }
-        pending.insert(msg.id, (key, reply.encode_to_vec()));
-        Ok(())
+        Ok(Some(Answered {
+            key,
+            reply: reply.encode_to_vec(),
+        }))
     }
 
     async fn send_reply(
@@ -320,8 +313,20 @@ fn reply_to(cmd: &SagaCommand) -> SagaReply {
     }
 }
 
+/// A command answered in a unit of work: the reply to store under its idempotency key
+/// once that unit of work committed.
+#[derive(Debug)]
+pub struct Answered {
+    key: String,
+    reply: Vec<u8>,
+}
+
 impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> MessageHandler<R::Tx> for CommandHandler<R, O> {
-    async fn handle(&self, tx: &mut R::Tx, msg: &Delivery) -> Result<(), HandlerError> {
+    /// The reply to remember, if this unit of work answered the command itself (not
+    /// from the idempotency store).
+    type Output = Option<Answered>;
+
+    async fn handle(&self, tx: &mut R::Tx, msg: &Delivery) -> Result<Self::Output, HandlerError> {
         let cmd = SagaCommand::decode(msg.payload.as_ref())
             .map_err(|e| HandlerError::permanent(format!("undecodable saga command: {e}")))?;
         let order = parse_uuid("order_id", &cmd.order_id)?;
@@ -343,16 +348,11 @@ impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> MessageHandler<R::Tx> for Comma
             .await
     }
 
-    async fn after_commit(&self, msg: &Delivery) {
+    async fn after_commit(&self, _msg: &Delivery, answered: Self::Output) {
         if let Some(r) = &self.relay {
             r.wake();
         }
-        let done = self
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&msg.id);
-        if let Some((key, reply)) = done {
+        if let Some(Answered { key, reply }) = answered {
             if let Err(e) = self.idempotency.complete(&key, &reply, RESULT_TTL).await {
                 tracing::warn!(error = %e, "не удалось сохранить результат в хранилище идемпотентности");
             }
