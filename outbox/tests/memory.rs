@@ -527,7 +527,11 @@ async fn a_conflict_at_commit_is_retried_not_taken_for_a_duplicate() {
         .await
         .unwrap();
     assert_eq!(again, DeliveryOutcome::Duplicate);
-    assert_eq!(committed.load(Ordering::SeqCst), 5, "no after_commit for a duplicate");
+    assert_eq!(
+        committed.load(Ordering::SeqCst),
+        5,
+        "no after_commit for a duplicate"
+    );
 }
 
 /// Fails with an infrastructure error (database down, deadlock) a number of times.
