@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 mod api;
+pub mod cpu;
 pub mod infra;
 pub mod otlp;
 mod process;

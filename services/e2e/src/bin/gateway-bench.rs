@@ -73,21 +73,10 @@ fn args() -> anyhow::Result<Args> {
     Ok(a)
 }
 
-/// CPU ticks (user + system) of a process and its reaped children.
+/// CPU ticks of a process and its reaped children (0 if it is gone).
 fn ticks(pid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
-    let Some(close) = stat.rfind(')') else {
-        return 0;
-    };
-    let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-    let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    num(11) + num(12) + num(13) + num(14)
+    ordersys_e2e::cpu::process_ticks(pid).unwrap_or(0)
 }
-
-/// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux x86-64).
-const TICKS: f64 = 100.0;
 
 struct Run {
     per_sec: f64,
@@ -148,7 +137,7 @@ async fn load(
         .map(|((name, _), (b, a))| {
             (
                 name.clone(),
-                (a - b) as f64 / TICKS * 1e3 / (n.max(1) as f64),
+                (a - b) as f64 / ordersys_e2e::cpu::TICKS_PER_SEC * 1e3 / (n.max(1) as f64),
             )
         })
         .collect();

@@ -10,13 +10,13 @@
 //! cargo run --release -p ordersys-e2e --bin saga-bench -- --help
 //! ```
 
-use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use ordersys_e2e::cpu::{percentile, CpuSnap, TICKS_PER_SEC};
 use rand::Rng;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -375,98 +375,21 @@ async fn client(t: Arc<Target>, a: Account, stop: Arc<AtomicBool>) -> Vec<Run> {
     runs
 }
 
-/// CPU time of process trees and of the machine, at one instant.
-struct CpuSnap {
-    at: Instant,
-    /// Clock ticks of each named process with all its descendants.
-    trees: Vec<u64>,
-    /// Clock ticks of this load generator.
-    own: u64,
-    /// Non-idle clock ticks of the whole machine (all cores).
-    busy: u64,
-}
-
-/// utime, stime, cutime and cstime of every process, with its parent.
-fn all_procs() -> BTreeMap<u32, (u32, u64)> {
-    let mut m = BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return m;
-    };
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(close) = stat.rfind(')') else {
-            continue;
-        };
-        let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        // After the command: state, ppid, ... utime (14th field), stime, cutime, cstime.
-        let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        let ppid = num(1) as u32;
-        m.insert(pid, (ppid, num(11) + num(12) + num(13) + num(14)));
-    }
-    m
-}
-
-/// A process's ticks with those of its descendants (a reaped child's time is in its
-/// parent's cutime/cstime, so nothing that ended inside the tree is lost).
-fn tree_ticks(procs: &BTreeMap<u32, (u32, u64)>, root: u32) -> u64 {
-    let mut total = 0;
-    let mut todo = vec![root];
-    while let Some(p) = todo.pop() {
-        if let Some((_, t)) = procs.get(&p) {
-            total += t;
-        }
-        todo.extend(
-            procs
-                .iter()
-                .filter(|(_, (pp, _))| *pp == p)
-                .map(|(c, _)| *c),
-        );
-    }
-    total
-}
-
-impl CpuSnap {
-    fn take(roots: &[(String, u32)]) -> Self {
-        let procs = all_procs();
-        let trees = roots.iter().map(|(_, p)| tree_ticks(&procs, *p)).collect();
-        let own = procs.get(&std::process::id()).map_or(0, |x| x.1);
-        let busy = std::fs::read_to_string("/proc/stat")
-            .ok()
-            .and_then(|s| {
-                let l = s.lines().next()?.to_owned();
-                let v: Vec<u64> = l
-                    .split_whitespace()
-                    .skip(1)
-                    .filter_map(|x| x.parse().ok())
-                    .collect();
-                // user nice system idle iowait irq softirq steal
-                Some(v.iter().take(8).sum::<u64>() - v.get(3)? - v.get(4)?)
-            })
-            .unwrap_or(0);
-        Self {
-            at: Instant::now(),
-            trees,
-            own,
-            busy,
-        }
-    }
-}
-
-/// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux x86-64).
-const TICKS: f64 = 100.0;
-
 fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i].as_secs_f64() * 1e3
+    percentile(sorted, p).as_secs_f64() * 1e3
 }
+
+/// The system's processes and this load generator, as [`CpuSnap`] roots.
+fn roots(procs: &[(String, u32)]) -> Vec<(String, u32)> {
+    let mut all = procs.to_vec();
+    all.push((LOADGEN.to_owned(), std::process::id()));
+    all
+}
+
+const LOADGEN: &str = "\0loadgen";
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
@@ -498,9 +421,9 @@ async fn main() -> anyhow::Result<()> {
         .map(|a| tokio::spawn(client(target.clone(), a.clone(), stop.clone())))
         .collect();
     tokio::time::sleep(Duration::from_secs(args.warmup)).await;
-    let from = CpuSnap::take(&args.procs);
+    let from = CpuSnap::take(&roots(&args.procs));
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
-    let to = CpuSnap::take(&args.procs);
+    let to = CpuSnap::take(&roots(&args.procs));
     stop.store(true, Ordering::Relaxed);
     let mut per_client = Vec::new();
     for t in tasks {
@@ -565,13 +488,16 @@ async fn main() -> anyhow::Result<()> {
         if confirmed == 0 {
             f64::NAN
         } else {
-            ticks as f64 / TICKS * 1e3 / confirmed as f64
+            ticks as f64 / TICKS_PER_SEC * 1e3 / confirmed as f64
         }
     };
     let mut cpu = serde_json::Map::new();
     let mut system_ticks = 0;
-    for (i, (name, _)) in args.procs.iter().enumerate() {
-        let d = to.trees[i].saturating_sub(from.trees[i]);
+    for (name, _) in &args.procs {
+        let d = to
+            .of(name)
+            .unwrap_or(0)
+            .saturating_sub(from.of(name).unwrap_or(0));
         system_ticks += d;
         cpu.insert(name.clone(), json!(round2(ms_per(d))));
     }
@@ -589,9 +515,13 @@ async fn main() -> anyhow::Result<()> {
         "money_ok": money_ok,
         "cpu_ms_per_saga": round2(ms_per(system_ticks)),
         "cpu_ms_per_saga_by_process": cpu,
-        "loadgen_cpu_ms_per_saga": round2(ms_per(to.own.saturating_sub(from.own))),
+        "loadgen_cpu_ms_per_saga": round2(ms_per(
+            to.of(LOADGEN)
+                .unwrap_or(0)
+                .saturating_sub(from.of(LOADGEN).unwrap_or(0))
+        )),
         "machine_busy_percent": round2(
-            to.busy.saturating_sub(from.busy) as f64 / TICKS / window.as_secs_f64() * 100.0 / 2.0
+            to.busy().saturating_sub(from.busy()) as f64 / TICKS_PER_SEC / window.as_secs_f64() * 100.0 / 2.0
         ),
         "warmup_s": args.warmup,
         "poll_ms": (args.system == System::Ordersys).then_some(args.poll.as_millis() as u64),

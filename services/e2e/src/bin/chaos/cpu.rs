@@ -2,60 +2,22 @@
 
 use super::*;
 
-/// CPU time (clock ticks) of every process of the system, and of the machine.
-pub(crate) struct CpuSnap {
-    pub(crate) at: Instant,
-    pub(crate) procs: Vec<(String, u64)>,
-    /// `/proc/stat`'s first line: user, nice, system, idle, iowait, irq, softirq, steal.
-    pub(crate) machine: Vec<u64>,
-}
-
-impl CpuSnap {
-    pub(crate) fn take(dep: &Deployment) -> Self {
-        let mut pids: Vec<(String, u32)> = Vec::new();
-        for (name, s) in &dep.services {
-            if let Some(pid) = s.pid() {
-                pids.push(((*name).to_owned(), pid));
-            }
-        }
-        for (name, s) in &dep.servers {
-            if let Some(pid) = s.pid() {
-                pids.push(((*name).to_owned(), pid));
-            }
-        }
-        pids.sort();
-        pids.push(("driver".to_owned(), std::process::id()));
-        let procs = pids
-            .into_iter()
-            .filter_map(|(n, pid)| proc_ticks(pid).map(|t| (n, t)))
-            .collect();
-        let machine = std::fs::read_to_string("/proc/stat")
-            .ok()
-            .and_then(|s| {
-                s.lines().next().map(|l| {
-                    l.split_whitespace()
-                        .skip(1)
-                        .take(8)
-                        .filter_map(|v| v.parse().ok())
-                        .collect()
-                })
-            })
-            .unwrap_or_default();
-        Self {
-            at: Instant::now(),
-            procs,
-            machine,
+/// The CPU snapshot of every process of the deployment and of this driver.
+pub(crate) fn snapshot(dep: &Deployment) -> CpuSnap {
+    let mut pids: Vec<(String, u32)> = Vec::new();
+    for (name, s) in &dep.services {
+        if let Some(pid) = s.pid() {
+            pids.push(((*name).to_owned(), pid));
         }
     }
-}
-
-/// utime + stime of a process, in clock ticks (1/100 s).
-pub(crate) fn proc_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // After the command: state is field 3, utime 14, stime 15.
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    for (name, s) in &dep.servers {
+        if let Some(pid) = s.pid() {
+            pids.push(((*name).to_owned(), pid));
+        }
+    }
+    pids.sort();
+    pids.push(("driver".to_owned(), std::process::id()));
+    CpuSnap::take(&pids)
 }
 
 /// `n` single-row autocommit INSERTs from 16 clients on the MariaDB at `port`
@@ -159,11 +121,4 @@ pub(crate) fn bench_line(
         pct(3),
         pct(4),
     )
-}
-
-pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use ordersys_e2e::cpu::{percentile, CpuSnap};
 use ordersys_e2e::infra::{Daemon, Kind};
 use ordersys_e2e::{free_port, Service};
 use rand::Rng;
@@ -166,7 +167,7 @@ async fn main() -> anyhow::Result<()> {
         let (dep, warmup) = (dep.clone(), Duration::from_secs(args.warmup));
         tokio::spawn(async move {
             tokio::time::sleep(warmup).await;
-            CpuSnap::take(&*dep.lock().await)
+            snapshot(&*dep.lock().await)
         })
     };
     let progress_every = Duration::from_secs(10);
@@ -179,7 +180,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
-    let window_end = CpuSnap::take(&*dep.lock().await);
+    let window_end = snapshot(&*dep.lock().await);
     faults_stop.store(true, Ordering::Relaxed);
     injector.await??;
     shared.stop.store(true, Ordering::Relaxed);

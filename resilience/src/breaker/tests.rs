@@ -1,0 +1,343 @@
+use super::*;
+use std::sync::Mutex;
+
+type Log = Arc<Mutex<Vec<(BreakerState, BreakerState)>>>;
+
+fn breaker_with_log(threshold: u32) -> (CircuitBreaker, Log) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let l = log.clone();
+    let b = CircuitBreaker::builder("test")
+        .failure_threshold(threshold)
+        .open_timeout(Duration::from_secs(30))
+        .on_transition(move |t| l.lock().unwrap().push((t.from, t.to)))
+        .build();
+    (b, log)
+}
+
+async fn fail(b: &CircuitBreaker) -> BreakerError<&'static str> {
+    b.call(|| async { Err::<(), _>("down") }).await.unwrap_err()
+}
+
+async fn ok(b: &CircuitBreaker) -> Result<(), BreakerError<&'static str>> {
+    b.call(|| async { Ok(()) }).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn opens_after_threshold_consecutive_failures() {
+    let (b, log) = breaker_with_log(5);
+    for _ in 0..4 {
+        assert!(!fail(&b).await.is_open());
+    }
+    assert_eq!(b.state(), BreakerState::Closed);
+    assert!(!fail(&b).await.is_open());
+    assert_eq!(b.state(), BreakerState::Open);
+    assert!(ok(&b).await.unwrap_err().is_open());
+    assert_eq!(
+        *log.lock().unwrap(),
+        vec![(BreakerState::Closed, BreakerState::Open)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn success_resets_the_consecutive_count() {
+    let (b, _) = breaker_with_log(3);
+    fail(&b).await;
+    fail(&b).await;
+    ok(&b).await.unwrap();
+    fail(&b).await;
+    fail(&b).await;
+    assert_eq!(b.state(), BreakerState::Closed);
+    fail(&b).await;
+    assert_eq!(b.state(), BreakerState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn open_rejects_until_timeout_then_half_open_trial_closes() {
+    let (b, log) = breaker_with_log(1);
+    fail(&b).await;
+    tokio::time::advance(Duration::from_secs(29)).await;
+    let err = ok(&b).await.unwrap_err();
+    match err {
+        BreakerError::Open(o) => assert_eq!(o.retry_after, Duration::from_secs(1)),
+        other => panic!("unexpected {other:?}"),
+    }
+    tokio::time::advance(Duration::from_secs(1)).await;
+    ok(&b).await.unwrap();
+    assert_eq!(b.state(), BreakerState::Closed);
+    assert_eq!(
+        *log.lock().unwrap(),
+        vec![
+            (BreakerState::Closed, BreakerState::Open),
+            (BreakerState::Open, BreakerState::HalfOpen),
+            (BreakerState::HalfOpen, BreakerState::Closed),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_trial_reopens_for_a_full_timeout() {
+    let (b, log) = breaker_with_log(1);
+    fail(&b).await;
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert!(!fail(&b).await.is_open()); // the trial ran and failed
+    assert_eq!(b.state(), BreakerState::Open);
+    tokio::time::advance(Duration::from_secs(29)).await;
+    assert!(ok(&b).await.unwrap_err().is_open());
+    tokio::time::advance(Duration::from_secs(1)).await;
+    ok(&b).await.unwrap();
+    assert_eq!(b.state(), BreakerState::Closed);
+    assert_eq!(log.lock().unwrap().len(), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn half_open_admits_exactly_one_concurrent_trial() {
+    let (b, _) = breaker_with_log(1);
+    fail(&b).await;
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let b2 = b.clone();
+    let trial = tokio::spawn(async move {
+        b2.call(|| async move {
+            release_rx.await.unwrap();
+            Ok::<_, &str>(())
+        })
+        .await
+    });
+    tokio::task::yield_now().await;
+    assert_eq!(b.state(), BreakerState::HalfOpen);
+    // Every concurrent caller is rejected while the trial runs.
+    let mut rejected = 0;
+    for _ in 0..50 {
+        if ok(&b).await.unwrap_err().is_open() {
+            rejected += 1;
+        }
+    }
+    assert_eq!(rejected, 50);
+    release_tx.send(()).unwrap();
+    trial.await.unwrap().unwrap();
+    assert_eq!(b.state(), BreakerState::Closed);
+}
+
+#[test]
+fn many_threads_race_for_the_trial_and_one_wins() {
+    // Real OS threads released together by a barrier, many rounds: the half-open
+    // permit is handed out exactly once each time.
+    for _ in 0..50 {
+        let breaker = CircuitBreaker::builder("race")
+            .failure_threshold(1)
+            .open_timeout(Duration::ZERO)
+            .build();
+        breaker.try_acquire().unwrap().failure();
+        assert_eq!(breaker.state(), BreakerState::Open);
+        let barrier = Arc::new(std::sync::Barrier::new(8));
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (b, barrier) = (breaker.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    (0..8)
+                        .filter_map(|_| b.try_acquire().ok())
+                        .map(|p| (p.is_trial(), p))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let granted: Vec<_> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        assert_eq!(granted.len(), 1, "more than one trial permit");
+        assert!(granted[0].0);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelled_trial_does_not_wedge_the_breaker() {
+    let (b, _) = breaker_with_log(1);
+    fail(&b).await;
+    tokio::time::advance(Duration::from_secs(30)).await;
+    {
+        let fut = b.call(std::future::pending::<Result<(), &str>>);
+        // Poll once so the permit is taken, then drop (cancel) the call.
+        let timed = tokio::time::timeout(Duration::from_millis(1), fut).await;
+        assert!(timed.is_err());
+    }
+    assert_eq!(b.state(), BreakerState::Open);
+    // The next caller can run a new trial without waiting another 30 s.
+    ok(&b).await.unwrap();
+    assert_eq!(b.state(), BreakerState::Closed);
+}
+
+/// A normal call admitted before the breaker opened, cancelled while a later trial
+/// runs, must not take the trial's outcome away.
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_normal_call_leaves_the_trial_alone() {
+    let (b, _) = breaker_with_log(1);
+    let normal = b.try_acquire().unwrap();
+    assert!(!normal.is_trial());
+    b.try_acquire().unwrap().failure();
+    assert_eq!(b.state(), BreakerState::Open);
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let trial = b.try_acquire().unwrap();
+    assert!(trial.is_trial());
+    drop(normal);
+    assert_eq!(b.state(), BreakerState::HalfOpen);
+    trial.success();
+    assert_eq!(b.state(), BreakerState::Closed);
+}
+
+/// A late failure of a call admitted while CLOSED does not re-open a breaker whose
+/// trial is running, nor restart its count.
+#[tokio::test(start_paused = true)]
+async fn failures_outside_closed_do_not_open_again() {
+    let (b, log) = breaker_with_log(1);
+    let late = b.try_acquire().unwrap();
+    b.try_acquire().unwrap().failure();
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let trial = b.try_acquire().unwrap();
+    late.failure();
+    assert_eq!(b.state(), BreakerState::HalfOpen);
+    trial.success();
+    assert_eq!(b.state(), BreakerState::Closed);
+    assert_eq!(b.consecutive_failures(), 0);
+    assert_eq!(log.lock().unwrap().len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_running_trial_rejects_with_no_wait_and_the_count_restarts_after_opening() {
+    let (b, _) = breaker_with_log(2);
+    fail(&b).await;
+    assert_eq!(b.consecutive_failures(), 1);
+    fail(&b).await;
+    assert_eq!(b.state(), BreakerState::Open);
+    assert_eq!(b.consecutive_failures(), 0, "reset when it opened");
+    tokio::time::advance(Duration::from_secs(31)).await;
+    let trial = b.try_acquire().unwrap();
+    let rejected = b.try_acquire().unwrap_err();
+    assert_eq!(rejected.retry_after, Duration::ZERO);
+    assert_eq!(&*rejected.name, "test");
+    assert_eq!(rejected.to_string(), "circuit breaker `test` is open");
+    trial.success();
+    // Closed again: it takes the full threshold to open once more.
+    fail(&b).await;
+    assert_eq!(b.state(), BreakerState::Closed);
+    assert_eq!(b.consecutive_failures(), 1);
+    ok(&b).await.unwrap();
+    assert_eq!(b.consecutive_failures(), 0);
+}
+
+#[test]
+fn names_configuration_and_errors() {
+    assert_eq!(BreakerState::Closed.to_string(), "CLOSED");
+    assert_eq!(BreakerState::Open.to_string(), "OPEN");
+    assert_eq!(BreakerState::HalfOpen.to_string(), "HALF_OPEN");
+    assert_eq!(BreakerState::Closed.metric_value(), 0.0);
+    assert_eq!(BreakerState::Open.metric_value(), 1.0);
+    assert_eq!(BreakerState::HalfOpen.metric_value(), 2.0);
+    for s in [
+        BreakerState::Closed,
+        BreakerState::Open,
+        BreakerState::HalfOpen,
+    ] {
+        assert_eq!(BreakerState::from_u8(s.metric_value() as u8), s);
+    }
+
+    let config = BreakerConfig::default()
+        .with_failure_threshold(7)
+        .with_open_timeout(Duration::from_secs(3));
+    assert_eq!(config.failure_threshold, 7);
+    assert_eq!(config.open_timeout, Duration::from_secs(3));
+    let b = CircuitBreaker::builder("cfg").config(config).build();
+    assert_eq!(b.config(), config);
+    assert_eq!(b.name(), "cfg");
+    let zero = CircuitBreaker::builder("z")
+        .config(config.with_failure_threshold(0))
+        .build();
+    assert_eq!(zero.config().failure_threshold, 1, "at least one failure");
+    let zero = CircuitBreaker::builder("z").failure_threshold(0).build();
+    assert_eq!(zero.config().failure_threshold, 1);
+    let d = CircuitBreaker::new("d").config();
+    assert_eq!(
+        (d.failure_threshold, d.open_timeout),
+        (5, Duration::from_secs(30))
+    );
+
+    let inner: BreakerError<&str> = BreakerError::Inner("boom");
+    assert!(!inner.is_open());
+    assert_eq!(inner.into_inner(), Some("boom"));
+    let open: BreakerError<&str> = BreakerError::Open(CircuitOpen {
+        name: "x".into(),
+        retry_after: Duration::ZERO,
+    });
+    assert!(open.is_open());
+    assert_eq!(open.into_inner(), None);
+    assert!(!BreakerError::<&str>::TimedOut.is_open());
+    assert_eq!(BreakerError::<&str>::TimedOut.into_inner(), None);
+}
+
+/// The state gauge and the transition counter follow every change.
+#[test]
+fn metrics_follow_the_state() {
+    let recorder = ordersys_testkit::MetricsRecorder::default();
+    let state = [("breaker", "m")];
+    let moved = |from, to| {
+        recorder.counter(
+            "resilience_breaker_transitions_total",
+            &[("breaker", "m"), ("from", from), ("to", to)],
+        )
+    };
+    metrics::with_local_recorder(&recorder, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let b = CircuitBreaker::builder("m").failure_threshold(1).build();
+            assert_eq!(
+                recorder.gauge("resilience_breaker_state", &state),
+                Some(0.0)
+            );
+            assert_eq!(
+                moved("CLOSED", "OPEN"),
+                Some(0),
+                "the counter exists before the first opening"
+            );
+            fail(&b).await;
+            assert_eq!(
+                recorder.gauge("resilience_breaker_state", &state),
+                Some(1.0)
+            );
+            assert_eq!(moved("CLOSED", "OPEN"), Some(1));
+            tokio::time::advance(Duration::from_secs(30)).await;
+            let trial = b.try_acquire().unwrap();
+            assert_eq!(
+                recorder.gauge("resilience_breaker_state", &state),
+                Some(2.0)
+            );
+            assert_eq!(moved("OPEN", "HALF_OPEN"), Some(1));
+            trial.success();
+            assert_eq!(
+                recorder.gauge("resilience_breaker_state", &state),
+                Some(0.0)
+            );
+            assert_eq!(moved("HALF_OPEN", "CLOSED"), Some(1));
+            assert_eq!(moved("CLOSED", "OPEN"), Some(1));
+        });
+    });
+}
+
+#[tokio::test(start_paused = true)]
+async fn classifier_decides_what_counts() {
+    let (b, _) = breaker_with_log(2);
+    for _ in 0..5 {
+        let r = b
+            .call_classified(
+                || async { Err::<(), _>("not found") },
+                |e| *e != "not found",
+            )
+            .await;
+        assert!(!r.unwrap_err().is_open());
+    }
+    assert_eq!(b.state(), BreakerState::Closed);
+}
