@@ -90,6 +90,14 @@ pub enum ValidationError {
     BadIdempotencyKey,
 }
 
+/// An order's id (also its create saga's id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OrderId(pub Uuid);
+
+/// A user's id (from the caller's token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UserId(pub Uuid);
+
 /// A validated new order: items, currency, total.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewOrder {

@@ -6,11 +6,27 @@ use std::future::Future;
 
 use outbox::mysql::MySqlTx;
 use outbox::sqlite::SqliteTx;
-use saga_core::SagaState;
+use saga_core::{SagaId, SagaState};
 use sqlx::{MySqlPool, Row, SqlitePool};
 use uuid::Uuid;
 
-use crate::domain::{Cursor, Item, OrderStatus};
+use crate::domain::{Cursor, Item, NewOrder, OrderId, OrderStatus, UserId};
+
+/// What a new order's row holds: who placed what, under which saga and
+/// `Idempotency-Key`.
+#[derive(Debug, Clone, Copy)]
+pub struct NewOrderRow<'a> {
+    /// The order's id.
+    pub id: OrderId,
+    /// Who placed it.
+    pub user: UserId,
+    /// Items, currency and total.
+    pub order: &'a NewOrder,
+    /// Its create saga.
+    pub saga: SagaId,
+    /// The request's `Idempotency-Key`, if any.
+    pub idempotency_key: Option<&'a str>,
+}
 
 /// An order row plus its create saga's state.
 #[derive(Debug, Clone)]
@@ -101,17 +117,10 @@ pub trait OrderRepo: Clone + Send + Sync + 'static {
     type Tx: Send + 'static;
     /// Insert a new PENDING order; returns its `created_at` (Unix ms) as written, or
     /// `None` if the user's idempotency key is taken.
-    #[allow(clippy::too_many_arguments)]
     fn insert(
         &self,
         tx: &mut Self::Tx,
-        id: Uuid,
-        user: Uuid,
-        currency: &str,
-        total: i64,
-        items: &[Item],
-        saga_id: Uuid,
-        idempotency_key: Option<&str>,
+        row: NewOrderRow<'_>,
     ) -> impl Future<Output = sqlx::Result<Option<i64>>> + Send;
     /// The order a user created with `key`.
     fn by_idempotency_key(
@@ -166,7 +175,8 @@ macro_rules! sql_repo {
         impl OrderRepo for $name {
             type Tx = $tx;
 
-            async fn insert(&self, tx: &mut $tx, id: Uuid, user: Uuid, currency: &str, total: i64, items: &[Item], saga_id: Uuid, idempotency_key: Option<&str>) -> sqlx::Result<Option<i64>> {
+            async fn insert(&self, tx: &mut $tx, row: NewOrderRow<'_>) -> sqlx::Result<Option<i64>> {
+                let NewOrderRow { id: OrderId(id), user: UserId(user), order, saga: SagaId(saga_id), idempotency_key } = row;
                 let now = now_ms();
                 let r = sqlx::query(
                     "INSERT INTO orders (id, user_id, status, currency, total_amount, items, saga_id, idempotency_key, \
@@ -174,9 +184,9 @@ macro_rules! sql_repo {
                 )
                 .bind(id.as_bytes().as_slice())
                 .bind(user.as_bytes().as_slice())
-                .bind(currency)
-                .bind(total)
-                .bind(serde_json::to_string(items).expect("items serialise"))
+                .bind(&order.currency)
+                .bind(order.total)
+                .bind(serde_json::to_string(&order.items).expect("items serialise"))
                 .bind(saga_id.as_bytes().as_slice())
                 .bind(idempotency_key)
                 .bind(now)

@@ -11,9 +11,10 @@ use saga_core::{SagaDefinition, SagaEvent, SagaId};
 use uuid::Uuid;
 
 use crate::domain::{
-    idempotency_key, Cursor, Item, NewOrder, Order, OrderStatus, SagaData, ValidationError,
+    idempotency_key, Cursor, Item, NewOrder, Order, OrderId, OrderStatus, SagaData, UserId,
+    ValidationError,
 };
-use crate::repository::{OrderRepo, OrderRow};
+use crate::repository::{NewOrderRow, OrderRepo, OrderRow};
 use crate::saga::{cache_key, invalidate, Backend, OrderOrchestrator, CANCEL, CREATE};
 
 /// Why a use case failed.
@@ -274,13 +275,13 @@ impl<B: Backend> OrderService<B> {
             .repo
             .insert(
                 &mut tx,
-                id,
-                user,
-                &new.currency,
-                new.total,
-                &new.items,
-                id,
-                key,
+                NewOrderRow {
+                    id: OrderId(id),
+                    user: UserId(user),
+                    order: &new,
+                    saga: SagaId(id),
+                    idempotency_key: key,
+                },
             )
             .await?;
         let Some(created_at) = inserted else {

@@ -36,21 +36,12 @@ impl FlakyReads {
 
 impl OrderRepo for FlakyReads {
     type Tx = outbox::sqlite::SqliteTx;
-    #[allow(clippy::too_many_arguments)]
     async fn insert(
         &self,
         tx: &mut Self::Tx,
-        id: Uuid,
-        user: Uuid,
-        currency: &str,
-        total: i64,
-        items: &[Item],
-        saga_id: Uuid,
-        key: Option<&str>,
+        row: crate::repository::NewOrderRow<'_>,
     ) -> sqlx::Result<Option<i64>> {
-        (self.inner)
-            .insert(tx, id, user, currency, total, items, saga_id, key)
-            .await
+        self.inner.insert(tx, row).await
     }
     async fn by_idempotency_key(&self, user: Uuid, key: &str) -> sqlx::Result<Option<Uuid>> {
         self.check()?;
