@@ -7,12 +7,18 @@ CARGO ?= cargo
 run:
 	$(CARGO) run --release -p ordersys
 
+## What ships — the image's binaries (deployments/docker/Dockerfile) — is always built
+## on its own: a test-only feature another package turns on (the gateway's `bench`, for
+## gateway-bench) never reaches it, and the end-to-end tests run exactly these binaries
+## (scripts/check-features proves it with `cargo tree -e features`).
+PRODUCT = -p ordersys-user -p ordersys-order -p ordersys-payment -p ordersys-gateway -p ordersys
+
 ## Run the whole test suite (unit, integration against real MariaDB/Redis/Kafka,
 ## doctests) of every crate, starting the servers first if they are down and installing
 ## the tools the tests run (the broker, the Prometheus exporters, schemathesis).
 test: services-up
 	scripts/prometheus-tools >/dev/null
-	$(CARGO) build --workspace --bins --all-features
+	$(CARGO) build --bins $(PRODUCT)
 	$(CARGO) test --workspace --all-features --no-fail-fast
 	scripts/fuzz-api
 
@@ -168,7 +174,8 @@ bench:
 	$(CARGO) bench -p ordersys-saga --bench saga $(CRITERION)
 	$(CARGO) bench -p ordersys-outbox --bench relay $(CRITERION)
 	scripts/kafka-up --install-only
-	$(CARGO) build --release --bins -p ordersys-user -p ordersys-order -p ordersys-payment -p ordersys-gateway -p ordersys -p ordersys-e2e
+	$(CARGO) build --release --bins $(PRODUCT)
+	$(CARGO) build --release -p ordersys-e2e --bins
 	$${CARGO_TARGET_DIR:-target}/release/relay-bench --rows 100000 --profile-rounds 5
 	# The gateway's security layers: GET /api/v1/orders/{id} with and without them.
 	$${CARGO_TARGET_DIR:-target}/release/gateway-bench --clients 32 --seconds 8 --warmup 2 --rounds 3
@@ -195,14 +202,16 @@ bench-peers:
 CHAOS_ARGS ?= --clients 16 --orders 10000 --seconds 900 --faults all --initial 2000000
 chaos:
 	scripts/kafka-up --install-only
-	$(CARGO) build --release --bins -p ordersys-user -p ordersys-order -p ordersys-payment -p ordersys-gateway -p ordersys-e2e
+	$(CARGO) build --release --bins $(PRODUCT)
+	$(CARGO) build --release -p ordersys-e2e --bin chaos
 	$${CARGO_TARGET_DIR:-target}/release/chaos $(CHAOS_ARGS)
 
 ## The short fault run CI does (debug build, about two minutes).
 CHAOS_SHORT_ARGS ?= --clients 8 --seconds 60 --faults all --every 4-7 --deadline 10 --settle 120 --initial 2000000
 chaos-short:
 	scripts/kafka-up --install-only
-	$(CARGO) build --workspace --bins --all-features
+	$(CARGO) build --bins $(PRODUCT)
+	$(CARGO) build -p ordersys-e2e --bin chaos
 	$${CARGO_TARGET_DIR:-target}/debug/chaos $(CHAOS_SHORT_ARGS)
 
 ## Run the in-memory saga example.
