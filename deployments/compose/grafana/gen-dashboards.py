@@ -2,7 +2,7 @@
 """Writes the Grafana dashboards of the reference deployment (dashboards/*.json).
 
 Edit the panels here and run `python3 gen-dashboards.py`; the JSON is committed too, and
-services/e2e/tests/dashboards.rs checks that every query names only metrics that exist.
+e2e/tests/dashboards.rs checks that every query names only metrics that exist.
 """
 import json
 import os

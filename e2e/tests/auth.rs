@@ -304,8 +304,8 @@ async fn forged_tokens_are_refused() {
     // Algorithm confusion: valid claims, signed EdDSA instead of the HS256 the gateway
     // is configured for.
     let ed = SigningKey::ed25519_from_pem(
-        include_bytes!("../../../authz/tests/keys/ed25519.pem"),
-        include_bytes!("../../../authz/tests/keys/ed25519.pub.pem"),
+        include_bytes!("../../authz/tests/keys/ed25519.pem"),
+        include_bytes!("../../authz/tests/keys/ed25519.pub.pem"),
     )
     .unwrap();
     let eddsa = TokenIssuer::new(ed, "ordersys", "ordersys-api")

@@ -7,7 +7,7 @@
 //!
 //! ```sh
 //! make bench-peers                     # all systems, one table (bench/peers/run)
-//! cargo run --release -p ordersys-e2e --bin saga-bench -- --help
+//! cargo run --release -p ordersys-bench --bin saga-bench -- --help
 //! ```
 
 use std::io::Write as _;

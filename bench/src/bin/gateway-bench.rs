@@ -15,7 +15,7 @@
 //! round after round; every answer must be 200.
 //!
 //! ```sh
-//! cargo run --release -p ordersys-e2e --bin gateway-bench -- --help
+//! cargo run --release -p ordersys-bench --bin gateway-bench -- --help
 //! ```
 
 use std::collections::HashMap;

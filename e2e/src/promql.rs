@@ -11,8 +11,8 @@ use promql_parser::parser::Expr;
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .ancestors()
-        .nth(2)
-        .expect("services/e2e is two levels down")
+        .nth(1)
+        .expect("e2e is one level down")
         .to_path_buf()
 }
 

@@ -108,8 +108,7 @@ pub fn dev_certs() -> &'static std::path::Path {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("ordersys-e2e-certs-{}", std::process::id()));
-        let script =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/dev-certs");
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/dev-certs");
         let out = Command::new(&script)
             .arg(&dir)
             .output()
