@@ -213,7 +213,7 @@ async fn main() -> anyhow::Result<()> {
         order_service_url: system.grpc[1].clone(),
         payment_service_url: system.grpc[2].clone(),
         redis_url: redis_url.clone().into(),
-        jwt_secret: system.jwt_secret.clone().into(),
+        jwt: ordersys_kit::config::Jwt::with_secret(system.jwt_secret.clone()),
         rate_limit_per_minute: 1_000_000_000,
         rate_limit_key_prefix: format!("gateway-bench:{}:", std::process::id()),
         tls: ordersys_kit::tls::GrpcTls::files(
@@ -225,12 +225,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let secured =
         ordersys_gateway::app_with(&config, ordersys_gateway::Backends::redis(&config).await?)?;
-    let claims = authz::TokenValidator::new(
-        authz::SigningKey::hs256(config.jwt_secret.as_bytes())?.verifying_key(),
-        &config.jwt_issuer,
-        &config.jwt_audience,
-    )
-    .validate(&token)?;
+    let claims = config.jwt.validator()?.validate(&token)?;
     let bare = ordersys_gateway::app_without_security(
         &config,
         ordersys_gateway::Backends::redis(&config).await?,

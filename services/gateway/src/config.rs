@@ -18,15 +18,10 @@ pub struct Config {
     pub payment_service_url: String,
     /// Redis (`REDIS_URL`): JWT blacklist and rate limits.
     pub redis_url: Secret,
-    /// HS256 secret shared with the user service (`JWT_SECRET`, required).
-    pub jwt_secret: Secret,
-    /// `iss` (`JWT_ISSUER`).
-    pub jwt_issuer: String,
-    /// `aud` (`JWT_AUDIENCE`).
-    pub jwt_audience: String,
-    /// Seconds an expired (or not yet valid) token is still accepted, for clock skew
-    /// (`JWT_LEEWAY_SECS`, default 5).
-    pub jwt_leeway_secs: u64,
+    /// The token settings shared with the user service (`JWT_SECRET`, `JWT_ISSUER`,
+    /// `JWT_AUDIENCE`, `JWT_LEEWAY_SECS`).
+    #[serde(flatten)]
+    pub jwt: ordersys_kit::config::Jwt,
     /// Requests per minute per client IP (`RATE_LIMIT_PER_MINUTE`, default 100).
     pub rate_limit_per_minute: u32,
     /// Redis key prefix of the rate-limit counters (`RATE_LIMIT_KEY_PREFIX`, default `rate:`).
@@ -70,10 +65,7 @@ impl Default for Config {
             order_service_url: "http://127.0.0.1:50052".into(),
             payment_service_url: "http://127.0.0.1:50053".into(),
             redis_url: "redis://127.0.0.1:6379/".into(),
-            jwt_secret: Secret::default(),
-            jwt_issuer: "ordersys".into(),
-            jwt_audience: "ordersys-api".into(),
-            jwt_leeway_secs: 5,
+            jwt: Default::default(),
             rate_limit_per_minute: 100,
             rate_limit_key_prefix: "rate:".into(),
             blacklist_heartbeat_ms: 1000,

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use authz::layer::AuthLayer;
-use authz::{Authenticator, SigningKey, TokenValidator};
+use authz::Authenticator;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::middleware::{from_fn, from_fn_with_state};
@@ -136,17 +136,7 @@ pub async fn app(config: &Config) -> anyhow::Result<Router> {
 
 /// Build the router (REST API + health + metrics) over `backends`.
 pub fn app_with(config: &Config, backends: Backends) -> anyhow::Result<Router> {
-    let key = SigningKey::hs256(config.jwt_secret.as_bytes())
-        .map_err(|e| anyhow::anyhow!("JWT_SECRET: {e}"))?;
-    let auth = Authenticator::new(
-        TokenValidator::new(
-            key.verifying_key(),
-            &config.jwt_issuer,
-            &config.jwt_audience,
-        )
-        .with_leeway(std::time::Duration::from_secs(config.jwt_leeway_secs)),
-        backends.blacklist.clone(),
-    );
+    let auth = Authenticator::new(config.jwt.validator()?, backends.blacklist.clone());
     build(config, backends, Security::On(Box::new(auth)))
 }
 

@@ -104,6 +104,61 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// The token settings the user service (which issues) and the gateway (which checks)
+/// share, flattened into each one's `Config`: `JWT_SECRET`, `JWT_ISSUER`,
+/// `JWT_AUDIENCE`, `JWT_LEEWAY_SECS`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Jwt {
+    /// HS256 secret shared by the user service and the gateway (`JWT_SECRET`, at least
+    /// 32 bytes; required).
+    pub jwt_secret: Secret,
+    /// `iss` (`JWT_ISSUER`, default `ordersys`).
+    pub jwt_issuer: String,
+    /// `aud` (`JWT_AUDIENCE`, default `ordersys-api`).
+    pub jwt_audience: String,
+    /// Seconds an expired (or not yet valid) token is still accepted, for clock skew
+    /// (`JWT_LEEWAY_SECS`, default 5); a logout revokes a token this much longer.
+    pub jwt_leeway_secs: u64,
+}
+
+impl Default for Jwt {
+    fn default() -> Self {
+        Self {
+            jwt_secret: Secret::default(),
+            jwt_issuer: "ordersys".into(),
+            jwt_audience: "ordersys-api".into(),
+            jwt_leeway_secs: 5,
+        }
+    }
+}
+
+impl Jwt {
+    /// These settings with `secret`.
+    pub fn with_secret(secret: impl Into<Secret>) -> Self {
+        Self {
+            jwt_secret: secret.into(),
+            ..Self::default()
+        }
+    }
+
+    /// The signing key (an error names `JWT_SECRET` when it is unusable).
+    pub fn signing_key(&self) -> anyhow::Result<authz::SigningKey> {
+        authz::SigningKey::hs256(self.jwt_secret.as_bytes())
+            .map_err(|e| anyhow::anyhow!("JWT_SECRET: {e}"))
+    }
+
+    /// The validator of the tokens issued under these settings.
+    pub fn validator(&self) -> anyhow::Result<authz::TokenValidator> {
+        Ok(authz::TokenValidator::new(
+            self.signing_key()?.verifying_key(),
+            &self.jwt_issuer,
+            &self.jwt_audience,
+        )
+        .with_leeway(std::time::Duration::from_secs(self.jwt_leeway_secs)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +185,34 @@ mod tests {
         name: String,
         #[serde(flatten)]
         section: Section,
+    }
+
+    #[test]
+    fn the_shared_token_settings_validate_what_their_key_signs() {
+        assert_eq!(
+            env_names::<Jwt>(),
+            [
+                "JWT_AUDIENCE",
+                "JWT_ISSUER",
+                "JWT_LEEWAY_SECS",
+                "JWT_SECRET"
+            ]
+        );
+        let jwt = Jwt::with_secret("a-secret-of-at-least-thirty-two-bytes!");
+        let issuer =
+            authz::TokenIssuer::new(jwt.signing_key().unwrap(), "ordersys", "ordersys-api");
+        let token = issuer.issue("user-1").unwrap();
+        assert_eq!(
+            jwt.validator().unwrap().validate(&token.token).unwrap().sub,
+            "user-1"
+        );
+        let other = Jwt {
+            jwt_audience: "elsewhere".into(),
+            ..jwt.clone()
+        };
+        assert!(other.validator().unwrap().validate(&token.token).is_err());
+        let err = Jwt::default().signing_key().unwrap_err().to_string();
+        assert!(err.starts_with("JWT_SECRET"), "{err}");
     }
 
     #[test]

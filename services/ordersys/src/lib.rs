@@ -15,7 +15,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use authz::Blacklist;
-use ordersys_kit::config::Secret;
+use ordersys_kit::config::{Jwt, Secret};
 use ordersys_kit::launch::Launcher;
 use ordersys_kit::messaging::Messaging;
 use ordersys_kit::tls::GrpcTls;
@@ -199,11 +199,12 @@ pub async fn run(
         admin_addr: String::new(),
         database_url: config.database("user").into(),
         redis_url: config.redis_url.clone(),
-        jwt_secret: secret.clone(),
+        jwt: Jwt {
+            jwt_leeway_secs: config.jwt_leeway_secs,
+            ..Jwt::with_secret(secret.clone())
+        },
         jwt_ttl_secs: config.jwt_ttl_secs,
-        jwt_leeway_secs: config.jwt_leeway_secs,
         tls: GrpcTls::loopback_plaintext(),
-        ..ordersys_user::Config::default()
     };
     let order = ordersys_order::Config {
         database_url: config.database("order").into(),
@@ -226,8 +227,10 @@ pub async fn run(
         order_service_url: order_url,
         payment_service_url: payment_url,
         redis_url: config.redis_url.clone(),
-        jwt_secret: secret,
-        jwt_leeway_secs: config.jwt_leeway_secs,
+        jwt: Jwt {
+            jwt_leeway_secs: config.jwt_leeway_secs,
+            ..Jwt::with_secret(secret)
+        },
         rate_limit_per_minute: config.rate_limit_per_minute,
         trusted_proxies: config.trusted_proxies.clone(),
         body_limit_bytes: config.body_limit_bytes,

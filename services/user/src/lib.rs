@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use authz::redis::RedisBlacklist;
-use authz::{Authenticator, Blacklist, SigningKey, TokenIssuer, TokenValidator};
+use authz::{Authenticator, Blacklist, TokenIssuer};
 use ordersys_kit::admin::Admin;
 use ordersys_kit::launch::Launcher;
 use ordersys_proto::user::v1::user_service_server::UserServiceServer;
@@ -48,8 +48,7 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let key = SigningKey::hs256(config.jwt_secret.as_bytes())
-        .map_err(|e| anyhow::anyhow!("JWT_SECRET: {e}"))?;
+    let key = config.jwt.signing_key()?;
     // Backends by configuration: MySQL or SQLite for users; Redis or (with SQLite) the
     // same database for revoked tokens.
     let mut admin = Admin::new("user");
@@ -89,16 +88,8 @@ pub async fn run(
 
     let ttl = Duration::from_secs(config.jwt_ttl_secs);
     let issuer =
-        TokenIssuer::new(key.clone(), &config.jwt_issuer, &config.jwt_audience).with_ttl(ttl);
-    let auth = Authenticator::new(
-        TokenValidator::new(
-            key.verifying_key(),
-            &config.jwt_issuer,
-            &config.jwt_audience,
-        )
-        .with_leeway(std::time::Duration::from_secs(config.jwt_leeway_secs)),
-        blacklist,
-    );
+        TokenIssuer::new(key, &config.jwt.jwt_issuer, &config.jwt.jwt_audience).with_ttl(ttl);
+    let auth = Authenticator::new(config.jwt.validator()?, blacklist);
     let service = service::UserService::new(repo, issuer, auth).await?;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

@@ -65,7 +65,7 @@ async fn start(
         admin_addr: "127.0.0.1:0".into(),
         database_url: format!("sqlite://{db}").into(),
         redis_url: Default::default(),
-        jwt_secret: "embedded-test-secret-0123456789abcdef".into(),
+        jwt: ordersys_kit::config::Jwt::with_secret("embedded-test-secret-0123456789abcdef"),
         // In process, on 127.0.0.1: the test is about storage, not transport security.
         tls: ordersys_kit::tls::GrpcTls::loopback_plaintext(),
         ..Config::default()
