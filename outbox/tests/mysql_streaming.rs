@@ -473,3 +473,87 @@ async fn a_stopped_relay_persists_what_it_published_and_the_next_run_goes_on() {
     }
     db.drop_db().await;
 }
+
+/// A released message, and everything after it, is read again by the next claim; the
+/// pending count is what lies past the persisted position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_message_is_read_again_with_what_follows() {
+    let db = TestDb::new().await;
+    let store = MySqlStreamingOutbox::new(db.pool.clone());
+    let all: Vec<_> = (0..3).map(|n| msg("k", n)).collect();
+    committed(&store, &all).await;
+    assert_eq!(store.pending().await.unwrap(), 3);
+    let first = store.claim("r", 10, LEASE).await.unwrap();
+    assert_eq!(payloads(&first), payloads(&all));
+    assert!(store.claim("r", 10, LEASE).await.unwrap().is_empty());
+    store.mark_sent(&ids(&first[..1])).await.unwrap();
+    store.release(&ids(&first[1..])).await.unwrap();
+    let again = store.claim("r", 10, LEASE).await.unwrap();
+    assert_eq!(payloads(&again), payloads(&all[1..]));
+    store.mark_sent(&ids(&again)).await.unwrap();
+    assert_eq!(store.pending().await.unwrap(), 0);
+    db.drop_db().await;
+}
+
+/// A failed publish holds the stream back for the retry delay it was given, then the
+/// failed message is read again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_message_comes_back_after_its_retry_delay_and_not_before() {
+    let db = TestDb::new().await;
+    let store = MySqlStreamingOutbox::new(db.pool.clone());
+    let all: Vec<_> = (0..2).map(|n| msg("k", n)).collect();
+    committed(&store, &all).await;
+    let first = store.claim("r", 10, LEASE).await.unwrap();
+    assert_eq!(first.len(), 2);
+    let delay = Duration::from_millis(600);
+    let failed_at = std::time::Instant::now();
+    store
+        .record_failure(first[0].id, "broker down", delay)
+        .await
+        .unwrap();
+    assert!(
+        store.claim("r", 10, LEASE).await.unwrap().is_empty(),
+        "nothing is read before the retry delay"
+    );
+    let again = loop {
+        let batch = store.claim("r", 10, LEASE).await.unwrap();
+        if !batch.is_empty() {
+            break batch;
+        }
+        assert!(
+            failed_at.elapsed() < Duration::from_secs(10),
+            "never read again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(failed_at.elapsed() >= delay, "read again too early");
+    assert_eq!(payloads(&again), payloads(&all));
+    assert_eq!(again[0].attempts, 1);
+    db.drop_db().await;
+}
+
+/// A relay that keeps claiming keeps its stream, marking or not: a claim renews the
+/// lease well before it runs out, so a second relay polling all along never gets a
+/// message (not even the one the holder has not marked yet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claiming_relay_renews_its_lease_before_it_runs_out() {
+    let db = TestDb::new().await;
+    let store = MySqlStreamingOutbox::new(db.pool.clone());
+    let other = MySqlStreamingOutbox::new(db.pool.clone());
+    // Generous for a loaded machine: the holder renews after a third of it.
+    let lease = Duration::from_millis(1500);
+    committed(&store, &[msg("k", 0)]).await;
+    let held = store.claim("one", 10, lease).await.unwrap();
+    assert_eq!(held.len(), 1);
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        assert!(
+            other.claim("two", 10, lease).await.unwrap().is_empty(),
+            "the stream moved to another relay while its holder was claiming"
+        );
+        assert!(store.claim("one", 10, lease).await.unwrap().is_empty());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    store.mark_sent(&ids(&held)).await.unwrap();
+    db.drop_db().await;
+}
