@@ -18,7 +18,7 @@ pub struct Options {
     /// Run user, order and payment on SQLite files (Kafka and Redis as usual).
     pub sqlite: bool,
     /// A Redis of the test's own (`redis://…`, or `rediss://…` for a
-    /// [`infra::Kind::RedisTls`] one), e.g. one it kills; default `REDIS_URL`
+    /// [`crate::infra::Kind::RedisTls`] one), e.g. one it kills; default `REDIS_URL`
     /// or the shared 127.0.0.1:6379.
     pub redis_url: Option<String>,
     /// A MySQL server of the test's own (`mysql://root@host:port`); default
