@@ -557,3 +557,65 @@ async fn a_claiming_relay_renews_its_lease_before_it_runs_out() {
     store.mark_sent(&ids(&held)).await.unwrap();
     db.drop_db().await;
 }
+
+/// A failure rewinds the stream to the failed message only: a message before it that
+/// was read but not yet marked still holds the position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_never_lets_the_position_pass_an_unmarked_earlier_message() {
+    let db = TestDb::new().await;
+    let store = MySqlStreamingOutbox::new(db.pool.clone());
+    let all: Vec<_> = (0..3).map(|n| msg("k", n)).collect();
+    committed(&store, &all).await;
+    let batch = store.claim("r", 10, LEASE).await.unwrap();
+    assert_eq!(batch.len(), 3);
+    store
+        .record_failure(batch[2].id, "broker down", Duration::ZERO)
+        .await
+        .unwrap();
+    store.mark_sent(&ids(&batch[..1])).await.unwrap();
+    assert_eq!(
+        store.position().await.unwrap(),
+        Some(1),
+        "the second message is published but not marked: the position stays before it"
+    );
+    db.drop_db().await;
+}
+
+/// A failure rewinds the stream without forgetting an earlier hole: the row of a
+/// transaction still open below the failed message is read once it commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_keeps_the_holes_before_it() {
+    let db = TestDb::new().await;
+    let store = MySqlStreamingOutbox::new(db.pool.clone());
+    committed(&store, &[msg("a", 1)]).await;
+    // `open` takes seq 2 and stays open; seq 3 and 4 commit.
+    let mut open = store.begin().await.unwrap();
+    store.enqueue(&mut open, msg("b", 2)).await.unwrap();
+    committed(&store, &[msg("c", 3), msg("d", 4)]).await;
+    let batch = store.claim("r", 10, LEASE).await.unwrap();
+    assert_eq!(payloads(&batch), ["a#1", "c#3", "d#4"]);
+    store
+        .record_failure(batch[2].id, "broker down", Duration::ZERO)
+        .await
+        .unwrap();
+    store.mark_sent(&ids(&batch[..2])).await.unwrap();
+    store.commit(open).await.unwrap();
+    let mut read = Vec::new();
+    for _ in 0..20 {
+        let next = store.claim("r", 10, LEASE).await.unwrap();
+        store.mark_sent(&ids(&next)).await.unwrap();
+        read.extend(payloads(&next));
+        if read.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    read.sort();
+    assert_eq!(
+        read,
+        ["b#2", "d#4"],
+        "the hole's row and the failed one are read"
+    );
+    assert_eq!(store.position().await.unwrap(), Some(4));
+    db.drop_db().await;
+}
