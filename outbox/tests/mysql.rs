@@ -223,45 +223,56 @@ async fn enqueueing_a_message_twice_is_a_conflict() {
 }
 
 /// Purges delete in slices of 5,000 rows until a slice comes back short: a backlog of
-/// exactly one slice more than that is purged whole, in the outbox and the inbox alike.
+/// exactly one slice more than that is purged whole — in the outbox (leased claims and
+/// streaming) and the inbox alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purges_go_on_past_a_full_slice() {
+    use outbox::mysql::MySqlStreamingOutbox;
     use outbox::Inbox;
     use std::time::Duration;
     let db = TestDb::new().await;
     let rows: u64 = 5_001;
-    // One connection: the session allows a recursion as deep as the rows generated.
-    let mut conn = db.pool.acquire().await.unwrap();
-    sqlx::query("SET SESSION max_recursive_iterations = 100000")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    sqlx::query(
-        "INSERT INTO outbox_messages (id, topic, msg_key, payload, headers, created_at_us, sent_at) \
-         WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) \
-         SELECT UNHEX(MD5(i)), 't', 'k', '', '{}', 0, NOW(6) - INTERVAL 2 DAY FROM n",
-    )
-    .bind(rows)
-    .execute(&mut *conn)
-    .await
-    .unwrap();
-    sqlx::query(
-        "INSERT INTO inbox_messages (consumer, message_id, processed_at) \
-         WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) \
-         SELECT 'c', UNHEX(MD5(i)), NOW(6) - INTERVAL 2 DAY FROM n",
-    )
-    .bind(rows)
-    .execute(&mut *conn)
-    .await
-    .unwrap();
-    drop(conn);
+    // `rows` rows sent two days ago, through `insert` (one connection: the session
+    // allows a recursion as deep as the rows generated).
+    let old_rows = |insert: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            let mut conn = pool.acquire().await.unwrap();
+            sqlx::query("SET SESSION max_recursive_iterations = 100000")
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            let sql = format!(
+                "{insert} WITH RECURSIVE n (i) AS \
+                 (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows}) SELECT {} FROM n",
+                if insert.contains("inbox") {
+                    "'c', UNHEX(MD5(i)), NOW(6) - INTERVAL 2 DAY"
+                } else {
+                    "UNHEX(MD5(i)), 't', 'k', '', '{}', 0, NOW(6) - INTERVAL 2 DAY"
+                }
+            );
+            sqlx::query(&sql).execute(&mut *conn).await.unwrap();
+        }
+    };
+    let outbox_rows = "INSERT INTO outbox_messages \
+        (id, topic, msg_key, payload, headers, created_at_us, sent_at)";
     let day = Duration::from_secs(86_400);
+
+    old_rows(outbox_rows).await;
     let outbox = MySqlOutbox::new(db.pool.clone());
     assert_eq!(outbox.purge_sent(day).await.unwrap(), rows);
-    assert_eq!(
-        MySqlInbox::new(db.pool.clone()).purge(day).await.unwrap(),
-        rows
-    );
+
+    old_rows("INSERT INTO inbox_messages (consumer, message_id, processed_at)").await;
+    let inbox = MySqlInbox::new(db.pool.clone());
+    assert_eq!(inbox.purge(day).await.unwrap(), rows);
+
+    old_rows(outbox_rows).await;
+    sqlx::query("INSERT INTO outbox_relay_position (name, position) VALUES ('relay', 1000000)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let streaming = MySqlStreamingOutbox::new(db.pool.clone());
+    assert_eq!(streaming.purge_sent(day).await.unwrap(), rows);
     db.drop_db().await;
 }
 
