@@ -1,7 +1,7 @@
 //! [`MySqlStreamingOutbox`]: the outbox read as a stream by one relay at a time, with a
 //! position instead of per-row leases.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -9,6 +9,9 @@ use sqlx::mysql::MySqlRow;
 use sqlx::{MySqlPool, Row};
 use tokio::task::JoinHandle;
 
+mod stream;
+
+use self::stream::{Prefetch, Stream};
 use super::{row_to_message, storage, MySqlOutbox, MySqlTx};
 use crate::store::{OutboxStore, Transactional};
 use crate::{Error, MessageId, OutboxMessage, Result};
@@ -81,110 +84,6 @@ pub struct MySqlStreamingOutbox {
     name: Arc<str>,
     hole_grace: Duration,
     streams: Arc<Mutex<HashMap<String, Stream>>>,
-}
-
-/// One relay's view of the stream while it holds the lease.
-#[derive(Debug)]
-struct Stream {
-    /// Every `seq` ≤ `cursor` was read or is a hole.
-    cursor: u64,
-    /// What `outbox_relay_position` holds.
-    persisted: u64,
-    /// Read and handed to the relay, not yet acknowledged.
-    inflight: BTreeMap<u64, MessageId>,
-    seqs: HashMap<MessageId, u64>,
-    /// Skipped `seq` ranges `start → (end, first seen)`, both ends included.
-    holes: BTreeMap<u64, (u64, Instant)>,
-    /// Our lease is good until (local clock, taken before asking).
-    lease_until: Instant,
-    renewed_at: Instant,
-    /// After a failed publish: nothing is read before this.
-    not_before: Option<Instant>,
-    /// The next batch, read while the relay publishes this one.
-    prefetch: Option<Prefetch>,
-}
-
-#[derive(Debug)]
-struct Prefetch {
-    after: u64,
-    limit: usize,
-    rows: JoinHandle<std::result::Result<Vec<MySqlRow>, sqlx::Error>>,
-}
-
-impl Drop for Prefetch {
-    fn drop(&mut self) {
-        self.rows.abort();
-    }
-}
-
-impl Stream {
-    fn new(position: u64, asked: Instant, lease: Duration) -> Self {
-        Self {
-            cursor: position,
-            persisted: position,
-            inflight: BTreeMap::new(),
-            seqs: HashMap::new(),
-            holes: BTreeMap::new(),
-            lease_until: asked + lease,
-            renewed_at: asked,
-            not_before: None,
-            prefetch: None,
-        }
-    }
-
-    /// The highest `seq` below which everything is delivered or known empty.
-    fn safe_position(&self) -> u64 {
-        let mut next = self.cursor + 1;
-        if let Some((&s, _)) = self.inflight.first_key_value() {
-            next = next.min(s);
-        }
-        if let Some((&s, _)) = self.holes.first_key_value() {
-            next = next.min(s);
-        }
-        next - 1
-    }
-
-    /// Take a row at `seq` into account: fill its hole or record the ones it skips.
-    fn saw(&mut self, seq: u64, now: Instant) {
-        if seq > self.cursor {
-            if seq > self.cursor + 1 {
-                self.holes.insert(self.cursor + 1, (seq - 1, now));
-            }
-            self.cursor = seq;
-            return;
-        }
-        // Inside a hole: split it around `seq`.
-        let Some((&start, &(end, seen))) = self.holes.range(..=seq).next_back() else {
-            return;
-        };
-        if seq > end {
-            return;
-        }
-        self.holes.remove(&start);
-        if start < seq {
-            self.holes.insert(start, (seq - 1, seen));
-        }
-        if seq < end {
-            self.holes.insert(seq + 1, (end, seen));
-        }
-    }
-
-    /// Forget everything from `seq` on: it is read again (after a failure or release).
-    fn rewind(&mut self, seq: u64) {
-        let back = seq.saturating_sub(1).max(self.persisted);
-        if back >= self.cursor {
-            return;
-        }
-        self.cursor = back;
-        for (_, id) in self.inflight.split_off(&(back + 1)) {
-            self.seqs.remove(&id);
-        }
-        self.holes.retain(|&start, _| start <= back);
-        for (_, (end, _)) in self.holes.iter_mut() {
-            *end = (*end).min(back);
-        }
-        self.prefetch = None;
-    }
 }
 
 fn ranges_sql(holes: &[(u64, u64)]) -> String {
