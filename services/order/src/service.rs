@@ -7,6 +7,7 @@ use bytes::Bytes;
 use ordersys_kit::context::RequestContext;
 use outbox::idempotency::{Cache, IdempotencyStore, Reservation};
 use outbox::{RelayHandle, Transactional};
+use resilience::Retry;
 use saga_core::{SagaDefinition, SagaEvent, SagaId};
 use uuid::Uuid;
 
@@ -71,6 +72,18 @@ fn replay(order: Order, new: &NewOrder) -> Result<Order, OrderError> {
 }
 
 /// Cache entry lifetime (SPEC: `order:{id}` for 10 minutes).
+/// How long a request waits for a concurrent one with the same `Idempotency-Key` to
+/// commit its order: 20 looks, 100 ms apart.
+fn in_progress_wait() -> Retry {
+    Retry::new()
+        .named("idempotency_key_in_progress")
+        .max_attempts(20)
+        .base_delay(Duration::from_millis(100))
+        .multiplier(1)
+        .max_delay(Duration::from_millis(100))
+        .jitter(0.0)
+}
+
 const CACHE_TTL: Duration = Duration::from_secs(600);
 /// How long an order whose saga is still running stays cached. Its changes are
 /// invalidated after each commit, but a process killed between a commit and the
@@ -219,15 +232,27 @@ impl<B: Backend> OrderService<B> {
                     }
                 }
                 Ok(Reservation::InProgress) => {
-                    // Another request with this key is being handled: give it a moment.
-                    for _ in 0..20 {
-                        if let Some(id) = self.repo.by_idempotency_key(user, k).await? {
-                            let order = self.load(id).await?.ok_or(OrderError::NotFound)?;
-                            return replay(order, &new);
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    return Err(OrderError::InProgress);
+                    // Another request with this key is being handled: give it a moment
+                    // (up to 2 s) to commit its order, then answer with that order.
+                    let found = in_progress_wait()
+                        .call_if(
+                            || async {
+                                match self.repo.by_idempotency_key(user, k).await {
+                                    Ok(Some(id)) => Ok(id),
+                                    Ok(None) => Err(None),
+                                    Err(e) => Err(Some(e)),
+                                }
+                            },
+                            Option::is_none,
+                        )
+                        .await;
+                    return match found {
+                        Ok(id) => replay(self.load(id).await?.ok_or(OrderError::NotFound)?, &new),
+                        Err(e) => match e.into_last() {
+                            Some(Some(db)) => Err(db.into()),
+                            _ => Err(OrderError::InProgress),
+                        },
+                    };
                 }
                 Ok(Reservation::Reserved) => {}
                 Err(e) => tracing::warn!(error = %e, "хранилище идемпотентности недоступно"),

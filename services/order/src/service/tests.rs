@@ -278,3 +278,54 @@ fn only_settled_orders_stay_cached_for_long() {
         CACHE_TTL
     );
 }
+
+/// A key store that first says "down" (so the first request creates its order through
+/// the database alone), then "in progress" for every key: another request holds it.
+struct HeldElsewhere(std::sync::atomic::AtomicBool);
+
+#[async_trait::async_trait]
+impl IdempotencyStore for HeldElsewhere {
+    async fn reserve(&self, _: &str, _: Duration) -> outbox::Result<Reservation> {
+        if self.0.load(std::sync::atomic::Ordering::SeqCst) {
+            Ok(Reservation::InProgress)
+        } else {
+            Err(outbox::Error::storage("redis is down"))
+        }
+    }
+    async fn complete(&self, _: &str, _: &[u8], _: Duration) -> outbox::Result<()> {
+        Ok(())
+    }
+    async fn release(&self, _: &str) -> outbox::Result<()> {
+        Ok(())
+    }
+    async fn purge_expired(&self) -> outbox::Result<u64> {
+        Ok(0)
+    }
+}
+
+/// A request whose `Idempotency-Key` another request is handling waits for that
+/// request's order and answers with it; if none appears within the wait, it is told
+/// "in progress" (409), never given a second order.
+#[tokio::test]
+async fn a_key_in_progress_elsewhere_waits_for_that_order() {
+    let store = Arc::new(HeldElsewhere(Default::default()));
+    let f = Fixture::new(store.clone()).await;
+    let user = Uuid::now_v7().to_string();
+    let first = f
+        .service
+        .create(&user, one_line(), "USD", "k1", None)
+        .await
+        .unwrap();
+    store.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    let same = f
+        .service
+        .create(&user, one_line(), "USD", "k1", None)
+        .await
+        .unwrap();
+    assert_eq!(same.id, first.id);
+    let none = f.service.create(&user, one_line(), "USD", "k2", None).await;
+    assert!(matches!(none, Err(OrderError::InProgress)), "{none:?}");
+    let (orders, _) = f.service.list(&user, 10, "").await.unwrap();
+    assert_eq!(orders.len(), 1, "no second order");
+    f.close().await;
+}
