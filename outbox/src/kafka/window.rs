@@ -133,7 +133,9 @@ mod window_tests {
     #[test]
     fn one_key_waits_its_turn_and_other_keys_start_at_once() {
         let mut w = Window::default();
+        assert!(w.is_empty());
         assert!(w.receive(msg("a"), at(0, 0)).is_some());
+        assert!(!w.is_empty(), "a message in progress");
         assert!(w.receive(msg("a"), at(0, 1)).is_none(), "a is busy");
         assert!(w.receive(msg("b"), at(0, 2)).is_some());
         assert_eq!(w.len(), 3);
