@@ -39,6 +39,23 @@ pub async fn enqueueing_twice_is_a_conflict<S: OutboxStore>(store: &S) {
     );
 }
 
+/// An enqueue that fails for another reason — the storage broken by `break_storage`
+/// (say, its table dropped) — is an error but never [`Error::Conflict`](crate::Error::Conflict):
+/// a caller must not take it for "already enqueued".
+pub async fn a_failed_enqueue_is_not_a_conflict<S, F>(store: &S, break_storage: F)
+where
+    S: OutboxStore,
+    F: Future<Output = ()>,
+{
+    break_storage.await;
+    let mut tx = store.begin().await.unwrap();
+    let broken = store.enqueue(&mut tx, msg("t", "k", 2)).await;
+    assert!(
+        matches!(broken, Err(ref e) if !matches!(e, crate::Error::Conflict(_))),
+        "a broken write must be an error other than a conflict: {broken:?}"
+    );
+}
+
 /// A unit of work that is dropped leaves nothing in the outbox.
 pub async fn rollback_enqueues_nothing<S: OutboxStore>(store: &S) {
     let mut tx = store.begin().await.unwrap();
