@@ -1,7 +1,7 @@
 # ordersys — developer entry points. `make test` is the test command CI runs.
 CARGO ?= cargo
 
-.PHONY: run test test-unit mutants mutants-changed coverage services-up kafka-down dev-up dev-down lint fmt doc bench bench-peers fuzz-api publish-check outside-user features deploy-check proto build up down migrate smoke example check chaos chaos-short
+.PHONY: compose-test run test test-unit mutants mutants-changed coverage services-up kafka-down dev-up dev-down lint fmt doc bench bench-peers fuzz-api publish-check outside-user features deploy-check proto build up down migrate smoke example check chaos chaos-short
 
 ## The whole system in one process, embedded (SQLite + in-process bus) on :8080.
 run:
@@ -122,20 +122,36 @@ IMAGE ?= ordersys:dev
 build:
 	docker build -f deployments/docker/Dockerfile -t $(IMAGE) .
 
-## The reference deployment with compose (needs a Docker engine): development
-## certificates (0644 inside the compose folder: the containers run as another user)
-## and secrets in deployments/compose/.env on first use, then everything up.
-COMPOSE = docker compose -f deployments/compose/compose.yaml
+## The reference deployment with compose (v2 or docker-compose 1.29; needs a Docker
+## engine): development certificates (a service's own .pem/.key and ca.pem are 0644 —
+## the containers run as uid 10001 — and only those are mounted; ca.key stays 0600 and
+## is never mounted) and secrets in deployments/compose/.env (0600) on first use, then
+## everything up and healthy. OFFLINE=1: no image registry — infra stand-ins and base
+## images built locally (scripts/offline-images), see README "Deploy".
+OFFLINE ?= 0
+COMPOSE = OFFLINE=$(OFFLINE) scripts/compose
 up:
+	scripts/docker-engine
 	scripts/dev-certs deployments/compose/certs >/dev/null
-	chmod 0755 deployments/compose/certs && chmod 0644 deployments/compose/certs/*.key
-	test -s deployments/compose/.env || printf 'JWT_SECRET=%s\nMYSQL_ROOT_PASSWORD=%s\nADMIN_TOKEN=%s\n' \
+	chmod 0755 deployments/compose/certs
+	cd deployments/compose/certs && chmod 0644 ca.pem user.* order.* payment.* gateway.* && chmod 0600 ca.key
+	test -s deployments/compose/.env || (umask 077 && printf 'JWT_SECRET=%s\nMYSQL_ROOT_PASSWORD=%s\nADMIN_TOKEN=%s\n' \
 		"$$(head -c 48 /dev/urandom | base64 | tr -d '\n/+=')" "$$(head -c 24 /dev/urandom | base64 | tr -d '\n/+=')" \
-		"$$(head -c 32 /dev/urandom | base64 | tr -d '\n/+=')" > deployments/compose/.env
-	ORDERSYS_IMAGE=$(IMAGE) $(COMPOSE) up -d --build --wait
+		"$$(head -c 32 /dev/urandom | base64 | tr -d '\n/+=')" > deployments/compose/.env)
+	if [ "$(OFFLINE)" = 1 ]; then scripts/offline-images; fi
+	ORDERSYS_IMAGE=$(IMAGE) $(COMPOSE) up -d --build
+	OFFLINE=$(OFFLINE) scripts/compose-wait 300
 
+## Stop the deployment; `make down V=1` also removes its volumes (the data).
 down:
-	$(COMPOSE) down
+	$(COMPOSE) down $(if $(filter 1,$(V)),-v,)
+
+## The reference deployment on a real Docker engine (installed and started if
+## needed; offline stand-ins when no image registry answers): fresh `make up`, the REST
+## walk-through, crashes and network partitions of containers under load, the fault
+## suite's invariants, `make down V=1` leaving nothing. Part of .ci/run.
+compose-test:
+	scripts/compose-test
 
 ## Apply every service's migrations as a step of its own (each also migrates at start):
 ## `ordersys-{user,order,payment} migrate` in the compose deployment.

@@ -177,20 +177,11 @@ impl Service {
     /// The separate services get mutual TLS (see [`dev_certs`]) unless `env` sets
     /// `TLS_CERT` or `GRPC_INSECURE`.
     pub fn start(name: &'static str, env: HashMap<String, String>) -> Self {
-        let env = with_tls(name, env);
         let log = std::env::temp_dir().join(format!(
             "ordersys-e2e-{name}-{}.log",
             uuid::Uuid::new_v4().simple()
         ));
-        let mut s = Self {
-            name,
-            env,
-            child: None,
-            log,
-            ready_url: None,
-        };
-        s.spawn();
-        s
+        Self::start_at(name, env, log, None)
     }
 
     /// Start binary `name` with `env`, logging to `{log_dir}/{name}.log`; `ready_url`
@@ -201,13 +192,24 @@ impl Service {
         log_dir: &std::path::Path,
         ready_url: &str,
     ) -> Self {
-        let env = with_tls(name, env);
+        let log = log_dir.join(format!("{name}.log"));
+        Self::start_at(name, env, log, Some(ready_url.to_owned()))
+    }
+
+    /// Start binary `name` with `env`, appending its output to `log`; `ready_url`, if
+    /// any, answers 200 once it is ready. The other constructors are this one.
+    pub fn start_at(
+        name: &'static str,
+        env: HashMap<String, String>,
+        log: PathBuf,
+        ready_url: Option<String>,
+    ) -> Self {
         let mut s = Self {
             name,
-            env,
+            env: with_tls(name, env),
             child: None,
-            log: log_dir.join(format!("{name}.log")),
-            ready_url: Some(ready_url.to_owned()),
+            log,
+            ready_url,
         };
         s.spawn();
         s

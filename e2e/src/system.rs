@@ -30,6 +30,12 @@ pub struct Options {
     /// talking to the second ones) on the same databases, topics and Redis
     /// ([`System::second`]); each replica has its own `RELAY_ID`.
     pub two_replicas: bool,
+    /// Environment of every service (e.g. `JWT_TTL_SECS`, `RUST_LOG`), before the
+    /// per-service lists above.
+    pub common_env: Vec<(String, String)>,
+    /// Write each service's log to `{log_dir}/{name}.log` (`order-2.log` for a second
+    /// replica) instead of a file of its own under the temp dir.
+    pub log_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -43,6 +49,8 @@ impl Default for Options {
             mysql_server_url: None,
             brokers: None,
             two_replicas: false,
+            common_env: Vec::new(),
+            log_dir: None,
         }
     }
 }
@@ -143,18 +151,30 @@ impl System {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
             .collect();
+            m.extend(opts.common_env.iter().cloned());
             for (k, v) in pairs {
                 m.insert((*k).to_owned(), v.clone());
             }
             m
         };
-        let mut user = Service::start(
+        // Every service knows its readiness URL (`Service::wait_until_ready`).
+        let start = |name: &'static str, log: &str, env: HashMap<String, String>, ready: &str| {
+            let log = match &opts.log_dir {
+                Some(dir) => dir.join(format!("{log}.log")),
+                None => std::env::temp_dir().join(format!("ordersys-e2e-{log}-{id}.log")),
+            };
+            Service::start_at(name, env, log, Some(format!("{ready}/readyz")))
+        };
+        let url = |port: u16| format!("http://127.0.0.1:{port}");
+        let mut user = start(
             "ordersys-user",
+            "user",
             env(&[
                 ("GRPC_ADDR", format!("127.0.0.1:{user_grpc}")),
                 ("ADMIN_ADDR", format!("127.0.0.1:{user_admin}")),
                 ("DATABASE_URL", db_url(0)),
             ]),
+            &url(user_admin),
         );
         let mut order_env = env(&[
             ("GRPC_ADDR", format!("127.0.0.1:{order_grpc}")),
@@ -163,7 +183,12 @@ impl System {
             ("RELAY_ID", format!("{id}-1")),
         ]);
         order_env.extend(opts.order_env.clone());
-        let mut order = Service::start("ordersys-order", order_env.clone());
+        let mut order = start(
+            "ordersys-order",
+            "order",
+            order_env.clone(),
+            &url(order_admin),
+        );
         let payment_db_url = db_url(2);
         let mut payment_env = env(&[
             ("GRPC_ADDR", format!("127.0.0.1:{pay_grpc}")),
@@ -172,7 +197,12 @@ impl System {
             ("RELAY_ID", format!("{id}-1")),
         ]);
         payment_env.extend(opts.payment_env.clone());
-        let mut payment = Service::start("ordersys-payment", payment_env.clone());
+        let mut payment = start(
+            "ordersys-payment",
+            "payment",
+            payment_env.clone(),
+            &url(pay_admin),
+        );
         let mut genv = env(&[
             ("HTTP_ADDR", format!("127.0.0.1:{http}")),
             ("USER_SERVICE_URL", format!("http://127.0.0.1:{user_grpc}")),
@@ -187,7 +217,7 @@ impl System {
             ("RATE_LIMIT_KEY_PREFIX", format!("e2e:{id}:rate:")),
         ]);
         genv.extend(opts.gateway_env.clone());
-        let mut gateway = Service::start("ordersys-gateway", genv.clone());
+        let mut gateway = start("ordersys-gateway", "gateway", genv.clone(), &url(http));
         let user_admin = format!("http://127.0.0.1:{user_admin}");
         wait_ready(
             &format!("{user_admin}/readyz"),
@@ -224,8 +254,8 @@ impl System {
             p2.insert("GRPC_ADDR".into(), format!("127.0.0.1:{}", p[2]));
             p2.insert("ADMIN_ADDR".into(), format!("127.0.0.1:{}", p[3]));
             p2.insert("RELAY_ID".into(), format!("{id}-2"));
-            let mut order2 = Service::start("ordersys-order", o2);
-            let mut payment2 = Service::start("ordersys-payment", p2);
+            let mut order2 = start("ordersys-order", "order-2", o2, &url(p[1]));
+            let mut payment2 = start("ordersys-payment", "payment-2", p2, &url(p[3]));
             let (order_admin2, payment_admin2) = (
                 format!("http://127.0.0.1:{}", p[1]),
                 format!("http://127.0.0.1:{}", p[3]),
@@ -252,7 +282,7 @@ impl System {
                 "PAYMENT_SERVICE_URL".into(),
                 format!("http://127.0.0.1:{}", p[2]),
             );
-            let mut gateway2 = Service::start("ordersys-gateway", g2);
+            let mut gateway2 = start("ordersys-gateway", "gateway-2", g2, &url(p[4]));
             let base2 = format!("http://127.0.0.1:{}", p[4]);
             wait_ready(
                 &format!("{base2}/readyz"),
@@ -309,6 +339,55 @@ impl System {
         wait_ready(&url, service, Duration::from_secs(90)).await;
     }
 
+    /// Every service by name: `user`, `order`, `payment`, `gateway`, and with
+    /// [`Options::two_replicas`] `order-2`, `payment-2`, `gateway-2`.
+    pub fn services(&self) -> Vec<(&'static str, &Service)> {
+        let mut all = vec![
+            ("user", &self.user),
+            ("order", &self.order),
+            ("payment", &self.payment),
+            ("gateway", &self.gateway),
+        ];
+        if let Some(r) = &self.second {
+            all.extend([
+                ("order-2", &r.order),
+                ("payment-2", &r.payment),
+                ("gateway-2", &r.gateway),
+            ]);
+        }
+        all
+    }
+
+    /// The service called `name` (see [`services`](Self::services)).
+    pub fn service_mut(&mut self, name: &str) -> Option<&mut Service> {
+        match (name, &mut self.second) {
+            ("user", _) => Some(&mut self.user),
+            ("order", _) => Some(&mut self.order),
+            ("payment", _) => Some(&mut self.payment),
+            ("gateway", _) => Some(&mut self.gateway),
+            ("order-2", Some(r)) => Some(&mut r.order),
+            ("payment-2", Some(r)) => Some(&mut r.payment),
+            ("gateway-2", Some(r)) => Some(&mut r.gateway),
+            _ => None,
+        }
+    }
+
+    /// The order database's URL (MySQL or SQLite).
+    pub fn order_db_url(&self) -> String {
+        if self.sqlite {
+            format!("sqlite://{}/{}.db", self.data_dir.display(), self.dbs[1])
+        } else {
+            format!("{}/{}", self.mysql_server, self.dbs[1])
+        }
+    }
+
+    /// Kill the processes and keep the databases and data directory, for a look
+    /// afterwards (a failed fault run).
+    pub fn kill_keeping_data(mut self) {
+        self.kill_all();
+        self.cleaned = true;
+    }
+
     /// The URL of `path` on the gateway.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
@@ -322,12 +401,7 @@ impl System {
 
     /// Run a `SELECT COUNT(*) …` with one text parameter against the order database.
     pub async fn order_count(&self, sql: &str, param: &str) -> i64 {
-        let url = if self.sqlite {
-            format!("sqlite://{}/{}.db", self.data_dir.display(), self.dbs[1])
-        } else {
-            format!("{}/{}", self.mysql_server, self.dbs[1])
-        };
-        count(&url, sql, Param::Text(param)).await
+        count(&self.order_db_url(), sql, Param::Text(param)).await
     }
 
     /// Stop the services and drop the databases.

@@ -531,6 +531,9 @@ async fn breaker_round_trip(
         "1",
         "{name} breaker not open"
     );
+    // The gateway stays ready (in the load balancer): its readiness is its own.
+    let ready = reqwest::get(sys.url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200, "gateway /readyz with {name} down");
     for other in [Downstream::User, Downstream::Order, Downstream::Payment] {
         if other.name() != name {
             let r = other.call(api, login, token).await;

@@ -56,6 +56,17 @@ fn unread_bytes(port: u16) -> u64 {
     total
 }
 
+async fn client_get(sys: &System, token: &str) -> u16 {
+    reqwest::Client::new()
+        .get(sys.url("/api/v1/orders"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 fn order_body(price: i64) -> serde_json::Value {
     json!({ "items": [{ "product_id": "book", "quantity": 1, "unit_price": price }], "currency": "USD" })
 }
@@ -75,6 +86,10 @@ async fn a_terminating_gateway_answers_every_request_it_has_taken() {
     let token = api.signup(&email(), "password-123").await;
     let order_port: u16 = sys.grpc[1].rsplit(':').next().unwrap().parse().unwrap();
 
+    // A gateway that has been serving: its connection to the order service is up (it
+    // connects on first use; a frozen service would never finish the handshake).
+    let warm = client_get(&sys, &token).await;
+    assert_eq!(warm, 200, "GET /api/v1/orders before the freeze");
     // Freeze the order service; each request then sits in the gateway, sent on to the
     // order service (its bytes unread there) but unanswered.
     let order_pid = sys.order.pid().expect("order service running");

@@ -1,7 +1,8 @@
 //! `ordersys-{user,order,payment} migrate` (what `make migrate` runs): on a database that
 //! does not exist yet, each creates it, applies every migration — its own tables, the
 //! outbox, inbox and saga tables it shares with the SDK — and exits 0 without serving;
-//! run again, it changes nothing and still exits 0.
+//! run again, it changes nothing and still exits 0. `ordersys-order topics` (the
+//! Kubernetes topics Job) creates the saga topics with their partitions and exits.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -75,4 +76,85 @@ async fn migrate_creates_each_services_schema_then_exits_and_is_idempotent() {
             assert!(got.iter().any(|g| g == t), "{bin}: no table {t} in {got:?}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_creates_the_saga_topics_then_exits_and_is_idempotent() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let brokers = std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let prefix = format!("e2e.topics.{}.", uuid::Uuid::new_v4().simple());
+    let env: HashMap<String, String> = [
+        ("KAFKA_BROKERS", brokers.clone()),
+        ("KAFKA_TOPIC_PREFIX", prefix.clone()),
+        ("KAFKA_REPLICATION_FACTOR", "1".into()),
+        ("KAFKA_MIN_INSYNC_REPLICAS", "1".into()),
+        ("GRPC_INSECURE", "true".into()),
+        ("RUST_LOG", "info".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    for run in 1..=2 {
+        let (status, out) =
+            ordersys_e2e::run_to_end("ordersys-order", &["topics"], &env, Duration::from_secs(60))
+                .await;
+        assert!(
+            status.success(),
+            "ordersys-order topics (run {run}): {status}\n{out}"
+        );
+    }
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let meta = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .unwrap();
+    for (topic, partitions) in [("saga.commands", 3), ("saga.replies", 3), ("dlq.saga", 1)] {
+        let name = format!("{prefix}{topic}");
+        let t = meta
+            .topics()
+            .iter()
+            .find(|t| t.name() == name)
+            .unwrap_or_else(|| panic!("no topic {name}"));
+        assert_eq!(t.partitions().len(), partitions, "{name}");
+    }
+}
+
+/// Replicas starting together on a fresh database: each migrates, one after the other
+/// (the migration lock), and none finds a migration "partially applied" — which is what
+/// two order replicas did under compose before the lock (MariaDB answers sqlx's own
+/// `GET_LOCK(…, -1)` with NULL: no lock at all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_migrating_a_fresh_database_at_once_all_succeed() {
+    let db = format!("e2e_migrate_race_{}", uuid::Uuid::new_v4().simple());
+    let env: HashMap<String, String> = [
+        ("DATABASE_URL", format!("{}/{db}", server())),
+        ("GRPC_INSECURE", "true".into()),
+        ("RUST_LOG", "info".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    // The database exists, empty, before they start (as compose's MySQL has it).
+    let mut c = sqlx::MySqlConnection::connect(&server()).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE `{db}`"))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let runs = (0..4).map(|_| {
+        ordersys_e2e::run_to_end(
+            "ordersys-order",
+            &["migrate"],
+            &env,
+            Duration::from_secs(120),
+        )
+    });
+    let results = futures::future::join_all(runs).await;
+    let got = tables(&db).await;
+    drop_db(&db).await;
+    for (i, (status, out)) in results.iter().enumerate() {
+        assert!(status.success(), "replica {i}: {status}\n{out}");
+    }
+    assert!(got.iter().any(|t| t == "saga_instances"), "{got:?}");
 }

@@ -54,6 +54,15 @@ async fn one_traced_order(api: &Api) -> (String, String) {
     let id = r.body["order_id"].as_str().expect("order id").to_owned();
     api.wait_order(&token, &id, |o| o["status"] == "CONFIRMED")
         .await;
+    // The wallet read is the payment service's gRPC (its request metric must be live).
+    let w = api
+        .raw(
+            api.client()
+                .get(format!("{}/api/v1/wallet", api.base()))
+                .bearer_auth(&token),
+        )
+        .await;
+    assert_eq!(w.status, 200, "{w:?}");
     (trace_id, parent)
 }
 

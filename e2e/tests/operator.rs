@@ -116,9 +116,21 @@ async fn operators_list_show_and_compensate_sagas_and_replay_dead_letters() {
         .find(|d| d["message_id"] == replay_id.as_str())
         .unwrap();
     assert_eq!(again["headers"]["dlq-replay-of"], pid, "{again}");
-    // Replaying the same dead letter again sends the same id (the consumer drops it).
-    let twice = ok(&sys, &["dlq", "replay", &offset, "--partition", &partition]);
+    // Replaying the same dead letter again sends the same id (the consumer drops it);
+    // without --partition the service finds the offset in whichever partition has it.
+    let twice = ok(&sys, &["dlq", "replay", &offset]);
     assert_eq!(twice["message_id"], replay_id.as_str());
+    let wrong = (parked["partition"].as_i64().unwrap() + 1).to_string();
+    let (code, v) = admin(
+        &sys,
+        TOKEN,
+        &["dlq", "replay", &offset, "--partition", &wrong],
+    );
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (1, Some("not_found")),
+        "{v}"
+    );
     let (code, v) = admin(&sys, TOKEN, &["dlq", "replay", "999999"]);
     assert_eq!(
         (code, v["error"]["code"].as_str()),

@@ -49,11 +49,69 @@ pub use streaming::MySqlStreamingOutbox;
 pub type MySqlTx = Transaction<'static, MySql>;
 
 /// Apply this crate's migrations (idempotent; coexists with other crates' migrations in
-/// the same database).
+/// the same database; safe when replicas start together — see [`migrate_all`]).
 pub async fn migrate(pool: &MySqlPool) -> Result<()> {
+    migrate_all(pool, &[migrator()]).await
+}
+
+/// This crate's migrations (to run with others through [`migrate_all`]).
+pub fn migrator() -> sqlx::migrate::Migrator {
     let mut migrator = sqlx::migrate!("./migrations");
     migrator.set_ignore_missing(true);
-    migrator.run(pool).await.map_err(Error::storage)
+    migrator
+}
+
+/// How long [`migrate_all`] waits for another process's migrations.
+const MIGRATION_LOCK_WAIT_SECS: i64 = 300;
+
+/// Run `migrators` one after the other on one connection that holds the database's
+/// named lock (`GET_LOCK('ordersys_migrate:<database>', 300)`), so that replicas
+/// starting at the same time apply migrations one after the other. All the migrators
+/// that share a database's `_sqlx_migrations` table belong in one call: a second
+/// process checking that table while the first is half-way through a migration would
+/// find it "partially applied" (MySQL's DDL is not transactional). sqlx's own lock is
+/// no help on MariaDB: it asks `GET_LOCK(name, -1)`, which MariaDB answers with NULL at
+/// once, without the lock.
+///
+/// ```no_run
+/// # async fn f(pool: sqlx::MySqlPool) -> outbox::Result<()> {
+/// let mine = sqlx::migrate!("./migrations");
+/// outbox::mysql::migrate_all(&pool, &[mine, outbox::mysql::migrator()]).await
+/// # }
+/// ```
+pub async fn migrate_all(pool: &MySqlPool, migrators: &[sqlx::migrate::Migrator]) -> Result<()> {
+    let mut conn = pool.acquire().await.map_err(storage)?;
+    let lock = "CONCAT('ordersys_migrate:', COALESCE(DATABASE(), ''))";
+    let got: Option<i64> = sqlx::query_scalar(&format!(
+        "SELECT GET_LOCK({lock}, {MIGRATION_LOCK_WAIT_SECS})"
+    ))
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(storage)?;
+    if got != Some(1) {
+        return Err(Error::storage(format!(
+            "the migration lock was not granted within {MIGRATION_LOCK_WAIT_SECS} s \
+             (another process is migrating this database)"
+        )));
+    }
+    let mut result = Ok(());
+    for migrator in migrators {
+        result = migrator
+            .run_direct(&mut *conn)
+            .await
+            .map_err(Error::storage);
+        if result.is_err() {
+            break;
+        }
+    }
+    let released = sqlx::query(&format!("SELECT RELEASE_LOCK({lock})"))
+        .execute(&mut *conn)
+        .await;
+    if released.is_err() {
+        // The lock dies with the connection: do not hand it back to the pool.
+        conn.detach();
+    }
+    result
 }
 
 fn storage(e: sqlx::Error) -> Error {

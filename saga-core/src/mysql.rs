@@ -20,11 +20,20 @@ use outbox::Transactional;
 
 use crate::{Error, Result, SagaId, SagaInstance, SagaStore};
 
-/// Apply this crate's migrations (idempotent; coexists with `outbox`'s).
+/// Apply this crate's migrations (idempotent; coexists with `outbox`'s; replicas
+/// starting together apply them one after the other — see
+/// [`outbox::mysql::migrate_all`]).
 pub async fn migrate(pool: &MySqlPool) -> Result<()> {
+    outbox::mysql::migrate_all(pool, &[migrator()])
+        .await
+        .map_err(|e| Error::storage(e.to_string()))
+}
+
+/// This crate's migrations (to run with others through [`outbox::mysql::migrate_all`]).
+pub fn migrator() -> sqlx::migrate::Migrator {
     let mut migrator = sqlx::migrate!("./migrations");
     migrator.set_ignore_missing(true);
-    migrator.run(pool).await.map_err(Error::storage)
+    migrator
 }
 
 /// MySQL saga store over the `saga_instances` table.

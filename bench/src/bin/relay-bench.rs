@@ -145,17 +145,13 @@ async fn main() -> anyhow::Result<()> {
     migrate(&pool).await?;
     let outbox = MySqlOutbox::new(pool.clone());
     let topics = ["bench.plain", "bench.relay", "bench.naive", "bench.latency"];
-    let wait_topics = Instant::now() + Duration::from_secs(60);
-    loop {
-        match ensure_topics(&brokers, &topics.map(|t| (t, 3))).await {
-            Ok(()) => break,
-            Err(e) if Instant::now() < wait_topics => {
-                eprintln!("relay-bench: waiting for the broker: {e}");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    ordersys_kit::retry::until_up(
+        "bench_topics",
+        Duration::from_secs(60),
+        "relay-bench: waiting for the broker",
+        || async { Ok(ensure_topics(&brokers, &topics.map(|t| (t, 3))).await?) },
+    )
+    .await?;
 
     // 1. Plain producer: every message handed to librdkafka, then all acknowledgements.
     let producer: FutureProducer = outbox::kafka::producer_config(&brokers).create()?;

@@ -20,7 +20,9 @@ pub use dead_letter::{
     DLQ_TOPIC_HEADER,
 };
 pub use publisher::{producer_config, KafkaPublisher};
-pub use topics::{ensure_topics, ensure_topics_using, ensure_topics_with};
+pub use topics::{
+    ensure_topics, ensure_topics_configured, ensure_topics_using, ensure_topics_with,
+};
 
 use crate::Error;
 use rdkafka::error::KafkaError;

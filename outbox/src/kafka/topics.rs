@@ -36,11 +36,41 @@ pub async fn ensure_topics_using(
     topics: &[(&str, i32)],
     replication: i32,
 ) -> Result<()> {
+    ensure_topics_configured(config, topics, replication, &[]).await
+}
+
+/// [`ensure_topics_using`] with topic settings for the topics it creates, e.g.
+/// `[("min.insync.replicas", "2")]` so that a producer with `acks=all` (ours) is
+/// acknowledged only once two replicas hold a message. Existing topics are left alone
+/// (their settings included).
+///
+/// ```no_run
+/// # async fn f() -> outbox::Result<()> {
+/// let mut config = rdkafka::ClientConfig::new();
+/// config.set("bootstrap.servers", "kafka:9092");
+/// outbox::kafka::ensure_topics_configured(
+///     &config,
+///     &[("saga.commands", 3), ("saga.replies", 3), ("dlq.saga", 1)],
+///     3,
+///     &[("min.insync.replicas", "2")],
+/// )
+/// .await
+/// # }
+/// ```
+pub async fn ensure_topics_configured(
+    config: &ClientConfig,
+    topics: &[(&str, i32)],
+    replication: i32,
+    topic_config: &[(&str, &str)],
+) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = config.create().map_err(kafka_err)?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|(name, partitions)| {
-            NewTopic::new(name, *partitions, TopicReplication::Fixed(replication))
+            topic_config.iter().fold(
+                NewTopic::new(name, *partitions, TopicReplication::Fixed(replication)),
+                |topic, (key, value)| topic.set(key, value),
+            )
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));

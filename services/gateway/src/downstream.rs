@@ -5,24 +5,20 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use ordersys_kit::context::RequestContext;
-use ordersys_kit::local_grpc::{channel_transport, Transport};
+use ordersys_kit::local_grpc::Transport;
 use resilience::{BreakerError, CircuitBreaker};
 use tonic::{Code, Status};
 
 use crate::error::ApiError;
 
-/// A lazily connected channel with per-call deadline, as a client transport.
+/// The transport to a downstream at `url` with a per-call deadline: balanced over the
+/// name's replicas (see [`crate::balance`]).
 pub fn channel(
     tls: &ordersys_kit::tls::GrpcTls,
     url: &str,
     timeout: Duration,
 ) -> anyhow::Result<Transport> {
-    Ok(channel_transport(
-        tls.endpoint(url)?
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(timeout)
-            .connect_lazy(),
-    ))
+    crate::balance::transport(tls, url, timeout)
 }
 
 /// A gRPC request carrying `x-correlation-id` and `traceparent`.

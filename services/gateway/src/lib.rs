@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 mod backends;
+pub mod balance;
 pub mod client_ip;
 pub mod config;
 pub mod downstream;
@@ -107,27 +108,6 @@ fn breaker(name: &'static str, config: &Config) -> CircuitBreaker {
         .build()
 }
 
-/// A readiness check: the downstream's gRPC health service answers.
-fn grpc_health(
-    channel: Transport,
-) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
-       + Send
-       + Sync
-       + 'static {
-    move || {
-        let mut client = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-        Box::pin(async move {
-            client
-                .check(tonic_health::pb::HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                .map(drop)
-                .map_err(|s| s.message().to_owned())
-        })
-    }
-}
-
 /// Build the router (REST API + health + metrics) with Redis backends.
 pub async fn app(config: &Config) -> anyhow::Result<Router> {
     let backends = Backends::redis(config).await?;
@@ -161,6 +141,27 @@ enum Security {
     Off(authz::Claims),
 }
 
+/// A readiness check of an in-process service: its gRPC health service answers.
+fn grpc_health(
+    channel: Transport,
+) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+       + Send
+       + Sync
+       + 'static {
+    move || {
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        Box::pin(async move {
+            client
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .map(drop)
+                .map_err(|s| s.message().to_owned())
+        })
+    }
+}
+
 fn build(config: &Config, backends: Backends, security: Security) -> anyhow::Result<Router> {
     let limiter = backends.limiter;
     let timeout = Duration::from_millis(config.downstream_timeout_ms);
@@ -177,15 +178,23 @@ fn build(config: &Config, backends: Backends, security: Security) -> anyhow::Res
         ),
     };
 
-    // Served on the public port: readiness without backend error text.
+    // Served on the public port: readiness without backend error text. Readiness is the
+    // gateway's own (its Redis), not the services': with one service down the gateway
+    // stays in the load balancer and answers that service's routes with 503 (its
+    // breaker), every other route as usual — a downstream check here would take every
+    // gateway replica out at once.
     let mut admin = Admin::new("gateway").public();
     if let Some(conn) = backends.redis {
         admin = admin.redis(conn);
     }
-    let admin = admin
-        .check("user-service", grpc_health(user_channel.clone()))
-        .check("order-service", grpc_health(order_channel.clone()))
-        .check("payment-service", grpc_health(payment_channel.clone()));
+    // In one process (`ordersys`) the services are parts of the gateway's own process:
+    // it is ready when they are.
+    if backends.in_process.is_some() {
+        admin = admin
+            .check("user-service", grpc_health(user_channel.clone()))
+            .check("order-service", grpc_health(order_channel.clone()))
+            .check("payment-service", grpc_health(payment_channel.clone()));
+    }
     let registry = admin.registry().clone();
     let metrics = Metrics {
         requests: IntCounterVec::new(

@@ -159,6 +159,133 @@ impl Jwt {
     }
 }
 
+/// Where a separate service listens, flattened into its `Config`: `GRPC_ADDR` (the
+/// service) and `ADMIN_ADDR` (`/healthz`, `/readyz`, `/metrics`, the operator API).
+/// The defaults are each service's own SPEC ports ([`Listen::on_ports`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Listen {
+    /// gRPC listen address (`GRPC_ADDR`).
+    pub grpc_addr: String,
+    /// Admin HTTP listen address (`ADMIN_ADDR`).
+    pub admin_addr: String,
+}
+
+impl Listen {
+    /// `0.0.0.0:{grpc}` and `0.0.0.0:{admin}`.
+    ///
+    /// ```
+    /// let l = ordersys_kit::config::Listen::on_ports(50052, 8082);
+    /// assert_eq!((l.grpc_addr.as_str(), l.admin_addr.as_str()), ("0.0.0.0:50052", "0.0.0.0:8082"));
+    /// ```
+    pub fn on_ports(grpc: u16, admin: u16) -> Self {
+        Self {
+            grpc_addr: format!("0.0.0.0:{grpc}"),
+            admin_addr: format!("0.0.0.0:{admin}"),
+        }
+    }
+}
+
+/// A service's stores, flattened into its `Config`: `DATABASE_URL` (MySQL, or a
+/// `sqlite://` file; the database is created if missing) and `REDIS_URL` (empty: no
+/// Redis — SQLite files and memory stand in, SQLite only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Stores {
+    /// The service's database (`DATABASE_URL`).
+    pub database_url: Secret,
+    /// Redis (`REDIS_URL`).
+    pub redis_url: Secret,
+}
+
+impl Stores {
+    /// Database `name` on the local MySQL server as `root`, and the local Redis: the
+    /// development defaults.
+    pub fn local(name: &str) -> Self {
+        Self {
+            database_url: format!("mysql://root@127.0.0.1:3306/{name}").into(),
+            redis_url: "redis://127.0.0.1:6379/".into(),
+        }
+    }
+
+    /// Whether the database is a SQLite file.
+    pub fn is_sqlite(&self) -> bool {
+        crate::db::is_sqlite(&self.database_url)
+    }
+
+    /// Whether there is no Redis (SQLite and memory stand in).
+    pub fn without_redis(&self) -> bool {
+        self.redis_url.is_empty()
+    }
+
+    /// Create the database if missing and apply a service's migrations: `sqlite` with
+    /// a pool on the SQLite file, or `mysql` with a MySQL pool of two connections
+    /// (waiting up to 30 s for the server). What a service's `migrate` command runs.
+    pub async fn migrate<S, M>(&self, sqlite: S, mysql: M) -> anyhow::Result<()>
+    where
+        S: AsyncFnOnce(sqlx::SqlitePool) -> anyhow::Result<()>,
+        M: AsyncFnOnce(sqlx::MySqlPool) -> anyhow::Result<()>,
+    {
+        if self.is_sqlite() {
+            sqlite(crate::db::connect_sqlite(&self.database_url).await?).await
+        } else {
+            let wait = std::time::Duration::from_secs(30);
+            mysql(crate::db::connect(&self.database_url, 2, wait).await?).await
+        }
+    }
+
+    /// Without Redis, a SQLite service keeps its idempotency keys in a file beside its
+    /// database: create and migrate it (nothing to do otherwise).
+    pub async fn idempotency_keys_file(&self) -> anyhow::Result<()> {
+        if self.is_sqlite() && self.without_redis() {
+            crate::db::sqlite_idempotency_keys(&self.database_url).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Saga messaging over Kafka, flattened into the order and payment services'
+/// `Config`: `KAFKA_BROKERS`, `KAFKA_TOPIC_PREFIX`, `INBOX_RETENTION_HOURS` and the
+/// client tuning ([`KafkaTuning`](crate::messaging::KafkaTuning)).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Kafka {
+    /// Kafka (`KAFKA_BROKERS`, default 127.0.0.1:9092).
+    pub kafka_brokers: String,
+    /// Prefix of topic names and consumer groups (`KAFKA_TOPIC_PREFIX`, default none).
+    pub kafka_topic_prefix: String,
+    /// How long a processed message's inbox record is kept, so a redelivery is still
+    /// recognised (`INBOX_RETENTION_HOURS`, default 168 = Kafka's default log
+    /// retention). Purged hourly.
+    pub inbox_retention_hours: u64,
+    /// Kafka client settings (`KAFKA_FETCH_WAIT_MAX_MS`, `KAFKA_LINGER_MS`, …).
+    #[serde(flatten)]
+    pub tuning: crate::messaging::KafkaTuning,
+}
+
+impl Default for Kafka {
+    fn default() -> Self {
+        Self {
+            kafka_brokers: "127.0.0.1:9092".into(),
+            kafka_topic_prefix: String::new(),
+            inbox_retention_hours: 168,
+            tuning: Default::default(),
+        }
+    }
+}
+
+impl Kafka {
+    /// Messaging through these brokers with this tuning.
+    pub fn messaging(&self) -> crate::messaging::Messaging {
+        crate::messaging::Messaging::Kafka {
+            brokers: self.kafka_brokers.clone(),
+            tuning: self.tuning.clone(),
+        }
+    }
+
+    /// The saga topics under the prefix.
+    pub fn topics(&self) -> crate::messaging::Topics {
+        crate::messaging::Topics::new(&self.kafka_topic_prefix)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,6 +362,63 @@ mod tests {
                 !shown.contains("hunter2") && shown.contains("<redacted>"),
                 "{shown}"
             );
+            Ok(())
+        });
+    }
+
+    /// A service's config as the order and payment services build theirs.
+    #[derive(Debug, Serialize, serde::Deserialize)]
+    #[serde(default)]
+    struct ServiceLike {
+        #[serde(flatten)]
+        listen: Listen,
+        #[serde(flatten)]
+        stores: Stores,
+        #[serde(flatten)]
+        kafka: Kafka,
+    }
+
+    impl Default for ServiceLike {
+        fn default() -> Self {
+            Self {
+                listen: Listen::on_ports(50052, 8082),
+                stores: Stores::local("ordersys_order"),
+                kafka: Kafka::default(),
+            }
+        }
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's own test API
+    fn shared_sections_keep_each_service_s_defaults_and_read_their_variables() {
+        let names = env_names::<ServiceLike>();
+        for name in [
+            "GRPC_ADDR",
+            "ADMIN_ADDR",
+            "DATABASE_URL",
+            "REDIS_URL",
+            "KAFKA_BROKERS",
+            "KAFKA_TOPIC_PREFIX",
+            "INBOX_RETENTION_HOURS",
+            "KAFKA_LINGER_MS",
+        ] {
+            assert!(names.iter().any(|n| n == name), "{name} not in {names:?}");
+        }
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("ADMIN_ADDR", "127.0.0.1:9999");
+            jail.set_env("REDIS_URL", "");
+            jail.set_env("KAFKA_TOPIC_PREFIX", "t.");
+            let c: ServiceLike = load().expect("loads");
+            assert_eq!(c.listen.grpc_addr, "0.0.0.0:50052");
+            assert_eq!(c.listen.admin_addr, "127.0.0.1:9999");
+            assert_eq!(
+                c.stores.database_url.expose(),
+                "mysql://root@127.0.0.1:3306/ordersys_order"
+            );
+            assert!(c.stores.without_redis() && !c.stores.is_sqlite());
+            assert_eq!(c.kafka.topics().commands, "t.saga.commands");
+            assert_eq!(c.kafka.inbox_retention_hours, 168);
+            assert!(!format!("{c:?}").contains("mysql://"));
             Ok(())
         });
     }

@@ -58,6 +58,24 @@ pub fn channel_transport(channel: tonic::transport::Channel) -> Transport {
     BoxCloneSyncService::new(channel.map_err(|e| TransportError(Box::new(e))))
 }
 
+/// A [`Transport`] over a tonic channel in which a call ends `UNAVAILABLE` after
+/// `within` at the latest, including the time it waits for the channel to have an
+/// endpoint at all (a balanced channel whose name does not resolve yet would otherwise
+/// hold calls indefinitely).
+pub fn channel_transport_within(channel: tonic::transport::Channel, within: Duration) -> Transport {
+    BoxCloneSyncService::new(channel.map_err(|e| TransportError(Box::new(e))).map_future(
+        move |call| async move {
+            tokio::time::timeout(within, call)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(TransportError::from(Status::unavailable(format!(
+                        "no answer within {within:?}"
+                    ))))
+                })
+        },
+    ))
+}
+
 /// A slot a service fills with its gRPC stack when it starts, and clients call through.
 /// Before the service is there, a call fails with `UNAVAILABLE` — as a connection to a
 /// port nobody listens on yet would.

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use outbox::kafka::ensure_topics_using;
+use outbox::kafka::ensure_topics_configured;
 use outbox::{OutboxStore, Relay, RelayConfig, RelayHandle};
 
 /// The saga topics, with an optional prefix (tests run isolated systems on one broker).
@@ -34,8 +34,9 @@ impl Topics {
         format!("{}{service}", self.prefix)
     }
 
-    /// Create the topics if missing (3 partitions each), retrying while the broker is
-    /// not up yet.
+    /// Create the topics if missing (commands and replies 3 partitions, dead letters 1;
+    /// replication factor and `min.insync.replicas` from `tuning`), retrying while the
+    /// broker is not up yet.
     pub async fn ensure(
         &self,
         brokers: &str,
@@ -44,11 +45,16 @@ impl Topics {
     ) -> anyhow::Result<()> {
         let config = tuning.client_config(brokers)?;
         let topics = [(&*self.commands, 3), (&*self.replies, 3), (&*self.dlq, 1)];
+        let isr = tuning.kafka_min_insync_replicas.to_string();
+        let settings = [("min.insync.replicas", isr.as_str())];
+        let replication = tuning.kafka_replication_factor;
         crate::retry::until_up(
             "kafka_topics",
             wait,
             "Kafka недоступна, повтор создания топиков",
-            || async { Ok(ensure_topics_using(&config, &topics, 1).await?) },
+            || async {
+                Ok(ensure_topics_configured(&config, &topics, replication, &settings).await?)
+            },
         )
         .await
     }
@@ -88,6 +94,13 @@ pub struct KafkaTuning {
     /// take over when its lease expires), no row written per message, a failed publish
     /// holds back the stream ([`outbox::mysql::MySqlStreamingOutbox`]).
     pub outbox_stream: bool,
+    /// Replication factor of the topics the service creates when they are missing
+    /// (`KAFKA_REPLICATION_FACTOR`, default 1: one broker). On a cluster: 3.
+    pub kafka_replication_factor: i32,
+    /// `min.insync.replicas` of the topics the service creates
+    /// (`KAFKA_MIN_INSYNC_REPLICAS`, default 1). Producers use `acks=all`: with 2, a
+    /// message is acknowledged once two replicas hold it. On a cluster: 2.
+    pub kafka_min_insync_replicas: u32,
 }
 
 impl Default for KafkaTuning {
@@ -99,6 +112,8 @@ impl Default for KafkaTuning {
             kafka_properties: String::new(),
             kafka_static_membership: true,
             outbox_stream: false,
+            kafka_replication_factor: 1,
+            kafka_min_insync_replicas: 1,
         }
     }
 }

@@ -126,6 +126,23 @@ impl GrpcTls {
             None => Ok(Endpoint::from_shared(url.to_owned())?),
         }
     }
+
+    /// An endpoint connecting to `addr` — one of the addresses `host` resolves to —
+    /// that verifies the server's certificate for `host` (client-side balancing over a
+    /// name's replicas: each is dialled by address, each must prove the name).
+    pub fn endpoint_at(&self, host: &str, addr: std::net::SocketAddr) -> anyhow::Result<Endpoint> {
+        match self.material()? {
+            Some(m) => Ok(
+                Endpoint::from_shared(format!("https://{addr}"))?.tls_config(
+                    ClientTlsConfig::new()
+                        .domain_name(host)
+                        .identity(m.identity)
+                        .ca_certificate(m.ca),
+                )?,
+            ),
+            None => Ok(Endpoint::from_shared(format!("http://{addr}"))?),
+        }
+    }
 }
 
 #[cfg(test)]

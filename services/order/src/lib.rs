@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use ordersys_kit::admin::Admin;
 use ordersys_kit::launch::Launcher;
-use ordersys_kit::messaging::{Messaging, Topics};
+use ordersys_kit::messaging::Messaging;
 use ordersys_kit::outbox_store::MySqlServiceOutbox;
 use ordersys_proto::order::v1::order_service_server::OrderServiceServer;
 use outbox::idempotency::{
@@ -44,10 +44,7 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let messaging = Messaging::Kafka {
-        brokers: config.kafka_brokers.clone(),
-        tuning: config.kafka.clone(),
-    };
+    let messaging = config.kafka.messaging();
     run_with(config, listeners, shutdown, messaging).await
 }
 
@@ -56,18 +53,10 @@ pub async fn run(
 /// `ordersys-order migrate`, `make migrate`. Serving applies them too; this runs them as
 /// a step of their own (before a rollout, say).
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    if ordersys_kit::db::is_sqlite(&config.database_url) {
-        let pool = ordersys_kit::db::connect_sqlite(&config.database_url).await?;
-        repository::SqliteOrders::new(pool).migrate().await?;
-        if config.redis_url.is_empty() {
-            ordersys_kit::db::sqlite_idempotency_keys(&config.database_url).await?;
-        }
-        Ok(())
-    } else {
-        let pool =
-            ordersys_kit::db::connect(&config.database_url, 2, Duration::from_secs(30)).await?;
-        repository::MySqlOrders::new(pool).migrate().await
-    }
+    let sqlite = async |pool| repository::SqliteOrders::new(pool).migrate().await;
+    let mysql = async |pool| repository::MySqlOrders::new(pool).migrate().await;
+    config.stores.migrate(sqlite, mysql).await?;
+    config.stores.idempotency_keys_file().await
 }
 
 /// Run until `shutdown` resolves, with `messaging` for the saga messages.
@@ -79,25 +68,27 @@ pub async fn run_with(
 ) -> anyhow::Result<()> {
     // Backends by configuration: MySQL or SQLite (DATABASE_URL); Redis for the cache and
     // idempotency keys, or memory cache + SQLite keys when REDIS_URL is empty (SQLite only).
-    if ordersys_kit::db::is_sqlite(&config.database_url) {
-        let pool = ordersys_kit::db::connect_sqlite(&config.database_url).await?;
+    if ordersys_kit::db::is_sqlite(&config.stores.database_url) {
+        let pool = ordersys_kit::db::connect_sqlite(&config.stores.database_url).await?;
         let repo = repository::SqliteOrders::new(pool.clone());
         repo.migrate().await?;
-        let repo = repo
-            .with_readers(ordersys_kit::db::connect_sqlite_readers(&config.database_url).await?);
+        let repo = repo.with_readers(
+            ordersys_kit::db::connect_sqlite_readers(&config.stores.database_url).await?,
+        );
         let mut admin = Admin::new("order").sqlite(pool.clone());
         let (cache, idempotency): (Arc<dyn Cache>, Arc<dyn IdempotencyStore>) =
-            if config.redis_url.is_empty() {
+            if config.stores.redis_url.is_empty() {
                 // The keys are a fast path in front of the orders' unique
                 // (user, Idempotency-Key): a cache in a file of its own, whose commits
                 // wait for no disk and never queue behind the orders' writes.
-                let keys = ordersys_kit::db::sqlite_idempotency_keys(&config.database_url).await?;
+                let keys =
+                    ordersys_kit::db::sqlite_idempotency_keys(&config.stores.database_url).await?;
                 (
                     Arc::new(MemoryCache::new()),
                     Arc::new(SqliteIdempotencyStore::new(keys)),
                 )
             } else {
-                let conn = ordersys_kit::redis_client::client(&config.redis_url)?
+                let conn = ordersys_kit::redis_client::client(&config.stores.redis_url)?
                     .get_connection_manager()
                     .await?;
                 admin = admin.redis(conn.clone());
@@ -125,14 +116,15 @@ pub async fn run_with(
         .await
     } else {
         let pool =
-            ordersys_kit::db::connect(&config.database_url, 20, Duration::from_secs(30)).await?;
+            ordersys_kit::db::connect(&config.stores.database_url, 20, Duration::from_secs(30))
+                .await?;
         let repo = repository::MySqlOrders::new(pool.clone());
         repo.migrate().await?;
         anyhow::ensure!(
-            !config.redis_url.is_empty(),
+            !config.stores.redis_url.is_empty(),
             "REDIS_URL is required with a MySQL database"
         );
-        let conn = ordersys_kit::redis_client::client(&config.redis_url)?
+        let conn = ordersys_kit::redis_client::client(&config.stores.redis_url)?
             .get_connection_manager()
             .await?;
         let admin = Admin::new("order").mysql(pool.clone()).redis(conn.clone());
@@ -176,7 +168,7 @@ async fn serve<B: saga::Backend, I: Inbox<Tx = B::Tx> + Clone>(
     admin: Admin,
     messaging: Messaging,
 ) -> anyhow::Result<()> {
-    let topics = Topics::new(&config.kafka_topic_prefix);
+    let topics = config.kafka.topics();
     let Parts {
         repo,
         sagas,
@@ -196,7 +188,7 @@ async fn serve<B: saga::Backend, I: Inbox<Tx = B::Tx> + Clone>(
     launcher.housekeeping(
         inbox.clone(),
         idempotency.clone(),
-        config.inbox_retention_hours,
+        config.kafka.inbox_retention_hours,
     );
     let service = service::OrderService::<B>::new(
         repo.clone(),

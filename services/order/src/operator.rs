@@ -7,7 +7,7 @@
 //! | `GET /admin/sagas/{id}` | one saga, its orders and its history: every event, state change and command, with timestamps and trace ids |
 //! | `POST /admin/sagas/{id}/compensate` `{"reason": "…"}` | force compensation: a running saga gives up its awaited step and compensates; a compensating one sends its pending compensations again |
 //! | `GET /admin/dlq?limit=` | what `dlq.saga` holds: id, original topic, key, reason, headers |
-//! | `POST /admin/dlq/replay` `{"partition": 0, "offset": 7}` | publish a dead letter to its original topic again, after a fix (a derived id: replaying the same one twice is processed once) |
+//! | `POST /admin/dlq/replay` `{"offset": 7}` (`"partition"` needed only when several partitions have that offset) | publish a dead letter to its original topic again, after a fix (a derived id: replaying the same one twice is processed once) |
 //!
 //! Every action is logged (warn level, with the operator's reason) and counted in
 //! `ordersys_operator_actions_total{action,result}`. The CLI `ordersys-admin` calls
@@ -426,8 +426,9 @@ async fn dlq_list<B: Backend>(
 
 #[derive(Debug, Deserialize)]
 struct ReplayBody {
+    /// Absent: the one dead letter at `offset` in any partition (409 if several).
     #[serde(default)]
-    partition: i32,
+    partition: Option<i32>,
     offset: i64,
 }
 
@@ -439,18 +440,33 @@ async fn dlq_replay<B: Backend>(
         Ok(r) => r,
         Err(r) => return *r,
     };
-    let Some(record) = records
+    let at: Vec<_> = records
         .iter()
-        .find(|r| r.partition == body.partition && r.offset == body.offset)
-    else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!(
-                "no dead letter at partition {} offset {}",
-                body.partition, body.offset
-            ),
-        );
+        .filter(|r| r.offset == body.offset && body.partition.is_none_or(|p| r.partition == p))
+        .collect();
+    let record = match at[..] {
+        [record] => record,
+        [] => {
+            let place = match body.partition {
+                Some(p) => format!("partition {p} offset {}", body.offset),
+                None => format!("offset {}", body.offset),
+            };
+            return error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no dead letter at {place}"),
+            );
+        }
+        _ => {
+            return error(
+                StatusCode::CONFLICT,
+                "ambiguous",
+                format!(
+                    "dead letters at offset {} in several partitions: name one (partition)",
+                    body.offset
+                ),
+            );
+        }
     };
     if record.original_topic.is_empty() {
         counted("replay_dlq", "refused");

@@ -326,10 +326,9 @@ impl MySqlOrders {
     pub async fn migrate(&self) -> anyhow::Result<()> {
         let mut m = sqlx::migrate!("./migrations");
         m.set_ignore_missing(true);
-        m.run(&self.pool).await?;
-        outbox::mysql::migrate(&self.pool).await?;
-        saga_core::mysql::migrate(&self.pool).await?;
-        Ok(())
+        // One lock around all three: replicas starting together take turns.
+        let all = [m, outbox::mysql::migrator(), saga_core::mysql::migrator()];
+        Ok(outbox::mysql::migrate_all(&self.pool, &all).await?)
     }
 }
 

@@ -15,7 +15,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use authz::Blacklist;
-use ordersys_kit::config::{Jwt, Secret};
+use ordersys_kit::config::{Jwt, Kafka, Listen, Secret, Stores};
 use ordersys_kit::launch::Launcher;
 use ordersys_kit::messaging::Messaging;
 use ordersys_kit::tls::GrpcTls;
@@ -194,11 +194,17 @@ pub async fn run(
     let http = tokio::net::TcpListener::bind(&config.http_addr).await?;
     let http_addr = http.local_addr()?;
 
-    let user = ordersys_user::Config {
-        grpc_addr: String::new(),
-        admin_addr: String::new(),
-        database_url: config.database("user").into(),
+    let stores = |service: &str| Stores {
+        database_url: config.database(service).into(),
         redis_url: config.redis_url.clone(),
+    };
+    let kafka = Kafka {
+        kafka_brokers: config.kafka_brokers.clone(),
+        ..Kafka::default()
+    };
+    let user = ordersys_user::Config {
+        listen: Listen::on_ports(0, 0),
+        stores: stores("user"),
         jwt: Jwt {
             jwt_leeway_secs: config.jwt_leeway_secs,
             ..Jwt::with_secret(secret.clone())
@@ -207,17 +213,15 @@ pub async fn run(
         tls: GrpcTls::loopback_plaintext(),
     };
     let order = ordersys_order::Config {
-        database_url: config.database("order").into(),
-        redis_url: config.redis_url.clone(),
-        kafka_brokers: config.kafka_brokers.clone(),
+        stores: stores("order"),
+        kafka: kafka.clone(),
         payment_deadline_secs: config.payment_deadline_secs,
         tls: GrpcTls::loopback_plaintext(),
         ..ordersys_order::Config::default()
     };
     let payment = ordersys_payment::Config {
-        database_url: config.database("payment").into(),
-        redis_url: config.redis_url.clone(),
-        kafka_brokers: config.kafka_brokers.clone(),
+        stores: stores("payment"),
+        kafka,
         initial_balance: config.initial_balance,
         tls: GrpcTls::loopback_plaintext(),
         ..ordersys_payment::Config::default()
@@ -244,7 +248,7 @@ pub async fn run(
             config.database_url.is_empty(),
             "a MySQL database needs REDIS_URL for revoked tokens"
         );
-        let pool = ordersys_kit::db::connect_sqlite(&user.database_url).await?;
+        let pool = ordersys_kit::db::connect_sqlite(&user.stores.database_url).await?;
         authz::sqlite::migrate(&pool).await?;
         let blacklist: Arc<dyn Blacklist> = Arc::new(authz::sqlite::SqliteBlacklist::new(pool));
         ordersys_gateway::Backends::local(&gateway, blacklist)

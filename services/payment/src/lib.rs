@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use ordersys_kit::admin::Admin;
 use ordersys_kit::launch::Launcher;
-use ordersys_kit::messaging::{Messaging, Topics};
+use ordersys_kit::messaging::Messaging;
 use ordersys_kit::outbox_store::MySqlServiceOutbox;
 use ordersys_proto::payment::v1::payment_service_server::PaymentServiceServer;
 use outbox::idempotency::{IdempotencyStore, RedisIdempotencyStore};
@@ -38,10 +38,7 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let messaging = Messaging::Kafka {
-        brokers: config.kafka_brokers.clone(),
-        tuning: config.kafka.clone(),
-    };
+    let messaging = config.kafka.messaging();
     run_with(config, listeners, shutdown, messaging).await
 }
 
@@ -49,18 +46,10 @@ pub async fn run(
 /// outbox, inbox; with SQLite and no Redis, the idempotency file too), then return:
 /// `ordersys-payment migrate`, `make migrate`.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    if ordersys_kit::db::is_sqlite(&config.database_url) {
-        let pool = ordersys_kit::db::connect_sqlite(&config.database_url).await?;
-        repository::SqlitePayments::new(pool).migrate().await?;
-        if config.redis_url.is_empty() {
-            ordersys_kit::db::sqlite_idempotency_keys(&config.database_url).await?;
-        }
-        Ok(())
-    } else {
-        let pool =
-            ordersys_kit::db::connect(&config.database_url, 2, Duration::from_secs(30)).await?;
-        repository::MySqlPayments::new(pool).migrate().await
-    }
+    let sqlite = async |pool| repository::SqlitePayments::new(pool).migrate().await;
+    let mysql = async |pool| repository::MySqlPayments::new(pool).migrate().await;
+    config.stores.migrate(sqlite, mysql).await?;
+    config.stores.idempotency_keys_file().await
 }
 
 /// Run until `shutdown` resolves: the message in progress is finished, the relay
@@ -85,19 +74,20 @@ pub async fn run_with(
     );
     // Backends by configuration: MySQL or SQLite (DATABASE_URL); Redis for the
     // idempotency fast path, or the SQLite database itself when REDIS_URL is empty.
-    if ordersys_kit::db::is_sqlite(&config.database_url) {
-        let pool = ordersys_kit::db::connect_sqlite(&config.database_url).await?;
+    if ordersys_kit::db::is_sqlite(&config.stores.database_url) {
+        let pool = ordersys_kit::db::connect_sqlite(&config.stores.database_url).await?;
         let repo = repository::SqlitePayments::new(pool.clone());
         repo.migrate().await?;
         let mut admin = Admin::new("payment").sqlite(pool.clone());
-        let idempotency: Arc<dyn IdempotencyStore> = if config.redis_url.is_empty() {
+        let idempotency: Arc<dyn IdempotencyStore> = if config.stores.redis_url.is_empty() {
             // A file of its own: the handler consults it while its unit of work holds
             // the payment database's write lock. A fast path in front of the payments'
             // unique key, so a cache: its commits wait for no disk.
-            let keys = ordersys_kit::db::sqlite_idempotency_keys(&config.database_url).await?;
+            let keys =
+                ordersys_kit::db::sqlite_idempotency_keys(&config.stores.database_url).await?;
             Arc::new(SqliteIdempotencyStore::new(keys))
         } else {
-            let conn = ordersys_kit::redis_client::client(&config.redis_url)?
+            let conn = ordersys_kit::redis_client::client(&config.stores.redis_url)?
                 .get_connection_manager()
                 .await?;
             admin = admin.redis(conn.clone());
@@ -118,14 +108,15 @@ pub async fn run_with(
         .await
     } else {
         let pool =
-            ordersys_kit::db::connect(&config.database_url, 10, Duration::from_secs(30)).await?;
+            ordersys_kit::db::connect(&config.stores.database_url, 10, Duration::from_secs(30))
+                .await?;
         let repo = repository::MySqlPayments::new(pool.clone());
         repo.migrate().await?;
         anyhow::ensure!(
-            !config.redis_url.is_empty(),
+            !config.stores.redis_url.is_empty(),
             "REDIS_URL is required with a MySQL database"
         );
-        let conn = ordersys_kit::redis_client::client(&config.redis_url)?
+        let conn = ordersys_kit::redis_client::client(&config.stores.redis_url)?
             .get_connection_manager()
             .await?;
         let admin = Admin::new("payment")
@@ -165,7 +156,7 @@ where
     O: OutboxStore<Tx = R::Tx> + Clone,
     I: Inbox<Tx = R::Tx> + Clone,
 {
-    let topics = Topics::new(&config.kafka_topic_prefix);
+    let topics = config.kafka.topics();
     let accounts = service::Accounts {
         initial_balance: config.initial_balance,
         currency: config.account_currency.clone(),
@@ -174,7 +165,7 @@ where
     launcher.housekeeping(
         inbox.clone(),
         idempotency.clone(),
-        config.inbox_retention_hours,
+        config.kafka.inbox_retention_hours,
     );
     let wake = launcher.relay(outbox.clone());
     let handler = service::CommandHandler::new(

@@ -10,8 +10,19 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!("миграции применены");
         return Ok(());
     }
+    // `ordersys-payment topics`: create the saga topics that are missing (replication
+    // factor and min.insync.replicas from the configuration) and exit — the Kubernetes
+    // topics Job; the service also does it when it starts.
+    if std::env::args().nth(1).as_deref() == Some("topics") {
+        let k = &config.kafka;
+        let wait = std::time::Duration::from_secs(120);
+        k.topics().ensure(&k.kafka_brokers, &k.tuning, wait).await?;
+        tracing::info!(brokers = %k.kafka_brokers, "топики созданы");
+        return Ok(());
+    }
     tracing::info!(config = ?config, "конфигурация загружена");
     let listeners =
-        ordersys_payment::Listeners::bind(&config.grpc_addr, &config.admin_addr).await?;
+        ordersys_payment::Listeners::bind(&config.listen.grpc_addr, &config.listen.admin_addr)
+            .await?;
     ordersys_payment::run(config, listeners, ordersys_kit::shutdown::signal()).await
 }

@@ -238,9 +238,8 @@ impl MySqlPayments {
     pub async fn migrate(&self) -> anyhow::Result<()> {
         let mut m = sqlx::migrate!("./migrations");
         m.set_ignore_missing(true);
-        m.run(&self.pool).await?;
-        outbox::mysql::migrate(&self.pool).await?;
-        Ok(())
+        // One lock around both: replicas starting together take turns.
+        Ok(outbox::mysql::migrate_all(&self.pool, &[m, outbox::mysql::migrator()]).await?)
     }
 }
 

@@ -1,20 +1,20 @@
 //! Typed configuration (defaults → `CONFIG_FILE` → environment).
 
-use ordersys_kit::config::Secret;
+use ordersys_kit::config::{Listen, Stores};
 use serde::{Deserialize, Serialize};
 
 /// User service settings. Environment variables are the upper-case field names.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {
-    /// gRPC listen address (`GRPC_ADDR`).
-    pub grpc_addr: String,
-    /// Admin HTTP listen address (`ADMIN_ADDR`): /healthz, /readyz, /metrics.
-    pub admin_addr: String,
-    /// MySQL (`DATABASE_URL`); the database is created if missing.
-    pub database_url: Secret,
-    /// Redis (`REDIS_URL`): the JWT blacklist.
-    pub redis_url: Secret,
+    /// `GRPC_ADDR` (default 0.0.0.0:50051), `ADMIN_ADDR` (default 0.0.0.0:8081):
+    /// /healthz, /readyz, /metrics.
+    #[serde(flatten)]
+    pub listen: Listen,
+    /// `DATABASE_URL` (default the local `ordersys_user`), `REDIS_URL`: the JWT
+    /// blacklist.
+    #[serde(flatten)]
+    pub stores: Stores,
     /// The token settings shared with the gateway (`JWT_SECRET`, `JWT_ISSUER`,
     /// `JWT_AUDIENCE`, `JWT_LEEWAY_SECS`).
     #[serde(flatten)]
@@ -30,10 +30,8 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            grpc_addr: "0.0.0.0:50051".into(),
-            admin_addr: "0.0.0.0:8081".into(),
-            database_url: "mysql://root@127.0.0.1:3306/ordersys_user".into(),
-            redis_url: "redis://127.0.0.1:6379/".into(),
+            listen: Listen::on_ports(50051, 8081),
+            stores: Stores::local("ordersys_user"),
             jwt: Default::default(),
             jwt_ttl_secs: 900,
             tls: Default::default(),

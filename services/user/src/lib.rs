@@ -28,18 +28,16 @@ pub use ordersys_kit::Listeners;
 /// Create the database if missing and apply every migration (users; with SQLite and no
 /// Redis, the revoked tokens too), then return: `ordersys-user migrate`, `make migrate`.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    if ordersys_kit::db::is_sqlite(&config.database_url) {
-        let pool = ordersys_kit::db::connect_sqlite(&config.database_url).await?;
+    let stores = &config.stores;
+    let sqlite = async |pool: sqlx::SqlitePool| {
         repository::SqliteUsers::new(pool.clone()).migrate().await?;
-        if config.redis_url.is_empty() {
+        if stores.without_redis() {
             authz::sqlite::migrate(&pool).await?;
         }
         Ok(())
-    } else {
-        let pool =
-            ordersys_kit::db::connect(&config.database_url, 2, Duration::from_secs(30)).await?;
-        repository::MySqlUsers::new(pool).migrate().await
-    }
+    };
+    let mysql = async |pool| repository::MySqlUsers::new(pool).migrate().await;
+    stores.migrate(sqlite, mysql).await
 }
 
 /// Run the service until `shutdown` resolves; in-flight requests are finished first.
@@ -53,16 +51,16 @@ pub async fn run(
     // same database for revoked tokens.
     let mut admin = Admin::new("user");
     let (repo, blacklist): (Arc<dyn repository::UserRepository>, Arc<dyn Blacklist>) =
-        if ordersys_kit::db::is_sqlite(&config.database_url) {
-            let pool = ordersys_kit::db::connect_sqlite(&config.database_url).await?;
+        if ordersys_kit::db::is_sqlite(&config.stores.database_url) {
+            let pool = ordersys_kit::db::connect_sqlite(&config.stores.database_url).await?;
             let repo = repository::SqliteUsers::new(pool.clone());
             repo.migrate().await?;
             admin = admin.sqlite(pool.clone());
-            let blacklist: Arc<dyn Blacklist> = if config.redis_url.is_empty() {
+            let blacklist: Arc<dyn Blacklist> = if config.stores.redis_url.is_empty() {
                 authz::sqlite::migrate(&pool).await?;
                 Arc::new(authz::sqlite::SqliteBlacklist::new(pool))
             } else {
-                let conn = ordersys_kit::redis_client::client(&config.redis_url)?
+                let conn = ordersys_kit::redis_client::client(&config.stores.redis_url)?
                     .get_connection_manager()
                     .await?;
                 admin = admin.redis(conn.clone());
@@ -70,16 +68,17 @@ pub async fn run(
             };
             (Arc::new(repo), blacklist)
         } else {
-            let pool = ordersys_kit::db::connect(&config.database_url, 10, Duration::from_secs(30))
-                .await?;
+            let pool =
+                ordersys_kit::db::connect(&config.stores.database_url, 10, Duration::from_secs(30))
+                    .await?;
             let repo = repository::MySqlUsers::new(pool.clone());
             repo.migrate().await?;
             admin = admin.mysql(pool);
             anyhow::ensure!(
-                !config.redis_url.is_empty(),
+                !config.stores.redis_url.is_empty(),
                 "REDIS_URL is required with a MySQL database"
             );
-            let conn = ordersys_kit::redis_client::client(&config.redis_url)?
+            let conn = ordersys_kit::redis_client::client(&config.stores.redis_url)?
                 .get_connection_manager()
                 .await?;
             admin = admin.redis(conn.clone());

@@ -11,6 +11,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     tracing::info!(config = ?config, "конфигурация загружена");
-    let listeners = ordersys_user::Listeners::bind(&config.grpc_addr, &config.admin_addr).await?;
+    let listeners =
+        ordersys_user::Listeners::bind(&config.listen.grpc_addr, &config.listen.admin_addr).await?;
     ordersys_user::run(config, listeners, ordersys_kit::shutdown::signal()).await
 }

@@ -45,8 +45,8 @@ impl MySqlUsers {
     pub async fn migrate(&self) -> anyhow::Result<()> {
         let mut m = sqlx::migrate!("./migrations");
         m.set_ignore_missing(true);
-        m.run(&self.pool).await?;
-        Ok(())
+        // Under the database's migration lock: replicas starting together take turns.
+        Ok(outbox::mysql::migrate_all(&self.pool, &[m]).await?)
     }
 }
 

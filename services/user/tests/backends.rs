@@ -61,16 +61,20 @@ async fn start(
     tokio::task::JoinHandle<anyhow::Result<()>>,
 ) {
     let config = Config {
-        grpc_addr: "127.0.0.1:0".into(),
-        admin_addr: "127.0.0.1:0".into(),
-        database_url: format!("sqlite://{db}").into(),
-        redis_url: Default::default(),
+        listen: ordersys_kit::config::Listen {
+            grpc_addr: "127.0.0.1:0".into(),
+            admin_addr: "127.0.0.1:0".into(),
+        },
+        stores: ordersys_kit::config::Stores {
+            database_url: format!("sqlite://{db}").into(),
+            redis_url: Default::default(),
+        },
         jwt: ordersys_kit::config::Jwt::with_secret("embedded-test-secret-0123456789abcdef"),
         // In process, on 127.0.0.1: the test is about storage, not transport security.
         tls: ordersys_kit::tls::GrpcTls::loopback_plaintext(),
         ..Config::default()
     };
-    let listeners = Listeners::bind(&config.grpc_addr, &config.admin_addr)
+    let listeners = Listeners::bind(&config.listen.grpc_addr, &config.listen.admin_addr)
         .await
         .unwrap();
     let url = format!("http://{}", listeners.grpc.local_addr().unwrap());

@@ -27,6 +27,18 @@ chaos — the ordersys fault suite
                        bus) instead of the separate services; no faults, and the
                        invariants checked through the REST API only
   --keep               keep the work directory (logs, data) after a pass
+  --compose PROJECT    attach to the running compose deployment PROJECT instead of
+                       starting one (the gateway at its published port 8080, MySQL at
+                       its container address with MYSQL_ROOT_PASSWORD from the
+                       environment); faults are done to its containers, one after
+                       another, as --compose-faults lists them; load stops after the
+                       last one
+  --compose-faults L   crash:SERVICE (kill -9 of the container's process from the host:
+                       the restart policy brings it back) and partition:SERVICE (off
+                       its network for --partition-secs), comma-separated
+                       (crash:order,crash:payment,crash:kafka,crash:mysql,crash:redis,
+                       partition:order,partition:payment)
+  --partition-secs S   how long a partition lasts (12)
 ";
 
 #[derive(Debug, Clone)]
@@ -47,6 +59,9 @@ pub(crate) struct Args {
     pub(crate) slap: u64,
     pub(crate) embedded: bool,
     pub(crate) keep: bool,
+    pub(crate) compose: Option<String>,
+    pub(crate) compose_faults: Vec<Fault>,
+    pub(crate) partition_secs: u64,
 }
 
 pub(crate) const SERVICES: [&str; 4] = ["user", "order", "payment", "gateway"];
@@ -82,6 +97,20 @@ impl Args {
             slap: 0,
             embedded: false,
             keep: false,
+            compose: None,
+            compose_faults: [
+                "crash:order",
+                "crash:payment",
+                "crash:kafka",
+                "crash:mysql",
+                "crash:redis",
+                "partition:order",
+                "partition:payment",
+            ]
+            .iter()
+            .map(|f| Fault::parse(f))
+            .collect::<anyhow::Result<_>>()?,
+            partition_secs: 12,
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -121,12 +150,25 @@ impl Args {
                 "--slap" => a.slap = val()?.parse()?,
                 "--embedded" => a.embedded = true,
                 "--keep" => a.keep = true,
+                "--compose" => a.compose = Some(val()?),
+                "--compose-faults" => {
+                    a.compose_faults = (val()?.split(',').filter(|f| !f.is_empty()))
+                        .map(Fault::parse)
+                        .collect::<anyhow::Result<_>>()?;
+                }
+                "--partition-secs" => a.partition_secs = val()?.parse()?,
                 "-h" | "--help" => {
                     print!("{USAGE}");
                     std::process::exit(0);
                 }
                 other => anyhow::bail!("unknown argument {other}\n{USAGE}"),
             }
+        }
+        if a.compose.is_some() {
+            anyhow::ensure!(
+                !a.embedded && a.slap == 0,
+                "--compose runs alone: no --embedded, no --slap"
+            );
         }
         if a.embedded {
             anyhow::ensure!(

@@ -5,7 +5,7 @@ use super::*;
 /// The CPU snapshot of every process of the deployment and of this driver.
 pub(crate) fn snapshot(dep: &Deployment) -> CpuSnap {
     let mut pids: Vec<(String, u32)> = Vec::new();
-    for (name, s) in &dep.services {
+    for (name, s) in dep.services() {
         if let Some(pid) = s.pid() {
             pids.push(((*name).to_owned(), pid));
         }

@@ -1,14 +1,20 @@
-//! The deployment under test: servers and services as processes, started, killed and
-//! restarted.
+//! The deployment under test: the servers of its own (MariaDB, Redis, a broker) as
+//! processes, and on them the e2e harness's [`System`] — or the embedded binary —
+//! started, killed and restarted.
 
 use super::*;
 
 /// The deployment under test.
 pub(crate) struct Deployment {
     pub(crate) servers: HashMap<&'static str, Daemon>,
-    pub(crate) services: HashMap<&'static str, Service>,
+    /// The separate services (the same launcher the end-to-end tests use).
+    pub(crate) system: Option<System>,
+    /// The embedded `ordersys` binary (`--embedded`).
+    pub(crate) embedded: Option<Service>,
+    /// A compose deployment's MySQL server URL (`--compose`: its containers are not
+    /// ours to start or stop).
+    pub(crate) compose_mysql: Option<String>,
     pub(crate) base: String,
-    pub(crate) mysql: String,
     /// What the fault injector has killed and not yet restarted.
     pub(crate) down: HashSet<&'static str>,
 }
@@ -20,143 +26,142 @@ impl Deployment {
         let base = format!("http://127.0.0.1:{http}");
         let log_dir = dir.join("logs");
         std::fs::create_dir_all(&log_dir)?;
-        let env: HashMap<String, String> = [
-            ("DATA_DIR", dir.join("data").display().to_string()),
-            ("HTTP_ADDR", format!("127.0.0.1:{http}")),
-            ("INTERNAL_PORTS", "ephemeral".into()),
-            ("JWT_TTL_SECS", "7200".into()),
-            ("RATE_LIMIT_PER_MINUTE", "100000000".into()),
-            ("INITIAL_BALANCE", args.initial.to_string()),
-            ("PAYMENT_DEADLINE_SECS", args.deadline.to_string()),
-            ("RUST_LOG", "info".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        let mut services = HashMap::new();
-        services.insert(
-            "ordersys",
-            Service::start_logged("ordersys", env, &log_dir, &format!("{base}/readyz")),
+        let mut env = embedded_env(&dir.join("data"), http);
+        env.extend(
+            [
+                ("JWT_TTL_SECS", "7200".to_owned()),
+                ("RATE_LIMIT_PER_MINUTE", "100000000".into()),
+                ("INITIAL_BALANCE", args.initial.to_string()),
+                ("PAYMENT_DEADLINE_SECS", args.deadline.to_string()),
+                ("RUST_LOG", "info".into()),
+            ]
+            .map(|(k, v)| (k.to_owned(), v)),
         );
+        let embedded = Service::start_logged("ordersys", env, &log_dir, &format!("{base}/readyz"));
         Ok(Self {
             servers: HashMap::new(),
-            services,
+            system: None,
+            embedded: Some(embedded),
+            compose_mysql: None,
             base,
-            mysql: String::new(),
             down: HashSet::new(),
         })
     }
 
-    pub(crate) fn start(args: &Args, dir: &std::path::Path) -> anyhow::Result<Self> {
+    /// MariaDB, Redis and a broker of its own, then the system on them.
+    pub(crate) async fn start(args: &Args, dir: &std::path::Path) -> anyhow::Result<Self> {
         let mut servers = HashMap::new();
         for kind in [Kind::MariaDb, Kind::Redis, Kind::Broker] {
             let d = Daemon::start(kind, dir)?;
-            log(format!("{} on 127.0.0.1:{}", kind.name(), d.port));
+            log(format!("{} on 127.0.0.1:{}", kind.name(), d.port()));
             servers.insert(kind.name(), d);
         }
-        let mysql = servers["mariadb"].url();
-        let redis = servers["redis"].url();
-        let brokers = servers["broker"].url();
-        let secret = format!("chaos-{}", Uuid::new_v4().simple());
-        let port = |_: &str| free_port();
-        let (ug, ua, og, oa, pg, pa, http) = (
-            port("user"),
-            port("user-admin"),
-            port("order"),
-            port("order-admin"),
-            port("payment"),
-            port("payment-admin"),
-            port("http"),
-        );
-        let common = |pairs: Vec<(&str, String)>| -> HashMap<String, String> {
-            let mut m: HashMap<String, String> = [
-                ("REDIS_URL", redis.clone()),
-                ("JWT_SECRET", secret.clone()),
-                ("JWT_TTL_SECS", "7200".into()),
-                ("KAFKA_BROKERS", brokers.clone()),
-                ("RUST_LOG", "info".into()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect();
-            m.extend(pairs.into_iter().map(|(k, v)| (k.to_owned(), v)));
-            m
-        };
         let log_dir = dir.join("logs");
         std::fs::create_dir_all(&log_dir)?;
-        let mut services = HashMap::new();
-        services.insert(
-            "user",
-            Service::start_logged(
-                "ordersys-user",
-                common(vec![
-                    ("GRPC_ADDR", format!("127.0.0.1:{ug}")),
-                    ("ADMIN_ADDR", format!("127.0.0.1:{ua}")),
-                    ("DATABASE_URL", format!("{mysql}/ordersys_user")),
-                ]),
-                &log_dir,
-                &format!("http://127.0.0.1:{ua}/readyz"),
-            ),
-        );
-        services.insert(
-            "order",
-            Service::start_logged(
-                "ordersys-order",
-                common(vec![
-                    ("GRPC_ADDR", format!("127.0.0.1:{og}")),
-                    ("ADMIN_ADDR", format!("127.0.0.1:{oa}")),
-                    ("DATABASE_URL", format!("{mysql}/ordersys_order")),
-                    ("PAYMENT_DEADLINE_SECS", args.deadline.to_string()),
-                ]),
-                &log_dir,
-                &format!("http://127.0.0.1:{oa}/readyz"),
-            ),
-        );
-        services.insert(
-            "payment",
-            Service::start_logged(
-                "ordersys-payment",
-                common(vec![
-                    ("GRPC_ADDR", format!("127.0.0.1:{pg}")),
-                    ("ADMIN_ADDR", format!("127.0.0.1:{pa}")),
-                    ("DATABASE_URL", format!("{mysql}/ordersys_payment")),
-                    ("INITIAL_BALANCE", args.initial.to_string()),
-                ]),
-                &log_dir,
-                &format!("http://127.0.0.1:{pa}/readyz"),
-            ),
-        );
-        let base = format!("http://127.0.0.1:{http}");
-        services.insert(
-            "gateway",
-            Service::start_logged(
-                "ordersys-gateway",
-                common(vec![
-                    ("HTTP_ADDR", format!("127.0.0.1:{http}")),
-                    ("USER_SERVICE_URL", format!("http://127.0.0.1:{ug}")),
-                    ("ORDER_SERVICE_URL", format!("http://127.0.0.1:{og}")),
-                    ("PAYMENT_SERVICE_URL", format!("http://127.0.0.1:{pg}")),
-                    ("RATE_LIMIT_PER_MINUTE", "100000000".into()),
-                    ("BREAKER_OPEN_SECS", args.breaker_open.to_string()),
-                ]),
-                &log_dir,
-                &format!("{base}/readyz"),
-            ),
-        );
+        let pairs = |list: &[(&str, String)]| -> Vec<(String, String)> {
+            list.iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect()
+        };
+        let system = System::start(Options {
+            mysql_server_url: Some(servers["mariadb"].url()),
+            redis_url: Some(servers["redis"].url()),
+            brokers: Some(servers["broker"].url()),
+            common_env: pairs(&[("JWT_TTL_SECS", "7200".into()), ("RUST_LOG", "info".into())]),
+            order_env: pairs(&[("PAYMENT_DEADLINE_SECS", args.deadline.to_string())]),
+            payment_env: pairs(&[("INITIAL_BALANCE", args.initial.to_string())]),
+            gateway_env: pairs(&[
+                ("RATE_LIMIT_PER_MINUTE", "100000000".into()),
+                ("BREAKER_OPEN_SECS", args.breaker_open.to_string()),
+            ]),
+            log_dir: Some(log_dir),
+            ..Options::default()
+        })
+        .await;
         Ok(Self {
             servers,
-            services,
-            base,
-            mysql,
+            base: system.base.clone(),
+            system: Some(system),
+            embedded: None,
+            compose_mysql: None,
             down: HashSet::new(),
         })
     }
 
+    /// A running compose deployment (`--compose PROJECT`).
+    pub(crate) async fn attach_compose(project: &str) -> anyhow::Result<Self> {
+        let compose = Compose::new(project);
+        let base = compose.published("gateway", 8080).await?;
+        let mysql = compose.mysql_url().await?;
+        log(format!("compose project {project}: gateway {base}"));
+        Ok(Self {
+            servers: HashMap::new(),
+            system: None,
+            embedded: None,
+            compose_mysql: Some(mysql),
+            base,
+            down: HashSet::new(),
+        })
+    }
+
+    /// Every service process by name.
+    pub(crate) fn services(&self) -> Vec<(&'static str, &Service)> {
+        match (&self.system, &self.embedded) {
+            (Some(system), _) => system.services(),
+            (None, Some(s)) => vec![("ordersys", s)],
+            (None, None) => Vec::new(),
+        }
+    }
+
+    /// The service process called `name`.
+    pub(crate) fn service_mut(&mut self, name: &str) -> Option<&mut Service> {
+        match (&mut self.system, &mut self.embedded) {
+            (Some(system), _) => system.service_mut(name),
+            (None, Some(s)) if name == "ordersys" => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The order and payment databases (none when embedded: SQLite files behind the
+    /// REST API only).
+    pub(crate) fn databases(&self) -> Option<(String, String)> {
+        if let Some(server) = &self.compose_mysql {
+            return Some((
+                format!("{server}/ordersys_order"),
+                format!("{server}/ordersys_payment"),
+            ));
+        }
+        let s = self.system.as_ref()?;
+        Some((s.order_db_url(), s.payment_db_url.clone()))
+    }
+
     pub(crate) async fn wait_ready(&mut self, within: Duration) -> anyhow::Result<()> {
-        for s in self.services.values_mut() {
-            s.wait_until_ready(within).await?;
+        let names: Vec<&'static str> = self.services().iter().map(|(n, _)| *n).collect();
+        for name in names {
+            if let Some(s) = self.service_mut(name) {
+                s.wait_until_ready(within).await?;
+            }
         }
         Ok(())
+    }
+
+    /// Stop everything; with `keep`, the databases stay (the servers' data is in the
+    /// work directory).
+    pub(crate) fn stop(mut self, keep: bool) {
+        if let Some(system) = self.system.take() {
+            if keep {
+                system.kill_keeping_data();
+            } else {
+                // Dropping it drops its databases (while MariaDB still runs).
+                drop(system);
+            }
+        }
+        if let Some(mut s) = self.embedded.take() {
+            s.kill();
+        }
+        for s in self.servers.values_mut() {
+            s.kill();
+        }
     }
 }
 
@@ -170,30 +175,36 @@ pub(crate) async fn kill_and_restart(
         d.down.insert(target);
         if let Some(s) = d.servers.get_mut(target) {
             s.kill();
-        } else if let Some(s) = d.services.get_mut(target) {
+        } else if let Some(s) = d.service_mut(target) {
             s.kill();
         }
     }
     tokio::time::sleep(down).await;
     let mut d = dep.lock().await;
+    let prefix = (d.system.as_ref()).map_or(String::new(), |s| s.topic_prefix.clone());
     if let Some(s) = d.servers.get_mut(target) {
         tokio::task::block_in_place(|| s.restart())?;
         if s.kind() == Kind::Broker {
             // A memory-storage broker comes back empty: provision the topics again, as
             // an operator's job would (services also create them when they start).
             let url = s.url();
-            let topics = [("saga.commands", 3), ("saga.replies", 3), ("dlq.saga", 1)];
-            for _ in 0..50 {
-                match outbox::kafka::ensure_topics(&url, &topics).await {
-                    Ok(()) => break,
-                    Err(e) => {
-                        log(format!("creating topics: {e}"));
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                }
-            }
+            let topics: Vec<(String, i32)> =
+                [("saga.commands", 3), ("saga.replies", 3), ("dlq.saga", 1)]
+                    .map(|(t, n)| (format!("{prefix}{t}"), n))
+                    .into();
+            let topics: Vec<(&str, i32)> = topics.iter().map(|(t, n)| (t.as_str(), *n)).collect();
+            let every = Duration::from_millis(200);
+            resilience::Retry::new()
+                .named("chaos_topics")
+                .max_attempts(50)
+                .base_delay(every)
+                .multiplier(1)
+                .max_delay(every)
+                .call(|| outbox::kafka::ensure_topics(&url, &topics))
+                .await
+                .map_err(|e| anyhow::anyhow!("creating topics: {e}"))?;
         }
-    } else if let Some(s) = d.services.get_mut(target) {
+    } else if let Some(s) = d.service_mut(target) {
         s.respawn();
     }
     d.down.remove(target);

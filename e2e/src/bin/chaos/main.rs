@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use ordersys_e2e::cpu::{percentile, CpuSnap};
 use ordersys_e2e::infra::{Daemon, Kind};
-use ordersys_e2e::{free_port, Service};
+use ordersys_e2e::{embedded_env, free_port, Options, Service, System};
 use rand::Rng;
 use serde_json::{json, Value};
 use sqlx::{ConnectOptions, Connection, Row};
@@ -27,12 +27,14 @@ use uuid::Uuid;
 
 mod args;
 mod check;
+mod compose;
 mod cpu;
 mod deployment;
 mod load;
 
 use args::*;
 use check::*;
+use compose::*;
 use cpu::*;
 use deployment::*;
 use load::*;
@@ -61,17 +63,19 @@ async fn main() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("ordersys-chaos-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir)?;
     log(format!("work directory {}", dir.display()));
-    let mut dep = if args.embedded {
+    let mut dep = if let Some(project) = &args.compose {
+        Deployment::attach_compose(project).await?
+    } else if args.embedded {
         Deployment::start_embedded(&args, &dir)?
     } else {
-        Deployment::start(&args, &dir)?
+        Deployment::start(&args, &dir).await?
     };
     dep.wait_ready(Duration::from_secs(120)).await?;
     log(format!("deployment ready, gateway {}", dep.base));
     let logs: Vec<PathBuf> = dep
-        .services
-        .values()
-        .map(|s| s.log_path().to_owned())
+        .services()
+        .iter()
+        .map(|(_, s)| s.log_path().to_owned())
         .collect();
     let base = dep.base.clone();
     let dep = Arc::new(tokio::sync::Mutex::new(dep));
@@ -98,15 +102,38 @@ async fn main() -> anyhow::Result<()> {
     let kills: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
     let crashes: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
     let last_fault: Arc<Mutex<Option<Instant>>> = Arc::default();
+    // With --compose: the schedule of container faults ran to its end (load stops).
+    let schedule_done = Arc::new(AtomicBool::new(false));
     let injector = {
-        let (dep, stop, kills, last_fault, args) = (
+        let (dep, stop, kills, last_fault, args, done) = (
             dep.clone(),
             faults_stop.clone(),
             kills.clone(),
             last_fault.clone(),
             args.clone(),
+            schedule_done.clone(),
         );
         tokio::spawn(async move {
+            if let Some(project) = &args.compose {
+                let compose = Compose::new(project);
+                let partition = Duration::from_secs(args.partition_secs);
+                for fault in &args.compose_faults {
+                    tokio::time::sleep(uniform(args.every)).await;
+                    log(fault.name());
+                    let back = compose.inflict(fault, partition).await?;
+                    log(format!(
+                        "{}: healthy again after {:.1} s",
+                        fault.name(),
+                        back.as_secs_f64()
+                    ));
+                    *kills.lock().expect("lock").entry(fault.name()).or_default() += 1;
+                    *last_fault.lock().expect("lock") = Some(Instant::now());
+                }
+                // Load on the recovered deployment for a while, then stop.
+                tokio::time::sleep(uniform(args.every)).await;
+                done.store(true, Ordering::Relaxed);
+                return Ok(());
+            }
             if args.faults.is_empty() {
                 return Ok::<(), anyhow::Error>(());
             }
@@ -140,12 +167,12 @@ async fn main() -> anyhow::Result<()> {
             loop {
                 {
                     let mut d = dep.lock().await;
-                    let names: Vec<&'static str> = d.services.keys().copied().collect();
+                    let names: Vec<&'static str> = d.services().iter().map(|(n, _)| *n).collect();
                     for name in names {
                         if d.down.contains(name) {
                             continue;
                         }
-                        let s = d.services.get_mut(name).expect("service");
+                        let s = d.service_mut(name).expect("service");
                         if s.exited() {
                             log(format!("{name} exited by itself; restarting it"));
                             *crashes
@@ -171,7 +198,10 @@ async fn main() -> anyhow::Result<()> {
         })
     };
     let progress_every = Duration::from_secs(10);
-    while started.elapsed() < Duration::from_secs(args.seconds) && !load.is_empty() {
+    while started.elapsed() < Duration::from_secs(args.seconds)
+        && !load.is_empty()
+        && !schedule_done.load(Ordering::Relaxed)
+    {
         tokio::select! {
             _ = load.join_next() => {}
             () = tokio::time::sleep(progress_every) => {
@@ -200,6 +230,7 @@ async fn main() -> anyhow::Result<()> {
         all_ended_at = t;
     }
     supervisor.abort();
+    let _ = supervisor.await;
     let window_start = window_start.await?;
     let slap = if args.slap > 0 {
         let port = dep.lock().await.servers["mariadb"].port();
@@ -282,16 +313,12 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", bench_line(&clients, &window_start, &window_end, slap));
     }
     let failed = s.failed() || s.orders == 0;
-    {
-        let mut d = dep.lock().await;
-        for s in d.services.values_mut() {
-            s.kill();
-        }
-        for s in d.servers.values_mut() {
-            s.kill();
-        }
-    }
-    if failed || args.keep {
+    let keep = failed || args.keep;
+    let dep = Arc::try_unwrap(dep)
+        .map_err(|_| anyhow::anyhow!("the deployment is still shared"))?
+        .into_inner();
+    tokio::task::block_in_place(|| dep.stop(keep));
+    if keep {
         log(format!("logs and data kept in {}", dir.display()));
     } else {
         let _ = std::fs::remove_dir_all(&dir);

@@ -101,13 +101,20 @@ fn call_of(args: &Args) -> Result<Call, String> {
             ),
             None => "/admin/dlq".into(),
         }),
-        ["dlq", "replay", offset] => Call::Post(
-            "/admin/dlq/replay".into(),
-            serde_json::json!({
+        ["dlq", "replay", offset] => {
+            let mut body = serde_json::json!({
                 "offset": offset.parse::<i64>().map_err(|e| format!("offset: {e}"))?,
-                "partition": args.flag("partition").unwrap_or("0").parse::<i32>().map_err(|e| format!("--partition: {e}"))?,
-            }),
-        ),
+            });
+            // Without --partition the service finds the offset in any partition (and
+            // asks for one when several have it).
+            if let Some(p) = args.flag("partition") {
+                body["partition"] = p
+                    .parse::<i32>()
+                    .map_err(|e| format!("--partition: {e}"))?
+                    .into();
+            }
+            Call::Post("/admin/dlq/replay".into(), body)
+        }
         _ => return Err("unknown command".into()),
     })
 }
