@@ -298,3 +298,87 @@ async fn the_inbox_checks_consumer_names_and_reports_failed_writes() {
     drop(tx);
     db.drop_db().await;
 }
+
+/// `migrate_all` runs its migrators one after the other, stops at the first that fails
+/// (its error returned, the later ones not run) and releases the database's migration
+/// lock afterwards, so the next process gets it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_all_runs_each_migrator_in_turn_stops_at_a_failure_and_releases_its_lock() {
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    use std::borrow::Cow;
+    let one = |version: i64, sql: &'static str| Migrator {
+        migrations: Cow::Owned(vec![Migration::new(
+            version,
+            Cow::Borrowed("test"),
+            MigrationType::Simple,
+            Cow::Borrowed(sql),
+            false,
+        )]),
+        ignore_missing: true,
+        locking: false,
+        no_tx: false,
+    };
+    let db = TestDb::new().await;
+    let exists = |table: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM information_schema.tables \
+                 WHERE table_schema = DATABASE() AND table_name = ?",
+            )
+            .bind(table)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+                == 1
+        }
+    };
+
+    outbox::mysql::migrate_all(
+        &db.pool,
+        &[
+            one(900_001, "CREATE TABLE mig_a (x INT)"),
+            one(900_002, "CREATE TABLE mig_b (x INT)"),
+        ],
+    )
+    .await
+    .expect("two good migrators");
+    assert!(
+        exists("mig_a").await && exists("mig_b").await,
+        "both applied"
+    );
+
+    let failed = outbox::mysql::migrate_all(
+        &db.pool,
+        &[
+            one(900_003, "THIS IS NOT SQL"),
+            one(900_004, "CREATE TABLE mig_c (x INT)"),
+        ],
+    )
+    .await;
+    assert!(failed.is_err(), "the failing migrator's error is returned");
+    assert!(
+        !exists("mig_c").await,
+        "nothing after the failed migrator ran"
+    );
+
+    // Another session (not a pooled one: that may be migrate_all's own, for which the
+    // lock is re-entrant) takes the lock without waiting: it was released.
+    use sqlx::Connection;
+    let mut other = sqlx::MySqlConnection::connect_with(&db.pool.connect_options())
+        .await
+        .unwrap();
+    let got: Option<i64> = sqlx::query_scalar(
+        "SELECT GET_LOCK(CONCAT('ordersys_migrate:', COALESCE(DATABASE(), '')), 0)",
+    )
+    .fetch_one(&mut other)
+    .await
+    .unwrap();
+    assert_eq!(got, Some(1), "the migration lock is free after migrate_all");
+    sqlx::query("SELECT RELEASE_LOCK(CONCAT('ordersys_migrate:', COALESCE(DATABASE(), '')))")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    other.close().await.unwrap();
+    db.drop_db().await;
+}
