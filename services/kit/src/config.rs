@@ -284,6 +284,19 @@ impl Kafka {
     pub fn topics(&self) -> crate::messaging::Topics {
         crate::messaging::Topics::new(&self.kafka_topic_prefix)
     }
+
+    /// Create the saga topics that are missing (replication factor and
+    /// `min.insync.replicas` from this configuration), waiting up to two minutes for the
+    /// brokers: the services' `topics` subcommand (the Kubernetes topics Job); a service
+    /// also does it when it starts.
+    pub async fn provision_topics(&self) -> anyhow::Result<()> {
+        let wait = std::time::Duration::from_secs(120);
+        self.topics()
+            .ensure(&self.kafka_brokers, &self.tuning, wait)
+            .await?;
+        tracing::info!(brokers = %self.kafka_brokers, "топики созданы");
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -10,15 +10,10 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!("миграции применены");
         return Ok(());
     }
-    // `ordersys-order topics`: create the saga topics that are missing (replication
-    // factor and min.insync.replicas from the configuration) and exit — the Kubernetes
-    // topics Job; the service also does it when it starts.
+    // `ordersys-order topics`: create the missing saga topics and exit (the
+    // Kubernetes topics Job).
     if std::env::args().nth(1).as_deref() == Some("topics") {
-        let k = &config.kafka;
-        let wait = std::time::Duration::from_secs(120);
-        k.topics().ensure(&k.kafka_brokers, &k.tuning, wait).await?;
-        tracing::info!(brokers = %k.kafka_brokers, "топики созданы");
-        return Ok(());
+        return config.kafka.provision_topics().await;
     }
     tracing::info!(config = ?config, "конфигурация загружена");
     let listeners =
