@@ -2,8 +2,8 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -63,6 +63,51 @@ const CLOSED: u8 = 0;
 const OPEN: u8 = 1;
 const HALF_OPEN: u8 = 2;
 
+/// Why a breaker changed state: the `reason` label of
+/// `resilience_breaker_transitions_total` and the [`Transition::reason`] of the callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TransitionReason {
+    /// CLOSED → OPEN: `failure_threshold` consecutive failures.
+    Failures,
+    /// OPEN → HALF-OPEN: the open timeout ran out.
+    OpenTimeout,
+    /// OPEN → HALF-OPEN before the timeout: the downstream reported healthy
+    /// ([`CircuitBreaker::recovered`], [`CircuitBreaker::watch_health`]).
+    Healthy,
+    /// HALF-OPEN → CLOSED: the trial call succeeded.
+    TrialSucceeded,
+    /// HALF-OPEN → OPEN: the trial call failed (a full open timeout starts again).
+    TrialFailed,
+    /// HALF-OPEN → OPEN: the trial call was dropped without an outcome (the next caller
+    /// may try at once).
+    TrialAbandoned,
+}
+
+impl TransitionReason {
+    /// The snake-case name used in logs and the metric's `reason` label.
+    ///
+    /// ```
+    /// assert_eq!(resilience::TransitionReason::Healthy.as_str(), "healthy");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Failures => "failures",
+            Self::OpenTimeout => "open_timeout",
+            Self::Healthy => "healthy",
+            Self::TrialSucceeded => "trial_succeeded",
+            Self::TrialFailed => "trial_failed",
+            Self::TrialAbandoned => "trial_abandoned",
+        }
+    }
+}
+
+impl fmt::Display for TransitionReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A state change of a breaker, passed to the [`on_transition`](CircuitBreakerBuilder::on_transition)
 /// callback (attach metrics or logs there).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +119,8 @@ pub struct Transition {
     pub from: BreakerState,
     /// State after the change.
     pub to: BreakerState,
+    /// Why it changed.
+    pub reason: TransitionReason,
 }
 
 /// Tunables of a [`CircuitBreaker`]: `default()` and the `with_*` methods (or
@@ -173,12 +220,15 @@ struct Inner {
     failures: AtomicU32,
     /// Nanoseconds since `epoch` at which the breaker last opened.
     opened_at: AtomicU64,
+    /// The downstream reported healthy while OPEN: the next call is the trial.
+    healthy: AtomicBool,
     epoch: Instant,
     on_transition: Option<Callback>,
 }
 
 /// A circuit breaker: CLOSED → OPEN after `failure_threshold` consecutive failures →
-/// after `open_timeout` HALF-OPEN, where exactly one trial call is admitted → CLOSED on
+/// after `open_timeout`, or as soon as the downstream reports healthy
+/// ([`recovered`](Self::recovered), [`watch_health`](Self::watch_health)), HALF-OPEN, where exactly one trial call is admitted → CLOSED on
 /// its success, OPEN again on its failure.
 ///
 /// Cheap to clone (an `Arc`), lock-free: a call in the CLOSED state costs two atomic
@@ -262,7 +312,8 @@ impl CircuitBreakerBuilder {
         metrics::gauge!("resilience_breaker_state", "breaker" => self.name.to_string())
             .set(BreakerState::Closed.metric_value());
         metrics::counter!("resilience_breaker_transitions_total", "breaker" => self.name.to_string(),
-            "from" => BreakerState::Closed.as_str(), "to" => BreakerState::Open.as_str())
+            "from" => BreakerState::Closed.as_str(), "to" => BreakerState::Open.as_str(),
+            "reason" => TransitionReason::Failures.as_str())
         .increment(0);
         CircuitBreaker {
             inner: Arc::new(Inner {
@@ -271,6 +322,7 @@ impl CircuitBreakerBuilder {
                 state: AtomicU8::new(CLOSED),
                 failures: AtomicU32::new(0),
                 opened_at: AtomicU64::new(0),
+                healthy: AtomicBool::new(false),
                 epoch: Instant::now(),
                 on_transition: self.on_transition,
             }),
@@ -322,33 +374,114 @@ impl CircuitBreaker {
             .unwrap_or(u64::MAX)
     }
 
-    fn emit(&self, from: u8, to: u8) {
+    fn emit(&self, from: u8, to: u8, reason: TransitionReason) {
         let (from, to) = (BreakerState::from_u8(from), BreakerState::from_u8(to));
         let name = self.inner.name.to_string();
         metrics::gauge!("resilience_breaker_state", "breaker" => name.clone())
             .set(to.metric_value());
         metrics::counter!("resilience_breaker_transitions_total", "breaker" => name,
-            "from" => from.as_str(), "to" => to.as_str())
+            "from" => from.as_str(), "to" => to.as_str(), "reason" => reason.as_str())
         .increment(1);
         if let Some(cb) = &self.inner.on_transition {
             cb(&Transition {
                 name: self.inner.name.clone(),
                 from,
                 to,
+                reason,
             });
         }
     }
 
-    fn cas(&self, from: u8, to: u8) -> bool {
+    fn cas(&self, from: u8, to: u8, reason: TransitionReason) -> bool {
         let ok = self
             .inner
             .state
             .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         if ok {
-            self.emit(from, to);
+            self.emit(from, to, reason);
         }
         ok
+    }
+
+    /// The downstream reports healthy again (its health check answers): if the breaker
+    /// is OPEN, the next call is its HALF-OPEN trial at once instead of after the rest of
+    /// the open timeout — OPEN lasts at most `open_timeout`, but no longer than the
+    /// downstream is down. The trial still decides: a failing trial opens the breaker for
+    /// a full timeout. In any other state this does nothing.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use resilience::{BreakerState, CircuitBreaker};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let breaker = CircuitBreaker::builder("orders").failure_threshold(1)
+    ///     .open_timeout(Duration::from_secs(30)).build();
+    /// let _ = breaker.call(|| async { Err::<(), _>("down") }).await;
+    /// assert!(breaker.try_acquire().is_err(), "open for 30 s");
+    ///
+    /// breaker.recovered(); // its health check says SERVING
+    /// let trial = breaker.try_acquire().expect("the trial goes through at once");
+    /// assert!(trial.is_trial());
+    /// trial.success();
+    /// assert_eq!(breaker.state(), BreakerState::Closed);
+    /// # }
+    /// ```
+    pub fn recovered(&self) {
+        if self.inner.state.load(Ordering::Acquire) == OPEN {
+            self.inner.healthy.store(true, Ordering::Release);
+        }
+    }
+
+    /// While the breaker is OPEN, ask `probe` every `every` whether the downstream is
+    /// healthy (e.g. its gRPC health check or readiness endpoint); when it answers
+    /// `true`, [`recovered`](Self::recovered). A probe that takes longer than `every`
+    /// counts as `false`. Nothing is probed while the breaker is CLOSED or HALF-OPEN.
+    /// The task ends when the last clone of the breaker is dropped (or when the
+    /// returned handle is aborted). Needs a tokio runtime.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use resilience::CircuitBreaker;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let breaker = CircuitBreaker::new("orders");
+    /// let probing = breaker.watch_health(Duration::from_secs(1), || async {
+    ///     // e.g. tonic_health's `check` against the endpoint, `is_ok()`
+    ///     true
+    /// });
+    /// # probing.abort();
+    /// # }
+    /// ```
+    pub fn watch_health<P, F>(&self, every: Duration, mut probe: P) -> tokio::task::JoinHandle<()>
+    where
+        P: FnMut() -> F + Send + 'static,
+        F: Future<Output = bool> + Send,
+    {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let breaker = CircuitBreaker { inner };
+                if breaker.inner.state.load(Ordering::Acquire) != OPEN
+                    || breaker.inner.healthy.load(Ordering::Acquire)
+                {
+                    continue;
+                }
+                // Do not keep the breaker alive while the probe runs.
+                let weak_again = Arc::downgrade(&breaker.inner);
+                drop(breaker);
+                let up = tokio::time::timeout(every, probe()).await.unwrap_or(false);
+                if up {
+                    if let Some(inner) = weak_again.upgrade() {
+                        CircuitBreaker { inner }.recovered();
+                    }
+                }
+            }
+        })
     }
 
     fn rejected(&self, retry_after: Duration) -> CircuitOpen {
@@ -368,8 +501,15 @@ impl CircuitBreaker {
                 let opened = self.inner.opened_at.load(Ordering::Acquire);
                 let timeout = self.inner.config.open_timeout;
                 let elapsed = Duration::from_nanos(self.now_nanos().saturating_sub(opened));
-                if elapsed >= timeout {
-                    if self.cas(OPEN, HALF_OPEN) {
+                let healthy = self.inner.healthy.load(Ordering::Acquire);
+                if elapsed >= timeout || healthy {
+                    let reason = if elapsed >= timeout {
+                        TransitionReason::OpenTimeout
+                    } else {
+                        TransitionReason::Healthy
+                    };
+                    if self.cas(OPEN, HALF_OPEN, reason) {
+                        self.inner.healthy.store(false, Ordering::Release);
                         return Ok(Permit::new(self.clone(), true));
                     }
                     // Someone else won the trial (or closed it meanwhile): re-check once.
@@ -387,7 +527,7 @@ impl CircuitBreaker {
     fn record_success(&self, trial: bool) {
         if trial {
             self.inner.failures.store(0, Ordering::Relaxed);
-            self.cas(HALF_OPEN, CLOSED);
+            self.cas(HALF_OPEN, CLOSED, TransitionReason::TrialSucceeded);
         } else if self.inner.failures.load(Ordering::Relaxed) != 0 {
             self.inner.failures.store(0, Ordering::Relaxed);
         }
@@ -398,7 +538,8 @@ impl CircuitBreaker {
             self.inner
                 .opened_at
                 .store(self.now_nanos(), Ordering::Release);
-            self.cas(HALF_OPEN, OPEN);
+            self.inner.healthy.store(false, Ordering::Release);
+            self.cas(HALF_OPEN, OPEN, TransitionReason::TrialFailed);
             return;
         }
         let n = self.inner.failures.fetch_add(1, Ordering::AcqRel) + 1;
@@ -410,7 +551,8 @@ impl CircuitBreaker {
             self.inner
                 .opened_at
                 .store(self.now_nanos(), Ordering::Release);
-            if self.cas(CLOSED, OPEN) {
+            self.inner.healthy.store(false, Ordering::Release);
+            if self.cas(CLOSED, OPEN, TransitionReason::Failures) {
                 self.inner.failures.store(0, Ordering::Relaxed);
             }
         }
@@ -419,7 +561,7 @@ impl CircuitBreaker {
     fn abandon_trial(&self) {
         // The trial produced no outcome: go back to OPEN with the old timestamp, so the
         // next caller may run a new trial straight away.
-        self.cas(HALF_OPEN, OPEN);
+        self.cas(HALF_OPEN, OPEN, TransitionReason::TrialAbandoned);
     }
 
     /// Run `f` through the breaker; every `Err` counts as a failure.

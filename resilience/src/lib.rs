@@ -36,7 +36,7 @@
 //! | name | type | labels | what |
 //! |---|---|---|---|
 //! | `resilience_breaker_state` | gauge | `breaker` | 0 closed, 1 open, 2 half-open ([`BreakerState::metric_value`]) |
-//! | `resilience_breaker_transitions_total` | counter | `breaker`, `from`, `to` | state changes |
+//! | `resilience_breaker_transitions_total` | counter | `breaker`, `from`, `to`, `reason` ([`TransitionReason`]) | state changes |
 //! | `resilience_retries_total` | counter | `retry` | retries made (attempts after the first) by a policy ([`Retry::named`]) |
 //! | `resilience_rate_limit_rejections_total` | counter | `limiter` (`memory`, `redis`) | requests refused |
 //!
@@ -63,7 +63,7 @@ pub mod layer;
 
 pub use breaker::{
     BreakerConfig, BreakerError, BreakerState, CircuitBreaker, CircuitBreakerBuilder, CircuitOpen,
-    Permit, Transition,
+    Permit, Transition, TransitionReason,
 };
 pub use rate_limit::{MemoryRateLimiter, RateDecision, RateLimitError, RateLimiter};
 pub use retry::{Backoff, Retry, RetryError};

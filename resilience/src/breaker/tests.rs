@@ -280,10 +280,15 @@ fn names_configuration_and_errors() {
 fn metrics_follow_the_state() {
     let recorder = ordersys_testkit::MetricsRecorder::default();
     let state = [("breaker", "m")];
-    let moved = |from, to| {
+    let moved = |from, to, reason| {
         recorder.counter(
             "resilience_breaker_transitions_total",
-            &[("breaker", "m"), ("from", from), ("to", to)],
+            &[
+                ("breaker", "m"),
+                ("from", from),
+                ("to", to),
+                ("reason", reason),
+            ],
         )
     };
     metrics::with_local_recorder(&recorder, || {
@@ -299,7 +304,7 @@ fn metrics_follow_the_state() {
                 Some(0.0)
             );
             assert_eq!(
-                moved("CLOSED", "OPEN"),
+                moved("CLOSED", "OPEN", "failures"),
                 Some(0),
                 "the counter exists before the first opening"
             );
@@ -308,21 +313,21 @@ fn metrics_follow_the_state() {
                 recorder.gauge("resilience_breaker_state", &state),
                 Some(1.0)
             );
-            assert_eq!(moved("CLOSED", "OPEN"), Some(1));
+            assert_eq!(moved("CLOSED", "OPEN", "failures"), Some(1));
             tokio::time::advance(Duration::from_secs(30)).await;
             let trial = b.try_acquire().unwrap();
             assert_eq!(
                 recorder.gauge("resilience_breaker_state", &state),
                 Some(2.0)
             );
-            assert_eq!(moved("OPEN", "HALF_OPEN"), Some(1));
+            assert_eq!(moved("OPEN", "HALF_OPEN", "open_timeout"), Some(1));
             trial.success();
             assert_eq!(
                 recorder.gauge("resilience_breaker_state", &state),
                 Some(0.0)
             );
-            assert_eq!(moved("HALF_OPEN", "CLOSED"), Some(1));
-            assert_eq!(moved("CLOSED", "OPEN"), Some(1));
+            assert_eq!(moved("HALF_OPEN", "CLOSED", "trial_succeeded"), Some(1));
+            assert_eq!(moved("CLOSED", "OPEN", "failures"), Some(1));
         });
     });
 }
@@ -340,4 +345,103 @@ async fn classifier_decides_what_counts() {
         assert!(!r.unwrap_err().is_open());
     }
     assert_eq!(b.state(), BreakerState::Closed);
+}
+
+type ReasonLog = Arc<Mutex<Vec<TransitionReason>>>;
+
+fn breaker_with_reasons(open: Duration) -> (CircuitBreaker, ReasonLog) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let l = log.clone();
+    let b = CircuitBreaker::builder("health")
+        .failure_threshold(1)
+        .open_timeout(open)
+        .on_transition(move |t| l.lock().unwrap().push(t.reason))
+        .build();
+    (b, log)
+}
+
+/// A downstream that reports healthy ends the open state at once; the trial decides,
+/// and a failed trial waits a full timeout again (a stale "healthy" does not skip it).
+#[tokio::test(start_paused = true)]
+async fn a_healthy_report_makes_the_next_call_the_trial_at_once() {
+    let (b, log) = breaker_with_reasons(Duration::from_secs(30));
+    b.recovered(); // CLOSED: nothing to do
+    fail(&b).await;
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert!(
+        ok(&b).await.unwrap_err().is_open(),
+        "open, nothing reported yet"
+    );
+    b.recovered();
+    assert!(
+        !fail(&b).await.is_open(),
+        "the trial ran at once (and failed)"
+    );
+    assert_eq!(b.state(), BreakerState::Open);
+    tokio::time::advance(Duration::from_secs(29)).await;
+    assert!(
+        ok(&b).await.unwrap_err().is_open(),
+        "a failed trial: a full timeout"
+    );
+    b.recovered();
+    ok(&b).await.unwrap();
+    assert_eq!(b.state(), BreakerState::Closed);
+    use TransitionReason::*;
+    assert_eq!(
+        *log.lock().unwrap(),
+        vec![Failures, Healthy, TrialFailed, Healthy, TrialSucceeded]
+    );
+}
+
+/// `watch_health` probes only while the breaker is OPEN, about once per period, and
+/// turns a healthy answer into the trial; the breaker stays OPEN while the probe says
+/// no. Without it the breaker would stay open for the whole 30 s.
+#[tokio::test(start_paused = true)]
+async fn watch_health_probes_while_open_and_recovers_when_the_probe_answers() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    let (b, log) = breaker_with_reasons(Duration::from_secs(30));
+    let (probes, up) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (p, u) = (probes.clone(), up.clone());
+    let task = b.watch_health(Duration::from_secs(1), move || {
+        p.fetch_add(1, Ordering::SeqCst);
+        let up = u.load(Ordering::SeqCst);
+        async move { up }
+    });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(probes.load(Ordering::SeqCst), 0, "no probe while CLOSED");
+    fail(&b).await;
+    tokio::time::sleep(Duration::from_millis(5_500)).await;
+    let n = probes.load(Ordering::SeqCst);
+    assert!(
+        (4..=6).contains(&n),
+        "about one probe a second while OPEN: {n}"
+    );
+    assert!(ok(&b).await.unwrap_err().is_open(), "the probe said down");
+    up.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    ok(&b).await.unwrap();
+    assert_eq!(b.state(), BreakerState::Closed);
+    assert_eq!(
+        log.lock().unwrap()[1],
+        TransitionReason::Healthy,
+        "recovered by the probe, long before the 30 s timeout"
+    );
+    drop(b);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(task.is_finished(), "the task ends with the breaker");
+}
+
+/// A probe that hangs counts as "down" and does not stall the watcher.
+#[tokio::test(start_paused = true)]
+async fn a_hanging_probe_is_down() {
+    let (b, _) = breaker_with_reasons(Duration::from_secs(30));
+    let _task = b.watch_health(Duration::from_secs(1), std::future::pending::<bool>);
+    fail(&b).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(ok(&b).await.unwrap_err().is_open());
+    tokio::time::advance(Duration::from_secs(20)).await;
+    ok(&b).await.unwrap();
 }

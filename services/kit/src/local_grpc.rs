@@ -53,9 +53,60 @@ impl From<Status> for TransportError {
 /// What a tonic client calls through: a channel or an in-process service.
 pub type Transport = BoxCloneSyncService<Request<Body>, Response<Body>, TransportError>;
 
-/// A [`Transport`] over a tonic channel.
+/// The source of an `UNAVAILABLE` [`Status`] from a [`channel_transport`] that could
+/// not connect: the request never left this process, so another replica may take it
+/// whatever it does (see [`not_sent`]).
+#[derive(Debug)]
+pub struct NotSent;
+
+impl std::fmt::Display for NotSent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no connection: the request was not sent")
+    }
+}
+
+impl std::error::Error for NotSent {}
+
+/// Whether `status` says the request was never sent (no connection could be made), as
+/// opposed to sent and then failed or timed out — after which it may have been
+/// applied. Only a [`channel_transport`] marks it; a status from the server never is.
+pub fn not_sent(status: &Status) -> bool {
+    std::error::Error::source(status).is_some_and(|e| e.is::<NotSent>())
+}
+
+fn is_connect_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if err.is::<tonic::ConnectError>() {
+            return true;
+        }
+        next = err.source();
+    }
+    false
+}
+
+/// A [`Transport`] over a tonic channel. A call that finds no connection and cannot
+/// make one fails `UNAVAILABLE` marked [`not_sent`].
 pub fn channel_transport(channel: tonic::transport::Channel) -> Transport {
-    BoxCloneSyncService::new(channel.map_err(|e| TransportError(Box::new(e))))
+    BoxCloneSyncService::new(channel.map_err(|e| {
+        if is_connect_error(&e) {
+            let mut status = Status::unavailable(format!("{e}: {}", error_chain(&e)));
+            status.set_source(Arc::new(NotSent));
+            TransportError::from(status)
+        } else {
+            TransportError(Box::new(e))
+        }
+    }))
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = Vec::new();
+    let mut next = e.source();
+    while let Some(err) = next {
+        parts.push(err.to_string());
+        next = err.source();
+    }
+    parts.join(": ")
 }
 
 /// A [`Transport`] over a tonic channel in which a call ends `UNAVAILABLE` after
