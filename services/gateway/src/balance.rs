@@ -1,119 +1,507 @@
-//! Client-side balancing over a downstream's replicas. A downstream named by a DNS
-//! name (`https://order:50052`) is called through one HTTP/2 connection per address the
-//! name resolves to, with calls spread over them (power of two choices on pending
-//! calls), and the name is resolved again every few seconds: a replica that appears is
-//! used, one that is gone is dropped. A single connection through a Service's virtual
-//! IP would pin every call of a gateway to one replica (kube-proxy balances
-//! connections, not calls); for that, Kubernetes Services of the gRPC services are
-//! headless (the name resolves to the pods). An IP address or `localhost` is one
-//! endpoint, as before.
+//! The gateway's view of one downstream service: its endpoints, each with its own
+//! circuit breaker, and calls spread over them.
+//!
+//! - **Endpoints.** A downstream named by a DNS name (`https://order:50052`) has one
+//!   endpoint per address the name resolves to — one HTTP/2 connection each — and the
+//!   name is resolved again every few seconds: a replica that appears is used, one that
+//!   is gone is dropped. (A single connection through a Service's virtual IP would pin
+//!   every call of a gateway to one replica: kube-proxy balances connections, not calls;
+//!   for that, Kubernetes Services of the gRPC services are headless.) An IP address,
+//!   `localhost` or an in-process service is one endpoint.
+//! - **A breaker per endpoint** (outlier ejection as in Envoy or Linkerd): a dead or
+//!   failing replica is taken out alone, the others keep serving. Its breaker is named
+//!   after the service for a single endpoint (`order`) and `order@10.0.0.7:50052` for a
+//!   resolved address.
+//! - **Recovery driven by health.** While a breaker is OPEN, the endpoint's gRPC health
+//!   service is asked every `probe_every` (≈ 1 s); when it answers SERVING, the next call
+//!   is the breaker's HALF-OPEN trial at once. OPEN lasts at most the configured time
+//!   (the spec's 30 s), but no longer than the endpoint is actually down.
+//! - **Picking.** Power of two choices on calls in flight among the endpoints whose
+//!   breaker is CLOSED; otherwise an endpoint whose breaker admits a trial; otherwise
+//!   503 "circuit open" with `Retry-After`.
+//! - **Sending again.** A call that could not be sent (no connection) goes to another
+//!   endpoint; so does one that failed if its [`Effect`] allows it. When the last attempt
+//!   fails, the answer says what the client can know: 503 if nothing reached a service,
+//!   504 `upstream_timeout` for a read that got no answer, 504 `outcome_unknown` for a
+//!   change that may have been applied.
 
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use ordersys_kit::local_grpc::{channel_transport, channel_transport_within, Transport};
+use axum::http::StatusCode;
+use ordersys_kit::local_grpc::{channel_transport, not_sent, Transport};
 use ordersys_kit::tls::GrpcTls;
-use tonic::transport::channel::Change;
-use tonic::transport::Channel;
+use rand::Rng;
+use resilience::{BreakerState, CircuitBreaker, Permit};
+use tokio::sync::watch;
+use tonic::{Code, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+use crate::downstream::{is_outage, to_api_error};
+use crate::error::ApiError;
 
 /// How often a name is resolved again.
 pub const RESOLVE_EVERY: Duration = Duration::from_secs(5);
 
-/// The transport to `url`: balanced over the name's addresses when the host is a DNS
-/// name, one lazily connected channel otherwise. `timeout` bounds every call.
-pub fn transport(tls: &GrpcTls, url: &str, timeout: Duration) -> anyhow::Result<Transport> {
-    let uri: http::Uri = url.parse()?;
-    let host = uri.host().unwrap_or_default().to_owned();
-    let literal = host.parse::<std::net::IpAddr>().is_ok()
-        || host
+/// At most this many endpoints are tried for one request.
+const MAX_ATTEMPTS: usize = 3;
+
+/// What a call does to the downstream, which decides whether it may be sent again after
+/// a failure and what a failure is answered with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// Changes nothing (a GET, a login): sent again to another endpoint after any
+    /// outage; no answer in time is 504 `upstream_timeout`.
+    Read,
+    /// Changes state, but applying it twice is applying it once (an order with an
+    /// `Idempotency-Key`, a logout): sent again to another endpoint after any outage;
+    /// no answer is 504 `outcome_unknown` ("retry with the same Idempotency-Key").
+    Idempotent,
+    /// Changes state and may not be applied twice (an order without a key, a cancel, a
+    /// registration): sent to another endpoint only if it never left; no answer after it
+    /// left is 504 `outcome_unknown` ("check before retrying").
+    Once,
+}
+
+/// How the endpoints' breakers behave and how long a call may take.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Consecutive failures that open an endpoint's breaker.
+    pub failure_threshold: u32,
+    /// The longest an endpoint's breaker stays OPEN without a trial.
+    pub open_timeout: Duration,
+    /// How often an OPEN endpoint's health is asked.
+    pub probe_every: Duration,
+    /// Deadline of one call to one endpoint.
+    pub timeout: Duration,
+}
+
+/// One address of a downstream, with its breaker.
+pub struct Endpoint {
+    addr: Option<SocketAddr>,
+    transport: Transport,
+    breaker: CircuitBreaker,
+    in_flight: AtomicUsize,
+    probing: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("breaker", &self.breaker.name())
+            .field("state", &self.breaker.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    fn new(
+        name: String,
+        addr: Option<SocketAddr>,
+        transport: Transport,
+        settings: &Settings,
+    ) -> Self {
+        let breaker = CircuitBreaker::builder(name.clone())
+            .failure_threshold(settings.failure_threshold)
+            .open_timeout(settings.open_timeout)
+            .on_transition(move |t| {
+                tracing::warn!(breaker = %name, from = %t.from, to = %t.to, reason = %t.reason,
+                    "автоматический выключатель сменил состояние");
+            })
+            .build();
+        let probe = transport.clone();
+        let probing = breaker.watch_health(settings.probe_every, move || serving(probe.clone()));
+        Self {
+            addr,
+            transport,
+            breaker,
+            in_flight: AtomicUsize::new(0),
+            probing,
+        }
+    }
+
+    /// The endpoint's breaker.
+    pub fn breaker(&self) -> &CircuitBreaker {
+        &self.breaker
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.probing.abort();
+        // A replica that is gone is not an open circuit: its gauge must not keep an
+        // alert firing (the series stays, reading CLOSED).
+        if self.breaker.state() != BreakerState::Closed {
+            metrics::gauge!("resilience_breaker_state", "breaker" => self.breaker.name().to_owned())
+                .set(BreakerState::Closed.metric_value());
+        }
+    }
+}
+
+/// Whether the gRPC health service behind `transport` answers SERVING.
+async fn serving(transport: Transport) -> bool {
+    HealthClient::new(transport)
+        .check(HealthCheckRequest::default())
+        .await
+        .is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32)
+}
+
+type Endpoints = Arc<[Arc<Endpoint>]>;
+
+/// A downstream service: its endpoints and how to call them. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Downstream {
+    service: &'static str,
+    timeout: Duration,
+    probe_every: Duration,
+    endpoints: watch::Receiver<Endpoints>,
+}
+
+impl Downstream {
+    /// The downstream at `url`: resolved and balanced when the host is a DNS name, one
+    /// lazily connected endpoint otherwise.
+    pub fn at(
+        service: &'static str,
+        tls: &GrpcTls,
+        url: &str,
+        settings: Settings,
+    ) -> anyhow::Result<Self> {
+        let uri: http::Uri = url.parse()?;
+        let host = uri.host().unwrap_or_default().to_owned();
+        let literal = host
             .trim_matches(['[', ']'])
             .parse::<std::net::IpAddr>()
             .is_ok()
-        || host == "localhost";
-    if literal || host.is_empty() {
-        return Ok(channel_transport(
-            tls.endpoint(url)?
-                .connect_timeout(Duration::from_secs(1))
-                .timeout(timeout)
-                .connect_lazy(),
-        ));
+            || host == "localhost"
+            || host.is_empty();
+        if literal {
+            let transport = channel_transport(
+                tls.endpoint(url)?
+                    .connect_timeout(Duration::from_secs(1))
+                    .timeout(settings.timeout)
+                    .connect_lazy(),
+            );
+            return Ok(Self::single(service, transport, settings));
+        }
+        let port = uri.port_u16().unwrap_or(443);
+        Ok(Self::resolving(
+            service,
+            tls.clone(),
+            host.clone(),
+            settings,
+            RESOLVE_EVERY,
+            move || {
+                let name = host.clone();
+                async move {
+                    tokio::net::lookup_host((name.as_str(), port))
+                        .await
+                        .map(|addrs| addrs.collect())
+                }
+            },
+        ))
     }
-    let port = uri.port_u16().unwrap_or(443);
-    let lookup = host.clone();
-    Ok(balanced(
-        tls.clone(),
-        host,
-        timeout,
-        RESOLVE_EVERY,
-        move || {
-            let name = lookup.clone();
-            async move {
-                tokio::net::lookup_host((name.as_str(), port))
-                    .await
-                    .map(|addrs| addrs.collect())
+
+    /// A downstream of one endpoint, reached through `transport` (a channel, or a
+    /// service in this process); its breaker is named `service`.
+    pub fn single(service: &'static str, transport: Transport, settings: Settings) -> Self {
+        let endpoint = Endpoint::new(service.to_owned(), None, transport, &settings);
+        let (_, endpoints) = watch::channel(Arc::from([Arc::new(endpoint)]));
+        Self {
+            service,
+            timeout: settings.timeout,
+            probe_every: settings.probe_every,
+            endpoints,
+        }
+    }
+
+    /// A downstream at whatever `resolve` answers, asked again every `every` (an answer
+    /// that is an error or empty keeps the last known set: a name that briefly does not
+    /// resolve does not empty the downstream). Each address is dialled with TLS verified
+    /// for `host`; an address that stays keeps its endpoint and breaker. The resolving
+    /// task ends when the last clone of the downstream is dropped.
+    pub fn resolving<R, F>(
+        service: &'static str,
+        tls: GrpcTls,
+        host: String,
+        settings: Settings,
+        every: Duration,
+        mut resolve: R,
+    ) -> Self
+    where
+        R: FnMut() -> F + Send + 'static,
+        F: Future<Output = std::io::Result<Vec<SocketAddr>>> + Send,
+    {
+        let (tx, endpoints) = watch::channel::<Endpoints>(Arc::from([]));
+        let this = Self {
+            service,
+            timeout: settings.timeout,
+            probe_every: settings.probe_every,
+            endpoints,
+        };
+        tokio::spawn(async move {
+            loop {
+                match resolve().await {
+                    Ok(addrs) if !addrs.is_empty() => {
+                        let now: BTreeSet<SocketAddr> = addrs.into_iter().collect();
+                        let current = tx.borrow().clone();
+                        let known: BTreeSet<SocketAddr> =
+                            current.iter().filter_map(|e| e.addr).collect();
+                        if now != known {
+                            let mut next = Vec::with_capacity(now.len());
+                            for addr in &now {
+                                if let Some(e) = current.iter().find(|e| e.addr == Some(*addr)) {
+                                    next.push(e.clone());
+                                    continue;
+                                }
+                                match tls.endpoint_at(&host, *addr) {
+                                    Ok(e) => next.push(Arc::new(Endpoint::new(
+                                        format!("{service}@{addr}"),
+                                        Some(*addr),
+                                        channel_transport(
+                                            e.connect_timeout(Duration::from_secs(1))
+                                                .timeout(settings.timeout)
+                                                .connect_lazy(),
+                                        ),
+                                        &settings,
+                                    ))),
+                                    Err(e) => {
+                                        tracing::error!(host = %host, error = %e, "нет TLS-настроек для нижестоящего сервиса");
+                                    }
+                                }
+                            }
+                            tracing::info!(host = %host, addresses = ?now, "адреса нижестоящего сервиса обновлены");
+                            drop(current);
+                            if tx.send(next.into()).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Ok(_) => {
+                        tracing::warn!(host = %host, "имя нижестоящего сервиса не разрешается")
+                    }
+                    Err(e) => {
+                        tracing::warn!(host = %host, error = %e, "имя нижестоящего сервиса не разрешается")
+                    }
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(every) => {}
+                    () = tx.closed() => return,
+                }
             }
-        },
-    ))
+        });
+        this
+    }
+
+    /// The endpoints known now.
+    pub fn endpoints(&self) -> Endpoints {
+        self.endpoints.borrow().clone()
+    }
+
+    /// The endpoints, waiting until `deadline` for the first resolution.
+    async fn known(&self, deadline: Instant) -> Option<Endpoints> {
+        let now = self.endpoints();
+        if !now.is_empty() {
+            return Some(now);
+        }
+        let mut rx = self.endpoints.clone();
+        let wait = async move { rx.wait_for(|e| !e.is_empty()).await.map(|e| e.clone()) };
+        tokio::time::timeout_at(deadline.into(), wait)
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// Call the downstream: `send` makes the call over the transport it is given (it may
+    /// be asked again, for another endpoint, as `effect` allows). Every failure that
+    /// counts against an endpoint counts against its breaker.
+    pub async fn call<T, F, Fut>(&self, effect: Effect, mut send: F) -> Result<T, ApiError>
+    where
+        F: FnMut(Transport) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let service = self.service;
+        let started = Instant::now();
+        let Some(endpoints) = self.known(started + self.timeout).await else {
+            tracing::warn!(service, "нет адресов нижестоящего сервиса");
+            return Err(ApiError::unavailable(format!(
+                "{service} service is unavailable (no address)"
+            )));
+        };
+        let mut tried: Vec<&Arc<Endpoint>> = Vec::new();
+        let mut sent = false;
+        let mut last: Option<Status> = None;
+        loop {
+            let (endpoint, permit) = match pick(&endpoints, &tried) {
+                Ok(picked) => picked,
+                Err(retry_after) => {
+                    return Err(match last {
+                        Some(s) => failure(service, effect, &s, sent),
+                        None => {
+                            tracing::warn!(
+                                service,
+                                "автоматический выключатель разомкнут, запрос отклонён"
+                            );
+                            // The endpoints are probed every `probe_every`: a client may
+                            // come back that soon, whatever is left of the OPEN time.
+                            let secs = retry_after.min(self.probe_every).as_secs_f64().ceil();
+                            ApiError::unavailable(format!(
+                                "{service} service is unavailable (circuit open)"
+                            ))
+                            .retry_after((secs as u64).max(1))
+                        }
+                    });
+                }
+            };
+            tried.push(endpoint);
+            let result = {
+                let _in_flight = InFlight::enter(&endpoint.in_flight);
+                send(endpoint.transport.clone()).await
+            };
+            let status = match result {
+                Ok(r) => {
+                    permit.success();
+                    return Ok(r.into_inner());
+                }
+                Err(s) if !is_outage(&s) => {
+                    permit.success();
+                    return Err(to_api_error(service, &s));
+                }
+                Err(s) => {
+                    permit.failure();
+                    s
+                }
+            };
+            let unsent = not_sent(&status);
+            sent |= !unsent;
+            let again = (unsent || effect != Effect::Once)
+                && status.code() != Code::Internal
+                && tried.len() < MAX_ATTEMPTS.min(endpoints.len())
+                && started.elapsed() < self.timeout;
+            if !again {
+                return Err(failure(service, effect, &status, sent));
+            }
+            tracing::warn!(service, breaker = endpoint.breaker.name(), code = ?status.code(),
+                "нижестоящий сервис не ответил, запрос отправлен другому экземпляру");
+            last = Some(status);
+        }
+    }
 }
 
-/// A channel balanced over what `resolve` answers, asked again every `every` (an
-/// answer that is an error or empty keeps the last known set: a name that briefly does
-/// not resolve does not empty the channel). Each address is dialled with TLS verified
-/// for `host`. The resolving task ends with the channel.
-pub fn balanced<R, F>(
-    tls: GrpcTls,
-    host: String,
-    timeout: Duration,
-    every: Duration,
-    mut resolve: R,
-) -> Transport
-where
-    R: FnMut() -> F + Send + 'static,
-    F: Future<Output = std::io::Result<Vec<SocketAddr>>> + Send,
-{
-    let (channel, changes) = Channel::balance_channel::<SocketAddr>(64);
-    tokio::spawn(async move {
-        let mut live: BTreeSet<SocketAddr> = BTreeSet::new();
-        loop {
-            match resolve().await {
-                Ok(addrs) if !addrs.is_empty() => {
-                    let now: BTreeSet<SocketAddr> = addrs.into_iter().collect();
-                    for gone in live.difference(&now) {
-                        if changes.send(Change::Remove(*gone)).await.is_err() {
-                            return;
-                        }
-                    }
-                    for new in now.difference(&live) {
-                        let endpoint = match tls.endpoint_at(&host, *new) {
-                            Ok(e) => e.connect_timeout(Duration::from_secs(1)).timeout(timeout),
-                            Err(e) => {
-                                tracing::error!(host = %host, error = %e, "нет TLS-настроек для нижестоящего сервиса");
-                                continue;
-                            }
-                        };
-                        if changes.send(Change::Insert(*new, endpoint)).await.is_err() {
-                            return;
-                        }
-                    }
-                    if now != live {
-                        tracing::info!(host = %host, addresses = ?now, "адреса нижестоящего сервиса обновлены");
-                        live = now;
-                    }
-                }
-                Ok(_) => tracing::warn!(host = %host, "имя нижестоящего сервиса не разрешается"),
-                Err(e) => {
-                    tracing::warn!(host = %host, error = %e, "имя нижестоящего сервиса не разрешается")
-                }
+/// The answer to a call whose last attempt failed with `status` (an outage); `sent`:
+/// whether any attempt reached a service.
+///
+/// A status the service itself sent (it has no local error behind it: say
+/// UNAVAILABLE, "a dependency is unavailable") is its answer, mapped as usual. A timeout,
+/// or a connection lost after the request left, is no answer: for a change, the outcome
+/// is unknown.
+fn failure(service: &str, effect: Effect, status: &Status, sent: bool) -> ApiError {
+    let code = status.code();
+    tracing::warn!(
+        service,
+        ?code,
+        sent,
+        message = status.message(),
+        "нижестоящий сервис недоступен"
+    );
+    if !sent {
+        return ApiError::unavailable(format!("{service} service is unavailable"));
+    }
+    let timed_out = matches!(code, Code::DeadlineExceeded | Code::Cancelled);
+    let lost = matches!(code, Code::Unavailable | Code::Unknown)
+        && std::error::Error::source(status).is_some();
+    match effect {
+        _ if !timed_out && !lost => to_api_error(service, status),
+        Effect::Read if timed_out => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            format!("{service} service did not answer in time"),
+        ),
+        Effect::Read => ApiError::unavailable(format!("{service} service is unavailable")),
+        Effect::Idempotent => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "outcome_unknown",
+            format!(
+                "outcome unknown: the {service} service did not answer and the request may \
+                 have been applied; retry with the same Idempotency-Key"
+            ),
+        ),
+        Effect::Once => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "outcome_unknown",
+            format!(
+                "outcome unknown: the {service} service did not answer and the request may \
+                 have been applied; check before retrying (an Idempotency-Key makes a retry safe)"
+            ),
+        ),
+    }
+}
+
+/// An endpoint for the next attempt, not one of `tried`, with its breaker's permit; or
+/// how long until some breaker admits a trial.
+fn pick<'a>(
+    endpoints: &'a [Arc<Endpoint>],
+    tried: &[&Arc<Endpoint>],
+) -> Result<(&'a Arc<Endpoint>, Permit), Duration> {
+    let untried = |e: &&Arc<Endpoint>| !tried.iter().any(|t| Arc::ptr_eq(t, e));
+    let closed = |e: &&Arc<Endpoint>| e.breaker.state() == BreakerState::Closed;
+    let n = endpoints.iter().filter(untried).filter(closed).count();
+    if n > 0 {
+        let nth = |i| endpoints.iter().filter(untried).filter(closed).nth(i);
+        let chosen = if n == 1 {
+            nth(0)
+        } else {
+            // Power of two choices: the less busy of two picked at random.
+            let mut rng = rand::rng();
+            let a = rng.random_range(0..n);
+            let b = (a + 1 + rng.random_range(0..n - 1)) % n;
+            let (a, b) = (nth(a), nth(b));
+            match (a, b) {
+                (Some(a), Some(b)) => Some(
+                    if b.in_flight.load(Ordering::Relaxed) < a.in_flight.load(Ordering::Relaxed) {
+                        b
+                    } else {
+                        a
+                    },
+                ),
+                (a, b) => a.or(b),
             }
-            tokio::select! {
-                () = tokio::time::sleep(every) => {}
-                () = changes.closed() => return,
+        };
+        if let Some(e) = chosen {
+            if let Ok(permit) = e.breaker.try_acquire() {
+                return Ok((e, permit));
             }
         }
-    });
-    channel_transport_within(channel, timeout)
+    }
+    let mut wait = Duration::MAX;
+    for e in endpoints.iter().filter(untried) {
+        match e.breaker.try_acquire() {
+            Ok(permit) => return Ok((e, permit)),
+            Err(open) => wait = wait.min(open.retry_after),
+        }
+    }
+    Err(wait)
+}
+
+/// Counts a call in flight on an endpoint while alive.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        Self(n)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]

@@ -44,8 +44,11 @@ pub struct Config {
     pub body_limit_bytes: usize,
     /// Consecutive downstream failures that open a breaker (`BREAKER_FAILURE_THRESHOLD`, 5).
     pub breaker_failure_threshold: u32,
-    /// Seconds a breaker stays open (`BREAKER_OPEN_SECS`, 30).
+    /// Seconds a breaker stays open at most (`BREAKER_OPEN_SECS`, 30).
     pub breaker_open_secs: u64,
+    /// While a breaker is open, its endpoint's gRPC health is asked every this many ms
+    /// (`BREAKER_PROBE_MS`, 1000); when it answers SERVING, the next call is the trial.
+    pub breaker_probe_ms: u64,
     /// Per-call deadline for downstream gRPC calls in ms (`DOWNSTREAM_TIMEOUT_MS`, 3000).
     pub downstream_timeout_ms: u64,
     /// A whole request — reading its body included — must be answered within this many
@@ -74,6 +77,7 @@ impl Default for Config {
             body_limit_bytes: 64 * 1024,
             breaker_failure_threshold: 5,
             breaker_open_secs: 30,
+            breaker_probe_ms: 1000,
             downstream_timeout_ms: 3000,
             request_timeout_secs: 30,
             tls: Default::default(),

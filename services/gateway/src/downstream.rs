@@ -1,25 +1,12 @@
-//! Calls to the gRPC services, each behind a circuit breaker, with the request's
-//! correlation id and trace context in the metadata.
-
-use std::time::Duration;
+//! Requests to the gRPC services (with the request's correlation id and trace context
+//! in the metadata) and what their statuses mean for the REST API. How the calls are
+//! made — endpoints, breakers, sending again — is [`crate::balance`].
 
 use axum::http::StatusCode;
 use ordersys_kit::context::RequestContext;
-use ordersys_kit::local_grpc::Transport;
-use resilience::{BreakerError, CircuitBreaker};
 use tonic::{Code, Status};
 
 use crate::error::ApiError;
-
-/// The transport to a downstream at `url` with a per-call deadline: balanced over the
-/// name's replicas (see [`crate::balance`]).
-pub fn channel(
-    tls: &ordersys_kit::tls::GrpcTls,
-    url: &str,
-    timeout: Duration,
-) -> anyhow::Result<Transport> {
-    crate::balance::transport(tls, url, timeout)
-}
 
 /// A gRPC request carrying `x-correlation-id` and `traceparent`.
 pub fn request<T>(ctx: &RequestContext, msg: T) -> tonic::Request<T> {
@@ -89,33 +76,6 @@ pub fn to_api_error(service: &str, s: &Status) -> ApiError {
             tracing::error!(service, code = ?s.code(), message = s.message(), "ошибка нижестоящего сервиса");
             ApiError::internal()
         }
-    }
-}
-
-/// Run one call through `breaker`; an open breaker answers 503 at once, with
-/// `Retry-After`.
-pub async fn call<T, F>(service: &str, breaker: &CircuitBreaker, f: F) -> Result<T, ApiError>
-where
-    F: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
-{
-    match breaker.call_classified(|| f, is_outage).await {
-        Ok(r) => Ok(r.into_inner()),
-        Err(BreakerError::Open(open)) => {
-            tracing::warn!(
-                service,
-                "автоматический выключатель разомкнут, запрос отклонён"
-            );
-            Err(
-                ApiError::unavailable(format!("{service} service is unavailable (circuit open)"))
-                    .retry_after(open.retry_after.as_secs().max(1)),
-            )
-        }
-        Err(BreakerError::Inner(s)) => Err(to_api_error(service, &s)),
-        // `TimedOut` comes only from `Retry::call_with_breaker` (this path has no retry
-        // deadline); any variant added later is an outage too.
-        Err(_) => Err(ApiError::unavailable(format!(
-            "{service} service did not answer in time"
-        ))),
     }
 }
 

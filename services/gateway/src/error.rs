@@ -99,7 +99,7 @@ pub struct ErrorDetail {
     /// Stable and machine-readable: `bad_request`, `unauthorized`, `token_revoked`,
     /// `not_found`, `conflict`, `validation_failed`, `idempotency_key_reused`,
     /// `payload_too_large`, `request_header_fields_too_large`, `rate_limited`, `request_timeout`, `overloaded`,
-    /// `service_unavailable`, `internal`…
+    /// `service_unavailable`, `upstream_timeout`, `outcome_unknown`, `internal`…
     #[schema(example = "validation_failed")]
     pub code: String,
     /// For people; may change.

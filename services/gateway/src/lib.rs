@@ -1,6 +1,6 @@
 //! The ordersys API gateway: the public REST API (SPEC §8) in front of the gRPC
 //! services, with JWT + blacklist authentication, per-IP rate limiting, a circuit
-//! breaker per downstream, correlation ids and W3C trace context, a body limit, and
+//! breaker per downstream endpoint with health-driven recovery, correlation ids and W3C trace context, a body limit, and
 //! every error as `{"error":{"code","message","correlation_id"}}`.
 
 #![warn(missing_docs)]
@@ -29,13 +29,11 @@ use axum::Router;
 use ordersys_kit::admin::Admin;
 use ordersys_kit::context::ContextLayer;
 use ordersys_kit::local_grpc::Transport;
-use ordersys_proto::order::v1::order_service_client::OrderServiceClient;
-use ordersys_proto::payment::v1::payment_service_client::PaymentServiceClient;
-use ordersys_proto::user::v1::user_service_client::UserServiceClient;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
-use resilience::{CircuitBreaker, RateLimiter};
+use resilience::RateLimiter;
 
 pub use backends::{Backends, InProcess};
+use balance::{Downstream, Settings};
 pub use config::Config;
 use error::ApiError;
 pub use middleware::HEADER_LIMIT_BYTES;
@@ -56,18 +54,12 @@ impl std::ops::Deref for AppState {
 
 /// What [`AppState`] shares.
 pub struct Shared {
-    /// User service client.
-    pub users: UserServiceClient<Transport>,
-    /// Its breaker.
-    pub users_breaker: CircuitBreaker,
-    /// Order service client.
-    pub orders: OrderServiceClient<Transport>,
-    /// Its breaker.
-    pub orders_breaker: CircuitBreaker,
-    /// Payment service client.
-    pub payments: PaymentServiceClient<Transport>,
-    /// Its breaker.
-    pub payments_breaker: CircuitBreaker,
+    /// The user service.
+    pub users: Downstream,
+    /// The order service.
+    pub orders: Downstream,
+    /// The payment service.
+    pub payments: Downstream,
     /// Revokes on logout in this gateway's own blacklist too (`None` without the
     /// security layers): a mirrored blacklist knows at once, before the announcement
     /// comes back from Redis.
@@ -94,18 +86,6 @@ struct Metrics {
     requests: IntCounterVec,
     latency: HistogramVec,
     rate_limited: IntCounterVec,
-}
-
-/// A breaker for calls to `name`; its state is the SDK's `resilience_breaker_state`
-/// gauge (0 closed, 1 open, 2 half-open) and `resilience_breaker_transitions_total`.
-fn breaker(name: &'static str, config: &Config) -> CircuitBreaker {
-    CircuitBreaker::builder(name)
-        .failure_threshold(config.breaker_failure_threshold)
-        .open_timeout(Duration::from_secs(config.breaker_open_secs))
-        .on_transition(move |t| {
-            tracing::warn!(breaker = name, from = %t.from, to = %t.to, "автоматический выключатель сменил состояние");
-        })
-        .build()
 }
 
 /// Build the router (REST API + health + metrics) with Redis backends.
@@ -165,16 +145,40 @@ fn grpc_health(
 fn build(config: &Config, backends: Backends, security: Security) -> anyhow::Result<Router> {
     let limiter = backends.limiter;
     let timeout = Duration::from_millis(config.downstream_timeout_ms);
-    let (user_channel, order_channel, payment_channel) = match &backends.in_process {
+    // One breaker per endpoint of each downstream; its state is the SDK's
+    // `resilience_breaker_state` gauge (0 closed, 1 open, 2 half-open) and
+    // `resilience_breaker_transitions_total` (with the reason of each change).
+    let settings = Settings {
+        failure_threshold: config.breaker_failure_threshold,
+        open_timeout: Duration::from_secs(config.breaker_open_secs),
+        probe_every: Duration::from_millis(config.breaker_probe_ms.max(10)),
+        timeout,
+    };
+    let (users, orders, payments) = match &backends.in_process {
         Some(local) => (
-            local.user.transport(timeout),
-            local.order.transport(timeout),
-            local.payment.transport(timeout),
+            Downstream::single("user", local.user.transport(timeout), settings.clone()),
+            Downstream::single("order", local.order.transport(timeout), settings.clone()),
+            Downstream::single("payment", local.payment.transport(timeout), settings),
         ),
         None => (
-            downstream::channel(&config.tls, &config.user_service_url, timeout)?,
-            downstream::channel(&config.tls, &config.order_service_url, timeout)?,
-            downstream::channel(&config.tls, &config.payment_service_url, timeout)?,
+            Downstream::at(
+                "user",
+                &config.tls,
+                &config.user_service_url,
+                settings.clone(),
+            )?,
+            Downstream::at(
+                "order",
+                &config.tls,
+                &config.order_service_url,
+                settings.clone(),
+            )?,
+            Downstream::at(
+                "payment",
+                &config.tls,
+                &config.payment_service_url,
+                settings,
+            )?,
         ),
     };
 
@@ -189,11 +193,14 @@ fn build(config: &Config, backends: Backends, security: Security) -> anyhow::Res
     }
     // In one process (`ordersys`) the services are parts of the gateway's own process:
     // it is ready when they are.
-    if backends.in_process.is_some() {
+    if let Some(local) = &backends.in_process {
         admin = admin
-            .check("user-service", grpc_health(user_channel.clone()))
-            .check("order-service", grpc_health(order_channel.clone()))
-            .check("payment-service", grpc_health(payment_channel.clone()));
+            .check("user-service", grpc_health(local.user.transport(timeout)))
+            .check("order-service", grpc_health(local.order.transport(timeout)))
+            .check(
+                "payment-service",
+                grpc_health(local.payment.transport(timeout)),
+            );
     }
     let registry = admin.registry().clone();
     let metrics = Metrics {
@@ -215,12 +222,9 @@ fn build(config: &Config, backends: Backends, security: Security) -> anyhow::Res
     registry.register(Box::new(metrics.rate_limited.clone()))?;
 
     let state = AppState(Arc::new(Shared {
-        users: UserServiceClient::new(user_channel),
-        users_breaker: breaker("user", config),
-        orders: OrderServiceClient::new(order_channel),
-        orders_breaker: breaker("order", config),
-        payments: PaymentServiceClient::new(payment_channel),
-        payments_breaker: breaker("payment", config),
+        users,
+        orders,
+        payments,
         auth: match &security {
             Security::On(auth) => Some((**auth).clone()),
             Security::Off(_) => None,

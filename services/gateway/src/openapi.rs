@@ -89,7 +89,8 @@ fn add_common_errors(op: &mut Operation) {
         ("431", "The request's headers are over 16 KiB", false),
         ("429", "Rate limited (per client IP); retry after `Retry-After` seconds", true),
         ("500", "An unexpected error (logged with the correlation id)", false),
-        ("503", "A service behind the gateway is unavailable or busy (circuit open, overloaded); retry after `Retry-After` seconds", true),
+        ("503", "A service behind the gateway is unavailable or busy (circuit open, overloaded, unreachable): the request reached no service and changed nothing; retry after `Retry-After` seconds", true),
+        ("504", "A service behind the gateway took the request but did not answer within `DOWNSTREAM_TIMEOUT_MS`: `upstream_timeout` for a read (retry); `outcome_unknown` for a change, which may have been applied (retry with the same `Idempotency-Key` where the operation takes one, else check first)", false),
     ];
     if protected {
         errors.push((
@@ -209,7 +210,7 @@ mod tests {
         for (path, item) in d["paths"].as_object().unwrap() {
             for (method, op) in item.as_object().unwrap() {
                 let r = op["responses"].as_object().unwrap();
-                for code in ["408", "429", "500", "503"] {
+                for code in ["408", "429", "500", "503", "504"] {
                     assert!(r.contains_key(code), "{method} {path} lacks {code}");
                     assert_eq!(
                         r[code]["content"]["application/json"]["schema"]["$ref"],

@@ -71,7 +71,16 @@ impl std::error::Error for NotSent {}
 /// opposed to sent and then failed or timed out — after which it may have been
 /// applied. Only a [`channel_transport`] marks it; a status from the server never is.
 pub fn not_sent(status: &Status) -> bool {
-    std::error::Error::source(status).is_some_and(|e| e.is::<NotSent>())
+    // tonic wraps the transport's error (and the status inside it) on its way to the
+    // caller: look along the whole chain.
+    let mut next = std::error::Error::source(status);
+    while let Some(e) = next {
+        if e.is::<NotSent>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 fn is_connect_error(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -195,7 +204,9 @@ impl Service<Request<Body>> for LocalCall {
         let timeout = self.timeout;
         Box::pin(async move {
             let Some(service) = service else {
-                return Err(Status::unavailable("the service has not started yet").into());
+                let mut status = Status::unavailable("the service has not started yet");
+                status.set_source(Arc::new(NotSent));
+                return Err(status.into());
             };
             match tokio::time::timeout(timeout, service.oneshot(req)).await {
                 Ok(r) => r,
@@ -226,6 +237,7 @@ mod tests {
         let mut client = HealthClient::new(local.transport(Duration::from_secs(1)));
         let early = client.check(check()).await.unwrap_err();
         assert_eq!(early.code(), tonic::Code::Unavailable, "{early:?}");
+        assert!(not_sent(&early), "nothing was there to take it");
 
         let (_reporter, health) = tonic_health::server::health_reporter();
         local.serve(tonic::service::Routes::new(health));
@@ -239,6 +251,25 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
+        assert!(!not_sent(&missing));
+    }
+
+    #[tokio::test]
+    async fn a_channel_that_cannot_connect_says_the_request_was_not_sent() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
+        let refused = HealthClient::new(channel_transport(channel))
+            .check(check())
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+        assert!(not_sent(&refused), "{refused:?}");
+        // A status a server sends is never taken for one.
+        assert!(!not_sent(&Status::unavailable("shutting down")));
     }
 
     #[tokio::test]

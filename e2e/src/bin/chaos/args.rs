@@ -14,7 +14,7 @@ chaos — the ordersys fault suite
   --down A-B           seconds a killed process stays down (0.2-2)
   --settle S           seconds allowed after the load for every order to end (120)
   --deadline S         PAYMENT_DEADLINE_SECS of the order service (30)
-  --breaker-open S     BREAKER_OPEN_SECS of the gateway (5)
+  --breaker-open S     BREAKER_OPEN_SECS of the gateway (30, the spec's figure)
   --initial N          INITIAL_BALANCE of a new account (2000000)
   --cancel-percent P   orders the client tries to cancel right after placing (10)
   --poll-ms MS         how often a client polls its order until it ends (25); small
@@ -89,7 +89,7 @@ impl Args {
             down: (0.2, 2.0),
             settle: 120,
             deadline: 30,
-            breaker_open: 5,
+            breaker_open: 30,
             initial: 2_000_000,
             cancel_percent: 10,
             poll_ms: 25,

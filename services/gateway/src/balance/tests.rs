@@ -5,28 +5,85 @@ use std::sync::{Arc, Mutex};
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-/// A gRPC server (the health service) on 127.0.0.1 that counts the calls it takes.
+/// A gRPC server (the health service) on `listener` that counts the calls it takes and
+/// answers each after `delay`; it stops when the sender is dropped or fired.
+fn serve(
+    listener: tokio::net::TcpListener,
+    calls: Arc<AtomicUsize>,
+    delay: Duration,
+) -> tokio::sync::oneshot::Sender<()> {
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let layer = tower::ServiceBuilder::new()
+        .map_request(move |r: http::Request<_>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            r
+        })
+        .map_future(move |f| async move {
+            tokio::time::sleep(delay).await;
+            f.await
+        });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(layer)
+            .add_service(health)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async move {
+                    let _ = stopped.await;
+                },
+            ),
+    );
+    stop
+}
+
+/// A counting health server on 127.0.0.1 that runs until the test ends.
 async fn server(calls: Arc<AtomicUsize>) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (_reporter, health) = tonic_health::server::health_reporter();
-    let count = tower::ServiceBuilder::new().map_request(move |r: http::Request<_>| {
-        calls.fetch_add(1, Ordering::SeqCst);
-        r
-    });
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .layer(count)
-            .add_service(health)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    std::mem::forget(serve(listener, calls, Duration::ZERO));
     addr
 }
 
-async fn calls(client: &mut HealthClient<Transport>, n: usize) {
-    for _ in 0..n {
-        client.check(HealthCheckRequest::default()).await.unwrap();
+/// An address nobody listens on: connections are refused.
+async fn dead_address() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+fn settings(open: Duration, probe: Duration, timeout: Duration) -> Settings {
+    Settings {
+        failure_threshold: 2,
+        open_timeout: open,
+        probe_every: probe,
+        timeout,
     }
+}
+
+async fn check(d: &Downstream, effect: Effect) -> Result<(), ApiError> {
+    d.call(effect, |t| async move {
+        HealthClient::new(t)
+            .check(HealthCheckRequest::default())
+            .await
+    })
+    .await
+    .map(drop)
+}
+
+async fn calls(d: &Downstream, n: usize) {
+    for _ in 0..n {
+        check(d, Effect::Read).await.unwrap();
+    }
+}
+
+fn state_of(d: &Downstream, addr: SocketAddr) -> BreakerState {
+    let name = format!("test@{addr}");
+    d.endpoints()
+        .iter()
+        .find(|e| e.breaker().name() == name)
+        .unwrap_or_else(|| panic!("no endpoint {name}"))
+        .breaker()
+        .state()
 }
 
 #[tokio::test]
@@ -36,10 +93,15 @@ async fn calls_go_to_every_address_of_the_name_and_follow_it_when_it_changes() {
     let answer = Arc::new(Mutex::new(vec![a, b]));
     let resolved = Arc::new(AtomicUsize::new(0));
     let (resolver, count) = (answer.clone(), resolved.clone());
-    let transport = balanced(
+    let d = Downstream::resolving(
+        "test",
         GrpcTls::loopback_plaintext(),
         "replicas".into(),
-        Duration::from_secs(5),
+        settings(
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+            Duration::from_secs(5),
+        ),
         Duration::from_millis(20),
         move || {
             count.fetch_add(1, Ordering::SeqCst);
@@ -47,22 +109,22 @@ async fn calls_go_to_every_address_of_the_name_and_follow_it_when_it_changes() {
             async move { Ok(addrs) }
         },
     );
-    let mut client = HealthClient::new(transport);
-    calls(&mut client, 40).await;
+    calls(&d, 40).await;
     let (ca, cb) = (na.load(Ordering::SeqCst), nb.load(Ordering::SeqCst));
     assert!(ca > 0 && cb > 0, "both replicas serve: {ca} and {cb}");
 
     // b leaves the name: once re-resolved, every call goes to a.
     *answer.lock().unwrap() = vec![a];
     ordersys_testkit::eventually("b is no longer called", Duration::from_secs(10), || {
-        let (na, nb, mut client) = (na.clone(), nb.clone(), client.clone());
+        let (na, nb, d) = (na.clone(), nb.clone(), d.clone());
         async move {
             let (a0, b0) = (na.load(Ordering::SeqCst), nb.load(Ordering::SeqCst));
-            calls(&mut client, 10).await;
+            calls(&d, 10).await;
             (na.load(Ordering::SeqCst) == a0 + 10 && nb.load(Ordering::SeqCst) == b0).then_some(())
         }
     })
     .await;
+    assert_eq!(d.endpoints().len(), 1);
 
     // A name that briefly resolves to nothing keeps the last known replicas.
     answer.lock().unwrap().clear();
@@ -73,22 +135,223 @@ async fn calls_go_to_every_address_of_the_name_and_follow_it_when_it_changes() {
     })
     .await;
     let a0 = na.load(Ordering::SeqCst);
-    calls(&mut client, 5).await;
+    calls(&d, 5).await;
     assert_eq!(na.load(Ordering::SeqCst), a0 + 5);
 }
 
 #[tokio::test]
-async fn a_call_with_no_address_to_go_to_ends_unavailable_within_the_timeout() {
-    let transport = balanced(
+async fn a_call_with_no_address_to_go_to_is_a_503_within_the_timeout() {
+    let d = Downstream::resolving(
+        "test",
         GrpcTls::loopback_plaintext(),
         "nowhere".into(),
-        Duration::from_millis(300),
+        settings(
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+            Duration::from_millis(300),
+        ),
         Duration::from_millis(50),
         || async { Err(std::io::Error::other("no such host")) },
     );
-    let err = HealthClient::new(transport)
-        .check(HealthCheckRequest::default())
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    let err = check(&d, Effect::Read).await.unwrap_err();
+    assert_eq!(
+        (err.status, err.code),
+        (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable")
+    );
+}
+
+/// The mechanism of item 2 of issue 30: without the health probe the breaker would stay
+/// OPEN for its full 30 s although the endpoint is back.
+#[tokio::test]
+async fn an_open_breaker_closes_as_soon_as_the_endpoint_is_healthy_again() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = serve(listener, Arc::default(), Duration::ZERO);
+    let d = Downstream::at(
+        "test",
+        &GrpcTls::loopback_plaintext(),
+        &format!("http://{addr}"),
+        settings(
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            Duration::from_secs(1),
+        ),
+    )
+    .unwrap();
+    let breaker = d.endpoints()[0].breaker().clone();
+    assert_eq!(
+        breaker.name(),
+        "test",
+        "one endpoint: named after the service"
+    );
+    calls(&d, 1).await;
+
+    drop(stop);
+    // Refused connections (nothing sent): 503, twice, then the breaker is open.
+    ordersys_testkit::eventually("the breaker opens", Duration::from_secs(10), || {
+        let d = d.clone();
+        let breaker = breaker.clone();
+        async move {
+            if let Err(e) = check(&d, Effect::Once).await {
+                assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE, "{e:?}");
+            }
+            (breaker.state() == BreakerState::Open).then_some(())
+        }
+    })
+    .await;
+    let refused = check(&d, Effect::Read).await.unwrap_err();
+    assert!(refused.message.contains("circuit open"), "{refused:?}");
+    assert_eq!(
+        refused.retry_after,
+        Some(1),
+        "Retry-After: the next probe, not the 30 s"
+    );
+
+    // Back on the same address: closed within a few probes, far inside the 30 s.
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let _stop = serve(listener, Arc::default(), Duration::ZERO);
+    ordersys_testkit::eventually("the endpoint serves again", Duration::from_secs(10), || {
+        let d = d.clone();
+        async move { check(&d, Effect::Read).await.ok() }
+    })
+    .await;
+    assert_eq!(breaker.state(), BreakerState::Closed);
+}
+
+/// The mechanism of item 1 of issue 30: with one breaker per service, the dead
+/// replica's failures would open it for the live one too.
+#[tokio::test]
+async fn one_dead_replica_is_ejected_alone_and_no_request_is_refused_for_it() {
+    let live_calls = Arc::new(AtomicUsize::new(0));
+    let live = server(live_calls.clone()).await;
+    let dead = dead_address().await;
+    let d = Downstream::resolving(
+        "test",
+        GrpcTls::loopback_plaintext(),
+        "replicas".into(),
+        settings(
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        ),
+        Duration::from_secs(60),
+        move || async move { Ok(vec![live, dead]) },
+    );
+    // Not even a call that may be applied only once is refused: it never reached the
+    // dead replica, so it goes to the live one.
+    for effect in [Effect::Read, Effect::Idempotent, Effect::Once] {
+        for i in 0..20 {
+            check(&d, effect)
+                .await
+                .unwrap_or_else(|e| panic!("{effect:?} call {i} refused: {e:?}"));
+        }
+    }
+    assert_eq!(state_of(&d, dead), BreakerState::Open);
+    assert_eq!(state_of(&d, live), BreakerState::Closed);
+    assert!(live_calls.load(Ordering::SeqCst) >= 60);
+}
+
+#[tokio::test]
+async fn no_answer_in_time_is_a_504_that_says_whether_the_request_may_have_been_applied() {
+    let slow_calls = Arc::new(AtomicUsize::new(0));
+    let (a, b) = (
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    );
+    let addrs = vec![a.local_addr().unwrap(), b.local_addr().unwrap()];
+    let _a = serve(a, slow_calls.clone(), Duration::from_secs(5));
+    let _b = serve(b, slow_calls.clone(), Duration::from_secs(5));
+    let d = Downstream::resolving(
+        "test",
+        GrpcTls::loopback_plaintext(),
+        "slow".into(),
+        settings(
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+            Duration::from_millis(300),
+        ),
+        Duration::from_secs(60),
+        move || {
+            let addrs = addrs.clone();
+            async move { Ok(addrs) }
+        },
+    );
+    let read = check(&d, Effect::Read).await.unwrap_err();
+    assert_eq!(
+        (read.status, read.code),
+        (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
+    );
+    let before = slow_calls.load(Ordering::SeqCst);
+    let once = check(&d, Effect::Once).await.unwrap_err();
+    assert_eq!(
+        (once.status, once.code),
+        (StatusCode::GATEWAY_TIMEOUT, "outcome_unknown")
+    );
+    assert!(once.message.contains("check before retrying"), "{once:?}");
+    assert_eq!(
+        slow_calls.load(Ordering::SeqCst),
+        before + 1,
+        "a request that may have been applied is not sent again"
+    );
+    let keyed = check(&d, Effect::Idempotent).await.unwrap_err();
+    assert_eq!(keyed.code, "outcome_unknown");
+    assert!(
+        keyed
+            .message
+            .contains("retry with the same Idempotency-Key"),
+        "{keyed:?}"
+    );
+}
+
+#[test]
+fn an_outage_is_answered_by_what_the_client_can_know() {
+    let answer = |effect, status: Status, sent| {
+        let e = failure("order", effect, &status, sent);
+        (e.status.as_u16(), e.code)
+    };
+    let timeout = || Status::deadline_exceeded("late");
+    // Lost after it left: a local error behind the status.
+    let lost = |code| {
+        let mut s = Status::new(code, "connection reset");
+        s.set_source(Arc::new(std::io::Error::other("connection reset by peer")));
+        s
+    };
+    for effect in [Effect::Read, Effect::Idempotent, Effect::Once] {
+        // Nothing reached a service: nothing was done.
+        assert_eq!(
+            answer(effect, lost(Code::Unavailable), false),
+            (503, "service_unavailable")
+        );
+        // The service's own answers.
+        assert_eq!(
+            answer(effect, Status::internal("db"), true),
+            (500, "internal")
+        );
+        assert_eq!(
+            answer(
+                effect,
+                Status::unavailable("a dependency is unavailable"),
+                true
+            ),
+            (503, "service_unavailable")
+        );
+    }
+    assert_eq!(
+        answer(Effect::Read, timeout(), true),
+        (504, "upstream_timeout")
+    );
+    assert_eq!(
+        answer(Effect::Read, lost(Code::Unavailable), true),
+        (503, "service_unavailable")
+    );
+    for effect in [Effect::Idempotent, Effect::Once] {
+        for status in [
+            timeout(),
+            Status::cancelled("timeout expired"),
+            lost(Code::Unavailable),
+            lost(Code::Unknown),
+        ] {
+            assert_eq!(answer(effect, status, true), (504, "outcome_unknown"));
+        }
+    }
 }

@@ -8,10 +8,12 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use ordersys_kit::context::RequestContext;
 use ordersys_proto::user::v1 as pb;
+use ordersys_proto::user::v1::user_service_client::UserServiceClient;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::downstream::{call, request};
+use crate::balance::Effect;
+use crate::downstream::request;
 use crate::error::{ApiError, JsonBody};
 use crate::AppState;
 
@@ -63,19 +65,17 @@ pub async fn register(
     Extension(ctx): Extension<RequestContext>,
     JsonBody(c): JsonBody<Credentials>,
 ) -> Result<Response, ApiError> {
-    let mut client = s.users.clone();
-    let r = call(
-        "user",
-        &s.users_breaker,
-        client.register(request(
-            &ctx,
-            pb::RegisterRequest {
-                email: c.email,
-                password: c.password,
-            },
-        )),
-    )
-    .await?;
+    let msg = pb::RegisterRequest {
+        email: c.email,
+        password: c.password,
+    };
+    let r = s
+        .users
+        .call(Effect::Once, |t| {
+            let req = request(&ctx, msg.clone());
+            async move { UserServiceClient::new(t).register(req).await }
+        })
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(Registered {
@@ -99,19 +99,17 @@ pub async fn login(
     Extension(ctx): Extension<RequestContext>,
     JsonBody(c): JsonBody<Credentials>,
 ) -> Result<Json<Token>, ApiError> {
-    let mut client = s.users.clone();
-    let r = call(
-        "user",
-        &s.users_breaker,
-        client.login(request(
-            &ctx,
-            pb::LoginRequest {
-                email: c.email,
-                password: c.password,
-            },
-        )),
-    )
-    .await?;
+    let msg = pb::LoginRequest {
+        email: c.email,
+        password: c.password,
+    };
+    let r = s
+        .users
+        .call(Effect::Read, |t| {
+            let req = request(&ctx, msg.clone());
+            async move { UserServiceClient::new(t).login(req).await }
+        })
+        .await?;
     Ok(Json(Token {
         access_token: r.access_token,
         token_type: r.token_type,
@@ -130,18 +128,15 @@ pub async fn logout(
     Extension(token): Extension<BearerToken>,
     Extension(claims): Extension<Claims>,
 ) -> Result<StatusCode, ApiError> {
-    let mut client = s.users.clone();
-    call(
-        "user",
-        &s.users_breaker,
-        client.logout(request(
-            &ctx,
-            pb::LogoutRequest {
-                access_token: token.0,
-            },
-        )),
-    )
-    .await?;
+    let msg = pb::LogoutRequest {
+        access_token: token.0,
+    };
+    s.users
+        .call(Effect::Idempotent, |t| {
+            let req = request(&ctx, msg.clone());
+            async move { UserServiceClient::new(t).logout(req).await }
+        })
+        .await?;
     // The user service revoked it (and announced it to every gateway); this gateway's
     // own blacklist takes it at once, so the very next request here is refused even if
     // the announcement is still on its way. (Revoking again never shortens the entry.)
@@ -163,18 +158,16 @@ pub async fn me(
     Extension(ctx): Extension<RequestContext>,
     Extension(claims): Extension<Claims>,
 ) -> Result<Json<Registered>, ApiError> {
-    let mut client = s.users.clone();
-    let u = call(
-        "user",
-        &s.users_breaker,
-        client.get_user(request(
-            &ctx,
-            pb::GetUserRequest {
-                user_id: claims.sub,
-            },
-        )),
-    )
-    .await?;
+    let msg = pb::GetUserRequest {
+        user_id: claims.sub,
+    };
+    let u = s
+        .users
+        .call(Effect::Read, |t| {
+            let req = request(&ctx, msg.clone());
+            async move { UserServiceClient::new(t).get_user(req).await }
+        })
+        .await?;
     Ok(Json(Registered {
         user_id: u.user_id,
         email: u.email,

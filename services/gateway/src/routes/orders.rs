@@ -9,11 +9,14 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use ordersys_kit::context::RequestContext;
 use ordersys_proto::order::v1 as pb;
+use ordersys_proto::order::v1::order_service_client::OrderServiceClient;
 use ordersys_proto::payment::v1 as pay;
+use ordersys_proto::payment::v1::payment_service_client::PaymentServiceClient;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::downstream::{call, request};
+use crate::balance::Effect;
+use crate::downstream::request;
 use crate::error::{ApiError, JsonBody, PathParam};
 use crate::AppState;
 
@@ -109,6 +112,7 @@ impl From<pb::Order> for OrderBody {
     responses(
         (status = 201, description = "The order, PENDING", body = OrderBody),
         (status = 409, description = "A request with this Idempotency-Key is still being processed", body = crate::error::ErrorBody),
+        (status = 504, description = "`outcome_unknown`: the order service took the request but did not answer in time; the order may have been placed. Retry with the same Idempotency-Key (it returns the order if it was); without a key, look at the order list first", body = crate::error::ErrorBody),
     ))]
 pub async fn create(
     State(s): State<AppState>,
@@ -145,13 +149,18 @@ pub async fn create(
         currency: body.currency,
         idempotency_key: key,
     };
-    let mut client = s.orders.clone();
-    let o = call(
-        "order",
-        &s.orders_breaker,
-        client.create_order(request(&ctx, msg)),
-    )
-    .await?;
+    let effect = if msg.idempotency_key.is_empty() {
+        Effect::Once
+    } else {
+        Effect::Idempotent
+    };
+    let o = s
+        .orders
+        .call(effect, |t| {
+            let req = request(&ctx, msg.clone());
+            async move { OrderServiceClient::new(t).create_order(req).await }
+        })
+        .await?;
     Ok((StatusCode::CREATED, Json(OrderBody::from(o))).into_response())
 }
 
@@ -170,19 +179,17 @@ pub async fn get(
     Extension(claims): Extension<Claims>,
     PathParam(id): PathParam<String>,
 ) -> Result<Json<OrderBody>, ApiError> {
-    let mut client = s.orders.clone();
-    let o = call(
-        "order",
-        &s.orders_breaker,
-        client.get_order(request(
-            &ctx,
-            pb::GetOrderRequest {
-                user_id: claims.sub,
-                order_id: id,
-            },
-        )),
-    )
-    .await?;
+    let msg = pb::GetOrderRequest {
+        user_id: claims.sub,
+        order_id: id,
+    };
+    let o = s
+        .orders
+        .call(Effect::Read, |t| {
+            let req = request(&ctx, msg.clone());
+            async move { OrderServiceClient::new(t).get_order(req).await }
+        })
+        .await?;
     Ok(Json(o.into()))
 }
 
@@ -220,20 +227,18 @@ pub async fn list(
             .ok_or_else(|| ApiError::validation("limit must be an integer between 1 and 100"))?,
     };
     let cursor = q.get("cursor").cloned().unwrap_or_default();
-    let mut client = s.orders.clone();
-    let r = call(
-        "order",
-        &s.orders_breaker,
-        client.list_orders(request(
-            &ctx,
-            pb::ListOrdersRequest {
-                user_id: claims.sub,
-                limit,
-                cursor,
-            },
-        )),
-    )
-    .await?;
+    let msg = pb::ListOrdersRequest {
+        user_id: claims.sub,
+        limit,
+        cursor,
+    };
+    let r = s
+        .orders
+        .call(Effect::Read, |t| {
+            let req = request(&ctx, msg.clone());
+            async move { OrderServiceClient::new(t).list_orders(req).await }
+        })
+        .await?;
     Ok(Json(Page {
         orders: r.orders.into_iter().map(Into::into).collect(),
         next_cursor: non_empty(r.next_cursor),
@@ -249,6 +254,7 @@ pub async fn list(
         (status = 202, description = "Cancellation accepted; the order ends CANCELLED", body = OrderBody),
         (status = 404, description = "No such order of the caller's", body = crate::error::ErrorBody),
         (status = 409, description = "Already cancelled", body = crate::error::ErrorBody),
+        (status = 504, description = "`outcome_unknown`: the order service took the cancellation but did not answer in time; it may have been applied. Look at the order before retrying (a retry of an applied cancel is 409)", body = crate::error::ErrorBody),
     ))]
 pub async fn cancel(
     State(s): State<AppState>,
@@ -256,19 +262,17 @@ pub async fn cancel(
     Extension(claims): Extension<Claims>,
     PathParam(id): PathParam<String>,
 ) -> Result<Response, ApiError> {
-    let mut client = s.orders.clone();
-    let o = call(
-        "order",
-        &s.orders_breaker,
-        client.cancel_order(request(
-            &ctx,
-            pb::CancelOrderRequest {
-                user_id: claims.sub,
-                order_id: id,
-            },
-        )),
-    )
-    .await?;
+    let msg = pb::CancelOrderRequest {
+        user_id: claims.sub,
+        order_id: id,
+    };
+    let o = s
+        .orders
+        .call(Effect::Once, |t| {
+            let req = request(&ctx, msg.clone());
+            async move { OrderServiceClient::new(t).cancel_order(req).await }
+        })
+        .await?;
     Ok((StatusCode::ACCEPTED, Json(OrderBody::from(o))).into_response())
 }
 
@@ -290,18 +294,16 @@ pub async fn wallet(
     Extension(ctx): Extension<RequestContext>,
     Extension(claims): Extension<Claims>,
 ) -> Result<Json<WalletBody>, ApiError> {
-    let mut client = s.payments.clone();
-    let w = call(
-        "payment",
-        &s.payments_breaker,
-        client.get_wallet(request(
-            &ctx,
-            pay::GetWalletRequest {
-                user_id: claims.sub,
-            },
-        )),
-    )
-    .await?;
+    let msg = pay::GetWalletRequest {
+        user_id: claims.sub,
+    };
+    let w = s
+        .payments
+        .call(Effect::Read, |t| {
+            let req = request(&ctx, msg.clone());
+            async move { PaymentServiceClient::new(t).get_wallet(req).await }
+        })
+        .await?;
     let b = w.balance.unwrap_or_default();
     Ok(Json(WalletBody {
         balance: b.amount_minor,
