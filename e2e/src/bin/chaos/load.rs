@@ -31,6 +31,9 @@ pub(crate) struct Shared {
     pub(crate) limit: u64,
     pub(crate) cancel_percent: u32,
     pub(crate) poll: Duration,
+    /// Every request's answer as the client saw it: when, and whether it was refused
+    /// (no answer, or a 5xx).
+    pub(crate) answers: Mutex<Vec<(Instant, bool)>>,
 }
 
 pub(crate) async fn send(
@@ -54,10 +57,59 @@ pub(crate) async fn send(
     if let Some(b) = body {
         rb = rb.json(b);
     }
-    let r = rb.send().await.ok()?;
-    let status = r.status().as_u16();
-    let text = r.text().await.ok()?;
-    Some((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    let answer = async {
+        let r = rb.send().await.ok()?;
+        let status = r.status().as_u16();
+        let text = r.text().await.ok()?;
+        Some((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+    .await;
+    let refused = answer.as_ref().is_none_or(|(st, _)| *st >= 500);
+    s.answers
+        .lock()
+        .expect("lock")
+        .push((Instant::now(), refused));
+    answer
+}
+
+/// Availability as the clients saw it: the share of requests refused (no answer or a
+/// 5xx), and per fault the longest run of refusals in a row — from the first refused
+/// answer to the next one that was not — between that fault and the next.
+pub(crate) fn availability(answers: &[(Instant, bool)], faults: &[Instant]) -> String {
+    let mut answers = answers.to_vec();
+    answers.sort_by_key(|(t, _)| *t);
+    let refused = answers.iter().filter(|(_, r)| *r).count();
+    let share = 100.0 * refused as f64 / answers.len().max(1) as f64;
+    let mut windows: Vec<Duration> = Vec::new();
+    for (i, start) in faults.iter().enumerate() {
+        let end = faults.get(i + 1).copied();
+        let mut longest = Duration::ZERO;
+        let mut run: Option<Instant> = None;
+        for (t, r) in answers
+            .iter()
+            .filter(|(t, _)| t >= start && end.is_none_or(|e| *t < e))
+        {
+            match (run, r) {
+                (None, true) => run = Some(*t),
+                (Some(first), false) => {
+                    longest = longest.max(*t - first);
+                    run = None;
+                }
+                (Some(first), true) => longest = longest.max(*t - first),
+                (None, false) => {}
+            }
+        }
+        windows.push(longest);
+    }
+    windows.sort();
+    let fmt =
+        |d: Option<&Duration>| format!("{:.1}s", d.copied().unwrap_or_default().as_secs_f64());
+    format!(
+        "requests={} refused={refused} refused-share={share:.2}% refusal-window-p50={} refusal-window-max={}",
+        answers.len(),
+        fmt(windows.get(windows.len() / 2)),
+        fmt(windows.last()),
+    )
 }
 
 /// Retry until an answer other than "try again" (no answer, 5xx, 429) comes, or

@@ -90,6 +90,7 @@ async fn main() -> anyhow::Result<()> {
         limit: args.orders,
         cancel_percent: args.cancel_percent,
         poll: Duration::from_millis(args.poll_ms.max(1)),
+        answers: Mutex::default(),
     });
     let clients: Vec<Arc<Mutex<ClientRec>>> = (0..args.clients).map(|_| Arc::default()).collect();
     let mut load = tokio::task::JoinSet::new();
@@ -102,16 +103,19 @@ async fn main() -> anyhow::Result<()> {
     let kills: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
     let crashes: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
     let last_fault: Arc<Mutex<Option<Instant>>> = Arc::default();
+    // When each fault began (for the refusal windows).
+    let fault_times: Arc<Mutex<Vec<Instant>>> = Arc::default();
     // With --compose: the schedule of container faults ran to its end (load stops).
     let schedule_done = Arc::new(AtomicBool::new(false));
     let injector = {
-        let (dep, stop, kills, last_fault, args, done) = (
+        let (dep, stop, kills, last_fault, args, done, fault_times) = (
             dep.clone(),
             faults_stop.clone(),
             kills.clone(),
             last_fault.clone(),
             args.clone(),
             schedule_done.clone(),
+            fault_times.clone(),
         );
         tokio::spawn(async move {
             if let Some(project) = &args.compose {
@@ -120,6 +124,7 @@ async fn main() -> anyhow::Result<()> {
                 for fault in &args.compose_faults {
                     tokio::time::sleep(uniform(args.every)).await;
                     log(fault.name());
+                    fault_times.lock().expect("lock").push(Instant::now());
                     let back = compose.inflict(fault, partition).await?;
                     log(format!(
                         "{}: healthy again after {:.1} s",
@@ -150,6 +155,7 @@ async fn main() -> anyhow::Result<()> {
                 }
                 let target = pick(&targets);
                 log(format!("kill -9 {target}"));
+                fault_times.lock().expect("lock").push(Instant::now());
                 kill_and_restart(&dep, target, uniform(args.down)).await?;
                 *kills
                     .lock()
@@ -307,6 +313,13 @@ async fn main() -> anyhow::Result<()> {
         load_secs,
         all_ended_at.saturating_duration_since(load_stopped).as_secs_f64(),
         after_last_fault.unwrap_or_default(),
+    );
+    println!(
+        "availability: {}",
+        availability(
+            &shared.answers.lock().expect("lock"),
+            &fault_times.lock().expect("lock"),
+        )
     );
     if args.faults.is_empty() {
         // A load measurement (with faults the figures would mean little).
