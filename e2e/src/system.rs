@@ -30,6 +30,9 @@ pub struct Options {
     /// talking to the second ones) on the same databases, topics and Redis
     /// ([`System::second`]); each replica has its own `RELAY_ID`.
     pub two_replicas: bool,
+    /// With `two_replicas`: the first gateway calls both replicas of the order and the
+    /// payment service (`ORDER_SERVICE_URL=a,b`), not only the first ones.
+    pub gateway_to_every_replica: bool,
     /// Environment of every service (e.g. `JWT_TTL_SECS`, `RUST_LOG`), before the
     /// per-service lists above.
     pub common_env: Vec<(String, String)>,
@@ -49,6 +52,7 @@ impl Default for Options {
             mysql_server_url: None,
             brokers: None,
             two_replicas: false,
+            gateway_to_every_replica: false,
             common_env: Vec::new(),
             log_dir: None,
         }
@@ -138,6 +142,9 @@ impl System {
         let topic_prefix = format!("e2e.{id}.");
         let jwt_secret = format!("e2e-{}{}", id, uuid::Uuid::new_v4().simple());
         let ports: Vec<u16> = (0..7).map(|_| free_port()).collect();
+        // The second replicas' ports: order gRPC, order admin, payment gRPC, payment
+        // admin, gateway HTTP.
+        let p: Vec<u16> = (0..5).map(|_| free_port()).collect();
         let (user_grpc, user_admin, order_grpc, order_admin, pay_grpc, pay_admin, http) = (
             ports[0], ports[1], ports[2], ports[3], ports[4], ports[5], ports[6],
         );
@@ -217,6 +224,17 @@ impl System {
             ("RATE_LIMIT_KEY_PREFIX", format!("e2e:{id}:rate:")),
         ]);
         genv.extend(opts.gateway_env.clone());
+        if opts.two_replicas && opts.gateway_to_every_replica {
+            for (var, first, second) in [
+                ("ORDER_SERVICE_URL", order_grpc, p[0]),
+                ("PAYMENT_SERVICE_URL", pay_grpc, p[2]),
+            ] {
+                genv.insert(
+                    var.into(),
+                    format!("http://127.0.0.1:{first},http://127.0.0.1:{second}"),
+                );
+            }
+        }
         let mut gateway = start("ordersys-gateway", "gateway", genv.clone(), &url(http));
         let user_admin = format!("http://127.0.0.1:{user_admin}");
         wait_ready(
@@ -245,7 +263,6 @@ impl System {
         )
         .await;
         let second = if opts.two_replicas {
-            let p: Vec<u16> = (0..5).map(|_| free_port()).collect();
             let mut o2 = order_env.clone();
             o2.insert("GRPC_ADDR".into(), format!("127.0.0.1:{}", p[0]));
             o2.insert("ADMIN_ADDR".into(), format!("127.0.0.1:{}", p[1]));

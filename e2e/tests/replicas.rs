@@ -197,3 +197,90 @@ async fn two_replicas_share_the_work_and_survive_losing_one_of_each() {
     }
     sys.stop().await;
 }
+
+/// The gateway's breaker state of `breaker` (`absent` if it has none).
+async fn breaker_state(base: &str, breaker: &str) -> String {
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("resilience_breaker_state{{breaker=\"{breaker}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or("absent")
+        .to_owned()
+}
+
+/// One gateway in front of two replicas of the order and the payment service (issue 30):
+/// a replica killed with SIGKILL costs no request — a call that finds it dead goes to
+/// the other replica (even an order without an `Idempotency-Key`: it never reached the
+/// dead one), and only the dead replica's breaker opens; restarted, it takes calls
+/// again within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_in_front_of_two_replicas_refuses_nothing_when_one_dies() {
+    let mut sys = System::start(Options {
+        two_replicas: true,
+        gateway_to_every_replica: true,
+        ..Options::default()
+    })
+    .await;
+    let api = Api::new(&sys.base);
+    let token = api.signup(&email(), "password-123").await;
+    let body = serde_json::json!({
+        "items": [{ "product_id": "book", "quantity": 1, "unit_price": 100 }],
+        "currency": "USD"
+    });
+    let calls = |api: Api, token: String, body: serde_json::Value| async move {
+        let created = api
+            .send("POST", "/api/v1/orders", Some(body), Some(&token))
+            .await;
+        let list = api.send("GET", "/api/v1/orders", None, Some(&token)).await;
+        let wallet = api.send("GET", "/api/v1/wallet", None, Some(&token)).await;
+        [created.status, list.status, wallet.status]
+    };
+    assert_eq!(
+        calls(api.clone(), token.clone(), body.clone()).await,
+        [201, 200, 200]
+    );
+
+    sys.order.kill();
+    sys.payment.kill();
+    for i in 0..20 {
+        let answers = calls(api.clone(), token.clone(), body.clone()).await;
+        assert_eq!(
+            answers,
+            [201, 200, 200],
+            "round {i} with one replica of each dead"
+        );
+    }
+    let name =
+        |service: &str, grpc: &str| format!("{service}@{}", grpc.trim_start_matches("http://"));
+    let (order1, payment1) = (name("order", &sys.grpc[1]), name("payment", &sys.grpc[2]));
+    assert_eq!(breaker_state(&sys.base, &order1).await, "1", "{order1}");
+    assert_eq!(breaker_state(&sys.base, &payment1).await, "1", "{payment1}");
+
+    sys.restart("order").await;
+    eventually(
+        "the restarted replica's breaker closes",
+        Duration::from_secs(15),
+        || {
+            let (api, token, body, base, order1) = (
+                api.clone(),
+                token.clone(),
+                body.clone(),
+                sys.base.clone(),
+                order1.clone(),
+            );
+            async move {
+                let answers = calls(api, token, body).await;
+                assert_eq!(answers, [201, 200, 200]);
+                (breaker_state(&base, &order1).await == "0").then_some(())
+            }
+        },
+    )
+    .await;
+    sys.stop().await;
+}

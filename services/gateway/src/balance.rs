@@ -7,7 +7,8 @@
 //!   is gone is dropped. (A single connection through a Service's virtual IP would pin
 //!   every call of a gateway to one replica: kube-proxy balances connections, not calls;
 //!   for that, Kubernetes Services of the gRPC services are headless.) An IP address,
-//!   `localhost` or an in-process service is one endpoint.
+//!   `localhost` or an in-process service is one endpoint; a comma-separated list of
+//!   such URLs is a fixed set of endpoints.
 //! - **A breaker per endpoint** (outlier ejection as in Envoy or Linkerd): a dead or
 //!   failing replica is taken out alone, the others keep serving. Its breaker is named
 //!   after the service for a single endpoint (`order`) and `order@10.0.0.7:50052` for a
@@ -16,9 +17,10 @@
 //!   service is asked every `probe_every` (≈ 1 s); when it answers SERVING, the next call
 //!   is the breaker's HALF-OPEN trial at once. OPEN lasts at most the configured time
 //!   (the spec's 30 s), but no longer than the endpoint is actually down.
-//! - **Picking.** Power of two choices on calls in flight among the endpoints whose
-//!   breaker is CLOSED; otherwise an endpoint whose breaker admits a trial; otherwise
-//!   503 "circuit open" with `Retry-After`.
+//! - **Picking.** An endpoint whose breaker's trial is due gets the call (else, with
+//!   others CLOSED, it would never see one); otherwise power of two choices on calls in
+//!   flight among the endpoints whose breaker is CLOSED; otherwise 503 "circuit open"
+//!   with `Retry-After`.
 //! - **Sending again.** A call that could not be sent (no connection) goes to another
 //!   endpoint; so does one that failed if its [`Effect`] allows it. When the last attempt
 //!   fails, the answer says what the client can know: 503 if nothing reached a service,
@@ -144,6 +146,26 @@ impl Drop for Endpoint {
     }
 }
 
+/// Whether `host` is an address rather than a name to resolve.
+fn is_literal(host: &str) -> bool {
+    host.is_empty()
+        || host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok()
+}
+
+/// A lazily connected channel to `url`, each call bounded by the settings' timeout.
+fn channel_to(tls: &GrpcTls, url: &str, settings: &Settings) -> anyhow::Result<Transport> {
+    Ok(channel_transport(
+        tls.endpoint(url)?
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(settings.timeout)
+            .connect_lazy(),
+    ))
+}
+
 /// Whether the gRPC health service behind `transport` answers SERVING.
 async fn serving(transport: Transport) -> bool {
     HealthClient::new(transport)
@@ -165,59 +187,91 @@ pub struct Downstream {
 
 impl Downstream {
     /// The downstream at `url`: resolved and balanced when the host is a DNS name, one
-    /// lazily connected endpoint otherwise.
+    /// lazily connected endpoint otherwise. A comma-separated list of URLs with IP
+    /// addresses or `localhost` is a fixed set of endpoints (replicas at known
+    /// addresses), balanced the same way.
     pub fn at(
         service: &'static str,
         tls: &GrpcTls,
         url: &str,
         settings: Settings,
     ) -> anyhow::Result<Self> {
-        let uri: http::Uri = url.parse()?;
-        let host = uri.host().unwrap_or_default().to_owned();
-        let literal = host
-            .trim_matches(['[', ']'])
-            .parse::<std::net::IpAddr>()
-            .is_ok()
-            || host == "localhost"
-            || host.is_empty();
-        if literal {
-            let transport = channel_transport(
-                tls.endpoint(url)?
-                    .connect_timeout(Duration::from_secs(1))
-                    .timeout(settings.timeout)
-                    .connect_lazy(),
-            );
-            return Ok(Self::single(service, transport, settings));
+        let urls: Vec<&str> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        if let [url] = urls[..] {
+            let uri: http::Uri = url.parse()?;
+            let host = uri.host().unwrap_or_default().to_owned();
+            if !is_literal(&host) {
+                let port = uri.port_u16().unwrap_or(443);
+                return Ok(Self::resolving(
+                    service,
+                    tls.clone(),
+                    host.clone(),
+                    settings,
+                    RESOLVE_EVERY,
+                    move || {
+                        let name = host.clone();
+                        async move {
+                            tokio::net::lookup_host((name.as_str(), port))
+                                .await
+                                .map(|addrs| addrs.collect())
+                        }
+                    },
+                ));
+            }
+            let transport = channel_to(tls, url, &settings)?;
+            return Ok(Self::fixed(
+                service,
+                vec![(service.to_owned(), transport)],
+                settings,
+            ));
         }
-        let port = uri.port_u16().unwrap_or(443);
-        Ok(Self::resolving(
-            service,
-            tls.clone(),
-            host.clone(),
-            settings,
-            RESOLVE_EVERY,
-            move || {
-                let name = host.clone();
-                async move {
-                    tokio::net::lookup_host((name.as_str(), port))
-                        .await
-                        .map(|addrs| addrs.collect())
-                }
-            },
-        ))
+        anyhow::ensure!(!urls.is_empty(), "no URL for the {service} service");
+        let mut endpoints = Vec::with_capacity(urls.len());
+        for url in urls {
+            let uri: http::Uri = url.parse()?;
+            anyhow::ensure!(
+                is_literal(uri.host().unwrap_or_default()),
+                "{url}: in a list of {service} service URLs each names an IP address or \
+                 localhost (a DNS name is resolved to its replicas on its own)"
+            );
+            let authority = uri.authority().map_or(url, |a| a.as_str());
+            endpoints.push((
+                format!("{service}@{authority}"),
+                channel_to(tls, url, &settings)?,
+            ));
+        }
+        Ok(Self::fixed(service, endpoints, settings))
     }
 
-    /// A downstream of one endpoint, reached through `transport` (a channel, or a
-    /// service in this process); its breaker is named `service`.
-    pub fn single(service: &'static str, transport: Transport, settings: Settings) -> Self {
-        let endpoint = Endpoint::new(service.to_owned(), None, transport, &settings);
-        let (_, endpoints) = watch::channel(Arc::from([Arc::new(endpoint)]));
+    /// A downstream of fixed endpoints, each a name for its breaker and a transport (a
+    /// channel, or a service in this process). One endpoint is usually named after the
+    /// service.
+    pub fn fixed(
+        service: &'static str,
+        endpoints: Vec<(String, Transport)>,
+        settings: Settings,
+    ) -> Self {
+        let endpoints: Vec<Arc<Endpoint>> = endpoints
+            .into_iter()
+            .map(|(name, transport)| Arc::new(Endpoint::new(name, None, transport, &settings)))
+            .collect();
+        let (_, endpoints) = watch::channel(Arc::from(endpoints));
         Self {
             service,
             timeout: settings.timeout,
             probe_every: settings.probe_every,
             endpoints,
         }
+    }
+
+    /// A downstream of one endpoint, reached through `transport`; its breaker is named
+    /// `service`.
+    pub fn single(service: &'static str, transport: Transport, settings: Settings) -> Self {
+        Self::fixed(service, vec![(service.to_owned(), transport)], settings)
     }
 
     /// A downstream at whatever `resolve` answers, asked again every `every` (an answer
@@ -449,6 +503,17 @@ fn pick<'a>(
     tried: &[&Arc<Endpoint>],
 ) -> Result<(&'a Arc<Endpoint>, Permit), Duration> {
     let untried = |e: &&Arc<Endpoint>| !tried.iter().any(|t| Arc::ptr_eq(t, e));
+    // An OPEN endpoint whose trial is due (healthy again, or its OPEN time is over)
+    // gets the call: it would never see one while others are CLOSED.
+    for e in endpoints
+        .iter()
+        .filter(untried)
+        .filter(|e| e.breaker.state() == BreakerState::Open)
+    {
+        if let Ok(permit) = e.breaker.try_acquire() {
+            return Ok((e, permit));
+        }
+    }
     let closed = |e: &&Arc<Endpoint>| e.breaker.state() == BreakerState::Closed;
     let n = endpoints.iter().filter(untried).filter(closed).count();
     if n > 0 {

@@ -10,7 +10,10 @@ pub struct Config {
     /// REST listen address (`HTTP_ADDR`, default 0.0.0.0:8080); also serves /healthz,
     /// /readyz and /metrics.
     pub http_addr: String,
-    /// The user service (`USER_SERVICE_URL`).
+    /// The user service (`USER_SERVICE_URL`). A DNS name stands for every address it
+    /// resolves to (a replica each, with its own breaker); a comma-separated list of
+    /// URLs with IP addresses or `localhost` is a fixed set of replicas. The same for
+    /// the other two.
     pub user_service_url: String,
     /// The order service (`ORDER_SERVICE_URL`).
     pub order_service_url: String,

@@ -8,8 +8,13 @@ chaos — the ordersys fault suite
   --clients N          concurrent clients (16)
   --orders N           stop placing orders after N in all (10000)
   --seconds S          stop placing orders after S seconds (600)
-  --faults KINDS       what to kill: all | services | none, or a comma list of
-                       user,order,payment,gateway,broker,redis,mariadb (all)
+  --faults KINDS       what to kill: all | services | replicas | none, or a comma
+                       list of user,order,payment,gateway,broker,redis,mariadb and,
+                       with --replicas, order-2,payment-2 (all; `replicas`: one
+                       replica of order or payment at a time)
+  --replicas           two replicas each of the order and the payment service, both
+                       behind the one gateway the clients use (ORDER_SERVICE_URL and
+                       PAYMENT_SERVICE_URL list both)
   --every A-B          seconds between faults, uniform in [A, B] (3-8)
   --down A-B           seconds a killed process stays down (0.2-2)
   --settle S           seconds allowed after the load for every order to end (120)
@@ -62,10 +67,13 @@ pub(crate) struct Args {
     pub(crate) compose: Option<String>,
     pub(crate) compose_faults: Vec<Fault>,
     pub(crate) partition_secs: u64,
+    pub(crate) replicas: bool,
 }
 
 pub(crate) const SERVICES: [&str; 4] = ["user", "order", "payment", "gateway"];
 pub(crate) const SERVERS: [&str; 3] = ["broker", "redis", "mariadb"];
+/// The second replicas (`--replicas`).
+pub(crate) const REPLICAS: [&str; 2] = ["order-2", "payment-2"];
 
 pub(crate) fn range(s: &str) -> anyhow::Result<(f64, f64)> {
     let (a, b) = s.split_once('-').unwrap_or((s, s));
@@ -111,6 +119,7 @@ impl Args {
             .map(|f| Fault::parse(f))
             .collect::<anyhow::Result<_>>()?,
             partition_secs: 12,
+            replicas: false,
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -128,12 +137,17 @@ impl Args {
                             .map(|s| (*s).to_owned())
                             .collect(),
                         "services" => SERVICES.iter().map(|s| (*s).to_owned()).collect(),
+                        "replicas" => ["order", "order-2", "payment", "payment-2"]
+                            .map(str::to_owned)
+                            .into(),
                         "none" => Vec::new(),
                         list => list.split(',').map(str::to_owned).collect(),
                     };
                     for f in &a.faults {
                         anyhow::ensure!(
-                            SERVICES.contains(&f.as_str()) || SERVERS.contains(&f.as_str()),
+                            SERVICES.contains(&f.as_str())
+                                || SERVERS.contains(&f.as_str())
+                                || REPLICAS.contains(&f.as_str()),
                             "unknown fault target {f}"
                         );
                     }
@@ -149,6 +163,7 @@ impl Args {
                 "--warmup" => a.warmup = val()?.parse()?,
                 "--slap" => a.slap = val()?.parse()?,
                 "--embedded" => a.embedded = true,
+                "--replicas" => a.replicas = true,
                 "--keep" => a.keep = true,
                 "--compose" => a.compose = Some(val()?),
                 "--compose-faults" => {
@@ -164,6 +179,10 @@ impl Args {
                 other => anyhow::bail!("unknown argument {other}\n{USAGE}"),
             }
         }
+        anyhow::ensure!(
+            a.replicas || !a.faults.iter().any(|f| REPLICAS.contains(&f.as_str())),
+            "order-2 and payment-2 exist with --replicas only"
+        );
         if a.compose.is_some() {
             anyhow::ensure!(
                 !a.embedded && a.slap == 0,

@@ -75,6 +75,8 @@ impl Deployment {
                 ("BREAKER_OPEN_SECS", args.breaker_open.to_string()),
             ]),
             log_dir: Some(log_dir),
+            two_replicas: args.replicas,
+            gateway_to_every_replica: args.replicas,
             ..Options::default()
         })
         .await;

@@ -145,6 +145,7 @@ async fn main() -> anyhow::Result<()> {
             let targets: Vec<&'static str> = SERVICES
                 .iter()
                 .chain(SERVERS.iter())
+                .chain(REPLICAS.iter())
                 .copied()
                 .filter(|t| args.faults.iter().any(|f| f == t))
                 .collect();

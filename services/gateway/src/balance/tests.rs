@@ -249,6 +249,26 @@ async fn one_dead_replica_is_ejected_alone_and_no_request_is_refused_for_it() {
     assert_eq!(state_of(&d, dead), BreakerState::Open);
     assert_eq!(state_of(&d, live), BreakerState::Closed);
     assert!(live_calls.load(Ordering::SeqCst) >= 60);
+
+    // The replica comes back: its health probe answers, the next call is its trial, and
+    // it takes its share again — although the live one could take them all.
+    let back_calls = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind(dead).await.unwrap();
+    let _back = serve(listener, back_calls.clone(), Duration::ZERO);
+    ordersys_testkit::eventually("the replica serves again", Duration::from_secs(10), || {
+        let d = d.clone();
+        async move {
+            calls(&d, 4).await;
+            (state_of(&d, dead) == BreakerState::Closed).then_some(())
+        }
+    })
+    .await;
+    let before = back_calls.load(Ordering::SeqCst);
+    calls(&d, 40).await;
+    assert!(
+        back_calls.load(Ordering::SeqCst) > before,
+        "no calls after recovery"
+    );
 }
 
 #[tokio::test]
@@ -354,4 +374,32 @@ fn an_outage_is_answered_by_what_the_client_can_know() {
             assert_eq!(answer(effect, status, true), (504, "outcome_unknown"));
         }
     }
+}
+
+#[tokio::test]
+async fn a_list_of_urls_is_a_fixed_set_of_endpoints_each_with_its_breaker() {
+    let (na, nb) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (a, b) = (server(na.clone()).await, server(nb.clone()).await);
+    let tls = GrpcTls::loopback_plaintext();
+    let s = || {
+        settings(
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+            Duration::from_secs(5),
+        )
+    };
+    let d = Downstream::at("test", &tls, &format!("http://{a}, http://{b}"), s()).unwrap();
+    let names: Vec<String> = d
+        .endpoints()
+        .iter()
+        .map(|e| e.breaker().name().to_owned())
+        .collect();
+    assert_eq!(names, [format!("test@{a}"), format!("test@{b}")]);
+    calls(&d, 40).await;
+    let (ca, cb) = (na.load(Ordering::SeqCst), nb.load(Ordering::SeqCst));
+    assert!(ca > 0 && cb > 0, "both replicas serve: {ca} and {cb}");
+
+    let err =
+        Downstream::at("test", &tls, &format!("http://order:50052,http://{a}"), s()).unwrap_err();
+    assert!(err.to_string().contains("IP address"), "{err}");
 }
