@@ -131,6 +131,26 @@ pub fn parse_text(text: &str) -> HashMap<String, f64> {
     out
 }
 
+/// The value of one series (`name{labels}` exactly as exported) in `{base}/metrics`,
+/// as written there; `None` if there is no such series.
+pub async fn series(base: &str, series: &str) -> Option<String> {
+    let text = metrics_text(base).await?;
+    let prefix = format!("{series} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(str::to_owned)
+}
+
+/// The body of `GET {base}/metrics`, if it answers.
+async fn metrics_text(base: &str) -> Option<String> {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()
+}
+
 /// `GET {base}/metrics`, parsed with [`parse_text`].
 pub async fn scrape(base: &str) -> HashMap<String, f64> {
     let text = reqwest::get(format!("{base}/metrics"))
@@ -179,12 +199,7 @@ pub async fn exporter_metrics(
         || {
             let base = base.clone();
             async move {
-                let text = reqwest::get(format!("{base}/metrics"))
-                    .await
-                    .ok()?
-                    .text()
-                    .await
-                    .ok()?;
+                let text = metrics_text(&base).await?;
                 text.lines()
                     .any(|l| l.starts_with(ready_metric) && l.ends_with(" 1"))
                     .then(|| parse_text(&text).into_keys().collect::<BTreeSet<_>>())

@@ -475,18 +475,8 @@ impl Downstream {
 }
 
 async fn breaker_state(sys: &System, downstream: &str) -> String {
-    let metrics = reqwest::get(sys.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let prefix = format!("resilience_breaker_state{{breaker=\"{downstream}\"}} ");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or("absent")
-        .to_owned()
+    let series = format!("resilience_breaker_state{{breaker=\"{downstream}\"}}");
+    (ordersys_e2e::promql::series(&sys.base, &series).await).unwrap_or_else(|| "absent".into())
 }
 
 /// Kill `down`: five failing calls open its breaker, then the gateway answers 503

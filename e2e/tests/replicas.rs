@@ -200,18 +200,8 @@ async fn two_replicas_share_the_work_and_survive_losing_one_of_each() {
 
 /// The gateway's breaker state of `breaker` (`absent` if it has none).
 async fn breaker_state(base: &str, breaker: &str) -> String {
-    let metrics = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let prefix = format!("resilience_breaker_state{{breaker=\"{breaker}\"}} ");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or("absent")
-        .to_owned()
+    let series = format!("resilience_breaker_state{{breaker=\"{breaker}\"}}");
+    (ordersys_e2e::promql::series(base, &series).await).unwrap_or_else(|| "absent".into())
 }
 
 /// One gateway in front of two replicas of the order and the payment service (issue 30):
