@@ -460,7 +460,7 @@ fn failure(service: &str, effect: Effect, status: &Status, sent: bool) -> ApiErr
         service,
         ?code,
         sent,
-        message = status.message(),
+        detail = status.message(),
         "нижестоящий сервис недоступен"
     );
     if !sent {

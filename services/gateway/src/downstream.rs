@@ -73,7 +73,7 @@ pub fn to_api_error(service: &str, s: &Status) -> ApiError {
             ApiError::unavailable(format!("{service} service is unavailable"))
         }
         _ => {
-            tracing::error!(service, code = ?s.code(), message = s.message(), "ошибка нижестоящего сервиса");
+            tracing::error!(service, code = ?s.code(), detail = s.message(), "ошибка нижестоящего сервиса");
             ApiError::internal()
         }
     }

@@ -72,6 +72,30 @@ pub(crate) async fn send(
     answer
 }
 
+/// Orders that took over 5 s from the first POST to the end (the services-only goal's
+/// p99), counted by the first fault while they were under way, else the last one
+/// before (`none`: no fault yet): which faults cost the most.
+pub(crate) fn slow_after(
+    orders: &[OrderRec],
+    faults: &[(Instant, String)],
+) -> BTreeMap<String, u64> {
+    let mut by: BTreeMap<String, u64> = BTreeMap::new();
+    for o in orders {
+        let end = o.ended.as_ref().map(|(t, _)| *t);
+        if end.is_none_or(|t| t - o.placed > Duration::from_secs(5)) {
+            // The first fault while it was under way, else the last one before it.
+            let during = faults
+                .iter()
+                .find(|(t, _)| *t >= o.placed && end.is_none_or(|e| *t <= e));
+            let last = during
+                .or_else(|| faults.iter().rev().find(|(t, _)| *t <= o.placed))
+                .map_or("none", |(_, name)| name.as_str());
+            *by.entry(last.to_owned()).or_default() += 1;
+        }
+    }
+    by
+}
+
 /// Availability as the clients saw it: the share of requests refused (no answer or a
 /// 5xx), and per fault the longest run of refusals in a row — from the first refused
 /// answer to the next one that was not — between that fault and the next.

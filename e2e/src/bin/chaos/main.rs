@@ -104,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
     let crashes: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
     let last_fault: Arc<Mutex<Option<Instant>>> = Arc::default();
     // When each fault began (for the refusal windows).
-    let fault_times: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let fault_times: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
     // With --compose: the schedule of container faults ran to its end (load stops).
     let schedule_done = Arc::new(AtomicBool::new(false));
     let injector = {
@@ -124,7 +124,10 @@ async fn main() -> anyhow::Result<()> {
                 for fault in &args.compose_faults {
                     tokio::time::sleep(uniform(args.every)).await;
                     log(fault.name());
-                    fault_times.lock().expect("lock").push(Instant::now());
+                    fault_times
+                        .lock()
+                        .expect("lock")
+                        .push((Instant::now(), fault.name()));
                     let back = compose.inflict(fault, partition).await?;
                     log(format!(
                         "{}: healthy again after {:.1} s",
@@ -156,7 +159,10 @@ async fn main() -> anyhow::Result<()> {
                 }
                 let target = pick(&targets);
                 log(format!("kill -9 {target}"));
-                fault_times.lock().expect("lock").push(Instant::now());
+                fault_times
+                    .lock()
+                    .expect("lock")
+                    .push((Instant::now(), target.to_owned()));
                 kill_and_restart(&dep, target, uniform(args.down)).await?;
                 *kills
                     .lock()
@@ -315,12 +321,14 @@ async fn main() -> anyhow::Result<()> {
         all_ended_at.saturating_duration_since(load_stopped).as_secs_f64(),
         after_last_fault.unwrap_or_default(),
     );
+    let fault_times = fault_times.lock().expect("lock").clone();
     println!(
-        "availability: {}",
+        "availability: {} slow-orders-after={}",
         availability(
             &shared.answers.lock().expect("lock"),
-            &fault_times.lock().expect("lock"),
-        )
+            &fault_times.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+        ),
+        fmt_map(&slow_after(&orders_of(&clients), &fault_times)),
     );
     if args.faults.is_empty() {
         // A load measurement (with faults the figures would mean little).
