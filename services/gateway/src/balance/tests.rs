@@ -187,13 +187,20 @@ async fn an_open_breaker_closes_as_soon_as_the_endpoint_is_healthy_again() {
     calls(&d, 1).await;
 
     drop(stop);
-    // Refused connections (nothing sent): 503, twice, then the breaker is open.
+    // Refused connections (nothing sent: 503; a call caught on the closing connection
+    // may be 504), twice, then the breaker is open.
     ordersys_testkit::eventually("the breaker opens", Duration::from_secs(10), || {
         let d = d.clone();
         let breaker = breaker.clone();
         async move {
             if let Err(e) = check(&d, Effect::Once).await {
-                assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE, "{e:?}");
+                assert!(
+                    matches!(
+                        e.status,
+                        StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+                    ),
+                    "{e:?}"
+                );
             }
             (breaker.state() == BreakerState::Open).then_some(())
         }
