@@ -205,12 +205,20 @@ async fn payment_and_user_stop_gracefully_mid_load_and_nothing_is_lost() {
                 let id = r.body["order_id"].as_str().unwrap().to_owned();
                 placed.lock().unwrap().push((user, id, price));
                 if n % 3 == 0 {
-                    // While the user service is away, a login is 503 — answered, never hung.
+                    // While the user service is away, a login is 503 — answered, never
+                    // hung; one caught by the stop in the middle of its hashing may get
+                    // no answer within the gateway's deadline: 504 upstream_timeout.
                     let creds = json!({ "email": mail, "password": "password-123" });
                     let r = api
                         .send("POST", "/api/v1/auth/login", Some(creds), None)
                         .await;
-                    assert!(matches!(r.status, 200 | 503), "{r:?}");
+                    assert!(
+                        matches!(
+                            (r.status, r.error_code()),
+                            (200, _) | (503, _) | (504, "upstream_timeout")
+                        ),
+                        "{r:?}"
+                    );
                 }
                 n += 1;
             }
