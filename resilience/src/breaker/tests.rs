@@ -445,3 +445,18 @@ async fn a_hanging_probe_is_down() {
     tokio::time::advance(Duration::from_secs(20)).await;
     ok(&b).await.unwrap();
 }
+
+#[test]
+fn a_transition_reason_prints_as_its_label() {
+    for (reason, label) in [
+        (TransitionReason::Failures, "failures"),
+        (TransitionReason::OpenTimeout, "open_timeout"),
+        (TransitionReason::Healthy, "healthy"),
+        (TransitionReason::TrialSucceeded, "trial_succeeded"),
+        (TransitionReason::TrialFailed, "trial_failed"),
+        (TransitionReason::TrialAbandoned, "trial_abandoned"),
+    ] {
+        assert_eq!(reason.as_str(), label);
+        assert_eq!(reason.to_string(), label);
+    }
+}
