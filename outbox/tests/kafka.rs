@@ -476,16 +476,37 @@ fn spawn_collecting(
     (collect, stop, task)
 }
 
-/// The watchdog must never rewind a consumer that is merely idle at the end of its log
-/// (the broker's `ListOffsets` may under-report the log end): idle checks after the last
-/// message cause no redelivery.
+/// Publish `n` messages numbered 0.. to `topic` at once through a producer that lingers,
+/// so they land in record batches of several messages (as the relay's concurrent
+/// publishes do under load).
+async fn publish_batched(topic: &str, n: usize, keys: usize) {
+    let mut config = outbox::kafka::producer_config(&brokers());
+    config.set("linger.ms", "50");
+    let publisher = KafkaPublisher::from_config(&config).unwrap();
+    let messages: Vec<_> = (0..n)
+        .map(|i| OutboxMessage::new(topic, format!("k{}", i % keys), format!("{i}")))
+        .collect();
+    futures::future::try_join_all(
+        messages
+            .iter()
+            .map(|m| outbox::Publisher::publish(&publisher, m)),
+    )
+    .await
+    .unwrap();
+}
+
+/// The watchdog must never rewind a consumer that is merely idle at the end of its log:
+/// idle checks after the last message cause no redelivery — also when the log ends in a
+/// batch of several records, where Tansu's `ListOffsets` answers the batch's first
+/// offset + 1 as the log end, which the consumer's position lies beyond.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_watchdog_leaves_an_idle_consumer_at_the_end_of_its_log_alone() {
     let topic = unique("idle");
     ensure_topics(&brokers(), &[(&topic, 1)]).await.unwrap();
     let mut config = consumer_config(&topic);
     config.watchdog_interval = Some(Duration::from_millis(300));
-    publish_numbered(&topic, 40, 4).await;
+    publish_numbered(&topic, 20, 4).await;
+    publish_batched(&topic, 20, 4).await;
     let (collect, stop, task) = spawn_collecting(config);
     collect.wait_for(40).await;
     // Idle for many watchdog intervals: a rewind would redeliver (duplicates > 0).

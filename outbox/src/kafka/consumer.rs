@@ -64,7 +64,12 @@ pub struct ConsumerConfig {
     /// again, or the broker lost its data but not the group's offsets — a broker that
     /// answers such a fetch with nothing instead of `OFFSET_OUT_OF_RANGE` would leave it
     /// silent forever) is moved to the start of the log, as `auto.offset.reset=earliest`
-    /// would (the inbox drops what was already processed). A consumer that holds **no
+    /// would (the inbox drops what was already processed). The broker's log end is only
+    /// a hint (Tansu reports the start of the last record batch + 1): a partition counts
+    /// as beyond the end only when the record before its position cannot be read
+    /// either, so a consumer idle at the true end is never rewound. A check that takes
+    /// longer than the interval (each such read waits up to 2 s) delays the next one
+    /// rather than starving the consumer. A consumer that holds **no
     /// partitions** while its topics have messages nobody consumes, for two checks in a
     /// row, leaves and rejoins its group.
     pub watchdog_interval: Option<Duration>,
@@ -286,7 +291,7 @@ where
     tokio::pin!(shutdown);
     let mut stats = ConsumerStats::default();
     let watchdog_every = config.watchdog_interval.unwrap_or(Duration::MAX);
-    let mut watchdog = Watchdog::new(config.session_timeout);
+    let mut watchdog = Some(Watchdog::new(config.session_timeout, &cc));
     let mut last_message = tokio::time::Instant::now();
     let max_in_flight = config.max_in_flight.max(1);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -299,19 +304,21 @@ where
         }
         let idle_for = last_message.elapsed();
         if !stopping && window.is_empty() && idle_for >= watchdog_every {
-            last_message = tokio::time::Instant::now();
             let (k, t) = (kafka.clone(), config.topics.clone());
-            let mut w = std::mem::replace(&mut watchdog, Watchdog::new(config.session_timeout));
-            let checked = tokio::task::spawn_blocking(move || {
-                if let Err(e) = w.check(&k, &t) {
-                    tracing::debug!(error = %e, "проверка Kafka-консьюмера не удалась");
-                }
-                w
-            })
-            .await;
-            if let Ok(w) = checked {
-                watchdog = w;
+            if let Some(mut w) = watchdog.take() {
+                let checked = tokio::task::spawn_blocking(move || {
+                    if let Err(e) = w.check(&k, &t) {
+                        tracing::debug!(error = %e, "проверка Kafka-консьюмера не удалась");
+                    }
+                    w
+                })
+                .await;
+                watchdog =
+                    Some(checked.unwrap_or_else(|_| Watchdog::new(config.session_timeout, &cc)));
             }
+            // The next check one interval after this one ended: a check slower than the
+            // interval (a probe waits up to seconds) must not starve the consumer.
+            last_message = tokio::time::Instant::now();
             continue;
         }
         let idle_wait = if window.is_empty() {

@@ -3,8 +3,11 @@
 
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::error::KafkaResult;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::Message;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::consumer::LagContext;
@@ -21,15 +24,39 @@ pub(super) struct Watchdog {
     /// well beyond any join or rebalance (three session timeouts), so a slow join is
     /// never cut short.
     rejoin_after: Duration,
+    /// The consumer's connection settings under a group of its own, for the probe.
+    probe_config: ClientConfig,
+    /// A consumer outside the group that reads single offsets (created on first use).
+    probe: Option<BaseConsumer>,
 }
 
 impl Watchdog {
     const TIMEOUT: Duration = Duration::from_secs(2);
 
-    pub(super) fn new(session_timeout: Duration) -> Self {
+    /// `consumer` is the group member's configuration; the probe reads with the same
+    /// connection settings outside the group.
+    pub(super) fn new(session_timeout: Duration, consumer: &ClientConfig) -> Self {
+        let mut probe_config = consumer.clone();
+        // librdkafka assigns partitions only in a consumer with a group id; the probe
+        // never subscribes (joins no group) and never commits, so its own id is inert.
+        let group = consumer.get("group.id").unwrap_or("ordersys");
+        probe_config.set("group.id", format!("{group}.watchdog-probe"));
+        for group_only in [
+            "group.instance.id",
+            "statistics.interval.ms",
+            "auto.commit.interval.ms",
+        ] {
+            probe_config.remove(group_only);
+        }
+        probe_config
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "error");
         Self {
             unconsumed_since: None,
             rejoin_after: session_timeout.saturating_mul(3),
+            probe_config,
+            probe: None,
         }
     }
 
@@ -91,8 +118,13 @@ impl Watchdog {
 
     /// A partition whose position (or, before the first message, committed offset) lies
     /// beyond the end of its log is moved to the start of the log.
+    ///
+    /// The broker's log end is only a hint: Tansu's `ListOffsets` (latest) answers the
+    /// base offset of the last record batch plus one, so a consumer that read a batch of
+    /// several records to its end sits "beyond" it. Only when the record just before the
+    /// position cannot be read either is the position really beyond the end.
     fn seek_back_from_beyond_the_end(
-        &self,
+        &mut self,
         kafka: &StreamConsumer<LagContext>,
         assignment: &TopicPartitionList,
     ) -> KafkaResult<()> {
@@ -111,7 +143,7 @@ impl Watchdog {
                 continue;
             };
             let (low, high) = kafka.fetch_watermarks(topic, partition, Self::TIMEOUT)?;
-            if at > high {
+            if at > high && !self.log_holds(topic, partition, at - 1)? {
                 tracing::warn!(
                     topic,
                     partition,
@@ -124,5 +156,40 @@ impl Watchdog {
             }
         }
         Ok(())
+    }
+
+    /// Whether the record at `offset` can be read (a fetch of that one offset outside the
+    /// group).
+    /// No record within the timeout — a broker that answers a fetch beyond the end with
+    /// nothing — or `OFFSET_OUT_OF_RANGE` means it cannot.
+    fn log_holds(&mut self, topic: &str, partition: i32, offset: i64) -> KafkaResult<bool> {
+        let probe = match self.probe.take() {
+            Some(probe) => probe,
+            None => self.probe_config.create()?,
+        };
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+        probe.assign(&tpl)?;
+        let deadline = std::time::Instant::now() + Self::TIMEOUT;
+        let held = loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break Ok(false);
+            }
+            match probe.poll(left) {
+                None => break Ok(false),
+                Some(Ok(m)) if m.topic() == topic && m.partition() == partition => {
+                    break Ok(m.offset() >= offset);
+                }
+                Some(Ok(_)) => {}
+                Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange))) => {
+                    break Ok(false)
+                }
+                Some(Err(e)) => break Err(e),
+            }
+        };
+        probe.unassign()?;
+        self.probe = Some(probe);
+        held
     }
 }
