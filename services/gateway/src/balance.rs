@@ -35,6 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
+use ordersys_kit::context::RequestContext;
 use ordersys_kit::local_grpc::{channel_transport, not_sent, Transport};
 use ordersys_kit::tls::GrpcTls;
 use rand::Rng;
@@ -45,7 +46,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use crate::downstream::{is_outage, to_api_error};
+use crate::downstream::{is_outage, request, to_api_error};
 use crate::error::ApiError;
 
 /// How often a name is resolved again.
@@ -369,6 +370,24 @@ impl Downstream {
             .await
             .ok()?
             .ok()
+    }
+
+    /// [`call`](Self::call) with `msg` wrapped in a request that carries the caller's
+    /// correlation id and trace context: `send` gets the transport and that request.
+    pub async fn request<M, T, F, Fut>(
+        &self,
+        effect: Effect,
+        ctx: &RequestContext,
+        msg: M,
+        mut send: F,
+    ) -> Result<T, ApiError>
+    where
+        M: Clone,
+        F: FnMut(Transport, tonic::Request<M>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.call(effect, |t| send(t, request(ctx, msg.clone())))
+            .await
     }
 
     /// Call the downstream: `send` makes the call over the transport it is given (it may

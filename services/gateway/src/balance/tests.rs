@@ -60,6 +60,23 @@ fn settings(open: Duration, probe: Duration, timeout: Duration) -> Settings {
     }
 }
 
+/// A downstream `test` over the name `host` (breakers open 30 s, probed every second),
+/// `timeout` per call, `resolve` asked every `every`.
+fn resolving<R, F>(host: &str, timeout: Duration, every: Duration, resolve: R) -> Downstream
+where
+    R: FnMut() -> F + Send + 'static,
+    F: Future<Output = std::io::Result<Vec<SocketAddr>>> + Send,
+{
+    Downstream::resolving(
+        "test",
+        GrpcTls::loopback_plaintext(),
+        host.into(),
+        settings(Duration::from_secs(30), Duration::from_secs(1), timeout),
+        every,
+        resolve,
+    )
+}
+
 async fn check(d: &Downstream, effect: Effect) -> Result<(), ApiError> {
     d.call(effect, |t| async move {
         HealthClient::new(t)
@@ -93,15 +110,9 @@ async fn calls_go_to_every_address_of_the_name_and_follow_it_when_it_changes() {
     let answer = Arc::new(Mutex::new(vec![a, b]));
     let resolved = Arc::new(AtomicUsize::new(0));
     let (resolver, count) = (answer.clone(), resolved.clone());
-    let d = Downstream::resolving(
-        "test",
-        GrpcTls::loopback_plaintext(),
-        "replicas".into(),
-        settings(
-            Duration::from_secs(30),
-            Duration::from_secs(1),
-            Duration::from_secs(5),
-        ),
+    let d = resolving(
+        "replicas",
+        Duration::from_secs(5),
         Duration::from_millis(20),
         move || {
             count.fetch_add(1, Ordering::SeqCst);
@@ -141,15 +152,9 @@ async fn calls_go_to_every_address_of_the_name_and_follow_it_when_it_changes() {
 
 #[tokio::test]
 async fn a_call_with_no_address_to_go_to_is_a_503_within_the_timeout() {
-    let d = Downstream::resolving(
-        "test",
-        GrpcTls::loopback_plaintext(),
-        "nowhere".into(),
-        settings(
-            Duration::from_secs(30),
-            Duration::from_secs(1),
-            Duration::from_millis(300),
-        ),
+    let d = resolving(
+        "nowhere",
+        Duration::from_millis(300),
         Duration::from_millis(50),
         || async { Err(std::io::Error::other("no such host")) },
     );
@@ -232,15 +237,9 @@ async fn one_dead_replica_is_ejected_alone_and_no_request_is_refused_for_it() {
     let live_calls = Arc::new(AtomicUsize::new(0));
     let live = server(live_calls.clone()).await;
     let dead = dead_address().await;
-    let d = Downstream::resolving(
-        "test",
-        GrpcTls::loopback_plaintext(),
-        "replicas".into(),
-        settings(
-            Duration::from_secs(30),
-            Duration::from_secs(1),
-            Duration::from_secs(1),
-        ),
+    let d = resolving(
+        "replicas",
+        Duration::from_secs(1),
         Duration::from_secs(60),
         move || async move { Ok(vec![live, dead]) },
     );
@@ -288,15 +287,9 @@ async fn no_answer_in_time_is_a_504_that_says_whether_the_request_may_have_been_
     let addrs = vec![a.local_addr().unwrap(), b.local_addr().unwrap()];
     let _a = serve(a, slow_calls.clone(), Duration::from_secs(5));
     let _b = serve(b, slow_calls.clone(), Duration::from_secs(5));
-    let d = Downstream::resolving(
-        "test",
-        GrpcTls::loopback_plaintext(),
-        "slow".into(),
-        settings(
-            Duration::from_secs(30),
-            Duration::from_secs(1),
-            Duration::from_millis(300),
-        ),
+    let d = resolving(
+        "slow",
+        Duration::from_millis(300),
         Duration::from_secs(60),
         move || {
             let addrs = addrs.clone();

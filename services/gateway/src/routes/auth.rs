@@ -13,7 +13,6 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::balance::Effect;
-use crate::downstream::request;
 use crate::error::{ApiError, JsonBody};
 use crate::AppState;
 
@@ -71,9 +70,8 @@ pub async fn register(
     };
     let r = s
         .users
-        .call(Effect::Once, |t| {
-            let req = request(&ctx, msg.clone());
-            async move { UserServiceClient::new(t).register(req).await }
+        .request(Effect::Once, &ctx, msg, |t, req| async move {
+            UserServiceClient::new(t).register(req).await
         })
         .await?;
     Ok((
@@ -105,9 +103,8 @@ pub async fn login(
     };
     let r = s
         .users
-        .call(Effect::Read, |t| {
-            let req = request(&ctx, msg.clone());
-            async move { UserServiceClient::new(t).login(req).await }
+        .request(Effect::Read, &ctx, msg, |t, req| async move {
+            UserServiceClient::new(t).login(req).await
         })
         .await?;
     Ok(Json(Token {
@@ -132,9 +129,8 @@ pub async fn logout(
         access_token: token.0,
     };
     s.users
-        .call(Effect::Idempotent, |t| {
-            let req = request(&ctx, msg.clone());
-            async move { UserServiceClient::new(t).logout(req).await }
+        .request(Effect::Idempotent, &ctx, msg, |t, req| async move {
+            UserServiceClient::new(t).logout(req).await
         })
         .await?;
     // The user service revoked it (and announced it to every gateway); this gateway's
@@ -163,9 +159,8 @@ pub async fn me(
     };
     let u = s
         .users
-        .call(Effect::Read, |t| {
-            let req = request(&ctx, msg.clone());
-            async move { UserServiceClient::new(t).get_user(req).await }
+        .request(Effect::Read, &ctx, msg, |t, req| async move {
+            UserServiceClient::new(t).get_user(req).await
         })
         .await?;
     Ok(Json(Registered {

@@ -16,7 +16,6 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::balance::Effect;
-use crate::downstream::request;
 use crate::error::{ApiError, JsonBody, PathParam};
 use crate::AppState;
 
@@ -156,9 +155,8 @@ pub async fn create(
     };
     let o = s
         .orders
-        .call(effect, |t| {
-            let req = request(&ctx, msg.clone());
-            async move { OrderServiceClient::new(t).create_order(req).await }
+        .request(effect, &ctx, msg, |t, req| async move {
+            OrderServiceClient::new(t).create_order(req).await
         })
         .await?;
     Ok((StatusCode::CREATED, Json(OrderBody::from(o))).into_response())
@@ -185,9 +183,8 @@ pub async fn get(
     };
     let o = s
         .orders
-        .call(Effect::Read, |t| {
-            let req = request(&ctx, msg.clone());
-            async move { OrderServiceClient::new(t).get_order(req).await }
+        .request(Effect::Read, &ctx, msg, |t, req| async move {
+            OrderServiceClient::new(t).get_order(req).await
         })
         .await?;
     Ok(Json(o.into()))
@@ -234,9 +231,8 @@ pub async fn list(
     };
     let r = s
         .orders
-        .call(Effect::Read, |t| {
-            let req = request(&ctx, msg.clone());
-            async move { OrderServiceClient::new(t).list_orders(req).await }
+        .request(Effect::Read, &ctx, msg, |t, req| async move {
+            OrderServiceClient::new(t).list_orders(req).await
         })
         .await?;
     Ok(Json(Page {
@@ -268,9 +264,8 @@ pub async fn cancel(
     };
     let o = s
         .orders
-        .call(Effect::Once, |t| {
-            let req = request(&ctx, msg.clone());
-            async move { OrderServiceClient::new(t).cancel_order(req).await }
+        .request(Effect::Once, &ctx, msg, |t, req| async move {
+            OrderServiceClient::new(t).cancel_order(req).await
         })
         .await?;
     Ok((StatusCode::ACCEPTED, Json(OrderBody::from(o))).into_response())
@@ -299,9 +294,8 @@ pub async fn wallet(
     };
     let w = s
         .payments
-        .call(Effect::Read, |t| {
-            let req = request(&ctx, msg.clone());
-            async move { PaymentServiceClient::new(t).get_wallet(req).await }
+        .request(Effect::Read, &ctx, msg, |t, req| async move {
+            PaymentServiceClient::new(t).get_wallet(req).await
         })
         .await?;
     let b = w.balance.unwrap_or_default();
