@@ -58,20 +58,24 @@ pub struct ConsumerConfig {
     pub fetch_wait_max: Duration,
     /// Pause between tries when the store is down (default 100 ms doubling to 5 s).
     pub store_backoff: resilience::Retry,
-    /// How often an idle consumer checks that it is not stuck (default 10 s; `None`
-    /// turns the check off). After an interval without a message it looks at its
-    /// partitions: one positioned **beyond the end of its log** (the topic was created
-    /// again, or the broker lost its data but not the group's offsets — a broker that
-    /// answers such a fetch with nothing instead of `OFFSET_OUT_OF_RANGE` would leave it
-    /// silent forever) is moved to the start of the log, as `auto.offset.reset=earliest`
-    /// would (the inbox drops what was already processed). The broker's log end is only
-    /// a hint (Tansu reports the start of the last record batch + 1): a partition counts
-    /// as beyond the end only when the record before its position cannot be read
-    /// either, so a consumer idle at the true end is never rewound. A check that takes
-    /// longer than the interval (each such read waits up to 2 s) delays the next one
-    /// rather than starving the consumer. A consumer that holds **no
-    /// partitions** while its topics have messages nobody consumes, for two checks in a
-    /// row, leaves and rejoins its group.
+    /// How often the consumer checks that it and its group are not stuck (default
+    /// 10 s; `None` turns the check off). The check runs beside consumption (off the
+    /// async threads, one at a time, the next one an interval after the last ended):
+    /// - a partition of its own positioned **beyond the end of its log** (the topic was
+    ///   created again, or the broker lost its data but not the group's offsets — a
+    ///   broker that answers such a fetch with nothing instead of `OFFSET_OUT_OF_RANGE`
+    ///   would leave it silent forever) is moved to the start of the log, as
+    ///   `auto.offset.reset=earliest` would (the inbox drops what was already
+    ///   processed). The broker's log end is only a hint (Tansu reports the start of the
+    ///   last record batch + 1): a partition counts as beyond the end only when the
+    ///   record before its position cannot be read either (each such read waits up to
+    ///   2 s), so a consumer at the true end is never rewound;
+    /// - a partition **nobody consumes** — not its own, messages waiting, the group's
+    ///   committed offset on it unmoved for three session timeouts (a group whose
+    ///   assignment lost a partition after members crashed or were cut off; a member
+    ///   that holds no partitions at all is the same case) — makes it leave and rejoin
+    ///   its group: the rebalance hands every partition out again. A member that is
+    ///   merely slow keeps moving its offset and is left alone.
     pub watchdog_interval: Option<Duration>,
     /// Upper bound on closing the consumer (leaving the group) at shutdown (default 5 s).
     pub close_timeout: Duration,
@@ -290,9 +294,16 @@ where
 
     tokio::pin!(shutdown);
     let mut stats = ConsumerStats::default();
-    let watchdog_every = config.watchdog_interval.unwrap_or(Duration::MAX);
+    // The watchdog runs beside consumption, off the async threads (its librdkafka
+    // metadata and offset requests block), one check at a time.
     let mut watchdog = Some(Watchdog::new(config.session_timeout, &cc));
-    let mut last_message = tokio::time::Instant::now();
+    let mut checking: Option<tokio::task::JoinHandle<Watchdog>> = None;
+    let next_check_after = |from: tokio::time::Instant| {
+        config
+            .watchdog_interval
+            .and_then(|every| from.checked_add(every))
+    };
+    let mut next_check = next_check_after(tokio::time::Instant::now());
     let max_in_flight = config.max_in_flight.max(1);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut stopping = false;
@@ -302,30 +313,6 @@ where
         if stopping && running.is_empty() {
             break;
         }
-        let idle_for = last_message.elapsed();
-        if !stopping && window.is_empty() && idle_for >= watchdog_every {
-            let (k, t) = (kafka.clone(), config.topics.clone());
-            if let Some(mut w) = watchdog.take() {
-                let checked = tokio::task::spawn_blocking(move || {
-                    if let Err(e) = w.check(&k, &t) {
-                        tracing::debug!(error = %e, "проверка Kafka-консьюмера не удалась");
-                    }
-                    w
-                })
-                .await;
-                watchdog =
-                    Some(checked.unwrap_or_else(|_| Watchdog::new(config.session_timeout, &cc)));
-            }
-            // The next check one interval after this one ended: a check slower than the
-            // interval (a probe waits up to seconds) must not starve the consumer.
-            last_message = tokio::time::Instant::now();
-            continue;
-        }
-        let idle_wait = if window.is_empty() {
-            watchdog_every - idle_for
-        } else {
-            Duration::MAX
-        };
         tokio::select! {
             biased;
             () = &mut shutdown, if !stopping => {
@@ -337,7 +324,6 @@ where
             Some((delivery, at, outcome)) = futures::StreamExt::next(&mut running) => {
                 let (delivery, at, outcome): (Delivery, Position, Option<DeliveryOutcome>) =
                     (delivery, at, outcome);
-                last_message = tokio::time::Instant::now();
                 let Some(outcome) = outcome else {
                     continue; // given up at shutdown: not settled, its offset not stored
                 };
@@ -360,7 +346,6 @@ where
                 }
             }
             msg = kafka.recv(), if !stopping && window.len() < max_in_flight => {
-                last_message = tokio::time::Instant::now();
                 let msg = match msg {
                     Ok(m) => m,
                     Err(e) => {
@@ -389,9 +374,33 @@ where
                     running.push(process_one(config, consumer, handler, delivery, at, stop_rx.clone()));
                 }
             }
+            checked = async { checking.as_mut().expect("checked only while running").await },
+                if checking.is_some() => {
+                checking = None;
+                watchdog = Some(checked.unwrap_or_else(|_| Watchdog::new(config.session_timeout, &cc)));
+                // One interval after this check ended: a slow check (a probe waits up to
+                // seconds) never runs back to back with the next.
+                next_check = next_check_after(tokio::time::Instant::now());
+            }
             // Cancel-safe: a message is taken from the queue only when `recv` is ready.
-            () = tokio::time::sleep(idle_wait) => {}
+            () = async { tokio::time::sleep_until(next_check.expect("only when due")).await },
+                if !stopping && checking.is_none() && next_check.is_some() => {
+                let (k, t) = (kafka.clone(), config.topics.clone());
+                let mut w = watchdog
+                    .take()
+                    .unwrap_or_else(|| Watchdog::new(config.session_timeout, &cc));
+                checking = Some(tokio::task::spawn_blocking(move || {
+                    if let Err(e) = w.check(&k, &t) {
+                        tracing::debug!(error = %e, "проверка Kafka-консьюмера не удалась");
+                    }
+                    w
+                }));
+            }
         }
+    }
+    if let Some(check) = checking {
+        // It holds the consumer: let it end (bounded by its own timeouts) before closing.
+        let _ = tokio::time::timeout(config.close_timeout, check).await;
     }
 
     if let Err(e) = kafka.commit_consumer_state(CommitMode::Sync) {

@@ -1,5 +1,6 @@
-//! The idle consumer's self-check: a member holding no partitions while messages wait
-//! unconsumed rejoins the group.
+//! The consumer's self-check: a partition of its own beyond the end of the log is read
+//! from the start; a partition nobody consumes while messages wait makes it rejoin the
+//! group.
 
 use std::time::Duration;
 
@@ -15,14 +16,14 @@ use super::consumer::LagContext;
 /// A partition with messages nobody consumed: topic, partition, the group's offset.
 pub(super) type Unconsumed = (String, i32, i64);
 
-/// The idle consumer's self-check (see [`ConsumerConfig::watchdog_interval`]).
+/// The consumer's self-check (see [`ConsumerConfig::watchdog_interval`]).
 pub(super) struct Watchdog {
-    /// Partitions with unconsumed messages, and the group's offset on each, seen when
-    /// this member was first found holding no partitions (and when).
+    /// Partitions of other members (or of none) with unconsumed messages, and the
+    /// group's offset on each, as first seen unchanged (and when).
     unconsumed_since: Option<(std::time::Instant, Vec<Unconsumed>)>,
-    /// How long a member may hold nothing while nobody consumes before it rejoins:
-    /// well beyond any join or rebalance (three session timeouts), so a slow join is
-    /// never cut short.
+    /// How long a partition may wait with nobody consuming it before this member
+    /// rejoins: well beyond any join or rebalance (three session timeouts), so a slow
+    /// join is never cut short.
     rejoin_after: Duration,
     /// The consumer's connection settings under a group of its own, for the probe.
     probe_config: ClientConfig,
@@ -61,6 +62,14 @@ impl Watchdog {
     }
 
     /// Blocking (librdkafka metadata and offset requests): run off the async threads.
+    ///
+    /// Two faults, both seen with Tansu under crashes and network partitions of group
+    /// members: a partition of this member positioned beyond the end of its log (moved to
+    /// the start), and a partition **nobody consumes** — not this member's, messages
+    /// waiting, and the group's committed offset on it unmoved for `rejoin_after` — which
+    /// a group left with an assignment that lost a partition shows (one partition of
+    /// three held by no member, until the next rebalance): this member leaves and rejoins
+    /// the group, and the rebalance hands every partition out again.
     pub(super) fn check(
         &mut self,
         kafka: &StreamConsumer<LagContext>,
@@ -68,29 +77,40 @@ impl Watchdog {
     ) -> KafkaResult<()> {
         let assignment = kafka.assignment()?;
         if assignment.count() > 0 {
-            self.unconsumed_since = None;
-            return self.seek_back_from_beyond_the_end(kafka, &assignment);
+            self.seek_back_from_beyond_the_end(kafka, &assignment)?;
         }
-        // No partitions: fine if another member consumes them, not if nobody does.
-        let mut all = TopicPartitionList::new();
+        let mine = |topic: &str, partition: i32| {
+            assignment
+                .elements()
+                .iter()
+                .any(|e| e.topic() == topic && e.partition() == partition)
+        };
+        let mut others = TopicPartitionList::new();
         for topic in topics {
             let md = kafka.fetch_metadata(Some(topic), Self::TIMEOUT)?;
             for t in md.topics() {
                 for p in t.partitions() {
-                    all.add_partition(t.name(), p.id());
+                    if !mine(t.name(), p.id()) {
+                        others.add_partition(t.name(), p.id());
+                    }
                 }
             }
         }
-        let committed = kafka.committed_offsets(all, Self::TIMEOUT)?;
         let mut unconsumed = Vec::new();
-        for e in committed.elements() {
-            let (low, high) = kafka.fetch_watermarks(e.topic(), e.partition(), Self::TIMEOUT)?;
-            let at = match e.offset() {
-                Offset::Offset(o) => o,
-                _ => low,
-            };
-            if at < high {
-                unconsumed.push((e.topic().to_owned(), e.partition(), at));
+        if others.count() > 0 {
+            let committed = kafka.committed_offsets(others, Self::TIMEOUT)?;
+            for e in committed.elements() {
+                let (low, high) =
+                    kafka.fetch_watermarks(e.topic(), e.partition(), Self::TIMEOUT)?;
+                let at = match e.offset() {
+                    Offset::Offset(o) => o,
+                    _ => low,
+                };
+                // The log end may be under-reported, never over-reported: `at < high`
+                // always means messages wait.
+                if at < high {
+                    unconsumed.push((e.topic().to_owned(), e.partition(), at));
+                }
             }
         }
         match &self.unconsumed_since {
@@ -102,8 +122,9 @@ impl Watchdog {
             None => self.unconsumed_since = Some((std::time::Instant::now(), unconsumed)),
             Some((since, _)) if since.elapsed() >= self.rejoin_after => {
                 tracing::warn!(
-                    partitions = unconsumed.len(),
-                    "консьюмер не держит ни одной партиции, а сообщения никто не читает: \
+                    partitions = ?unconsumed,
+                    held = assignment.count(),
+                    "партиции с непрочитанными сообщениями никто не читает: \
                      переподключение к группе"
                 );
                 kafka.unsubscribe();
