@@ -113,28 +113,38 @@ impl Watchdog {
                 }
             }
         }
+        if self.nobody_consumes(unconsumed.clone(), std::time::Instant::now()) {
+            tracing::warn!(
+                partitions = ?unconsumed,
+                held = assignment.count(),
+                "партиции с непрочитанными сообщениями никто не читает: \
+                 переподключение к группе"
+            );
+            kafka.unsubscribe();
+            let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+            kafka.subscribe(&topics)?;
+        }
+        Ok(())
+    }
+
+    /// Given the other members' partitions with waiting messages (and the group's offset
+    /// on each) seen `now`: whether they have stood still for `rejoin_after` — then the
+    /// clock starts over.
+    fn nobody_consumes(&mut self, unconsumed: Vec<Unconsumed>, now: std::time::Instant) -> bool {
         match &self.unconsumed_since {
             _ if unconsumed.is_empty() => self.unconsumed_since = None,
             // Somebody consumed meanwhile, or this is the first sighting: (re)start the clock.
             Some((_, before)) if *before != unconsumed => {
-                self.unconsumed_since = Some((std::time::Instant::now(), unconsumed));
+                self.unconsumed_since = Some((now, unconsumed));
             }
-            None => self.unconsumed_since = Some((std::time::Instant::now(), unconsumed)),
-            Some((since, _)) if since.elapsed() >= self.rejoin_after => {
-                tracing::warn!(
-                    partitions = ?unconsumed,
-                    held = assignment.count(),
-                    "партиции с непрочитанными сообщениями никто не читает: \
-                     переподключение к группе"
-                );
-                kafka.unsubscribe();
-                let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-                kafka.subscribe(&topics)?;
+            None => self.unconsumed_since = Some((now, unconsumed)),
+            Some((since, _)) if now.duration_since(*since) >= self.rejoin_after => {
                 self.unconsumed_since = None;
+                return true;
             }
             Some(_) => {}
         }
-        Ok(())
+        false
     }
 
     /// A partition whose position (or, before the first message, committed offset) lies
@@ -212,5 +222,47 @@ impl Watchdog {
         probe.unassign()?;
         self.probe = Some(probe);
         held
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watchdog() -> Watchdog {
+        let mut consumer = ClientConfig::new();
+        consumer.set("group.id", "g");
+        Watchdog::new(Duration::from_secs(10), &consumer)
+    }
+
+    #[test]
+    fn a_partition_that_stands_still_for_three_session_timeouts_means_rejoin() {
+        let mut w = watchdog();
+        let t0 = std::time::Instant::now();
+        let stuck = vec![("saga.commands".to_owned(), 2, 89)];
+        assert!(!w.nobody_consumes(stuck.clone(), t0), "first sighting");
+        assert!(!w.nobody_consumes(stuck.clone(), t0 + Duration::from_secs(29)));
+        assert!(w.nobody_consumes(stuck.clone(), t0 + Duration::from_secs(30)));
+        // The clock starts over after a rejoin.
+        assert!(!w.nobody_consumes(stuck.clone(), t0 + Duration::from_secs(31)));
+        assert!(!w.nobody_consumes(stuck.clone(), t0 + Duration::from_secs(60)));
+        assert!(w.nobody_consumes(stuck, t0 + Duration::from_secs(61)));
+    }
+
+    #[test]
+    fn a_partition_whose_offset_moves_or_that_empties_is_left_alone() {
+        let mut w = watchdog();
+        let t0 = std::time::Instant::now();
+        let at = |offset| vec![("saga.commands".to_owned(), 2, offset)];
+        assert!(!w.nobody_consumes(at(89), t0));
+        // A slow member: its offset moves, the clock starts over.
+        assert!(!w.nobody_consumes(at(90), t0 + Duration::from_secs(20)));
+        assert!(!w.nobody_consumes(at(90), t0 + Duration::from_secs(40)));
+        assert!(w.nobody_consumes(at(90), t0 + Duration::from_secs(50)));
+        // Caught up in between: nothing waits, the clock stops.
+        assert!(!w.nobody_consumes(at(95), t0 + Duration::from_secs(51)));
+        assert!(!w.nobody_consumes(Vec::new(), t0 + Duration::from_secs(70)));
+        assert!(!w.nobody_consumes(at(95), t0 + Duration::from_secs(90)));
+        assert!(w.nobody_consumes(at(95), t0 + Duration::from_secs(120)));
     }
 }
