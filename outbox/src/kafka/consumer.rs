@@ -71,7 +71,7 @@ pub struct ConsumerConfig {
     ///   record before its position cannot be read either (each such read waits up to
     ///   2 s), so a consumer at the true end is never rewound;
     /// - a partition **nobody consumes** — not its own, messages waiting, the group's
-    ///   committed offset on it unmoved for three session timeouts (a group whose
+    ///   committed offset on it unmoved for two session timeouts (a group whose
     ///   assignment lost a partition after members crashed or were cut off; a member
     ///   that holds no partitions at all is the same case) — makes it leave and rejoin
     ///   its group: the rebalance hands every partition out again. A member that is

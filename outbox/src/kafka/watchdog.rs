@@ -18,11 +18,12 @@ pub(super) type Unconsumed = (String, i32, i64);
 
 /// The consumer's self-check (see [`ConsumerConfig::watchdog_interval`]).
 pub(super) struct Watchdog {
-    /// Partitions of other members (or of none) with unconsumed messages, and the
-    /// group's offset on each, as first seen unchanged (and when).
-    unconsumed_since: Option<(std::time::Instant, Vec<Unconsumed>)>,
+    /// Per partition of another member (or of none) with unconsumed messages: the
+    /// group's offset on it, and since when it has stood there.
+    standing: std::collections::HashMap<(String, i32), (i64, std::time::Instant)>,
     /// How long a partition may wait with nobody consuming it before this member
-    /// rejoins: well beyond any join or rebalance (three session timeouts), so a slow
+    /// rejoins: beyond a dead member's expiry and the join after it (two session
+    /// timeouts; Tansu takes ≈ 11 s for the two with the default 10 s), so a slow
     /// join is never cut short.
     rejoin_after: Duration,
     /// The consumer's connection settings under a group of its own, for the probe.
@@ -54,8 +55,8 @@ impl Watchdog {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "error");
         Self {
-            unconsumed_since: None,
-            rejoin_after: session_timeout.saturating_mul(3),
+            standing: std::collections::HashMap::new(),
+            rejoin_after: session_timeout.saturating_mul(2),
             probe_config,
             probe: None,
         }
@@ -128,23 +129,27 @@ impl Watchdog {
     }
 
     /// Given the other members' partitions with waiting messages (and the group's offset
-    /// on each) seen `now`: whether they have stood still for `rejoin_after` — then the
-    /// clock starts over.
+    /// on each) seen `now`: whether one of them has stood at the same offset for
+    /// `rejoin_after` — then every clock starts over. Each partition has its own clock:
+    /// partitions that other members consume (their offsets move) restart only theirs.
     fn nobody_consumes(&mut self, unconsumed: Vec<Unconsumed>, now: std::time::Instant) -> bool {
-        match &self.unconsumed_since {
-            _ if unconsumed.is_empty() => self.unconsumed_since = None,
-            // Somebody consumed meanwhile, or this is the first sighting: (re)start the clock.
-            Some((_, before)) if *before != unconsumed => {
-                self.unconsumed_since = Some((now, unconsumed));
-            }
-            None => self.unconsumed_since = Some((now, unconsumed)),
-            Some((since, _)) if now.duration_since(*since) >= self.rejoin_after => {
-                self.unconsumed_since = None;
-                return true;
-            }
-            Some(_) => {}
+        let mut standing = std::collections::HashMap::with_capacity(unconsumed.len());
+        for (topic, partition, offset) in unconsumed {
+            let since = match self.standing.get(&(topic.clone(), partition)) {
+                Some((before, since)) if *before == offset => *since,
+                _ => now,
+            };
+            standing.insert((topic, partition), (offset, since));
         }
-        false
+        let stuck = standing
+            .values()
+            .any(|(_, since)| now.duration_since(*since) >= self.rejoin_after);
+        self.standing = if stuck {
+            std::collections::HashMap::new()
+        } else {
+            standing
+        };
+        stuck
     }
 
     /// A partition whose position (or, before the first message, committed offset) lies
@@ -236,33 +241,53 @@ mod tests {
     }
 
     #[test]
-    fn a_partition_that_stands_still_for_three_session_timeouts_means_rejoin() {
+    fn a_partition_that_stands_still_for_two_session_timeouts_means_rejoin() {
         let mut w = watchdog();
         let t0 = std::time::Instant::now();
+        let at = |secs| t0 + Duration::from_secs(secs);
         let stuck = vec![("saga.commands".to_owned(), 2, 89)];
-        assert!(!w.nobody_consumes(stuck.clone(), t0), "first sighting");
-        assert!(!w.nobody_consumes(stuck.clone(), t0 + Duration::from_secs(29)));
-        assert!(w.nobody_consumes(stuck.clone(), t0 + Duration::from_secs(30)));
+        assert!(!w.nobody_consumes(stuck.clone(), at(0)), "first sighting");
+        assert!(!w.nobody_consumes(stuck.clone(), at(19)));
+        assert!(w.nobody_consumes(stuck.clone(), at(20)));
         // The clock starts over after a rejoin.
-        assert!(!w.nobody_consumes(stuck.clone(), t0 + Duration::from_secs(31)));
-        assert!(!w.nobody_consumes(stuck.clone(), t0 + Duration::from_secs(60)));
-        assert!(w.nobody_consumes(stuck, t0 + Duration::from_secs(61)));
+        assert!(!w.nobody_consumes(stuck.clone(), at(21)));
+        assert!(!w.nobody_consumes(stuck.clone(), at(40)));
+        assert!(w.nobody_consumes(stuck, at(41)));
     }
 
     #[test]
     fn a_partition_whose_offset_moves_or_that_empties_is_left_alone() {
         let mut w = watchdog();
         let t0 = std::time::Instant::now();
-        let at = |offset| vec![("saga.commands".to_owned(), 2, offset)];
-        assert!(!w.nobody_consumes(at(89), t0));
+        let at = |secs| t0 + Duration::from_secs(secs);
+        let offset = |offset| vec![("saga.commands".to_owned(), 2, offset)];
+        assert!(!w.nobody_consumes(offset(89), at(0)));
         // A slow member: its offset moves, the clock starts over.
-        assert!(!w.nobody_consumes(at(90), t0 + Duration::from_secs(20)));
-        assert!(!w.nobody_consumes(at(90), t0 + Duration::from_secs(40)));
-        assert!(w.nobody_consumes(at(90), t0 + Duration::from_secs(50)));
+        assert!(!w.nobody_consumes(offset(90), at(15)));
+        assert!(!w.nobody_consumes(offset(90), at(34)));
+        assert!(w.nobody_consumes(offset(90), at(35)));
         // Caught up in between: nothing waits, the clock stops.
-        assert!(!w.nobody_consumes(at(95), t0 + Duration::from_secs(51)));
-        assert!(!w.nobody_consumes(Vec::new(), t0 + Duration::from_secs(70)));
-        assert!(!w.nobody_consumes(at(95), t0 + Duration::from_secs(90)));
-        assert!(w.nobody_consumes(at(95), t0 + Duration::from_secs(120)));
+        assert!(!w.nobody_consumes(offset(95), at(36)));
+        assert!(!w.nobody_consumes(Vec::new(), at(50)));
+        assert!(!w.nobody_consumes(offset(95), at(60)));
+        assert!(w.nobody_consumes(offset(95), at(80)));
+    }
+
+    #[test]
+    fn each_partition_has_its_own_clock() {
+        let mut w = watchdog();
+        let t0 = std::time::Instant::now();
+        let seen = |busy_offset| {
+            vec![
+                ("saga.commands".to_owned(), 0, busy_offset),
+                ("saga.commands".to_owned(), 2, 89),
+            ]
+        };
+        // Partition 0 is consumed by a busy member (its offset moves at every check);
+        // partition 2 by nobody.
+        for (i, secs) in [0, 10, 15].into_iter().enumerate() {
+            assert!(!w.nobody_consumes(seen(100 + i as i64), t0 + Duration::from_secs(secs)));
+        }
+        assert!(w.nobody_consumes(seen(103), t0 + Duration::from_secs(20)));
     }
 }
