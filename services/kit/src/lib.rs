@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod cli;
 pub mod config;
 pub mod context;
 pub mod db;

@@ -31,6 +31,32 @@ use outbox::{Inbox, OutboxStore};
 pub use config::Config;
 pub use ordersys_kit::Listeners;
 
+/// The payment service as its binary starts it: `ordersys-payment [serve | migrate | topics]`
+/// ([`ordersys_kit::cli`]).
+#[derive(Debug)]
+pub struct Service;
+
+impl ordersys_kit::cli::Service for Service {
+    const NAME: &'static str = "payment";
+    type Config = Config;
+    fn listen(config: &Config) -> &ordersys_kit::config::Listen {
+        &config.listen
+    }
+    fn kafka(config: &Config) -> Option<&ordersys_kit::config::Kafka> {
+        Some(&config.kafka)
+    }
+    async fn migrate(config: &Config) -> anyhow::Result<()> {
+        migrate(config).await
+    }
+    async fn run(
+        config: Config,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        run(config, listeners, shutdown).await
+    }
+}
+
 /// Run until `shutdown` resolves, exchanging saga messages through Kafka
 /// (`KAFKA_BROKERS`). See [`run_with`] for other messaging.
 pub async fn run(

@@ -38,10 +38,3 @@ impl Default for Config {
         }
     }
 }
-
-impl Config {
-    /// Load from defaults, `CONFIG_FILE` and the environment.
-    pub fn load() -> anyhow::Result<Self> {
-        ordersys_kit::config::load()
-    }
-}

@@ -25,6 +25,29 @@ use ordersys_proto::user::v1::user_service_server::UserServiceServer;
 pub use config::Config;
 pub use ordersys_kit::Listeners;
 
+/// The user service as its binary starts it: `ordersys-user [serve | migrate]`
+/// ([`ordersys_kit::cli`]).
+#[derive(Debug)]
+pub struct Service;
+
+impl ordersys_kit::cli::Service for Service {
+    const NAME: &'static str = "user";
+    type Config = Config;
+    fn listen(config: &Config) -> &ordersys_kit::config::Listen {
+        &config.listen
+    }
+    async fn migrate(config: &Config) -> anyhow::Result<()> {
+        migrate(config).await
+    }
+    async fn run(
+        config: Config,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        run(config, listeners, shutdown).await
+    }
+}
+
 /// Create the database if missing and apply every migration (users; with SQLite and no
 /// Redis, the revoked tokens too), then return: `ordersys-user migrate`, `make migrate`.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
