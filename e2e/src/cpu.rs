@@ -46,8 +46,10 @@ fn all_processes() -> BTreeMap<u32, (u32, u64)> {
 }
 
 /// A process's ticks with those of all its descendants (a reaped child's time is in its
-/// parent's cutime/cstime, so nothing that ended inside the tree is lost).
-fn tree_ticks(procs: &BTreeMap<u32, (u32, u64)>, root: u32) -> Option<u64> {
+/// parent's cutime/cstime, so nothing that ended inside the tree is lost), except the
+/// trees rooted at `apart` (processes accounted under names of their own: the services a
+/// driver started are not the driver's).
+fn tree_ticks(procs: &BTreeMap<u32, (u32, u64)>, root: u32, apart: &[u32]) -> Option<u64> {
     procs.get(&root)?;
     let mut total = 0;
     let mut todo = vec![root];
@@ -58,7 +60,7 @@ fn tree_ticks(procs: &BTreeMap<u32, (u32, u64)>, root: u32) -> Option<u64> {
         todo.extend(
             procs
                 .iter()
-                .filter(|(_, (pp, _))| *pp == p)
+                .filter(|(c, (pp, _))| *pp == p && !apart.contains(c))
                 .map(|(c, _)| *c),
         );
     }
@@ -79,12 +81,18 @@ pub struct CpuSnap {
 }
 
 impl CpuSnap {
-    /// The ticks of each `(name, pid)` tree and of the machine, now.
+    /// The ticks of each `(name, pid)` tree and of the machine, now. A tree inside
+    /// another is counted once, under its own name (the driver's tree leaves out the
+    /// services it started).
     pub fn take(roots: &[(String, u32)]) -> Self {
         let all = all_processes();
+        let pids: Vec<u32> = roots.iter().map(|(_, pid)| *pid).collect();
         let procs = roots
             .iter()
-            .filter_map(|(name, pid)| tree_ticks(&all, *pid).map(|t| (name.clone(), t)))
+            .filter_map(|(name, pid)| {
+                let apart: Vec<u32> = pids.iter().copied().filter(|p| p != pid).collect();
+                tree_ticks(&all, *pid, &apart).map(|t| (name.clone(), t))
+            })
             .collect();
         let machine = std::fs::read_to_string("/proc/stat")
             .ok()
@@ -140,6 +148,35 @@ mod tests {
         assert_eq!(snap.of("gone"), None);
         assert_eq!(snap.machine.len(), 8);
         assert!(snap.busy() > 0);
+    }
+
+    #[test]
+    fn a_tree_named_apart_is_not_counted_in_its_parents() {
+        // A child that burns CPU, then waits.
+        let mut child = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; sleep 60",
+            ])
+            .spawn()
+            .expect("sh");
+        let (me, pid) = (std::process::id(), child.id());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while process_ticks(pid).unwrap_or(0) < 10 {
+            assert!(Instant::now() < deadline, "the child never burned 10 ticks");
+            std::thread::yield_now();
+        }
+        let apart = CpuSnap::take(&[("me".into(), me), ("child".into(), pid)]);
+        let together = CpuSnap::take(&[("me".into(), me)]);
+        let _ = child.kill();
+        let _ = child.wait();
+        let (mine, childs) = (apart.of("me").unwrap(), apart.of("child").unwrap());
+        assert!(childs >= 10, "{apart:?}");
+        // Together, the child's ticks are in mine; apart, they are not.
+        assert!(
+            together.of("me").unwrap() >= mine + childs,
+            "{apart:?} {together:?}"
+        );
     }
 
     #[test]

@@ -295,9 +295,13 @@ where
     tokio::pin!(shutdown);
     let mut stats = ConsumerStats::default();
     // The watchdog runs beside consumption, off the async threads (its librdkafka
-    // metadata and offset requests block), one check at a time.
-    let mut watchdog = Some(Watchdog::new(config.session_timeout, &cc));
-    let mut checking: Option<tokio::task::JoinHandle<Watchdog>> = None;
+    // metadata and offset requests block), one check at a time. It keeps its clocks
+    // between checks; a check that panicked leaves them as they were.
+    let watchdog = std::sync::Arc::new(std::sync::Mutex::new(Watchdog::new(
+        config.session_timeout,
+        &cc,
+    )));
+    let mut checking: Option<tokio::task::JoinHandle<()>> = None;
     let next_check_after = |from: tokio::time::Instant| {
         config
             .watchdog_interval
@@ -374,10 +378,9 @@ where
                     running.push(process_one(config, consumer, handler, delivery, at, stop_rx.clone()));
                 }
             }
-            checked = async { checking.as_mut().expect("checked only while running").await },
+            _ = async { checking.as_mut().expect("awaited only while running").await },
                 if checking.is_some() => {
                 checking = None;
-                watchdog = Some(checked.unwrap_or_else(|_| Watchdog::new(config.session_timeout, &cc)));
                 // One interval after this check ended: a slow check (a probe waits up to
                 // seconds) never runs back to back with the next.
                 next_check = next_check_after(tokio::time::Instant::now());
@@ -385,15 +388,12 @@ where
             // Cancel-safe: a message is taken from the queue only when `recv` is ready.
             () = async { tokio::time::sleep_until(next_check.expect("only when due")).await },
                 if !stopping && checking.is_none() && next_check.is_some() => {
-                let (k, t) = (kafka.clone(), config.topics.clone());
-                let mut w = watchdog
-                    .take()
-                    .unwrap_or_else(|| Watchdog::new(config.session_timeout, &cc));
+                let (k, t, w) = (kafka.clone(), config.topics.clone(), watchdog.clone());
                 checking = Some(tokio::task::spawn_blocking(move || {
+                    let mut w = w.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                     if let Err(e) = w.check(&k, &t) {
                         tracing::debug!(error = %e, "проверка Kafka-консьюмера не удалась");
                     }
-                    w
                 }));
             }
         }
