@@ -1,7 +1,7 @@
 # ordersys — developer entry points. `make test` is the test command CI runs.
 CARGO ?= cargo
 
-.PHONY: compose-test run test test-unit mutants mutants-changed coverage services-up kafka-down dev-up dev-down lint fmt doc bench bench-peers fuzz-api publish-check outside-user features deploy-check proto build up down migrate smoke example check chaos chaos-short
+.PHONY: compose-test run test test-unit mutants mutants-changed coverage services-up kafka-down dev-up dev-down lint fmt doc bench bench-ab bench-peers fuzz-api publish-check outside-user features deploy-check proto build up down migrate smoke example check chaos chaos-short
 
 ## The whole system in one process, embedded (SQLite + in-process bus) on :8080.
 run:
@@ -205,6 +205,11 @@ bench:
 	$(BENCH_E2E) --embedded --clients 64 --seconds 20 --warmup 5 --poll-ms 1
 	SQLITE_SYNCHRONOUS=normal $(BENCH_E2E) --embedded --clients 1 --seconds 20 --warmup 5 --poll-ms 1
 	SQLITE_SYNCHRONOUS=normal $(BENCH_E2E) --embedded --clients 64 --seconds 20 --warmup 5 --poll-ms 1
+
+## The end-to-end lines of `bench`, two revisions side by side in the same hour, alternating:
+## `make bench-ab OLD=<rev> [NEW=<rev>]` (docs/BENCHMARKS.md, "Issue #28").
+bench-ab:
+	bench/ab $(OLD) $(or $(NEW),HEAD)
 
 ## ordersys beside Restate and DBOS (bench/peers): the same order saga on each, the same
 ## load generator (saga-bench), 1 and 64 clients, one table (≈ 8 minutes; installs the
