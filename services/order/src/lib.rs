@@ -51,41 +51,28 @@ impl ordersys_kit::cli::Service for Service {
     fn kafka(config: &Config) -> Option<&ordersys_kit::config::Kafka> {
         Some(&config.kafka)
     }
+    /// Create the database if missing and apply every migration (orders, sagas, outbox,
+    /// inbox; with SQLite and no Redis, the idempotency file too), then return:
+    /// `ordersys-order migrate`, `make migrate`. Serving applies them too; this runs them as
+    /// a step of their own (before a rollout, say).
     async fn migrate(config: &Config) -> anyhow::Result<()> {
-        migrate(config).await
+        let sqlite = async |pool| repository::SqliteOrders::new(pool).migrate().await;
+        let mysql = async |pool| repository::MySqlOrders::new(pool).migrate().await;
+        config.stores.migrate(sqlite, mysql).await?;
+        config.stores.idempotency_keys_file().await
     }
     async fn run(
         config: Config,
         listeners: Listeners,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        run(config, listeners, shutdown).await
+        let messaging = config.kafka.messaging();
+        run_with(config, listeners, shutdown, messaging).await
     }
 }
 
-/// Run until `shutdown` resolves, exchanging saga messages through Kafka
-/// (`KAFKA_BROKERS`). See [`run_with`] for other messaging.
-pub async fn run(
-    config: Config,
-    listeners: Listeners,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let messaging = config.kafka.messaging();
-    run_with(config, listeners, shutdown, messaging).await
-}
-
-/// Create the database if missing and apply every migration (orders, sagas, outbox,
-/// inbox; with SQLite and no Redis, the idempotency file too), then return:
-/// `ordersys-order migrate`, `make migrate`. Serving applies them too; this runs them as
-/// a step of their own (before a rollout, say).
-pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let sqlite = async |pool| repository::SqliteOrders::new(pool).migrate().await;
-    let mysql = async |pool| repository::MySqlOrders::new(pool).migrate().await;
-    config.stores.migrate(sqlite, mysql).await?;
-    config.stores.idempotency_keys_file().await
-}
-
-/// Run until `shutdown` resolves, with `messaging` for the saga messages.
+/// Run until `shutdown` resolves, with `messaging` for the saga messages (the binary
+/// runs it with Kafka, `KAFKA_BROKERS`; the one-process system with its bus).
 pub async fn run_with(
     config: Config,
     listeners: Listeners,

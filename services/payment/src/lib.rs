@@ -45,37 +45,23 @@ impl ordersys_kit::cli::Service for Service {
     fn kafka(config: &Config) -> Option<&ordersys_kit::config::Kafka> {
         Some(&config.kafka)
     }
+    /// Create the database if missing and apply every migration (accounts, payments,
+    /// outbox, inbox; with SQLite and no Redis, the idempotency file too), then return:
+    /// `ordersys-payment migrate`, `make migrate`.
     async fn migrate(config: &Config) -> anyhow::Result<()> {
-        migrate(config).await
+        let sqlite = async |pool| repository::SqlitePayments::new(pool).migrate().await;
+        let mysql = async |pool| repository::MySqlPayments::new(pool).migrate().await;
+        config.stores.migrate(sqlite, mysql).await?;
+        config.stores.idempotency_keys_file().await
     }
     async fn run(
         config: Config,
         listeners: Listeners,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        run(config, listeners, shutdown).await
+        let messaging = config.kafka.messaging();
+        run_with(config, listeners, shutdown, messaging).await
     }
-}
-
-/// Run until `shutdown` resolves, exchanging saga messages through Kafka
-/// (`KAFKA_BROKERS`). See [`run_with`] for other messaging.
-pub async fn run(
-    config: Config,
-    listeners: Listeners,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let messaging = config.kafka.messaging();
-    run_with(config, listeners, shutdown, messaging).await
-}
-
-/// Create the database if missing and apply every migration (accounts, payments,
-/// outbox, inbox; with SQLite and no Redis, the idempotency file too), then return:
-/// `ordersys-payment migrate`, `make migrate`.
-pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let sqlite = async |pool| repository::SqlitePayments::new(pool).migrate().await;
-    let mysql = async |pool| repository::MySqlPayments::new(pool).migrate().await;
-    config.stores.migrate(sqlite, mysql).await?;
-    config.stores.idempotency_keys_file().await
 }
 
 /// Run until `shutdown` resolves: the message in progress is finished, the relay

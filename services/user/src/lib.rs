@@ -36,8 +36,19 @@ impl ordersys_kit::cli::Service for Service {
     fn listen(config: &Config) -> &ordersys_kit::config::Listen {
         &config.listen
     }
+    /// Create the database if missing and apply every migration (users; with SQLite and no
+    /// Redis, the revoked tokens too), then return: `ordersys-user migrate`, `make migrate`.
     async fn migrate(config: &Config) -> anyhow::Result<()> {
-        migrate(config).await
+        let stores = &config.stores;
+        let sqlite = async |pool: sqlx::SqlitePool| {
+            repository::SqliteUsers::new(pool.clone()).migrate().await?;
+            if stores.without_redis() {
+                authz::sqlite::migrate(&pool).await?;
+            }
+            Ok(())
+        };
+        let mysql = async |pool| repository::MySqlUsers::new(pool).migrate().await;
+        stores.migrate(sqlite, mysql).await
     }
     async fn run(
         config: Config,
@@ -46,21 +57,6 @@ impl ordersys_kit::cli::Service for Service {
     ) -> anyhow::Result<()> {
         run(config, listeners, shutdown).await
     }
-}
-
-/// Create the database if missing and apply every migration (users; with SQLite and no
-/// Redis, the revoked tokens too), then return: `ordersys-user migrate`, `make migrate`.
-pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let stores = &config.stores;
-    let sqlite = async |pool: sqlx::SqlitePool| {
-        repository::SqliteUsers::new(pool.clone()).migrate().await?;
-        if stores.without_redis() {
-            authz::sqlite::migrate(&pool).await?;
-        }
-        Ok(())
-    };
-    let mysql = async |pool| repository::MySqlUsers::new(pool).migrate().await;
-    stores.migrate(sqlite, mysql).await
 }
 
 /// Run the service until `shutdown` resolves; in-flight requests are finished first.
