@@ -554,6 +554,96 @@ async fn a_message_without_a_message_id_header_gets_a_stable_id() {
     assert_eq!(distinct.len(), 3, "each message its own id");
 }
 
+/// Each member reports the lag of the partitions it consumes
+/// (`outbox_consumer_lag_messages{group,topic,partition}`, from librdkafka's statistics)
+/// and of no other: a member's statistics also list the partitions another member holds,
+/// with an unknown lag (-1), which must not overwrite that member's figure. The only
+/// test in this binary that installs a global recorder (the statistics callback runs on
+/// librdkafka's thread).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_member_reports_the_lag_of_its_own_partitions_only() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let recorder = ordersys_testkit::MetricsRecorder::default();
+    metrics::set_global_recorder(recorder.clone()).expect("no other global recorder");
+    let topic = unique("lag");
+    ensure_topics(&brokers(), &[(&topic, 2)]).await.unwrap();
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let produce = |partition: i32, i: u32| {
+        let (producer, topic) = (producer.clone(), topic.clone());
+        async move {
+            let payload = i.to_string();
+            let record = FutureRecord::to(&topic)
+                .key("k")
+                .payload(&payload)
+                .partition(partition);
+            producer
+                .send(record, Duration::from_secs(10))
+                .await
+                .unwrap();
+        }
+    };
+    for i in 0..10 {
+        produce(0, i).await;
+        produce(1, 100 + i).await;
+    }
+
+    let inbox = MemoryInbox::new();
+    let all = Collect::default();
+    let mut config = consumer_config(&topic).with_property("statistics.interval.ms", "100");
+    config.watchdog_interval = None;
+    let (stop, stopped) = stopper();
+    let (a_seen, b_seen) = (Collect::default(), Collect::default());
+    let a = member(&config, &inbox, &all, a_seen.clone(), stopped());
+    let b = member(&config, &inbox, &all, b_seen.clone(), stopped());
+    // Until each member holds one partition (and has consumed from it).
+    let mut next = 10;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while a_seen.seen.lock().unwrap().is_empty() || b_seen.seen.lock().unwrap().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the two members never shared the partitions"
+        );
+        produce(0, next).await;
+        produce(1, 100 + next).await;
+        next += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lag = |partition: &str| {
+        recorder.gauge(
+            "outbox_consumer_lag_messages",
+            &[
+                ("group", &config.group_id),
+                ("topic", &topic),
+                ("partition", partition),
+            ],
+        )
+    };
+    // Both partitions caught up: each lag reported, and read as 0 …
+    ordersys_testkit::eventually(
+        "both lags reported as 0",
+        Duration::from_secs(30),
+        || async { (lag("0") == Some(0.0) && lag("1") == Some(0.0)).then_some(()) },
+    )
+    .await;
+    // … and never as the unknown lag of the member that does not hold the partition
+    // (each member's statistics arrive every 100 ms).
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(33)).await;
+        for p in ["0", "1"] {
+            let v = lag(p).expect("reported");
+            assert!(v >= 0.0, "partition {p}'s lag read {v}");
+        }
+    }
+    assert_eq!(lag("-1"), None, "librdkafka's internal partition reported");
+    stop.send_replace(true);
+    a.await.unwrap().unwrap();
+    b.await.unwrap().unwrap();
+}
+
 /// While the consumer's store is down, a message is retried (not skipped, not
 /// dead-lettered); once the store is back every message is processed, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -44,7 +44,9 @@ where
 /// A metrics recorder for tests: keeps every counter's total, every gauge's last value
 /// and every histogram sample, and reads them without resetting anything (unlike
 /// `metrics_util`'s debugging recorder, whose snapshot swaps every value to zero). Use
-/// it with [`metrics::with_local_recorder`] around a current-thread runtime.
+/// it with [`metrics::with_local_recorder`] around a current-thread runtime, or (a
+/// clone; clones share what they recorded) with [`metrics::set_global_recorder`] for
+/// metrics recorded on threads of their own (librdkafka's callbacks, say).
 ///
 /// ```
 /// let recorder = ordersys_testkit::MetricsRecorder::default();
@@ -56,6 +58,7 @@ where
 /// assert_eq!(recorder.gauge("queue_depth", &[]), Some(7.0));
 /// assert_eq!(recorder.counter("missing", &[]), None);
 /// ```
+#[derive(Clone)]
 pub struct MetricsRecorder {
     registry: std::sync::Arc<
         metrics_util::registry::Registry<metrics::Key, metrics_util::registry::AtomicStorage>,
