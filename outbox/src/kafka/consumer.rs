@@ -235,6 +235,36 @@ pub fn to_delivery(m: &BorrowedMessage<'_>) -> Delivery {
     }
 }
 
+impl ConsumerConfig {
+    /// The librdkafka settings of a group member: ours, then the caller's
+    /// [`extra`](Self::extra) over them (statistics every 5 s unless set there).
+    fn client_config(&self) -> ClientConfig {
+        let mut cc = ClientConfig::new();
+        cc.set("bootstrap.servers", &self.brokers)
+            .set("group.id", &self.group_id)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set(
+                "session.timeout.ms",
+                self.session_timeout.as_millis().to_string(),
+            )
+            .set(
+                "fetch.wait.max.ms",
+                self.fetch_wait_max.as_millis().to_string(),
+            )
+            .set("statistics.interval.ms", "5000");
+        if let Some(id) = &self.instance_id {
+            cc.set("group.instance.id", id);
+        }
+        for (k, v) in &self.extra {
+            cc.set(k, v);
+        }
+        cc
+    }
+}
+
 /// Consume `config.topics` until `shutdown` resolves, handing each message to
 /// `consumer.process(.., handler)`.
 ///
@@ -256,34 +286,7 @@ where
     D: DeadLetter,
     H: MessageHandler<I::Tx>,
 {
-    let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", &config.brokers)
-        .set("group.id", &config.group_id)
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set(
-            "session.timeout.ms",
-            config.session_timeout.as_millis().to_string(),
-        )
-        .set(
-            "fetch.wait.max.ms",
-            config.fetch_wait_max.as_millis().to_string(),
-        );
-    if let Some(id) = &config.instance_id {
-        cc.set("group.instance.id", id);
-    }
-    for (k, v) in &config.extra {
-        cc.set(k, v);
-    }
-    if !config
-        .extra
-        .iter()
-        .any(|(k, _)| k == "statistics.interval.ms")
-    {
-        cc.set("statistics.interval.ms", "5000");
-    }
+    let cc = config.client_config();
     let context = LagContext {
         group: config.group_id.clone(),
     };
@@ -450,5 +453,43 @@ where
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::ConsumerConfig;
+
+    #[test]
+    fn a_members_settings_are_ours_with_the_callers_over_them() {
+        let config = ConsumerConfig::new("k:9092", "g", &["t"])
+            .with_session_timeout(Duration::from_secs(6))
+            .with_fetch_wait_max(Duration::from_millis(5));
+        let cc = config.client_config();
+        for (key, value) in [
+            ("bootstrap.servers", "k:9092"),
+            ("group.id", "g"),
+            ("enable.auto.commit", "true"),
+            ("auto.commit.interval.ms", "1000"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("session.timeout.ms", "6000"),
+            ("fetch.wait.max.ms", "5"),
+            ("statistics.interval.ms", "5000"),
+        ] {
+            assert_eq!(cc.get(key), Some(value), "{key}");
+        }
+        assert_eq!(cc.get("group.instance.id"), None);
+
+        let cc = config
+            .with_instance_id("order-0")
+            .with_property("statistics.interval.ms", "100")
+            .with_property("security.protocol", "ssl")
+            .client_config();
+        assert_eq!(cc.get("group.instance.id"), Some("order-0"));
+        assert_eq!(cc.get("statistics.interval.ms"), Some("100"));
+        assert_eq!(cc.get("security.protocol"), Some("ssl"));
     }
 }
