@@ -80,22 +80,21 @@ impl Watchdog {
         if assignment.count() > 0 {
             self.seek_back_from_beyond_the_end(kafka, &assignment)?;
         }
-        let mine = |topic: &str, partition: i32| {
-            assignment
-                .elements()
-                .iter()
-                .any(|e| e.topic() == topic && e.partition() == partition)
-        };
-        let mut others = TopicPartitionList::new();
+        let held: Vec<(String, i32)> = assignment
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        let mut all = Vec::new();
         for topic in topics {
             let md = kafka.fetch_metadata(Some(topic), Self::TIMEOUT)?;
             for t in md.topics() {
-                for p in t.partitions() {
-                    if !mine(t.name(), p.id()) {
-                        others.add_partition(t.name(), p.id());
-                    }
-                }
+                all.extend(t.partitions().iter().map(|p| (t.name().to_owned(), p.id())));
             }
+        }
+        let mut others = TopicPartitionList::new();
+        for (topic, partition) in not_held(&held, all) {
+            others.add_partition(&topic, partition);
         }
         let mut unconsumed = Vec::new();
         if others.count() > 0 {
@@ -103,13 +102,7 @@ impl Watchdog {
             for e in committed.elements() {
                 let (low, high) =
                     kafka.fetch_watermarks(e.topic(), e.partition(), Self::TIMEOUT)?;
-                let at = match e.offset() {
-                    Offset::Offset(o) => o,
-                    _ => low,
-                };
-                // The log end may be under-reported, never over-reported: `at < high`
-                // always means messages wait.
-                if at < high {
+                if let Some(at) = waiting_from(e.offset(), low, high) {
                     unconsumed.push((e.topic().to_owned(), e.partition(), at));
                 }
             }
@@ -230,6 +223,22 @@ impl Watchdog {
     }
 }
 
+/// The partitions of `all` that are not among `held`.
+fn not_held(held: &[(String, i32)], all: Vec<(String, i32)>) -> Vec<(String, i32)> {
+    all.into_iter().filter(|p| !held.contains(p)).collect()
+}
+
+/// Where the group stands on a partition with messages waiting: its committed offset (the
+/// log's start `low` when it has none) if that lies below the log end `high`. The log end
+/// may be under-reported, never over-reported: below it always means messages wait.
+fn waiting_from(committed: Offset, low: i64, high: i64) -> Option<i64> {
+    let at = match committed {
+        Offset::Offset(o) => o,
+        _ => low,
+    };
+    (at < high).then_some(at)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,6 +247,41 @@ mod tests {
         let mut consumer = ClientConfig::new();
         consumer.set("group.id", "g");
         Watchdog::new(Duration::from_secs(10), &consumer)
+    }
+
+    #[test]
+    fn the_partitions_to_watch_are_those_this_member_does_not_hold() {
+        let p = |t: &str, n: i32| (t.to_owned(), n);
+        let held = [p("saga.commands", 0), p("saga.commands", 2)];
+        let all = vec![
+            p("saga.commands", 0),
+            p("saga.commands", 1),
+            p("saga.commands", 2),
+            p("saga.replies", 0),
+        ];
+        assert_eq!(
+            not_held(&held, all.clone()),
+            [p("saga.commands", 1), p("saga.replies", 0)]
+        );
+        assert_eq!(not_held(&[], all.clone()), all);
+    }
+
+    #[test]
+    fn messages_wait_below_the_log_end_from_the_committed_offset_or_the_logs_start() {
+        assert_eq!(waiting_from(Offset::Offset(89), 0, 220), Some(89));
+        assert_eq!(
+            waiting_from(Offset::Offset(220), 0, 220),
+            None,
+            "at the end"
+        );
+        assert_eq!(waiting_from(Offset::Offset(221), 0, 220), None);
+        // No committed offset: the group would start at the log's start.
+        assert_eq!(waiting_from(Offset::Invalid, 40, 220), Some(40));
+        assert_eq!(
+            waiting_from(Offset::Invalid, 220, 220),
+            None,
+            "an empty log"
+        );
     }
 
     #[test]
