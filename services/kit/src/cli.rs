@@ -4,8 +4,13 @@
 //!
 //! ```no_run
 //! # struct Order;
-//! # #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+//! # #[derive(Debug, serde::Serialize, serde::Deserialize)]
 //! # struct Config { #[serde(flatten)] listen: ordersys_kit::config::Listen }
+//! # impl Default for Config {
+//! #     fn default() -> Self {
+//! #         Self { listen: ordersys_kit::config::Listen::on_ports(50052, 8082) }
+//! #     }
+//! # }
 //! # impl ordersys_kit::cli::Service for Order {
 //! #     const NAME: &'static str = "order";
 //! #     type Config = Config;
