@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-/// The three states of a [`CircuitBreaker`]. Deliberately exhaustive (not
+/// The three states of a [`CircuitBreaker`](super::CircuitBreaker). Deliberately exhaustive (not
 /// `#[non_exhaustive]`): the state set of a circuit breaker is fixed, and matching on it
 /// without a wildcard arm (to export it as a metric, say) is what users want.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -68,7 +68,7 @@ pub enum TransitionReason {
     /// OPEN → HALF-OPEN: the open timeout ran out.
     OpenTimeout,
     /// OPEN → HALF-OPEN before the timeout: the downstream reported healthy
-    /// ([`CircuitBreaker::recovered`], [`CircuitBreaker::watch_health`]).
+    /// ([`CircuitBreaker::recovered`](super::CircuitBreaker::recovered), [`CircuitBreaker::watch_health`](super::CircuitBreaker::watch_health)).
     Healthy,
     /// HALF-OPEN → CLOSED: the trial call succeeded.
     TrialSucceeded,
@@ -103,7 +103,7 @@ impl fmt::Display for TransitionReason {
     }
 }
 
-/// A state change of a breaker, passed to the [`on_transition`](CircuitBreakerBuilder::on_transition)
+/// A state change of a breaker, passed to the [`on_transition`](super::CircuitBreakerBuilder::on_transition)
 /// callback (attach metrics or logs there).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

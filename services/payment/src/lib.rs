@@ -4,7 +4,7 @@
 //! outbox to `saga.replies`, undecodable or failing commands to `dlq.saga`.
 //!
 //! Layers: [`domain`] (rules, no I/O) ← [`repository`] (MySQL) ← [`service`] (use
-//! cases) ← [`grpc`] (tonic). `main.rs` only loads config and calls [`run`].
+//! cases) ← [`grpc`] (tonic). `main.rs` is one call to `ordersys_kit::cli::main::<`[`Service`]`>()` (serve = [`run_with`] over Kafka).
 
 #![warn(missing_docs)]
 

@@ -2,7 +2,7 @@
 //! logout (the `jti` goes on the Redis blacklist for the token's remaining life).
 //!
 //! Layers: [`domain`] (rules, no I/O) ← [`repository`] (MySQL) ← [`service`] (use cases)
-//! ← [`grpc`] (tonic). `main.rs` only loads config and calls [`run`].
+//! ← [`grpc`] (tonic). `main.rs` is one call to `ordersys_kit::cli::main::<`[`Service`]`>()`, which serves with [`run`].
 
 #![warn(missing_docs)]
 
