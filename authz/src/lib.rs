@@ -1,6 +1,6 @@
 //! JWT with revocation: tokens that carry a unique `jti`, a [`Blacklist`] of revoked
 //! `jti`s, an [`Authenticator`] that checks both, and (feature `tower`, default) an
-//! [`AuthLayer`](layer::AuthLayer) for axum/tower that authenticates `Authorization: Bearer`.
+//! `layer::AuthLayer` for axum/tower that authenticates `Authorization: Bearer`.
 //!
 //! The accepted algorithm is fixed by the key, never by the token: an HS256 validator
 //! rejects an EdDSA token and vice versa, and `alg: none` is always rejected.
@@ -66,6 +66,11 @@ mod token;
 #[cfg(feature = "tower")]
 pub mod layer;
 
+/// The Redis client (`redis` 1.x) behind the [`redis`] module: build the
+/// `ConnectionManager` that [`RedisBlacklist`](crate::redis::RedisBlacklist) takes with
+/// this one.
+#[cfg(feature = "redis")]
+pub use ::redis as redis_client;
 /// The attribute [`Blacklist`] implementations need (re-exported from `async-trait`).
 pub use async_trait::async_trait;
 pub use blacklist::{revoke_token, Authenticator, Blacklist, BlacklistFailure, MemoryBlacklist};
@@ -75,6 +80,9 @@ pub use keys::{SigningKey, VerifyingKey};
 /// The JSON values of custom claims ([`Claims::extra`]), re-exported so the version
 /// always matches.
 pub use serde_json;
+/// `sqlx` 0.8, behind [`sqlite`]: open the pool with this one.
+#[cfg(feature = "sqlite")]
+pub use sqlx;
 pub use token::{Clock, IssuedToken, TokenIssuer, TokenValidator, DEFAULT_LEEWAY};
 
 /// The README's examples, compiled and run as doctests.

@@ -294,7 +294,7 @@ impl<I: Inbox, D: DeadLetter> IdempotentConsumer<I, D> {
             Fail::Handler(e) => format!("{e} (after {attempts} attempt(s))"),
         };
         tracing::warn!(consumer = %self.name, message_id = %msg.id, reason = %reason,
-            "сообщение отправлено в очередь недоставленных");
+            "message sent to the dead-letter queue");
         self.dead_letter.dead_letter(msg, &reason).await?;
         // Remember it, so that a redelivery is recognised as settled.
         let mut tx = self.inbox.begin().await?;

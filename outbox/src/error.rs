@@ -47,3 +47,12 @@ impl Error {
         }
     }
 }
+
+/// A SQL error is a [`Storage`](Error::Storage) error: `?` works on `sqlx` calls in a
+/// handler or a store.
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Storage(Box::new(e))
+    }
+}

@@ -73,6 +73,24 @@ pub use message::{Delivery, Headers, MessageId, OutboxMessage, MESSAGE_ID_HEADER
 pub use relay::{Relay, RelayConfig, RelayHandle, RoundReport};
 pub use store::{Backlog, DeadLetter, Inbox, OutboxStore, Publisher, Transactional};
 
+// The crates this API takes and returns, re-exported so a user needs no matching
+// version of their own (a second `sqlx` or `redis` in the build is a type mismatch,
+// not a choice): payloads are `bytes::Bytes`, ids wrap `uuid::Uuid`.
+pub use bytes;
+/// The Kafka client (`rdkafka` 0.38) behind [`kafka`]: its `ClientConfig` and message
+/// types, at the version this crate is built with.
+#[cfg(feature = "kafka")]
+pub use rdkafka;
+/// The Redis client (`redis` 1.x) behind the Redis stores of [`idempotency`]: build
+/// the `ConnectionManager` they take with this one.
+#[cfg(feature = "redis")]
+pub use redis;
+/// `sqlx` 0.8, the SQL toolkit behind the `mysql` and `sqlite` modules: open pools and
+/// transactions with this one (`outbox::sqlx::SqlitePool`, …).
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+pub use sqlx;
+pub use uuid;
+
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -149,7 +149,7 @@ impl DeadLetter for LocalBus {
             .map(|t| self.routes_of(t))
             .unwrap_or_default();
         if routes.is_empty() {
-            tracing::error!(message_id = %msg.id, topic = %msg.topic, reason, "сообщение отложено: нет подписчика очереди недоставленных");
+            tracing::error!(message_id = %msg.id, topic = %msg.topic, reason, "message held back: nothing subscribed to the dead-letter topic");
             self.parked
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

@@ -346,7 +346,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                 attempt = attempts + 1,
                 retry_in_ms = retry_after.as_millis() as u64,
                 error = %err,
-                "не удалось опубликовать сообщение outbox"
+                "failed to publish an outbox message"
             );
             self.store.record_failure(*id, err, retry_after).await?;
             report.retry_in = Some(report.retry_in.map_or(retry_after, |d| d.min(retry_after)));
@@ -386,7 +386,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
         self.run_until(shutdown).await;
         if let Err(e) = self.store.relay_stopped(&self.config.relay_id).await {
             // Harmless: what the store holds for this relay expires on its own.
-            tracing::warn!(error = %e, "relay остановлен, но хранилище не отпустило то, что держало за ним");
+            tracing::warn!(error = %e, "relay stopped, but the store did not release what it held for it");
         }
         Ok(())
     }
@@ -426,7 +426,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                     }
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "ошибка хранилища outbox, повтор после паузы");
+                    tracing::error!(error = %e, "outbox store error, retrying after a pause");
                     last_delay = backoff.next().unwrap_or(last_delay);
                     Next::Backoff(last_delay)
                 }
@@ -436,7 +436,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                 if last_backlog.is_none_or(|at| at.elapsed() >= every) {
                     last_backlog = Some(tokio::time::Instant::now());
                     if let Err(e) = self.report_backlog().await {
-                        tracing::debug!(error = %e, "не удалось измерить очередь outbox");
+                        tracing::debug!(error = %e, "failed to measure the outbox backlog");
                     }
                 }
             }
@@ -445,7 +445,7 @@ impl<S: OutboxStore, P: Publisher> Relay<S, P> {
                 if last_purge.elapsed() >= retention.min(Duration::from_secs(3600)) {
                     last_purge = tokio::time::Instant::now();
                     if let Err(e) = self.store.purge_sent(retention).await {
-                        tracing::warn!(error = %e, "не удалось удалить старые сообщения outbox");
+                        tracing::warn!(error = %e, "failed to purge old outbox messages");
                     }
                 }
             }

@@ -21,7 +21,6 @@
 //! # Ok(()) }
 //! ```
 
-use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -31,6 +30,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::idempotency::{IdempotencyStore, Reservation};
@@ -51,16 +51,18 @@ fn now_us() -> i64 {
         .unwrap_or(0)
 }
 
-/// Open (creating if missing) the SQLite database at `path` — WAL journal, `NORMAL`
-/// sync, 5 s busy timeout, foreign keys on — with a small pool.
-pub async fn connect(path: &str) -> Result<SqlitePool> {
-    if let Some(dir) = std::path::Path::new(path).parent() {
+/// Open (creating if missing, with its missing directories) the SQLite database at
+/// `path` — WAL journal, `NORMAL` sync, 5 s busy timeout, foreign keys on — with a small
+/// pool. `path` is a file name (a `&str`, `String`, `Path` or `PathBuf`), not a URL.
+pub async fn connect(path: impl AsRef<std::path::Path>) -> Result<SqlitePool> {
+    let path = path.as_ref();
+    if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() {
             std::fs::create_dir_all(dir).map_err(Error::storage)?;
         }
     }
-    let opts = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
-        .map_err(storage)?
+    let opts = SqliteConnectOptions::new()
+        .filename(path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
@@ -160,6 +162,8 @@ pub struct SqliteOutbox {
     /// The connections' `synchronous` level (`PRAGMA synchronous`: 0 off, 1 normal,
     /// 2 full, 3 extra), read once.
     level: std::sync::Arc<std::sync::OnceLock<i64>>,
+    /// Signalled by the commit of a unit of work that enqueued (see [`OutboxStore::commit_signal`]).
+    committed: std::sync::Arc<Notify>,
 }
 
 impl SqliteOutbox {
@@ -168,7 +172,26 @@ impl SqliteOutbox {
         Self {
             pool,
             level: Default::default(),
+            committed: Default::default(),
         }
+    }
+
+    /// Arm the connection of `tx` to signal [`commit_signal`](OutboxStore::commit_signal)
+    /// once, at its next commit — the commit of `tx` (a rollback leaves it armed, and the
+    /// connection's next commit gives the relay one needless look). Any commit of the
+    /// transaction signals, whichever store's `commit` (or `sqlx`'s own) ends it.
+    async fn wake_relay_on_commit(&self, tx: &mut SqliteTx) -> Result<()> {
+        let committed = self.committed.clone();
+        let mut armed = true;
+        let mut handle = tx.lock_handle().await.map_err(storage)?;
+        handle.set_commit_hook(move || {
+            if std::mem::take(&mut armed) {
+                committed.notify_one();
+            }
+            // `false` would turn the commit into a rollback.
+            true
+        });
+        Ok(())
     }
 
     /// A connection, and whether the relay's bookkeeping on it must relax and restore its
@@ -309,7 +332,7 @@ impl OutboxStore for SqliteOutbox {
             }
             _ => storage(e),
         })?;
-        Ok(())
+        self.wake_relay_on_commit(tx).await
     }
 
     async fn claim(
@@ -410,6 +433,13 @@ impl OutboxStore for SqliteOutbox {
         .await
         .map_err(storage)?;
         Ok(Some(crate::store::backlog_from(n, oldest_us)))
+    }
+
+    /// Signalled when a unit of work that enqueued commits: the relay delivers at once
+    /// instead of at its next poll. One process owns a SQLite file, so every commit that
+    /// enqueues passes through this outbox.
+    fn commit_signal(&self) -> Option<std::sync::Arc<Notify>> {
+        Some(self.committed.clone())
     }
 }
 

@@ -113,7 +113,7 @@ pub trait OutboxStore: Transactional {
     /// The relay `relay_id` stops gracefully ([`Relay::run`](crate::Relay::run) calls
     /// this after its last round, when nothing it claimed is still leased): give up
     /// whatever else the store holds for it. Default: nothing. The streaming outbox
-    /// ([`MySqlStreamingOutbox`](crate::mysql::MySqlStreamingOutbox)) persists its
+    /// (`mysql::MySqlStreamingOutbox`, feature `mysql`) persists its
     /// position and hands the stream back, so another relay takes over at once instead
     /// of after the lease.
     fn relay_stopped(&self, relay_id: &str) -> impl Future<Output = Result<()>> + Send {

@@ -197,10 +197,12 @@ async fn relay_bookkeeping_leaves_a_full_sync_connection_full() {
     pool.close().await;
 }
 
-/// The SQLite outbox does not signal commits: a relay polling once an hour publishes at
-/// once when its handle is woken (what a service does after committing).
+/// A relay polling once an hour publishes at once when a unit of work that enqueued
+/// commits — whichever way it commits (the outbox's `commit`,
+/// or `sqlx`'s own on the shared transaction) — and when its handle is woken. A
+/// rolled-back unit of work publishes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_woken_relay_publishes_without_waiting_for_its_poll() {
+async fn the_relay_wakes_on_commit_without_waiting_for_its_poll() {
     use outbox::memory::MemoryBroker;
     use outbox::{OutboxMessage, OutboxStore, Relay, RelayConfig, Transactional};
     use std::time::Duration;
@@ -214,7 +216,7 @@ async fn a_woken_relay_publishes_without_waiting_for_its_poll() {
             .with_poll_interval(Duration::from_secs(3600))
             .with_backlog_interval(None),
     );
-    let handle = relay.handle();
+    let relay_handle = relay.handle();
     let enqueue = |payload: &'static str| {
         let store = store.clone();
         async move {
@@ -223,25 +225,52 @@ async fn a_woken_relay_publishes_without_waiting_for_its_poll() {
                 .enqueue(&mut tx, OutboxMessage::new("t", "k", payload))
                 .await
                 .unwrap();
-            store.commit(tx).await.unwrap();
+            tx
         }
     };
     // The first message goes out in the relay's first round; then it waits an hour.
-    enqueue("first").await;
+    store.commit(enqueue("first").await).await.unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(relay.run(async {
         let _ = stopped.await;
     }));
-    tokio::time::timeout(Duration::from_secs(10), broker.wait_for(1))
-        .await
-        .expect("the first round did not publish");
-    enqueue("second").await;
+    let published = |n: usize, why: &'static str| {
+        let broker = broker.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(10), broker.wait_for(n))
+                .await
+                .expect(why);
+        }
+    };
+    published(1, "the first round did not publish").await;
+    // Woken by the commit through the outbox.
+    store.commit(enqueue("second").await).await.unwrap();
+    published(2, "the commit through the outbox did not wake the relay").await;
+    // A rollback: nothing to publish. Then a commit by sqlx itself wakes the relay.
+    enqueue("rolled back").await.rollback().await.unwrap();
+    let tx = enqueue("third").await;
+    tx.commit().await.unwrap();
+    published(3, "sqlx's own commit did not wake the relay").await;
+    // A row written without the outbox (as another process would): no commit signal,
+    // the relay's handle wakes it.
+    let handle = relay_handle;
+    sqlx::query(
+        "INSERT INTO outbox_messages (id, topic, msg_key, payload, headers, created_at_us, attempts) \
+         VALUES (randomblob(16), 't', 'k', 'by hand', '[]', 0, 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
     handle.wake();
-    tokio::time::timeout(Duration::from_secs(10), broker.wait_for(2))
-        .await
-        .expect("the woken relay did not publish");
+    published(4, "the woken relay did not publish").await;
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
+    let payloads: Vec<_> = broker
+        .published()
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect();
+    assert_eq!(payloads, ["first", "second", "third", "by hand"]);
     pool.close().await;
 }
 
@@ -282,7 +311,7 @@ async fn relay_bookkeeping_leaves_a_normal_sync_connection_normal() {
 
 /// `connect` creates the directories the database file is to live in.
 #[tokio::test]
-async fn connect_creates_the_missing_directories() {
+async fn connect_takes_a_path_and_creates_the_missing_directories() {
     let root = std::env::temp_dir().join(format!(
         "ordersys-nested-{}-{}",
         std::process::id(),
@@ -291,8 +320,9 @@ async fn connect_creates_the_missing_directories() {
             .unwrap()
             .as_nanos()
     ));
-    let path = root.join("a/b/outbox.db");
-    let pool = connect(path.to_str().unwrap()).await.unwrap();
+    // A path, not a URL: characters a URL would read as a query or fragment stay in the name.
+    let path = root.join("a b/c?mode=ro#x/outbox.db");
+    let pool = connect(&path).await.unwrap();
     migrate(&pool).await.unwrap();
     pool.close().await;
     assert!(path.exists());

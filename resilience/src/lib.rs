@@ -2,7 +2,7 @@
 //! [`Retry`] policy with exponential backoff and jitter.
 //!
 //! Both work as plain async wrappers around any `FnMut() -> Future<Output = Result<T, E>>`
-//! and, with the default `tower` feature, as tower [`Layer`](tower::Layer)s that fit in
+//! and, with the default `tower` feature, as tower `Layer`s that fit in
 //! front of axum handlers, reqwest-like clients or tonic channels.
 //!
 //! Defaults follow the ordersys specification: the breaker opens after **5** consecutive
@@ -67,6 +67,14 @@ pub use breaker::{
 };
 pub use rate_limit::{MemoryRateLimiter, RateDecision, RateLimitError, RateLimiter};
 pub use retry::{Backoff, Retry, RetryError};
+
+/// The Redis client (`redis` 1.x) behind the Redis rate limiter: build its connection
+/// with this one.
+#[cfg(feature = "redis")]
+pub use redis;
+/// `tower` 0.5, whose `Layer` and `Service` the [`layer`] module implements.
+#[cfg(feature = "tower")]
+pub use tower;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

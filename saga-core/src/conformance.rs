@@ -183,12 +183,20 @@ pub async fn history_find_and_census<S: SagaStore>(store: &S) {
     }
 }
 
-/// What is inserted is loaded back field for field; a second insert of the id fails.
+/// What is inserted is loaded back field for field — in a unit of work with `load`, and
+/// with `get` once committed (not before); a second insert of the id fails.
 pub async fn round_trip_and_duplicate_insert<S: SagaStore>(store: &S) {
     let s = instance(Some(5_000));
     let mut tx = store.begin().await.unwrap();
     store.insert(&mut tx, &s).await.unwrap();
+    assert_eq!(
+        store.get(s.id).await.unwrap(),
+        None,
+        "get saw an uncommitted insert"
+    );
     store.commit(tx).await.unwrap();
+    assert_eq!(store.get(s.id).await.unwrap().as_ref(), Some(&s));
+    assert_eq!(store.get(SagaId::new()).await.unwrap(), None);
 
     let mut tx = store.begin().await.unwrap();
     let loaded = store

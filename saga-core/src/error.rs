@@ -42,8 +42,65 @@ impl Error {
     }
 }
 
+/// Keeps the kind: what failed to reach the broker or the dead-letter destination, or a
+/// handler, is a [`Dispatch`](Error::Dispatch) error; the rest (the store, a conflicting
+/// write) is [`Storage`](Error::Storage). The outbox error is the source either way.
 impl From<outbox::Error> for Error {
     fn from(e: outbox::Error) -> Self {
+        match e {
+            outbox::Error::Publish { .. }
+            | outbox::Error::DeadLetter(_)
+            | outbox::Error::Handler(_) => Self::Dispatch(Box::new(e)),
+            _ => Self::Storage(Box::new(e)),
+        }
+    }
+}
+
+/// A SQL error is a [`Storage`](Error::Storage) error: `?` works on `sqlx` calls in a
+/// [`CommandSink`](crate::CommandSink) or a store.
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
         Self::Storage(Box::new(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+
+    #[test]
+    fn an_outbox_error_keeps_its_kind() {
+        let dispatch = [
+            outbox::Error::publish("t", "broker down"),
+            outbox::Error::DeadLetter("refused".into()),
+            outbox::Error::Handler("failed".into()),
+        ];
+        for e in dispatch {
+            let shown = e.to_string();
+            let e = Error::from(e);
+            assert!(
+                matches!(&e, Error::Dispatch(s) if s.to_string() == shown),
+                "{e:?}"
+            );
+        }
+        for e in [
+            outbox::Error::storage("disk full"),
+            outbox::Error::Conflict("duplicate".into()),
+        ] {
+            let shown = e.to_string();
+            let e = Error::from(e);
+            assert!(
+                matches!(&e, Error::Storage(s) if s.to_string() == shown),
+                "{e:?}"
+            );
+        }
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[test]
+    fn a_sql_error_is_a_storage_error() {
+        let e: Error = sqlx::Error::RowNotFound.into();
+        assert!(matches!(e, Error::Storage(_)));
     }
 }

@@ -103,6 +103,11 @@ impl SagaInstance {
         }
     }
 
+    /// Whether nothing more will happen to it ([`SagaState::is_terminal`]).
+    pub fn is_terminal(&self) -> bool {
+        self.state.is_terminal()
+    }
+
     /// The earliest pending deadline (what a store indexes for the deadline sweep).
     pub fn next_deadline(&self) -> Option<i64> {
         self.deadlines.iter().flatten().min().copied()

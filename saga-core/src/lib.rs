@@ -6,9 +6,13 @@
 //!   [`SagaEvent`] (STARTED → *step*_PENDING → COMPLETED, or COMPENSATING → FAILED),
 //!   handling deadlines, late successes, duplicates and out-of-order replies.
 //! - [`SagaStore`]: persistence with optimistic concurrency, in the application's unit
-//!   of work ([`MemorySagaStore`] here; MySQL behind a feature).
+//!   of work ([`MemorySagaStore`] here; SQLite and MySQL behind features), and
+//!   [`SagaStore::get`] to read one outside any.
 //! - [`Orchestrator`]: loads, transitions, dispatches commands through a
 //!   [`CommandSink`] (typically into the transactional outbox) and saves — atomically.
+//! - [`wire`]: the format commands and replies travel in (headers beside your payload),
+//!   with helpers both ways and a ready-made [`ReplyHandler`](wire::ReplyHandler) that
+//!   applies replies to their sagas — no protocol of your own to write.
 //!
 //! ```
 //! use bytes::Bytes;
@@ -94,13 +98,14 @@ mod sql;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 mod store;
+pub mod wire;
 
 pub use definition::{SagaDefinition, SagaDefinitionBuilder, Step};
 pub use error::{Error, Result};
 pub use instance::{SagaId, SagaInstance};
 pub use machine::{
     transition, CommandKind, Ignored, SagaEvent, SagaState, SagaStatus, StepCommand, StepStatus,
-    Transition,
+    Transition, UnknownName,
 };
 pub use orchestrator::{Applied, CommandSink, Dispatched, Orchestrator, SagaCommand};
 pub use store::{Census, HistoryEntry, MemorySagaStore, SagaQuery, SagaStore, UNFINISHED};
@@ -110,6 +115,10 @@ pub use store::{Census, HistoryEntry, MemorySagaStore, SagaQuery, SagaStore, UNF
 // unit of work and the outbox come from `outbox`.
 pub use bytes;
 pub use outbox;
+/// `sqlx` 0.8, the SQL toolkit behind the `mysql` and `sqlite` stores (the same as
+/// `outbox::sqlx`).
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+pub use sqlx;
 pub use uuid;
 
 /// The README's examples, compiled and run as doctests.

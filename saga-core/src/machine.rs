@@ -10,6 +10,10 @@ use crate::SagaDefinition;
 
 /// Overall status of a saga (the SPEC states; `Running` is shown with the awaited
 /// step's label, e.g. `PAYMENT_PENDING`).
+///
+/// Whether a saga is over depends on more than its status (a `FAILED` saga with an
+/// abandoned step still compensates that step if it succeeds late): ask
+/// [`SagaState::is_terminal`], or [`SagaInstance::is_terminal`](crate::SagaInstance::is_terminal).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum SagaStatus {
@@ -48,6 +52,34 @@ impl SagaStatus {
             "FAILED" => Self::Failed,
             _ => return None,
         })
+    }
+}
+
+impl std::str::FromStr for SagaStatus {
+    type Err = UnknownName;
+
+    /// The upper-case name ([`SagaStatus::parse`]).
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
+        Self::parse(s).ok_or_else(|| UnknownName::new("saga status", s))
+    }
+}
+
+/// A name that is not one of a closed set (a saga status, a command kind).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {name:?}")]
+pub struct UnknownName {
+    /// What was parsed (`saga status`, `command kind`).
+    pub what: &'static str,
+    /// The name given.
+    pub name: String,
+}
+
+impl UnknownName {
+    fn new(what: &'static str, name: &str) -> Self {
+        Self {
+            what,
+            name: name.to_owned(),
+        }
     }
 }
 
@@ -200,6 +232,25 @@ impl CommandKind {
         match self {
             Self::Action => "action",
             Self::Compensation => "compensation",
+        }
+    }
+}
+
+impl std::str::FromStr for CommandKind {
+    type Err = UnknownName;
+
+    /// `action` or `compensation` ([`CommandKind::as_str`] back).
+    ///
+    /// ```
+    /// use saga_core::CommandKind;
+    /// assert_eq!("compensation".parse(), Ok(CommandKind::Compensation));
+    /// assert!("undo".parse::<CommandKind>().is_err());
+    /// ```
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
+        match s {
+            "action" => Ok(Self::Action),
+            "compensation" => Ok(Self::Compensation),
+            other => Err(UnknownName::new("command kind", other)),
         }
     }
 }

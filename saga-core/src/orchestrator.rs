@@ -301,7 +301,7 @@ impl<S: SagaStore, D: CommandSink<S::Tx>> Orchestrator<S, D> {
                 .collect();
             drop(tx);
             for step in due_steps {
-                tracing::warn!(saga_id = %id, step, "истёк срок ожидания ответа шага саги");
+                tracing::warn!(saga_id = %id, step, "saga step reply deadline passed");
                 match self
                     .handle_and_commit(id, SagaEvent::DeadlineExpired { step })
                     .await
@@ -309,7 +309,7 @@ impl<S: SagaStore, D: CommandSink<S::Tx>> Orchestrator<S, D> {
                     Ok(a) if a.changed => changed.push(id),
                     Ok(_) => {}
                     Err(e) => {
-                        tracing::error!(saga_id = %id, error = %e, "не удалось обработать истёкший срок")
+                        tracing::error!(saga_id = %id, error = %e, "failed to handle a passed deadline")
                     }
                 }
             }
@@ -364,13 +364,13 @@ impl<S: SagaStore, D: CommandSink<S::Tx>> Orchestrator<S, D> {
             if last_census.is_none_or(|at| at.elapsed() >= CENSUS_EVERY) {
                 last_census = Some(tokio::time::Instant::now());
                 if let Err(e) = self.report_census().await {
-                    tracing::debug!(error = %e, "не удалось сосчитать саги");
+                    tracing::debug!(error = %e, "failed to count sagas");
                 }
             }
             match self.fire_due_deadlines(limit).await {
                 Ok(changed) if !changed.is_empty() => on_changed(changed).await,
                 Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "ошибка обработки сроков саг"),
+                Err(e) => tracing::error!(error = %e, "failed to process saga deadlines"),
             }
         }
     }
@@ -434,7 +434,7 @@ impl<S: SagaStore, D: CommandSink<S::Tx>> Orchestrator<S, D> {
             let t = match transition(def, &saga.state, &event) {
                 Ok(t) => t,
                 Err(ignored) => {
-                    tracing::debug!(saga_id = %saga.id, reason = %ignored, "событие саги проигнорировано");
+                    tracing::debug!(saga_id = %saga.id, reason = %ignored, "saga event ignored");
                     note("ignored", event.name().to_owned(), ignored.to_string());
                     continue;
                 }
@@ -451,7 +451,7 @@ impl<S: SagaStore, D: CommandSink<S::Tx>> Orchestrator<S, D> {
                 }
             }
             tracing::info!(saga_id = %saga.id, saga_type = %saga.saga_type, from = %from,
-                to = %saga.state.label(def), "сага сменила состояние");
+                to = %saga.state.label(def), "saga changed state");
             note("transition", saga.state.label(def), format!("from {from}"));
             for c in t.commands {
                 let step = &def.steps()[c.step];
@@ -499,7 +499,7 @@ impl<S: SagaStore, D: CommandSink<S::Tx>> Orchestrator<S, D> {
                         CommandKind::Compensation => {
                             // Retry later through the deadline sweep, not in a tight loop.
                             tracing::warn!(saga_id = %saga.id, step = c.step, reason = %reason,
-                                "локальная компенсация не удалась, повтор позже");
+                                "local compensation failed, retrying later");
                             let retry = step.deadline.unwrap_or(self.default_retry);
                             saga.deadlines[c.step] = Some(now + retry.as_millis() as i64);
                         }

@@ -10,18 +10,6 @@ pub(crate) const SELECT_SAGA: &str =
 
 macro_rules! sql_saga_store {
     ($store:ident, $tx:ty, $version:ty, $for_update:literal) => {
-        impl $store {
-            /// Read a saga outside any unit of work (queries, tests).
-            pub async fn get(&self, id: SagaId) -> Result<Option<SagaInstance>> {
-                let row = sqlx::query(crate::sql::SELECT_SAGA)
-                    .bind(id.0.as_bytes().as_slice())
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(Error::storage)?;
-                row.as_ref().map(decode).transpose()
-            }
-        }
-
         impl SagaStore for $store {
             async fn insert(&self, tx: &mut $tx, saga: &SagaInstance) -> Result<()> {
                 let (state, deadlines) = saga.json_columns()?;
@@ -46,6 +34,15 @@ macro_rules! sql_saga_store {
                     _ => Error::storage(e),
                 })?;
                 Ok(())
+            }
+
+            async fn get(&self, id: SagaId) -> Result<Option<SagaInstance>> {
+                let row = sqlx::query(crate::sql::SELECT_SAGA)
+                    .bind(id.0.as_bytes().as_slice())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(Error::storage)?;
+                row.as_ref().map(decode).transpose()
             }
 
             async fn load(&self, tx: &mut $tx, id: SagaId) -> Result<Option<SagaInstance>> {

@@ -26,6 +26,27 @@ pub trait SagaStore: Transactional {
         id: SagaId,
     ) -> impl Future<Output = Result<Option<SagaInstance>>> + Send;
 
+    /// Read an instance as last committed, outside any unit of work (a status page, a
+    /// test, an operator): no transaction to open, no row locked. The default opens a
+    /// unit of work, [`load`](Self::load)s and rolls back; the SQL and memory stores read
+    /// directly.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> saga_core::Result<()> {
+    /// use saga_core::{MemorySagaStore, SagaId, SagaStore};
+    ///
+    /// let store = MemorySagaStore::new();
+    /// assert!(SagaStore::get(&store, SagaId::new()).await?.is_none());
+    /// # Ok(()) }
+    /// ```
+    fn get(&self, id: SagaId) -> impl Future<Output = Result<Option<SagaInstance>>> + Send {
+        async move {
+            let mut tx = self.begin().await?;
+            self.load(&mut tx, id).await
+        }
+    }
+
     /// Store `saga`, whose `version` is one more than the stored one; otherwise (someone
     /// else updated it) [`Error::Conflict`], possibly only at commit.
     fn update(
@@ -214,6 +235,10 @@ impl SagaStore for MemorySagaStore {
             lock(&sagas).insert(saga.id, saga);
         });
         Ok(())
+    }
+
+    async fn get(&self, id: SagaId) -> Result<Option<SagaInstance>> {
+        Ok(MemorySagaStore::get(self, id))
     }
 
     async fn load(&self, _tx: &mut MemoryTx, id: SagaId) -> Result<Option<SagaInstance>> {

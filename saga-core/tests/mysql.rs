@@ -10,7 +10,8 @@ use outbox::mysql::{MySqlOutbox, MySqlTx};
 use outbox::{OutboxMessage, OutboxStore, Transactional};
 use saga_core::mysql::{migrate, MySqlSagaStore};
 use saga_core::{
-    CommandSink, Dispatched, Orchestrator, SagaCommand, SagaEvent, SagaId, SagaInstance, SagaStatus,
+    CommandSink, Dispatched, Orchestrator, SagaCommand, SagaEvent, SagaId, SagaInstance,
+    SagaStatus, SagaStore,
 };
 
 async fn db() -> TestDb {

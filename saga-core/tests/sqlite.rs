@@ -7,10 +7,10 @@ use outbox::conformance::sqlite::TempDbFile;
 use outbox::sqlite::{connect, SqliteOutbox};
 use outbox::Transactional;
 use saga_core::sqlite::{migrate, SqliteSagaStore};
-use saga_core::{Orchestrator, SagaDefinition, SagaEvent, SagaId, SagaStatus};
+use saga_core::{Orchestrator, SagaDefinition, SagaEvent, SagaId, SagaStatus, SagaStore};
 
 async fn fresh(path: &std::path::Path) -> sqlx::SqlitePool {
-    let pool = connect(path.to_str().unwrap()).await.unwrap();
+    let pool = connect(path).await.unwrap();
     outbox::sqlite::migrate(&pool).await.unwrap();
     migrate(&pool).await.unwrap();
     pool

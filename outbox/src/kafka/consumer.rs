@@ -343,7 +343,7 @@ where
                     if let Err(e) = kafka.store_offset(&at.topic, at.partition, through) {
                         // E.g. the partition was revoked in a rebalance: the new owner
                         // redelivers, and the inbox drops the duplicate.
-                        tracing::warn!(error = %e, "не удалось сохранить смещение");
+                        tracing::warn!(error = %e, "failed to store an offset");
                     }
                 }
                 if !stopping {
@@ -356,7 +356,7 @@ where
                 let msg = match msg {
                     Ok(m) => m,
                     Err(e) => {
-                        tracing::warn!(error = %e, "ошибка получения сообщения из Kafka");
+                        tracing::warn!(error = %e, "failed to receive a message from Kafka");
                         // Do not spin while the broker is unreachable.
                         tokio::select! {
                             biased;
@@ -395,7 +395,7 @@ where
                 checking = Some(tokio::task::spawn_blocking(move || {
                     let mut w = w.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                     if let Err(e) = w.check(&k, &t) {
-                        tracing::debug!(error = %e, "проверка Kafka-консьюмера не удалась");
+                        tracing::debug!(error = %e, "Kafka consumer check failed");
                     }
                 }));
             }
@@ -408,7 +408,7 @@ where
 
     if let Err(e) = kafka.commit_consumer_state(CommitMode::Sync) {
         if !matches!(e, KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) {
-            tracing::warn!(error = %e, "не удалось зафиксировать смещения при остановке");
+            tracing::warn!(error = %e, "failed to commit offsets on shutdown");
         }
     }
     // Leaving the group can hang on some brokers; never let it block shutdown.
@@ -417,7 +417,7 @@ where
         .await
         .is_err()
     {
-        tracing::warn!("закрытие Kafka-консьюмера не уложилось в отведённое время");
+        tracing::warn!("closing the Kafka consumer took longer than allowed");
     }
     Ok(stats)
 }
@@ -444,7 +444,7 @@ where
             Err(e) => {
                 let wait = backoff.next().unwrap_or(Duration::from_secs(5));
                 tracing::error!(error = %e, message_id = %delivery.id, topic = %delivery.topic,
-                    "не удалось обработать сообщение, повтор");
+                    "failed to handle a message, retrying");
                 tokio::select! {
                     biased;
                     // Not processed: its offset is not stored; it comes again.

@@ -134,7 +134,7 @@ impl KafkaPublisher {
         let fresh = match self.inner.config.create::<FutureProducer>() {
             Ok(p) => p,
             Err(err) => {
-                tracing::error!(error = %err, "не удалось пересоздать Kafka-продюсер");
+                tracing::error!(error = %err, "failed to re-create the Kafka producer");
                 return;
             }
         };
@@ -151,7 +151,7 @@ impl KafkaPublisher {
             self.inner.timeouts_in_a_row.store(0, Ordering::Relaxed);
             old
         };
-        tracing::warn!(error = %e, fatal, timeouts, "Kafka-продюсер пересоздан: брокер потерял его состояние");
+        tracing::warn!(error = %e, fatal, timeouts, "Kafka producer re-created: the broker lost its state");
         // Dropping a producer waits for what it still holds: not on an async thread.
         std::thread::spawn(move || drop(old));
     }

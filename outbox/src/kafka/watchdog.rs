@@ -111,8 +111,8 @@ impl Watchdog {
             tracing::warn!(
                 partitions = ?unconsumed,
                 held = assignment.count(),
-                "партиции с непрочитанными сообщениями никто не читает: \
-                 переподключение к группе"
+                "partitions with unread messages have no consumer: \
+                 rejoining the group"
             );
             kafka.unsubscribe();
             let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -178,8 +178,8 @@ impl Watchdog {
                     partition,
                     offset = at,
                     log_end = high,
-                    "позиция консьюмера за концом журнала (топик создан заново?): \
-                     чтение с начала журнала"
+                    "consumer position beyond the end of the log (topic re-created?): \
+                     reading from the start of the log"
                 );
                 kafka.seek(topic, partition, Offset::Offset(low), Self::TIMEOUT)?;
             }

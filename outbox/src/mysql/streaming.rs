@@ -205,7 +205,7 @@ impl MySqlStreamingOutbox {
                 .fetch_one(self.pool())
                 .await
                 .map_err(storage)?;
-        tracing::info!(relay = relay_id, stream = %self.name, position, "поток outbox захвачен");
+        tracing::info!(relay = relay_id, stream = %self.name, position, "outbox stream acquired");
         let mut streams = self.streams.lock().unwrap();
         // Whoever held the stream through this value before has lost it.
         streams.clear();
@@ -282,7 +282,7 @@ impl MySqlStreamingOutbox {
             Ok(found) => found,
             Err(sqlx::Error::Database(e)) => {
                 // A transaction still holds one of them (lock wait / NOWAIT): keep all.
-                tracing::debug!(relay = relay_id, error = %e, "дыра в outbox ещё занята");
+                tracing::debug!(relay = relay_id, error = %e, "outbox gap still held by an open transaction");
                 return Ok(());
             }
             Err(e) => return Err(storage(e)),
@@ -535,7 +535,7 @@ impl OutboxStore for MySqlStreamingOutbox {
         .execute(self.pool())
         .await
         .map_err(storage)?;
-        tracing::info!(relay = relay_id, stream = %self.name, "поток outbox отпущен");
+        tracing::info!(relay = relay_id, stream = %self.name, "outbox stream released");
         Ok(())
     }
 

@@ -8,18 +8,21 @@ use ordersys_kit::context::{CORRELATION_ID, TRACEPARENT};
 use ordersys_kit::messaging::Topics;
 use ordersys_kit::outbox_store::MySqlServiceOutbox;
 use ordersys_proto::common::v1::Money;
-use ordersys_proto::saga::v1::{CommandType, ReplyStatus, SagaCommand as CommandMsg, SagaReply};
+use ordersys_proto::saga::v1::{
+    CommandType, ReplyStatus, SagaCommand as CommandMsg, SagaReply as ReplyMsg, StepKind,
+};
 use outbox::idempotency::Cache;
 use outbox::mysql::MySqlTx;
 use outbox::sqlite::{SqliteOutbox, SqliteTx};
-use outbox::{Delivery, HandlerError, MessageHandler, OutboxMessage, OutboxStore, RelayHandle};
+use outbox::{Delivery, HandlerError, MessageHandler, OutboxStore, RelayHandle};
 use prost::Message;
 use saga_core::mysql::MySqlSagaStore;
 use saga_core::sqlite::SqliteSagaStore;
+use saga_core::wire::{Outcome, SagaReply};
 use saga_core::SagaStore;
 use saga_core::{
-    CommandKind, CommandSink, Dispatched, Orchestrator, SagaCommand, SagaDefinition, SagaEvent,
-    SagaId, SagaInstance, SagaStatus, Step,
+    CommandSink, Dispatched, Orchestrator, SagaCommand, SagaDefinition, SagaEvent, SagaInstance,
+    SagaStatus, Step,
 };
 use uuid::Uuid;
 
@@ -31,17 +34,70 @@ pub const CREATE: &str = "create_order";
 /// Name of the saga that cancels a confirmed order.
 pub const CANCEL: &str = "cancel_order";
 
+/// The commands the order service's sagas send: local ones it carries out on the order
+/// row, remote ones it sends to the payment service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Local: the order row was written with the saga's start; nothing more to do.
+    CreateOrder,
+    /// Local: the create saga's compensation — the order becomes CANCELLED.
+    CancelOrder,
+    /// Local: the order becomes CONFIRMED.
+    ConfirmOrder,
+    /// Local: the cancel saga's last step — the order becomes CANCELLED.
+    MarkCancelled,
+    /// Remote: take the order's amount from the user's account.
+    PaymentDebit,
+    /// Remote: give back what the debit took.
+    PaymentRefund,
+}
+
+impl Command {
+    /// Every command.
+    pub const ALL: [Command; 6] = [
+        Self::CreateOrder,
+        Self::CancelOrder,
+        Self::ConfirmOrder,
+        Self::MarkCancelled,
+        Self::PaymentDebit,
+        Self::PaymentRefund,
+    ];
+
+    /// The name in the saga definitions and on the wire (`payment.debit`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CreateOrder => "create_order",
+            Self::CancelOrder => "cancel_order",
+            Self::ConfirmOrder => "confirm_order",
+            Self::MarkCancelled => "mark_cancelled",
+            Self::PaymentDebit => "payment.debit",
+            Self::PaymentRefund => "payment.refund",
+        }
+    }
+}
+
+impl std::str::FromStr for Command {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| format!("unknown saga command {s:?}"))
+    }
+}
+
 /// SPEC §4: create (PENDING) / cancel → debit / refund → confirm.
 pub fn create_order(payment_deadline: Duration) -> SagaDefinition {
     SagaDefinition::new(CREATE)
-        .step(Step::new("create_order").compensate_with("cancel_order"))
+        .step(Step::new("create_order").compensate_with(Command::CancelOrder.as_str()))
         .step(
             Step::new("payment")
-                .action("payment.debit")
-                .compensate_with("payment.refund")
+                .action(Command::PaymentDebit.as_str())
+                .compensate_with(Command::PaymentRefund.as_str())
                 .deadline(payment_deadline),
         )
-        .step(Step::new("confirm_order"))
+        .step(Step::new(Command::ConfirmOrder.as_str()))
         .build()
         .expect("valid saga")
 }
@@ -51,11 +107,11 @@ pub fn cancel_order(payment_deadline: Duration) -> SagaDefinition {
     SagaDefinition::new(CANCEL)
         .step(
             Step::new("refund")
-                .action("payment.refund")
+                .action(Command::PaymentRefund.as_str())
                 .deadline(payment_deadline)
                 .resend_on_timeout(true),
         )
-        .step(Step::new("mark_cancelled"))
+        .step(Step::new(Command::MarkCancelled.as_str()))
         .build()
         .expect("valid saga")
 }
@@ -134,19 +190,16 @@ impl<B: Backend> CommandSink<B::Tx> for OrderSink<B> {
     ) -> saga_core::Result<Dispatched> {
         let data = data_of(saga)?;
         let db = |e: sqlx::Error| saga_core::Error::dispatch(e);
-        match cmd.name.as_str() {
+        let command: Command = cmd.name.parse().map_err(saga_core::Error::dispatch)?;
+        match command {
             // The row was inserted in this same unit of work before the saga started.
-            "create_order" => Ok(Dispatched::Succeeded),
-            "cancel_order" | "mark_cancelled" => {
-                let reason =
-                    saga.state
-                        .failure_reason
-                        .as_deref()
-                        .or(if cmd.name == "mark_cancelled" {
-                            Some("cancelled by the customer")
-                        } else {
-                            None
-                        });
+            Command::CreateOrder => Ok(Dispatched::Succeeded),
+            Command::CancelOrder | Command::MarkCancelled => {
+                let reason = saga
+                    .state
+                    .failure_reason
+                    .as_deref()
+                    .or((command == Command::MarkCancelled).then_some("cancelled by the customer"));
                 self.repo
                     .set_status(tx, data.order_id, OrderStatus::Cancelled, reason)
                     .await
@@ -154,7 +207,7 @@ impl<B: Backend> CommandSink<B::Tx> for OrderSink<B> {
                 tracing::info!(order_id = %data.order_id, reason = ?reason, "заказ отменён");
                 Ok(Dispatched::Succeeded)
             }
-            "confirm_order" => {
+            Command::ConfirmOrder => {
                 let n = self
                     .repo
                     .set_status(tx, data.order_id, OrderStatus::Confirmed, None)
@@ -166,12 +219,15 @@ impl<B: Backend> CommandSink<B::Tx> for OrderSink<B> {
                 tracing::info!(order_id = %data.order_id, "заказ подтверждён");
                 Ok(Dispatched::Succeeded)
             }
-            "payment.debit" | "payment.refund" => {
-                let command = if cmd.name == "payment.debit" {
+            Command::PaymentDebit | Command::PaymentRefund => {
+                let command = if command == Command::PaymentDebit {
                     CommandType::Debit
                 } else {
                     CommandType::Refund
                 };
+                // The saga's fields repeat the wire headers for a payment service of an
+                // earlier release.
+                #[allow(deprecated)]
                 let msg = CommandMsg {
                     saga_id: saga.id.to_string(),
                     command: command as i32,
@@ -184,9 +240,11 @@ impl<B: Backend> CommandSink<B::Tx> for OrderSink<B> {
                     idempotency_key: cmd.idempotency_key.clone(),
                     step: cmd.step as u32,
                     kind: cmd.kind.as_str().to_owned(),
+                    step_kind: StepKind::from(cmd.kind) as i32,
                 };
-                // Key = order id: every message about one order lands in one partition, in order.
-                let mut out = OutboxMessage::new(
+                // Key = order id: every message about one order lands in one partition, in
+                // order. The saga's wire headers (`saga_core::wire`) say which command this is.
+                let mut out = cmd.to_message(
                     self.topics.commands.clone(),
                     data.order_id.to_string(),
                     msg.encode_to_vec(),
@@ -208,9 +266,6 @@ impl<B: Backend> CommandSink<B::Tx> for OrderSink<B> {
                 tracing::info!(order_id = %data.order_id, saga_id = %saga.id, command = %cmd.name, "команда саги записана в outbox");
                 Ok(Dispatched::Sent)
             }
-            other => Err(saga_core::Error::dispatch(format!(
-                "unknown saga command {other}"
-            ))),
         }
     }
 }
@@ -250,25 +305,34 @@ impl<B: Backend> ReplyHandler<B> {
     }
 }
 
-/// The saga event a reply means.
-pub fn event_of(reply: &SagaReply) -> Result<SagaEvent, String> {
-    let step = reply.step as usize;
-    let ok = match ReplyStatus::try_from(reply.status) {
-        Ok(ReplyStatus::Succeeded) => true,
-        Ok(ReplyStatus::Failed) => false,
+/// The reply a message carries: from the saga wire headers (`saga_core::wire`), or —
+/// from a payment service of an earlier release, which sends none — from the proto
+/// fields. `reply` is the message's decoded payload.
+pub fn reply_of(msg: &Delivery, reply: &ReplyMsg) -> Result<SagaReply, String> {
+    if msg.headers.get(saga_core::wire::SAGA_ID).is_some() {
+        return SagaReply::from_delivery(msg).map_err(|e| e.to_string());
+    }
+    let name = match CommandType::try_from(reply.command) {
+        Ok(CommandType::Debit) => Command::PaymentDebit,
+        Ok(CommandType::Refund) => Command::PaymentRefund,
+        _ => return Err(format!("reply to unknown command {}", reply.command)),
+    };
+    let outcome = match ReplyStatus::try_from(reply.status) {
+        Ok(ReplyStatus::Succeeded) => Outcome::Succeeded,
+        Ok(ReplyStatus::Failed) => Outcome::Failed {
+            reason: if reply.error.is_empty() {
+                "payment failed".to_owned()
+            } else {
+                reply.error.clone()
+            },
+        },
         _ => return Err(format!("reply with unknown status {}", reply.status)),
     };
-    let reason = if reply.error.is_empty() {
-        "payment failed".to_owned()
-    } else {
-        reply.error.clone()
-    };
-    Ok(match (reply.kind.as_str(), ok) {
-        ("action", true) => SagaEvent::StepSucceeded { step },
-        ("action", false) => SagaEvent::StepFailed { step, reason },
-        ("compensation", true) => SagaEvent::CompensationSucceeded { step },
-        ("compensation", false) => SagaEvent::CompensationFailed { step, reason },
-        (other, _) => return Err(format!("reply with unknown kind {other:?}")),
+    let command = reply.saga_command(name.as_str())?;
+    Ok(SagaReply {
+        saga_id: command.saga_id,
+        command,
+        outcome,
     })
 }
 
@@ -292,16 +356,12 @@ pub async fn invalidate(cache: &dyn Cache, order: Uuid) {
 impl<B: Backend> MessageHandler<B::Tx> for ReplyHandler<B> {
     type Output = ();
     async fn handle(&self, tx: &mut B::Tx, msg: &Delivery) -> Result<(), HandlerError> {
-        let reply = SagaReply::decode(msg.payload.as_ref())
+        let payload = ReplyMsg::decode(msg.payload.as_ref())
             .map_err(|e| HandlerError::permanent(format!("undecodable saga reply: {e}")))?;
-        let saga_id = Uuid::parse_str(&reply.saga_id)
-            .map(SagaId)
-            .map_err(|_| HandlerError::permanent(format!("bad saga id {:?}", reply.saga_id)))?;
-        let event = event_of(&reply).map_err(HandlerError::permanent)?;
-        let debited = matches!(
-            (CommandType::try_from(reply.command), &event),
-            (Ok(CommandType::Debit), SagaEvent::StepSucceeded { .. })
-        );
+        let reply = reply_of(msg, &payload).map_err(HandlerError::permanent)?;
+        let (saga_id, event) = (reply.saga_id, reply.event());
+        let debited = reply.command.name == Command::PaymentDebit.as_str()
+            && matches!(event, SagaEvent::StepSucceeded { .. });
         match self.orchestrator.handle(tx, saga_id, event).await {
             Ok(applied) => {
                 if !applied.changed {
@@ -318,7 +378,7 @@ impl<B: Backend> MessageHandler<B::Tx> for ReplyHandler<B> {
                 if debited && applied.changed && kept {
                     if let Ok(order) = Uuid::parse_str(&msg.key) {
                         self.repo
-                            .set_payment(tx, order, &reply.payment_id)
+                            .set_payment(tx, order, &payload.payment_id)
                             .await
                             .map_err(|e| HandlerError::infrastructure(e.to_string()))?;
                     }
@@ -365,7 +425,128 @@ pub async fn sweep_deadlines<B: Backend>(
     Ok(())
 }
 
-/// The kind string of a command kind (for tests and tools).
-pub fn kind_str(k: CommandKind) -> &'static str {
-    k.as_str()
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use saga_core::{CommandKind, SagaId};
+
+    fn debit() -> SagaCommand {
+        SagaCommand {
+            saga_id: SagaId::new(),
+            saga_type: CREATE.into(),
+            step: 1,
+            step_name: "payment".into(),
+            kind: CommandKind::Action,
+            name: Command::PaymentDebit.as_str().into(),
+            idempotency_key: "k".into(),
+        }
+    }
+
+    #[test]
+    fn every_command_name_parses_back_and_no_other() {
+        for c in Command::ALL {
+            assert_eq!(c.as_str().parse::<Command>(), Ok(c));
+        }
+        assert!("payment.credit".parse::<Command>().is_err());
+        // Every command the definitions name is one of them.
+        for def in [
+            create_order(Duration::from_secs(1)),
+            cancel_order(Duration::from_secs(1)),
+        ] {
+            for step in def.steps() {
+                for name in std::iter::once(&step.action).chain(step.compensation.as_ref()) {
+                    assert!(name.parse::<Command>().is_ok(), "{name}");
+                }
+            }
+        }
+    }
+
+    /// The wire headers win over the proto's saga fields.
+    #[test]
+    fn a_reply_is_read_from_the_wire_headers() {
+        let cmd = debit();
+        let proto = ReplyMsg {
+            step: 7,
+            status: ReplyStatus::Succeeded as i32,
+            ..Default::default()
+        };
+        let msg = SagaReply::failed(&cmd, "no money")
+            .to_message("saga.replies", "o", proto.encode_to_vec())
+            .to_delivery();
+        let reply = reply_of(&msg, &proto).unwrap();
+        assert_eq!(
+            reply.event(),
+            SagaEvent::StepFailed {
+                step: 1,
+                reason: "no money".into()
+            }
+        );
+        let mut broken = msg.clone();
+        broken.headers.insert(saga_core::wire::KIND, "undo");
+        assert!(reply_of(&broken, &proto).unwrap_err().contains("saga-kind"));
+    }
+
+    /// A payment service of an earlier release sends no headers: the proto fields say it,
+    /// the kind as an enum or, older still, as a string.
+    #[test]
+    #[allow(deprecated)]
+    fn a_reply_without_headers_is_read_from_the_proto() {
+        let id = SagaId::new();
+        let base = ReplyMsg {
+            saga_id: id.to_string(),
+            command: CommandType::Refund as i32,
+            status: ReplyStatus::Failed as i32,
+            step: 1,
+            ..Default::default()
+        };
+        let msg = outbox::OutboxMessage::new("saga.replies", "o", "").to_delivery();
+        let with_enum = ReplyMsg {
+            step_kind: StepKind::Compensation as i32,
+            ..base.clone()
+        };
+        let reply = reply_of(&msg, &with_enum).unwrap();
+        assert_eq!(
+            (reply.saga_id, reply.command.name.as_str()),
+            (id, "payment.refund")
+        );
+        assert_eq!(
+            reply.event(),
+            SagaEvent::CompensationFailed {
+                step: 1,
+                reason: "payment failed".into()
+            }
+        );
+        let with_string = ReplyMsg {
+            kind: "action".into(),
+            status: ReplyStatus::Succeeded as i32,
+            ..base.clone()
+        };
+        assert_eq!(
+            reply_of(&msg, &with_string).unwrap().event(),
+            SagaEvent::StepSucceeded { step: 1 }
+        );
+        for bad in [
+            ReplyMsg {
+                kind: "undo".into(),
+                ..base.clone()
+            },
+            ReplyMsg {
+                step_kind: 1,
+                status: 0,
+                ..base.clone()
+            },
+            ReplyMsg {
+                step_kind: 1,
+                command: 0,
+                ..base.clone()
+            },
+            ReplyMsg {
+                step_kind: 1,
+                saga_id: "x".into(),
+                ..base.clone()
+            },
+        ] {
+            assert!(reply_of(&msg, &bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use ordersys_kit::messaging::{forward_headers, Topics};
 use ordersys_proto::common::v1::Money;
-use ordersys_proto::saga::v1::{CommandType, ReplyStatus, SagaCommand, SagaReply};
+use ordersys_proto::saga::v1::{CommandType, ReplyStatus, SagaCommand, SagaReply, StepKind};
 use outbox::idempotency::{IdempotencyStore, Reservation};
-use outbox::{Delivery, HandlerError, MessageHandler, OutboxMessage, OutboxStore};
+use outbox::{Delivery, HandlerError, MessageHandler, OutboxStore};
 use prost::Message;
+use saga_core::wire::SagaReply as WireReply;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -51,6 +52,71 @@ impl<R, O> std::fmt::Debug for CommandHandler<R, O> {
 const RESULT_TTL: Duration = Duration::from_secs(24 * 3600);
 const PENDING_TTL: Duration = Duration::from_secs(60);
 
+/// The commands the payment service carries out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// `payment.debit`: take the amount from the user's account.
+    Debit,
+    /// `payment.refund`: give back what the debit of the same order took.
+    Refund,
+}
+
+impl Command {
+    /// The name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Debit => "payment.debit",
+            Self::Refund => "payment.refund",
+        }
+    }
+
+    fn proto(self) -> CommandType {
+        match self {
+            Self::Debit => CommandType::Debit,
+            Self::Refund => CommandType::Refund,
+        }
+    }
+}
+
+impl std::str::FromStr for Command {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        [Self::Debit, Self::Refund]
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| format!("unknown saga command {s:?}"))
+    }
+}
+
+/// The saga command a message carries: from the saga wire headers (`saga_core::wire`),
+/// or — from an order service of an earlier release, which sends none — from the proto
+/// fields of `payload`.
+pub fn command_of(
+    msg: &Delivery,
+    payload: &SagaCommand,
+) -> Result<(Command, saga_core::SagaCommand), HandlerError> {
+    if msg.headers.get(saga_core::wire::SAGA_ID).is_some() {
+        let cmd = saga_core::SagaCommand::from_delivery(msg).map_err(HandlerError::permanent)?;
+        let command = cmd.name.parse().map_err(HandlerError::permanent)?;
+        return Ok((command, cmd));
+    }
+    let command = match CommandType::try_from(payload.command) {
+        Ok(CommandType::Debit) => Command::Debit,
+        Ok(CommandType::Refund) => Command::Refund,
+        _ => {
+            return Err(HandlerError::permanent(format!(
+                "unknown saga command {}",
+                payload.command
+            )))
+        }
+    };
+    let cmd = payload
+        .saga_command(command.as_str())
+        .map_err(HandlerError::permanent)?;
+    Ok((command, cmd))
+}
+
 fn parse_uuid(field: &str, s: &str) -> Result<Uuid, HandlerError> {
     Uuid::parse_str(s).map_err(|_| HandlerError::permanent(format!("{field} is not a UUID: {s:?}")))
 }
@@ -89,6 +155,7 @@ impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> CommandHandler<R, O> {
     async fn debit(
         &self,
         tx: &mut R::Tx,
+        wire: &saga_core::SagaCommand,
         cmd: &SagaCommand,
         order: Uuid,
         user: Uuid,
@@ -124,7 +191,7 @@ impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> CommandHandler<R, O> {
             money.amount_minor,
             &money.currency,
         );
-        let mut reply = reply_to(cmd);
+        let mut reply = reply_to(wire);
         match decision {
             DebitDecision::Take => {
                 let id = Uuid::now_v7();
@@ -187,12 +254,13 @@ impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> CommandHandler<R, O> {
     async fn refund(
         &self,
         tx: &mut R::Tx,
+        wire: &saga_core::SagaCommand,
         cmd: &SagaCommand,
         order: Uuid,
         user: Uuid,
     ) -> Result<SagaReply, HandlerError> {
         let existing = self.repo.lock_payment(tx, order).await.map_err(transient)?;
-        let mut reply = reply_to(cmd);
+        let mut reply = reply_to(wire);
         reply.status = ReplyStatus::Succeeded as i32;
         match decide_refund(existing.as_ref().map(|p| p.status)) {
             RefundDecision::GiveBack => {
@@ -238,21 +306,24 @@ impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> CommandHandler<R, O> {
         Ok(reply)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn apply(
         &self,
         tx: &mut R::Tx,
         msg: &Delivery,
+        command: Command,
+        wire: &saga_core::SagaCommand,
         cmd: &SagaCommand,
         order: Uuid,
         user: Uuid,
     ) -> Result<Option<Answered>, HandlerError> {
         // Fast path: a command we already answered gets the same answer again.
-        let key = format!("payment:{}", cmd.idempotency_key);
+        let key = format!("payment:{}", wire.idempotency_key);
         match self.idempotency.reserve(&key, PENDING_TTL).await {
             Ok(Reservation::Completed(bytes)) => {
                 if let Ok(reply) = SagaReply::decode(bytes.as_ref()) {
                     tracing::info!("повторная команда: ответ из кэша идемпотентности");
-                    self.send_reply(tx, msg, &reply).await?;
+                    self.send_reply(tx, msg, wire, &reply).await?;
                     return Ok(None);
                 }
             }
@@ -260,13 +331,9 @@ impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> CommandHandler<R, O> {
             // Redis down: the database still guarantees at-most-once.
             Err(e) => tracing::warn!(error = %e, "хранилище идемпотентности недоступно"),
         }
-        let reply = match CommandType::try_from(cmd.command) {
-            Ok(CommandType::Debit) => self.debit(tx, cmd, order, user).await,
-            Ok(CommandType::Refund) => self.refund(tx, cmd, order, user).await,
-            _ => Err(HandlerError::permanent(format!(
-                "unknown saga command {}",
-                cmd.command
-            ))),
+        let reply = match command {
+            Command::Debit => self.debit(tx, wire, cmd, order, user).await,
+            Command::Refund => self.refund(tx, wire, cmd, order, user).await,
         };
         let reply = match reply {
             Ok(r) => r,
@@ -275,22 +342,29 @@ impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> CommandHandler<R, O> {
                 return Err(e);
             }
         };
-        self.send_reply(tx, msg, &reply).await?;
+        self.send_reply(tx, msg, wire, &reply).await?;
         Ok(Some(Answered {
             key,
             reply: reply.encode_to_vec(),
         }))
     }
 
+    /// The reply as the saga wire format (`saga_core::wire`) says — its outcome in the
+    /// headers — with the proto reply (the payment id) as the payload.
     async fn send_reply(
         &self,
         tx: &mut R::Tx,
         msg: &Delivery,
+        wire: &saga_core::SagaCommand,
         reply: &SagaReply,
     ) -> Result<(), HandlerError> {
+        let answer = match ReplyStatus::try_from(reply.status) {
+            Ok(ReplyStatus::Succeeded) => WireReply::succeeded(wire),
+            _ => WireReply::failed(wire, reply.error.clone()),
+        };
         let out = forward_headers(
             &msg.headers,
-            OutboxMessage::new(
+            answer.to_message(
                 self.topics.replies.clone(),
                 msg.key.clone(),
                 reply.encode_to_vec(),
@@ -300,16 +374,21 @@ impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> CommandHandler<R, O> {
     }
 }
 
-fn reply_to(cmd: &SagaCommand) -> SagaReply {
+/// The proto reply to `wire` (its saga fields repeat the wire headers for an order
+/// service of an earlier release).
+fn reply_to(wire: &saga_core::SagaCommand) -> SagaReply {
+    let command: Result<Command, _> = wire.name.parse();
+    #[allow(deprecated)]
     SagaReply {
-        saga_id: cmd.saga_id.clone(),
-        command: cmd.command,
+        saga_id: wire.saga_id.to_string(),
+        command: command.map_or(CommandType::Unspecified, Command::proto) as i32,
         status: ReplyStatus::Unspecified as i32,
         payment_id: String::new(),
         error: String::new(),
-        idempotency_key: cmd.idempotency_key.clone(),
-        step: cmd.step,
-        kind: cmd.kind.clone(),
+        idempotency_key: wire.idempotency_key.clone(),
+        step: wire.step as u32,
+        kind: wire.kind.as_str().to_owned(),
+        step_kind: StepKind::from(wire.kind) as i32,
     }
 }
 
@@ -329,9 +408,10 @@ impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> MessageHandler<R::Tx> for Comma
     async fn handle(&self, tx: &mut R::Tx, msg: &Delivery) -> Result<Self::Output, HandlerError> {
         let cmd = SagaCommand::decode(msg.payload.as_ref())
             .map_err(|e| HandlerError::permanent(format!("undecodable saga command: {e}")))?;
+        let (command, wire) = command_of(msg, &cmd)?;
         let order = parse_uuid("order_id", &cmd.order_id)?;
         let user = parse_uuid("user_id", &cmd.user_id)?;
-        if cmd.idempotency_key.is_empty() {
+        if wire.idempotency_key.is_empty() {
             return Err(HandlerError::permanent(
                 "saga command without idempotency key",
             ));
@@ -339,11 +419,11 @@ impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> MessageHandler<R::Tx> for Comma
         let span = tracing::info_span!(
             "saga_command",
             correlation_id = msg.headers.get(ordersys_kit::context::CORRELATION_ID).unwrap_or(""),
-            saga_id = %cmd.saga_id,
+            saga_id = %wire.saga_id,
             order_id = %order,
-            command = ?CommandType::try_from(cmd.command).unwrap_or(CommandType::Unspecified),
+            command = command.as_str(),
         );
-        self.apply(tx, msg, &cmd, order, user)
+        self.apply(tx, msg, command, &wire, &cmd, order, user)
             .instrument(span)
             .await
     }

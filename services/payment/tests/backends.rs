@@ -17,7 +17,35 @@ use outbox::{DeliveryOutcome, IdempotentConsumer, Inbox, OutboxMessage, OutboxSt
 use prost::Message;
 use uuid::Uuid;
 
+/// The command as the order service sends it: the saga wire headers
+/// (`saga_core::wire`) and the proto payload.
 fn command(kind: CommandType, order: Uuid, user: Uuid, amount: i64) -> OutboxMessage {
+    let msg = legacy_command(kind, order, user, amount);
+    let (name, step_kind) = if kind == CommandType::Debit {
+        ("payment.debit", saga_core::CommandKind::Action)
+    } else {
+        ("payment.refund", saga_core::CommandKind::Compensation)
+    };
+    let wire = saga_core::SagaCommand {
+        saga_id: saga_core::SagaId(order),
+        saga_type: "create_order".into(),
+        step: 1,
+        step_name: "payment".into(),
+        kind: step_kind,
+        name: name.into(),
+        idempotency_key: format!("{order}:1:{}", step_kind.as_str()),
+    };
+    // The proto's saga fields deliberately wrong: the headers are what counts.
+    let mut payload = SagaCommand::decode(msg.payload.as_ref()).unwrap();
+    payload.step = 99;
+    payload.idempotency_key.clear();
+    wire.to_message("saga.commands", order.to_string(), payload.encode_to_vec())
+}
+
+/// The command as an order service of an earlier release sends it: no saga headers,
+/// the saga's fields in the proto (the kind as a string).
+#[allow(deprecated)]
+fn legacy_command(kind: CommandType, order: Uuid, user: Uuid, amount: i64) -> OutboxMessage {
     let step_kind = if kind == CommandType::Debit {
         "action"
     } else {
@@ -35,6 +63,7 @@ fn command(kind: CommandType, order: Uuid, user: Uuid, amount: i64) -> OutboxMes
         idempotency_key: format!("{order}:1:{step_kind}"),
         step: 1,
         kind: step_kind.into(),
+        step_kind: 0,
     };
     OutboxMessage::new("saga.commands", order.to_string(), cmd.encode_to_vec())
 }
@@ -59,7 +88,8 @@ where
     let consumer = IdempotentConsumer::new("payment", inbox, MemoryDeadLetters::new());
     let user = Uuid::now_v7();
 
-    // A debit delivered twice (same message) and resent (new message, same key).
+    // A debit delivered twice (same message) and resent (new message, same key — from a
+    // sender of an earlier release, without the wire headers).
     let order = Uuid::now_v7();
     let debit = command(CommandType::Debit, order, user, 2_500);
     assert_eq!(
@@ -76,7 +106,7 @@ where
             .unwrap(),
         DeliveryOutcome::Duplicate
     );
-    let resent = command(CommandType::Debit, order, user, 2_500);
+    let resent = legacy_command(CommandType::Debit, order, user, 2_500);
     assert_eq!(
         consumer
             .process(&resent.to_delivery(), &handler)
@@ -140,6 +170,16 @@ where
         .iter()
         .map(|m| {
             let r = SagaReply::decode(m.payload.as_ref()).unwrap();
+            // The wire headers say the same as the proto status, for the right step.
+            let wire = saga_core::wire::SagaReply::from_headers(&m.headers).unwrap();
+            assert_eq!(
+                matches!(wire.outcome, saga_core::wire::Outcome::Succeeded),
+                r.status == ReplyStatus::Succeeded as i32
+            );
+            assert_eq!(
+                (wire.command.step, wire.saga_id.to_string()),
+                (1, m.key.clone())
+            );
             (m.key.clone(), r.status)
         })
         .collect();

@@ -339,10 +339,7 @@ pub(crate) async fn check(
     // Dead letters: none is expected from valid orders; each one is shown with its reason.
     for path in logs {
         let text = std::fs::read_to_string(path).unwrap_or_default();
-        for line in text
-            .lines()
-            .filter(|l| l.contains("очередь недоставленных"))
-        {
+        for line in text.lines().filter(|l| l.contains("dead-letter")) {
             sum.dead_letters.push(line.chars().take(400).collect());
         }
     }
