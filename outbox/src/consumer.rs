@@ -77,6 +77,28 @@ pub trait MessageHandler<Tx>: Send + Sync {
     }
 }
 
+/// A shared handler is a handler: keep an `Arc` of it to look at its state, give the bus
+/// or the consumer a clone.
+impl<Tx: Send, H: MessageHandler<Tx>> MessageHandler<Tx> for std::sync::Arc<H> {
+    type Output = H::Output;
+
+    fn handle(
+        &self,
+        tx: &mut Tx,
+        msg: &Delivery,
+    ) -> impl Future<Output = std::result::Result<Self::Output, HandlerError>> + Send {
+        (**self).handle(tx, msg)
+    }
+
+    fn after_commit(
+        &self,
+        msg: &Delivery,
+        output: Self::Output,
+    ) -> impl Future<Output = ()> + Send {
+        (**self).after_commit(msg, output)
+    }
+}
+
 /// What became of a delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

@@ -534,6 +534,18 @@ async fn a_conflict_at_commit_is_retried_not_taken_for_a_duplicate() {
     );
 }
 
+/// A handler behind an `Arc` is a handler: its output reaches its `after_commit`.
+#[tokio::test]
+async fn a_shared_handler_handles_and_hears_of_its_commits() {
+    let consumer = IdempotentConsumer::new("payment", MemoryInbox::new(), MemoryDeadLetters::new());
+    let committed = Arc::new(AtomicU32::new(0));
+    let shared = Arc::new(Committed(committed.clone()));
+    let msg = OutboxMessage::new("saga.commands", "order-1", "refund").to_delivery();
+    let outcome = consumer.process(&msg, &shared.clone()).await.unwrap();
+    assert_eq!(outcome, DeliveryOutcome::Processed);
+    assert_eq!(committed.load(Ordering::SeqCst), 6);
+}
+
 /// Fails with an infrastructure error (database down, deadlock) a number of times.
 struct DatabaseDown(Arc<AtomicU32>);
 

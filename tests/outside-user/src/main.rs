@@ -1,5 +1,6 @@
 //! Each SDK crate's README quick start, in one program, compiled against the crates as
-//! a dependent sees them (package names, default features, no workspace settings).
+//! a dependent sees them (package names, default features plus the one backend the
+//! trip-booking case needs, no workspace settings) — then that case ([`trip`]).
 
 use std::{sync::Arc, time::Duration};
 
@@ -10,8 +11,8 @@ use resilience::{BreakerError, CircuitBreaker, Retry};
 use saga_core::bytes::Bytes;
 use saga_core::outbox::memory::MemoryTx;
 use saga_core::{
-    CommandSink, Dispatched, MemorySagaStore, Orchestrator, SagaCommand, SagaDefinition,
-    SagaEvent, SagaId, SagaInstance, SagaStatus, Step,
+    CommandSink, Dispatched, MemorySagaStore, Orchestrator, SagaCommand, SagaDefinition, SagaEvent,
+    SagaId, SagaInstance, SagaStatus, Step,
 };
 
 struct Sink;
@@ -31,10 +32,14 @@ impl CommandSink<MemoryTx> for Sink {
     }
 }
 
+mod trip;
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // ordersys-resilience
-    let breaker = CircuitBreaker::builder("user-service").failure_threshold(5).build();
+    let breaker = CircuitBreaker::builder("user-service")
+        .failure_threshold(5)
+        .build();
     let r: Result<u32, BreakerError<&str>> = Retry::default()
         .call_with_breaker(&breaker, || async { Ok::<_, &str>(42) })
         .await;
@@ -42,8 +47,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // ordersys-authz
     let key = SigningKey::hs256(b"an-example-secret-of-at-least-32-bytes!")?;
-    let issuer =
-        TokenIssuer::new(key.clone(), "me", "my-api").with_ttl(Duration::from_secs(900));
+    let issuer = TokenIssuer::new(key.clone(), "me", "my-api").with_ttl(Duration::from_secs(900));
     let auth = Authenticator::new(
         TokenValidator::new(key.verifying_key(), "me", "my-api"),
         Arc::new(MemoryBlacklist::new()),
@@ -55,7 +59,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Claims of the application's own, read back through the issuer's own validator.
     let scoped = issuer.issue_with(
         "user-42",
-        [("scope", authz::serde_json::json!("orders:read")), ("tenant", "acme".into())],
+        [
+            ("scope", authz::serde_json::json!("orders:read")),
+            ("tenant", "acme".into()),
+        ],
     )?;
     let claims = issuer.validator().validate(&scoped.token)?;
     assert!(claims.has_scope("orders:read"));
@@ -86,7 +93,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let orch = Orchestrator::new(MemorySagaStore::new(), Sink).register(def);
     let id = SagaId::new();
     let mut tx = MemoryTx::new();
-    orch.start(&mut tx, "create_order", id, Bytes::new()).await?;
+    orch.start(&mut tx, "create_order", id, Bytes::new())
+        .await?;
     tx.commit()?;
     let done = orch
         .handle_and_commit(id, SagaEvent::StepSucceeded { step: 1 })
@@ -94,5 +102,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     assert_eq!(done.saga.state.status, SagaStatus::Completed);
 
     println!("outside-user: all four crates work from their READMEs");
-    Ok(())
+
+    trip::run().await
 }
