@@ -10,8 +10,9 @@
 //!    record in the handler's own unit of work drops redeliveries, transient failures
 //!    are retried with backoff, and what still fails goes to a [`DeadLetter`] sink.
 //!
-//! In-memory backends live in [`memory`]; MySQL and Kafka backends come behind cargo
-//! features.
+//! In-memory backends live in [`memory`], and [`local::LocalBus`] is an in-process
+//! broker for single-process deployments; SQLite, MySQL, Kafka and Redis backends come
+//! behind cargo features (below), as does OpenTelemetry context through the broker.
 //!
 //! ```
 //! use outbox::memory::{MemoryBroker, MemoryOutbox};

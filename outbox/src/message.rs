@@ -114,6 +114,37 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
 /// Header under which a publisher carries the [`MessageId`].
 pub const MESSAGE_ID_HEADER: &str = "message-id";
 
+/// Header on a replayed dead letter: the id of the parked message it replays.
+pub(crate) const REPLAY_OF_HEADER: &str = "dlq-replay-of";
+
+/// The message that replays the dead letter `parked` (which came from
+/// `original_topic`): the original key, payload and headers (without the `dlq-*` ones
+/// and the parked id), a `dlq-replay-of` header naming the parked message, and a new id
+/// derived from the parked one (UUID v5) — the consumer's inbox recorded the parked id
+/// when it dead-lettered it, and replaying the same dead letter twice yields one id.
+pub(crate) fn replay_of(parked: &Delivery, original_topic: &str) -> OutboxMessage {
+    let original = parked.id;
+    let id = MessageId(Uuid::new_v5(
+        &Uuid::NAMESPACE_OID,
+        format!("ordersys-dlq-replay:{original}").as_bytes(),
+    ));
+    let mut headers: Headers = parked
+        .headers
+        .iter()
+        .filter(|(k, _)| !k.starts_with("dlq-") && *k != MESSAGE_ID_HEADER)
+        .collect();
+    headers.insert(REPLAY_OF_HEADER, original.to_string());
+    OutboxMessage {
+        id,
+        topic: original_topic.to_owned(),
+        key: parked.key.clone(),
+        payload: parked.payload.clone(),
+        headers,
+        created_at: SystemTime::now(),
+        attempts: 0,
+    }
+}
+
 /// A message in the outbox.
 ///
 /// ```
@@ -220,6 +251,37 @@ pub struct Delivery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A replay keeps the message's own headers and drops the dead-letter ones and the
+    /// parked id; its id is derived from the parked one, the same every time.
+    #[test]
+    fn a_replay_keeps_the_headers_but_the_parking_ones_under_a_derived_id() {
+        let parked = OutboxMessage::new("dlq.saga", "k", "p")
+            .with_header("correlation-id", "c-1")
+            .with_header("dlq-reason", "broken")
+            .with_header("dlq-original-topic", "saga.commands")
+            .with_header(MESSAGE_ID_HEADER, "old")
+            .to_delivery();
+        let replay = replay_of(&parked, "saga.commands");
+        let names: Vec<&str> = replay.headers.iter().map(|(k, _)| k).collect();
+        assert!(names.contains(&"correlation-id"), "{names:?}");
+        assert_eq!(replay.headers.get("correlation-id"), Some("c-1"));
+        for gone in ["dlq-reason", "dlq-original-topic", MESSAGE_ID_HEADER] {
+            assert!(replay.headers.get(gone).is_none(), "{gone} kept: {names:?}");
+        }
+        let parked_id = parked.id.to_string();
+        assert_eq!(
+            replay.headers.get(REPLAY_OF_HEADER),
+            Some(parked_id.as_str())
+        );
+        assert_eq!(
+            (replay.topic.as_str(), replay.key.as_str()),
+            ("saga.commands", "k")
+        );
+        assert_eq!((&replay.payload[..], replay.attempts), (&b"p"[..], 0));
+        assert_ne!(replay.id, parked.id);
+        assert_eq!(replay.id, replay_of(&parked, "saga.commands").id);
+    }
 
     #[test]
     fn a_message_id_prints_and_parses_back() {

@@ -1,5 +1,6 @@
 //! SQLite backends (feature `sqlite`) for single-process, embedded use:
-//! [`SqliteOutbox`], [`SqliteInbox`] and [`SqliteIdempotencyStore`]. Their unit of work is
+//! [`SqliteOutbox`], [`SqliteInbox`], [`SqliteIdempotencyStore`] and
+//! [`SqliteDeadLetters`]. Their unit of work is
 //! `sqlx::Transaction<'static, Sqlite>` opened with `BEGIN IMMEDIATE` (SQLite has one
 //! writer; taking the write lock up front avoids lock-upgrade failures).
 //!
@@ -36,6 +37,10 @@ use uuid::Uuid;
 use crate::idempotency::{IdempotencyStore, Reservation};
 use crate::store::{Inbox, OutboxStore, Transactional};
 use crate::{Error, Headers, MessageId, OutboxMessage, Result};
+
+mod dead_letters;
+
+pub use dead_letters::{ParkedMessage, SqliteDeadLetters};
 
 /// The transaction type of the SQLite backends.
 pub type SqliteTx = Transaction<'static, Sqlite>;
@@ -92,6 +97,23 @@ pub async fn begin(pool: &SqlitePool) -> Result<SqliteTx> {
 /// Commit a unit of work.
 pub async fn commit(tx: SqliteTx) -> Result<()> {
     tx.commit().await.map_err(storage)
+}
+
+/// The statement's first five parameters: a message's id, topic, key, payload and
+/// headers (JSON), as the outbox and the dead letters store them.
+fn bind_message<'q>(
+    q: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    id: MessageId,
+    topic: &'q str,
+    key: &'q str,
+    payload: &'q [u8],
+    headers: &Headers,
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    q.bind(id.0.as_bytes().to_vec())
+        .bind(topic)
+        .bind(key)
+        .bind(payload)
+        .bind(headers.to_json())
 }
 
 fn row_to_message(row: &SqliteRow) -> Result<OutboxMessage> {
@@ -313,15 +335,18 @@ impl OutboxStore for SqliteOutbox {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_micros() as i64)
             .unwrap_or(0);
-        sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO outbox_messages (id, topic, msg_key, payload, headers, created_at_us, attempts) \
              VALUES (?, ?, ?, ?, ?, ?, ?)",
+        );
+        bind_message(
+            insert,
+            msg.id,
+            &msg.topic,
+            &msg.key,
+            &msg.payload,
+            &msg.headers,
         )
-        .bind(msg.id.0.as_bytes().as_slice())
-        .bind(&msg.topic)
-        .bind(&msg.key)
-        .bind(msg.payload.as_ref())
-        .bind(msg.headers.to_json())
         .bind(created)
         .bind(i64::from(msg.attempts))
         .execute(&mut **tx)

@@ -345,3 +345,114 @@ async fn enqueueing_a_message_twice_is_a_conflict() {
     .await;
     pool.close().await;
 }
+
+/// A consumer's dead letters survive in the file: listed with their reason, parked once
+/// however often they fail, replayed through the outbox (a derived id the consumer
+/// processes once, the row gone in the same unit of work) or removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_kept_listed_replayed_once_and_removed() {
+    use outbox::memory::MemoryBroker;
+    use outbox::sqlite::SqliteDeadLetters;
+    use outbox::{
+        Delivery, DeliveryOutcome, HandlerError, IdempotentConsumer, MessageHandler, OutboxMessage,
+        Relay, RelayConfig,
+    };
+
+    /// Refuses everything but a replay.
+    struct Picky;
+    impl MessageHandler<outbox::sqlite::SqliteTx> for Picky {
+        type Output = ();
+        async fn handle(
+            &self,
+            _tx: &mut outbox::sqlite::SqliteTx,
+            msg: &Delivery,
+        ) -> Result<(), HandlerError> {
+            if msg.headers.get("dlq-replay-of").is_some() {
+                return Ok(());
+            }
+            Err(HandlerError::permanent("cannot read it"))
+        }
+    }
+
+    let (pool, _file) = fresh().await;
+    let dead = SqliteDeadLetters::new(pool.clone());
+    let consumer = IdempotentConsumer::new("shop", SqliteInbox::new(pool.clone()), dead.clone());
+    let msgs: Vec<_> = (0..2)
+        .map(|i| {
+            OutboxMessage::new("orders", format!("k{i}"), format!("p{i}"))
+                .with_header("h", "v")
+                .to_delivery()
+        })
+        .collect();
+    for m in &msgs {
+        let outcome = consumer.process(m, &Picky).await.unwrap();
+        assert!(
+            matches!(outcome, DeliveryOutcome::DeadLettered { .. }),
+            "{outcome:?}"
+        );
+    }
+    // Parked again (a redelivery that fails the same way): still one row.
+    use outbox::DeadLetter as _;
+    dead.dead_letter(&msgs[0], "again").await.unwrap();
+    assert_eq!(dead.count().await.unwrap(), 2);
+
+    let parked = dead.list(10).await.unwrap();
+    assert_eq!(parked.len(), 2);
+    assert_eq!(
+        parked[0].delivery, msgs[0],
+        "the message as it was received"
+    );
+    assert!(
+        parked[0].reason.contains("cannot read it"),
+        "{}",
+        parked[0].reason
+    );
+    assert!(parked[0].seq < parked[1].seq);
+    assert_eq!(dead.list(1).await.unwrap().len(), 1);
+
+    // Replay the first: enqueued under a derived id, removed in the same unit of work.
+    let outbox = SqliteOutbox::new(pool.clone());
+    let id = dead
+        .replay(&outbox, parked[0].seq)
+        .await
+        .unwrap()
+        .expect("parked");
+    assert_eq!(id, parked[0].replay_message().id);
+    assert_ne!(id, msgs[0].id);
+    assert_eq!(
+        dead.replay(&outbox, parked[0].seq).await.unwrap(),
+        None,
+        "gone"
+    );
+    let broker = MemoryBroker::new();
+    let report = Relay::new(outbox.clone(), broker.clone(), RelayConfig::with_id("r"))
+        .run_once()
+        .await
+        .unwrap();
+    assert_eq!(report.published, 1);
+    let replayed = broker.published_on("orders")[0].to_delivery();
+    assert_eq!(
+        (replayed.key.as_str(), &replayed.payload[..]),
+        ("k0", &b"p0"[..])
+    );
+    assert_eq!(replayed.headers.get("h"), Some("v"));
+    assert_eq!(
+        replayed.headers.get("dlq-replay-of"),
+        Some(msgs[0].id.to_string().as_str())
+    );
+    // The consumer takes the replay; once.
+    assert_eq!(
+        consumer.process(&replayed, &Picky).await.unwrap(),
+        DeliveryOutcome::Processed
+    );
+    assert_eq!(
+        consumer.process(&replayed, &Picky).await.unwrap(),
+        DeliveryOutcome::Duplicate
+    );
+
+    // Remove the other without replaying it.
+    assert!(dead.remove(parked[1].seq).await.unwrap());
+    assert!(!dead.remove(parked[1].seq).await.unwrap());
+    assert_eq!(dead.count().await.unwrap(), 0);
+    pool.close().await;
+}

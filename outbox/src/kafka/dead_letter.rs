@@ -9,7 +9,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use uuid::Uuid;
 
 use crate::store::DeadLetter;
-use crate::{Delivery, Error, Headers, MessageId, OutboxMessage, Result, MESSAGE_ID_HEADER};
+use crate::{Delivery, Error, OutboxMessage, Result};
 
 use super::{kafka_err, to_delivery, KafkaPublisher};
 
@@ -66,7 +66,7 @@ impl DeadLetter for KafkaDeadLetter {
 }
 
 /// Header on a replayed dead letter: the id of the parked message it replays.
-pub const DLQ_REPLAY_OF_HEADER: &str = "dlq-replay-of";
+pub const DLQ_REPLAY_OF_HEADER: &str = crate::message::REPLAY_OF_HEADER;
 
 /// A message parked in a dead-letter topic by [`KafkaDeadLetter`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,27 +117,7 @@ impl DeadLetterRecord {
     /// assert!(replay.headers.get("dlq-reason").is_none());
     /// ```
     pub fn replay_message(&self) -> OutboxMessage {
-        let original = self.delivery.id;
-        let id = MessageId(Uuid::new_v5(
-            &Uuid::NAMESPACE_OID,
-            format!("ordersys-dlq-replay:{original}").as_bytes(),
-        ));
-        let mut headers: Headers = self
-            .delivery
-            .headers
-            .iter()
-            .filter(|(k, _)| !k.starts_with("dlq-") && *k != MESSAGE_ID_HEADER)
-            .collect();
-        headers.insert(DLQ_REPLAY_OF_HEADER, original.to_string());
-        OutboxMessage {
-            id,
-            topic: self.original_topic.clone(),
-            key: self.delivery.key.clone(),
-            payload: self.delivery.payload.clone(),
-            headers,
-            created_at: std::time::SystemTime::now(),
-            attempts: 0,
-        }
+        crate::message::replay_of(&self.delivery, &self.original_topic)
     }
 }
 
