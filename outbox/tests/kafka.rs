@@ -815,3 +815,67 @@ async fn other_keys_overtake_an_unfinished_message_whose_offset_is_never_committ
     // b0, before `slow`, was not.
     assert_eq!((stats.processed, stats.duplicates), (2, 8));
 }
+
+/// `read_dead_letters` lists what a dead-letter topic holds in every partition — reason,
+/// original topic, the parked message as it was — oldest first, the last `limit` of
+/// them; an empty topic lists nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_read_back_from_every_partition_oldest_first() {
+    use outbox::kafka::read_dead_letters;
+    use outbox::DeadLetter as _;
+    let dlq = unique("dlq-read");
+    let empty = unique("dlq-empty");
+    ensure_topics(&brokers(), &[(&dlq, 2), (&empty, 1)])
+        .await
+        .unwrap();
+    let publisher = KafkaPublisher::new(&brokers()).unwrap();
+    let dead = KafkaDeadLetter::new(publisher).with_topic(dlq.clone());
+    let parked: Vec<Delivery> = (0..6)
+        .map(|i| {
+            OutboxMessage::new("orders", format!("key-{i}"), format!("p{i}"))
+                .with_header("h", "v")
+                .to_delivery()
+        })
+        .collect();
+    for (i, m) in parked.iter().enumerate() {
+        dead.dead_letter(m, &format!("reason {i}")).await.unwrap();
+    }
+    let mut client = outbox::rdkafka::ClientConfig::new();
+    client.set("bootstrap.servers", brokers());
+    let all = read_dead_letters(&client, &dlq, 100, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 6, "{all:?}");
+    let partitions: std::collections::BTreeSet<i32> = all.iter().map(|r| r.partition).collect();
+    assert_eq!(partitions.len(), 2, "both partitions read: {partitions:?}");
+    for (i, m) in parked.iter().enumerate() {
+        let r = all.iter().find(|r| r.delivery.id == m.id).expect("parked");
+        assert_eq!(r.reason, format!("reason {i}"));
+        assert_eq!(r.original_topic, "orders");
+        assert_eq!(
+            (r.delivery.key.as_str(), &r.delivery.payload[..]),
+            (m.key.as_str(), &m.payload[..])
+        );
+        assert_eq!(r.delivery.headers.get("h"), Some("v"));
+        assert_eq!(r.delivery.topic, dlq);
+    }
+    let times: Vec<_> = all.iter().map(|r| r.timestamp_ms).collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "oldest first: {times:?}"
+    );
+    // The last two of them.
+    let last = read_dead_letters(&client, &dlq, 2, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let ids = |rs: &[outbox::kafka::DeadLetterRecord]| {
+        rs.iter().map(|r| r.delivery.id).collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&last), ids(&all[4..]));
+    assert!(
+        read_dead_letters(&client, &empty, 100, Duration::from_secs(20))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
