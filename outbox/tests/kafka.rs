@@ -879,3 +879,17 @@ async fn dead_letters_are_read_back_from_every_partition_oldest_first() {
             .is_empty()
     );
 }
+
+/// `flush` waits for what is in flight: with a message queued for a broker that never
+/// answers, it reports the timeout; with nothing queued, it returns at once.
+#[tokio::test]
+async fn flush_reports_what_it_could_not_deliver() {
+    let publisher = KafkaPublisher::new("127.0.0.1:1").unwrap();
+    publisher.flush(Duration::from_millis(200)).unwrap();
+    let msg = OutboxMessage::new(unique("nowhere"), "k", "v");
+    let publish = outbox::Publisher::publish(&publisher, &msg);
+    tokio::pin!(publish);
+    // One poll hands the message to the producer's queue.
+    assert!(futures::poll!(publish.as_mut()).is_pending());
+    assert!(publisher.flush(Duration::from_millis(200)).is_err());
+}
