@@ -893,3 +893,22 @@ async fn flush_reports_what_it_could_not_deliver() {
     assert!(futures::poll!(publish.as_mut()).is_pending());
     assert!(publisher.flush(Duration::from_millis(200)).is_err());
 }
+
+/// A delivery that times out replaces the producer at once (a broker that lost the
+/// producer's state can leave it timing out forever); each timeout replaces it again.
+#[tokio::test]
+async fn a_timed_out_delivery_replaces_the_producer() {
+    let mut config = outbox::kafka::producer_config("127.0.0.1:1");
+    config.set("message.timeout.ms", "300");
+    let publisher = KafkaPublisher::from_config(&config).unwrap();
+    let msg = OutboxMessage::new(unique("nowhere"), "k", "v");
+    assert_eq!(publisher.recreations(), 0);
+    assert!(outbox::Publisher::publish(&publisher, &msg).await.is_err());
+    assert_eq!(
+        publisher.recreations(),
+        1,
+        "replaced after the first timeout"
+    );
+    assert!(outbox::Publisher::publish(&publisher, &msg).await.is_err());
+    assert_eq!(publisher.recreations(), 2);
+}

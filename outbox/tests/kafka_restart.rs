@@ -119,6 +119,7 @@ async fn the_publisher_recovers_from_a_broker_that_lost_its_producer_state() {
     let topic = "restart.commands";
     ensure_topics(&broker.url(), &[(topic, 1)]).await.unwrap();
     let publisher = KafkaPublisher::new(&broker.url()).unwrap();
+    assert_eq!(publisher.recreations(), 0);
     for i in 0..5 {
         let m = OutboxMessage::new(topic, "k", format!("before-{i}"));
         publish_until_acked(&publisher, &m, Duration::from_secs(30))
@@ -137,6 +138,12 @@ async fn the_publisher_recovers_from_a_broker_that_lost_its_producer_state() {
         tries.is_ok(),
         "the publisher never recovered: {}",
         tries.unwrap_err()
+    );
+    // It got through by replacing its producer (what its metrics and logs report).
+    let recreated = publisher.recreations();
+    assert!(
+        recreated >= 1,
+        "recovered without a new producer? {recreated}"
     );
     for i in 0..20 {
         let m = OutboxMessage::new(topic, "k", format!("after-{i}"));
