@@ -273,4 +273,22 @@ mod tests {
         assert!(claimable(rows, 0).is_empty());
         assert_eq!(claimable([("x", false), ("x", false)], 10), vec![0, 1]);
     }
+
+    #[cfg(any(feature = "mysql", feature = "sqlite"))]
+    #[test]
+    fn a_backlog_from_sql_columns() {
+        use super::backlog_from;
+        use std::time::{Duration, UNIX_EPOCH};
+        let b = backlog_from(3, Some(1_500_000));
+        assert_eq!(b.messages, 3);
+        assert_eq!(
+            b.oldest,
+            Some(UNIX_EPOCH + Duration::from_micros(1_500_000))
+        );
+        let none = backlog_from(0, None);
+        assert_eq!((none.messages, none.oldest), (0, None));
+        // Nonsense from a broken table is clamped, never wrapped around.
+        let clamped = backlog_from(-1, Some(-5));
+        assert_eq!((clamped.messages, clamped.oldest), (0, Some(UNIX_EPOCH)));
+    }
 }

@@ -375,6 +375,7 @@ async fn dead_letters_are_kept_listed_replayed_once_and_removed() {
     }
 
     let (pool, _file) = fresh().await;
+    let before = std::time::SystemTime::now() - std::time::Duration::from_millis(1);
     let dead = SqliteDeadLetters::new(pool.clone());
     let consumer = IdempotentConsumer::new("shop", SqliteInbox::new(pool.clone()), dead.clone());
     let msgs: Vec<_> = (0..2)
@@ -408,6 +409,13 @@ async fn dead_letters_are_kept_listed_replayed_once_and_removed() {
         parked[0].reason
     );
     assert!(parked[0].seq < parked[1].seq);
+    // When it was parked, read back from the file (microseconds since the epoch).
+    let after = std::time::SystemTime::now();
+    assert!(
+        (before..=after).contains(&parked[0].parked_at),
+        "{:?} not in {before:?}..={after:?}",
+        parked[0].parked_at
+    );
     assert_eq!(dead.list(1).await.unwrap().len(), 1);
 
     // Replay the first: enqueued under a derived id, removed in the same unit of work.
@@ -454,5 +462,46 @@ async fn dead_letters_are_kept_listed_replayed_once_and_removed() {
     assert!(dead.remove(parked[1].seq).await.unwrap());
     assert!(!dead.remove(parked[1].seq).await.unwrap());
     assert_eq!(dead.count().await.unwrap(), 0);
+    pool.close().await;
+}
+
+/// The backlog counts the unsent messages and dates the oldest (its `created_at`, read
+/// back from the file); a failed write of the inbox is an error, never taken for a
+/// message already processed.
+#[tokio::test]
+async fn the_backlog_is_read_back_and_a_broken_inbox_is_an_error() {
+    use outbox::{Inbox, OutboxMessage, OutboxStore, Transactional};
+    use std::time::{Duration, UNIX_EPOCH};
+    let (pool, _file) = fresh().await;
+    let outbox = SqliteOutbox::new(pool.clone());
+    let empty = outbox.backlog().await.unwrap().expect("SQLite reports");
+    assert_eq!((empty.messages, empty.oldest), (0, None));
+    let mut created = Vec::new();
+    let mut tx = outbox.begin().await.unwrap();
+    for i in 0..3 {
+        let mut msg = OutboxMessage::new("t", format!("k{i}"), "p");
+        msg.created_at = UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456 + i);
+        created.push(msg.created_at);
+        outbox.enqueue(&mut tx, msg).await.unwrap();
+    }
+    outbox.commit(tx).await.unwrap();
+    let all = outbox.backlog().await.unwrap().unwrap();
+    assert_eq!((all.messages, all.oldest), (3, Some(created[0])));
+    let first = outbox.claim("r", 1, Duration::from_secs(60)).await.unwrap();
+    outbox.mark_sent(&[first[0].id]).await.unwrap();
+    let rest = outbox.backlog().await.unwrap().unwrap();
+    assert_eq!((rest.messages, rest.oldest), (2, Some(created[1])));
+
+    let inbox = SqliteInbox::new(pool.clone());
+    sqlx::query("DROP TABLE inbox_messages")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut tx = inbox.begin().await.unwrap();
+    let broken = inbox
+        .try_record(&mut tx, "c", OutboxMessage::new("t", "k", "p").id)
+        .await;
+    assert!(broken.is_err(), "{broken:?}");
+    drop(tx);
     pool.close().await;
 }
