@@ -4,8 +4,8 @@
 //! extensions (axum: `Extension<Claims>`). On failure the inner service is not called
 //! and the response is `401` (`403` for a valid token without a scope the layer
 //! requires, `503` when the blacklist is down and the policy is fail-closed) with a JSON
-//! body `{"error":{"code","message","correlation_id"}}` and `WWW-Authenticate: Bearer`
-//! — or whatever [`AuthLayer::with_error_response`] makes instead.
+//! body `{"error":{"code","message","correlation_id"}}` and an RFC 6750
+//! `WWW-Authenticate` challenge ([`www_authenticate`]) — or whatever [`AuthLayer::with_error_response`] makes instead.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -188,6 +188,33 @@ pub fn bearer_token(value: Option<&HeaderValue>) -> Result<&str, Error> {
     Ok(token.trim())
 }
 
+/// The RFC 6750 §3 challenge for a 401: a bare `Bearer` when no token was sent (the
+/// RFC asks for no error code then); otherwise `error="invalid_token"` with an
+/// `error_description` that tells malformed, expired and revoked apart.
+///
+/// ```
+/// use authz::layer::www_authenticate;
+/// assert_eq!(www_authenticate(&authz::Error::MissingToken), "Bearer");
+/// assert_eq!(
+///     www_authenticate(&authz::Error::Expired),
+///     r#"Bearer error="invalid_token", error_description="the token has expired""#
+/// );
+/// ```
+pub fn www_authenticate(err: &Error) -> HeaderValue {
+    let description = match err {
+        Error::MissingToken => return HeaderValue::from_static("Bearer"),
+        Error::Expired => "the token has expired",
+        Error::Revoked => "the token has been revoked",
+        Error::NotYetValid => "the token is not valid yet",
+        Error::Malformed(_) => "the token is malformed",
+        _ => "the token is invalid",
+    };
+    HeaderValue::from_str(&format!(
+        r#"Bearer error="invalid_token", error_description="{description}""#
+    ))
+    .expect("a fixed ASCII challenge")
+}
+
 /// Build the JSON error response for an authentication failure.
 pub fn error_response<B: From<String>>(err: &Error, correlation_id: Option<&str>) -> Response<B> {
     let status = if err.is_unauthorized() {
@@ -220,7 +247,7 @@ pub fn error_response<B: From<String>>(err: &Error, correlation_id: Option<&str>
     );
     if status == StatusCode::UNAUTHORIZED {
         resp.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            .insert(header::WWW_AUTHENTICATE, www_authenticate(err));
     }
     if let Error::InsufficientScope(scope) = err {
         // RFC 6750 §3: the scope the resource needs.

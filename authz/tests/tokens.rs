@@ -342,15 +342,17 @@ async fn layer_passes_claims_and_rejects_with_json_401() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, format!("u7:{}", t.token.len()));
 
-    for header in [
-        None,
-        Some("Bearer"),
-        Some("Basic abc"),
-        Some("Bearer not.a.jwt"),
+    // RFC 6750 §3: no error code when no token was sent; `invalid_token` otherwise.
+    let invalid = r#"Bearer error="invalid_token", error_description="the token is malformed""#;
+    for (header, challenge) in [
+        (None, "Bearer"),
+        (Some("Bearer"), "Bearer"),
+        (Some("Basic abc"), "Bearer"),
+        (Some("Bearer not.a.jwt"), invalid),
     ] {
         let (status, headers, body) = send(&app, header).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{header:?}");
-        assert_eq!(headers["www-authenticate"], "Bearer");
+        assert_eq!(headers["www-authenticate"], challenge, "{header:?}");
         let json: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert!(json["error"]["code"].is_string());
         assert!(json["error"]["message"].is_string());

@@ -335,8 +335,25 @@ async fn forged_tokens_are_refused() {
     ] {
         let r = api.send("GET", "/api/v1/auth/me", None, Some(t)).await;
         assert_eq!(r.status, 401, "{name}: {r:?}");
-        assert!(r.headers.contains_key("www-authenticate"));
+        // RFC 6750 §3: a token was sent, so the challenge names the error, and its
+        // description tells expired and revoked apart (the body's code too).
+        let challenge = r.headers["www-authenticate"].to_str().unwrap();
+        assert!(
+            challenge.starts_with(r#"Bearer error="invalid_token", error_description=""#),
+            "{name}: {challenge}"
+        );
+        let (code, description) = match name {
+            "expired" => ("token_expired", "the token has expired"),
+            "revoked" => ("token_revoked", "the token has been revoked"),
+            _ => ("invalid_token", ""),
+        };
+        assert_eq!(r.body["error"]["code"], code, "{name}: {r:?}");
+        assert!(challenge.contains(description), "{name}: {challenge}");
     }
+    let none = api.send("GET", "/api/v1/auth/me", None, None).await;
+    assert_eq!(none.status, 401);
+    assert_eq!(none.headers["www-authenticate"], "Bearer");
+    assert_eq!(none.body["error"]["code"], "missing_token");
     assert_eq!(
         api.send("GET", "/api/v1/auth/me", None, Some(&token))
             .await

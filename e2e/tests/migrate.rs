@@ -158,3 +158,48 @@ async fn replicas_migrating_a_fresh_database_at_once_all_succeed() {
     }
     assert!(got.iter().any(|t| t == "saga_instances"), "{got:?}");
 }
+
+/// `--help` (and `-h`) prints the binary's commands and the environment it reads, and
+/// exits 0 without starting anything — even with a configuration that could not start.
+#[test]
+fn every_binary_prints_its_usage_and_environment_on_help() {
+    for (name, commands, variable) in [
+        (
+            "ordersys-user",
+            "[serve | migrate | --help]",
+            "DATABASE_URL",
+        ),
+        (
+            "ordersys-order",
+            "[serve | migrate | topics | --help]",
+            "PAYMENT_DEADLINE_SECS",
+        ),
+        (
+            "ordersys-payment",
+            "[serve | migrate | topics | --help]",
+            "INITIAL_BALANCE",
+        ),
+        (
+            "ordersys-gateway",
+            "[serve | --help]",
+            "RATE_LIMIT_PER_MINUTE",
+        ),
+        ("ordersys", "[serve | --help]", "DATA_DIR"),
+    ] {
+        for flag in ["--help", "-h"] {
+            let out = std::process::Command::new(ordersys_e2e::bin(name))
+                .arg(flag)
+                .env("CONFIG_FILE", "/nonexistent/config.toml")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{name} {flag}: {out:?}");
+            assert!(
+                text.contains(&format!("Usage: {name} {commands}")),
+                "{name}: {text}"
+            );
+            assert!(text.contains(&format!("\n  {variable}")), "{name}: {text}");
+            assert!(text.contains("RUST_LOG"), "{name}: {text}");
+        }
+    }
+}

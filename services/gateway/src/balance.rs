@@ -492,13 +492,13 @@ fn failure(service: &str, effect: Effect, status: &Status, sent: bool) -> ApiErr
         _ if !timed_out && !lost => to_api_error(service, status),
         Effect::Read if timed_out => ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
-            "upstream_timeout",
+            crate::contract::ErrorCode::UpstreamTimeout,
             format!("{service} service did not answer in time"),
         ),
         Effect::Read => ApiError::unavailable(format!("{service} service is unavailable")),
         Effect::Idempotent => ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
-            "outcome_unknown",
+            crate::contract::ErrorCode::OutcomeUnknown,
             format!(
                 "outcome unknown: the {service} service did not answer and the request may \
                  have been applied; retry with the same Idempotency-Key"
@@ -506,7 +506,7 @@ fn failure(service: &str, effect: Effect, status: &Status, sent: bool) -> ApiErr
         ),
         Effect::Once => ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
-            "outcome_unknown",
+            crate::contract::ErrorCode::OutcomeUnknown,
             format!(
                 "outcome unknown: the {service} service did not answer and the request may \
                  have been applied; check before retrying (an Idempotency-Key makes a retry safe)"

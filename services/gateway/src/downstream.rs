@@ -46,7 +46,7 @@ pub fn to_api_error(service: &str, s: &Status) -> ApiError {
         if code == "idempotency_key_reused" {
             return ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
+                crate::contract::ErrorCode::IdempotencyKeyReused,
                 s.message(),
             );
         }
@@ -57,13 +57,17 @@ pub fn to_api_error(service: &str, s: &Status) -> ApiError {
         Code::AlreadyExists | Code::FailedPrecondition => ApiError::conflict(s.message()),
         Code::Aborted => ApiError::conflict(s.message()),
         Code::Unauthenticated => ApiError::unauthorized(s.message()),
-        Code::PermissionDenied => ApiError::new(StatusCode::FORBIDDEN, "forbidden", s.message()),
+        Code::PermissionDenied => ApiError::new(
+            StatusCode::FORBIDDEN,
+            crate::contract::ErrorCode::Forbidden,
+            s.message(),
+        ),
         Code::NotFound => ApiError::not_found(s.message()),
         Code::ResourceExhausted => {
             tracing::warn!(service, "нижестоящий сервис перегружен");
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
+                crate::contract::ErrorCode::Overloaded,
                 format!("{service} service is busy; retry shortly"),
             )
             .retry_after(1)
@@ -103,7 +107,7 @@ mod tests {
         );
         let e = to_api_error("order", &st);
         assert_eq!(
-            (e.status, e.code),
+            (e.status, e.code.as_str()),
             (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
         );
         assert!(!is_outage(&st));

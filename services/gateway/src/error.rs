@@ -11,13 +11,15 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+pub use crate::contract::ErrorCode;
+
 /// An error answered to a REST client.
 #[derive(Debug, Clone)]
 pub struct ApiError {
     /// HTTP status.
     pub status: StatusCode,
     /// Stable machine-readable code.
-    pub code: &'static str,
+    pub code: ErrorCode,
     /// Human-readable message.
     pub message: String,
     /// `Retry-After` seconds, for 429 and 503.
@@ -26,7 +28,7 @@ pub struct ApiError {
 
 impl ApiError {
     /// An error with a status, code and message.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -43,33 +45,41 @@ impl ApiError {
 
     /// 400.
     pub fn bad_request(msg: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad_request", msg)
+        Self::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, msg)
     }
     /// 401.
     pub fn unauthorized(msg: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", msg)
+        Self::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, msg)
     }
     /// 404.
     pub fn not_found(msg: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", msg)
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, msg)
     }
     /// 409.
     pub fn conflict(msg: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, "conflict", msg)
+        Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, msg)
     }
     /// 422.
     pub fn validation(msg: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", msg)
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::ValidationFailed,
+            msg,
+        )
     }
     /// 503.
     pub fn unavailable(msg: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", msg)
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::ServiceUnavailable,
+            msg,
+        )
     }
     /// 500.
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             "internal error",
         )
     }
@@ -77,7 +87,7 @@ impl ApiError {
     fn body(&self, correlation_id: Option<&str>) -> String {
         let body = ErrorBody {
             error: ErrorDetail {
-                code: self.code.to_owned(),
+                code: self.code,
                 message: self.message.clone(),
                 correlation_id: correlation_id.map(str::to_owned),
             },
@@ -96,12 +106,8 @@ pub struct ErrorBody {
 /// The inside of [`ErrorBody`].
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
-    /// Stable and machine-readable: `bad_request`, `unauthorized`, `token_revoked`,
-    /// `not_found`, `conflict`, `validation_failed`, `idempotency_key_reused`,
-    /// `payload_too_large`, `request_header_fields_too_large`, `rate_limited`, `request_timeout`, `overloaded`,
-    /// `service_unavailable`, `upstream_timeout`, `outcome_unknown`, `internal`…
-    #[schema(example = "validation_failed")]
-    pub code: String,
+    /// Stable and machine-readable; one of a closed set.
+    pub code: ErrorCode,
     /// For people; may change.
     pub message: String,
     /// The request's correlation id (also the `x-correlation-id` response header).
@@ -163,7 +169,7 @@ where
             Err(rejection) => Err(match &rejection {
                 _ if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
+                    ErrorCode::PayloadTooLarge,
                     "request body is too large",
                 ),
                 JsonRejection::JsonDataError(e) => ApiError::validation(e.body_text()),

@@ -9,6 +9,7 @@ mod backends;
 pub mod balance;
 pub mod client_ip;
 pub mod config;
+pub mod contract;
 pub mod downstream;
 pub mod error;
 mod middleware;
@@ -265,7 +266,7 @@ fn build(config: &Config, backends: Backends, security: Security) -> anyhow::Res
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                crate::contract::ErrorCode::MethodNotAllowed,
                 "method not allowed",
             )
         })

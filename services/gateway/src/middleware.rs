@@ -29,7 +29,7 @@ pub(crate) async fn refuse_large_headers(req: Request, next: Next) -> Response {
     }
     let mut response = ApiError::new(
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-        "request_header_fields_too_large",
+        crate::contract::ErrorCode::RequestHeaderFieldsTooLarge,
         format!("request headers are too large (limit {HEADER_LIMIT_BYTES} bytes)"),
     )
     .into_response();
@@ -76,7 +76,7 @@ pub(crate) async fn refuse_oversized(
                 Some(Err(_)) => {
                     return ApiError::new(
                         StatusCode::BAD_REQUEST,
-                        "bad_request",
+                        crate::contract::ErrorCode::BadRequest,
                         "the request body could not be read",
                     )
                     .into_response()
@@ -109,7 +109,7 @@ pub(crate) async fn refuse_oversized(
     };
     let mut response = ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
+        crate::contract::ErrorCode::PayloadTooLarge,
         format!("request body is too large (limit {limit} bytes)"),
     )
     .into_response();
@@ -140,7 +140,7 @@ pub(crate) async fn request_timeout(
         Ok(r) => r,
         Err(_) => ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
+            crate::contract::ErrorCode::RequestTimeout,
             "the request took too long",
         )
         .into_response(),
@@ -197,7 +197,7 @@ pub(crate) async fn rate_limit(
             tracing::warn!(client_ip = %ip, "превышен лимит запросов");
             let mut resp = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
+                crate::contract::ErrorCode::RateLimited,
                 "too many requests",
             )
             .retry_after(d.retry_after_secs())

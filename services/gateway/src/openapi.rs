@@ -11,9 +11,11 @@ use utoipa::openapi::path::Operation;
 use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::schema::{ObjectBuilder, Ref, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::Required;
 use utoipa::openapi::{OpenApi as Document, RefOr};
 use utoipa::{Modify, OpenApi};
 
+use crate::contract::{ErrorCode, OrderStatus, SagaState};
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::routes;
 
@@ -25,8 +27,9 @@ use crate::routes;
         description = "The gateway of the ordersys reference system: accounts, orders (each \
             placed order runs a saga: payment, then confirmation or compensation) and wallets. \
             Errors share one JSON shape; every response carries `x-correlation-id`.",
-        license(name = "MIT OR Apache-2.0"),
+        license(name = "MIT OR Apache-2.0", identifier = "MIT OR Apache-2.0"),
     ),
+    servers((url = "http://localhost:8080", description = "The one-command start (`make up`, or the `ordersys` binary)")),
     paths(
         routes::auth::register,
         routes::auth::login,
@@ -38,7 +41,7 @@ use crate::routes;
         routes::orders::cancel,
         routes::orders::wallet,
     ),
-    components(schemas(ErrorBody, ErrorDetail)),
+    components(schemas(ErrorBody, ErrorDetail, ErrorCode, OrderStatus, SagaState)),
     modifiers(&Common),
     tags(
         (name = "auth", description = "Accounts and tokens"),
@@ -47,7 +50,8 @@ use crate::routes;
 )]
 pub struct ApiDoc;
 
-/// The bearer scheme, and the errors every operation can answer.
+/// The bearer scheme, the errors every operation can answer, the headers every
+/// response carries, and `security: []` on the public operations.
 struct Common;
 
 impl Modify for Common {
@@ -74,8 +78,71 @@ impl Modify for Common {
             .into_iter()
             .flatten()
             {
+                if op.security.is_none() {
+                    // Public: say so (`security: []`) rather than leave it unsaid.
+                    op.security = Some(Vec::new());
+                }
+                let protected = op.security.as_ref().is_some_and(|s| !s.is_empty());
                 add_common_errors(op);
+                add_response_headers(op, protected);
+                for p in op.parameters.iter_mut().flatten() {
+                    if p.name == "Idempotency-Key" {
+                        // A string when sent; sending none is allowed (no protection).
+                        p.required = Required::False;
+                    }
+                }
             }
+        }
+    }
+}
+
+/// Headers on the responses: `x-correlation-id` on every one, the rate limit's on every
+/// response of a rate-limited operation, RFC 6750's `WWW-Authenticate` on the 401 of a
+/// protected one (a failed login is a 401 without a challenge: it takes no token).
+fn add_response_headers(op: &mut Operation, protected: bool) {
+    let header = |description: &str, schema_type: Type| {
+        HeaderBuilder::new()
+            .schema(ObjectBuilder::new().schema_type(schema_type))
+            .description(Some(description))
+            .build()
+    };
+    for (code, response) in op.responses.responses.iter_mut() {
+        let RefOr::T(response) = response else {
+            continue;
+        };
+        response.headers.insert(
+            "x-correlation-id".to_owned(),
+            header(
+                "The request's correlation id: the client's `X-Correlation-ID` when it sent a \
+                 valid one (1–128 of `[A-Za-z0-9._:-]`), else a new random one; also in error bodies",
+                Type::String,
+            ),
+        );
+        response.headers.insert(
+            "x-ratelimit-limit".to_owned(),
+            header(
+                "Requests allowed per minute per client IP (`RATE_LIMIT_PER_MINUTE`); absent \
+                 when the limiter could not be asked (the request is let through)",
+                Type::Integer,
+            ),
+        );
+        response.headers.insert(
+            "x-ratelimit-remaining".to_owned(),
+            header(
+                "Requests left in the current minute; absent when the limiter could not be asked",
+                Type::Integer,
+            ),
+        );
+        if protected && code == "401" {
+            response.headers.insert(
+                "WWW-Authenticate".to_owned(),
+                header(
+                    "RFC 6750: `Bearer` when no token was sent; `Bearer error=\"invalid_token\", \
+                     error_description=\"…\"` when it was malformed, expired or revoked (the \
+                     description says which; the body's `error.code` too)",
+                    Type::String,
+                ),
+            );
         }
     }
 }
@@ -217,8 +284,23 @@ mod tests {
                         "#/components/schemas/ErrorBody"
                     );
                 }
-                if op.get("security").is_some() {
+                let public = op["security"] == serde_json::json!([]);
+                if !public {
                     assert!(r.contains_key("401"), "{method} {path} lacks 401");
+                    assert!(
+                        r["401"]["headers"]["WWW-Authenticate"].is_object(),
+                        "{method} {path}"
+                    );
+                }
+                for (code, response) in r {
+                    let headers = &response["headers"];
+                    for h in [
+                        "x-correlation-id",
+                        "x-ratelimit-limit",
+                        "x-ratelimit-remaining",
+                    ] {
+                        assert!(headers[h].is_object(), "{method} {path} {code} lacks {h}");
+                    }
                 }
                 if op.get("requestBody").is_some() {
                     for code in ["400", "413", "422"] {
@@ -231,5 +313,66 @@ mod tests {
             d["components"]["securitySchemes"]["bearer"]["scheme"],
             "bearer"
         );
+    }
+
+    /// The closed sets, types and parameters a generated client relies on.
+    #[test]
+    fn the_document_types_every_value_as_the_server_sends_it() {
+        let d = doc();
+        let schemas = &d["components"]["schemas"];
+        let values = |name: &str| -> Vec<String> {
+            schemas[name]["enum"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{name} is not an enum"))
+                .iter()
+                .map(|v| v.as_str().unwrap().to_owned())
+                .collect()
+        };
+        let all = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            values("ErrorCode"),
+            all(&ErrorCode::ALL
+                .iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>())
+        );
+        assert_eq!(
+            values("OrderStatus"),
+            all(&["PENDING", "CONFIRMED", "CANCELLED"])
+        );
+        assert!(values("SagaState").contains(&"FAILED".to_owned()));
+        let order = &schemas["OrderBody"]["properties"];
+        assert_eq!(order["status"]["$ref"], "#/components/schemas/OrderStatus");
+        assert_eq!(
+            order["saga_state"]["$ref"],
+            "#/components/schemas/SagaState"
+        );
+        assert_eq!(order["created_at"]["type"], "string");
+        assert_eq!(order["created_at"]["format"], "date-time");
+        assert_eq!(
+            schemas["ErrorDetail"]["properties"]["code"]["$ref"],
+            "#/components/schemas/ErrorCode"
+        );
+
+        let paths = &d["paths"];
+        let create = &paths["/api/v1/orders"]["post"];
+        let key = &create["parameters"][0];
+        assert_eq!(key["name"], "Idempotency-Key");
+        assert_eq!(key["required"], false);
+        assert_eq!(key["schema"]["type"], "string", "never null: {key}");
+        let limit = &paths["/api/v1/orders"]["get"]["parameters"][0];
+        assert_eq!(limit["name"], "limit");
+        assert_eq!(limit["schema"]["minimum"], 1);
+        assert_eq!(limit["schema"]["maximum"], 100);
+        assert!(
+            limit["schema"]["type"] == "integer"
+                || limit["schema"]["type"] == serde_json::json!(["integer", "null"]),
+            "{limit}"
+        );
+        for public in ["/api/v1/auth/register", "/api/v1/auth/login"] {
+            assert_eq!(paths[public]["post"]["security"], serde_json::json!([]));
+        }
+        assert_eq!(d["servers"][0]["url"], "http://localhost:8080");
+        assert_eq!(d["info"]["license"]["identifier"], "MIT OR Apache-2.0");
     }
 }

@@ -69,6 +69,10 @@ impl Command {
 pub trait Service {
     /// The service's name in logs, metrics and traces (`order`).
     const NAME: &'static str;
+    /// One line on what it does, for `--help`.
+    const ABOUT: &'static str = "an ordersys service";
+    /// Whether it has the `topics` command (a Kafka section), for `--help`.
+    const HAS_TOPICS: bool = false;
     /// Its configuration, loaded with [`crate::config::load`].
     type Config: DeserializeOwned + Serialize + Default + fmt::Debug + Send + 'static;
     /// Where it listens.
@@ -87,9 +91,85 @@ pub trait Service {
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
 
+/// Whether the first argument asks for help (`--help`, `-h` or `help`).
+pub fn help_requested() -> bool {
+    matches!(
+        std::env::args().nth(1).as_deref(),
+        Some("--help" | "-h" | "help")
+    )
+}
+
+/// The usage text of a binary: its commands, then every environment variable its
+/// configuration `T` reads (with the default, secrets left out), then those every
+/// binary reads.
+///
+/// ```
+/// #[derive(Default, serde::Serialize)]
+/// struct Config { http_addr: String, jwt_secret: ordersys_kit::config::Secret }
+/// let text = ordersys_kit::cli::usage::<Config>("ordersys-x", "does x", &["serve"]);
+/// assert!(text.starts_with("ordersys-x — does x\n\nUsage: ordersys-x [serve | --help]"));
+/// assert!(text.contains("  HTTP_ADDR"));
+/// assert!(text.contains("  JWT_SECRET"));
+/// ```
+pub fn usage<T: Serialize + Default>(binary: &str, what: &str, commands: &[&str]) -> String {
+    use std::fmt::Write;
+    let mut text = format!(
+        "{binary} — {what}\n\nUsage: {binary} [{} | --help]\n",
+        commands.join(" | ")
+    );
+    let descriptions = [
+        (
+            "serve",
+            "bind the listeners and run until SIGTERM / Ctrl-C (the default)",
+        ),
+        ("migrate", "apply the database migrations and exit"),
+        ("topics", "create the missing Kafka topics and exit"),
+    ];
+    for c in commands {
+        if let Some((_, d)) = descriptions.iter().find(|(n, _)| n == c) {
+            let _ = writeln!(text, "  {c:<8} {d}");
+        }
+    }
+    text.push_str(
+        "\nEnvironment (a TOML file named by CONFIG_FILE may set the same keys in lower \
+         case; the environment wins):\n",
+    );
+    let defaults = serde_json::to_value(T::default()).unwrap_or_default();
+    for name in crate::config::env_names::<T>() {
+        let value = defaults.get(name.to_lowercase());
+        let secret = ["SECRET", "PASSWORD", "TOKEN", "_URL", "KEY"]
+            .iter()
+            .any(|s| name.contains(s));
+        let shown = match value {
+            Some(serde_json::Value::String(v)) if !v.is_empty() && !secret => {
+                format!(" (default {v})")
+            }
+            Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
+                format!(" (default {v})")
+            }
+            _ => String::new(),
+        };
+        let _ = writeln!(text, "  {name}{shown}");
+    }
+    text.push_str(
+        "  RUST_LOG (the log filter); OTEL_EXPORTER_OTLP_ENDPOINT and the other OTEL_* \
+         variables (traces)\n",
+    );
+    text
+}
+
 /// Set up telemetry, load `S`'s configuration and carry out the command of the first
-/// argument (see [`Command`]).
+/// argument (see [`Command`]); `--help` prints [`usage`] and exits.
 pub async fn main<S: Service>() -> anyhow::Result<()> {
+    if help_requested() {
+        let mut commands = vec!["serve", "migrate"];
+        if S::HAS_TOPICS {
+            commands.push("topics");
+        }
+        let binary = format!("ordersys-{}", S::NAME);
+        print!("{}", usage::<S::Config>(&binary, S::ABOUT, &commands));
+        return Ok(());
+    }
     let _telemetry = crate::telemetry::init(S::NAME);
     let config: S::Config = crate::config::load()?;
     let arg = std::env::args().nth(1);

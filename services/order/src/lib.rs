@@ -44,6 +44,8 @@ pub struct Service;
 
 impl ordersys_kit::cli::Service for Service {
     const NAME: &'static str = "order";
+    const ABOUT: &'static str = "the ordersys order service: orders and their sagas (gRPC)";
+    const HAS_TOPICS: bool = true;
     type Config = Config;
     fn listen(config: &Config) -> &ordersys_kit::config::Listen {
         &config.listen

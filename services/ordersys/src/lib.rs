@@ -283,7 +283,11 @@ pub async fn run(
     } else {
         http_addr.to_string()
     };
-    println!("ordersys listening on http://{shown} ({mode})");
+    if http_addr.ip().is_unspecified() {
+        println!("ordersys listening on {http_addr}, every interface ({mode}); from this machine: http://{shown}");
+    } else {
+        println!("ordersys listening on http://{shown} ({mode})");
+    }
     println!("  curl -s -X POST http://{shown}/api/v1/auth/register -H 'content-type: application/json' -d '{{\"email\":\"me@example.com\",\"password\":\"correct-horse\"}}'");
     println!("  curl -s -X POST http://{shown}/api/v1/auth/login    -H 'content-type: application/json' -d '{{\"email\":\"me@example.com\",\"password\":\"correct-horse\"}}'");
     tracing::info!(http = %http_addr, mode = %mode, "система ordersys запущена");

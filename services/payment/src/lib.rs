@@ -38,6 +38,8 @@ pub struct Service;
 
 impl ordersys_kit::cli::Service for Service {
     const NAME: &'static str = "payment";
+    const ABOUT: &'static str = "the ordersys payment service: wallets, debits and refunds (gRPC)";
+    const HAS_TOPICS: bool = true;
     type Config = Config;
     fn listen(config: &Config) -> &ordersys_kit::config::Listen {
         &config.listen

@@ -32,6 +32,7 @@ pub struct Service;
 
 impl ordersys_kit::cli::Service for Service {
     const NAME: &'static str = "user";
+    const ABOUT: &'static str = "the ordersys user service: accounts and tokens (gRPC)";
     type Config = Config;
     fn listen(config: &Config) -> &ordersys_kit::config::Listen {
         &config.listen

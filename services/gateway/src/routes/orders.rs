@@ -1,7 +1,5 @@
 //! `/api/v1/orders*` and `/api/v1/wallet`.
 
-use std::collections::HashMap;
-
 use authz::Claims;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -16,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::balance::Effect;
+use crate::contract::{timestamp, OrderStatus, SagaState};
 use crate::error::{ApiError, JsonBody, PathParam};
 use crate::AppState;
 
@@ -51,12 +50,8 @@ pub struct CreateBody {
 pub struct OrderBody {
     /// A UUID.
     order_id: String,
-    /// `PENDING`, then `CONFIRMED` or `CANCELLED`.
-    #[schema(example = "PENDING")]
-    status: String,
-    /// Where the saga is: `PAYMENT_PENDING`, `COMPLETED`, `COMPENSATING`, `COMPENSATED`…
-    #[schema(example = "PAYMENT_PENDING")]
-    saga_state: String,
+    status: OrderStatus,
+    saga_state: SagaState,
     /// The sum of the lines, in minor units.
     total_amount: i64,
     currency: String,
@@ -67,21 +62,32 @@ pub struct OrderBody {
     /// Why the order was cancelled, when it was.
     #[serde(skip_serializing_if = "Option::is_none")]
     failure_reason: Option<String>,
-    /// Unix seconds.
-    created_at: i64,
+    /// When the order was placed: RFC 3339, UTC, milliseconds
+    /// (`2026-12-04T18:40:35.123Z`).
+    #[schema(format = DateTime, example = "2026-12-04T18:40:35.123Z")]
+    created_at: String,
 }
 
 fn non_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
-impl From<pb::Order> for OrderBody {
-    fn from(o: pb::Order) -> Self {
+impl TryFrom<pb::Order> for OrderBody {
+    type Error = ApiError;
+
+    /// An order status outside the closed set is the order service's bug: 500, logged
+    /// (a saga state this gateway does not know is shown as `UNKNOWN`).
+    fn try_from(o: pb::Order) -> Result<Self, ApiError> {
+        let Some(status) = OrderStatus::parse(&o.status) else {
+            tracing::error!(order_id = %o.order_id, status = %o.status, "неизвестный статус заказа");
+            return Err(ApiError::internal());
+        };
+        let saga_state = SagaState::parse(&o.saga_state).unwrap_or(SagaState::Unknown);
         let total = o.total.unwrap_or_default();
-        Self {
+        Ok(Self {
             order_id: o.order_id,
-            status: o.status,
-            saga_state: o.saga_state,
+            status,
+            saga_state,
             total_amount: total.amount_minor,
             currency: total.currency,
             items: o
@@ -95,8 +101,8 @@ impl From<pb::Order> for OrderBody {
                 .collect(),
             payment_id: non_empty(o.payment_id),
             failure_reason: non_empty(o.failure_reason),
-            created_at: o.created_at,
-        }
+            created_at: timestamp(o.created_at),
+        })
     }
 }
 
@@ -105,12 +111,12 @@ impl From<pb::Order> for OrderBody {
 #[utoipa::path(post, path = "/api/v1/orders", tag = "orders",
     summary = "Place an order (starts its saga; answers at once with PENDING)",
     security(("bearer" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, max_length = 128, pattern = "^[\\x21-\\x7e]+$",
+    params(("Idempotency-Key" = String, Header, max_length = 128, min_length = 1, pattern = "^[\\x21-\\x7e]+$",
         description = "The same key with the same body returns the same order; with another body it is 422 `idempotency_key_reused`; empty is 422. Case-sensitive.")),
     request_body = CreateBody,
     responses(
         (status = 201, description = "The order, PENDING", body = OrderBody),
-        (status = 409, description = "A request with this Idempotency-Key is still being processed", body = crate::error::ErrorBody),
+        (status = 409, description = "The order service refused the order as conflicting. Concurrent requests with one Idempotency-Key are not a conflict: they wait for the first and all answer 201 with the same order", body = crate::error::ErrorBody),
         (status = 504, description = "`outcome_unknown`: the order service took the request but did not answer in time; the order may have been placed. Retry with the same Idempotency-Key (it returns the order if it was); without a key, look at the order list first", body = crate::error::ErrorBody),
     ))]
 pub async fn create(
@@ -159,7 +165,7 @@ pub async fn create(
             OrderServiceClient::new(t).create_order(req).await
         })
         .await?;
-    Ok((StatusCode::CREATED, Json(OrderBody::from(o))).into_response())
+    Ok((StatusCode::CREATED, Json(OrderBody::try_from(o)?)).into_response())
 }
 
 /// `GET /api/v1/orders/{id}`; `404` for an unknown id or another user's order.
@@ -187,7 +193,7 @@ pub async fn get(
             OrderServiceClient::new(t).get_order(req).await
         })
         .await?;
-    Ok(Json(o.into()))
+    Ok(Json(o.try_into()?))
 }
 
 /// Page of orders.
@@ -203,8 +209,8 @@ pub struct Page {
     summary = "The caller's orders, newest first",
     security(("bearer" = [])),
     params(
-        ("limit" = Option<String>, Query, pattern = "^(100|[1-9][0-9]?)?$",
-            description = "Page size, an integer from 1 to 100; absent or empty: 20"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100,
+            description = "Page size, from 1 to 100; absent: 20. Each parameter at most once"),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
     ),
     responses((status = 200, description = "A page of orders", body = Page)))]
@@ -212,18 +218,9 @@ pub async fn list(
     State(s): State<AppState>,
     Extension(ctx): Extension<RequestContext>,
     Extension(claims): Extension<Claims>,
-    Query(q): Query<HashMap<String, String>>,
+    Query(q): Query<Vec<(String, String)>>,
 ) -> Result<Json<Page>, ApiError> {
-    let limit = match q.get("limit").map(String::as_str) {
-        // `?limit=` (empty) is no limit given: the default.
-        None | Some("") => 20,
-        Some(l) => l
-            .parse::<u32>()
-            .ok()
-            .filter(|l| (1..=100).contains(l))
-            .ok_or_else(|| ApiError::validation("limit must be an integer between 1 and 100"))?,
-    };
-    let cursor = q.get("cursor").cloned().unwrap_or_default();
+    let (limit, cursor) = page_params(&q)?;
     let msg = pb::ListOrdersRequest {
         user_id: claims.sub,
         limit,
@@ -236,9 +233,36 @@ pub async fn list(
         })
         .await?;
     Ok(Json(Page {
-        orders: r.orders.into_iter().map(Into::into).collect(),
+        orders: r
+            .orders
+            .into_iter()
+            .map(OrderBody::try_from)
+            .collect::<Result<_, _>>()?,
         next_cursor: non_empty(r.next_cursor),
     }))
+}
+
+/// `limit` (1–100, default 20) and `cursor` of a list request, each at most once; a
+/// parameter given twice, an empty or non-integer `limit` is 422 (the document types
+/// `limit` as an integer: what it declares invalid is refused, never guessed at).
+fn page_params(q: &[(String, String)]) -> Result<(u32, String), ApiError> {
+    let one = |name: &str| -> Result<Option<&str>, ApiError> {
+        let mut values = q.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        let first = values.next();
+        if values.next().is_some() {
+            return Err(ApiError::validation(format!("{name} given more than once")));
+        }
+        Ok(first)
+    };
+    let limit = match one("limit")? {
+        None => 20,
+        Some(l) => l
+            .parse::<u32>()
+            .ok()
+            .filter(|l| (1..=100).contains(l))
+            .ok_or_else(|| ApiError::validation("limit must be an integer between 1 and 100"))?,
+    };
+    Ok((limit, one("cursor")?.unwrap_or_default().to_owned()))
 }
 
 /// `POST /api/v1/orders/{id}/cancel` → `202`; `409` if already cancelled.
@@ -247,7 +271,7 @@ pub async fn list(
     security(("bearer" = [])),
     params(("id" = String, Path, description = "The order id")),
     responses(
-        (status = 202, description = "Cancellation accepted; the order ends CANCELLED", body = OrderBody),
+        (status = 202, description = "Cancellation accepted; the order ends CANCELLED (refunded if it was paid). The body is the order as it was when the cancellation was accepted — still CONFIRMED/COMPLETED, or PENDING/COMPENSATING — not after it: GET the order to see it CANCELLED", body = OrderBody),
         (status = 404, description = "No such order of the caller's", body = crate::error::ErrorBody),
         (status = 409, description = "Already cancelled", body = crate::error::ErrorBody),
         (status = 504, description = "`outcome_unknown`: the order service took the cancellation but did not answer in time; it may have been applied. Look at the order before retrying (a retry of an applied cancel is 409)", body = crate::error::ErrorBody),
@@ -268,7 +292,7 @@ pub async fn cancel(
             OrderServiceClient::new(t).cancel_order(req).await
         })
         .await?;
-    Ok((StatusCode::ACCEPTED, Json(OrderBody::from(o))).into_response())
+    Ok((StatusCode::ACCEPTED, Json(OrderBody::try_from(o)?)).into_response())
 }
 
 /// Wallet body.
