@@ -1,7 +1,7 @@
 # ordersys — developer entry points. `make test` is the test command CI runs.
 CARGO ?= cargo
 
-.PHONY: compose-test run test test-unit mutants mutants-changed coverage services-up kafka-down dev-up dev-down lint fmt doc bench bench-ab bench-peers fuzz-api publish-check outside-user features deploy-check proto build up down migrate smoke example check chaos chaos-short
+.PHONY: compose-test run test test-unit mutants mutants-changed coverage services-up kafka-down dev-up dev-down lint fmt doc bench bench-ab bench-peers fuzz-api api-clients publish-check outside-user features deploy-check proto build up down migrate smoke example check chaos chaos-short
 
 ## The whole system in one process, embedded (SQLite + in-process bus) on :8080.
 run:
@@ -21,11 +21,18 @@ test: services-up
 	$(CARGO) build --bins $(PRODUCT)
 	$(CARGO) test --workspace --all-features --no-fail-fast
 	scripts/fuzz-api
+	scripts/api-clients
 
 ## The REST API fuzzed from its OpenAPI document (schemathesis), against services it
 ## starts itself, or the gateway at BASE_URL. Part of `make test`.
 fuzz-api:
 	scripts/fuzz-api
+
+## The OpenAPI document linted (Redocly), and Python and TypeScript clients generated
+## from it running the whole flow, typed, against the one-process system. Part of
+## `make test`.
+api-clients:
+	scripts/api-clients
 
 ## Mutation testing of the SDK crates (cargo-mutants): every crate, or MUTANTS_PACKAGES;
 ## fails below 90 % caught per crate. docs/TESTING.md has the latest results.

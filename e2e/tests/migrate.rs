@@ -181,7 +181,7 @@ fn every_binary_prints_its_usage_and_environment_on_help() {
         ),
         (
             "ordersys-gateway",
-            "[serve | --help]",
+            "[serve | openapi | --help]",
             "RATE_LIMIT_PER_MINUTE",
         ),
         ("ordersys", "[serve | --help]", "DATA_DIR"),

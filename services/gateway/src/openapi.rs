@@ -29,7 +29,7 @@ use crate::routes;
             Errors share one JSON shape; every response carries `x-correlation-id`.",
         license(name = "MIT OR Apache-2.0", identifier = "MIT OR Apache-2.0"),
     ),
-    servers((url = "http://localhost:8080", description = "The one-command start (`make up`, or the `ordersys` binary)")),
+    servers((url = "http://127.0.0.1:8080", description = "The one-command start (`make up`, or the `ordersys` binary)")),
     paths(
         routes::auth::register,
         routes::auth::login,
@@ -372,7 +372,7 @@ mod tests {
         for public in ["/api/v1/auth/register", "/api/v1/auth/login"] {
             assert_eq!(paths[public]["post"]["security"], serde_json::json!([]));
         }
-        assert_eq!(d["servers"][0]["url"], "http://localhost:8080");
+        assert_eq!(d["servers"][0]["url"], "http://127.0.0.1:8080");
         assert_eq!(d["info"]["license"]["identifier"], "MIT OR Apache-2.0");
     }
 }

@@ -124,6 +124,10 @@ pub fn usage<T: Serialize + Default>(binary: &str, what: &str, commands: &[&str]
         ),
         ("migrate", "apply the database migrations and exit"),
         ("topics", "create the missing Kafka topics and exit"),
+        (
+            "openapi",
+            "print the REST API's OpenAPI 3.1 document and exit",
+        ),
     ];
     for c in commands {
         if let Some((_, d)) = descriptions.iter().find(|(n, _)| n == c) {

@@ -200,7 +200,8 @@ pub async fn get(
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Page {
     orders: Vec<OrderBody>,
-    /// Pass as `cursor` for the next page; null on the last.
+    /// Pass as `cursor` for the next page; null on the last (always sent).
+    #[schema(required = true)]
     next_cursor: Option<String>,
 }
 
