@@ -371,6 +371,31 @@ async fn every_response_of_the_whole_flow_is_what_the_document_declares() {
     assert_eq!(r.status, 405);
     assert!(r.headers.contains_key("allow"), "{r:?}");
     assert_eq!(r.error_code(), "method_not_allowed");
+    // No CORS: a browser's preflight is a method the path does not have.
+    let preflight = api
+        .raw(
+            api.client()
+                .request(reqwest::Method::OPTIONS, format!("{base}{orders}"))
+                .header("origin", "https://elsewhere.example")
+                .header("access-control-request-method", "POST"),
+        )
+        .await;
+    assert_eq!(preflight.status, 405, "{preflight:?}");
+    assert!(!preflight
+        .headers
+        .contains_key("access-control-allow-origin"));
+    // The rendered document needs nothing from the internet.
+    let page = api.raw(api.client().get(format!("{base}/docs"))).await;
+    assert_eq!(page.status, 200);
+    let html = page.body.as_str().unwrap();
+    assert!(
+        html.contains("/docs/scalar.js") && !html.contains("https://"),
+        "{html}"
+    );
+    let renderer = api
+        .raw(api.client().get(format!("{base}/docs/scalar.js")))
+        .await;
+    assert_eq!(renderer.status, 200);
 
     // Logged out: the same token is refused, with the challenge naming the error.
     let r = api.send("POST", logout, None, Some(&token)).await;

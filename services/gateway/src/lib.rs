@@ -262,6 +262,7 @@ fn build(config: &Config, backends: Backends, security: Security) -> anyhow::Res
         .merge(api)
         .route("/openapi.json", get(openapi::document))
         .route("/docs", get(openapi::rendered))
+        .route("/docs/scalar.js", get(openapi::renderer))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

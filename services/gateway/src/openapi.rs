@@ -26,7 +26,12 @@ use crate::routes;
         title = "ordersys REST API",
         description = "The gateway of the ordersys reference system: accounts, orders (each \
             placed order runs a saga: payment, then confirmation or compensation) and wallets. \
-            Errors share one JSON shape; every response carries `x-correlation-id`.",
+            Errors share one JSON shape; every response carries `x-correlation-id`. \
+            A method a path does not have is 405 `method_not_allowed` with `Allow` listing \
+            those it has. No CORS: the API is for servers and same-origin pages, so a \
+            browser's cross-origin preflight (`OPTIONS`) is answered 405 and the browser \
+            does not send the request. Timestamps are RFC 3339 strings in UTC with \
+            milliseconds; money is an integer in minor units with its currency.",
         license(name = "MIT OR Apache-2.0", identifier = "MIT OR Apache-2.0"),
     ),
     servers((url = "http://127.0.0.1:8080", description = "The one-command start (`make up`, or the `ordersys` binary)")),
@@ -217,7 +222,12 @@ pub async fn document() -> Response {
         .into_response()
 }
 
-/// `GET /docs`: the document rendered by Scalar (loaded from its CDN by the browser).
+/// The renderer `GET /docs` loads: Scalar's standalone bundle, vendored and gzipped
+/// (`assets/README.md` says which version and how to update it).
+const SCALAR: &[u8] = include_bytes!("../assets/scalar-api-reference-1.76.4.standalone.js.gz");
+
+/// `GET /docs`: the document rendered by Scalar, served by the gateway itself (works
+/// without internet access).
 pub async fn rendered() -> Html<&'static str> {
     Html(
         r#"<!doctype html>
@@ -229,11 +239,44 @@ pub async fn rendered() -> Html<&'static str> {
   </head>
   <body>
     <script id="api-reference" data-url="/openapi.json"></script>
-    <script src="https://cdn.jsdelivr.net/npm/@scalar/api-reference"></script>
+    <script src="/docs/scalar.js"></script>
   </body>
 </html>
 "#,
     )
+}
+
+/// `GET /docs/scalar.js`: the renderer, gzip-encoded for a client that accepts it
+/// (every browser), decompressed once for one that does not; cached for a day.
+pub async fn renderer(headers: axum::http::HeaderMap) -> Response {
+    static PLAIN: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let gzip = headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|e| {
+            let mut parts = e.split(';');
+            let name = parts.next().unwrap_or("").trim();
+            let refused = parts.any(|q| matches!(q.trim(), "q=0" | "q=0.0" | "q=0.00" | "q=0.000"));
+            (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
+        });
+    let common = [
+        (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+        (header::CACHE_CONTROL, "public, max-age=86400"),
+        (header::VARY, "accept-encoding"),
+    ];
+    if gzip {
+        (common, [(header::CONTENT_ENCODING, "gzip")], SCALAR).into_response()
+    } else {
+        let plain = PLAIN.get_or_init(|| {
+            let mut out = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(SCALAR), &mut out)
+                .expect("the vendored renderer is valid gzip");
+            out
+        });
+        (common, plain.as_slice()).into_response()
+    }
 }
 
 #[cfg(test)]
@@ -374,5 +417,40 @@ mod tests {
         }
         assert_eq!(d["servers"][0]["url"], "http://127.0.0.1:8080");
         assert_eq!(d["info"]["license"]["identifier"], "MIT OR Apache-2.0");
+    }
+
+    /// `/docs` needs no internet: the renderer is the gateway's own, gzip or plain.
+    #[tokio::test]
+    async fn the_docs_page_loads_its_renderer_from_the_gateway() {
+        let Html(page) = rendered().await;
+        assert!(page.contains(r#"<script src="/docs/scalar.js">"#));
+        assert!(!page.contains("https://"), "nothing from elsewhere: {page}");
+        let mut accepts = axum::http::HeaderMap::new();
+        accepts.insert(header::ACCEPT_ENCODING, "br, gzip".parse().unwrap());
+        let gz = renderer(accepts).await;
+        assert_eq!(gz.headers()[header::CONTENT_ENCODING], "gzip");
+        let body = axum::body::to_bytes(gz.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!(&body[..], SCALAR);
+        let mut refuses = axum::http::HeaderMap::new();
+        refuses.insert(header::ACCEPT_ENCODING, "gzip;q=0".parse().unwrap());
+        for headers in [axum::http::HeaderMap::new(), refuses] {
+            let plain = renderer(headers).await;
+            assert!(plain.headers().get(header::CONTENT_ENCODING).is_none());
+            assert!(plain.headers()[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("text/javascript"));
+            let body = axum::body::to_bytes(plain.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            assert!(
+                body.len() > 4 * SCALAR.len() / 2,
+                "decompressed: {}",
+                body.len()
+            );
+            assert!(body.starts_with(b"(function(){"));
+        }
     }
 }
