@@ -541,3 +541,23 @@ fn the_auth_layer_is_ready_when_the_service_is() {
     let mut cx = std::task::Context::from_waker(&waker);
     assert!(svc.poll_ready(&mut cx).is_pending());
 }
+
+/// RFC 6750 §3 challenges: no error code without a token; `invalid_token` with a
+/// description that tells the failures apart otherwise.
+#[test]
+fn each_failure_has_its_challenge() {
+    use authz::layer::www_authenticate;
+    let invalid = |d: &str| format!(r#"Bearer error="invalid_token", error_description="{d}""#);
+    let cases = [
+        (authz::Error::MissingToken, "Bearer".to_owned()),
+        (authz::Error::Expired, invalid("the token has expired")),
+        (authz::Error::Revoked, invalid("the token has been revoked")),
+        (authz::Error::NotYetValid, invalid("the token is not valid yet")),
+        (authz::Error::Malformed("x".into()), invalid("the token is malformed")),
+        (authz::Error::InvalidSignature, invalid("the token is invalid")),
+        (authz::Error::InvalidAudience, invalid("the token is invalid")),
+    ];
+    for (err, challenge) in cases {
+        assert_eq!(www_authenticate(&err), challenge.as_str(), "{err:?}");
+    }
+}
