@@ -552,10 +552,22 @@ fn each_failure_has_its_challenge() {
         (authz::Error::MissingToken, "Bearer".to_owned()),
         (authz::Error::Expired, invalid("the token has expired")),
         (authz::Error::Revoked, invalid("the token has been revoked")),
-        (authz::Error::NotYetValid, invalid("the token is not valid yet")),
-        (authz::Error::Malformed("x".into()), invalid("the token is malformed")),
-        (authz::Error::InvalidSignature, invalid("the token is invalid")),
-        (authz::Error::InvalidAudience, invalid("the token is invalid")),
+        (
+            authz::Error::NotYetValid,
+            invalid("the token is not valid yet"),
+        ),
+        (
+            authz::Error::Malformed("x".into()),
+            invalid("the token is malformed"),
+        ),
+        (
+            authz::Error::InvalidSignature,
+            invalid("the token is invalid"),
+        ),
+        (
+            authz::Error::InvalidAudience,
+            invalid("the token is invalid"),
+        ),
     ];
     for (err, challenge) in cases {
         assert_eq!(www_authenticate(&err), challenge.as_str(), "{err:?}");

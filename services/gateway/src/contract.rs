@@ -85,6 +85,14 @@ closed_set! {
 }
 
 closed_set! {
+    /// How to send the token: always `Bearer` (`Authorization: Bearer <token>`).
+    TokenType {
+        /// RFC 6750.
+        Bearer = "Bearer",
+    }
+}
+
+closed_set! {
     /// The machine-readable `error.code` of every error response.
     ErrorCode {
         /// 400: malformed JSON, wrong content type, undecodable path.

@@ -110,7 +110,9 @@ pub struct ErrorDetail {
     pub code: ErrorCode,
     /// For people; may change.
     pub message: String,
-    /// The request's correlation id (also the `x-correlation-id` response header).
+    /// The request's correlation id (also the `x-correlation-id` response header); null
+    /// only where none could be established.
+    #[schema(required = true)]
     pub correlation_id: Option<String>,
 }
 

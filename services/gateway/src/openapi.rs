@@ -15,7 +15,7 @@ use utoipa::openapi::Required;
 use utoipa::openapi::{OpenApi as Document, RefOr};
 use utoipa::{Modify, OpenApi};
 
-use crate::contract::{ErrorCode, OrderStatus, SagaState};
+use crate::contract::{ErrorCode, OrderStatus, SagaState, TokenType};
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::routes;
 
@@ -46,7 +46,7 @@ use crate::routes;
         routes::orders::cancel,
         routes::orders::wallet,
     ),
-    components(schemas(ErrorBody, ErrorDetail, ErrorCode, OrderStatus, SagaState)),
+    components(schemas(ErrorBody, ErrorDetail, ErrorCode, OrderStatus, SagaState, TokenType)),
     modifiers(&Common),
     tags(
         (name = "auth", description = "Accounts and tokens"),

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::balance::Effect;
+use crate::contract::TokenType;
 use crate::error::{ApiError, JsonBody};
 use crate::AppState;
 
@@ -44,9 +45,7 @@ pub struct Registered {
 pub struct Token {
     /// A JWT (HS256) for `Authorization: Bearer …`.
     access_token: String,
-    /// Always `Bearer`.
-    #[schema(example = "Bearer")]
-    token_type: String,
+    token_type: TokenType,
     /// Seconds until the token expires.
     expires_in: i64,
 }
@@ -109,7 +108,9 @@ pub async fn login(
         .await?;
     Ok(Json(Token {
         access_token: r.access_token,
-        token_type: r.token_type,
+        // The gateway takes the token as a bearer token, whatever else the user service
+        // may call it.
+        token_type: TokenType::Bearer,
         expires_in: r.expires_in,
     }))
 }
