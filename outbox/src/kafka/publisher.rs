@@ -66,6 +66,25 @@ impl std::fmt::Debug for KafkaPublisher {
     }
 }
 
+/// Whether a producer that failed with `code` (`fatal`: librdkafka says it is unusable;
+/// `timeouts`: deliveries timed out in a row) must be replaced: its idempotence state is
+/// lost or fenced, it is fatal, or deliveries keep timing out (a broker that lost its
+/// state answers nothing the old producer can use).
+fn needs_new_producer(code: Option<RDKafkaErrorCode>, fatal: bool, timeouts: u32) -> bool {
+    let state_lost = matches!(
+        code,
+        Some(
+            RDKafkaErrorCode::UnknownProducerId
+                | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::InvalidProducerIdMapping
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::Fatal
+        )
+    );
+    state_lost || fatal || timeouts >= TIMEOUTS_BEFORE_RECREATE
+}
+
 impl KafkaPublisher {
     /// An idempotent producer (`enable.idempotence=true`, `acks=all`) for `brokers`.
     pub fn new(brokers: &str) -> Result<Self> {
@@ -108,27 +127,16 @@ impl KafkaPublisher {
     /// replaced; if so, replace it (once, whoever sees it first).
     fn recover_from(&self, gen: u64, producer: &FutureProducer, e: &KafkaError) {
         use std::sync::atomic::Ordering;
-        let state_lost = matches!(
-            e.rdkafka_error_code(),
-            Some(
-                RDKafkaErrorCode::UnknownProducerId
-                    | RDKafkaErrorCode::OutOfOrderSequenceNumber
-                    | RDKafkaErrorCode::InvalidProducerEpoch
-                    | RDKafkaErrorCode::InvalidProducerIdMapping
-                    | RDKafkaErrorCode::ProducerFenced
-                    | RDKafkaErrorCode::Fatal
-            )
-        );
+        let code = e.rdkafka_error_code();
         let fatal = rdkafka::producer::Producer::client(producer)
             .fatal_error()
             .is_some();
-        let timed_out = e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut);
-        let timeouts = if timed_out {
+        let timeouts = if code == Some(RDKafkaErrorCode::MessageTimedOut) {
             self.inner.timeouts_in_a_row.fetch_add(1, Ordering::Relaxed) + 1
         } else {
             0
         };
-        if !(state_lost || fatal || timeouts >= TIMEOUTS_BEFORE_RECREATE) {
+        if !needs_new_producer(code, fatal, timeouts) {
             return;
         }
         let fresh = match self.inner.config.create::<FutureProducer>() {
@@ -199,5 +207,30 @@ impl KafkaPublisher {
 impl Publisher for KafkaPublisher {
     async fn publish(&self, msg: &OutboxMessage) -> Result<()> {
         self.send(msg, &[]).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_producer_is_replaced_when_its_state_is_lost_it_is_fatal_or_deliveries_time_out() {
+        use RDKafkaErrorCode as C;
+        for lost in [
+            C::UnknownProducerId,
+            C::OutOfOrderSequenceNumber,
+            C::InvalidProducerEpoch,
+            C::InvalidProducerIdMapping,
+            C::ProducerFenced,
+            C::Fatal,
+        ] {
+            assert!(needs_new_producer(Some(lost), false, 0), "{lost:?}");
+        }
+        assert!(needs_new_producer(Some(C::MessageTimedOut), false, 1));
+        assert!(needs_new_producer(None, true, 0), "fatal");
+        for kept in [None, Some(C::MessageTimedOut), Some(C::MessageSizeTooLarge)] {
+            assert!(!needs_new_producer(kept, false, 0), "{kept:?}");
+        }
     }
 }
