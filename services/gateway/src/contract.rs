@@ -151,8 +151,7 @@ impl PartialEq<&str> for ErrorCode {
 /// A timestamp as the API sends it: RFC 3339 in UTC with milliseconds
 /// (`2026-12-04T18:40:35.123Z`), from Unix milliseconds.
 pub fn timestamp(unix_ms: i64) -> String {
-    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms.max(0) as u64);
-    humantime::format_rfc3339_millis(at).to_string()
+    ordersys_kit::rfc3339_millis(unix_ms)
 }
 
 #[cfg(test)]

@@ -52,6 +52,17 @@ impl Listeners {
     }
 }
 
+/// Unix milliseconds as the services show time to people and clients: RFC 3339 in UTC
+/// with milliseconds (negative clamped to the epoch).
+///
+/// ```
+/// assert_eq!(ordersys_kit::rfc3339_millis(1_796_216_979_782), "2026-12-02T13:09:39.782Z");
+/// ```
+pub fn rfc3339_millis(unix_ms: i64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms.max(0) as u64);
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
 /// Serve `routes` in process to the clients of `local` (a service's
 /// [`Listeners::local`]), behind the layers its socket's server has: the request context
 /// and `metrics`. Nothing when `local` is `None`.

@@ -13,6 +13,7 @@
 //! `ordersys_operator_actions_total{action,result}`. The CLI `ordersys-admin` calls
 //! these routes.
 
+use ordersys_kit::rfc3339_millis;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -146,11 +147,6 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn rfc3339(ms: i64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
-        .to_string()
-}
-
 fn saga_json<B: Backend>(op: &Operator<B>, s: &SagaInstance, now: i64) -> Value {
     let label = op
         .orchestrator
@@ -171,10 +167,10 @@ fn saga_json<B: Backend>(op: &Operator<B>, s: &SagaInstance, now: i64) -> Value 
         "steps": steps,
         "failure_reason": s.state.failure_reason,
         "version": s.version,
-        "created_at": rfc3339(s.created_at),
-        "updated_at": rfc3339(s.updated_at),
+        "created_at": rfc3339_millis(s.created_at),
+        "updated_at": rfc3339_millis(s.updated_at),
         "idle_secs": (now - s.updated_at).max(0) / 1000,
-        "next_deadline": s.next_deadline().map(rfc3339),
+        "next_deadline": s.next_deadline().map(rfc3339_millis),
         "overdue": s.next_deadline().is_some_and(|d| d <= now),
     })
 }
@@ -284,7 +280,7 @@ async fn show<B: Backend>(State(op): State<Arc<Operator<B>>>, Path(id): Path<Str
     let history: Vec<Value> = history
         .iter()
         .map(|h| {
-            json!({ "version": h.version, "at": rfc3339(h.at_ms), "kind": h.kind,
+            json!({ "version": h.version, "at": rfc3339_millis(h.at_ms), "kind": h.kind,
                 "name": h.name, "detail": h.detail, "trace_id": h.trace_id })
         })
         .collect();
@@ -382,7 +378,7 @@ fn record_json(r: &outbox::kafka::DeadLetterRecord) -> Value {
     json!({
         "partition": r.partition,
         "offset": r.offset,
-        "parked_at": r.timestamp_ms.map(rfc3339),
+        "parked_at": r.timestamp_ms.map(rfc3339_millis),
         "message_id": r.delivery.id.to_string(),
         "original_topic": r.original_topic,
         "key": r.delivery.key,
