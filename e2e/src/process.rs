@@ -381,3 +381,25 @@ pub async fn wait_ready(url: &str, service: &mut Service, timeout: Duration) {
 pub(crate) fn env_or(key: &str, default: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| default.to_owned())
 }
+
+/// Run `ordersys-admin --url url args…` with `token`: its exit code and its JSON answer
+/// (stdout, or the JSON part of stderr on an error).
+pub fn admin_cli(url: &str, token: &str, args: &[&str]) -> (i32, serde_json::Value) {
+    let out = Command::new(bin("ordersys-admin"))
+        .args(["--url", url])
+        .args(args)
+        .env("ORDERSYS_ADMIN_TOKEN", token)
+        .env_remove("ADMIN_TOKEN")
+        .output()
+        .expect("run ordersys-admin");
+    let text = String::from_utf8_lossy(if out.status.success() {
+        &out.stdout
+    } else {
+        &out.stderr
+    })
+    .into_owned();
+    let json_part = text.find('{').map(|i| &text[i..]).unwrap_or("null");
+    let value = serde_json::from_str(json_part)
+        .unwrap_or_else(|e| panic!("ordersys-admin {args:?}: not JSON ({e}): {text}"));
+    (out.status.code().unwrap_or(-1), value)
+}

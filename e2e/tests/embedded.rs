@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ordersys_e2e::{email, free_port, wait_ready, Api, Service};
+use ordersys_e2e::{admin_cli, email, eventually, free_port, wait_ready, Api, Service};
 use serde_json::{json, Value};
 
 fn start(data_dir: &std::path::Path, port: u16) -> Service {
@@ -131,6 +131,125 @@ async fn embedded_system_confirms_orders_and_keeps_everything_across_restarts() 
         list.body["orders"].as_array().unwrap().len(),
         2 + placed.len()
     );
+    sys.kill();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The operator tools' address the (latest) banner shows.
+fn operator_url(logs: &str) -> String {
+    let at = logs
+        .rfind("ordersys-admin --url ")
+        .unwrap_or_else(|| panic!("no operator tools in the banner: {logs}"));
+    logs[at + "ordersys-admin --url ".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_dead_letters_are_kept_in_sqlite_listed_and_replayed() {
+    const TOKEN: &str = "embedded-operator-token";
+    let dir = std::env::temp_dir().join(format!(
+        "ordersys-embedded-dlq-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut env = ordersys_e2e::embedded_env(&dir, port);
+    env.insert("ADMIN_TOKEN".into(), TOKEN.into());
+    let mut sys = Service::start("ordersys", env);
+    wait_ready(&format!("{base}/readyz"), &mut sys, Duration::from_secs(60)).await;
+    let url = operator_url(&sys.logs());
+    let list = |url: &str| {
+        let (code, v) = admin_cli(url, TOKEN, &["dlq", "list"]);
+        assert_eq!(code, 0, "{v} (at {url})");
+        v
+    };
+    assert_eq!(list(&url)["total"], 0);
+
+    // A poison saga command, written into the payment service's own outbox from outside
+    // (its relay polls): the payment consumer cannot decode it and parks it in its file.
+    let poison =
+        outbox::OutboxMessage::new("saga.commands", "garbage", b"\xff\x00not protobuf".to_vec());
+    let pid = poison.id.to_string();
+    {
+        use outbox::Transactional as _;
+        let pool = outbox::sqlite::connect(dir.join("payment.db"))
+            .await
+            .unwrap();
+        let out = outbox::sqlite::SqliteOutbox::new(pool.clone());
+        let mut tx = out.begin().await.unwrap();
+        outbox::OutboxStore::enqueue(&out, &mut tx, poison)
+            .await
+            .unwrap();
+        out.commit(tx).await.unwrap();
+        pool.close().await;
+    }
+    let parked = eventually("the poison command parked", Duration::from_secs(60), || {
+        let v = list(&url);
+        async move { (v["total"] == 1).then(|| v["dead_letters"][0].clone()) }
+    })
+    .await;
+    assert_eq!(parked["message_id"], pid.as_str(), "{parked}");
+    assert_eq!(parked["service"], "payment");
+    assert_eq!(parked["original_topic"], "saga.commands");
+    assert!(
+        parked["reason"]
+            .as_str()
+            .unwrap()
+            .contains("undecodable saga command"),
+        "{parked}"
+    );
+
+    // Kept across a restart (the bus's own dead-letter topic would have lost it).
+    sys.restart();
+    wait_ready(&format!("{base}/readyz"), &mut sys, Duration::from_secs(60)).await;
+    let url = operator_url(&sys.logs());
+    assert_eq!(list(&url)["dead_letters"][0]["message_id"], pid.as_str());
+
+    // Replayed through the payment outbox: removed, sent under a derived id, parked again
+    // by the consumer (still poison) — one dead letter, the replay.
+    let offset = parked["offset"].to_string();
+    let (code, replay) = admin_cli(
+        &url,
+        TOKEN,
+        &["dlq", "replay", &offset, "--service", "payment"],
+    );
+    assert_eq!(code, 0, "{replay}");
+    let replay_id = replay["message_id"].as_str().unwrap().to_owned();
+    assert_ne!(replay_id, pid);
+    let again = eventually("the replay parked again", Duration::from_secs(60), || {
+        let v = list(&url);
+        let found = v["dead_letters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["message_id"] == replay_id.as_str())
+            .cloned();
+        async move { found.map(|d| (d, v["total"].clone())) }
+    })
+    .await;
+    assert_eq!(again.1, 1, "the replayed dead letter is gone: {}", again.0);
+    assert_eq!(
+        again.0["headers"]["dlq-replay-of"],
+        pid.as_str(),
+        "{}",
+        again.0
+    );
+    // The replayed one is no longer there to replay; another service has none at all.
+    let again_offset = again.0["offset"].to_string();
+    for args in [
+        vec!["dlq", "replay", offset.as_str()],
+        vec!["dlq", "replay", again_offset.as_str(), "--service", "order"],
+    ] {
+        let (code, v) = admin_cli(&url, TOKEN, &args);
+        assert_eq!(
+            (code, v["error"]["code"].as_str()),
+            (1, Some("not_found")),
+            "{args:?}: {v}"
+        );
+    }
     sys.kill();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -11,26 +11,9 @@ use serde_json::{json, Value};
 
 const TOKEN: &str = "operator-token-for-the-e2e-test";
 
-/// Run `ordersys-admin args…` against `sys`'s order service with `token`; (exit code,
-/// JSON of stdout or stderr's JSON part).
+/// Run `ordersys-admin args…` against `sys`'s order service with `token`.
 fn admin(sys: &System, token: &str, args: &[&str]) -> (i32, Value) {
-    let out = std::process::Command::new(ordersys_e2e::bin("ordersys-admin"))
-        .args(["--url", &sys.order_admin])
-        .args(args)
-        .env("ORDERSYS_ADMIN_TOKEN", token)
-        .env_remove("ADMIN_TOKEN")
-        .output()
-        .expect("run ordersys-admin");
-    let text = String::from_utf8_lossy(if out.status.success() {
-        &out.stdout
-    } else {
-        &out.stderr
-    })
-    .into_owned();
-    let json_part = text.find('{').map(|i| &text[i..]).unwrap_or("null");
-    let value = serde_json::from_str(json_part)
-        .unwrap_or_else(|e| panic!("ordersys-admin {args:?}: not JSON ({e}): {text}"));
-    (out.status.code().unwrap_or(-1), value)
+    ordersys_e2e::admin_cli(&sys.order_admin, token, args)
 }
 
 fn ok(sys: &System, args: &[&str]) -> Value {

@@ -18,9 +18,8 @@
 //! use ordersys_kit::launch::Launcher;
 //! use ordersys_kit::messaging::{Messaging, Topics};
 //!
-//! let bus = outbox::local::LocalBus::new();
 //! let topics = Topics::new("");
-//! let mut launcher = Launcher::new("payment", Messaging::Local(bus), topics.clone()).await?;
+//! let mut launcher = Launcher::new("payment", Messaging::local(), topics.clone()).await?;
 //! let _wake = launcher.relay(outbox);
 //! launcher.consume(&topics.commands, inbox, handler)?;
 //! launcher.serve(listeners, Admin::new("payment"), &tls, routes, "платёжный сервис запущен")?;
@@ -42,6 +41,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::context::ContextLayer;
 use crate::messaging::{relay, KafkaTuning, Messaging, Topics};
 use crate::metrics::RequestMetricsLayer;
+use crate::parked::LocalDeadLetters;
 use crate::shutdown::{Shutdown, Trigger};
 use crate::tls::GrpcTls;
 use crate::Listeners;
@@ -69,7 +69,10 @@ enum Transport {
         publisher: KafkaPublisher,
         outbox_stream: bool,
     },
-    Local(LocalBus),
+    Local {
+        bus: LocalBus,
+        dead_letters: LocalDeadLetters,
+    },
 }
 
 /// What the operator tools need to read and replay the dead-letter topic (Kafka only).
@@ -117,7 +120,7 @@ impl Launcher {
                     outbox_stream,
                 }
             }
-            Messaging::Local(bus) => Transport::Local(bus),
+            Messaging::Local { bus, dead_letters } => Transport::Local { bus, dead_letters },
         };
         Ok(Self::with_transport(service, topics, transport))
     }
@@ -125,7 +128,11 @@ impl Launcher {
     /// A launcher for a service that exchanges no saga messages (the user service, the
     /// gateway).
     pub fn without_messaging(service: &'static str) -> Self {
-        Self::with_transport(service, Topics::new(""), Transport::Local(LocalBus::new()))
+        let transport = Transport::Local {
+            bus: LocalBus::new(),
+            dead_letters: LocalDeadLetters::new(),
+        };
+        Self::with_transport(service, Topics::new(""), transport)
     }
 
     fn with_transport(service: &'static str, topics: Topics, transport: Transport) -> Self {
@@ -166,7 +173,16 @@ impl Launcher {
                     client,
                     publisher: publisher.clone(),
                 }),
-            Transport::Local(_) => None,
+            Transport::Local { .. } => None,
+        }
+    }
+
+    /// On the in-process bus, the dead-letter shelves of the process's services (what
+    /// the operator tools list and replay).
+    pub fn local_dead_letters(&self) -> Option<LocalDeadLetters> {
+        match &self.transport {
+            Transport::Local { dead_letters, .. } => Some(dead_letters.clone()),
+            Transport::Kafka { .. } => None,
         }
     }
 
@@ -191,7 +207,7 @@ impl Launcher {
                     .spawn(async move { relay.run(stop.wait()).await.map_err(Into::into) });
                 handle
             }
-            Transport::Local(bus) => {
+            Transport::Local { bus, .. } => {
                 let (relay, handle) = relay(outbox, bus.clone(), self.service, false);
                 self.tasks
                     .spawn(async move { relay.run(stop.wait()).await.map_err(Into::into) });
@@ -201,8 +217,10 @@ impl Launcher {
     }
 
     /// Consume `topic` through an idempotent consumer named after the service (its
-    /// records in `inbox`; what cannot be handled goes to the dead-letter topic). With
-    /// Kafka: in the group `{prefix}{service}`, with the tuning's settings.
+    /// records in `inbox`; what cannot be handled goes to the dead-letter topic, or on
+    /// the in-process bus to the service's SQLite shelf if it registered one in
+    /// [`Messaging::local_dead_letters`]). With Kafka: in the group
+    /// `{prefix}{service}`, with the tuning's settings.
     pub fn consume<I, H>(&mut self, topic: &str, inbox: I, handler: H) -> anyhow::Result<()>
     where
         I: Inbox,
@@ -235,14 +253,24 @@ impl Launcher {
                         .map_err(Into::into)
                 });
             }
-            Transport::Local(bus) => {
-                let dead_letters = bus.clone().with_dead_letter_topic(dlq);
-                bus.subscribe(
+            Transport::Local { bus, dead_letters } => match dead_letters.of(self.service) {
+                Some(shelf) => bus.subscribe(
                     topic,
-                    IdempotentConsumer::new(self.service, inbox, dead_letters),
+                    IdempotentConsumer::new(self.service, inbox, shelf.dead_letters),
                     handler,
-                );
-            }
+                ),
+                // A service not on SQLite registered no shelf: the bus's dead-letter
+                // topic, in memory.
+                None => bus.subscribe(
+                    topic,
+                    IdempotentConsumer::new(
+                        self.service,
+                        inbox,
+                        bus.clone().with_dead_letter_topic(dlq),
+                    ),
+                    handler,
+                ),
+            },
         }
         Ok(())
     }

@@ -15,6 +15,7 @@ pub mod local_grpc;
 pub mod messaging;
 pub mod metrics;
 pub mod outbox_store;
+pub mod parked;
 pub mod redis_client;
 pub mod retry;
 pub mod shutdown;

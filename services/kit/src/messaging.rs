@@ -183,11 +183,33 @@ pub enum Messaging {
         tuning: KafkaTuning,
     },
     /// Through an in-process [`LocalBus`](outbox::local::LocalBus) shared by the services
-    /// of one process (the embedded mode).
-    Local(outbox::local::LocalBus),
+    /// of one process (the embedded mode), with their durable dead letters.
+    Local {
+        /// The bus.
+        bus: outbox::local::LocalBus,
+        /// Where each service's consumers park what they give up on.
+        dead_letters: crate::parked::LocalDeadLetters,
+    },
 }
 
 impl Messaging {
+    /// A new in-process bus with no dead-letter shelves yet.
+    pub fn local() -> Self {
+        Self::Local {
+            bus: outbox::local::LocalBus::new(),
+            dead_letters: Default::default(),
+        }
+    }
+
+    /// The dead-letter shelves of the in-process services (none with Kafka: the
+    /// dead-letter topic holds them).
+    pub fn local_dead_letters(&self) -> Option<&crate::parked::LocalDeadLetters> {
+        match self {
+            Self::Local { dead_letters, .. } => Some(dead_letters),
+            Self::Kafka { .. } => None,
+        }
+    }
+
     /// Whether the relay reads a MySQL outbox as a stream (Kafka with
     /// [`KafkaTuning::outbox_stream`]).
     pub fn outbox_stream(&self) -> bool {

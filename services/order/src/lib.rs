@@ -112,6 +112,9 @@ pub async fn run_with(
                     Arc::new(RedisIdempotencyStore::new(conn)),
                 )
             };
+        if let Some(shelves) = messaging.local_dead_letters() {
+            shelves.register("order", pool.clone());
+        }
         let parts = Parts::<saga::Sqlite> {
             repo,
             sagas: SqliteSagaStore::new(pool.clone()),
@@ -221,11 +224,14 @@ async fn serve<B: saga::Backend, I: Inbox<Tx = B::Tx> + Clone>(
             .collect(),
     );
     let operator = (!config.admin_token.is_empty()).then(|| {
-        let dlq = launcher.kafka_access().map(|kafka| operator::Dlq {
-            client: kafka.client,
-            topic: topics.dlq.clone(),
-            publisher: kafka.publisher,
-        });
+        let dlq = match launcher.local_dead_letters() {
+            Some(shelves) => Some(operator::Dlq::Local(shelves)),
+            None => launcher.kafka_access().map(|kafka| operator::Dlq::Kafka {
+                client: kafka.client,
+                topic: topics.dlq.clone(),
+                publisher: kafka.publisher,
+            }),
+        };
         operator::Operator::<B>::new(
             orchestrator.clone(),
             repo.clone(),

@@ -6,16 +6,18 @@
 //! | `GET /admin/sagas?status=&older_than_secs=&overdue=&limit=` | sagas by status and age, least recently moved first; `overdue=true`: a step deadline has passed (e.g. `PAYMENT_PENDING` past the payment deadline) |
 //! | `GET /admin/sagas/{id}` | one saga, its orders and its history: every event, state change and command, with timestamps and trace ids |
 //! | `POST /admin/sagas/{id}/compensate` `{"reason": "…"}` | force compensation: a running saga gives up its awaited step and compensates; a compensating one sends its pending compensations again |
-//! | `GET /admin/dlq?limit=` | what `dlq.saga` holds: id, original topic, key, reason, headers |
-//! | `POST /admin/dlq/replay` `{"offset": 7}` (`"partition"` needed only when several partitions have that offset) | publish a dead letter to its original topic again, after a fix (a derived id: replaying the same one twice is processed once) |
+//! | `GET /admin/dlq?limit=` | what `dlq.saga` holds (embedded: the services' SQLite files): id, original topic, key, reason, headers |
+//! | `POST /admin/dlq/replay` `{"offset": 7}` (`"partition"`, embedded `"service"`, needed only when several have that offset) | publish a dead letter to its original topic again, after a fix (a derived id: replaying the same one twice is processed once; embedded, through the service's outbox in one transaction with its removal) |
 //!
 //! Every action is logged (warn level, with the operator's reason) and counted in
 //! `ordersys_operator_actions_total{action,result}`. The CLI `ordersys-admin` calls
 //! these routes.
 
+mod dlq;
+
 use ordersys_kit::rfc3339_millis;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
@@ -30,19 +32,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+pub use self::dlq::Dlq;
 use crate::repository::OrderRepo;
 use crate::saga::{invalidate, Backend, OrderOrchestrator};
-
-/// Where the dead letters are (Kafka only: the embedded bus keeps none to replay).
-#[derive(Clone, Debug)]
-pub struct Dlq {
-    /// Client settings (brokers, TLS/SASL).
-    pub client: rdkafka::ClientConfig,
-    /// The dead-letter topic.
-    pub topic: String,
-    /// Publishes replays.
-    pub publisher: outbox::kafka::KafkaPublisher,
-}
 
 /// The operator tools of one order service.
 pub struct Operator<B: Backend> {
@@ -89,8 +81,8 @@ impl<B: Backend> Operator<B> {
             .route("/admin/sagas", get(list::<B>))
             .route("/admin/sagas/{id}", get(show::<B>))
             .route("/admin/sagas/{id}/compensate", post(compensate::<B>))
-            .route("/admin/dlq", get(dlq_list::<B>))
-            .route("/admin/dlq/replay", post(dlq_replay::<B>))
+            .route("/admin/dlq", get(dlq::list::<B>))
+            .route("/admin/dlq/replay", post(dlq::replay::<B>))
             .route_layer(axum::middleware::from_fn_with_state(
                 op.clone(),
                 authorize::<B>,
@@ -359,138 +351,6 @@ async fn compensate<B: Backend>(
     (
         StatusCode::ACCEPTED,
         Json(json!({ "saga": saga_json(&op, &after, now_ms()) })),
-    )
-        .into_response()
-}
-
-#[derive(Debug, Deserialize)]
-struct DlqQuery {
-    limit: Option<usize>,
-}
-
-fn record_json(r: &outbox::kafka::DeadLetterRecord) -> Value {
-    let headers: serde_json::Map<String, Value> = r
-        .delivery
-        .headers
-        .iter()
-        .map(|(k, v)| (k.to_owned(), json!(v)))
-        .collect();
-    json!({
-        "partition": r.partition,
-        "offset": r.offset,
-        "parked_at": r.timestamp_ms.map(rfc3339_millis),
-        "message_id": r.delivery.id.to_string(),
-        "original_topic": r.original_topic,
-        "key": r.delivery.key,
-        "reason": r.reason,
-        "payload_bytes": r.delivery.payload.len(),
-        "headers": headers,
-    })
-}
-
-fn dlq_of<B: Backend>(op: &Operator<B>) -> Result<&Dlq, Early> {
-    op.dlq.as_ref().ok_or_else(|| {
-        Box::new(error(
-            StatusCode::NOT_IMPLEMENTED,
-            "unsupported",
-            "no dead-letter topic here: the embedded bus keeps no dead letters to replay",
-        ))
-    })
-}
-
-async fn read<B: Backend>(op: &Operator<B>) -> Result<Vec<outbox::kafka::DeadLetterRecord>, Early> {
-    let dlq = dlq_of(op)?;
-    outbox::kafka::read_dead_letters(&dlq.client, &dlq.topic, 10_000, Duration::from_secs(15))
-        .await
-        .map_err(unavailable)
-}
-
-async fn dlq_list<B: Backend>(
-    State(op): State<Arc<Operator<B>>>,
-    Query(q): Query<DlqQuery>,
-) -> Response {
-    match read(&op).await {
-        Ok(records) => {
-            counted("list_dlq", "ok");
-            let skip = records.len().saturating_sub(q.limit.unwrap_or(100));
-            let items: Vec<Value> = records[skip..].iter().map(record_json).collect();
-            Json(json!({ "dead_letters": items, "total": records.len() })).into_response()
-        }
-        Err(r) => *r,
-    }
-}
-
-#[derive(Debug, Deserialize)]
-struct ReplayBody {
-    /// Absent: the one dead letter at `offset` in any partition (409 if several).
-    #[serde(default)]
-    partition: Option<i32>,
-    offset: i64,
-}
-
-async fn dlq_replay<B: Backend>(
-    State(op): State<Arc<Operator<B>>>,
-    Json(body): Json<ReplayBody>,
-) -> Response {
-    let records = match read(&op).await {
-        Ok(r) => r,
-        Err(r) => return *r,
-    };
-    let at: Vec<_> = records
-        .iter()
-        .filter(|r| r.offset == body.offset && body.partition.is_none_or(|p| r.partition == p))
-        .collect();
-    let record = match at[..] {
-        [record] => record,
-        [] => {
-            let place = match body.partition {
-                Some(p) => format!("partition {p} offset {}", body.offset),
-                None => format!("offset {}", body.offset),
-            };
-            return error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no dead letter at {place}"),
-            );
-        }
-        _ => {
-            return error(
-                StatusCode::CONFLICT,
-                "ambiguous",
-                format!(
-                    "dead letters at offset {} in several partitions: name one (partition)",
-                    body.offset
-                ),
-            );
-        }
-    };
-    if record.original_topic.is_empty() {
-        counted("replay_dlq", "refused");
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "no_original_topic",
-            "the dead letter does not name its original topic",
-        );
-    }
-    let message = record.replay_message();
-    let publisher = match dlq_of(&op) {
-        Ok(d) => d.publisher.clone(),
-        Err(r) => return *r,
-    };
-    if let Err(e) = outbox::Publisher::publish(&publisher, &message).await {
-        counted("replay_dlq", "failed");
-        return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e);
-    }
-    tracing::warn!(message_id = %record.delivery.id, replay_id = %message.id,
-        topic = %message.topic, reason = %record.reason,
-        "оператор повторно отправил сообщение из очереди недоставленных");
-    counted("replay_dlq", "ok");
-    (
-        StatusCode::ACCEPTED,
-        Json(
-            json!({ "replayed": record_json(record), "message_id": message.id.to_string(),
-            "topic": message.topic }),
-        ),
     )
         .into_response()
 }

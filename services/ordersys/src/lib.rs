@@ -57,6 +57,9 @@ pub struct Config {
     pub initial_balance: i64,
     /// Payment step deadline (`PAYMENT_DEADLINE_SECS`, default 30).
     pub payment_deadline_secs: u64,
+    /// The bearer token of the operator tools on the order service's admin port
+    /// (`ADMIN_TOKEN`; empty, the default: the tools are off).
+    pub admin_token: Secret,
 }
 
 impl Default for Config {
@@ -76,6 +79,7 @@ impl Default for Config {
             body_limit_bytes: 64 * 1024,
             initial_balance: 100_000,
             payment_deadline_secs: 30,
+            admin_token: Secret::default(),
         }
     }
 }
@@ -169,7 +173,7 @@ pub async fn run(
     tokio::fs::create_dir_all(&config.data_dir).await?;
     let secret = jwt_secret(&config).await?;
     let messaging = if config.kafka_brokers.is_empty() {
-        Messaging::Local(outbox::local::LocalBus::new())
+        Messaging::local()
     } else {
         Messaging::Kafka {
             brokers: config.kafka_brokers.clone(),
@@ -189,6 +193,7 @@ pub async fn run(
             .await?
             .with_local(in_process.payment.clone()),
     );
+    let operator_tools = order_l.admin.local_addr()?;
     let url = |l: &Listeners| l.grpc.local_addr().map(|a| format!("http://{a}"));
     let (user_url, order_url, payment_url) = (url(&user_l)?, url(&order_l)?, url(&payment_l)?);
     let http = tokio::net::TcpListener::bind(&config.http_addr).await?;
@@ -216,6 +221,7 @@ pub async fn run(
         stores: stores("order"),
         kafka: kafka.clone(),
         payment_deadline_secs: config.payment_deadline_secs,
+        admin_token: config.admin_token.clone(),
         tls: GrpcTls::loopback_plaintext(),
         ..ordersys_order::Config::default()
     };
@@ -290,6 +296,9 @@ pub async fn run(
     }
     println!("  curl -s -X POST http://{shown}/api/v1/auth/register -H 'content-type: application/json' -d '{{\"email\":\"me@example.com\",\"password\":\"correct-horse\"}}'");
     println!("  curl -s -X POST http://{shown}/api/v1/auth/login    -H 'content-type: application/json' -d '{{\"email\":\"me@example.com\",\"password\":\"correct-horse\"}}'");
+    if !config.admin_token.is_empty() {
+        println!("  operator tools (ADMIN_TOKEN): ordersys-admin --url http://{operator_tools} sagas list");
+    }
     tracing::info!(http = %http_addr, mode = %mode, "система ordersys запущена");
     launcher.run(shutdown, "система ordersys остановлена").await
 }

@@ -107,6 +107,9 @@ pub async fn run_with(
             admin = admin.redis(conn.clone());
             Arc::new(RedisIdempotencyStore::new(conn))
         };
+        if let Some(shelves) = messaging.local_dead_letters() {
+            shelves.register("payment", pool.clone());
+        }
         let (outbox, inbox) = (SqliteOutbox::new(pool.clone()), SqliteInbox::new(pool));
         serve(
             config,

@@ -6,7 +6,7 @@
 //! ordersys-admin sagas show <saga-id>
 //! ordersys-admin sagas compensate <saga-id> [--reason TEXT]
 //! ordersys-admin dlq list [--limit N]
-//! ordersys-admin dlq replay <offset> [--partition P]
+//! ordersys-admin dlq replay <offset> [--partition P | --service S]
 //! ```
 //!
 //! `--url` (or `ORDERSYS_ADMIN_URL`, default `http://127.0.0.1:8082`): the order
@@ -21,7 +21,7 @@ const USAGE: &str = "usage:
   ordersys-admin [--url URL] sagas show SAGA_ID
   ordersys-admin [--url URL] sagas compensate SAGA_ID [--reason TEXT]
   ordersys-admin [--url URL] dlq list [--limit N]
-  ordersys-admin [--url URL] dlq replay OFFSET [--partition P]
+  ordersys-admin [--url URL] dlq replay OFFSET [--partition P | --service order|payment]
 environment: ORDERSYS_ADMIN_URL (default http://127.0.0.1:8082), ORDERSYS_ADMIN_TOKEN or ADMIN_TOKEN";
 
 struct Args {
@@ -112,6 +112,10 @@ fn call_of(args: &Args) -> Result<Call, String> {
                     .parse::<i32>()
                     .map_err(|e| format!("--partition: {e}"))?
                     .into();
+            }
+            // Embedded, the services' own files: the same for the service.
+            if let Some(s) = args.flag("service") {
+                body["service"] = s.into();
             }
             Call::Post("/admin/dlq/replay".into(), body)
         }
