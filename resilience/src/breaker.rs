@@ -9,9 +9,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 mod state;
+mod window;
 
 pub use state::{BreakerState, Transition, TransitionReason};
 use state::{CLOSED, HALF_OPEN, OPEN};
+pub use window::FailureRate;
+use window::Window;
 
 /// Tunables of a [`CircuitBreaker`]: `default()` and the `with_*` methods (or
 /// [`CircuitBreaker::builder`]). New settings may be added in minor versions (the
@@ -32,6 +35,8 @@ pub struct BreakerConfig {
     pub failure_threshold: u32,
     /// How long the breaker stays open before admitting a trial call (default 30 s).
     pub open_timeout: Duration,
+    /// Also open on a share of failed calls over a window of time (default none).
+    pub failure_rate: Option<FailureRate>,
 }
 
 impl Default for BreakerConfig {
@@ -39,6 +44,7 @@ impl Default for BreakerConfig {
         Self {
             failure_threshold: 5,
             open_timeout: Duration::from_secs(30),
+            failure_rate: None,
         }
     }
 }
@@ -53,6 +59,12 @@ impl BreakerConfig {
     /// [`open_timeout`](Self::open_timeout).
     pub fn with_open_timeout(mut self, open_timeout: Duration) -> Self {
         self.open_timeout = open_timeout;
+        self
+    }
+
+    /// [`failure_rate`](Self::failure_rate).
+    pub fn with_failure_rate(mut self, policy: FailureRate) -> Self {
+        self.failure_rate = Some(policy);
         self
     }
 }
@@ -112,6 +124,8 @@ struct Inner {
     opened_at: AtomicU64,
     /// The downstream reported healthy while OPEN: the next call is the trial.
     healthy: AtomicBool,
+    /// With a failure-rate policy, the calls of its window.
+    window: Option<Window>,
     epoch: Instant,
     on_transition: Option<Callback>,
 }
@@ -184,6 +198,13 @@ impl CircuitBreakerBuilder {
         self
     }
 
+    /// Also open when `percent` % of the calls of the last `window` failed, once it
+    /// holds `minimum_calls` ([`FailureRate`]).
+    pub fn failure_rate(mut self, percent: u8, window: Duration, minimum_calls: u32) -> Self {
+        self.config.failure_rate = Some(FailureRate::new(percent, window, minimum_calls));
+        self
+    }
+
     /// Replace the whole configuration.
     pub fn config(mut self, config: BreakerConfig) -> Self {
         self.config = config;
@@ -213,6 +234,7 @@ impl CircuitBreakerBuilder {
                 failures: AtomicU32::new(0),
                 opened_at: AtomicU64::new(0),
                 healthy: AtomicBool::new(false),
+                window: self.config.failure_rate.map(Window::new),
                 epoch: Instant::now(),
                 on_transition: self.on_transition,
             }),
@@ -417,9 +439,33 @@ impl CircuitBreaker {
     fn record_success(&self, trial: bool) {
         if trial {
             self.inner.failures.store(0, Ordering::Relaxed);
+            if let Some(w) = &self.inner.window {
+                w.clear();
+            }
             self.cas(HALF_OPEN, CLOSED, TransitionReason::TrialSucceeded);
-        } else if self.inner.failures.load(Ordering::Relaxed) != 0 {
+            return;
+        }
+        if self.inner.failures.load(Ordering::Relaxed) != 0 {
             self.inner.failures.store(0, Ordering::Relaxed);
+        }
+        if let Some(w) = &self.inner.window {
+            w.record(self.now_nanos(), false);
+        }
+    }
+
+    /// CLOSED → OPEN for `reason`.
+    fn trip(&self, reason: TransitionReason) {
+        // Publish the open time before the state so that nobody sees OPEN with a stale
+        // timestamp.
+        self.inner
+            .opened_at
+            .store(self.now_nanos(), Ordering::Release);
+        self.inner.healthy.store(false, Ordering::Release);
+        if self.cas(CLOSED, OPEN, reason) {
+            self.inner.failures.store(0, Ordering::Relaxed);
+            if let Some(w) = &self.inner.window {
+                w.clear();
+            }
         }
     }
 
@@ -433,17 +479,12 @@ impl CircuitBreaker {
             return;
         }
         let n = self.inner.failures.fetch_add(1, Ordering::AcqRel) + 1;
-        if n >= self.inner.config.failure_threshold
-            && self.inner.state.load(Ordering::Acquire) == CLOSED
-        {
-            // Publish the open time before the state so that nobody sees OPEN with a
-            // stale timestamp.
-            self.inner
-                .opened_at
-                .store(self.now_nanos(), Ordering::Release);
-            self.inner.healthy.store(false, Ordering::Release);
-            if self.cas(CLOSED, OPEN, TransitionReason::Failures) {
-                self.inner.failures.store(0, Ordering::Relaxed);
+        let closed = || self.inner.state.load(Ordering::Acquire) == CLOSED;
+        if n >= self.inner.config.failure_threshold && closed() {
+            self.trip(TransitionReason::Failures);
+        } else if let Some(w) = &self.inner.window {
+            if w.record(self.now_nanos(), true) && closed() {
+                self.trip(TransitionReason::FailureRate);
             }
         }
     }

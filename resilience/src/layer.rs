@@ -325,10 +325,12 @@ where
                 .await;
             result.map_err(|e| match e {
                 crate::RetryError::Failed { error, .. } => error,
-                other @ crate::RetryError::DeadlineExceeded { .. } => Box::new(DeadlineExceeded {
+                crate::RetryError::TimedOut { attempts, .. } => {
+                    Box::new(AttemptTimedOut { attempts }) as BoxError
+                }
+                other => Box::new(DeadlineExceeded {
                     attempts: other.attempts(),
-                })
-                    as BoxError,
+                }) as BoxError,
             })
         })
     }
@@ -339,6 +341,15 @@ where
 #[error("retry deadline exceeded after {attempts} attempt(s)")]
 pub struct DeadlineExceeded {
     /// Attempts started.
+    pub attempts: u32,
+}
+
+/// Error of [`RetryService`] when the last attempt ran past the policy's
+/// [`attempt_timeout`](crate::Retry::attempt_timeout) and no retry was left.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the last of {attempts} attempt(s) timed out")]
+pub struct AttemptTimedOut {
+    /// Attempts made.
     pub attempts: u32,
 }
 

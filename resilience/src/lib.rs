@@ -12,7 +12,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use resilience::{BreakerError, CircuitBreaker, Retry};
+//! use resilience::{BreakerError, CircuitBreaker, Retry, RetryError};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
@@ -21,10 +21,18 @@
 //!
 //! // Retry a flaky call, going through the breaker on every attempt; an open breaker
 //! // stops the retries at once.
-//! let result: Result<u32, BreakerError<&str>> = retry
+//! let result: Result<u32, RetryError<BreakerError<&str>>> = retry
 //!     .call_with_breaker(&breaker, || async { Ok::<_, &str>(42) })
 //!     .await;
 //! assert_eq!(result.unwrap(), 42);
+//!
+//! // A failure says how many attempts were made and what the breaker answered last.
+//! let failed = retry
+//!     .base_delay(Duration::from_millis(1))
+//!     .call_with_breaker(&breaker, || async { Err::<u32, _>("unavailable") })
+//!     .await
+//!     .unwrap_err();
+//! assert_eq!((failed.attempts(), failed.is_open()), (3, false));
 //! # }
 //! ```
 //!
@@ -63,10 +71,10 @@ pub mod layer;
 
 pub use breaker::{
     BreakerConfig, BreakerError, BreakerState, CircuitBreaker, CircuitBreakerBuilder, CircuitOpen,
-    Permit, Transition, TransitionReason,
+    FailureRate, Permit, Transition, TransitionReason,
 };
 pub use rate_limit::{MemoryRateLimiter, RateDecision, RateLimitError, RateLimiter};
-pub use retry::{Backoff, Retry, RetryError};
+pub use retry::{Backoff, Retry, RetryError, RetryNotice};
 
 /// The Redis client (`redis` 1.x) behind the Redis rate limiter: build its connection
 /// with this one.

@@ -38,6 +38,7 @@ pub struct Retry {
     max_delay: Duration,
     jitter: f64,
     deadline: Option<Duration>,
+    attempt_timeout: Option<Duration>,
     name: &'static str,
 }
 
@@ -50,6 +51,7 @@ impl Default for Retry {
             max_delay: Duration::from_secs(30),
             jitter: 0.1,
             deadline: None,
+            attempt_timeout: None,
             name: "unnamed",
         }
     }
@@ -75,6 +77,15 @@ pub enum RetryError<E> {
         /// Attempts started.
         attempts: u32,
     },
+    /// The last attempt did not finish within the
+    /// [`attempt_timeout`](Retry::attempt_timeout) and no retry is left.
+    #[error("the last of {attempts} attempt(s) timed out")]
+    TimedOut {
+        /// The last error an attempt returned, if one did before the timeouts.
+        last: Option<E>,
+        /// Attempts made.
+        attempts: u32,
+    },
 }
 
 impl<E> RetryError<E> {
@@ -82,16 +93,64 @@ impl<E> RetryError<E> {
     pub fn into_last(self) -> Option<E> {
         match self {
             Self::Failed { error, .. } => Some(error),
-            Self::DeadlineExceeded { last, .. } => last,
+            Self::DeadlineExceeded { last, .. } | Self::TimedOut { last, .. } => last,
         }
     }
 
     /// Attempts made (or started, for a deadline).
     pub fn attempts(&self) -> u32 {
         match self {
-            Self::Failed { attempts, .. } | Self::DeadlineExceeded { attempts, .. } => *attempts,
+            Self::Failed { attempts, .. }
+            | Self::DeadlineExceeded { attempts, .. }
+            | Self::TimedOut { attempts, .. } => *attempts,
         }
     }
+
+    /// The same outcome with the attempts' error mapped by `f`.
+    pub fn map<F>(self, f: impl FnOnce(E) -> F) -> RetryError<F> {
+        match self {
+            Self::Failed { error, attempts } => RetryError::Failed {
+                error: f(error),
+                attempts,
+            },
+            Self::DeadlineExceeded { last, attempts } => RetryError::DeadlineExceeded {
+                last: last.map(f),
+                attempts,
+            },
+            Self::TimedOut { last, attempts } => RetryError::TimedOut {
+                last: last.map(f),
+                attempts,
+            },
+        }
+    }
+}
+
+/// The outcome of [`Retry::call_with_breaker`]: how many attempts were made, and the
+/// breaker's answer to the last.
+impl<E> RetryError<BreakerError<E>> {
+    /// Whether the breaker rejected the last attempt (it was open, or its trial was
+    /// taken).
+    pub fn is_open(&self) -> bool {
+        matches!(self, Self::Failed { error, .. } if error.is_open())
+    }
+
+    /// The downstream's own error from the last attempt that returned one.
+    pub fn into_inner(self) -> Option<E> {
+        self.into_last().and_then(BreakerError::into_inner)
+    }
+}
+
+/// What a retry hook ([`Retry::call_notify`], [`Retry::call_with_breaker_notify`]) is
+/// told before each wait.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct RetryNotice<'a, E> {
+    /// The attempt that just failed (1 for the first).
+    pub attempt: u32,
+    /// Its error; `None` if it timed out ([`Retry::attempt_timeout`]).
+    pub error: Option<&'a E>,
+    /// The wait before the next attempt.
+    pub delay: Duration,
 }
 
 impl Retry {
@@ -164,6 +223,33 @@ impl Retry {
         self
     }
 
+    /// Time limit of each attempt: one still running after `d` is abandoned (its future
+    /// dropped) and retried like a failed one — a hung connection costs `d`, not the
+    /// whole [`deadline`](Self::deadline). Through a breaker it counts as a failure.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use resilience::{Retry, RetryError};
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let calls = std::sync::atomic::AtomicU32::new(0);
+    /// let policy = Retry::default().attempt_timeout(Duration::from_millis(50));
+    /// let answer = policy
+    ///     .call(|| async {
+    ///         if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+    ///             std::future::pending::<()>().await; // the first attempt hangs
+    ///         }
+    ///         Ok::<_, &str>("second attempt")
+    ///     })
+    ///     .await;
+    /// assert_eq!(answer.unwrap(), "second attempt");
+    /// # }
+    /// ```
+    pub fn attempt_timeout(mut self, d: Duration) -> Self {
+        self.attempt_timeout = Some(d);
+        self
+    }
+
     /// Attempts in total.
     pub fn attempts(&self) -> u32 {
         self.max_attempts
@@ -197,15 +283,47 @@ impl Retry {
     }
 
     /// Retry `f` while `retryable(&error)` holds.
-    pub async fn call_if<F, Fut, T, E, P>(
+    pub async fn call_if<F, Fut, T, E, P>(&self, f: F, retryable: P) -> Result<T, RetryError<E>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        P: FnMut(&E) -> bool,
+    {
+        self.call_notify(f, retryable, |_| {}).await
+    }
+
+    /// [`call_if`](Self::call_if), telling `notify` about each retry before its wait —
+    /// the attempt that failed, its error (or that it timed out) and the delay: the
+    /// place to log or count retries per call.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use resilience::Retry;
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let mut seen = Vec::new();
+    /// let answer = Retry::default()
+    ///     .call_notify(
+    ///         || async { Err::<(), _>("unavailable") },
+    ///         |_| true,
+    ///         |n| seen.push((n.attempt, n.error.copied())),
+    ///     )
+    ///     .await;
+    /// assert_eq!(answer.unwrap_err().attempts(), 3);
+    /// assert_eq!(seen, [(1, Some("unavailable")), (2, Some("unavailable"))]);
+    /// # }
+    /// ```
+    pub async fn call_notify<F, Fut, T, E, P, N>(
         &self,
         mut f: F,
         mut retryable: P,
+        mut notify: N,
     ) -> Result<T, RetryError<E>>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
         P: FnMut(&E) -> bool,
+        N: FnMut(&RetryNotice<'_, E>),
     {
         let deadline = self.deadline.map(|d| Instant::now() + d);
         let mut delays = self.backoff();
@@ -213,57 +331,102 @@ impl Retry {
         let mut last = None;
         loop {
             attempts += 1;
-            let outcome = match deadline {
+            // This attempt's limit: its own timeout or the overall deadline, the earlier.
+            let own = self.attempt_timeout.map(|t| Instant::now() + t);
+            let limit = match (own, deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let outcome = match limit {
                 Some(at) => match tokio::time::timeout_at(at, f()).await {
-                    Ok(r) => r,
-                    Err(_) => return Err(RetryError::DeadlineExceeded { last, attempts }),
+                    Ok(r) => Some(r),
+                    Err(_) if deadline.is_some_and(|d| at >= d) => {
+                        return Err(RetryError::DeadlineExceeded { last, attempts })
+                    }
+                    Err(_) => None,
                 },
-                None => f().await,
+                None => Some(f().await),
             };
             let error = match outcome {
-                Ok(v) => return Ok(v),
-                Err(e) => e,
+                Some(Ok(v)) => return Ok(v),
+                Some(Err(e)) => Some(e),
+                None => None,
             };
-            if !retryable(&error) {
-                return Err(RetryError::Failed { error, attempts });
+            match error {
+                Some(error) if !retryable(&error) => {
+                    return Err(RetryError::Failed { error, attempts })
+                }
+                _ => {}
             }
             let Some(delay) = delays.next() else {
-                return Err(RetryError::Failed { error, attempts });
+                return Err(match error {
+                    Some(error) => RetryError::Failed { error, attempts },
+                    None => RetryError::TimedOut { last, attempts },
+                });
             };
             if let Some(at) = deadline {
                 if Instant::now() + delay >= at {
                     return Err(RetryError::DeadlineExceeded {
-                        last: Some(error),
+                        last: error.or(last),
                         attempts,
                     });
                 }
             }
-            last = Some(error);
+            notify(&RetryNotice {
+                attempt: attempts,
+                error: error.as_ref(),
+                delay,
+            });
+            if error.is_some() {
+                last = error;
+            }
             metrics::counter!("resilience_retries_total", "retry" => self.name).increment(1);
-            tokio::time::sleep(delay).await;
+            // A zero delay retries at once: tokio's timer would round it up to a tick.
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
         }
     }
 
     /// Retry `f` through `breaker`: every attempt asks the breaker first, and an open
     /// breaker ends the retries at once (retrying into an open breaker only burns time).
+    /// The error says how many attempts were made ([`RetryError::attempts`]) and what
+    /// the breaker answered to the last ([`RetryError::is_open`],
+    /// [`RetryError::into_inner`]).
     ///
     /// **Every attempt counts with the breaker**: a logical call retried three times
     /// that fails three times is three failures (two such calls open a breaker with a
-    /// threshold of five). With a [`deadline`](Self::deadline), an attempt still running
-    /// when it passes is abandoned, counted as a breaker failure, and reported as
-    /// [`BreakerError::TimedOut`] — so a downstream that hangs opens the breaker like
-    /// one that fails. To retry and count only the errors that mean the downstream is
-    /// in trouble, use [`call_with_breaker_classified`](Self::call_with_breaker_classified).
+    /// threshold of five). An attempt cut by the [`attempt_timeout`](Self::attempt_timeout)
+    /// or the [`deadline`](Self::deadline) is abandoned inside the breaker, counted as a
+    /// failure and reported as [`BreakerError::TimedOut`] — so a downstream that hangs
+    /// opens the breaker like one that fails. To retry and count only the errors that
+    /// mean the downstream is in trouble, use
+    /// [`call_with_breaker_classified`](Self::call_with_breaker_classified).
+    ///
+    /// ```
+    /// use resilience::{CircuitBreaker, Retry};
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let breaker = CircuitBreaker::new("inventory");
+    /// let failed = Retry::default()
+    ///     .call_with_breaker(&breaker, || async { Err::<(), _>("unavailable") })
+    ///     .await
+    ///     .unwrap_err();
+    /// assert_eq!(failed.attempts(), 3);
+    /// assert!(!failed.is_open());
+    /// assert_eq!(failed.into_inner(), Some("unavailable"));
+    /// # }
+    /// ```
     pub async fn call_with_breaker<F, Fut, T, E>(
         &self,
         breaker: &CircuitBreaker,
         f: F,
-    ) -> Result<T, BreakerError<E>>
+    ) -> Result<T, RetryError<BreakerError<E>>>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.call_with_breaker_classified(breaker, f, |_| true)
+        self.call_with_breaker_notify(breaker, f, |_| true, |_| {})
             .await
     }
 
@@ -271,8 +434,8 @@ impl Retry {
     /// all the downstream's fault: only errors for which `is_failure` holds (down,
     /// overloaded, timed out) are retried and counted as breaker failures; any other
     /// error is the downstream's *answer* (not found, invalid argument) — returned at
-    /// once as [`BreakerError::Inner`] and counted as a successful round trip. An
-    /// attempt cut by the [`deadline`](Self::deadline) always counts as a failure.
+    /// once and counted as a successful round trip. An attempt cut by a timeout always
+    /// counts as a failure.
     ///
     /// ```
     /// use resilience::{BreakerError, CircuitBreaker, Retry};
@@ -286,43 +449,76 @@ impl Retry {
     ///
     /// let answer = policy
     ///     .call_with_breaker_classified(&breaker, || async { Err::<(), _>(E::NotFound) }, transient)
-    ///     .await;
-    /// assert!(matches!(answer, Err(BreakerError::Inner(E::NotFound))));
+    ///     .await
+    ///     .unwrap_err();
+    /// assert_eq!((answer.attempts(), answer.into_inner()), (1, Some(E::NotFound)));
     /// assert_eq!(breaker.consecutive_failures(), 0); // an answer, not a failure
     ///
     /// let down = policy
     ///     .call_with_breaker_classified(&breaker, || async { Err::<(), _>(E::Unavailable) }, transient)
-    ///     .await;
-    /// assert!(matches!(down, Err(BreakerError::Inner(E::Unavailable))));
+    ///     .await
+    ///     .unwrap_err();
+    /// assert_eq!((down.attempts(), down.into_inner()), (3, Some(E::Unavailable)));
     /// assert_eq!(breaker.consecutive_failures(), 3); // three attempts, three failures
     /// # }
     /// ```
     pub async fn call_with_breaker_classified<F, Fut, T, E, C>(
         &self,
         breaker: &CircuitBreaker,
-        mut f: F,
+        f: F,
         is_failure: C,
-    ) -> Result<T, BreakerError<E>>
+    ) -> Result<T, RetryError<BreakerError<E>>>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
         C: Fn(&E) -> bool,
+    {
+        self.call_with_breaker_notify(breaker, f, is_failure, |_| {})
+            .await
+    }
+
+    /// [`call_with_breaker_classified`](Self::call_with_breaker_classified), telling
+    /// `notify` about each retry before its wait (as [`call_notify`](Self::call_notify);
+    /// an attempt that timed out has no error).
+    pub async fn call_with_breaker_notify<F, Fut, T, E, C, N>(
+        &self,
+        breaker: &CircuitBreaker,
+        mut f: F,
+        is_failure: C,
+        mut notify: N,
+    ) -> Result<T, RetryError<BreakerError<E>>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        C: Fn(&E) -> bool,
+        N: FnMut(&RetryNotice<'_, E>),
     {
         enum Attempt<E> {
             Failed(E),
             TimedOut,
         }
         let is_failure = &is_failure;
-        // Taken before `call_if` takes its own: an attempt still running at the deadline
-        // ends inside the breaker (a counted failure), not by being dropped outside it.
+        // Taken before `call_notify` takes its own: an attempt still running at the
+        // deadline (or past its own timeout) ends inside the breaker, a counted
+        // failure, not by being dropped outside it.
         let deadline = self.deadline.map(|d| Instant::now() + d);
-        let result = self
-            .call_if(
+        let attempt_timeout = self.attempt_timeout;
+        let outer = Retry {
+            attempt_timeout: None,
+            ..*self
+        };
+        let result = outer
+            .call_notify(
                 || {
                     let fut = f();
+                    let own = attempt_timeout.map(|t| Instant::now() + t);
+                    let limit = match (own, deadline) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
                     breaker.call_classified(
                         move || async move {
-                            match deadline {
+                            match limit {
                                 Some(at) => match tokio::time::timeout_at(at, fut).await {
                                     Ok(r) => r.map_err(Attempt::Failed),
                                     Err(_) => Err(Attempt::TimedOut),
@@ -336,15 +532,31 @@ impl Retry {
                         },
                     )
                 },
-                |e| matches!(e, BreakerError::Inner(Attempt::Failed(e)) if is_failure(e)),
+                |e| match e {
+                    BreakerError::Inner(Attempt::Failed(e)) => is_failure(e),
+                    BreakerError::Inner(Attempt::TimedOut) => true,
+                    _ => false,
+                },
+                |n| {
+                    notify(&RetryNotice {
+                        attempt: n.attempt,
+                        error: match n.error {
+                            Some(BreakerError::Inner(Attempt::Failed(e))) => Some(e),
+                            _ => None,
+                        },
+                        delay: n.delay,
+                    })
+                },
             )
             .await;
-        result.map_err(|e| match e.into_last() {
-            Some(BreakerError::Open(o)) => BreakerError::Open(o),
-            Some(BreakerError::Inner(Attempt::Failed(e))) => BreakerError::Inner(e),
-            Some(BreakerError::Inner(Attempt::TimedOut) | BreakerError::TimedOut) | None => {
-                BreakerError::TimedOut
-            }
+        result.map_err(|e| {
+            e.map(|e| match e {
+                BreakerError::Open(o) => BreakerError::Open(o),
+                BreakerError::Inner(Attempt::Failed(e)) => BreakerError::Inner(e),
+                BreakerError::Inner(Attempt::TimedOut) | BreakerError::TimedOut => {
+                    BreakerError::TimedOut
+                }
+            })
         })
     }
 }

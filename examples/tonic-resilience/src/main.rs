@@ -8,13 +8,16 @@
 //!   errors that mean the downstream is in trouble** (`UNAVAILABLE`,
 //!   `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED` — not a `NOT_FOUND` or
 //!   `INVALID_ARGUMENT`, which are answers), as below;
-//! - a per-attempt timeout keeps a hanging downstream from holding the caller.
+//! - a per-attempt timeout ([`Retry::attempt_timeout`]) keeps a hanging downstream from
+//!   holding the caller, and counts as a breaker failure;
+//! - a hook ([`Retry::call_with_breaker_notify`]) hears of each retry, and the error
+//!   says how many attempts were made.
 //!
 //! `cargo run -p example-tonic-resilience`.
 
 use std::time::Duration;
 
-use resilience::{BreakerError, BreakerState, CircuitBreaker, Retry};
+use resilience::{BreakerError, BreakerState, CircuitBreaker, Retry, RetryError};
 use tonic::{Code, Status};
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -34,25 +37,32 @@ async fn check(
     client: &HealthClient<tonic::transport::Channel>,
     breaker: &CircuitBreaker,
     service: &str,
-) -> Result<i32, BreakerError<Status>> {
+) -> Result<i32, RetryError<BreakerError<Status>>> {
     Retry::default()
         .named("health-check")
-        .call_with_breaker_classified(
+        .attempt_timeout(Duration::from_millis(500))
+        .call_with_breaker_notify(
             breaker,
             || {
                 let mut client = client.clone(); // `&mut self` methods: clone per attempt
                 let request = HealthCheckRequest {
                     service: service.to_owned(),
                 };
-                async move {
-                    let attempt = client.check(request);
-                    match tokio::time::timeout(Duration::from_millis(500), attempt).await {
-                        Ok(r) => r.map(|r| r.into_inner().status),
-                        Err(_) => Err(Status::deadline_exceeded("attempt timed out")),
-                    }
-                }
+                async move { client.check(request).await.map(|r| r.into_inner().status) }
             },
             transient,
+            |retry| match retry.error {
+                Some(status) => println!(
+                    "  attempt {} failed ({:?}), retrying in {:?}",
+                    retry.attempt,
+                    status.code(),
+                    retry.delay
+                ),
+                None => println!(
+                    "  attempt {} timed out, retrying in {:?}",
+                    retry.attempt, retry.delay
+                ),
+            },
         )
         .await
 }
@@ -90,7 +100,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The downstream answers: a success, and an answer that is not a failure.
     assert_eq!(check(&client, &breaker, "orders").await?, 1); // SERVING
     match check(&client, &breaker, "no-such-service").await {
-        Err(BreakerError::Inner(s)) if s.code() == Code::NotFound => {
+        Err(RetryError::Failed {
+            error: BreakerError::Inner(s),
+            attempts: 1,
+        }) if s.code() == Code::NotFound => {
             println!("NOT_FOUND is an answer: returned at once, not counted by the breaker")
         }
         other => return Err(format!("expected NOT_FOUND, got {other:?}").into()),
@@ -102,16 +115,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _ = stop.send(());
     server.await??;
     match check(&client, &breaker, "orders").await {
-        Err(BreakerError::Inner(s)) => println!("down: {:?} after 3 attempts", s.code()),
-        Err(BreakerError::Open(_)) => println!("down: the breaker opened during the retries"),
-        other => return Err(format!("expected failures, got {other:?}").into()),
+        Err(e) if e.is_open() => println!(
+            "down: the breaker opened during the retries ({} attempts)",
+            e.attempts()
+        ),
+        Err(e) => {
+            let attempts = e.attempts();
+            println!("down: {:?} after {attempts} attempts", e.into_inner());
+        }
+        Ok(status) => return Err(format!("expected failures, got {status}").into()),
     }
     assert_eq!(breaker.state(), BreakerState::Open);
 
     // While open, calls fail at once without touching the network.
     let started = std::time::Instant::now();
     match check(&client, &breaker, "orders").await {
-        Err(BreakerError::Open(o)) => println!(
+        Err(RetryError::Failed {
+            error: BreakerError::Open(o),
+            attempts: 1,
+        }) => println!(
             "open: refused in {:?}, retry after {:?}",
             started.elapsed(),
             o.retry_after

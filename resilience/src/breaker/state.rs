@@ -65,6 +65,9 @@ pub(super) const HALF_OPEN: u8 = 2;
 pub enum TransitionReason {
     /// CLOSED → OPEN: `failure_threshold` consecutive failures.
     Failures,
+    /// CLOSED → OPEN: the share of failed calls of the
+    /// [`FailureRate`](super::FailureRate) window.
+    FailureRate,
     /// OPEN → HALF-OPEN: the open timeout ran out.
     OpenTimeout,
     /// OPEN → HALF-OPEN before the timeout: the downstream reported healthy
@@ -88,6 +91,7 @@ impl TransitionReason {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Failures => "failures",
+            Self::FailureRate => "failure_rate",
             Self::OpenTimeout => "open_timeout",
             Self::Healthy => "healthy",
             Self::TrialSucceeded => "trial_succeeded",

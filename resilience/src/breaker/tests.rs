@@ -460,3 +460,79 @@ fn a_transition_reason_prints_as_its_label() {
         assert_eq!(reason.to_string(), label);
     }
 }
+
+/// One bad replica of three behind a balancer: every third call fails, never two in a
+/// row. Consecutive failures never open the breaker; a failure rate of 30 % does.
+#[tokio::test(start_paused = true)]
+async fn a_failure_rate_opens_on_failures_that_never_come_in_a_row() {
+    let reasons = Arc::new(Mutex::new(Vec::new()));
+    let r = reasons.clone();
+    let rated = CircuitBreaker::builder("rated")
+        .failure_threshold(5)
+        .failure_rate(30, Duration::from_secs(10), 9)
+        .on_transition(move |t| r.lock().unwrap().push(t.reason))
+        .build();
+    let (plain, _) = breaker_with_log(5);
+    for i in 0..8 {
+        for b in [&rated, &plain] {
+            if i % 3 == 2 {
+                fail(b).await;
+            } else {
+                ok(b).await.unwrap();
+            }
+        }
+        tokio::time::advance(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        rated.state(),
+        BreakerState::Closed,
+        "8 calls: under the minimum"
+    );
+    fail(&rated).await; // the 9th call: 3 of 9 failed, 33 %
+    fail(&plain).await;
+    assert_eq!(rated.state(), BreakerState::Open);
+    assert_eq!(*reasons.lock().unwrap(), [TransitionReason::FailureRate]);
+    assert_eq!(plain.state(), BreakerState::Closed, "never 5 in a row");
+
+    // Closed again by a trial, it starts a new window: one failure is not 30 % of one
+    // call's worth of history before the minimum is reached.
+    rated.recovered();
+    ok(&rated).await.unwrap();
+    assert_eq!(rated.state(), BreakerState::Closed);
+    fail(&rated).await;
+    assert_eq!(
+        rated.state(),
+        BreakerState::Closed,
+        "the old window was cleared"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_older_than_the_window_do_not_count() {
+    let b = CircuitBreaker::builder("aging")
+        .failure_threshold(100)
+        .failure_rate(50, Duration::from_secs(10), 4)
+        .build();
+    fail(&b).await;
+    fail(&b).await;
+    fail(&b).await;
+    tokio::time::advance(Duration::from_secs(12)).await;
+    ok(&b).await.unwrap();
+    ok(&b).await.unwrap();
+    ok(&b).await.unwrap();
+    fail(&b).await; // 1 of 4 in the window: the three old failures left it
+    assert_eq!(b.state(), BreakerState::Closed);
+    assert_eq!(
+        b.config().failure_rate,
+        Some(FailureRate::new(50, Duration::from_secs(10), 4))
+    );
+    let config = BreakerConfig::default().with_failure_rate(FailureRate::new(
+        50,
+        Duration::from_secs(10),
+        4,
+    ));
+    assert_eq!(
+        CircuitBreaker::builder("c").config(config).build().config(),
+        config
+    );
+}

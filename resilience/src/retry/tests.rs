@@ -10,13 +10,31 @@ async fn a_hanging_call_past_the_deadline_is_a_timeout_counted_by_the_breaker() 
         let r = retry
             .call_with_breaker(&breaker, std::future::pending::<Result<(), ()>>)
             .await;
-        assert!(matches!(r, Err(BreakerError::TimedOut)), "{r:?}");
+        assert!(
+            matches!(
+                r,
+                Err(RetryError::DeadlineExceeded {
+                    last: Some(BreakerError::TimedOut),
+                    attempts: 1
+                })
+            ),
+            "{r:?}"
+        );
     }
     assert_eq!(breaker.state(), crate::BreakerState::Open);
     let r = retry
         .call_with_breaker(&breaker, || async { Ok::<_, ()>(()) })
         .await;
-    assert!(matches!(r, Err(BreakerError::Open(_))), "{r:?}");
+    assert!(
+        matches!(
+            r,
+            Err(RetryError::Failed {
+                error: BreakerError::Open(_),
+                attempts: 1
+            })
+        ),
+        "{r:?}"
+    );
 }
 
 /// Failures that use up the retries are the call's own error, each attempt counted.
@@ -29,7 +47,16 @@ async fn each_failed_attempt_counts_with_the_breaker() {
     let r = retry
         .call_with_breaker(&breaker, || async { Err::<(), _>("boom") })
         .await;
-    assert!(matches!(r, Err(BreakerError::Inner("boom"))), "{r:?}");
+    assert!(
+        matches!(
+            r,
+            Err(RetryError::Failed {
+                error: BreakerError::Inner("boom"),
+                attempts: 3
+            })
+        ),
+        "{r:?}"
+    );
     assert_eq!(breaker.state(), crate::BreakerState::Closed);
     let _ = retry
         .call_with_breaker(&breaker, || async { Err::<(), _>("boom") })
@@ -276,5 +303,224 @@ async fn never_retries_into_an_open_breaker() {
         .await;
     // Two real calls open the breaker; the third attempt is rejected and ends it.
     assert_eq!(calls.load(Ordering::SeqCst), 2);
-    assert!(r.unwrap_err().is_open());
+    let e = r.unwrap_err();
+    assert!(e.is_open());
+    assert_eq!(e.attempts(), 3, "two calls and the refused third");
+    assert_eq!(e.into_inner(), None);
+}
+
+/// A hung attempt costs its own timeout, then the next attempt runs.
+#[tokio::test(start_paused = true)]
+async fn a_hung_attempt_is_abandoned_after_its_timeout_and_retried() {
+    let calls = AtomicU32::new(0);
+    let start = Instant::now();
+    let r = Retry::default()
+        .jitter(0.0)
+        .attempt_timeout(Duration::from_millis(300))
+        .call(|| async {
+            if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, ()>("second")
+        })
+        .await;
+    assert_eq!(r.unwrap(), "second");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    // 300 ms of the hung attempt + the 100 ms delay.
+    assert_eq!(Instant::now() - start, Duration::from_millis(400));
+}
+
+#[tokio::test(start_paused = true)]
+async fn attempts_that_all_time_out_say_so_with_the_last_error_seen() {
+    let calls = AtomicU32::new(0);
+    let r = Retry::default()
+        .attempt_timeout(Duration::from_millis(50))
+        .call(|| async {
+            if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Err("refused");
+            }
+            std::future::pending().await
+        })
+        .await;
+    assert_eq!(
+        r,
+        Err::<(), _>(RetryError::TimedOut {
+            last: Some("refused"),
+            attempts: 3
+        })
+    );
+    let r = Retry::never()
+        .attempt_timeout(Duration::from_millis(50))
+        .call(std::future::pending::<Result<(), ()>>)
+        .await;
+    assert_eq!(
+        r,
+        Err(RetryError::TimedOut {
+            last: None,
+            attempts: 1
+        })
+    );
+}
+
+/// The overall deadline still wins over a longer attempt timeout.
+#[tokio::test(start_paused = true)]
+async fn the_deadline_cuts_an_attempt_before_its_own_timeout() {
+    let start = Instant::now();
+    let r = Retry::default()
+        .attempt_timeout(Duration::from_secs(5))
+        .deadline(Duration::from_secs(1))
+        .call(std::future::pending::<Result<(), ()>>)
+        .await;
+    assert_eq!(
+        r,
+        Err(RetryError::DeadlineExceeded {
+            last: None,
+            attempts: 1
+        })
+    );
+    assert_eq!(Instant::now() - start, Duration::from_secs(1));
+}
+
+/// Through a breaker, each timed-out attempt is a failure: three hung attempts open a
+/// breaker with a threshold of three.
+#[tokio::test(start_paused = true)]
+async fn timed_out_attempts_count_with_the_breaker() {
+    let breaker = CircuitBreaker::builder("hangs")
+        .failure_threshold(3)
+        .build();
+    let r = Retry::default()
+        .attempt_timeout(Duration::from_millis(100))
+        .call_with_breaker(&breaker, std::future::pending::<Result<(), ()>>)
+        .await;
+    assert!(
+        matches!(
+            r,
+            Err(RetryError::Failed {
+                error: BreakerError::TimedOut,
+                attempts: 3
+            })
+        ),
+        "{r:?}"
+    );
+    assert_eq!(breaker.state(), crate::BreakerState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_hook_hears_of_each_retry_with_its_error_and_delay() {
+    let seen = Mutex::new(Vec::new());
+    let calls = AtomicU32::new(0);
+    let r = Retry::default()
+        .jitter(0.0)
+        .max_attempts(4)
+        .attempt_timeout(Duration::from_millis(50))
+        .call_notify(
+            || async {
+                match calls.fetch_add(1, Ordering::SeqCst) {
+                    0 => Err("first"),
+                    1 => std::future::pending().await,
+                    2 => Err("third"),
+                    _ => Ok(()),
+                }
+            },
+            |_| true,
+            |n| {
+                seen.lock()
+                    .unwrap()
+                    .push((n.attempt, n.error.copied(), n.delay))
+            },
+        )
+        .await;
+    assert_eq!(r, Ok(()));
+    let ms = Duration::from_millis;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            (1, Some("first"), ms(100)),
+            (2, None, ms(200)),
+            (3, Some("third"), ms(400))
+        ]
+    );
+    // Not retried, not told.
+    seen.lock().unwrap().clear();
+    let _ = Retry::default()
+        .call_notify(
+            || async { Err::<(), _>("final") },
+            |_| false,
+            |n| {
+                seen.lock()
+                    .unwrap()
+                    .push((n.attempt, n.error.copied(), n.delay))
+            },
+        )
+        .await;
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_breaker_hook_hears_of_retried_failures_only() {
+    let breaker = CircuitBreaker::new("b");
+    let mut seen = Vec::new();
+    let calls = AtomicU32::new(0);
+    let r = Retry::default()
+        .attempt_timeout(Duration::from_millis(50))
+        .call_with_breaker_notify(
+            &breaker,
+            || async {
+                match calls.fetch_add(1, Ordering::SeqCst) {
+                    0 => Err::<(), _>("unavailable"),
+                    1 => std::future::pending().await,
+                    _ => Err("not found"),
+                }
+            },
+            |e| *e == "unavailable",
+            |n| seen.push((n.attempt, n.error.copied())),
+        )
+        .await;
+    assert_eq!(seen, [(1, Some("unavailable")), (2, None)]);
+    let e = r.unwrap_err();
+    assert_eq!(e.attempts(), 3);
+    assert_eq!(e.into_inner(), Some("not found"));
+    assert_eq!(
+        breaker.consecutive_failures(),
+        0,
+        "the answer closed the streak"
+    );
+}
+
+#[test]
+fn an_outcome_maps_its_error_and_keeps_its_attempts() {
+    let failed: RetryError<&str> = RetryError::Failed {
+        error: "x",
+        attempts: 2,
+    };
+    assert_eq!(
+        failed.map(str::len),
+        RetryError::Failed {
+            error: 1,
+            attempts: 2
+        }
+    );
+    let late: RetryError<&str> = RetryError::DeadlineExceeded {
+        last: Some("ab"),
+        attempts: 3,
+    };
+    assert_eq!(
+        late.map(str::len),
+        RetryError::DeadlineExceeded {
+            last: Some(2),
+            attempts: 3
+        }
+    );
+    let hung: RetryError<&str> = RetryError::TimedOut {
+        last: Some("abc"),
+        attempts: 4,
+    };
+    assert_eq!(hung.attempts(), 4);
+    assert_eq!(
+        hung.map(str::len),
+        RetryError::TimedOut {
+            last: Some(3),
+            attempts: 4
+        }
+    );
 }

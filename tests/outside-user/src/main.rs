@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 use authz::{Authenticator, MemoryBlacklist, SigningKey, TokenIssuer, TokenValidator};
 use outbox::memory::{MemoryBroker, MemoryOutbox};
 use outbox::{OutboxMessage, OutboxStore, Relay, RelayConfig, Transactional};
-use resilience::{BreakerError, CircuitBreaker, Retry};
+use resilience::{BreakerError, CircuitBreaker, Retry, RetryError};
 use saga_core::bytes::Bytes;
 use saga_core::outbox::memory::MemoryTx;
 use saga_core::{
@@ -40,7 +40,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let breaker = CircuitBreaker::builder("user-service")
         .failure_threshold(5)
         .build();
-    let r: Result<u32, BreakerError<&str>> = Retry::default()
+    let r: Result<u32, RetryError<BreakerError<&str>>> = Retry::default()
         .call_with_breaker(&breaker, || async { Ok::<_, &str>(42) })
         .await;
     assert_eq!(r.unwrap(), 42);
