@@ -2,9 +2,10 @@
 
 use std::fmt;
 
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+use ed25519_dalek::pkcs8::{DecodePrivateKey as _, DecodePublicKey as _};
 
-use crate::{Error, Result};
+use crate::jws::{hmac, Signer, Verifier};
+use crate::{Algorithm, Error, Result};
 
 /// Minimum HS256 secret length in bytes (RFC 7518 §3.2: at least the hash size).
 const MIN_HMAC_SECRET: usize = 32;
@@ -12,8 +13,7 @@ const MIN_HMAC_SECRET: usize = 32;
 /// A key that signs tokens (and can verify them).
 #[derive(Clone)]
 pub struct SigningKey {
-    alg: Algorithm,
-    encoding: EncodingKey,
+    signer: Signer,
     verifying: VerifyingKey,
 }
 
@@ -21,7 +21,7 @@ impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never print key material.
         f.debug_struct("SigningKey")
-            .field("alg", &self.alg)
+            .field("alg", &self.algorithm())
             .finish_non_exhaustive()
     }
 }
@@ -35,24 +35,35 @@ impl SigningKey {
             )));
         }
         Ok(Self {
-            alg: Algorithm::HS256,
-            encoding: EncodingKey::from_secret(secret),
+            signer: Signer::Hs256(hmac(secret)?),
             verifying: VerifyingKey::hs256(secret)?,
         })
     }
 
     /// An Ed25519 (EdDSA) key pair from PKCS#8 PEM private and SPKI PEM public keys.
+    /// The public key must be the private key's: a pair that does not match is
+    /// [`Error::InvalidKey`] (its tokens would never verify).
     pub fn ed25519_from_pem(private_pem: &[u8], public_pem: &[u8]) -> Result<Self> {
+        let private = std::str::from_utf8(private_pem)
+            .ok()
+            .and_then(|pem| ed25519_dalek::SigningKey::from_pkcs8_pem(pem).ok())
+            .ok_or_else(|| Error::InvalidKey("not a PKCS#8 PEM Ed25519 private key".into()))?;
+        let verifying = VerifyingKey::ed25519_from_pem(public_pem)?;
+        if !matches!(&verifying.verifier, Verifier::Ed25519(public) if *public == private.verifying_key())
+        {
+            return Err(Error::InvalidKey(
+                "the Ed25519 public key is not the private key's".into(),
+            ));
+        }
         Ok(Self {
-            alg: Algorithm::EdDSA,
-            encoding: EncodingKey::from_ed_pem(private_pem)?,
-            verifying: VerifyingKey::ed25519_from_pem(public_pem)?,
+            signer: Signer::Ed25519(Box::new(private)),
+            verifying,
         })
     }
 
     /// The algorithm this key signs with.
     pub fn algorithm(&self) -> Algorithm {
-        self.alg
+        self.signer.algorithm()
     }
 
     /// The matching verifying key.
@@ -60,22 +71,21 @@ impl SigningKey {
         self.verifying.clone()
     }
 
-    pub(crate) fn encoding(&self) -> &EncodingKey {
-        &self.encoding
+    pub(crate) fn signer(&self) -> &Signer {
+        &self.signer
     }
 }
 
 /// A key that verifies tokens; only its own algorithm is accepted.
 #[derive(Clone)]
 pub struct VerifyingKey {
-    alg: Algorithm,
-    decoding: DecodingKey,
+    verifier: Verifier,
 }
 
 impl fmt::Debug for VerifyingKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("VerifyingKey")
-            .field("alg", &self.alg)
+            .field("alg", &self.algorithm())
             .finish_non_exhaustive()
     }
 }
@@ -89,26 +99,31 @@ impl VerifyingKey {
             )));
         }
         Ok(Self {
-            alg: Algorithm::HS256,
-            decoding: DecodingKey::from_secret(secret),
+            verifier: Verifier::Hs256(hmac(secret)?),
         })
     }
 
     /// EdDSA (Ed25519) from an SPKI PEM public key.
     pub fn ed25519_from_pem(public_pem: &[u8]) -> Result<Self> {
+        let public = std::str::from_utf8(public_pem)
+            .ok()
+            .and_then(|pem| ed25519_dalek::VerifyingKey::from_public_key_pem(pem).ok())
+            .ok_or_else(|| Error::InvalidKey("not an SPKI PEM Ed25519 public key".into()))?;
+        if public.is_weak() {
+            return Err(Error::InvalidKey("a weak (small-order) Ed25519 key".into()));
+        }
         Ok(Self {
-            alg: Algorithm::EdDSA,
-            decoding: DecodingKey::from_ed_pem(public_pem)?,
+            verifier: Verifier::Ed25519(public),
         })
     }
 
     /// The one algorithm this key accepts.
     pub fn algorithm(&self) -> Algorithm {
-        self.alg
+        self.verifier.algorithm()
     }
 
-    pub(crate) fn decoding(&self) -> &DecodingKey {
-        &self.decoding
+    pub(crate) fn verifier(&self) -> &Verifier {
+        &self.verifier
     }
 }
 

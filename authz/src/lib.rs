@@ -3,7 +3,11 @@
 //! `layer::AuthLayer` for axum/tower that authenticates `Authorization: Bearer`.
 //!
 //! The accepted algorithm is fixed by the key, never by the token: an HS256 validator
-//! rejects an EdDSA token and vice versa, and `alg: none` is always rejected.
+//! rejects an EdDSA token and vice versa, and `alg: none` is always rejected. Only
+//! those two algorithms ([`Algorithm`]) are implemented — compact JWS on RustCrypto's
+//! `hmac`/`sha2` and `ed25519-dalek` (constant-time HMAC comparison, strict Ed25519
+//! verification, the signature checked before the payload is read) — so no RSA or ECDSA
+//! code is linked; the tokens are standard JWTs any library reads.
 //!
 //! ```
 //! use std::{sync::Arc, time::Duration};
@@ -56,6 +60,7 @@ mod claims;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod error;
+mod jws;
 mod keys;
 #[cfg(feature = "redis")]
 pub mod redis;
@@ -76,6 +81,7 @@ pub use async_trait::async_trait;
 pub use blacklist::{revoke_token, Authenticator, Blacklist, BlacklistFailure, MemoryBlacklist};
 pub use claims::Claims;
 pub use error::{BoxError, Error, Result};
+pub use jws::Algorithm;
 pub use keys::{SigningKey, VerifyingKey};
 /// The JSON values of custom claims ([`Claims::extra`]), re-exported so the version
 /// always matches.
