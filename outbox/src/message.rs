@@ -115,6 +115,7 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
 pub const MESSAGE_ID_HEADER: &str = "message-id";
 
 /// Header on a replayed dead letter: the id of the parked message it replays.
+#[cfg_attr(not(any(feature = "kafka", feature = "sqlite")), allow(dead_code))]
 pub(crate) const REPLAY_OF_HEADER: &str = "dlq-replay-of";
 
 /// The message that replays the dead letter `parked` (which came from
@@ -122,6 +123,7 @@ pub(crate) const REPLAY_OF_HEADER: &str = "dlq-replay-of";
 /// and the parked id), a `dlq-replay-of` header naming the parked message, and a new id
 /// derived from the parked one (UUID v5) — the consumer's inbox recorded the parked id
 /// when it dead-lettered it, and replaying the same dead letter twice yields one id.
+#[cfg_attr(not(any(feature = "kafka", feature = "sqlite")), allow(dead_code))]
 pub(crate) fn replay_of(parked: &Delivery, original_topic: &str) -> OutboxMessage {
     let original = parked.id;
     let id = MessageId(Uuid::new_v5(
