@@ -245,6 +245,7 @@ chaos-short:
 ## Run the in-memory saga example.
 example: services-up
 	$(CARGO) run -p example-saga-in-memory
+	$(CARGO) run -p example-saga-sqlite
 	$(CARGO) run -p example-axum-jwt
 	$(CARGO) run -p example-outbox-mysql-kafka
 	$(CARGO) run -p example-tonic-resilience
