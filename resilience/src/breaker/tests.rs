@@ -532,6 +532,10 @@ async fn failures_older_than_the_window_do_not_count() {
         4,
     ));
     assert_eq!(
+        config.failure_rate,
+        Some(FailureRate::new(50, Duration::from_secs(10), 4))
+    );
+    assert_eq!(
         CircuitBreaker::builder("c").config(config).build().config(),
         config
     );

@@ -524,3 +524,32 @@ fn an_outcome_maps_its_error_and_keeps_its_attempts() {
         }
     );
 }
+
+/// The two limits of an attempt are told apart: its own timeout retries, the overall
+/// deadline ends the call — also on the last attempt, and with both set.
+#[tokio::test(start_paused = true)]
+async fn an_attempt_timeout_retries_where_the_deadline_ends_the_call() {
+    let calls = AtomicU32::new(0);
+    let r = Retry::default()
+        .attempt_timeout(Duration::from_millis(50))
+        .deadline(Duration::from_secs(10))
+        .call(|| async {
+            if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, ()>("after a timed-out attempt")
+        })
+        .await;
+    assert_eq!(r, Ok("after a timed-out attempt"));
+    let r = Retry::never()
+        .deadline(Duration::from_secs(1))
+        .call(std::future::pending::<Result<(), ()>>)
+        .await;
+    assert_eq!(
+        r,
+        Err(RetryError::DeadlineExceeded {
+            last: None,
+            attempts: 1
+        })
+    );
+}
