@@ -268,6 +268,12 @@ impl System {
             o2.insert("ADMIN_ADDR".into(), format!("127.0.0.1:{}", p[1]));
             o2.insert("RELAY_ID".into(), format!("{id}-2"));
             let mut p2 = payment_env.clone();
+            // Statically assigned partitions: the second replica takes the other half.
+            for e in [&mut o2, &mut p2] {
+                if e.get("KAFKA_ASSIGNMENT").map(String::as_str) == Some("static:0/2") {
+                    e.insert("KAFKA_ASSIGNMENT".into(), "static:1/2".into());
+                }
+            }
             p2.insert("GRPC_ADDR".into(), format!("127.0.0.1:{}", p[2]));
             p2.insert("ADMIN_ADDR".into(), format!("127.0.0.1:{}", p[3]));
             p2.insert("RELAY_ID".into(), format!("{id}-2"));

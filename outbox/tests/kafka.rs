@@ -912,3 +912,84 @@ async fn a_timed_out_delivery_replaces_the_producer() {
     assert!(outbox::Publisher::publish(&publisher, &msg).await.is_err());
     assert_eq!(publisher.recreations(), 2);
 }
+
+/// Publish `n` messages to each of `partitions` partitions of `topic`, chosen
+/// explicitly, each payload naming its partition (`p{partition}-{i}`).
+async fn publish_to_partitions(topic: &str, partitions: i32, n: usize) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    for p in 0..partitions {
+        for i in 0..n {
+            let payload = format!("p{p}-{i}");
+            producer
+                .send(
+                    FutureRecord::to(topic)
+                        .key(&payload)
+                        .payload(&payload)
+                        .partition(p),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+    }
+}
+
+/// Two replicas with a static assignment share one group id but join no group: each
+/// consumes exactly its own partitions (`p % 2`), nothing of the other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_replicas_consume_their_own_partitions_and_nothing_else() {
+    let topic = unique("static");
+    ensure_topics(&brokers(), &[(&topic, 4)]).await.unwrap();
+    publish_to_partitions(&topic, 4, 5).await;
+    let config = consumer_config(&topic);
+    let (even, stop_even, even_task) =
+        spawn_collecting(config.clone().with_static_assignment(0, 2));
+    let (odd, stop_odd, odd_task) = spawn_collecting(config.with_static_assignment(1, 2));
+    even.wait_for(10).await;
+    odd.wait_for(10).await;
+    for (collect, mine) in [(&even, ["p0-", "p2-"]), (&odd, ["p1-", "p3-"])] {
+        let payloads = collect.payloads();
+        assert!(
+            payloads
+                .iter()
+                .all(|p| mine.iter().any(|m| p.starts_with(m))),
+            "{mine:?}: {payloads:?}"
+        );
+        assert_eq!(payloads.len(), 10);
+    }
+    stop_even.send_replace(true);
+    stop_odd.send_replace(true);
+    even_task.await.unwrap().unwrap();
+    odd_task.await.unwrap().unwrap();
+}
+
+/// A statically assigned consumer started again (with an empty inbox, so a re-read would
+/// show) resumes from the offset it committed under its group id — no membership needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_consumer_resumes_from_its_committed_offsets() {
+    let topic = unique("static-resume");
+    ensure_topics(&brokers(), &[(&topic, 1)]).await.unwrap();
+    let config = consumer_config(&topic).with_static_assignment(0, 1);
+    publish_numbered(&topic, 10, 3).await;
+    let (first, stop, task) = spawn_collecting(config.clone());
+    first.wait_for(10).await;
+    stop.send_replace(true);
+    task.await.unwrap().unwrap();
+    assert_eq!(first.sorted_numbers(), (0..10).collect::<Vec<_>>());
+
+    let publisher = KafkaPublisher::new(&brokers()).unwrap();
+    for i in 10..15 {
+        let m = OutboxMessage::new(topic.clone(), format!("k{}", i % 3), format!("{i}"));
+        outbox::Publisher::publish(&publisher, &m).await.unwrap();
+    }
+    let (second, stop, task) = spawn_collecting(config);
+    second.wait_for(5).await;
+    stop.send_replace(true);
+    task.await.unwrap().unwrap();
+    assert_eq!(second.sorted_numbers(), (10..15).collect::<Vec<_>>());
+}

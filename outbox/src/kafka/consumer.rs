@@ -87,8 +87,57 @@ pub struct ConsumerConfig {
     /// advances past messages that are all finished, so a crash redelivers whatever was
     /// unfinished, never skips it.
     pub max_in_flight: usize,
+    /// How the consumer gets its partitions (default [`Assignment::Group`]).
+    pub assignment: Assignment,
     /// More librdkafka settings.
     pub extra: Vec<(String, String)>,
+}
+
+/// How a consumer of [`run_consumer`] gets its partitions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Assignment {
+    /// Membership of the consumer group: the group coordinator shares the partitions
+    /// among the live members and hands a dead member's to the others. A restarted
+    /// member consumes again once the group let it back in — at once with Apache Kafka
+    /// and static membership ([`ConsumerConfig::instance_id`]); the Tansu broker pauses
+    /// every join (≈ 8 s measured, docs/RELIABILITY.md).
+    #[default]
+    Group,
+    /// Replica `replica` of `replicas` takes the partitions `p` with
+    /// `p % replicas == replica` of each topic, directly — no group join: a restarted
+    /// replica consumes again as soon as it is up (≈ 10 ms instead of a join), from the
+    /// offsets committed under [`ConsumerConfig::group_id`]. The price: nobody takes over
+    /// a dead replica's partitions until it is back, and each replica needs its own
+    /// stable index (a StatefulSet ordinal, a compose service each) — two processes with
+    /// one index consume the same partitions (the inbox still processes each message
+    /// once, but the per-key order across them is lost). Partitions added to a topic
+    /// later are seen at the next start.
+    Static {
+        /// This replica's index, `0..replicas`.
+        replica: u32,
+        /// How many replicas share the partitions (at least 1).
+        replicas: u32,
+    },
+}
+
+impl Assignment {
+    /// Whether `partition` is this replica's.
+    ///
+    /// ```
+    /// use outbox::kafka::Assignment;
+    /// let second = Assignment::Static { replica: 1, replicas: 2 };
+    /// assert!(second.owns(3) && !second.owns(2));
+    /// assert!(Assignment::Group.owns(2)); // the group decides
+    /// ```
+    pub fn owns(self, partition: i32) -> bool {
+        match self {
+            Self::Group => true,
+            Self::Static { replica, replicas } => {
+                u32::try_from(partition).is_ok_and(|p| p % replicas.max(1) == replica)
+            }
+        }
+    }
 }
 
 impl ConsumerConfig {
@@ -107,8 +156,16 @@ impl ConsumerConfig {
             watchdog_interval: Some(Duration::from_secs(10)),
             close_timeout: Duration::from_secs(5),
             max_in_flight: 32,
+            assignment: Assignment::Group,
             extra: Vec::new(),
         }
+    }
+
+    /// [`assignment`](Self::assignment): [`Assignment::Static`] as replica `replica`
+    /// of `replicas`.
+    pub fn with_static_assignment(mut self, replica: u32, replicas: u32) -> Self {
+        self.assignment = Assignment::Static { replica, replicas };
+        self
     }
 
     /// [`session_timeout`](Self::session_timeout).
@@ -255,7 +312,7 @@ impl ConsumerConfig {
                 self.fetch_wait_max.as_millis().to_string(),
             )
             .set("statistics.interval.ms", "5000");
-        if let Some(id) = &self.instance_id {
+        if let (Some(id), Assignment::Group) = (&self.instance_id, self.assignment) {
             cc.set("group.instance.id", id);
         }
         for (k, v) in &self.extra {
@@ -263,6 +320,33 @@ impl ConsumerConfig {
         }
         cc
     }
+}
+
+/// [`Assignment::Static`]: take this replica's partitions of every topic, each from
+/// the offset committed under the group (or the start of its log). Blocking.
+fn assign_statically(
+    kafka: &StreamConsumer<LagContext>,
+    config: &ConsumerConfig,
+) -> rdkafka::error::KafkaResult<()> {
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for topic in &config.topics {
+        let md = kafka.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        for t in md.topics() {
+            for p in t.partitions() {
+                if config.assignment.owns(p.id()) {
+                    tpl.add_partition_offset(t.name(), p.id(), rdkafka::Offset::Stored)?;
+                }
+            }
+        }
+    }
+    if tpl.count() == 0 {
+        tracing::warn!(assignment = ?config.assignment, group = %config.group_id,
+            "static assignment: no partition is this replica's");
+    } else {
+        tracing::info!(partitions = tpl.count(), group = %config.group_id,
+            "consuming assigned partitions (static assignment, no group join)");
+    }
+    kafka.assign(&tpl)
 }
 
 /// Consume `config.topics` until `shutdown` resolves, handing each message to
@@ -292,8 +376,19 @@ where
     };
     let kafka: std::sync::Arc<StreamConsumer<LagContext>> =
         std::sync::Arc::new(cc.create_with_context(context).map_err(kafka_err)?);
-    let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
-    kafka.subscribe(&topics).map_err(kafka_err)?;
+    match config.assignment {
+        Assignment::Group => {
+            let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+            kafka.subscribe(&topics).map_err(kafka_err)?;
+        }
+        Assignment::Static { .. } => {
+            let (k, c) = (kafka.clone(), config.clone());
+            tokio::task::spawn_blocking(move || assign_statically(&k, &c))
+                .await
+                .map_err(crate::Error::storage)?
+                .map_err(kafka_err)?;
+        }
+    }
 
     tokio::pin!(shutdown);
     let mut stats = ConsumerStats::default();
@@ -392,9 +487,10 @@ where
             () = async { tokio::time::sleep_until(next_check.expect("only when due")).await },
                 if !stopping && checking.is_none() && next_check.is_some() => {
                 let (k, t, w) = (kafka.clone(), config.topics.clone(), watchdog.clone());
+                let grouped = config.assignment == Assignment::Group;
                 checking = Some(tokio::task::spawn_blocking(move || {
                     let mut w = w.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                    if let Err(e) = w.check(&k, &t) {
+                    if let Err(e) = w.check(&k, &t, grouped) {
                         tracing::debug!(error = %e, "Kafka consumer check failed");
                     }
                 }));

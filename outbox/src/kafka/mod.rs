@@ -14,7 +14,7 @@ mod topics;
 mod watchdog;
 mod window;
 
-pub use consumer::{run_consumer, to_delivery, ConsumerConfig, ConsumerStats};
+pub use consumer::{run_consumer, to_delivery, Assignment, ConsumerConfig, ConsumerStats};
 pub use dead_letter::{
     read_dead_letters, DeadLetterRecord, KafkaDeadLetter, DLQ_REASON_HEADER, DLQ_REPLAY_OF_HEADER,
     DLQ_TOPIC_HEADER,

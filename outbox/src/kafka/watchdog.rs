@@ -71,14 +71,20 @@ impl Watchdog {
     /// a group left with an assignment that lost a partition shows (one partition of
     /// three held by no member, until the next rebalance): this member leaves and rejoins
     /// the group, and the rebalance hands every partition out again.
+    /// Without a group (`grouped` false: partitions assigned statically) only the
+    /// first: nobody else could take a partition over anyway.
     pub(super) fn check(
         &mut self,
         kafka: &StreamConsumer<LagContext>,
         topics: &[String],
+        grouped: bool,
     ) -> KafkaResult<()> {
         let assignment = kafka.assignment()?;
         if assignment.count() > 0 {
             self.seek_back_from_beyond_the_end(kafka, &assignment)?;
+        }
+        if !grouped {
+            return Ok(());
         }
         let held: Vec<(String, i32)> = assignment
             .elements()

@@ -101,6 +101,14 @@ pub struct KafkaTuning {
     /// (`KAFKA_MIN_INSYNC_REPLICAS`, default 1). Producers use `acks=all`: with 2, a
     /// message is acknowledged once two replicas hold it. On a cluster: 2.
     pub kafka_min_insync_replicas: u32,
+    /// How the consumers get their partitions (`KAFKA_ASSIGNMENT`, default `group`):
+    /// `group`, membership of the consumer group (the coordinator shares the partitions
+    /// and hands a dead member's to the others; a restart waits for the group to take
+    /// it back — ≈ 8 s on Tansu); `static` (one replica: every partition) or
+    /// `static:I/N` (replica I of N takes the partitions p with p % N == I), no group
+    /// join — a restarted service consumes again at once, but nobody takes over a dead
+    /// replica's partitions until it is back ([`outbox::kafka::Assignment`]).
+    pub kafka_assignment: String,
 }
 
 impl Default for KafkaTuning {
@@ -114,6 +122,7 @@ impl Default for KafkaTuning {
             outbox_stream: false,
             kafka_replication_factor: 1,
             kafka_min_insync_replicas: 1,
+            kafka_assignment: "group".into(),
         }
     }
 }
@@ -132,6 +141,35 @@ impl KafkaTuning {
                 _ => anyhow::bail!("KAFKA_PROPERTIES: {p:?} is not name=value"),
             })
             .collect()
+    }
+
+    /// `KAFKA_ASSIGNMENT` as an [`outbox::kafka::Assignment`]; anything but `group`,
+    /// `static` or `static:I/N` with I < N is an error.
+    pub fn assignment(&self) -> anyhow::Result<outbox::kafka::Assignment> {
+        use outbox::kafka::Assignment;
+        let text = self.kafka_assignment.trim();
+        let bad = || {
+            anyhow::anyhow!("KAFKA_ASSIGNMENT: {text:?} is not group, static or static:I/N (I < N)")
+        };
+        match text {
+            "" | "group" => Ok(Assignment::Group),
+            "static" => Ok(Assignment::Static {
+                replica: 0,
+                replicas: 1,
+            }),
+            _ => {
+                let (i, n) = text
+                    .strip_prefix("static:")
+                    .and_then(|r| r.split_once('/'))
+                    .ok_or_else(bad)?;
+                let (replica, replicas) = (
+                    i.trim().parse::<u32>().map_err(|_| bad())?,
+                    n.trim().parse::<u32>().map_err(|_| bad())?,
+                );
+                anyhow::ensure!(replica < replicas, bad());
+                Ok(Assignment::Static { replica, replicas })
+            }
+        }
     }
 
     /// A client config for `brokers` with [`properties`](Self::properties) applied.
@@ -167,6 +205,7 @@ impl KafkaTuning {
     ) -> anyhow::Result<outbox::kafka::ConsumerConfig> {
         config.fetch_wait_max = Duration::from_millis(self.kafka_fetch_wait_max_ms);
         config.max_in_flight = self.kafka_max_in_flight.max(1);
+        config.assignment = self.assignment()?;
         config.extra.extend(self.properties()?);
         Ok(config)
     }
@@ -382,6 +421,60 @@ mod tests {
             ..KafkaTuning::default()
         };
         assert!(bad.properties().is_err());
+    }
+
+    #[test]
+    fn kafka_assignment_is_group_static_or_one_replica_of_several() {
+        use outbox::kafka::Assignment;
+        let of = |text: &str| {
+            KafkaTuning {
+                kafka_assignment: text.into(),
+                ..KafkaTuning::default()
+            }
+            .assignment()
+        };
+        assert_eq!(
+            KafkaTuning::default().assignment().unwrap(),
+            Assignment::Group
+        );
+        assert_eq!(of("").unwrap(), Assignment::Group);
+        assert_eq!(
+            of("static").unwrap(),
+            Assignment::Static {
+                replica: 0,
+                replicas: 1
+            }
+        );
+        assert_eq!(
+            of(" static:1/2 ").unwrap(),
+            Assignment::Static {
+                replica: 1,
+                replicas: 2
+            }
+        );
+        for bad in [
+            "static:2/2",
+            "static:1",
+            "static:a/2",
+            "static:0/b",
+            "dynamic",
+        ] {
+            let e = of(bad).unwrap_err().to_string();
+            assert!(e.contains("KAFKA_ASSIGNMENT"), "{bad}: {e}");
+        }
+        let consumer = KafkaTuning {
+            kafka_assignment: "static:0/3".into(),
+            ..KafkaTuning::default()
+        }
+        .consumer(outbox::kafka::ConsumerConfig::new("b", "g", &["t"]))
+        .unwrap();
+        assert_eq!(
+            consumer.assignment,
+            Assignment::Static {
+                replica: 0,
+                replicas: 3
+            }
+        );
     }
     use std::sync::Arc;
     use std::time::Duration;

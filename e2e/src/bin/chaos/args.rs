@@ -15,6 +15,9 @@ chaos — the ordersys fault suite
   --replicas           two replicas each of the order and the payment service, both
                        behind the one gateway the clients use (ORDER_SERVICE_URL and
                        PAYMENT_SERVICE_URL list both)
+  --assignment A       KAFKA_ASSIGNMENT of order and payment: group (the default) or
+                       static (with --replicas each replica gets its own index:
+                       static:0/2, static:1/2)
   --every A-B          seconds between faults, uniform in [A, B] (3-8)
   --down A-B           seconds a killed process stays down (0.2-2)
   --settle S           seconds allowed after the load for every order to end (120)
@@ -68,6 +71,8 @@ pub(crate) struct Args {
     pub(crate) compose_faults: Vec<Fault>,
     pub(crate) partition_secs: u64,
     pub(crate) replicas: bool,
+    /// `KAFKA_ASSIGNMENT` of the consumers: `group` or `static`.
+    pub(crate) assignment: String,
 }
 
 pub(crate) const SERVICES: [&str; 4] = ["user", "order", "payment", "gateway"];
@@ -120,6 +125,7 @@ impl Args {
             .collect::<anyhow::Result<_>>()?,
             partition_secs: 12,
             replicas: false,
+            assignment: "group".into(),
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -164,6 +170,13 @@ impl Args {
                 "--slap" => a.slap = val()?.parse()?,
                 "--embedded" => a.embedded = true,
                 "--replicas" => a.replicas = true,
+                "--assignment" => {
+                    a.assignment = val()?;
+                    anyhow::ensure!(
+                        ["group", "static"].contains(&a.assignment.as_str()),
+                        "--assignment is group or static"
+                    );
+                }
                 "--keep" => a.keep = true,
                 "--compose" => a.compose = Some(val()?),
                 "--compose-faults" => {

@@ -63,13 +63,24 @@ impl Deployment {
                 .map(|(k, v)| ((*k).to_owned(), v.clone()))
                 .collect()
         };
+        // The first replica's; System gives a second replica the other half.
+        let assignment = match (args.assignment.as_str(), args.replicas) {
+            ("static", true) => "static:0/2".to_owned(),
+            (a, _) => a.to_owned(),
+        };
         let system = System::start(Options {
             mysql_server_url: Some(servers["mariadb"].url()),
             redis_url: Some(servers["redis"].url()),
             brokers: Some(servers["broker"].url()),
             common_env: pairs(&[("JWT_TTL_SECS", "7200".into()), ("RUST_LOG", "info".into())]),
-            order_env: pairs(&[("PAYMENT_DEADLINE_SECS", args.deadline.to_string())]),
-            payment_env: pairs(&[("INITIAL_BALANCE", args.initial.to_string())]),
+            order_env: pairs(&[
+                ("PAYMENT_DEADLINE_SECS", args.deadline.to_string()),
+                ("KAFKA_ASSIGNMENT", assignment.clone()),
+            ]),
+            payment_env: pairs(&[
+                ("INITIAL_BALANCE", args.initial.to_string()),
+                ("KAFKA_ASSIGNMENT", assignment),
+            ]),
             gateway_env: pairs(&[
                 ("RATE_LIMIT_PER_MINUTE", "100000000".into()),
                 ("BREAKER_OPEN_SECS", args.breaker_open.to_string()),
