@@ -315,9 +315,28 @@ impl Retry {
     /// ```
     pub async fn call_notify<F, Fut, T, E, P, N>(
         &self,
+        f: F,
+        retryable: P,
+        notify: N,
+    ) -> Result<T, RetryError<E>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        P: FnMut(&E) -> bool,
+        N: FnMut(&RetryNotice<'_, E>),
+    {
+        self.run_attempts(f, retryable, notify, self.attempt_timeout)
+            .await
+    }
+
+    /// The retry loop, each attempt cut at `attempt_timeout` (the breaker path cuts its
+    /// attempts itself, inside the breaker, and passes `None`).
+    async fn run_attempts<F, Fut, T, E, P, N>(
+        &self,
         mut f: F,
         mut retryable: P,
         mut notify: N,
+        attempt_timeout: Option<Duration>,
     ) -> Result<T, RetryError<E>>
     where
         F: FnMut() -> Fut,
@@ -332,7 +351,7 @@ impl Retry {
         loop {
             attempts += 1;
             // This attempt's limit: its own timeout or the overall deadline, the earlier.
-            let own = self.attempt_timeout.map(|t| Instant::now() + t);
+            let own = attempt_timeout.map(|t| Instant::now() + t);
             let limit = match (own, deadline) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -503,12 +522,8 @@ impl Retry {
         // failure, not by being dropped outside it.
         let deadline = self.deadline.map(|d| Instant::now() + d);
         let attempt_timeout = self.attempt_timeout;
-        let outer = Retry {
-            attempt_timeout: None,
-            ..*self
-        };
-        let result = outer
-            .call_notify(
+        let result = self
+            .run_attempts(
                 || {
                     let fut = f();
                     let own = attempt_timeout.map(|t| Instant::now() + t);
@@ -547,6 +562,7 @@ impl Retry {
                         delay: n.delay,
                     })
                 },
+                None,
             )
             .await;
         result.map_err(|e| {

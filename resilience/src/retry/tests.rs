@@ -553,3 +553,19 @@ async fn an_attempt_timeout_retries_where_the_deadline_ends_the_call() {
         })
     );
 }
+
+/// Through a breaker, an attempt slower than nothing but inside its own timeout runs to
+/// its end and counts as a success.
+#[tokio::test(start_paused = true)]
+async fn a_slow_attempt_inside_its_timeout_succeeds_through_the_breaker() {
+    let breaker = CircuitBreaker::new("slow-attempt");
+    let r = Retry::default()
+        .attempt_timeout(Duration::from_secs(1))
+        .call_with_breaker(&breaker, || async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Ok::<_, ()>("in time")
+        })
+        .await;
+    assert_eq!(r.unwrap(), "in time");
+    assert_eq!(breaker.consecutive_failures(), 0);
+}
