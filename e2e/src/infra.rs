@@ -164,11 +164,20 @@ impl Daemon {
                 c
             }
             Kind::Broker => {
+                // `TANSU_STORAGE=sqlite` (with `TANSU_BIN` a build with the `libsql`
+                // feature): the log in a SQLite file of the server's directory, kept
+                // across a kill; otherwise in memory, lost with the process.
+                // (The file's URL is relative to the working directory: the server's.)
+                let storage = match std::env::var("TANSU_STORAGE").as_deref() {
+                    Ok("sqlite") => "sqlite://tansu.db",
+                    _ => "memory://tansu/",
+                };
                 let mut c = Command::new(tansu_bin());
+                c.current_dir(&self.dir);
                 c.arg("broker")
                     .arg(format!("--listener-url=tcp://127.0.0.1:{p}"))
                     .arg(format!("--advertised-listener-url=tcp://127.0.0.1:{p}"))
-                    .arg("--storage-engine=memory://tansu/")
+                    .arg(format!("--storage-engine={storage}"))
                     .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
                 c
             }

@@ -47,6 +47,9 @@ chaos — the ordersys fault suite
                        (crash:order,crash:payment,crash:kafka,crash:mysql,crash:redis,
                        partition:order,partition:payment)
   --partition-secs S   how long a partition lasts (12)
+
+environment: TANSU_BIN (the broker binary), TANSU_STORAGE=sqlite (its log in a file
+that survives its kills; needs a build with --features libsql), ORDERSYS_TOOLS
 ";
 
 #[derive(Debug, Clone)]
