@@ -175,32 +175,41 @@ async fn deadline_cuts_retries_short() {
 
 #[tokio::test(start_paused = true)]
 async fn deadline_interrupts_a_hanging_attempt() {
-    let r = Retry::default()
-        .deadline(Duration::from_secs(1))
-        .call(std::future::pending::<Result<(), ()>>)
-        .await;
-    assert!(matches!(
-        r,
-        Err(RetryError::DeadlineExceeded {
-            last: None,
-            attempts: 1
-        })
-    ));
+    // Also the last one: a deadline, not an attempt's own timeout.
+    for policy in [Retry::default(), Retry::never()] {
+        let r = policy
+            .deadline(Duration::from_secs(1))
+            .call(std::future::pending::<Result<(), ()>>)
+            .await;
+        assert!(matches!(
+            r,
+            Err(RetryError::DeadlineExceeded {
+                last: None,
+                attempts: 1
+            })
+        ));
+    }
 }
 
-/// A call slower than no time but inside the deadline runs to its end.
+/// A call slower than no time but inside the deadline, or inside its attempt's own
+/// timeout, runs to its end through the breaker and counts as a success.
 #[tokio::test(start_paused = true)]
-async fn a_slow_call_inside_the_deadline_succeeds_through_the_breaker() {
-    let breaker = CircuitBreaker::new("slow");
-    let r = Retry::default()
-        .deadline(Duration::from_secs(1))
-        .call_with_breaker(&breaker, || async {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            Ok::<_, ()>("late but in time")
-        })
-        .await;
-    assert_eq!(r.unwrap(), "late but in time");
-    assert_eq!(breaker.consecutive_failures(), 0);
+async fn a_slow_call_inside_its_limits_succeeds_through_the_breaker() {
+    let second = Duration::from_secs(1);
+    for policy in [
+        Retry::default().deadline(second),
+        Retry::default().attempt_timeout(second),
+    ] {
+        let breaker = CircuitBreaker::new("slow");
+        let r = policy
+            .call_with_breaker(&breaker, || async {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                Ok::<_, ()>("late but in time")
+            })
+            .await;
+        assert_eq!(r.unwrap(), "late but in time", "{policy:?}");
+        assert_eq!(breaker.consecutive_failures(), 0);
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -525,8 +534,8 @@ fn an_outcome_maps_its_error_and_keeps_its_attempts() {
     );
 }
 
-/// The two limits of an attempt are told apart: its own timeout retries, the overall
-/// deadline ends the call — also on the last attempt, and with both set.
+/// With both limits set, an attempt's own timeout retries (the deadline ends the call:
+/// `deadline_interrupts_a_hanging_attempt`).
 #[tokio::test(start_paused = true)]
 async fn an_attempt_timeout_retries_where_the_deadline_ends_the_call() {
     let calls = AtomicU32::new(0);
@@ -541,31 +550,4 @@ async fn an_attempt_timeout_retries_where_the_deadline_ends_the_call() {
         })
         .await;
     assert_eq!(r, Ok("after a timed-out attempt"));
-    let r = Retry::never()
-        .deadline(Duration::from_secs(1))
-        .call(std::future::pending::<Result<(), ()>>)
-        .await;
-    assert_eq!(
-        r,
-        Err(RetryError::DeadlineExceeded {
-            last: None,
-            attempts: 1
-        })
-    );
-}
-
-/// Through a breaker, an attempt slower than nothing but inside its own timeout runs to
-/// its end and counts as a success.
-#[tokio::test(start_paused = true)]
-async fn a_slow_attempt_inside_its_timeout_succeeds_through_the_breaker() {
-    let breaker = CircuitBreaker::new("slow-attempt");
-    let r = Retry::default()
-        .attempt_timeout(Duration::from_secs(1))
-        .call_with_breaker(&breaker, || async {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            Ok::<_, ()>("in time")
-        })
-        .await;
-    assert_eq!(r.unwrap(), "in time");
-    assert_eq!(breaker.consecutive_failures(), 0);
 }
