@@ -162,6 +162,15 @@ async fn auth_flow_and_contract() {
             "{url}"
         );
     }
+    // Any token is an HTTP method: made-up ones share one series, never add their own.
+    for bogus in ["BOGUS1", "BOGUS2"] {
+        let method = reqwest::Method::from_bytes(bogus.as_bytes()).unwrap();
+        client
+            .request(method, sys.url("/no-such-route"))
+            .send()
+            .await
+            .unwrap();
+    }
     let metrics = client
         .get(sys.url("/metrics"))
         .send()
@@ -173,6 +182,11 @@ async fn auth_flow_and_contract() {
     assert!(metrics.contains(
         "http_requests_total{method=\"POST\",route=\"/api/v1/auth/login\",status=\"401\"}"
     ));
+    assert!(!metrics.contains("BOGUS"), "{metrics}");
+    assert!(
+        metrics.contains("http_requests_total{method=\"other\",route=\"unmatched\""),
+        "{metrics}"
+    );
     assert!(metrics.contains("resilience_breaker_state{breaker=\"user\"} 0"));
     let user_metrics = client
         .get(format!("{}/metrics", sys.user_admin))

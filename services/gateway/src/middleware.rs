@@ -147,9 +147,29 @@ pub(crate) async fn request_timeout(
     }
 }
 
-/// Count and time every request by its route template.
+/// The `method` label of a request: a standard method by its name, anything else
+/// `other` — a label taken from the request as sent would let anyone add series to
+/// `/metrics` without bound (any token is a valid HTTP method).
+fn method_label(method: &http::Method) -> &'static str {
+    use http::Method as M;
+    match *method {
+        M::GET => "GET",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::DELETE => "DELETE",
+        M::PATCH => "PATCH",
+        M::HEAD => "HEAD",
+        M::OPTIONS => "OPTIONS",
+        M::CONNECT => "CONNECT",
+        M::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
+/// Count and time every request by its route template (bounded labels: the method as
+/// [`method_label`], the matched route or `unmatched`, the status).
 pub(crate) async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -160,12 +180,12 @@ pub(crate) async fn observe(State(state): State<AppState>, req: Request, next: N
     state
         .metrics
         .latency
-        .with_label_values(&[method.as_str(), route.as_str()])
+        .with_label_values(&[method, route.as_str()])
         .observe(started.elapsed().as_secs_f64());
     state
         .metrics
         .requests
-        .with_label_values(&[method.as_str(), route.as_str(), resp.status().as_str()])
+        .with_label_values(&[method, route.as_str(), resp.status().as_str()])
         .inc();
     resp
 }
@@ -220,6 +240,23 @@ pub(crate) async fn rate_limit(
             // Availability over strictness: a Redis outage must not take the API down.
             tracing::error!(error = %e, "ограничитель запросов недоступен, запрос пропущен");
             next.run(req).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::method_label;
+
+    #[test]
+    fn only_standard_methods_name_their_series() {
+        for m in [
+            "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE",
+        ] {
+            assert_eq!(method_label(&m.parse().unwrap()), m);
+        }
+        for m in ["BOGUS", "get", "X-ANYTHING-123"] {
+            assert_eq!(method_label(&m.parse().unwrap()), "other", "{m}");
         }
     }
 }

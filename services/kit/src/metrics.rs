@@ -11,6 +11,9 @@ use http::{Request, Response};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use tower::{Layer, Service};
 
+/// `grpc-status` of a method the server does not have.
+const UNIMPLEMENTED: &str = "12";
+
 /// Counts and times requests.
 #[derive(Debug, Clone)]
 pub struct RequestMetricsLayer {
@@ -92,15 +95,75 @@ where
                     .to_owned(),
                 Err(_) => "transport_error".to_owned(),
             };
+            // A path no service implements is answered UNIMPLEMENTED: counted under one
+            // label, or anyone could add series to /metrics without bound.
+            let method = if code == UNIMPLEMENTED {
+                "unimplemented"
+            } else {
+                method.as_str()
+            };
             layer
                 .requests
-                .with_label_values(&[method.as_str(), code.as_str()])
+                .with_label_values(&[method, code.as_str()])
                 .inc();
             layer
                 .latency
-                .with_label_values(&[method.as_str()])
+                .with_label_values(&[method])
                 .observe(started.elapsed().as_secs_f64());
             result
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt as _;
+
+    #[tokio::test]
+    async fn unknown_methods_share_one_series() {
+        let registry = Registry::new();
+        let layer = RequestMetricsLayer::new(&registry).unwrap();
+        let svc = layer.layer(tower::service_fn(|req: Request<()>| async move {
+            let known = req.uri().path() == "/pkg.Svc/Known";
+            let mut resp = Response::new(());
+            if !known {
+                resp.headers_mut()
+                    .insert("grpc-status", UNIMPLEMENTED.parse().unwrap());
+            }
+            Ok::<_, std::convert::Infallible>(resp)
+        }));
+        for path in [
+            "/pkg.Svc/Known",
+            "/pkg.Svc/Nope-1",
+            "/garbage/2",
+            "/pkg.Svc/Known",
+        ] {
+            let req = Request::builder().uri(path).body(()).unwrap();
+            svc.clone().oneshot(req).await.unwrap();
+        }
+        let families = registry.gather();
+        let requests = families
+            .iter()
+            .find(|f| f.name() == "grpc_server_requests_total")
+            .unwrap();
+        let series: Vec<(String, u64)> = requests
+            .get_metric()
+            .iter()
+            .map(|m| {
+                let method = m.get_label().iter().find(|l| l.name() == "method").unwrap();
+                (
+                    method.value().to_owned(),
+                    m.get_counter().get_value() as u64,
+                )
+            })
+            .collect();
+        assert_eq!(
+            series,
+            [
+                ("/pkg.Svc/Known".to_owned(), 2),
+                ("unimplemented".to_owned(), 2)
+            ]
+        );
     }
 }
