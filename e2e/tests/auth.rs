@@ -162,6 +162,25 @@ async fn auth_flow_and_contract() {
             "{url}"
         );
     }
+    // Security headers on every answer: nothing of the API runs, frames or sniffs in a
+    // browser; the docs page loads from this origin only.
+    for (path, csp) in [
+        ("/api/v1/orders", "default-src 'none'"),
+        ("/no-such-route", "default-src 'none'"),
+        ("/docs", "script-src 'self';"),
+    ] {
+        let r = client.get(sys.url(path)).send().await.unwrap();
+        let h = r.headers();
+        let policy = h["content-security-policy"].to_str().unwrap();
+        assert!(
+            policy.contains(csp) && policy.contains("frame-ancestors 'none'"),
+            "{path}: {policy}"
+        );
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(h["x-frame-options"], "DENY", "{path}");
+        assert_eq!(h["referrer-policy"], "no-referrer", "{path}");
+    }
+
     // Any token is an HTTP method: made-up ones share one series, never add their own.
     for bogus in ["BOGUS1", "BOGUS2"] {
         let method = reqwest::Method::from_bytes(bogus.as_bytes()).unwrap();

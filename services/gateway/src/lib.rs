@@ -38,7 +38,9 @@ use balance::{Downstream, Settings};
 pub use config::Config;
 use error::ApiError;
 pub use middleware::HEADER_LIMIT_BYTES;
-use middleware::{observe, rate_limit, refuse_large_headers, refuse_oversized, request_timeout};
+use middleware::{
+    observe, rate_limit, refuse_large_headers, refuse_oversized, request_timeout, security_headers,
+};
 
 /// Shared state of the handlers: cheap to clone (axum clones it for every extractor and
 /// middleware of every request — cloning the clients, breakers and validator each time
@@ -284,6 +286,7 @@ fn build(config: &Config, backends: Backends, security: Security) -> anyhow::Res
         ))
         .layer(from_fn(refuse_large_headers))
         .layer(from_fn(error::with_correlation_id))
+        .layer(from_fn(security_headers))
         .layer(from_fn_with_state(state, observe))
         .layer(ContextLayer))
 }

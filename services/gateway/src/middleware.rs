@@ -147,6 +147,36 @@ pub(crate) async fn request_timeout(
     }
 }
 
+/// What the API's answers may do in a browser: nothing — JSON is data, never a page,
+/// a frame or a script.
+const API_CSP: &str =
+    "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+
+/// `/docs`: the vendored renderer from this origin only (its inline styles, images and
+/// blob downloads allowed; no script but `/docs/scalar.js`, nothing from elsewhere).
+const DOCS_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+    img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; \
+    frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+
+/// Security headers on every answer: `Content-Security-Policy` (the API's or the
+/// docs page's), `X-Content-Type-Options: nosniff`, `X-Frame-Options: DENY`,
+/// `Referrer-Policy: no-referrer`.
+pub(crate) async fn security_headers(req: Request, next: Next) -> Response {
+    let docs = req.uri().path() == "/docs";
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    let csp = if docs { DOCS_CSP } else { API_CSP };
+    for (name, value) in [
+        (http::header::CONTENT_SECURITY_POLICY, csp),
+        (http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (http::header::X_FRAME_OPTIONS, "DENY"),
+        (http::header::REFERRER_POLICY, "no-referrer"),
+    ] {
+        h.insert(name, http::HeaderValue::from_static(value));
+    }
+    resp
+}
+
 /// The `method` label of a request: a standard method by its name, anything else
 /// `other` — a label taken from the request as sent would let anyone add series to
 /// `/metrics` without bound (any token is a valid HTTP method).
