@@ -321,6 +321,46 @@ impl Service {
         self.child.as_ref().map(Child::id)
     }
 
+    /// The TCP ports the process listens on (from `/proc`: its socket inodes matched
+    /// against `/proc/net/tcp` and `tcp6` entries in state LISTEN), sorted.
+    pub fn listening_ports(&self) -> Vec<u16> {
+        let Some(pid) = self.pid() else {
+            return Vec::new();
+        };
+        let inodes: std::collections::HashSet<String> =
+            std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .filter_map(|link| {
+                    let link = link.to_string_lossy().into_owned();
+                    let inode = link.strip_prefix("socket:[")?.strip_suffix(']')?;
+                    Some(inode.to_owned())
+                })
+                .collect();
+        let mut ports: Vec<u16> = ["/proc/net/tcp", "/proc/net/tcp6"]
+            .iter()
+            .filter_map(|table| std::fs::read_to_string(table).ok())
+            .flat_map(|table| {
+                table
+                    .lines()
+                    .skip(1)
+                    .filter_map(|line| {
+                        // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+                        let cols: Vec<&str> = line.split_whitespace().collect();
+                        let (local, state, inode) = (cols.get(1)?, cols.get(3)?, cols.get(9)?);
+                        let port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
+                        (*state == "0A" && inodes.contains(*inode)).then_some(port)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+
     /// Whether `url` answers 200 from *this* process: `/readyz` and `/healthz` name the
     /// service and its pid, so another system's service on a reused port never counts.
     async fn answers_ready(&self, client: &reqwest::Client, url: &str) -> bool {

@@ -38,6 +38,25 @@ async fn embedded_system_confirms_orders_and_keeps_everything_across_restarts() 
         "{}",
         sys.logs()
     );
+    // The REST port and the three services' admin ports — no gRPC port: the gateway
+    // calls the services in process and no other process can.
+    let ports = sys.listening_ports();
+    assert_eq!(ports.len(), 4, "{ports:?}");
+    assert!(ports.contains(&port), "{ports:?}");
+    // The data folder and every file in it are the owner's only.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        let files: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+        assert!(
+            files.iter().any(|f| f.file_name() == "user.db"),
+            "{files:?}"
+        );
+        for f in files {
+            assert_eq!(mode(&f.path()), 0o600, "{:?}", f.path());
+        }
+    }
     let api = Api::new(&base);
 
     let e = email();
@@ -149,7 +168,7 @@ fn operator_url(logs: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_dead_letters_are_kept_in_sqlite_listed_and_replayed() {
-    const TOKEN: &str = "embedded-operator-token";
+    const TOKEN: &str = "embedded-operator-token-of-the-e2e-test";
     let dir = std::env::temp_dir().join(format!(
         "ordersys-embedded-dlq-{}",
         uuid::Uuid::new_v4().simple()

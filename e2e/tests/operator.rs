@@ -4,12 +4,13 @@
 
 use std::time::Duration;
 
+use base64::Engine as _;
 use ordersys_e2e::{email, eventually, Api, Options, System};
 use outbox::kafka::KafkaPublisher;
 use outbox::{OutboxMessage, Publisher};
 use serde_json::{json, Value};
 
-const TOKEN: &str = "operator-token-for-the-e2e-test";
+const TOKEN: &str = "operator-token-for-the-e2e-test-of-dlq";
 
 /// Run `ordersys-admin args…` against `sys`'s order service with `token`.
 fn admin(sys: &System, token: &str, args: &[&str]) -> (i32, Value) {
@@ -87,6 +88,16 @@ async fn operators_list_show_and_compensate_sagas_and_replay_dead_letters() {
     );
     let offset = parked["offset"].to_string();
     let partition = parked["partition"].to_string();
+    // `dlq show`: the record with its payload (not UTF-8 here: base64 only).
+    let shown = ok(&sys, &["dlq", "show", &offset, "--partition", &partition]);
+    assert_eq!(shown["message_id"], pid.as_str(), "{shown}");
+    assert_eq!(shown["payload"], Value::Null, "{shown}");
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(shown["payload_base64"].as_str().unwrap())
+            .unwrap(),
+        b"\xff\x00not protobuf"
+    );
     let replay = ok(&sys, &["dlq", "replay", &offset, "--partition", &partition]);
     let replay_id = replay["message_id"].as_str().unwrap().to_owned();
     assert_ne!(replay_id, pid);
@@ -118,6 +129,36 @@ async fn operators_list_show_and_compensate_sagas_and_replay_dead_letters() {
     assert_eq!(
         (code, v["error"]["code"].as_str()),
         (1, Some("not_found")),
+        "{v}"
+    );
+    // A dead letter written by someone else, naming a topic of its choice: shown, never
+    // replayed there.
+    let forged = OutboxMessage::new(
+        format!("{}dlq.saga", sys.topic_prefix),
+        "forged",
+        br#"{"anything":1}"#.to_vec(),
+    )
+    .with_header("dlq-original-topic", "users.internal")
+    .with_header("dlq-reason", "made up");
+    KafkaPublisher::new(&sys.brokers)
+        .unwrap()
+        .publish(&forged)
+        .await
+        .unwrap();
+    let fid = forged.id.to_string();
+    let items = dead_letters(&sys, |items| items.iter().any(|d| d["message_id"] == fid)).await;
+    let f = items.iter().find(|d| d["message_id"] == fid).unwrap();
+    let (offset, partition) = (f["offset"].to_string(), f["partition"].to_string());
+    let shown = ok(&sys, &["dlq", "show", &offset, "--partition", &partition]);
+    assert_eq!(shown["payload"], r#"{"anything":1}"#, "{shown}");
+    let (code, v) = admin(
+        &sys,
+        TOKEN,
+        &["dlq", "replay", &offset, "--partition", &partition],
+    );
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (1, Some("not_a_saga_topic")),
         "{v}"
     );
 

@@ -1,6 +1,6 @@
 //! Test support shared by the workspace's tests: the Redis connection every Redis test
 //! needs, awaiting a condition with a deadline instead of sleeping a guess, and a
-//! metrics recorder whose values tests can read.
+//! metrics recorder whose values tests can read, and a gRPC call to any path.
 //! Not published; the crates list it as a path-only dev-dependency.
 
 #![warn(missing_docs)]
@@ -171,4 +171,26 @@ impl metrics::Recorder for MetricsRecorder {
         self.registry
             .get_or_create_histogram(key, |h| metrics::Histogram::from_arc(h.clone()))
     }
+}
+
+/// Call the gRPC method `path` over `channel` with an empty message, whatever the
+/// method's types (an empty protobuf message is zero bytes): the answer's status, for
+/// tests of who may call what. A success is `Ok` (its body, decoded as a health
+/// response, is not looked at).
+pub async fn grpc_call(
+    channel: tonic::transport::Channel,
+    path: &'static str,
+) -> Result<(), tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let reply: Result<tonic::Response<tonic_health::pb::HealthCheckResponse>, _> = grpc
+        .unary(
+            tonic::Request::new(tonic_health::pb::HealthCheckRequest::default()),
+            http::uri::PathAndQuery::from_static(path),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await;
+    reply.map(drop)
 }

@@ -83,6 +83,7 @@ async fn open_sqlite(
             std::fs::create_dir_all(dir)?;
         }
     }
+    owner_only(path)?;
     let opts = SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(true)
@@ -103,6 +104,37 @@ async fn open_sqlite(
         .test_before_acquire(false)
         .connect_with(opts)
         .await?)
+}
+
+/// Make the database file at `path` readable and writable by its owner only (0600) —
+/// created so if missing; SQLite gives its `-wal` and `-shm` files the database's mode
+/// — and set those of an older run to 0600 too. The files hold password hashes, tokens'
+/// revocations and money.
+fn owner_only(path: &str) -> std::io::Result<()> {
+    let path = path.split('?').next().unwrap_or(path);
+    if path.is_empty() || path == ":memory:" {
+        return Ok(());
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(path)?;
+        for file in [
+            path.to_owned(),
+            format!("{path}-wal"),
+            format!("{path}-shm"),
+        ] {
+            match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                other => other?,
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The idempotency keys of the service whose SQLite database `url` names, when there is

@@ -15,14 +15,17 @@
 //! #     routes: tonic::service::Routes,
 //! # ) -> anyhow::Result<()> {
 //! use ordersys_kit::admin::Admin;
-//! use ordersys_kit::launch::Launcher;
+//! use ordersys_kit::callers::Callers;
+//! use ordersys_kit::launch::{GrpcApi, Launcher};
 //! use ordersys_kit::messaging::{Messaging, Topics};
 //!
 //! let topics = Topics::new("");
 //! let mut launcher = Launcher::new("payment", Messaging::local(), topics.clone()).await?;
 //! let _wake = launcher.relay(outbox);
 //! launcher.consume(&topics.commands, inbox, handler)?;
-//! launcher.serve(listeners, Admin::new("payment"), &tls, routes, "платёжный сервис запущен")?;
+//! let callers = Callers::new().allow("/ordersys.payment.v1.PaymentService/", &["gateway"]);
+//! let api = GrpcApi::new(routes, callers);
+//! launcher.serve(listeners, Admin::new("payment"), &tls, api, "платёжный сервис запущен")?;
 //! launcher.run(ordersys_kit::shutdown::signal(), "платёжный сервис остановлен").await
 //! # }
 //! ```
@@ -38,6 +41,7 @@ use outbox::{IdempotentConsumer, Inbox, MessageHandler, OutboxStore, RelayHandle
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::callers::Callers;
 use crate::context::ContextLayer;
 use crate::messaging::{relay, KafkaTuning, Messaging, Topics};
 use crate::metrics::RequestMetricsLayer;
@@ -48,6 +52,27 @@ use crate::Listeners;
 
 /// How long a service waits at start for the broker to create its topics.
 const TOPICS_WAIT: Duration = Duration::from_secs(30);
+
+/// What a service serves over gRPC: its routes, and who may call them.
+pub struct GrpcApi {
+    routes: tonic::service::Routes,
+    callers: Callers,
+}
+
+impl GrpcApi {
+    /// `routes`, callable by the services `callers` names (over mutual TLS).
+    pub fn new(routes: tonic::service::Routes, callers: Callers) -> Self {
+        Self { routes, callers }
+    }
+}
+
+impl std::fmt::Debug for GrpcApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcApi")
+            .field("callers", &self.callers)
+            .finish_non_exhaustive()
+    }
+}
 
 /// A service's tasks and its messaging, started one by one and then supervised by
 /// [`Launcher::run`]: the first task to end (or fail) stops the rest, and so does the
@@ -292,20 +317,21 @@ impl Launcher {
         );
     }
 
-    /// Serve the admin endpoints (`admin_router`) and the gRPC `routes` (with the
-    /// tracing context and request metrics layers, over `tls`) on `listeners`, and in
-    /// process too when the listeners say so. Logs `started` (in the service's
-    /// language) with both addresses.
+    /// Serve the admin endpoints (`admin_router`) and the gRPC `api` (with the tracing
+    /// context and request metrics layers, over `tls`, to the callers its allow-list
+    /// names — [`crate::callers`]) on `listeners`, and in process too when
+    /// the listeners say so. Logs `started` (in the service's language) with both
+    /// addresses.
     pub fn serve(
         &mut self,
         listeners: Listeners,
         admin: crate::admin::Admin,
         tls: &GrpcTls,
-        routes: tonic::service::Routes,
+        api: GrpcApi,
         started: &'static str,
     ) -> anyhow::Result<()> {
         let metrics = RequestMetricsLayer::new(admin.registry())?;
-        self.serve_with_admin_router(listeners, admin.router(), metrics, tls, routes, started)
+        self.serve_with_admin_router(listeners, admin.router(), metrics, tls, api, started)
     }
 
     /// [`Launcher::serve`] with an admin router of the caller's (the admin endpoints
@@ -316,10 +342,10 @@ impl Launcher {
         admin_router: axum::Router,
         metrics: RequestMetricsLayer,
         tls: &GrpcTls,
-        routes: tonic::service::Routes,
+        api: GrpcApi,
         started: &'static str,
     ) -> anyhow::Result<()> {
-        let grpc_addr = listeners.grpc.local_addr()?;
+        let GrpcApi { routes, callers } = api;
         let admin_addr = listeners.admin.local_addr()?;
         let stop = self.stop.clone();
         self.tasks.spawn(async move {
@@ -327,15 +353,27 @@ impl Launcher {
                 .await
                 .map_err(Into::into)
         });
+        // In process: the callers are this process's own code.
         crate::serve_in_process(listeners.local.as_ref(), &routes, &metrics);
+        let Some(grpc) = listeners.grpc else {
+            tracing::info!(grpc = "in-process", admin = %admin_addr, "{started}");
+            return Ok(());
+        };
+        let grpc_addr = grpc.local_addr()?;
         let server = tls.server(tonic::transport::Server::builder())?;
+        // With mutual TLS every call is checked against the callers' certificates; in
+        // plain text there is no identity to check (the development switch's warning).
+        let checked = callers
+            .layer(self.service, metrics.denied())
+            .enforced(tls.enabled());
         let stop = self.stop.clone();
         self.tasks.spawn(async move {
             server
                 .layer(ContextLayer)
+                .layer(checked)
                 .layer(metrics)
                 .add_routes(routes)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), stop.wait())
+                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stop.wait())
                 .await
                 .map_err(Into::into)
         });

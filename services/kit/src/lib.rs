@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod callers;
 pub mod cli;
 pub mod config;
 pub mod context;
@@ -27,8 +28,8 @@ pub mod tls;
 /// The sockets a gRPC service serves on.
 #[derive(Debug)]
 pub struct Listeners {
-    /// gRPC.
-    pub grpc: tokio::net::TcpListener,
+    /// gRPC; `None`: in process only ([`Listeners::in_process`]).
+    pub grpc: Option<tokio::net::TcpListener>,
     /// Admin HTTP (`/healthz`, `/readyz`, `/metrics`).
     pub admin: tokio::net::TcpListener,
     /// Where the service also serves its gRPC in process (the one-process system), if
@@ -40,9 +41,19 @@ impl Listeners {
     /// Bind both addresses.
     pub async fn bind(grpc: &str, admin: &str) -> anyhow::Result<Self> {
         Ok(Self {
-            grpc: tokio::net::TcpListener::bind(grpc).await?,
+            grpc: Some(tokio::net::TcpListener::bind(grpc).await?),
             admin: tokio::net::TcpListener::bind(admin).await?,
             local: None,
+        })
+    }
+
+    /// gRPC in process only, to the clients of `local` (no socket: nothing outside the
+    /// process can call the service); admin HTTP on `admin`.
+    pub async fn in_process(admin: &str, local: local_grpc::LocalGrpc) -> anyhow::Result<Self> {
+        Ok(Self {
+            grpc: None,
+            admin: tokio::net::TcpListener::bind(admin).await?,
+            local: Some(local),
         })
     }
 

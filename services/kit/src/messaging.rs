@@ -78,8 +78,9 @@ pub struct KafkaTuning {
     /// More librdkafka properties for every client — producer, consumer, topic admin —,
     /// `;`-separated `name=value` pairs (`KAFKA_PROPERTIES`): TLS and SASL, e.g.
     /// `security.protocol=SASL_SSL;sasl.mechanism=SCRAM-SHA-512;sasl.username=order;
-    /// sasl.password=…;ssl.ca.location=/etc/ordersys/kafka-ca.pem`.
-    pub kafka_properties: String,
+    /// sasl.password=…;ssl.ca.location=/etc/ordersys/kafka-ca.pem`. A secret: `Debug`
+    /// (the configuration the services log at start) shows it redacted.
+    pub kafka_properties: crate::config::Secret,
     /// Static group membership (`KAFKA_STATIC_MEMBERSHIP`, default true): the consumer
     /// joins as `group.instance.id` = the relay id, so a restarted instance takes its
     /// partitions back at once, without a rebalance. The price: the partitions of an
@@ -117,7 +118,7 @@ impl Default for KafkaTuning {
             kafka_fetch_wait_max_ms: 20,
             kafka_linger_ms: 0,
             kafka_max_in_flight: 32,
-            kafka_properties: String::new(),
+            kafka_properties: crate::config::Secret::default(),
             kafka_static_membership: true,
             outbox_stream: false,
             kafka_replication_factor: 1,
@@ -380,6 +381,18 @@ pub fn spawn_housekeeping<I: outbox::Inbox>(
 #[cfg(test)]
 mod tests {
     use super::KafkaTuning;
+
+    #[test]
+    fn a_sasl_password_never_reaches_a_log_line() {
+        let tuning = KafkaTuning {
+            kafka_properties: "security.protocol=SASL_SSL;sasl.password=hunter2".into(),
+            ..KafkaTuning::default()
+        };
+        let shown = format!("{tuning:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("kafka_properties: <redacted>"), "{shown}");
+        assert_eq!(tuning.properties().unwrap()[1].1, "hunter2");
+    }
 
     #[test]
     fn kafka_properties_reach_every_client() {

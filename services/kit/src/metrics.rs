@@ -19,11 +19,13 @@ const UNIMPLEMENTED: &str = "12";
 pub struct RequestMetricsLayer {
     requests: IntCounterVec,
     latency: HistogramVec,
+    denied: IntCounterVec,
 }
 
 impl RequestMetricsLayer {
     /// Register `grpc_server_requests_total{method,code}` and
-    /// `grpc_server_request_duration_seconds{method}` on `registry`.
+    /// `grpc_server_request_duration_seconds{method}` on `registry`, and
+    /// `grpc_server_denied_total{caller,method}` for [`crate::callers`].
     pub fn new(registry: &Registry) -> anyhow::Result<Self> {
         let requests = IntCounterVec::new(
             Opts::new(
@@ -39,9 +41,26 @@ impl RequestMetricsLayer {
             ),
             &["method"],
         )?;
+        let denied = IntCounterVec::new(
+            Opts::new(
+                "grpc_server_denied_total",
+                "gRPC calls refused because the caller's certificate does not allow them",
+            ),
+            &["caller", "method"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
-        Ok(Self { requests, latency })
+        registry.register(Box::new(denied.clone()))?;
+        Ok(Self {
+            requests,
+            latency,
+            denied,
+        })
+    }
+
+    /// The counter of calls [`crate::callers`] refused.
+    pub fn denied(&self) -> IntCounterVec {
+        self.denied.clone()
     }
 }
 

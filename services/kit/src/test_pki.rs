@@ -19,9 +19,24 @@ pub(crate) fn new_ca() -> (String, Issuer<'static, KeyPair>) {
 
 /// A leaf for localhost/127.0.0.1 signed by `issuer`: (cert PEM, key PEM).
 pub(crate) fn leaf(issuer: &Issuer<'_, KeyPair>, expired: bool) -> (String, String) {
+    leaf_of(issuer, expired, None)
+}
+
+/// A leaf of the service `name` (its SAN URI `spiffe://ordersys/<name>`), or of none.
+pub(crate) fn service_leaf(issuer: &Issuer<'_, KeyPair>, name: Option<&str>) -> (String, String) {
+    leaf_of(issuer, false, name)
+}
+
+fn leaf_of(issuer: &Issuer<'_, KeyPair>, expired: bool, service: Option<&str>) -> (String, String) {
     let key = KeyPair::generate().unwrap();
     let mut params =
         CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    if let Some(name) = service {
+        let uri = format!("spiffe://ordersys/{name}");
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::URI(uri.as_str().try_into().unwrap()));
+    }
     params
         .distinguished_name
         .push(DnType::CommonName, "localhost");

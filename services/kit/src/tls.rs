@@ -48,7 +48,7 @@ impl GrpcTls {
         }
     }
 
-    /// Plain text, for the one-process system whose gRPC never leaves 127.0.0.1.
+    /// Plain text, for the one-process system whose gRPC never leaves the process.
     pub fn loopback_plaintext() -> Self {
         Self {
             grpc_insecure: true,

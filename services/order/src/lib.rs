@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ordersys_kit::admin::Admin;
-use ordersys_kit::launch::Launcher;
+use ordersys_kit::callers::Callers;
+use ordersys_kit::launch::{GrpcApi, Launcher};
 use ordersys_kit::messaging::Messaging;
 use ordersys_kit::outbox_store::MySqlServiceOutbox;
 use ordersys_proto::order::v1::order_service_server::OrderServiceServer;
@@ -223,6 +224,12 @@ async fn serve<B: saga::Backend, I: Inbox<Tx = B::Tx> + Clone>(
             .filter(|c| !c.is_empty())
             .collect(),
     );
+    anyhow::ensure!(
+        config.admin_token.is_empty() || config.admin_token.len() >= operator::MIN_TOKEN_LEN,
+        "ADMIN_TOKEN is shorter than {} characters: too easy to guess for the key to \
+         every saga and dead letter (e.g. `head -c 32 /dev/urandom | base64`)",
+        operator::MIN_TOKEN_LEN
+    );
     let operator = (!config.admin_token.is_empty()).then(|| {
         let dlq = match launcher.local_dead_letters() {
             Some(shelves) => Some(operator::Dlq::Local(shelves)),
@@ -238,6 +245,7 @@ async fn serve<B: saga::Backend, I: Inbox<Tx = B::Tx> + Clone>(
             cache.clone(),
             wake.clone(),
             dlq,
+            [topics.commands.clone(), topics.replies.clone()],
             config.admin_token.expose().to_owned(),
         )
     });
@@ -275,8 +283,15 @@ async fn serve<B: saga::Backend, I: Inbox<Tx = B::Tx> + Clone>(
         admin_router,
         grpc_metrics,
         &config.tls,
-        routes,
+        GrpcApi::new(routes, callers()),
         "сервис заказов запущен",
     )?;
     launcher.run(shutdown, "сервис заказов остановлен").await
+}
+
+/// Who may call the service over gRPC, by the service name its certificate carries
+/// (`ordersys_kit::callers`): the gateway, every RPC — no other service calls this one.
+fn callers() -> Callers {
+    use ordersys_proto::order::v1::order_service_server::SERVICE_NAME;
+    Callers::new().allow_service(SERVICE_NAME, &["gateway"])
 }

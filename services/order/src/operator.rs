@@ -43,8 +43,12 @@ pub struct Operator<B: Backend> {
     cache: Arc<dyn Cache>,
     relay: RelayHandle,
     dlq: Option<Dlq>,
+    saga_topics: [String; 2],
     token: String,
 }
+
+/// The shortest `ADMIN_TOKEN` the service starts with.
+pub const MIN_TOKEN_LEN: usize = 32;
 
 impl<B: Backend> std::fmt::Debug for Operator<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -55,13 +59,16 @@ impl<B: Backend> std::fmt::Debug for Operator<B> {
 }
 
 impl<B: Backend> Operator<B> {
-    /// Tools over the service's parts, for `token` (`ADMIN_TOKEN`).
+    /// Tools over the service's parts, for `token` (`ADMIN_TOKEN`). Dead letters are
+    /// replayed only to `saga_topics` (commands, replies), whatever topic a parked
+    /// record names.
     pub fn new(
         orchestrator: Arc<OrderOrchestrator<B>>,
         repo: B::Repo,
         cache: Arc<dyn Cache>,
         relay: RelayHandle,
         dlq: Option<Dlq>,
+        saga_topics: [String; 2],
         token: String,
     ) -> Self {
         Self {
@@ -70,6 +77,7 @@ impl<B: Backend> Operator<B> {
             cache,
             relay,
             dlq,
+            saga_topics,
             token,
         }
     }
@@ -83,6 +91,7 @@ impl<B: Backend> Operator<B> {
             .route("/admin/sagas/{id}/compensate", post(compensate::<B>))
             .route("/admin/dlq", get(dlq::list::<B>))
             .route("/admin/dlq/replay", post(dlq::replay::<B>))
+            .route("/admin/dlq/{offset}", get(dlq::show::<B>))
             .route_layer(axum::middleware::from_fn_with_state(
                 op.clone(),
                 authorize::<B>,

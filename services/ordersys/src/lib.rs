@@ -17,6 +17,7 @@ use std::sync::Arc;
 use authz::Blacklist;
 use ordersys_kit::config::{Jwt, Kafka, Listen, Secret, Stores};
 use ordersys_kit::launch::Launcher;
+use ordersys_kit::local_grpc::LocalGrpc;
 use ordersys_kit::messaging::Messaging;
 use ordersys_kit::tls::GrpcTls;
 use ordersys_kit::Listeners;
@@ -30,8 +31,9 @@ pub struct Config {
     pub data_dir: String,
     /// The REST API (`HTTP_ADDR`, default 0.0.0.0:8080).
     pub http_addr: String,
-    /// `spec` (the SPEC ports 50051-50053 and 8081-8083 on 127.0.0.1) or `ephemeral`
-    /// (free ports; for tests) for the internal services (`INTERNAL_PORTS`).
+    /// `spec` (the SPEC admin ports 8081-8083 on 127.0.0.1) or `ephemeral` (free ports;
+    /// for tests) for the internal services' admin endpoints (`INTERNAL_PORTS`). Their
+    /// gRPC has no port here: the gateway calls them in process, nothing else can.
     pub internal_ports: String,
     /// A MySQL server URL; empty: SQLite (`DATABASE_URL`).
     pub database_url: Secret,
@@ -157,12 +159,15 @@ fn write_secret(path: &std::path::Path, secret: &str) -> anyhow::Result<()> {
     }
 }
 
-async fn bind(config: &Config, grpc: u16, admin: u16) -> anyhow::Result<Listeners> {
-    if config.internal_ports == "ephemeral" {
-        Listeners::bind("127.0.0.1:0", "127.0.0.1:0").await
+/// A service's listeners: its admin port, and its gRPC in process only — the services
+/// have no gRPC socket in this binary, so no other process can call them.
+async fn bind(config: &Config, admin: u16, local: &LocalGrpc) -> anyhow::Result<Listeners> {
+    let addr = if config.internal_ports == "ephemeral" {
+        "127.0.0.1:0".to_owned()
     } else {
-        Listeners::bind(&format!("127.0.0.1:{grpc}"), &format!("127.0.0.1:{admin}")).await
-    }
+        format!("127.0.0.1:{admin}")
+    };
+    Listeners::in_process(&addr, local.clone()).await
 }
 
 /// Run the four services until `shutdown` resolves.
@@ -171,6 +176,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     tokio::fs::create_dir_all(&config.data_dir).await?;
+    // The owner's only, whoever else is on the machine (its files are 0600: see
+    // `ordersys_kit::db`).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let owner_only = std::fs::Permissions::from_mode(0o700);
+        tokio::fs::set_permissions(&config.data_dir, owner_only).await?;
+    }
     let secret = jwt_secret(&config).await?;
     let messaging = if config.kafka_brokers.is_empty() {
         Messaging::local()
@@ -180,22 +193,14 @@ pub async fn run(
             tuning: Default::default(),
         }
     };
-    // The gateway calls the services in process; their gRPC ports serve everyone else.
+    // The gateway calls the services in process, and nothing else can.
     let in_process = ordersys_gateway::InProcess::default();
     let (user_l, order_l, payment_l) = (
-        bind(&config, 50051, 8081)
-            .await?
-            .with_local(in_process.user.clone()),
-        bind(&config, 50052, 8082)
-            .await?
-            .with_local(in_process.order.clone()),
-        bind(&config, 50053, 8083)
-            .await?
-            .with_local(in_process.payment.clone()),
+        bind(&config, 8081, &in_process.user).await?,
+        bind(&config, 8082, &in_process.order).await?,
+        bind(&config, 8083, &in_process.payment).await?,
     );
     let operator_tools = order_l.admin.local_addr()?;
-    let url = |l: &Listeners| l.grpc.local_addr().map(|a| format!("http://{a}"));
-    let (user_url, order_url, payment_url) = (url(&user_l)?, url(&order_l)?, url(&payment_l)?);
     let http = tokio::net::TcpListener::bind(&config.http_addr).await?;
     let http_addr = http.local_addr()?;
 
@@ -233,9 +238,10 @@ pub async fn run(
         ..ordersys_payment::Config::default()
     };
     let gateway = ordersys_gateway::Config {
-        user_service_url: user_url,
-        order_service_url: order_url,
-        payment_service_url: payment_url,
+        // Not dialled: the gateway's backends are in process (below).
+        user_service_url: "http://in-process.user".into(),
+        order_service_url: "http://in-process.order".into(),
+        payment_service_url: "http://in-process.payment".into(),
         redis_url: config.redis_url.clone(),
         jwt: Jwt {
             jwt_leeway_secs: config.jwt_leeway_secs,
@@ -244,7 +250,7 @@ pub async fn run(
         rate_limit_per_minute: config.rate_limit_per_minute,
         trusted_proxies: config.trusted_proxies.clone(),
         body_limit_bytes: config.body_limit_bytes,
-        // The services' gRPC is bound to 127.0.0.1 in this one process: plain text.
+        // In process: no socket, nothing to encrypt.
         tls: GrpcTls::loopback_plaintext(),
         ..ordersys_gateway::Config::default()
     };

@@ -19,7 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ordersys_kit::admin::Admin;
-use ordersys_kit::launch::Launcher;
+use ordersys_kit::callers::Callers;
+use ordersys_kit::launch::{GrpcApi, Launcher};
 use ordersys_kit::messaging::Messaging;
 use ordersys_kit::outbox_store::MySqlServiceOutbox;
 use ordersys_proto::payment::v1::payment_service_server::PaymentServiceServer;
@@ -206,8 +207,15 @@ where
         listeners,
         admin,
         &config.tls,
-        routes,
+        GrpcApi::new(routes, callers()),
         "платёжный сервис запущен",
     )?;
     launcher.run(shutdown, "платёжный сервис остановлен").await
+}
+
+/// Who may call the service over gRPC, by the service name its certificate carries
+/// (`ordersys_kit::callers`): the gateway, every RPC — no other service calls this one.
+fn callers() -> Callers {
+    use ordersys_proto::payment::v1::payment_service_server::SERVICE_NAME;
+    Callers::new().allow_service(SERVICE_NAME, &["gateway"])
 }

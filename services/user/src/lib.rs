@@ -19,7 +19,8 @@ use std::time::Duration;
 use authz::redis::RedisBlacklist;
 use authz::{Authenticator, Blacklist, TokenIssuer};
 use ordersys_kit::admin::Admin;
-use ordersys_kit::launch::Launcher;
+use ordersys_kit::callers::Callers;
+use ordersys_kit::launch::{GrpcApi, Launcher};
 use ordersys_proto::user::v1::user_service_server::UserServiceServer;
 
 pub use config::Config;
@@ -123,10 +124,17 @@ pub async fn run(
         listeners,
         admin,
         &config.tls,
-        routes,
+        GrpcApi::new(routes, callers()),
         "сервис пользователей запущен",
     )?;
     launcher
         .run(shutdown, "сервис пользователей остановлен")
         .await
+}
+
+/// Who may call the service over gRPC, by the service name its certificate carries
+/// (`ordersys_kit::callers`): the gateway, every RPC — no other service calls this one.
+fn callers() -> Callers {
+    use ordersys_proto::user::v1::user_service_server::SERVICE_NAME;
+    Callers::new().allow_service(SERVICE_NAME, &["gateway"])
 }

@@ -77,7 +77,10 @@ async fn start(
     let listeners = Listeners::bind(&config.listen.grpc_addr, &config.listen.admin_addr)
         .await
         .unwrap();
-    let url = format!("http://{}", listeners.grpc.local_addr().unwrap());
+    let url = format!(
+        "http://{}",
+        listeners.grpc.as_ref().unwrap().local_addr().unwrap()
+    );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(ordersys_user::run(config, listeners, async {
         let _ = stopped.await;

@@ -6,6 +6,7 @@
 //! ordersys-admin sagas show <saga-id>
 //! ordersys-admin sagas compensate <saga-id> [--reason TEXT]
 //! ordersys-admin dlq list [--limit N]
+//! ordersys-admin dlq show <offset> [--partition P | --service S]
 //! ordersys-admin dlq replay <offset> [--partition P | --service S]
 //! ```
 //!
@@ -21,6 +22,7 @@ const USAGE: &str = "usage:
   ordersys-admin [--url URL] sagas show SAGA_ID
   ordersys-admin [--url URL] sagas compensate SAGA_ID [--reason TEXT]
   ordersys-admin [--url URL] dlq list [--limit N]
+  ordersys-admin [--url URL] dlq show OFFSET [--partition P | --service order|payment]
   ordersys-admin [--url URL] dlq replay OFFSET [--partition P | --service order|payment]
 environment: ORDERSYS_ADMIN_URL (default http://127.0.0.1:8082), ORDERSYS_ADMIN_TOKEN or ADMIN_TOKEN";
 
@@ -101,6 +103,21 @@ fn call_of(args: &Args) -> Result<Call, String> {
             ),
             None => "/admin/dlq".into(),
         }),
+        ["dlq", "show", offset] => {
+            let offset = offset.parse::<i64>().map_err(|e| format!("offset: {e}"))?;
+            let mut q = Vec::new();
+            if let Some(p) = args.flag("partition") {
+                let p = p.parse::<i32>().map_err(|e| format!("--partition: {e}"))?;
+                q.push(format!("partition={p}"));
+            }
+            if let Some(s) = args.flag("service") {
+                if !matches!(s, "order" | "payment") {
+                    return Err("--service: order or payment".into());
+                }
+                q.push(format!("service={s}"));
+            }
+            Call::Get(format!("/admin/dlq/{offset}?{}", q.join("&")))
+        }
         ["dlq", "replay", offset] => {
             let mut body = serde_json::json!({
                 "offset": offset.parse::<i64>().map_err(|e| format!("offset: {e}"))?,

@@ -4,10 +4,11 @@
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use base64::Engine as _;
 use ordersys_kit::parked::{LocalDeadLetters, Shelf};
 use ordersys_kit::rfc3339_millis;
 use outbox::sqlite::ParkedMessage;
@@ -181,6 +182,80 @@ pub(super) struct ReplayBody {
     offset: i64,
 }
 
+/// The one dead letter `place` names: 404 when none, 409 when several.
+fn find<'a>(records: &'a [Record], place: &ReplayBody) -> Result<&'a Record, Early> {
+    let at: Vec<_> = records.iter().filter(|r| r.at(place)).collect();
+    match at[..] {
+        [record] => Ok(record),
+        [] => {
+            let mut named = format!("offset {}", place.offset);
+            if let Some(p) = place.partition {
+                named = format!("partition {p} {named}");
+            }
+            if let Some(s) = &place.service {
+                named = format!("{named} of {s}");
+            }
+            Err(Box::new(error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no dead letter at {named}"),
+            )))
+        }
+        _ => {
+            let name = match at[0] {
+                Record::Local(..) => "service",
+                Record::Kafka(_) => "partition",
+            };
+            Err(Box::new(error(
+                StatusCode::CONFLICT,
+                "ambiguous",
+                format!(
+                    "dead letters at offset {} in several places: name one ({name})",
+                    place.offset
+                ),
+            )))
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ShowQuery {
+    #[serde(default)]
+    partition: Option<i32>,
+    #[serde(default)]
+    service: Option<String>,
+}
+
+/// `GET /admin/dlq/{offset}`: one dead letter with its payload — as text when it is
+/// UTF-8 (`payload`, the saga messages' JSON), always as `payload_base64`.
+pub(super) async fn show<B: Backend>(
+    State(op): State<Arc<Operator<B>>>,
+    Path(offset): Path<i64>,
+    Query(q): Query<ShowQuery>,
+) -> Response {
+    let records = match read(&op).await {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    let place = ReplayBody {
+        partition: q.partition,
+        service: q.service,
+        offset,
+    };
+    match find(&records, &place) {
+        Ok(record) => {
+            counted("show_dlq", "ok");
+            let payload = &record.delivery().payload;
+            let mut body = record.json();
+            body["payload"] = std::str::from_utf8(payload).map_or(Value::Null, |t| json!(t));
+            body["payload_base64"] =
+                json!(base64::engine::general_purpose::STANDARD.encode(payload));
+            Json(body).into_response()
+        }
+        Err(r) => *r,
+    }
+}
+
 pub(super) async fn replay<B: Backend>(
     State(op): State<Arc<Operator<B>>>,
     Json(body): Json<ReplayBody>,
@@ -189,37 +264,9 @@ pub(super) async fn replay<B: Backend>(
         Ok(r) => r,
         Err(r) => return *r,
     };
-    let at: Vec<_> = records.iter().filter(|r| r.at(&body)).collect();
-    let record = match at[..] {
-        [record] => record,
-        [] => {
-            let mut place = format!("offset {}", body.offset);
-            if let Some(p) = body.partition {
-                place = format!("partition {p} {place}");
-            }
-            if let Some(s) = &body.service {
-                place = format!("{place} of {s}");
-            }
-            return error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no dead letter at {place}"),
-            );
-        }
-        _ => {
-            let name = match at[0] {
-                Record::Local(..) => "service",
-                Record::Kafka(_) => "partition",
-            };
-            return error(
-                StatusCode::CONFLICT,
-                "ambiguous",
-                format!(
-                    "dead letters at offset {} in several places: name one ({name})",
-                    body.offset
-                ),
-            );
-        }
+    let record = match find(&records, &body) {
+        Ok(record) => record,
+        Err(r) => return *r,
     };
     if record.original_topic().is_empty() {
         counted("replay_dlq", "refused");
@@ -227,6 +274,21 @@ pub(super) async fn replay<B: Backend>(
             StatusCode::UNPROCESSABLE_ENTITY,
             "no_original_topic",
             "the dead letter does not name its original topic",
+        );
+    }
+    // A dead letter says where it came from, and anyone who could write to the
+    // dead-letter topic could say anything: replays go to the saga topics only.
+    if !op.saga_topics.iter().any(|t| t == record.original_topic()) {
+        counted("replay_dlq", "refused");
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "not_a_saga_topic",
+            format!(
+                "the dead letter names {:?}: only {} and {} are replayed",
+                record.original_topic(),
+                op.saga_topics[0],
+                op.saga_topics[1]
+            ),
         );
     }
     let sent = match (record, &op.dlq) {
