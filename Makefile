@@ -130,9 +130,10 @@ build:
 	docker build -f deployments/docker/Dockerfile -t $(IMAGE) .
 
 ## The reference deployment with compose (v2 or docker-compose 1.29; needs a Docker
-## engine): development certificates (a service's own .pem/.key and ca.pem are 0644 —
-## the containers run as uid 10001 — and only those are mounted; ca.key stays 0600 and
-## is never mounted) and secrets in deployments/compose/.env (0600) on first use, then
+## engine): development certificates and token keys (a service's own .pem/.key, ca.pem
+## and jwt.pub are 0644 — the containers run as uid 10001 — and only those are mounted,
+## jwt.key into the user service only; ca.key stays 0600 and is never mounted) and
+## secrets in deployments/compose/.env (0600) on first use, then
 ## everything up and healthy. OFFLINE=1: no image registry — infra stand-ins and base
 ## images built locally (scripts/offline-images), see README "Deploy".
 OFFLINE ?= 0
@@ -141,9 +142,9 @@ up:
 	scripts/docker-engine
 	scripts/dev-certs deployments/compose/certs >/dev/null
 	chmod 0755 deployments/compose/certs
-	cd deployments/compose/certs && chmod 0644 ca.pem user.* order.* payment.* gateway.* && chmod 0600 ca.key
-	test -s deployments/compose/.env || (umask 077 && printf 'JWT_SECRET=%s\nMYSQL_ROOT_PASSWORD=%s\nADMIN_TOKEN=%s\n' \
-		"$$(head -c 48 /dev/urandom | base64 | tr -d '\n/+=')" "$$(head -c 24 /dev/urandom | base64 | tr -d '\n/+=')" \
+	cd deployments/compose/certs && chmod 0644 ca.pem user.* order.* payment.* gateway.* jwt.* && chmod 0600 ca.key
+	test -s deployments/compose/.env || (umask 077 && printf 'MYSQL_ROOT_PASSWORD=%s\nADMIN_TOKEN=%s\n' \
+		"$$(head -c 24 /dev/urandom | base64 | tr -d '\n/+=')" \
 		"$$(head -c 32 /dev/urandom | base64 | tr -d '\n/+=')" > deployments/compose/.env)
 	if [ "$(OFFLINE)" = 1 ]; then scripts/offline-images; fi
 	ORDERSYS_IMAGE=$(IMAGE) $(COMPOSE) up -d --build

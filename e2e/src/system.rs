@@ -105,9 +105,14 @@ pub struct System {
     pub brokers: String,
     /// The payment database URL.
     pub payment_db_url: String,
-    /// This system's HS256 secret (every system has its own: a token of one is
-    /// worthless at another's gateway). Tests forge tokens with it.
-    pub jwt_secret: String,
+    /// This system's token signing key, Ed25519 (every system has its own pair: a token
+    /// of one is worthless at another's gateway). Only its user service is given the
+    /// private key; tests forge tokens with it.
+    pub jwt_key: authz::SigningKey,
+    /// The private key, PEM (tests look for it where it must not be, e.g. the logs).
+    pub jwt_private_pem: String,
+    /// The public key's file (`JWT_PUBLIC_KEY` of every service).
+    pub jwt_public_key: std::path::PathBuf,
     /// The second replicas ([`Options::two_replicas`]).
     pub second: Option<Replicas>,
     mysql_server: String,
@@ -140,7 +145,15 @@ impl System {
             }
         };
         let topic_prefix = format!("e2e.{id}.");
-        let jwt_secret = format!("e2e-{}{}", id, uuid::Uuid::new_v4().simple());
+        std::fs::create_dir_all(&data_dir).expect("the system's data dir");
+        let (jwt_private_pem, public_pem) = ordersys_kit::keys::ed25519_pem().expect("token keys");
+        let jwt_key =
+            authz::SigningKey::ed25519_from_pem(jwt_private_pem.as_bytes(), public_pem.as_bytes())
+                .expect("the pair just made");
+        let (jwt_private_key, jwt_public_key) =
+            (data_dir.join("jwt.key"), data_dir.join("jwt.pub"));
+        std::fs::write(&jwt_private_key, &jwt_private_pem).expect("jwt.key");
+        std::fs::write(&jwt_public_key, &public_pem).expect("jwt.pub");
         let ports: Vec<u16> = (0..7).map(|_| free_port()).collect();
         // The second replicas' ports: order gRPC, order admin, payment gRPC, payment
         // admin, gateway HTTP.
@@ -151,7 +164,7 @@ impl System {
         let env = |pairs: &[(&str, String)]| -> HashMap<String, String> {
             let mut m: HashMap<String, String> = [
                 ("REDIS_URL", redis.clone()),
-                ("JWT_SECRET", jwt_secret.clone()),
+                ("JWT_PUBLIC_KEY", jwt_public_key.display().to_string()),
                 ("KAFKA_BROKERS", brokers.clone()),
                 ("KAFKA_TOPIC_PREFIX", topic_prefix.clone()),
             ]
@@ -180,6 +193,8 @@ impl System {
                 ("GRPC_ADDR", format!("127.0.0.1:{user_grpc}")),
                 ("ADMIN_ADDR", format!("127.0.0.1:{user_admin}")),
                 ("DATABASE_URL", db_url(0)),
+                // The user service alone signs.
+                ("JWT_PRIVATE_KEY", jwt_private_key.display().to_string()),
             ]),
             &url(user_admin),
         );
@@ -337,7 +352,9 @@ impl System {
             topic_prefix,
             brokers,
             payment_db_url,
-            jwt_secret,
+            jwt_key,
+            jwt_private_pem,
+            jwt_public_key,
             second,
             mysql_server: mysql,
             dbs,

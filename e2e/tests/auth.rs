@@ -224,7 +224,8 @@ async fn auth_flow_and_contract() {
     let logs = sys.user.logs() + &sys.gateway.logs();
     assert!(!logs.contains("password-123"));
     assert!(!logs.contains(&token));
-    assert!(!logs.contains(&sys.jwt_secret));
+    let key_line = sys.jwt_private_pem.lines().nth(1).unwrap();
+    assert!(!logs.contains(key_line));
     sys.stop().await;
 }
 
@@ -288,7 +289,7 @@ async fn forged_tokens_are_refused() {
     );
 
     // expired: properly signed, but an hour old
-    let key = SigningKey::hs256(sys.jwt_secret.as_bytes()).unwrap();
+    let key = sys.jwt_key.clone();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -310,7 +311,11 @@ async fn forged_tokens_are_refused() {
 
     // signed with another key
     let other = TokenIssuer::new(
-        SigningKey::hs256(b"some-other-secret-some-other-secret!!").unwrap(),
+        SigningKey::ed25519_from_pem(
+            include_bytes!("../../authz/tests/keys/ed25519.pem"),
+            include_bytes!("../../authz/tests/keys/ed25519.pub.pem"),
+        )
+        .unwrap(),
         "ordersys",
         "ordersys-api",
     )
@@ -334,17 +339,17 @@ async fn forged_tokens_are_refused() {
         .sign(no_jti)
         .unwrap()
         .token;
-    // Algorithm confusion: valid claims, signed EdDSA instead of the HS256 the gateway
-    // is configured for.
-    let ed = SigningKey::ed25519_from_pem(
-        include_bytes!("../../authz/tests/keys/ed25519.pem"),
-        include_bytes!("../../authz/tests/keys/ed25519.pub.pem"),
+    // Key confusion: valid claims, signed HS256 with the gateway's own public key (its
+    // PEM bytes) as the secret, for a verifier that would take the key for a secret.
+    let public_pem = std::fs::read(&sys.jwt_public_key).unwrap();
+    let hs256 = TokenIssuer::new(
+        SigningKey::hs256(&public_pem).unwrap(),
+        "ordersys",
+        "ordersys-api",
     )
-    .unwrap();
-    let eddsa = TokenIssuer::new(ed, "ordersys", "ordersys-api")
-        .issue(user_id.clone())
-        .unwrap()
-        .token;
+    .issue(user_id.clone())
+    .unwrap()
+    .token;
     let truncated = token[..token.len() - 8].to_owned();
     // Oversized, yet under the 16 KiB header limit (past it the answer is 431, tested in
     // orders.rs): some 25 times a real token.
@@ -361,7 +366,7 @@ async fn forged_tokens_are_refused() {
         ("wrong issuer", &wrong_issuer),
         ("wrong audience", &wrong_audience),
         ("missing jti", &no_jti),
-        ("EdDSA instead of HS256", &eddsa),
+        ("HS256 with the public key", &hs256),
         ("truncated", &truncated),
         ("oversized", &oversized),
         ("revoked", &revoked),

@@ -3,14 +3,17 @@
 //! development certificate. Only the gateway's gets through (the services call no one);
 //! the others get `PERMISSION_DENIED` before the service reads the request, counted on
 //! the service's admin port; the Redis server's certificate, made for serving only, does
-//! not even complete the handshake. The health service answers every peer.
+//! not even complete the handshake. The health service answers every peer. And the
+//! gateway's certificate acts only for the user whose access token it forwards: no
+//! token, a forged one or another user's is refused.
 
 use std::time::Duration;
 
 use ordersys_e2e::{dev_certs, email, Api, Options, System};
+use ordersys_proto::payment::v1::payment_service_client::PaymentServiceClient;
+use ordersys_proto::payment::v1::GetWalletRequest;
 use ordersys_proto::user::v1::user_service_client::UserServiceClient;
 use ordersys_proto::user::v1::GetUserRequest;
-use serde_json::json;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Code;
 
@@ -74,33 +77,66 @@ async fn call_status(channel: Channel, path: &'static str) -> Result<(), tonic::
 async fn only_the_gateway_certificate_calls_the_services() {
     let sys = System::start(Options::default()).await;
     let api = Api::new(&sys.base);
-    let e = email();
-    let body = json!({ "email": e, "password": "password-123" });
-    let r = api
-        .send("POST", "/api/v1/auth/register", Some(body), None)
-        .await;
-    assert_eq!(r.status, 201, "{r:?}");
-    let user_id = r.body["user_id"].as_str().unwrap().to_owned();
+    let (e, other) = (email(), email());
+    let token = api.signup(&e, "password-123").await;
+    let other_token = api.signup(&other, "password-123").await;
+    let me = api.send("GET", "/api/v1/auth/me", None, Some(&token)).await;
+    let user_id = me.body["user_id"].as_str().unwrap().to_owned();
 
-    // What the issue saw: another service's certificate read user A's e-mail.
-    let get_user = |channel: Channel| {
+    // GetUser of user A over `channel`, forwarding `token` as the gateway does.
+    let get_user = |channel: Channel, token: Option<String>| {
         let user_id = user_id.clone();
         async move {
-            UserServiceClient::new(channel)
-                .get_user(GetUserRequest { user_id })
-                .await
+            let mut req = tonic::Request::new(GetUserRequest { user_id });
+            if let Some(t) = token {
+                ordersys_kit::end_user::forward(&mut req, &t);
+            }
+            UserServiceClient::new(channel).get_user(req).await
         }
     };
+    // What the issue saw: another service's certificate read user A's e-mail.
     let payment = channel(&sys.grpc[0], "payment").await.unwrap();
-    let refused = get_user(payment).await.unwrap_err();
+    let refused = get_user(payment, Some(token.clone())).await.unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
     assert!(
         refused.message().contains("payment may not call"),
         "{refused:?}"
     );
-    let gateway = channel(&sys.grpc[0], "gateway").await.unwrap();
-    let user = get_user(gateway).await.expect("the gateway reads users");
+    // Even the gateway's certificate acts only for the user whose token it forwards:
+    // none, another user's, or one signed with another key is refused.
+    let gateway = || channel(&sys.grpc[0], "gateway");
+    let none = get_user(gateway().await.unwrap(), None).await.unwrap_err();
+    assert_eq!(none.code(), Code::Unauthenticated, "{none:?}");
+    let others = get_user(gateway().await.unwrap(), Some(other_token.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(others.code(), Code::PermissionDenied, "{others:?}");
+    let forged = authz::TokenIssuer::new(
+        authz::SigningKey::hs256(b"not the secret of this system, 32+ bytes").unwrap(),
+        "ordersys",
+        "ordersys-api",
+    )
+    .issue(user_id.clone())
+    .unwrap()
+    .token;
+    let forged = get_user(gateway().await.unwrap(), Some(forged))
+        .await
+        .unwrap_err();
+    assert_eq!(forged.code(), Code::Unauthenticated, "{forged:?}");
+    let user = get_user(gateway().await.unwrap(), Some(token.clone()))
+        .await
+        .expect("the gateway reads its user");
     assert_eq!(user.into_inner().email, e);
+    // The same on the payment service: B's token does not open A's wallet.
+    let mut req = tonic::Request::new(GetWalletRequest {
+        user_id: user_id.clone(),
+    });
+    ordersys_kit::end_user::forward(&mut req, &other_token);
+    let wallet = PaymentServiceClient::new(channel(&sys.grpc[2], "gateway").await.unwrap())
+        .get_wallet(req)
+        .await
+        .unwrap_err();
+    assert_eq!(wallet.code(), Code::PermissionDenied, "{wallet:?}");
 
     // The whole matrix: every RPC, every certificate.
     for (service, paths) in RPCS {

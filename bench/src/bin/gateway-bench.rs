@@ -213,7 +213,10 @@ async fn main() -> anyhow::Result<()> {
         order_service_url: system.grpc[1].clone(),
         payment_service_url: system.grpc[2].clone(),
         redis_url: redis_url.clone().into(),
-        jwt: ordersys_kit::config::Jwt::with_secret(system.jwt_secret.clone()),
+        jwt: ordersys_kit::config::Jwt::with_ed25519(
+            "",
+            system.jwt_public_key.display().to_string(),
+        ),
         rate_limit_per_minute: 1_000_000_000,
         rate_limit_key_prefix: format!("gateway-bench:{}:", std::process::id()),
         tls: ordersys_kit::tls::GrpcTls::files(
@@ -230,6 +233,7 @@ async fn main() -> anyhow::Result<()> {
         &config,
         ordersys_gateway::Backends::redis(&config).await?,
         claims,
+        token.clone(),
     )?;
     // Redis asked on every request — for revocations (`BLACKLIST_HEARTBEAT_MS=0`) and
     // for the rate limit (`RATE_LIMIT_SETTLE_MS=0`) — as before the mirror and the

@@ -34,6 +34,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use authz::layer::BearerToken;
 use axum::http::StatusCode;
 use ordersys_kit::context::RequestContext;
 use ordersys_kit::local_grpc::{channel_transport, not_sent, Transport};
@@ -373,11 +374,14 @@ impl Downstream {
     }
 
     /// [`call`](Self::call) with `msg` wrapped in a request that carries the caller's
-    /// correlation id and trace context: `send` gets the transport and that request.
+    /// correlation id and trace context — and, on behalf of an end user, their access
+    /// `token`, forwarded for the service to verify ([`ordersys_kit::end_user`]): `send`
+    /// gets the transport and that request.
     pub async fn request<M, T, F, Fut>(
         &self,
         effect: Effect,
         ctx: &RequestContext,
+        token: Option<&BearerToken>,
         msg: M,
         mut send: F,
     ) -> Result<T, ApiError>
@@ -386,8 +390,14 @@ impl Downstream {
         F: FnMut(Transport, tonic::Request<M>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        self.call(effect, |t| send(t, request(ctx, msg.clone())))
-            .await
+        self.call(effect, |t| {
+            let mut req = request(ctx, msg.clone());
+            if let Some(token) = token {
+                ordersys_kit::end_user::forward(&mut req, &token.0);
+            }
+            send(t, req)
+        })
+        .await
     }
 
     /// Call the downstream: `send` makes the call over the transport it is given (it may

@@ -99,29 +99,30 @@ pub async fn app(config: &Config) -> anyhow::Result<Router> {
 
 /// Build the router (REST API + health + metrics) over `backends`.
 pub fn app_with(config: &Config, backends: Backends) -> anyhow::Result<Router> {
-    let auth = Authenticator::new(config.jwt.validator()?, backends.blacklist.clone());
+    let auth = Authenticator::new(config.jwt.verifier()?, backends.blacklist.clone());
     build(config, backends, Security::On(Box::new(auth)))
 }
 
 /// **For benchmarks only** (feature `bench`, never enabled by the gateway binary): the
 /// router of [`app_with`] without its security layers — no token check, no blacklist,
-/// no rate limit — every request acting as `claims`. It exists to measure what those
-/// layers cost (`gateway-bench`, docs/BENCHMARKS.md); serving it exposes every user's
-/// orders to anyone.
+/// no rate limit — every request acting as `claims`, forwarding `token` (theirs) to
+/// the services. It exists to measure what those layers cost (`gateway-bench`,
+/// docs/BENCHMARKS.md); serving it exposes that user's orders to anyone.
 #[cfg(feature = "bench")]
 #[doc(hidden)]
 pub fn app_without_security(
     config: &Config,
     backends: Backends,
     claims: authz::Claims,
+    token: String,
 ) -> anyhow::Result<Router> {
-    build(config, backends, Security::Off(claims))
+    build(config, backends, Security::Off(claims, token))
 }
 
 enum Security {
     On(Box<Authenticator>),
     #[cfg_attr(not(feature = "bench"), allow(dead_code))]
-    Off(authz::Claims),
+    Off(authz::Claims, String),
 }
 
 /// A readiness check of an in-process service: its gRPC health service answers.
@@ -230,7 +231,7 @@ fn build(config: &Config, backends: Backends, security: Security) -> anyhow::Res
         payments,
         auth: match &security {
             Security::On(auth) => Some((**auth).clone()),
-            Security::Off(_) => None,
+            Security::Off(..) => None,
         },
         limiter,
         proxies: client_ip::TrustedProxies::parse(&config.trusted_proxies)?,
@@ -249,7 +250,9 @@ fn build(config: &Config, backends: Backends, security: Security) -> anyhow::Res
         .route("/api/v1/wallet", get(routes::orders::wallet));
     let protected = match &security {
         Security::On(auth) => protected.route_layer(AuthLayer::new((**auth).clone())),
-        Security::Off(claims) => protected.route_layer(axum::Extension(claims.clone())),
+        Security::Off(claims, token) => protected
+            .route_layer(axum::Extension(claims.clone()))
+            .route_layer(axum::Extension(authz::layer::BearerToken(token.clone()))),
     };
     let api = Router::new()
         .route("/api/v1/auth/register", post(routes::auth::register))
@@ -257,7 +260,7 @@ fn build(config: &Config, backends: Backends, security: Security) -> anyhow::Res
         .merge(protected);
     let api = match security {
         Security::On(_) => api.route_layer(from_fn_with_state(state.clone(), rate_limit)),
-        Security::Off(_) => api,
+        Security::Off(..) => api,
     };
 
     Ok(Router::new()

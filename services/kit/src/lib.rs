@@ -11,6 +11,8 @@ pub mod cli;
 pub mod config;
 pub mod context;
 pub mod db;
+pub mod end_user;
+pub mod keys;
 pub mod launch;
 pub mod local_grpc;
 pub mod messaging;

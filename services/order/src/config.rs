@@ -28,6 +28,10 @@ pub struct Config {
     /// The bearer token of the operator tools on the admin port (`ADMIN_TOKEN`; empty,
     /// the default: the tools are off). See [`crate::operator`].
     pub admin_token: Secret,
+    /// How the end user's token the gateway forwards is verified (`JWT_SECRET`,
+    /// `JWT_ISSUER`, `JWT_AUDIENCE`, `JWT_LEEWAY_SECS`: the gateway's settings).
+    #[serde(flatten)]
+    pub jwt: ordersys_kit::config::Jwt,
     /// Mutual TLS of the internal gRPC (`TLS_CERT`, `TLS_KEY`, `TLS_CA`;
     /// `GRPC_INSECURE=true` for plain text in development).
     #[serde(flatten)]
@@ -43,6 +47,7 @@ impl Default for Config {
             payment_deadline_secs: 30,
             accepted_currencies: "USD".into(),
             admin_token: Secret::default(),
+            jwt: Default::default(),
             tls: Default::default(),
         }
     }

@@ -1,6 +1,7 @@
 //! The gRPC face of the service.
 
 use ordersys_kit::context::RequestContext;
+use ordersys_kit::end_user::EndUsers;
 use ordersys_proto::common::v1::Money;
 use ordersys_proto::order::v1 as pb;
 use pb::order_service_server::OrderService as Rpc;
@@ -14,12 +15,13 @@ use crate::service::{OrderError, OrderService};
 #[derive(Debug)]
 pub struct OrderGrpc<B: Backend> {
     service: OrderService<B>,
+    users: EndUsers,
 }
 
 impl<B: Backend> OrderGrpc<B> {
-    /// Wrap the service.
-    pub fn new(service: OrderService<B>) -> Self {
-        Self { service }
+    /// Wrap the service, acting for the users whose tokens `users` verifies.
+    pub fn new(service: OrderService<B>, users: EndUsers) -> Self {
+        Self { service, users }
     }
 }
 
@@ -79,6 +81,7 @@ impl<B: Backend> Rpc for OrderGrpc<B> {
         &self,
         req: Request<pb::CreateOrderRequest>,
     ) -> Result<Response<pb::Order>, Status> {
+        let user = self.users.user(&req, &req.get_ref().user_id)?;
         let ctx = req.extensions().get::<RequestContext>().cloned();
         let r = req.into_inner();
         let items = r
@@ -92,13 +95,7 @@ impl<B: Backend> Rpc for OrderGrpc<B> {
             .collect();
         let o = self
             .service
-            .create(
-                &r.user_id,
-                items,
-                &r.currency,
-                &r.idempotency_key,
-                ctx.as_ref(),
-            )
+            .create(&user, items, &r.currency, &r.idempotency_key, ctx.as_ref())
             .await?;
         Ok(Response::new(to_pb(o)))
     }
@@ -107,9 +104,10 @@ impl<B: Backend> Rpc for OrderGrpc<B> {
         &self,
         req: Request<pb::GetOrderRequest>,
     ) -> Result<Response<pb::Order>, Status> {
+        let user = self.users.user(&req, &req.get_ref().user_id)?;
         let r = req.into_inner();
         Ok(Response::new(to_pb(
-            self.service.get(&r.user_id, &r.order_id).await?,
+            self.service.get(&user, &r.order_id).await?,
         )))
     }
 
@@ -117,8 +115,9 @@ impl<B: Backend> Rpc for OrderGrpc<B> {
         &self,
         req: Request<pb::ListOrdersRequest>,
     ) -> Result<Response<pb::ListOrdersResponse>, Status> {
+        let user = self.users.user(&req, &req.get_ref().user_id)?;
         let r = req.into_inner();
-        let (orders, next) = self.service.list(&r.user_id, r.limit, &r.cursor).await?;
+        let (orders, next) = self.service.list(&user, r.limit, &r.cursor).await?;
         Ok(Response::new(pb::ListOrdersResponse {
             orders: orders.into_iter().map(to_pb).collect(),
             next_cursor: next.unwrap_or_default(),
@@ -129,11 +128,12 @@ impl<B: Backend> Rpc for OrderGrpc<B> {
         &self,
         req: Request<pb::CancelOrderRequest>,
     ) -> Result<Response<pb::Order>, Status> {
+        let user = self.users.user(&req, &req.get_ref().user_id)?;
         let ctx = req.extensions().get::<RequestContext>().cloned();
         let r = req.into_inner();
         Ok(Response::new(to_pb(
             self.service
-                .cancel(&r.user_id, &r.order_id, ctx.as_ref())
+                .cancel(&user, &r.order_id, ctx.as_ref())
                 .await?,
         )))
     }

@@ -276,8 +276,12 @@ async fn serve<B: saga::Backend, I: Inbox<Tx = B::Tx> + Clone>(
         Some(op) => admin.router().merge(op.router()),
         None => admin.router(),
     };
-    let routes = tonic::service::Routes::new(health_service)
-        .add_service(OrderServiceServer::new(grpc::OrderGrpc::new(service)));
+    let routes = tonic::service::Routes::new(health_service).add_service(OrderServiceServer::new(
+        grpc::OrderGrpc::new(
+            service,
+            ordersys_kit::end_user::EndUsers::new(config.jwt.verifier()?),
+        ),
+    ));
     launcher.serve_with_admin_router(
         listeners,
         admin_router,

@@ -11,6 +11,8 @@
 
 #![warn(missing_docs)]
 
+mod keys;
+
 use std::future::Future;
 use std::sync::Arc;
 
@@ -27,7 +29,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {
-    /// Where the SQLite files and the generated JWT secret live (`DATA_DIR`).
+    /// Where the SQLite files and the generated token key pair live (`DATA_DIR`).
     pub data_dir: String,
     /// The REST API (`HTTP_ADDR`, default 0.0.0.0:8080).
     pub http_addr: String,
@@ -41,7 +43,8 @@ pub struct Config {
     pub kafka_brokers: String,
     /// Redis; empty: memory + SQLite (`REDIS_URL`).
     pub redis_url: Secret,
-    /// HS256 secret; empty: generated once and kept in `DATA_DIR` (`JWT_SECRET`).
+    /// HS256 secret (`JWT_SECRET`); empty, the default: tokens are signed EdDSA with an
+    /// Ed25519 key pair generated once and kept in `DATA_DIR` (`jwt-ed25519.key`, 0600).
     pub jwt_secret: Secret,
     /// Token lifetime (`JWT_TTL_SECS`, default 900).
     pub jwt_ttl_secs: u64,
@@ -104,61 +107,6 @@ impl Config {
     }
 }
 
-async fn jwt_secret(config: &Config) -> anyhow::Result<Secret> {
-    if !config.jwt_secret.is_empty() {
-        return Ok(config.jwt_secret.clone());
-    }
-    let path = std::path::Path::new(&config.data_dir).join("jwt_secret");
-    if let Ok(s) = tokio::fs::read_to_string(&path).await {
-        if s.trim().len() >= 32 {
-            return Ok(s.trim().into());
-        }
-    }
-    let secret = format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
-    write_secret(&path, &secret)?;
-    // Another process may have won the race: everyone uses what is on disk.
-    let on_disk = tokio::fs::read_to_string(&path).await?;
-    Ok(on_disk.trim().into())
-}
-
-/// Write a generated secret readable by its owner only (0600, its directory 0700): to a
-/// temporary file created exclusively, then linked into place only if no secret is
-/// there yet — a reader never sees a half-written file, and an existing one is kept.
-fn write_secret(path: &std::path::Path, secret: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    #[cfg(unix)]
-    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-    let dir = path.parent().unwrap_or(std::path::Path::new("."));
-    #[cfg(unix)]
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    let tmp = dir.join(format!(".jwt_secret.{}", uuid::Uuid::new_v4().simple()));
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    opts.mode(0o600);
-    let mut f = opts.open(&tmp)?;
-    f.write_all(secret.as_bytes())?;
-    f.sync_all()?;
-    drop(f);
-    // `hard_link` fails if the target exists: a secret already there is never replaced
-    // (an empty or short one left by an older version is replaced).
-    let short = std::fs::read_to_string(path).is_ok_and(|s| s.trim().len() < 32);
-    if short {
-        std::fs::remove_file(path)?;
-    }
-    let linked = std::fs::hard_link(&tmp, path);
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// A service's listeners: its admin port, and its gRPC in process only — the services
 /// have no gRPC socket in this binary, so no other process can call them.
 async fn bind(config: &Config, admin: u16, local: &LocalGrpc) -> anyhow::Result<Listeners> {
@@ -184,7 +132,7 @@ pub async fn run(
         let owner_only = std::fs::Permissions::from_mode(0o700);
         tokio::fs::set_permissions(&config.data_dir, owner_only).await?;
     }
-    let secret = jwt_secret(&config).await?;
+    let (issuing, verifying) = keys::token_settings(&config)?;
     let messaging = if config.kafka_brokers.is_empty() {
         Messaging::local()
     } else {
@@ -212,13 +160,16 @@ pub async fn run(
         kafka_brokers: config.kafka_brokers.clone(),
         ..Kafka::default()
     };
+    let leeway = |jwt: Jwt| Jwt {
+        jwt_leeway_secs: config.jwt_leeway_secs,
+        ..jwt
+    };
+    // Only the user service signs; the others are given what verifies.
+    let (issuing, verifying) = (leeway(issuing), leeway(verifying));
     let user = ordersys_user::Config {
         listen: Listen::on_ports(0, 0),
         stores: stores("user"),
-        jwt: Jwt {
-            jwt_leeway_secs: config.jwt_leeway_secs,
-            ..Jwt::with_secret(secret.clone())
-        },
+        jwt: issuing,
         jwt_ttl_secs: config.jwt_ttl_secs,
         tls: GrpcTls::loopback_plaintext(),
     };
@@ -227,6 +178,7 @@ pub async fn run(
         kafka: kafka.clone(),
         payment_deadline_secs: config.payment_deadline_secs,
         admin_token: config.admin_token.clone(),
+        jwt: verifying.clone(),
         tls: GrpcTls::loopback_plaintext(),
         ..ordersys_order::Config::default()
     };
@@ -234,6 +186,7 @@ pub async fn run(
         stores: stores("payment"),
         kafka,
         initial_balance: config.initial_balance,
+        jwt: verifying.clone(),
         tls: GrpcTls::loopback_plaintext(),
         ..ordersys_payment::Config::default()
     };
@@ -243,10 +196,7 @@ pub async fn run(
         order_service_url: "http://in-process.order".into(),
         payment_service_url: "http://in-process.payment".into(),
         redis_url: config.redis_url.clone(),
-        jwt: Jwt {
-            jwt_leeway_secs: config.jwt_leeway_secs,
-            ..Jwt::with_secret(secret)
-        },
+        jwt: verifying,
         rate_limit_per_minute: config.rate_limit_per_minute,
         trusted_proxies: config.trusted_proxies.clone(),
         body_limit_bytes: config.body_limit_bytes,
@@ -307,54 +257,4 @@ pub async fn run(
     }
     tracing::info!(http = %http_addr, mode = %mode, "система ordersys запущена");
     launcher.run(shutdown, "система ordersys остановлена").await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn config_in(dir: &std::path::Path) -> Config {
-        Config {
-            data_dir: dir.display().to_string(),
-            ..Config::default()
-        }
-    }
-
-    #[tokio::test]
-    async fn the_generated_jwt_secret_is_private_kept_and_never_replaced() {
-        use std::os::unix::fs::PermissionsExt as _;
-        let dir =
-            std::env::temp_dir().join(format!("ordersys-secret-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = config_in(&dir);
-        let first = jwt_secret(&config).await.unwrap();
-        assert!(first.len() >= 32);
-        let file = dir.join("jwt_secret");
-        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode(&file), 0o600, "the secret file is the owner's only");
-        assert_eq!(mode(&dir), 0o700, "so is its directory");
-        // Started again: the same secret (tokens issued before stay valid).
-        assert_eq!(jwt_secret(&config).await.unwrap(), first);
-        // A second writer racing the first never replaces what is there.
-        write_secret(&file, "x".repeat(64).as_str()).unwrap();
-        assert_eq!(std::fs::read_to_string(&file).unwrap(), first.expose());
-        // No temporary files left behind.
-        let names: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, ["jwt_secret"]);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_too_short_secret_left_on_disk_is_replaced() {
-        let dir =
-            std::env::temp_dir().join(format!("ordersys-secret-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("jwt_secret"), "short").unwrap();
-        let secret = jwt_secret(&config_in(&dir)).await.unwrap();
-        assert!(secret.len() >= 32);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 }

@@ -22,6 +22,10 @@ pub struct Config {
     pub initial_balance: i64,
     /// Currency of accounts (`ACCOUNT_CURRENCY`, default USD).
     pub account_currency: String,
+    /// How the end user's token the gateway forwards is verified (`JWT_SECRET`,
+    /// `JWT_ISSUER`, `JWT_AUDIENCE`, `JWT_LEEWAY_SECS`: the gateway's settings).
+    #[serde(flatten)]
+    pub jwt: ordersys_kit::config::Jwt,
     /// Mutual TLS of the internal gRPC (`TLS_CERT`, `TLS_KEY`, `TLS_CA`;
     /// `GRPC_INSECURE=true` for plain text in development).
     #[serde(flatten)]
@@ -36,6 +40,7 @@ impl Default for Config {
             kafka: Kafka::default(),
             initial_balance: 100_000,
             account_currency: "USD".into(),
+            jwt: Default::default(),
             tls: Default::default(),
         }
     }

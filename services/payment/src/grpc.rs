@@ -1,5 +1,6 @@
 //! The gRPC face of the service.
 
+use ordersys_kit::end_user::EndUsers;
 use ordersys_proto::payment::v1 as pb;
 use pb::payment_service_server::PaymentService as Rpc;
 use tonic::{Request, Response, Status};
@@ -12,12 +13,13 @@ use crate::service::Wallets;
 #[derive(Debug, Clone)]
 pub struct PaymentGrpc<R> {
     wallets: Wallets<R>,
+    users: EndUsers,
 }
 
 impl<R> PaymentGrpc<R> {
-    /// Wrap the read side.
-    pub fn new(wallets: Wallets<R>) -> Self {
-        Self { wallets }
+    /// Wrap the read side, for the users whose tokens `users` verifies.
+    pub fn new(wallets: Wallets<R>, users: EndUsers) -> Self {
+        Self { wallets, users }
     }
 }
 
@@ -27,7 +29,7 @@ impl<R: PaymentRepo> Rpc for PaymentGrpc<R> {
         &self,
         req: Request<pb::GetWalletRequest>,
     ) -> Result<Response<pb::Wallet>, Status> {
-        let user_id = req.into_inner().user_id;
+        let user_id = self.users.user(&req, &req.get_ref().user_id)?;
         let user = Uuid::parse_str(&user_id)
             .map_err(|_| Status::invalid_argument("user_id is not a UUID"))?;
         let balance = self.wallets.get(user).await.map_err(|e| {

@@ -201,8 +201,12 @@ where
         .set_serving::<PaymentServiceServer<grpc::PaymentGrpc<R>>>()
         .await;
     let wallets = service::Wallets::new(repo, accounts);
-    let routes = tonic::service::Routes::new(health_service)
-        .add_service(PaymentServiceServer::new(grpc::PaymentGrpc::new(wallets)));
+    let routes = tonic::service::Routes::new(health_service).add_service(
+        PaymentServiceServer::new(grpc::PaymentGrpc::new(
+            wallets,
+            ordersys_kit::end_user::EndUsers::new(config.jwt.verifier()?),
+        )),
+    );
     launcher.serve(
         listeners,
         admin,

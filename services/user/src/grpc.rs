@@ -1,5 +1,6 @@
 //! The gRPC face of the service.
 
+use ordersys_kit::end_user::EndUsers;
 use ordersys_proto::user::v1 as pb;
 use pb::user_service_server::UserService as Rpc;
 use tonic::{Request, Response, Status};
@@ -10,12 +11,13 @@ use crate::service::{UserError, UserService};
 #[derive(Debug, Clone)]
 pub struct UserGrpc {
     service: UserService,
+    users: EndUsers,
 }
 
 impl UserGrpc {
-    /// Wrap the service.
-    pub fn new(service: UserService) -> Self {
-        Self { service }
+    /// Wrap the service; `GetUser` answers for the user whose token `users` verifies.
+    pub fn new(service: UserService, users: EndUsers) -> Self {
+        Self { service, users }
     }
 }
 
@@ -79,7 +81,8 @@ impl Rpc for UserGrpc {
         &self,
         req: Request<pb::GetUserRequest>,
     ) -> Result<Response<pb::User>, Status> {
-        let user = self.service.get(&req.into_inner().user_id).await?;
+        let user = self.users.user(&req, &req.get_ref().user_id)?;
+        let user = self.service.get(&user).await?;
         Ok(Response::new(pb::User {
             user_id: user.id.to_string(),
             email: user.email.as_str().to_owned(),

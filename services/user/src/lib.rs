@@ -110,6 +110,7 @@ pub async fn run(
     let issuer =
         TokenIssuer::new(key, &config.jwt.jwt_issuer, &config.jwt.jwt_audience).with_ttl(ttl);
     let auth = Authenticator::new(config.jwt.validator()?, blacklist);
+    let users = ordersys_kit::end_user::EndUsers::new(config.jwt.validator()?);
     let service = service::UserService::new(repo, issuer, auth).await?;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -118,7 +119,7 @@ pub async fn run(
         .await;
 
     let routes = tonic::service::Routes::new(health_service)
-        .add_service(UserServiceServer::new(grpc::UserGrpc::new(service)));
+        .add_service(UserServiceServer::new(grpc::UserGrpc::new(service, users)));
     let mut launcher = Launcher::without_messaging("user");
     launcher.serve(
         listeners,

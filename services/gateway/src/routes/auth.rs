@@ -69,7 +69,7 @@ pub async fn register(
     };
     let r = s
         .users
-        .request(Effect::Once, &ctx, msg, |t, req| async move {
+        .request(Effect::Once, &ctx, None, msg, |t, req| async move {
             UserServiceClient::new(t).register(req).await
         })
         .await?;
@@ -102,7 +102,7 @@ pub async fn login(
     };
     let r = s
         .users
-        .request(Effect::Read, &ctx, msg, |t, req| async move {
+        .request(Effect::Read, &ctx, None, msg, |t, req| async move {
             UserServiceClient::new(t).login(req).await
         })
         .await?;
@@ -130,7 +130,7 @@ pub async fn logout(
         access_token: token.0,
     };
     s.users
-        .request(Effect::Idempotent, &ctx, msg, |t, req| async move {
+        .request(Effect::Idempotent, &ctx, None, msg, |t, req| async move {
             UserServiceClient::new(t).logout(req).await
         })
         .await?;
@@ -154,13 +154,14 @@ pub async fn me(
     State(s): State<AppState>,
     Extension(ctx): Extension<RequestContext>,
     Extension(claims): Extension<Claims>,
+    Extension(token): Extension<BearerToken>,
 ) -> Result<Json<Registered>, ApiError> {
     let msg = pb::GetUserRequest {
         user_id: claims.sub,
     };
     let u = s
         .users
-        .request(Effect::Read, &ctx, msg, |t, req| async move {
+        .request(Effect::Read, &ctx, Some(&token), msg, |t, req| async move {
             UserServiceClient::new(t).get_user(req).await
         })
         .await?;

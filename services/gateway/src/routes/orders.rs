@@ -1,5 +1,6 @@
 //! `/api/v1/orders*` and `/api/v1/wallet`.
 
+use authz::layer::BearerToken;
 use authz::Claims;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -123,6 +124,7 @@ pub async fn create(
     State(s): State<AppState>,
     Extension(ctx): Extension<RequestContext>,
     Extension(claims): Extension<Claims>,
+    Extension(token): Extension<BearerToken>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<CreateBody>,
 ) -> Result<Response, ApiError> {
@@ -161,7 +163,7 @@ pub async fn create(
     };
     let o = s
         .orders
-        .request(effect, &ctx, msg, |t, req| async move {
+        .request(effect, &ctx, Some(&token), msg, |t, req| async move {
             OrderServiceClient::new(t).create_order(req).await
         })
         .await?;
@@ -181,6 +183,7 @@ pub async fn get(
     State(s): State<AppState>,
     Extension(ctx): Extension<RequestContext>,
     Extension(claims): Extension<Claims>,
+    Extension(token): Extension<BearerToken>,
     PathParam(id): PathParam<String>,
 ) -> Result<Json<OrderBody>, ApiError> {
     let msg = pb::GetOrderRequest {
@@ -189,7 +192,7 @@ pub async fn get(
     };
     let o = s
         .orders
-        .request(Effect::Read, &ctx, msg, |t, req| async move {
+        .request(Effect::Read, &ctx, Some(&token), msg, |t, req| async move {
             OrderServiceClient::new(t).get_order(req).await
         })
         .await?;
@@ -219,6 +222,7 @@ pub async fn list(
     State(s): State<AppState>,
     Extension(ctx): Extension<RequestContext>,
     Extension(claims): Extension<Claims>,
+    Extension(token): Extension<BearerToken>,
     Query(q): Query<Vec<(String, String)>>,
 ) -> Result<Json<Page>, ApiError> {
     let (limit, cursor) = page_params(&q)?;
@@ -229,7 +233,7 @@ pub async fn list(
     };
     let r = s
         .orders
-        .request(Effect::Read, &ctx, msg, |t, req| async move {
+        .request(Effect::Read, &ctx, Some(&token), msg, |t, req| async move {
             OrderServiceClient::new(t).list_orders(req).await
         })
         .await?;
@@ -281,6 +285,7 @@ pub async fn cancel(
     State(s): State<AppState>,
     Extension(ctx): Extension<RequestContext>,
     Extension(claims): Extension<Claims>,
+    Extension(token): Extension<BearerToken>,
     PathParam(id): PathParam<String>,
 ) -> Result<Response, ApiError> {
     let msg = pb::CancelOrderRequest {
@@ -289,7 +294,7 @@ pub async fn cancel(
     };
     let o = s
         .orders
-        .request(Effect::Once, &ctx, msg, |t, req| async move {
+        .request(Effect::Once, &ctx, Some(&token), msg, |t, req| async move {
             OrderServiceClient::new(t).cancel_order(req).await
         })
         .await?;
@@ -313,13 +318,14 @@ pub async fn wallet(
     State(s): State<AppState>,
     Extension(ctx): Extension<RequestContext>,
     Extension(claims): Extension<Claims>,
+    Extension(token): Extension<BearerToken>,
 ) -> Result<Json<WalletBody>, ApiError> {
     let msg = pay::GetWalletRequest {
         user_id: claims.sub,
     };
     let w = s
         .payments
-        .request(Effect::Read, &ctx, msg, |t, req| async move {
+        .request(Effect::Read, &ctx, Some(&token), msg, |t, req| async move {
             PaymentServiceClient::new(t).get_wallet(req).await
         })
         .await?;
