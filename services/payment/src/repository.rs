@@ -28,6 +28,8 @@ pub struct PaymentRow {
     pub reason: Option<String>,
     /// Amount.
     pub amount: i64,
+    /// Who paid (and gets a refund).
+    pub user: Uuid,
 }
 
 /// A payment row to insert.
@@ -115,6 +117,7 @@ where
     for<'c> &'c str: sqlx::ColumnIndex<R>,
 {
     let id: Vec<u8> = r.try_get("id")?;
+    let user: Vec<u8> = r.try_get("user_id")?;
     let status: String = r.try_get("status")?;
     Ok(PaymentRow {
         id: Uuid::from_slice(&id).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
@@ -122,6 +125,7 @@ where
             .ok_or_else(|| sqlx::Error::Decode(format!("status {status}").into()))?,
         reason: r.try_get("reason")?,
         amount: r.try_get("amount")?,
+        user: Uuid::from_slice(&user).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
     })
 }
 
@@ -180,7 +184,7 @@ macro_rules! sql_repo {
             }
 
             async fn lock_payment(&self, tx: &mut $tx, order: Uuid) -> sqlx::Result<Option<PaymentRow>> {
-                sqlx::query(concat!("SELECT id, status, reason, amount FROM payments WHERE order_id = ?", $for_update))
+                sqlx::query(concat!("SELECT id, status, reason, amount, user_id FROM payments WHERE order_id = ?", $for_update))
                     .bind(order.as_bytes().as_slice())
                     .fetch_optional(&mut **tx)
                     .await?

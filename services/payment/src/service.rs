@@ -265,8 +265,13 @@ impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> CommandHandler<R, O> {
         match decide_refund(existing.as_ref().map(|p| p.status)) {
             RefundDecision::GiveBack => {
                 let p = existing.expect("GiveBack implies a payment");
+                // To whoever paid: the user a refund command names is not trusted with
+                // money (a forged or confused one would credit someone else).
+                if p.user != user {
+                    tracing::warn!(order_id = %order, "команда возврата называет не того пользователя, что платил: возврат плательщику");
+                }
                 self.repo
-                    .add_balance(tx, user, p.amount)
+                    .add_balance(tx, p.user, p.amount)
                     .await
                     .map_err(transient)?;
                 self.repo

@@ -197,6 +197,36 @@ where
             (poor.to_string(), failed),
         ]
     );
+
+    // A refund naming someone else than the payer pays the payer back, not them.
+    let (payer, other) = (Uuid::now_v7(), Uuid::now_v7());
+    let (paid, others_order) = (Uuid::now_v7(), Uuid::now_v7());
+    for (order, who) in [(paid, payer), (others_order, other)] {
+        consumer
+            .process(
+                &command(CommandType::Debit, order, who, 1_000).to_delivery(),
+                &handler,
+            )
+            .await
+            .unwrap();
+    }
+    consumer
+        .process(
+            &command(CommandType::Refund, paid, other, 1_000).to_delivery(),
+            &handler,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        repo.account(payer).await.unwrap().0,
+        10_000,
+        "the payer got it back"
+    );
+    assert_eq!(
+        repo.account(other).await.unwrap().0,
+        9_000,
+        "the one named did not"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
