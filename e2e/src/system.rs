@@ -113,6 +113,10 @@ pub struct System {
     pub jwt_private_pem: String,
     /// The public key's file (`JWT_PUBLIC_KEY` of every service).
     pub jwt_public_key: std::path::PathBuf,
+    /// The key the order and payment services seal saga messages with (`SAGA_KEY`,
+    /// every system its own); tests seal what they publish as those services with
+    /// [`System::saga_mac`].
+    pub saga_key: String,
     /// The second replicas ([`Options::two_replicas`]).
     pub second: Option<Replicas>,
     mysql_server: String,
@@ -154,6 +158,7 @@ impl System {
             (data_dir.join("jwt.key"), data_dir.join("jwt.pub"));
         std::fs::write(&jwt_private_key, &jwt_private_pem).expect("jwt.key");
         std::fs::write(&jwt_public_key, &public_pem).expect("jwt.pub");
+        let saga_key = format!("saga-{}{}", id, uuid::Uuid::new_v4().simple());
         let ports: Vec<u16> = (0..7).map(|_| free_port()).collect();
         // The second replicas' ports: order gRPC, order admin, payment gRPC, payment
         // admin, gateway HTTP.
@@ -165,6 +170,7 @@ impl System {
             let mut m: HashMap<String, String> = [
                 ("REDIS_URL", redis.clone()),
                 ("JWT_PUBLIC_KEY", jwt_public_key.display().to_string()),
+                ("SAGA_KEY", saga_key.clone()),
                 ("KAFKA_BROKERS", brokers.clone()),
                 ("KAFKA_TOPIC_PREFIX", topic_prefix.clone()),
             ]
@@ -355,6 +361,7 @@ impl System {
             jwt_key,
             jwt_private_pem,
             jwt_public_key,
+            saga_key,
             second,
             mysql_server: mysql,
             dbs,
@@ -431,6 +438,11 @@ impl System {
     /// The URL of `path` on the gateway.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// The seal of this system's saga messages (its `SAGA_KEY`).
+    pub fn saga_mac(&self) -> ordersys_kit::saga_mac::SagaMac {
+        ordersys_kit::saga_mac::SagaMac::new(self.saga_key.as_bytes()).expect("the system's key")
     }
 
     /// Run a `SELECT COUNT(*) …` with one blob parameter against the payment database

@@ -58,11 +58,12 @@ async fn operators_list_show_and_compensate_sagas_and_replay_dead_letters() {
     // --- Dead letters: a poison command is parked by the payment service, listed, and
     // replayed to its topic (where, still poison, it is parked again: the replay went
     // through the payment consumer).
-    let poison = OutboxMessage::new(
+    let mut poison = OutboxMessage::new(
         format!("{}saga.commands", sys.topic_prefix),
         "garbage",
         b"\xff\x00not protobuf".to_vec(),
     );
+    sys.saga_mac().seal(&mut poison);
     KafkaPublisher::new(&sys.brokers)
         .unwrap()
         .publish(&poison)

@@ -226,8 +226,11 @@ async fn idempotency_on(sqlite: bool) {
     };
     let publisher = KafkaPublisher::new(&sys.brokers).unwrap();
     let topic = format!("{}saga.commands", sys.topic_prefix);
-    let dup1 = OutboxMessage::new(topic.clone(), id.clone(), cmd.encode_to_vec());
-    let dup2 = OutboxMessage::new(topic, id.clone(), cmd.encode_to_vec());
+    // Sealed as the order service seals them (SAGA_KEY).
+    let mut dup1 = OutboxMessage::new(topic.clone(), id.clone(), cmd.encode_to_vec());
+    let mut dup2 = OutboxMessage::new(topic, id.clone(), cmd.encode_to_vec());
+    sys.saga_mac().seal(&mut dup1);
+    sys.saga_mac().seal(&mut dup2);
     publisher.publish(&dup1).await.unwrap();
     publisher.publish(&dup1).await.unwrap(); // the very same message twice
     publisher.publish(&dup2).await.unwrap();
@@ -607,13 +610,16 @@ async fn a_poison_command_is_dead_lettered_and_payment_carries_on() {
     // the 3 partitions; the placement is deterministic, so this never flakes), so the
     // orders below are behind a poison message whatever partition they land on.
     let publisher = KafkaPublisher::new(&sys.brokers).unwrap();
+    // Sealed as the order service's (SAGA_KEY): poison the service itself could send.
     let poisons: Vec<OutboxMessage> = (0..30)
         .map(|i| {
-            OutboxMessage::new(
+            let mut m = OutboxMessage::new(
                 format!("{}saga.commands", sys.topic_prefix),
                 format!("garbage-{i}"),
                 b"\xff\x00not protobuf".to_vec(),
-            )
+            );
+            sys.saga_mac().seal(&mut m);
+            m
         })
         .collect();
     for p in &poisons {

@@ -341,6 +341,10 @@ pub struct Kafka {
     /// Kafka client settings (`KAFKA_FETCH_WAIT_MAX_MS`, `KAFKA_LINGER_MS`, …).
     #[serde(flatten)]
     pub tuning: crate::messaging::KafkaTuning,
+    /// The key the order and payment services seal and check every saga message with
+    /// (`SAGA_KEY`, at least 32 bytes; required with Kafka — see
+    /// [`crate::saga_mac`]).
+    pub saga_key: Secret,
 }
 
 impl Default for Kafka {
@@ -350,6 +354,7 @@ impl Default for Kafka {
             kafka_topic_prefix: String::new(),
             inbox_retention_hours: 168,
             tuning: Default::default(),
+            saga_key: Secret::default(),
         }
     }
 }
@@ -361,6 +366,26 @@ impl Kafka {
             brokers: self.kafka_brokers.clone(),
             tuning: self.tuning.clone(),
         }
+    }
+
+    /// The seal of the saga messages exchanged through `messaging`: from `SAGA_KEY`,
+    /// which Kafka requires (anyone who can write to a topic could otherwise debit a
+    /// wallet or confirm an order); on the in-process bus, whose messages never leave
+    /// the process, none unless a key is given.
+    pub fn saga_mac(
+        &self,
+        messaging: &crate::messaging::Messaging,
+    ) -> anyhow::Result<Option<crate::saga_mac::SagaMac>> {
+        if self.saga_key.is_empty() {
+            anyhow::ensure!(
+                !matches!(messaging, crate::messaging::Messaging::Kafka { .. }),
+                "SAGA_KEY is required with Kafka: the order and payment services seal their \
+                 saga messages with it (the same secret of at least 32 bytes on both, e.g. \
+                 `head -c 32 /dev/urandom | base64`)"
+            );
+            return Ok(None);
+        }
+        crate::saga_mac::SagaMac::new(self.saga_key.as_bytes()).map(Some)
     }
 
     /// The saga topics under the prefix.

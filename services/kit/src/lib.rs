@@ -21,6 +21,7 @@ pub mod outbox_store;
 pub mod parked;
 pub mod redis_client;
 pub mod retry;
+pub mod saga_mac;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(test)]

@@ -188,6 +188,7 @@ async fn serve<B: saga::Backend, I: Inbox<Tx = B::Tx> + Clone>(
     messaging: Messaging,
 ) -> anyhow::Result<()> {
     let topics = config.kafka.topics();
+    let mac = config.kafka.saga_mac(&messaging)?;
     let Parts {
         repo,
         sagas,
@@ -199,7 +200,7 @@ async fn serve<B: saga::Backend, I: Inbox<Tx = B::Tx> + Clone>(
     let orchestrator = Arc::new(
         Orchestrator::new(
             sagas,
-            saga::OrderSink::<B>::new(repo.clone(), outbox, topics.clone()),
+            saga::OrderSink::<B>::new(repo.clone(), outbox, topics.clone()).sealing(mac.clone()),
         )
         .register(saga::create_order(deadline))
         .register(saga::cancel_order(deadline)),
@@ -257,7 +258,8 @@ async fn serve<B: saga::Backend, I: Inbox<Tx = B::Tx> + Clone>(
         repo.clone(),
         cache.clone(),
         wake.clone(),
-    );
+    )
+    .sealing(mac);
     launcher.consume(&topics.replies, inbox, replies)?;
     launcher.spawn(saga::sweep_deadlines(
         orchestrator,

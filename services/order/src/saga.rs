@@ -1,6 +1,7 @@
 //! The sagas of the order service and their wiring: definitions, the command sink
 //! (local steps on the order row, remote steps into the outbox) and the reply handler.
 
+use ordersys_kit::saga_mac::SagaMac;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -156,6 +157,7 @@ pub struct OrderSink<B: Backend> {
     repo: B::Repo,
     outbox: B::Outbox,
     topics: Topics,
+    mac: Option<SagaMac>,
 }
 
 impl<B: Backend> std::fmt::Debug for OrderSink<B> {
@@ -173,7 +175,15 @@ impl<B: Backend> OrderSink<B> {
             repo,
             outbox,
             topics,
+            mac: None,
         }
+    }
+
+    /// Seal every command with `mac`'s key ([`ordersys_kit::saga_mac`]); `None`: unsealed
+    /// (the in-process bus).
+    pub fn sealing(mut self, mac: Option<SagaMac>) -> Self {
+        self.mac = mac;
+        self
     }
 }
 
@@ -259,6 +269,9 @@ impl<B: Backend> CommandSink<B::Tx> for OrderSink<B> {
                 if !data.traceparent.is_empty() && out.headers.get(TRACEPARENT).is_none() {
                     out.headers.insert(TRACEPARENT, data.traceparent.clone());
                 }
+                if let Some(mac) = &self.mac {
+                    mac.seal(&mut out);
+                }
                 self.outbox
                     .enqueue(tx, out)
                     .await
@@ -280,6 +293,7 @@ pub struct ReplyHandler<B: Backend> {
     repo: B::Repo,
     cache: Arc<dyn Cache>,
     relay: RelayHandle,
+    mac: Option<SagaMac>,
 }
 
 impl<B: Backend> std::fmt::Debug for ReplyHandler<B> {
@@ -301,7 +315,15 @@ impl<B: Backend> ReplyHandler<B> {
             repo,
             cache,
             relay,
+            mac: None,
         }
+    }
+
+    /// Take only replies sealed with `mac`'s key ([`ordersys_kit::saga_mac`]); `None`:
+    /// any (the in-process bus).
+    pub fn sealing(mut self, mac: Option<SagaMac>) -> Self {
+        self.mac = mac;
+        self
     }
 }
 
@@ -356,6 +378,8 @@ pub async fn invalidate(cache: &dyn Cache, order: Uuid) {
 impl<B: Backend> MessageHandler<B::Tx> for ReplyHandler<B> {
     type Output = ();
     async fn handle(&self, tx: &mut B::Tx, msg: &Delivery) -> Result<(), HandlerError> {
+        // Before anything else: only the payment service's replies move a saga.
+        ordersys_kit::saga_mac::check(self.mac.as_ref(), "order", msg)?;
         let payload = ReplyMsg::decode(msg.payload.as_ref())
             .map_err(|e| HandlerError::permanent(format!("undecodable saga reply: {e}")))?;
         let reply = reply_of(msg, &payload).map_err(HandlerError::permanent)?;

@@ -29,7 +29,9 @@ pub(crate) fn token_settings(config: &Config) -> anyhow::Result<(Jwt, Jwt)> {
     };
     if usable(&private).is_none() {
         let (pem, _) = ordersys_kit::keys::ed25519_pem()?;
-        write_secret(&private, &pem)?;
+        write_secret(&private, &pem, |s| {
+            ordersys_kit::keys::ed25519_public_pem(s).is_ok()
+        })?;
     }
     // Another process may have won the race: everyone uses what is on disk.
     let public_pem = usable(&private)
@@ -67,12 +69,34 @@ fn replace_file(path: &Path, content: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The file in `DATA_DIR` of the key the saga messages are sealed with over Kafka.
+pub(crate) const SAGA_KEY: &str = "saga.key";
+
+/// The key the order and payment services seal their saga messages with when they talk
+/// through Kafka: `SAGA_KEY` if given, else one made on the first start and kept in
+/// `DATA_DIR` (messages sealed before a restart still verify after it).
+pub(crate) fn saga_key(config: &Config) -> anyhow::Result<ordersys_kit::config::Secret> {
+    if !config.saga_key.is_empty() {
+        return Ok(config.saga_key.clone());
+    }
+    let path = Path::new(&config.data_dir).join(SAGA_KEY);
+    let usable = |s: &str| s.trim().len() >= ordersys_kit::saga_mac::MIN_KEY_LEN;
+    if !std::fs::read_to_string(&path).is_ok_and(|s| usable(&s)) {
+        let key = format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
+        write_secret(&path, &key, usable)?;
+    }
+    Ok(std::fs::read_to_string(&path)?.trim().into())
+}
+
 /// Write a generated secret readable by its owner only (0600, its directory 0700): to a
 /// temporary file created exclusively, then linked into place only if no secret is
 /// there yet — a reader never sees a half-written file, and an existing one is kept.
-/// An unusable file there (empty, or not a key: left by a crash of an older version)
-/// is replaced.
-fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
+/// A file there that is not `usable` (empty, or cut short by a crash) is replaced.
+fn write_secret(path: &Path, secret: &str, usable: impl Fn(&str) -> bool) -> anyhow::Result<()> {
     #[cfg(unix)]
     use std::os::unix::fs::PermissionsExt as _;
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -81,8 +105,7 @@ fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
     let tmp = dir.join(format!(".tmp.{}", uuid::Uuid::new_v4().simple()));
     create_private(&tmp, secret)?;
     // `hard_link` fails if the target exists: a key already there is never replaced.
-    let unusable = std::fs::read_to_string(path)
-        .is_ok_and(|s| ordersys_kit::keys::ed25519_public_pem(&s).is_err());
+    let unusable = std::fs::read_to_string(path).is_ok_and(|s| !usable(&s));
     if unusable {
         std::fs::remove_file(path)?;
     }
@@ -150,7 +173,7 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&private).unwrap(), first);
         // A second writer racing the first never replaces what is there.
         let (other, _) = ordersys_kit::keys::ed25519_pem().unwrap();
-        write_secret(&private, &other).unwrap();
+        write_secret(&private, &other, |_| true).unwrap();
         assert_eq!(std::fs::read_to_string(&private).unwrap(), first);
         // No temporary files left behind.
         let mut names: Vec<_> = std::fs::read_dir(&dir)
@@ -178,6 +201,25 @@ mod tests {
             authz::Algorithm::HS256
         );
         assert!(verifying.jwt_public_key.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_saga_key_is_made_once_and_kept() {
+        let dir = scratch();
+        let config = config_in(&dir);
+        let first = saga_key(&config).unwrap();
+        assert!(first.len() >= 32);
+        assert_eq!(
+            saga_key(&config).unwrap(),
+            first,
+            "the same after a restart"
+        );
+        let given = Config {
+            saga_key: "a-given-saga-key-of-at-least-32-bytes".into(),
+            ..config_in(&dir)
+        };
+        assert_eq!(saga_key(&given).unwrap(), given.saga_key);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -65,6 +65,9 @@ pub struct Config {
     /// The bearer token of the operator tools on the order service's admin port
     /// (`ADMIN_TOKEN`; empty, the default: the tools are off).
     pub admin_token: Secret,
+    /// With `KAFKA_BROKERS`: the key the saga messages are sealed with (`SAGA_KEY`;
+    /// empty, the default: made once and kept in `DATA_DIR/saga.key`).
+    pub saga_key: Secret,
 }
 
 impl Default for Config {
@@ -85,6 +88,7 @@ impl Default for Config {
             initial_balance: 100_000,
             payment_deadline_secs: 30,
             admin_token: Secret::default(),
+            saga_key: Secret::default(),
         }
     }
 }
@@ -158,6 +162,12 @@ pub async fn run(
     };
     let kafka = Kafka {
         kafka_brokers: config.kafka_brokers.clone(),
+        // Over Kafka the saga messages leave the process: sealed.
+        saga_key: if config.kafka_brokers.is_empty() {
+            Secret::default()
+        } else {
+            keys::saga_key(&config)?
+        },
         ..Kafka::default()
     };
     let leeway = |jwt: Jwt| Jwt {

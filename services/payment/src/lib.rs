@@ -175,6 +175,7 @@ where
     I: Inbox<Tx = R::Tx> + Clone,
 {
     let topics = config.kafka.topics();
+    let mac = config.kafka.saga_mac(&messaging)?;
     let accounts = service::Accounts {
         initial_balance: config.initial_balance,
         currency: config.account_currency.clone(),
@@ -193,7 +194,8 @@ where
         topics.clone(),
         idempotency,
     )
-    .waking(wake);
+    .waking(wake)
+    .sealing(mac);
     launcher.consume(&topics.commands, inbox, handler)?;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ordersys_kit::messaging::{forward_headers, Topics};
+use ordersys_kit::saga_mac::SagaMac;
 use ordersys_proto::common::v1::Money;
 use ordersys_proto::saga::v1::{CommandType, ReplyStatus, SagaCommand, SagaReply, StepKind};
 use outbox::idempotency::{IdempotencyStore, Reservation};
@@ -39,6 +40,8 @@ pub struct CommandHandler<R, O> {
     idempotency: Arc<dyn IdempotencyStore>,
     /// Wakes the relay once a reply is committed to the outbox.
     relay: Option<outbox::RelayHandle>,
+    /// Checks the commands' seal and seals the replies (`SAGA_KEY`).
+    mac: Option<SagaMac>,
 }
 
 impl<R, O> std::fmt::Debug for CommandHandler<R, O> {
@@ -143,7 +146,15 @@ impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> CommandHandler<R, O> {
             topics,
             idempotency,
             relay: None,
+            mac: None,
         }
+    }
+
+    /// Take only commands sealed with `mac`'s key, and seal the replies with it
+    /// ([`ordersys_kit::saga_mac`]); `None`: unsealed both ways (the in-process bus).
+    pub fn sealing(mut self, mac: Option<SagaMac>) -> Self {
+        self.mac = mac;
+        self
     }
 
     /// Wake `relay` after each committed reply (the MySQL outbox cannot signal commits).
@@ -367,7 +378,7 @@ impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> CommandHandler<R, O> {
             Ok(ReplyStatus::Succeeded) => WireReply::succeeded(wire),
             _ => WireReply::failed(wire, reply.error.clone()),
         };
-        let out = forward_headers(
+        let mut out = forward_headers(
             &msg.headers,
             answer.to_message(
                 self.topics.replies.clone(),
@@ -375,6 +386,9 @@ impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> CommandHandler<R, O> {
                 reply.encode_to_vec(),
             ),
         );
+        if let Some(mac) = &self.mac {
+            mac.seal(&mut out);
+        }
         self.outbox.enqueue(tx, out).await.map_err(transient)
     }
 }
@@ -411,6 +425,8 @@ impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> MessageHandler<R::Tx> for Comma
     type Output = Option<Answered>;
 
     async fn handle(&self, tx: &mut R::Tx, msg: &Delivery) -> Result<Self::Output, HandlerError> {
+        // Before anything else: only the order service's commands have an effect.
+        ordersys_kit::saga_mac::check(self.mac.as_ref(), "payment", msg)?;
         let cmd = SagaCommand::decode(msg.payload.as_ref())
             .map_err(|e| HandlerError::permanent(format!("undecodable saga command: {e}")))?;
         let (command, wire) = command_of(msg, &cmd)?;
