@@ -170,7 +170,6 @@ impl System {
             let mut m: HashMap<String, String> = [
                 ("REDIS_URL", redis.clone()),
                 ("JWT_PUBLIC_KEY", jwt_public_key.display().to_string()),
-                ("SAGA_KEY", saga_key.clone()),
                 ("KAFKA_BROKERS", brokers.clone()),
                 ("KAFKA_TOPIC_PREFIX", topic_prefix.clone()),
             ]
@@ -209,6 +208,7 @@ impl System {
             ("ADMIN_ADDR", format!("127.0.0.1:{order_admin}")),
             ("DATABASE_URL", db_url(1)),
             ("RELAY_ID", format!("{id}-1")),
+            ("SAGA_KEY", saga_key.clone()),
         ]);
         order_env.extend(opts.order_env.clone());
         let mut order = start(
@@ -223,6 +223,7 @@ impl System {
             ("ADMIN_ADDR", format!("127.0.0.1:{pay_admin}")),
             ("DATABASE_URL", payment_db_url.clone()),
             ("RELAY_ID", format!("{id}-1")),
+            ("SAGA_KEY", saga_key.clone()),
         ]);
         payment_env.extend(opts.payment_env.clone());
         let mut payment = start(
@@ -243,6 +244,8 @@ impl System {
                 format!("http://127.0.0.1:{pay_grpc}"),
             ),
             ("RATE_LIMIT_KEY_PREFIX", format!("e2e:{id}:rate:")),
+            // Tests log in often with one account; the test of the limit sets its own.
+            ("LOGIN_ATTEMPTS_PER_ACCOUNT", "100000".into()),
         ]);
         genv.extend(opts.gateway_env.clone());
         if opts.two_replicas && opts.gateway_to_every_replica {

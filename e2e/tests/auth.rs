@@ -432,6 +432,50 @@ async fn rate_limit_answers_429_with_retry_after() {
     sys.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guesser_spread_over_many_addresses_is_throttled_per_account() {
+    let sys = System::start(Options {
+        gateway_env: vec![
+            ("RATE_LIMIT_PER_MINUTE".into(), "100000".into()),
+            ("TRUSTED_PROXIES".into(), "127.0.0.1".into()),
+            ("LOGIN_ATTEMPTS_PER_ACCOUNT".into(), "5".into()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let api = Api::new(&sys.base);
+    let (victim, bystander) = (email(), email());
+    api.signup(&victim, "password-123").await;
+    api.signup(&bystander, "password-123").await;
+    let login = |who: &str, password: &str, from: String| {
+        let rb = api
+            .client()
+            .post(format!("{}/api/v1/auth/login", api.base()))
+            .header("X-Forwarded-For", from)
+            .json(&creds(who, password));
+        api.raw(rb)
+    };
+    // The signup's own login counted one: four wrong guesses, each from another address.
+    for i in 0..4 {
+        let r = login(&victim, "password-999", format!("10.1.0.{i}")).await;
+        assert_eq!(r.status, 401, "{r:?}");
+    }
+    // Then the right password — from yet another address — is held back too.
+    let r = login(&victim, "password-123", "10.2.0.1".into()).await;
+    assert_eq!((r.status, r.error_code()), (429, "rate_limited"), "{r:?}");
+    let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(
+        (1..=300).contains(&retry),
+        "for at most the window: {retry}"
+    );
+    // The account only: another user logs in as usual (case and spaces are one account).
+    let r = login(&bystander, "password-123", "10.1.0.1".into()).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = login(&victim.to_uppercase(), "password-123", "10.3.0.1".into()).await;
+    assert_eq!(r.status, 429, "{r:?}");
+    sys.stop().await;
+}
+
 /// Five failed logins from "one client", then a sixth: 429 or not.
 async fn sixth_login_status(api: &Api, forwarded_for: [&str; 6]) -> Vec<u16> {
     let body = creds(&email(), "password-123");

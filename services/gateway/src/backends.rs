@@ -18,6 +18,8 @@ pub struct Backends {
     pub blacklist: Arc<dyn Blacklist>,
     /// Per-client counters.
     pub limiter: Arc<dyn RateLimiter>,
+    /// Per-account login attempts (`LOGIN_ATTEMPTS_PER_ACCOUNT`).
+    pub login_limiter: Arc<dyn RateLimiter>,
     /// Redis, when used (for the readiness check).
     pub redis: Option<redis::aio::ConnectionManager>,
     /// The services in this process, called without a socket (the one-process system);
@@ -69,9 +71,20 @@ impl Backends {
                 RedisBlacklist::new(conn.clone()).mirrored(client, Duration::from_millis(ms)),
             ),
         };
+        // Shared by every gateway (one Redis counter per account and window): a guesser
+        // spreading over the gateways is counted once.
+        let login_limiter: Arc<dyn RateLimiter> = Arc::new(
+            RedisRateLimiter::new(
+                conn.clone(),
+                config.login_attempts_per_account,
+                Duration::from_secs(config.login_window_secs.max(1)),
+            )
+            .with_prefix(format!("{}login:", config.rate_limit_key_prefix)),
+        );
         Ok(Self {
             blacklist,
             limiter,
+            login_limiter,
             redis: Some(conn),
             in_process: None,
         })
@@ -84,6 +97,10 @@ impl Backends {
             limiter: Arc::new(resilience::MemoryRateLimiter::new(
                 config.rate_limit_per_minute,
                 Duration::from_secs(60),
+            )),
+            login_limiter: Arc::new(resilience::MemoryRateLimiter::new(
+                config.login_attempts_per_account,
+                Duration::from_secs(config.login_window_secs.max(1)),
             )),
             redis: None,
             in_process: None,

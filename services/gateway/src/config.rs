@@ -29,6 +29,14 @@ pub struct Config {
     pub rate_limit_per_minute: u32,
     /// Redis key prefix of the rate-limit counters (`RATE_LIMIT_KEY_PREFIX`, default `rate:`).
     pub rate_limit_key_prefix: String,
+    /// Login attempts per account (e-mail) per `LOGIN_WINDOW_SECS` whose password the
+    /// user service judged (right or wrong), from any number of addresses (`LOGIN_ATTEMPTS_PER_ACCOUNT`, default 10): beyond, `429` with
+    /// `Retry-After` until the window ends — a distributed guesser is slowed per
+    /// account, and can hold an account's logins back for at most a window at a time.
+    pub login_attempts_per_account: u32,
+    /// The window of `LOGIN_ATTEMPTS_PER_ACCOUNT` in seconds (`LOGIN_WINDOW_SECS`,
+    /// default 300).
+    pub login_window_secs: u64,
     /// Revoked tokens are mirrored in memory and the mirror's subscription proves itself
     /// every this many ms (`BLACKLIST_HEARTBEAT_MS`, default 1000): a revocation reaches
     /// every gateway through a Redis channel, and a silently broken subscription is
@@ -74,6 +82,8 @@ impl Default for Config {
             jwt: Default::default(),
             rate_limit_per_minute: 100,
             rate_limit_key_prefix: "rate:".into(),
+            login_attempts_per_account: 10,
+            login_window_secs: 300,
             blacklist_heartbeat_ms: 1000,
             rate_limit_settle_ms: 10,
             trusted_proxies: String::new(),

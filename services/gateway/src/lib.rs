@@ -68,8 +68,10 @@ pub struct Shared {
     /// comes back from Redis.
     pub auth: Option<Authenticator>,
     limiter: Arc<dyn RateLimiter>,
+    /// Login attempts per account.
+    pub(crate) login_limiter: Arc<dyn RateLimiter>,
     proxies: client_ip::TrustedProxies,
-    metrics: Metrics,
+    pub(crate) metrics: Metrics,
 }
 
 impl std::fmt::Debug for AppState {
@@ -148,6 +150,7 @@ fn grpc_health(
 
 fn build(config: &Config, backends: Backends, security: Security) -> anyhow::Result<Router> {
     let limiter = backends.limiter;
+    let login_limiter = backends.login_limiter;
     let timeout = Duration::from_millis(config.downstream_timeout_ms);
     // One breaker per endpoint of each downstream; its state is the SDK's
     // `resilience_breaker_state` gauge (0 closed, 1 open, 2 half-open) and
@@ -234,6 +237,7 @@ fn build(config: &Config, backends: Backends, security: Security) -> anyhow::Res
             Security::Off(..) => None,
         },
         limiter,
+        login_limiter,
         proxies: client_ip::TrustedProxies::parse(&config.trusted_proxies)?,
         metrics: metrics.clone(),
     }));

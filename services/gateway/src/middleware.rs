@@ -274,6 +274,39 @@ pub(crate) async fn rate_limit(
     }
 }
 
+impl crate::Shared {
+    /// Count a judged login attempt for the account `email` (trimmed, case-insensitive;
+    /// the counter keyed by its SHA-256, so no e-mail sits in Redis): `429` with
+    /// `Retry-After` past `LOGIN_ATTEMPTS_PER_ACCOUNT` in the window, from whatever
+    /// address. A limiter outage lets the attempt through (the per-address limit and the
+    /// password hash's cost still stand).
+    pub(crate) async fn login_attempt(&self, email: &str) -> Result<(), ApiError> {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(email.trim().to_lowercase().as_bytes());
+        let key: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        match self.login_limiter.check(&key).await {
+            Ok(d) if !d.allowed => {
+                self.metrics
+                    .rate_limited
+                    .with_label_values(&["/api/v1/auth/login (account)"])
+                    .inc();
+                tracing::warn!("превышен лимит попыток входа для учётной записи");
+                Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    crate::contract::ErrorCode::RateLimited,
+                    "too many login attempts for this account; retry later",
+                )
+                .retry_after(d.retry_after_secs()))
+            }
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::error!(error = %e, "ограничитель попыток входа недоступен, попытка пропущена");
+                Ok(())
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::method_label;

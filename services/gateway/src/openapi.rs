@@ -159,7 +159,7 @@ fn add_common_errors(op: &mut Operation) {
     let mut errors: Vec<(&str, &str, bool)> = vec![
         ("408", "The request took longer than `REQUEST_TIMEOUT_SECS`", false),
         ("431", "The request's headers are over 16 KiB", false),
-        ("429", "Rate limited (per client IP); retry after `Retry-After` seconds", true),
+        ("429", "Rate limited (per client IP; login also per account); retry after `Retry-After` seconds", true),
         ("500", "An unexpected error (logged with the correlation id)", false),
         ("503", "A service behind the gateway is unavailable or busy (circuit open, overloaded, unreachable): the request reached no service and changed nothing; retry after `Retry-After` seconds", true),
         ("504", "A service behind the gateway took the request but did not answer within `DOWNSTREAM_TIMEOUT_MS`: `upstream_timeout` for a read (retry); `outcome_unknown` for a change, which may have been applied (retry with the same `Idempotency-Key` where the operation takes one, else check first)", false),

@@ -96,16 +96,31 @@ pub async fn login(
     Extension(ctx): Extension<RequestContext>,
     JsonBody(c): JsonBody<Credentials>,
 ) -> Result<Json<Token>, ApiError> {
+    let email = c.email.clone();
     let msg = pb::LoginRequest {
         email: c.email,
         password: c.password,
     };
-    let r = s
+    let answer = s
         .users
         .request(Effect::Read, &ctx, None, msg, |t, req| async move {
             UserServiceClient::new(t).login(req).await
         })
-        .await?;
+        .await;
+    // Every verdict on the password counts against the account — not an attempt the
+    // user service never judged (it was down): past the limit even the right password
+    // is held back until the window ends.
+    let r = match answer {
+        Ok(r) => {
+            s.login_attempt(&email).await?;
+            r
+        }
+        Err(e) if e.status == StatusCode::UNAUTHORIZED => {
+            s.login_attempt(&email).await?;
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
     Ok(Json(Token {
         access_token: r.access_token,
         // The gateway takes the token as a bearer token, whatever else the user service
