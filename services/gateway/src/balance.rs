@@ -390,14 +390,8 @@ impl Downstream {
         F: FnMut(Transport, tonic::Request<M>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        self.call(effect, |t| {
-            let mut req = request(ctx, msg.clone());
-            if let Some(token) = token {
-                ordersys_kit::end_user::forward(&mut req, &token.0);
-            }
-            send(t, req)
-        })
-        .await
+        self.call(effect, |t| send(t, request(ctx, token, msg.clone())))
+            .await
     }
 
     /// Call the downstream: `send` makes the call over the transport it is given (it may

@@ -8,9 +8,17 @@ use tonic::{Code, Status};
 
 use crate::error::ApiError;
 
-/// A gRPC request carrying `x-correlation-id` and `traceparent`.
-pub fn request<T>(ctx: &RequestContext, msg: T) -> tonic::Request<T> {
+/// A gRPC request carrying `x-correlation-id` and `traceparent`, and the end user's
+/// access `token` if it acts for one (`authorization`, [`ordersys_kit::end_user`]).
+pub fn request<T>(
+    ctx: &RequestContext,
+    token: Option<&authz::layer::BearerToken>,
+    msg: T,
+) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
+    if let Some(token) = token {
+        ordersys_kit::end_user::forward(&mut r, &token.0);
+    }
     if let Ok(v) = ctx.correlation_id.parse() {
         r.metadata_mut().insert("x-correlation-id", v);
     }
