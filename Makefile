@@ -133,8 +133,9 @@ build:
 ## engine): development certificates and token keys (a service's own .pem/.key, ca.pem
 ## and jwt.pub are 0644 — the containers run as uid 10001 — and only those are mounted,
 ## jwt.key into the user service only; ca.key stays 0600 and is never mounted) and
-## secrets in deployments/compose/.env (0600: MYSQL_ROOT_PASSWORD, ADMIN_TOKEN, SAGA_KEY)
-## on first use, then
+## secrets (scripts/compose-secrets: deployments/compose/.env, 0600 — MySQL root and a
+## user per service, Redis users, ADMIN_TOKEN, SAGA_KEY — and the Redis ACL file) on
+## first use, then
 ## everything up and healthy. OFFLINE=1: no image registry — infra stand-ins and base
 ## images built locally (scripts/offline-images), see README "Deploy".
 OFFLINE ?= 0
@@ -144,11 +145,7 @@ up:
 	scripts/dev-certs deployments/compose/certs >/dev/null
 	chmod 0755 deployments/compose/certs
 	cd deployments/compose/certs && chmod 0644 ca.pem user.* order.* payment.* gateway.* jwt.* && chmod 0600 ca.key
-	test -s deployments/compose/.env || (umask 077 && printf 'MYSQL_ROOT_PASSWORD=%s\nADMIN_TOKEN=%s\n' \
-		"$$(head -c 24 /dev/urandom | base64 | tr -d '\n/+=')" \
-		"$$(head -c 32 /dev/urandom | base64 | tr -d '\n/+=')" > deployments/compose/.env)
-	grep -q '^SAGA_KEY=' deployments/compose/.env || (umask 077 && printf 'SAGA_KEY=%s\n' \
-		"$$(head -c 48 /dev/urandom | base64 | tr -d '\n/+=')" >> deployments/compose/.env)
+	scripts/compose-secrets
 	if [ "$(OFFLINE)" = 1 ]; then scripts/offline-images; fi
 	ORDERSYS_IMAGE=$(IMAGE) $(COMPOSE) up -d --build
 	OFFLINE=$(OFFLINE) scripts/compose-wait 300

@@ -117,6 +117,39 @@ impl Api {
         }
     }
 
+    /// `POST /api/v1/orders` of one item at `unit_price` (USD) with `Idempotency-Key: key`.
+    pub async fn post_order(&self, token: &str, key: &str, unit_price: i64) -> Reply {
+        let rb = self
+            .client
+            .post(format!("{}/api/v1/orders", self.base))
+            .bearer_auth(token)
+            .header("Idempotency-Key", key)
+            .json(&serde_json::json!({
+                "items": [{ "product_id": "sku-1", "quantity": 1, "unit_price": unit_price }],
+                "currency": "USD",
+            }));
+        self.raw(rb).await
+    }
+
+    /// Place an order ([`Api::post_order`]) and wait until its saga confirms it; its id.
+    pub async fn confirmed_order(&self, token: &str, key: &str, unit_price: i64) -> String {
+        let r = self.post_order(token, key, unit_price).await;
+        assert_eq!(r.status, 201, "{r:?}");
+        let id = r.body["order_id"].as_str().expect("order_id").to_owned();
+        let done = self
+            .wait_order(token, &id, |o| o["status"] != "PENDING")
+            .await;
+        assert_eq!(done["status"], "CONFIRMED", "{done:?}");
+        id
+    }
+
+    /// The status `GET /api/v1/auth/me` answers with `token`.
+    pub async fn me(&self, token: &str) -> u16 {
+        self.send("GET", "/api/v1/auth/me", None, Some(token))
+            .await
+            .status
+    }
+
     /// Log in; the access token.
     pub async fn login(&self, email: &str, password: &str) -> String {
         let creds = serde_json::json!({ "email": email, "password": password });
@@ -150,6 +183,17 @@ impl Api {
         assert_eq!(r.status, 200, "{r:?}");
         r.body["access_token"].as_str().expect("token").to_owned()
     }
+}
+
+/// The `jti` claim of a compact JWT (the key of its revocation, `jwt:blacklist:{jti}`).
+pub fn jti(token: &str) -> String {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url");
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).expect("JSON claims");
+    claims["jti"].as_str().expect("jti").to_owned()
 }
 
 /// A unique e-mail address.

@@ -24,6 +24,9 @@ pub enum Kind {
     /// server presents the development `redis` certificate and trusts the development
     /// CA ([`dev_certs`](crate::dev_certs)); clients connect with `rediss://`.
     RedisTls,
+    /// Plain text, with the deployments' users (`scripts/redis-acl`): the default user
+    /// off, the services' `ordersys` with [`REDIS_ACL_PASSWORD`].
+    RedisAcl,
     /// Tansu with memory storage: a restart is a new, empty cluster.
     Broker,
 }
@@ -35,8 +38,33 @@ impl Kind {
             Self::MariaDb => "mariadb",
             Self::Redis => "redis",
             Self::RedisTls => "redis-tls",
+            Self::RedisAcl => "redis-acl",
             Self::Broker => "broker",
         }
+    }
+}
+
+/// The password of the `ordersys` user of a [`Kind::RedisAcl`] server (its exporter's:
+/// the same with `-exporter`).
+pub const REDIS_ACL_PASSWORD: &str = "e2e-redis-password-of-the-services";
+
+/// A directory for servers' data, removed with everything in it when dropped.
+#[derive(Debug)]
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    /// A new directory under the system's temporary one, named after `what`.
+    pub fn new(what: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("ordersys-{what}-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("a scratch directory");
+        Self(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -92,8 +120,23 @@ impl Daemon {
         if kind == Kind::MariaDb {
             d.install_mariadb()?;
         }
+        if kind == Kind::RedisAcl {
+            d.write_acl()?;
+        }
         d.spawn()?;
         Ok(d)
+    }
+
+    /// The users of the deployments, from the script that writes theirs.
+    fn write_acl(&self) -> anyhow::Result<()> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/redis-acl");
+        let exporter = format!("{REDIS_ACL_PASSWORD}-exporter");
+        let out = Command::new(&script)
+            .args([REDIS_ACL_PASSWORD, exporter.as_str()])
+            .output()?;
+        anyhow::ensure!(out.status.success(), "{}: {out:?}", script.display());
+        std::fs::write(self.dir.join("users.acl"), out.stdout)?;
+        Ok(())
     }
 
     fn install_mariadb(&self) -> anyhow::Result<()> {
@@ -145,6 +188,16 @@ impl Daemon {
                     .args(["--save", "", "--appendonly", "yes"])
                     .args(["--appendfsync", "everysec", "--dir"])
                     .arg(&self.dir);
+                c
+            }
+            Kind::RedisAcl => {
+                let mut c = Command::new("redis-server");
+                c.args(["--port", &p.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--save", "", "--appendonly", "yes"])
+                    .args(["--appendfsync", "everysec", "--dir"])
+                    .arg(&self.dir)
+                    .arg("--aclfile")
+                    .arg(self.dir.join("users.acl"));
                 c
             }
             Kind::RedisTls => {
@@ -270,12 +323,17 @@ impl Daemon {
     }
 
     /// The URL clients use: `mysql://root@127.0.0.1:P`, `redis://127.0.0.1:P/`,
-    /// `rediss://127.0.0.1:P/` or `127.0.0.1:P` (bootstrap servers).
+    /// `rediss://127.0.0.1:P/`, `redis://ordersys:PASSWORD@127.0.0.1:P/` or
+    /// `127.0.0.1:P` (bootstrap servers).
     pub fn url(&self) -> String {
         match self.kind {
             Kind::MariaDb => format!("mysql://root@127.0.0.1:{}", self.port),
             Kind::Redis => format!("redis://127.0.0.1:{}/", self.port),
             Kind::RedisTls => format!("rediss://127.0.0.1:{}/", self.port),
+            Kind::RedisAcl => format!(
+                "redis://ordersys:{REDIS_ACL_PASSWORD}@127.0.0.1:{}/",
+                self.port
+            ),
             Kind::Broker => format!("127.0.0.1:{}", self.port),
         }
     }

@@ -13,13 +13,15 @@
 
 mod api;
 pub mod cpu;
+mod embedded;
 pub mod infra;
 pub mod otlp;
 mod process;
 pub mod promql;
 mod system;
 
-pub use api::{email, Api, Reply};
+pub use api::{email, jti, Api, Reply};
+pub use embedded::{embedded_env, embedded_ready_url};
 pub use ordersys_testkit::eventually;
 pub use process::*;
-pub use system::{embedded_env, Options, Replicas, System};
+pub use system::{Options, Replicas, System};

@@ -311,6 +311,11 @@ impl Service {
         self.spawn();
     }
 
+    /// The value of `key` in the environment the service was started with.
+    pub fn env_var(&self, key: &str) -> Option<&str> {
+        self.env.get(key).map(String::as_str)
+    }
+
     /// What it logged so far.
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

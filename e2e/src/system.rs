@@ -70,6 +70,8 @@ pub struct Replicas {
     pub gateway: Service,
     /// `http://127.0.0.1:<port>` of the second gateway.
     pub base: String,
+    /// The second gateway's admin base URL.
+    pub gateway_admin: String,
     /// The second order service's admin base URL.
     pub order_admin: String,
     /// The second payment service's admin base URL.
@@ -90,10 +92,14 @@ pub struct System {
     pub gateway: Service,
     /// `http://127.0.0.1:<port>` of the gateway.
     pub base: String,
+    /// The gateway's admin base URL (`/readyz`, `/metrics`).
+    pub gateway_admin: String,
     /// The user service's admin base URL.
     pub user_admin: String,
     /// The order service's admin base URL (`/readyz`, `/metrics`).
     pub order_admin: String,
+    /// The order service's operator tools base URL (`OPERATOR_ADDR`).
+    pub operator: String,
     /// The payment service's admin base URL.
     pub payment_admin: String,
     /// The gRPC URLs of the user, order and payment services (`http://127.0.0.1:port`;
@@ -159,13 +165,14 @@ impl System {
         std::fs::write(&jwt_private_key, &jwt_private_pem).expect("jwt.key");
         std::fs::write(&jwt_public_key, &public_pem).expect("jwt.pub");
         let saga_key = format!("saga-{}{}", id, uuid::Uuid::new_v4().simple());
-        let ports: Vec<u16> = (0..7).map(|_| free_port()).collect();
+        let ports: Vec<u16> = (0..9).map(|_| free_port()).collect();
         // The second replicas' ports: order gRPC, order admin, payment gRPC, payment
-        // admin, gateway HTTP.
-        let p: Vec<u16> = (0..5).map(|_| free_port()).collect();
+        // admin, gateway HTTP, gateway admin, order operator tools.
+        let p: Vec<u16> = (0..7).map(|_| free_port()).collect();
         let (user_grpc, user_admin, order_grpc, order_admin, pay_grpc, pay_admin, http) = (
             ports[0], ports[1], ports[2], ports[3], ports[4], ports[5], ports[6],
         );
+        let (gateway_admin, operator) = (ports[7], ports[8]);
         let env = |pairs: &[(&str, String)]| -> HashMap<String, String> {
             let mut m: HashMap<String, String> = [
                 ("REDIS_URL", redis.clone()),
@@ -206,6 +213,7 @@ impl System {
         let mut order_env = env(&[
             ("GRPC_ADDR", format!("127.0.0.1:{order_grpc}")),
             ("ADMIN_ADDR", format!("127.0.0.1:{order_admin}")),
+            ("OPERATOR_ADDR", format!("127.0.0.1:{operator}")),
             ("DATABASE_URL", db_url(1)),
             ("RELAY_ID", format!("{id}-1")),
             ("SAGA_KEY", saga_key.clone()),
@@ -234,6 +242,7 @@ impl System {
         );
         let mut genv = env(&[
             ("HTTP_ADDR", format!("127.0.0.1:{http}")),
+            ("ADMIN_ADDR", format!("127.0.0.1:{gateway_admin}")),
             ("USER_SERVICE_URL", format!("http://127.0.0.1:{user_grpc}")),
             (
                 "ORDER_SERVICE_URL",
@@ -259,7 +268,12 @@ impl System {
                 );
             }
         }
-        let mut gateway = start("ordersys-gateway", "gateway", genv.clone(), &url(http));
+        let mut gateway = start(
+            "ordersys-gateway",
+            "gateway",
+            genv.clone(),
+            &url(gateway_admin),
+        );
         let user_admin = format!("http://127.0.0.1:{user_admin}");
         wait_ready(
             &format!("{user_admin}/readyz"),
@@ -280,8 +294,9 @@ impl System {
         )
         .await;
         let base = format!("http://127.0.0.1:{http}");
+        let gateway_admin = format!("http://127.0.0.1:{gateway_admin}");
         wait_ready(
-            &format!("{base}/readyz"),
+            &format!("{gateway_admin}/readyz"),
             &mut gateway,
             Duration::from_secs(90),
         )
@@ -291,6 +306,7 @@ impl System {
             o2.insert("GRPC_ADDR".into(), format!("127.0.0.1:{}", p[0]));
             o2.insert("ADMIN_ADDR".into(), format!("127.0.0.1:{}", p[1]));
             o2.insert("RELAY_ID".into(), format!("{id}-2"));
+            o2.insert("OPERATOR_ADDR".into(), format!("127.0.0.1:{}", p[6]));
             let mut p2 = payment_env.clone();
             // Statically assigned partitions: the second replica takes the other half.
             for e in [&mut o2, &mut p2] {
@@ -321,6 +337,7 @@ impl System {
             .await;
             let mut g2 = genv.clone();
             g2.insert("HTTP_ADDR".into(), format!("127.0.0.1:{}", p[4]));
+            g2.insert("ADMIN_ADDR".into(), format!("127.0.0.1:{}", p[5]));
             g2.insert(
                 "ORDER_SERVICE_URL".into(),
                 format!("http://127.0.0.1:{}", p[0]),
@@ -329,10 +346,11 @@ impl System {
                 "PAYMENT_SERVICE_URL".into(),
                 format!("http://127.0.0.1:{}", p[2]),
             );
-            let mut gateway2 = start("ordersys-gateway", "gateway-2", g2, &url(p[4]));
+            let mut gateway2 = start("ordersys-gateway", "gateway-2", g2, &url(p[5]));
             let base2 = format!("http://127.0.0.1:{}", p[4]);
+            let gateway_admin2 = format!("http://127.0.0.1:{}", p[5]);
             wait_ready(
-                &format!("{base2}/readyz"),
+                &format!("{gateway_admin2}/readyz"),
                 &mut gateway2,
                 Duration::from_secs(90),
             )
@@ -342,6 +360,7 @@ impl System {
                 payment: payment2,
                 gateway: gateway2,
                 base: base2,
+                gateway_admin: gateway_admin2,
                 order_admin: order_admin2,
                 payment_admin: payment_admin2,
             })
@@ -354,8 +373,10 @@ impl System {
             payment,
             gateway,
             base,
+            gateway_admin,
             user_admin,
             order_admin: format!("http://127.0.0.1:{order_admin}"),
+            operator: format!("http://127.0.0.1:{operator}"),
             payment_admin: format!("http://127.0.0.1:{pay_admin}"),
             grpc: [user_grpc, order_grpc, pay_grpc].map(|p| format!("http://127.0.0.1:{p}")),
             topic_prefix,
@@ -382,7 +403,7 @@ impl System {
             "user" => (format!("{}/readyz", self.user_admin), &mut self.user),
             "order" => (format!("{}/readyz", self.order_admin), &mut self.order),
             "payment" => (format!("{}/readyz", self.payment_admin), &mut self.payment),
-            "gateway" => (format!("{}/readyz", self.base), &mut self.gateway),
+            "gateway" => (format!("{}/readyz", self.gateway_admin), &mut self.gateway),
             other => panic!("no service {other:?}"),
         };
         service.restart();
@@ -573,23 +594,4 @@ async fn count(url: &str, sql: &str, param: Param<'_>) -> i64 {
             .await
             .expect("mysql"))
     }
-}
-
-/// The environment of the embedded `ordersys` binary with data in `data_dir`, REST on
-/// 127.0.0.1:`port`, internal ports ephemeral, a generous rate limit and no servers at
-/// all, whatever this process's environment says.
-pub fn embedded_env(data_dir: &std::path::Path, port: u16) -> HashMap<String, String> {
-    [
-        ("DATA_DIR", data_dir.display().to_string()),
-        ("HTTP_ADDR", format!("127.0.0.1:{port}")),
-        ("INTERNAL_PORTS", "ephemeral".into()),
-        ("RATE_LIMIT_PER_MINUTE", "100000".into()),
-        ("DATABASE_URL", String::new()),
-        ("KAFKA_BROKERS", String::new()),
-        ("REDIS_URL", String::new()),
-        ("JWT_SECRET", String::new()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
 }

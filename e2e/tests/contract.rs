@@ -181,7 +181,12 @@ async fn every_response_of_the_whole_flow_is_what_the_document_declares() {
     let mut env = ordersys_e2e::embedded_env(&dir, port);
     env.insert("RATE_LIMIT_PER_MINUTE".into(), "150".into());
     let mut sys = Service::start("ordersys", env);
-    wait_ready(&format!("{base}/readyz"), &mut sys, Duration::from_secs(60)).await;
+    wait_ready(
+        &ordersys_e2e::embedded_ready_url(&sys),
+        &mut sys,
+        Duration::from_secs(60),
+    )
+    .await;
     let api = Api::new(&base);
     let doc = api.send("GET", "/openapi.json", None, None).await;
     assert_eq!(doc.status, 200);

@@ -6,45 +6,9 @@
 
 use std::time::Duration;
 
-use ordersys_e2e::infra::{Daemon, Kind};
-use ordersys_e2e::{email, eventually, Api, Options, Reply, System};
-use serde_json::{json, Value};
-
-struct Scratch(std::path::PathBuf);
-
-impl Scratch {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "ordersys-degraded-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn order_body(price: i64) -> Option<Value> {
-    Some(json!({
-        "items": [{ "product_id": "sku-1", "quantity": 1, "unit_price": price }],
-        "currency": "USD",
-    }))
-}
-
-async fn post_order(api: &Api, token: &str, key: &str, price: i64) -> Reply {
-    let rb = api
-        .client()
-        .post(format!("{}/api/v1/orders", api.base()))
-        .bearer_auth(token)
-        .header("Idempotency-Key", key)
-        .json(&order_body(price));
-    api.raw(rb).await
-}
+use ordersys_e2e::infra::{Daemon, Kind, Scratch};
+use ordersys_e2e::{email, eventually, Api, Options, System};
+use serde_json::json;
 
 async fn status_of(url: &str) -> u16 {
     match reqwest::get(url).await {
@@ -68,7 +32,7 @@ async fn balance(api: &Api, token: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_protected_routes_fail_closed_and_recover_by_themselves() {
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("degraded");
     let mut redis = Daemon::start(Kind::Redis, &scratch.0).unwrap();
     let sys = System::start(Options {
         redis_url: Some(redis.url()),
@@ -129,7 +93,7 @@ async fn redis_down_protected_routes_fail_closed_and_recover_by_themselves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_down_readyz_not_ready_writes_503_nothing_half_written_then_recovers() {
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("degraded");
     let mut db = Daemon::start(Kind::MariaDb, &scratch.0).unwrap();
     let sys = System::start(Options {
         mysql_server_url: Some(db.url()),
@@ -138,7 +102,7 @@ async fn mysql_down_readyz_not_ready_writes_503_nothing_half_written_then_recove
     .await;
     let api = Api::new(&sys.base);
     let token = api.signup(&email(), "password-123").await;
-    let r = post_order(&api, &token, "before-the-outage", 1000).await;
+    let r = api.post_order(&token, "before-the-outage", 1000).await;
     assert_eq!(r.status, 201, "{r:?}");
     let first = r.body["order_id"].as_str().unwrap().to_owned();
     eventually("the first order confirmed", Duration::from_secs(60), || {
@@ -159,7 +123,7 @@ async fn mysql_down_readyz_not_ready_writes_503_nothing_half_written_then_recove
     // The order service answers "unavailable" (503), or does not answer in time while
     // it waits for a connection — then the gateway cannot know whether the order was
     // placed and says so (504 `outcome_unknown`): the retry below decides.
-    let r = post_order(&api, &token, "during-the-outage", 2000).await;
+    let r = api.post_order(&token, "during-the-outage", 2000).await;
     assert!(
         matches!(
             (r.status, r.error_code()),
@@ -181,7 +145,7 @@ async fn mysql_down_readyz_not_ready_writes_503_nothing_half_written_then_recove
     let second = eventually("the retried order placed", Duration::from_secs(30), || {
         let (api, token) = (&api, &token);
         async move {
-            let r = post_order(api, token, "during-the-outage", 2000).await;
+            let r = api.post_order(token, "during-the-outage", 2000).await;
             (r.status == 201).then(|| r.body["order_id"].as_str().unwrap().to_owned())
         }
     })
@@ -217,7 +181,7 @@ async fn mysql_down_readyz_not_ready_writes_503_nothing_half_written_then_recove
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_down_orders_are_accepted_and_completed_once_it_is_back() {
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("degraded");
     let mut broker = Daemon::start(Kind::Broker, &scratch.0).unwrap();
     let mut sys = System::start(Options {
         brokers: Some(broker.url()),
@@ -229,7 +193,9 @@ async fn broker_down_orders_are_accepted_and_completed_once_it_is_back() {
     assert_eq!(balance(&api, &token).await, 100_000);
 
     broker.kill();
-    let r = post_order(&api, &token, "while-the-broker-is-down", 3000).await;
+    let r = api
+        .post_order(&token, "while-the-broker-is-down", 3000)
+        .await;
     assert_eq!(r.status, 201, "accepted into the outbox: {r:?}");
     assert_eq!(r.body["status"], "PENDING");
     let id = r.body["order_id"].as_str().unwrap().to_owned();

@@ -31,18 +31,28 @@ async fn embedded_system_confirms_orders_and_keeps_everything_across_restarts() 
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut sys = start(&dir, port);
-    wait_ready(&format!("{base}/readyz"), &mut sys, Duration::from_secs(60)).await;
+    wait_ready(
+        &ordersys_e2e::embedded_ready_url(&sys),
+        &mut sys,
+        Duration::from_secs(60),
+    )
+    .await;
     assert!(
         sys.logs()
             .contains(&format!("ordersys listening on {base}")),
         "{}",
         sys.logs()
     );
-    // The REST port and the three services' admin ports — no gRPC port: the gateway
-    // calls the services in process and no other process can.
+    // The REST port, the system's admin port and the three services' — no gRPC port:
+    // the gateway calls the services in process and no other process can.
     let ports = sys.listening_ports();
-    assert_eq!(ports.len(), 4, "{ports:?}");
+    assert_eq!(ports.len(), 5, "{ports:?}");
     assert!(ports.contains(&port), "{ports:?}");
+    // Readiness and every service's metrics are not on the public port.
+    for path in ["/readyz", "/metrics"] {
+        let r = reqwest::get(format!("{base}{path}")).await.unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+    }
     // The data folder and every file in it are the owner's only.
     {
         use std::os::unix::fs::PermissionsExt as _;
@@ -115,13 +125,23 @@ async fn embedded_system_confirms_orders_and_keeps_everything_across_restarts() 
             break;
         }
         sys.restart();
-        wait_ready(&format!("{base}/readyz"), &mut sys, Duration::from_secs(60)).await;
+        wait_ready(
+            &ordersys_e2e::embedded_ready_url(&sys),
+            &mut sys,
+            Duration::from_secs(60),
+        )
+        .await;
     }
     let interrupted = interrupted.expect("no kill caught a saga with its command unsent");
 
     // After the restart: the same data, the revocation, and the interrupted saga finishes.
     sys.restart();
-    wait_ready(&format!("{base}/readyz"), &mut sys, Duration::from_secs(60)).await;
+    wait_ready(
+        &ordersys_e2e::embedded_ready_url(&sys),
+        &mut sys,
+        Duration::from_secs(60),
+    )
+    .await;
     let r = api.send("GET", "/api/v1/orders", None, Some(&token)).await;
     assert_eq!(
         r.status, 200,
@@ -174,11 +194,15 @@ async fn embedded_dead_letters_are_kept_in_sqlite_listed_and_replayed() {
         uuid::Uuid::new_v4().simple()
     ));
     let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
     let mut env = ordersys_e2e::embedded_env(&dir, port);
     env.insert("ADMIN_TOKEN".into(), TOKEN.into());
     let mut sys = Service::start("ordersys", env);
-    wait_ready(&format!("{base}/readyz"), &mut sys, Duration::from_secs(60)).await;
+    wait_ready(
+        &ordersys_e2e::embedded_ready_url(&sys),
+        &mut sys,
+        Duration::from_secs(60),
+    )
+    .await;
     let url = operator_url(&sys.logs());
     let list = |url: &str| {
         let (code, v) = admin_cli(url, TOKEN, &["dlq", "list"]);
@@ -223,7 +247,12 @@ async fn embedded_dead_letters_are_kept_in_sqlite_listed_and_replayed() {
 
     // Kept across a restart (the bus's own dead-letter topic would have lost it).
     sys.restart();
-    wait_ready(&format!("{base}/readyz"), &mut sys, Duration::from_secs(60)).await;
+    wait_ready(
+        &ordersys_e2e::embedded_ready_url(&sys),
+        &mut sys,
+        Duration::from_secs(60),
+    )
+    .await;
     let url = operator_url(&sys.logs());
     assert_eq!(list(&url)["dead_letters"][0]["message_id"], pid.as_str());
 

@@ -255,7 +255,7 @@ async fn every_service_shows_the_sdk_metrics_and_every_dashboard_metric_exists()
     for (service, url) in [
         ("order", sys.order_admin.clone()),
         ("payment", sys.payment_admin.clone()),
-        ("gateway", sys.base.clone()),
+        ("gateway", sys.gateway_admin.clone()),
         ("user", sys.user_admin.clone()),
     ] {
         let want = expected(service);
@@ -325,7 +325,12 @@ async fn the_embedded_system_traces_one_order_through_its_bus_and_flushes_at_sto
     // Batches leave only every 10 minutes: what arrives was flushed at the stop.
     env.insert("OTEL_BSP_SCHEDULE_DELAY".into(), "600000".into());
     let mut sys = Service::start("ordersys", env);
-    wait_ready(&format!("{base}/readyz"), &mut sys, Duration::from_secs(60)).await;
+    wait_ready(
+        &ordersys_e2e::embedded_ready_url(&sys),
+        &mut sys,
+        Duration::from_secs(60),
+    )
+    .await;
     let api = Api::new(&base);
     let (trace_id, client_span) = one_traced_order(&api).await;
     let status = sys.terminate(Duration::from_secs(30));

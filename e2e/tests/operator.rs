@@ -14,7 +14,7 @@ const TOKEN: &str = "operator-token-for-the-e2e-test-of-dlq";
 
 /// Run `ordersys-admin args…` against `sys`'s order service with `token`.
 fn admin(sys: &System, token: &str, args: &[&str]) -> (i32, Value) {
-    ordersys_e2e::admin_cli(&sys.order_admin, token, args)
+    ordersys_e2e::admin_cli(&sys.operator, token, args)
 }
 
 fn ok(sys: &System, args: &[&str]) -> Value {
@@ -51,9 +51,21 @@ async fn operators_list_show_and_compensate_sagas_and_replay_dead_letters() {
         assert_eq!(code, 1);
         assert_eq!(v["error"]["code"], "unauthorized", "{v}");
     }
-    // Not on the public gateway.
-    let r = reqwest::get(sys.url("/admin/sagas")).await.unwrap();
-    assert_eq!(r.status(), 404);
+    // Not on the public gateway, nor on the order service's admin port (where the
+    // metrics are scraped from): on a port of their own, loopback by default.
+    for url in [
+        sys.url("/admin/sagas"),
+        format!("{}/admin/sagas", sys.order_admin),
+    ] {
+        let r = reqwest::Client::new()
+            .get(&url)
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{url}");
+    }
+    assert!(sys.order.logs().contains("инструменты оператора доступны"));
 
     // --- Dead letters: a poison command is parked by the payment service, listed, and
     // replayed to its topic (where, still poison, it is parked again: the replay went

@@ -6,18 +6,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use base64::Engine as _;
-use ordersys_e2e::infra::{Daemon, Kind};
-use ordersys_e2e::{dev_certs, email, eventually, Api, Options, System};
-use serde_json::json;
-
-struct Scratch(std::path::PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use ordersys_e2e::infra::{Daemon, Kind, Scratch};
+use ordersys_e2e::{dev_certs, email, eventually, jti, Api, Options, System};
 
 /// `redis-cli` over TLS with the development CA and the gateway's certificate.
 fn redis_cli(port: u16, args: &[&str]) -> String {
@@ -37,22 +27,9 @@ fn redis_cli(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// The `jti` claim of a compact JWT.
-fn jti(token: &str) -> String {
-    let payload = token.split('.').nth(1).expect("a JWT");
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .expect("base64url");
-    let claims: serde_json::Value = serde_json::from_slice(&bytes).expect("JSON claims");
-    claims["jti"].as_str().expect("jti").to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_service_works_on_a_tls_only_redis_with_client_certificates() {
-    let scratch = Scratch(std::env::temp_dir().join(format!(
-        "ordersys-redis-tls-{}",
-        uuid::Uuid::new_v4().simple()
-    )));
+    let scratch = Scratch::new("redis-tls");
     let mut redis = Daemon::start(Kind::RedisTls, &scratch.0).unwrap();
     assert!(redis.url().starts_with("rediss://"));
     // The harness gives each service REDIS_CA and its own certificate for a rediss:// URL.
@@ -66,36 +43,14 @@ async fn every_service_works_on_a_tls_only_redis_with_client_certificates() {
     let token = api.signup(&user, "password-123").await;
 
     // An order goes through (the order and payment services use Redis too).
-    let r = api
-        .client()
-        .post(format!("{}/api/v1/orders", api.base()))
-        .bearer_auth(&token)
-        .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
-        .json(&json!({
-            "items": [{ "product_id": "sku-1", "quantity": 2, "unit_price": 150 }],
-            "currency": "USD",
-        }));
-    let r = api.raw(r).await;
-    assert_eq!(r.status, 201, "{r:?}");
-    let id = r.body["order_id"].as_str().unwrap().to_owned();
-    let done = api
-        .wait_order(&token, &id, |o| o["status"] != "PENDING")
-        .await;
-    assert_eq!(done["status"], "CONFIRMED", "{done:?}");
+    let key = uuid::Uuid::new_v4().to_string();
+    api.confirmed_order(&token, &key, 300).await;
 
     // Logout: the user service writes the revocation over TLS, the gateway's mirror
     // takes it from the channel (or asks Redis): the token is refused.
     let revoked = api.revoked_token(&user, "password-123").await;
-    let me = |t: String| {
-        let api = &api;
-        async move {
-            api.send("GET", "/api/v1/auth/me", None, Some(&t))
-                .await
-                .status
-        }
-    };
-    assert_eq!(me(revoked.clone()).await, 401);
-    assert_eq!(me(token.clone()).await, 200);
+    assert_eq!(api.me(&revoked).await, 401);
+    assert_eq!(api.me(&token).await, 200);
     let key = |t: &str| format!("jwt:blacklist:{}", jti(t));
     assert_eq!(redis_cli(redis.port(), &["EXISTS", &key(&revoked)]), "1");
     assert_eq!(redis_cli(redis.port(), &["EXISTS", &key(&token)]), "0");
@@ -121,15 +76,15 @@ async fn every_service_works_on_a_tls_only_redis_with_client_certificates() {
         redis_cli(port, &["PUBLISH", "jwt:blacklist:revoked", &message]);
     };
     let heard = api.login(&user, "password-123").await;
-    assert_eq!(me(heard.clone()).await, 200);
+    assert_eq!(api.me(&heard).await, 200);
     eventually(
         "the mirror to hear a revocation",
         Duration::from_secs(10),
         || {
             let t = heard.clone();
-            let me = &me;
+            let api = &api;
             announced_only(&t);
-            async move { (me(t).await == 401).then_some(()) }
+            async move { (api.me(&t).await == 401).then_some(()) }
         },
     )
     .await;
@@ -139,8 +94,8 @@ async fn every_service_works_on_a_tls_only_redis_with_client_certificates() {
     redis.kill();
     eventually("the gateway to fail closed", Duration::from_secs(5), || {
         let t = token.clone();
-        let me = &me;
-        async move { (me(t).await == 503).then_some(()) }
+        let api = &api;
+        async move { (api.me(&t).await == 503).then_some(()) }
     })
     .await;
     redis.restart().unwrap();
@@ -149,12 +104,12 @@ async fn every_service_works_on_a_tls_only_redis_with_client_certificates() {
         Duration::from_secs(30),
         || {
             let t = token.clone();
-            let me = &me;
-            async move { (me(t).await == 200).then_some(()) }
+            let api = &api;
+            async move { (api.me(&t).await == 200).then_some(()) }
         },
     )
     .await;
-    assert_eq!(me(revoked).await, 401);
+    assert_eq!(api.me(&revoked).await, 401);
     // ... and the new subscription hears the channel again.
     let later = api.login(&user, "password-123").await;
     eventually(
@@ -162,9 +117,9 @@ async fn every_service_works_on_a_tls_only_redis_with_client_certificates() {
         Duration::from_secs(15),
         || {
             let t = later.clone();
-            let me = &me;
+            let api = &api;
             announced_only(&t);
-            async move { (me(t).await == 401).then_some(()) }
+            async move { (api.me(&t).await == 401).then_some(()) }
         },
     )
     .await;

@@ -198,7 +198,8 @@ async fn two_replicas_share_the_work_and_survive_losing_one_of_each() {
     sys.stop().await;
 }
 
-/// The gateway's breaker state of `breaker` (`absent` if it has none).
+/// The breaker state of `breaker` on the gateway whose admin port is `base` (`absent` if
+/// it has none).
 async fn breaker_state(base: &str, breaker: &str) -> String {
     let series = format!("resilience_breaker_state{{breaker=\"{breaker}\"}}");
     (ordersys_e2e::promql::series(base, &series).await).unwrap_or_else(|| "absent".into())
@@ -249,8 +250,9 @@ async fn a_gateway_in_front_of_two_replicas_refuses_nothing_when_one_dies() {
     let name =
         |service: &str, grpc: &str| format!("{service}@{}", grpc.trim_start_matches("http://"));
     let (order1, payment1) = (name("order", &sys.grpc[1]), name("payment", &sys.grpc[2]));
-    assert_eq!(breaker_state(&sys.base, &order1).await, "1", "{order1}");
-    assert_eq!(breaker_state(&sys.base, &payment1).await, "1", "{payment1}");
+    let admin = sys.gateway_admin.clone();
+    assert_eq!(breaker_state(&admin, &order1).await, "1", "{order1}");
+    assert_eq!(breaker_state(&admin, &payment1).await, "1", "{payment1}");
 
     sys.restart("order").await;
     eventually(
@@ -261,7 +263,7 @@ async fn a_gateway_in_front_of_two_replicas_refuses_nothing_when_one_dies() {
                 api.clone(),
                 token.clone(),
                 body.clone(),
-                sys.base.clone(),
+                admin.clone(),
                 order1.clone(),
             );
             async move {

@@ -30,7 +30,7 @@ async fn parked(sys: &System, ids: &[String]) -> Vec<Value> {
         "the forged messages parked",
         Duration::from_secs(60),
         || {
-            let (code, v) = ordersys_e2e::admin_cli(&sys.order_admin, TOKEN, &["dlq", "list"]);
+            let (code, v) = ordersys_e2e::admin_cli(&sys.operator, TOKEN, &["dlq", "list"]);
             assert_eq!(code, 0, "{v}");
             let items = v["dead_letters"].as_array().cloned().unwrap_or_default();
             let all = ids

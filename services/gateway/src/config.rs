@@ -7,9 +7,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {
-    /// REST listen address (`HTTP_ADDR`, default 0.0.0.0:8080); also serves /healthz,
-    /// /readyz and /metrics.
+    /// REST listen address (`HTTP_ADDR`, default 0.0.0.0:8080): the public API, its
+    /// OpenAPI document and `/docs`, and `/healthz` (liveness) — nothing else.
     pub http_addr: String,
+    /// Admin listen address (`ADMIN_ADDR`, default 0.0.0.0:8084): `/healthz`, `/readyz`
+    /// and `/metrics`, off the public port like every service's (for Prometheus and the
+    /// orchestrator's probes; keep it off the internet).
+    pub admin_addr: String,
     /// The user service (`USER_SERVICE_URL`). A DNS name stands for every address it
     /// resolves to (a replica each, with its own breaker); a comma-separated list of
     /// URLs with IP addresses or `localhost` is a fixed set of replicas. The same for
@@ -75,6 +79,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             http_addr: "0.0.0.0:8080".into(),
+            admin_addr: "0.0.0.0:8084".into(),
             user_service_url: "http://127.0.0.1:50051".into(),
             order_service_url: "http://127.0.0.1:50052".into(),
             payment_service_url: "http://127.0.0.1:50053".into(),

@@ -93,14 +93,29 @@ struct Metrics {
     rate_limited: IntCounterVec,
 }
 
-/// Build the router (REST API + health + metrics) with Redis backends.
+/// The gateway's two routers: the public one and the admin one.
+#[derive(Debug)]
+pub struct Routers {
+    /// For `HTTP_ADDR`: the REST API, `/openapi.json`, `/docs` and `/healthz`, every
+    /// route rate limited per client.
+    pub public: Router,
+    /// For `ADMIN_ADDR`: `/healthz`, `/readyz` and `/metrics`.
+    pub admin: Router,
+}
+
+/// Build the public router (the REST API) with Redis backends.
 pub async fn app(config: &Config) -> anyhow::Result<Router> {
     let backends = Backends::redis(config).await?;
     app_with(config, backends)
 }
 
-/// Build the router (REST API + health + metrics) over `backends`.
+/// Build the public router (the REST API) over `backends`.
 pub fn app_with(config: &Config, backends: Backends) -> anyhow::Result<Router> {
+    Ok(routers(config, backends)?.public)
+}
+
+/// Build the public and the admin router over `backends`.
+pub fn routers(config: &Config, backends: Backends) -> anyhow::Result<Routers> {
     let auth = Authenticator::new(config.jwt.verifier()?, backends.blacklist.clone());
     build(config, backends, Security::On(Box::new(auth)))
 }
@@ -118,7 +133,7 @@ pub fn app_without_security(
     claims: authz::Claims,
     token: String,
 ) -> anyhow::Result<Router> {
-    build(config, backends, Security::Off(claims, token))
+    Ok(build(config, backends, Security::Off(claims, token))?.public)
 }
 
 enum Security {
@@ -148,7 +163,7 @@ fn grpc_health(
     }
 }
 
-fn build(config: &Config, backends: Backends, security: Security) -> anyhow::Result<Router> {
+fn build(config: &Config, backends: Backends, security: Security) -> anyhow::Result<Routers> {
     let limiter = backends.limiter;
     let login_limiter = backends.login_limiter;
     let timeout = Duration::from_millis(config.downstream_timeout_ms);
@@ -189,8 +204,8 @@ fn build(config: &Config, backends: Backends, security: Security) -> anyhow::Res
         ),
     };
 
-    // Served on the public port: readiness without backend error text. Readiness is the
-    // gateway's own (its Redis), not the services': with one service down the gateway
+    // On the admin port; readiness without backend error text all the same (an admin
+    // port is sometimes published by mistake). Readiness is the gateway's own (its Redis), not the services': with one service down the gateway
     // stays in the load balancer and answers that service's routes with 503 (its
     // breaker), every other route as usual — a downstream check here would take every
     // gateway replica out at once.
@@ -262,16 +277,12 @@ fn build(config: &Config, backends: Backends, security: Security) -> anyhow::Res
         .route("/api/v1/auth/register", post(routes::auth::register))
         .route("/api/v1/auth/login", post(routes::auth::login))
         .merge(protected);
-    let api = match security {
-        Security::On(_) => api.route_layer(from_fn_with_state(state.clone(), rate_limit)),
-        Security::Off(..) => api,
-    };
-
-    Ok(Router::new()
+    let api = Router::new()
         .merge(api)
         .route("/openapi.json", get(openapi::document))
         .route("/docs", get(openapi::rendered))
         .route("/docs/scalar.js", get(openapi::renderer))
+        .merge(admin.liveness().with_state(()))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -280,8 +291,15 @@ fn build(config: &Config, backends: Backends, security: Security) -> anyhow::Res
                 "method not allowed",
             )
         })
-        .with_state(state.clone())
-        .merge(admin.router())
+        .with_state(state.clone());
+    // Every answer of the public port counts against the client's limit: the API, the
+    // documents, the liveness probe, an unknown route or method alike.
+    let api = match security {
+        Security::On(_) => api.layer(from_fn_with_state(state.clone(), rate_limit)),
+        Security::Off(..) => api,
+    };
+
+    let public = api
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
         .layer(from_fn_with_state(
             config.body_limit_bytes,
@@ -295,35 +313,61 @@ fn build(config: &Config, backends: Backends, security: Security) -> anyhow::Res
         .layer(from_fn(error::with_correlation_id))
         .layer(from_fn(security_headers))
         .layer(from_fn_with_state(state, observe))
-        .layer(ContextLayer))
+        .layer(ContextLayer);
+    Ok(Routers {
+        public,
+        admin: admin.router(),
+    })
 }
 
-/// Serve on `listener` until `shutdown` resolves (in-flight requests finish).
+/// Where the gateway listens: the public port (`HTTP_ADDR`) and the admin port
+/// (`ADMIN_ADDR`).
+#[derive(Debug)]
+pub struct Listeners {
+    /// The REST API.
+    pub http: tokio::net::TcpListener,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub admin: tokio::net::TcpListener,
+}
+
+impl Listeners {
+    /// Bind `config.http_addr` and `config.admin_addr`.
+    pub async fn bind(config: &Config) -> std::io::Result<Self> {
+        Ok(Self {
+            http: tokio::net::TcpListener::bind(&config.http_addr).await?,
+            admin: tokio::net::TcpListener::bind(&config.admin_addr).await?,
+        })
+    }
+}
+
+/// Serve on `listeners` until `shutdown` resolves (in-flight requests finish).
 pub async fn run(
     config: Config,
-    listener: tokio::net::TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let backends = Backends::redis(&config).await?;
-    run_with(config, listener, shutdown, backends).await
+    run_with(config, listeners, shutdown, backends).await
 }
 
-/// Serve on `listener` with `backends` until `shutdown` resolves.
+/// Serve on `listeners` with `backends` until `shutdown` resolves.
 pub async fn run_with(
     config: Config,
-    listener: tokio::net::TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
     backends: Backends,
 ) -> anyhow::Result<()> {
-    let router = app_with(&config, backends)?;
-    let addr = listener.local_addr()?;
+    let Routers { public, admin } = routers(&config, backends)?;
+    let (http, admin_addr) = (listeners.http.local_addr()?, listeners.admin.local_addr()?);
     let mut launcher = ordersys_kit::launch::Launcher::without_messaging("gateway");
-    let stop = launcher.stop();
-    launcher.spawn(async move {
-        ordersys_kit::admin::serve(listener, router, stop.wait())
-            .await
-            .map_err(Into::into)
-    });
-    tracing::info!(http = %addr, "шлюз запущен");
+    for (listener, router) in [(listeners.http, public), (listeners.admin, admin)] {
+        let stop = launcher.stop();
+        launcher.spawn(async move {
+            ordersys_kit::admin::serve(listener, router, stop.wait())
+                .await
+                .map_err(Into::into)
+        });
+    }
+    tracing::info!(http = %http, admin = %admin_addr, "шлюз запущен");
     launcher.run(shutdown, "шлюз остановлен").await
 }

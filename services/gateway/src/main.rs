@@ -29,6 +29,6 @@ async fn main() -> anyhow::Result<()> {
     let _telemetry = ordersys_kit::telemetry::init("gateway");
     let config = ordersys_gateway::Config::load()?;
     tracing::info!(config = ?config, "конфигурация загружена");
-    let listener = tokio::net::TcpListener::bind(&config.http_addr).await?;
-    ordersys_gateway::run(config, listener, ordersys_kit::shutdown::signal()).await
+    let listeners = ordersys_gateway::Listeners::bind(&config).await?;
+    ordersys_gateway::run(config, listeners, ordersys_kit::shutdown::signal()).await
 }

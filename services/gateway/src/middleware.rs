@@ -220,7 +220,8 @@ pub(crate) async fn observe(State(state): State<AppState>, req: Request, next: N
     resp
 }
 
-/// Per-client-IP fixed window (`RATE_LIMIT_PER_MINUTE`); 429 with `Retry-After`.
+/// Per-client-IP fixed window (`RATE_LIMIT_PER_MINUTE`) over every route of the public
+/// port, unknown ones included; 429 with `Retry-After`.
 pub(crate) async fn rate_limit(
     State(state): State<AppState>,
     req: Request,
@@ -238,7 +239,7 @@ pub(crate) async fn rate_limit(
                 .extensions()
                 .get::<MatchedPath>()
                 .map(|p| p.as_str().to_owned())
-                .unwrap_or_default();
+                .unwrap_or_else(|| "unmatched".into());
             state
                 .metrics
                 .rate_limited

@@ -134,7 +134,15 @@ impl Admin {
         }
     }
 
-    /// The admin routes (mount on the admin port, or merge into the gateway's router).
+    /// `/healthz` alone, for a public port (the gateway's): alive, and nothing about the
+    /// dependencies or the metrics.
+    pub fn liveness(&self) -> Router {
+        Router::new()
+            .route("/healthz", get(healthz))
+            .with_state(Arc::new(Self::new(self.service)))
+    }
+
+    /// The admin routes (`/healthz`, `/readyz`, `/metrics`), for the admin port.
     pub fn router(self) -> Router {
         Router::new()
             .route("/healthz", get(healthz))

@@ -25,9 +25,13 @@ pub struct Config {
     /// (`ACCEPTED_CURRENCIES`, comma-separated, default `USD` = the payment service's
     /// default `ACCOUNT_CURRENCY`; empty: any known currency).
     pub accepted_currencies: String,
-    /// The bearer token of the operator tools on the admin port (`ADMIN_TOKEN`; empty,
-    /// the default: the tools are off). See [`crate::operator`].
+    /// The bearer token of the operator tools (`ADMIN_TOKEN`; empty, the default: the
+    /// tools are off). See [`crate::operator`].
     pub admin_token: Secret,
+    /// Where the operator tools listen (`OPERATOR_ADDR`, default 127.0.0.1:8085: this
+    /// host only — `ordersys-admin` runs beside the service, e.g. `docker compose exec
+    /// order ordersys-admin …`); empty: on the admin port, with `/metrics`.
+    pub operator_addr: String,
     /// How the end user's token the gateway forwards is verified (`JWT_SECRET`,
     /// `JWT_ISSUER`, `JWT_AUDIENCE`, `JWT_LEEWAY_SECS`: the gateway's settings).
     #[serde(flatten)]
@@ -47,6 +51,7 @@ impl Default for Config {
             payment_deadline_secs: 30,
             accepted_currencies: "USD".into(),
             admin_token: Secret::default(),
+            operator_addr: "127.0.0.1:8085".into(),
             jwt: Default::default(),
             tls: Default::default(),
         }

@@ -275,7 +275,20 @@ async fn serve<B: saga::Backend, I: Inbox<Tx = B::Tx> + Clone>(
         .await;
     let grpc_metrics = ordersys_kit::metrics::RequestMetricsLayer::new(admin.registry())?;
     let admin_router = match operator {
-        Some(op) => admin.router().merge(op.router()),
+        Some(op) if config.operator_addr.is_empty() => admin.router().merge(op.router()),
+        Some(op) => {
+            // A port of their own, on loopback by default: the key to every saga and
+            // dead letter is not offered to the network the metrics are scraped from.
+            let listener = tokio::net::TcpListener::bind(&config.operator_addr).await?;
+            tracing::info!(operator = %listener.local_addr()?, "инструменты оператора доступны");
+            let stop = launcher.stop();
+            launcher.spawn(async move {
+                ordersys_kit::admin::serve(listener, op.router(), stop.wait())
+                    .await
+                    .map_err(Into::into)
+            });
+            admin.router()
+        }
         None => admin.router(),
     };
     let routes = tonic::service::Routes::new(health_service).add_service(OrderServiceServer::new(

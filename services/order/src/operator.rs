@@ -1,5 +1,6 @@
-//! Operator tools on the admin port (never on the public gateway), behind
-//! `Authorization: Bearer $ADMIN_TOKEN` — off when `ADMIN_TOKEN` is unset:
+//! Operator tools on a port of their own (`OPERATOR_ADDR`, loopback by default; never on
+//! the public gateway), behind `Authorization: Bearer $ADMIN_TOKEN` — off when
+//! `ADMIN_TOKEN` is unset:
 //!
 //! | route | what |
 //! |---|---|

@@ -33,6 +33,9 @@ pub struct Config {
     pub data_dir: String,
     /// The REST API (`HTTP_ADDR`, default 0.0.0.0:8080).
     pub http_addr: String,
+    /// The system's `/readyz` and `/metrics` (every service's metrics: one process),
+    /// off the public port (`ADMIN_ADDR`, default 127.0.0.1:8084: this machine only).
+    pub admin_addr: String,
     /// `spec` (the SPEC admin ports 8081-8083 on 127.0.0.1) or `ephemeral` (free ports;
     /// for tests) for the internal services' admin endpoints (`INTERNAL_PORTS`). Their
     /// gRPC has no port here: the gateway calls them in process, nothing else can.
@@ -75,6 +78,7 @@ impl Default for Config {
         Self {
             data_dir: "data".into(),
             http_addr: "0.0.0.0:8080".into(),
+            admin_addr: "127.0.0.1:8084".into(),
             internal_ports: "spec".into(),
             database_url: Secret::default(),
             kafka_brokers: String::new(),
@@ -153,8 +157,12 @@ pub async fn run(
         bind(&config, 8083, &in_process.payment).await?,
     );
     let operator_tools = order_l.admin.local_addr()?;
-    let http = tokio::net::TcpListener::bind(&config.http_addr).await?;
-    let http_addr = http.local_addr()?;
+    let http = ordersys_gateway::Listeners {
+        http: tokio::net::TcpListener::bind(&config.http_addr).await?,
+        admin: tokio::net::TcpListener::bind(&config.admin_addr).await?,
+    };
+    let http_addr = http.http.local_addr()?;
+    let gateway_admin = http.admin.local_addr()?;
 
     let stores = |service: &str| Stores {
         database_url: config.database(service).into(),
@@ -188,6 +196,8 @@ pub async fn run(
         kafka: kafka.clone(),
         payment_deadline_secs: config.payment_deadline_secs,
         admin_token: config.admin_token.clone(),
+        // On the order service's admin port, which is on loopback here.
+        operator_addr: String::new(),
         jwt: verifying.clone(),
         tls: GrpcTls::loopback_plaintext(),
         ..ordersys_order::Config::default()
@@ -262,6 +272,9 @@ pub async fn run(
     }
     println!("  curl -s -X POST http://{shown}/api/v1/auth/register -H 'content-type: application/json' -d '{{\"email\":\"me@example.com\",\"password\":\"correct-horse\"}}'");
     println!("  curl -s -X POST http://{shown}/api/v1/auth/login    -H 'content-type: application/json' -d '{{\"email\":\"me@example.com\",\"password\":\"correct-horse\"}}'");
+    println!(
+        "  readiness and metrics: http://{gateway_admin}/readyz, http://{gateway_admin}/metrics"
+    );
     if !config.admin_token.is_empty() {
         println!("  operator tools (ADMIN_TOKEN): ordersys-admin --url http://{operator_tools} sagas list");
     }

@@ -37,7 +37,8 @@ impl Deployment {
             ]
             .map(|(k, v)| (k.to_owned(), v)),
         );
-        let embedded = Service::start_logged("ordersys", env, &log_dir, &format!("{base}/readyz"));
+        let ready = format!("http://{}/readyz", env["ADMIN_ADDR"]);
+        let embedded = Service::start_logged("ordersys", env, &log_dir, &ready);
         Ok(Self {
             servers: HashMap::new(),
             system: None,

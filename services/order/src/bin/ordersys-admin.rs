@@ -10,8 +10,8 @@
 //! ordersys-admin dlq replay <offset> [--partition P | --service S]
 //! ```
 //!
-//! `--url` (or `ORDERSYS_ADMIN_URL`, default `http://127.0.0.1:8082`): the order
-//! service's admin port; the token from `ORDERSYS_ADMIN_TOKEN` (or `ADMIN_TOKEN`). Prints
+//! `--url` (or `ORDERSYS_ADMIN_URL`, default `http://127.0.0.1:8085`): the order
+//! service's operator port (`OPERATOR_ADDR`); the token from `ORDERSYS_ADMIN_TOKEN` (or `ADMIN_TOKEN`). Prints
 //! the JSON answer; exits 1 on an error answer, 2 on bad usage.
 
 use std::process::ExitCode;
@@ -24,7 +24,7 @@ const USAGE: &str = "usage:
   ordersys-admin [--url URL] dlq list [--limit N]
   ordersys-admin [--url URL] dlq show OFFSET [--partition P | --service order|payment]
   ordersys-admin [--url URL] dlq replay OFFSET [--partition P | --service order|payment]
-environment: ORDERSYS_ADMIN_URL (default http://127.0.0.1:8082), ORDERSYS_ADMIN_TOKEN or ADMIN_TOKEN";
+environment: ORDERSYS_ADMIN_URL (default http://127.0.0.1:8085), ORDERSYS_ADMIN_TOKEN or ADMIN_TOKEN";
 
 struct Args {
     words: Vec<String>,
@@ -164,7 +164,7 @@ async fn main() -> ExitCode {
         .flag("url")
         .map(str::to_owned)
         .or_else(|| std::env::var("ORDERSYS_ADMIN_URL").ok())
-        .unwrap_or_else(|| "http://127.0.0.1:8082".into());
+        .unwrap_or_else(|| "http://127.0.0.1:8085".into());
     let base = base.trim_end_matches('/');
     let token = std::env::var("ORDERSYS_ADMIN_TOKEN")
         .or_else(|_| std::env::var("ADMIN_TOKEN"))
