@@ -311,6 +311,16 @@ impl Service {
         self.spawn();
     }
 
+    /// Send the process `sig` (`-STOP` freezes it, `-CONT` lets it run again).
+    pub fn signal(&self, sig: &str) {
+        let pid = self.pid().expect("the service runs");
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid}");
+    }
+
     /// The value of `key` in the environment the service was started with.
     pub fn env_var(&self, key: &str) -> Option<&str> {
         self.env.get(key).map(String::as_str)

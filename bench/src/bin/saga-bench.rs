@@ -32,9 +32,11 @@ saga-bench — the order saga under load, the same for every system
   --warmup S        seconds of load before measuring (5)
   --initial N       the opening balance of each account; ordersys: read from the
                     wallet instead (its INITIAL_BALANCE) (1000000000)
-  --poll-ms MS      ordersys only: how often a client asks for its order's status
-                    until it ends — the REST contract answers 201 at once and the
-                    saga goes on behind it (1)
+  --wait-s S        ordersys only: the REST contract answers 201 at once and the saga
+                    goes on behind it; a client then asks for its order with
+                    `?wait=Ss`, answered when the order is decided (10; 0: poll)
+  --poll-ms MS      ordersys with --wait-s 0: how often a client asks for its order's
+                    status until it ends (1)
   --proc NAME=PID   a process of the system under test; its CPU time, with that of
                     all its descendants, is counted per saga (repeatable)
   --json FILE       append the result as one JSON line to FILE
@@ -58,6 +60,7 @@ struct Args {
     warmup: u64,
     initial: i64,
     poll: Duration,
+    wait: u64,
     procs: Vec<(String, u32)>,
     json: Option<String>,
 }
@@ -75,6 +78,7 @@ impl Args {
             warmup: 5,
             initial: 1_000_000_000,
             poll: Duration::from_millis(1),
+            wait: 10,
             procs: Vec::new(),
             json: None,
         };
@@ -96,6 +100,7 @@ impl Args {
                 "--warmup" => a.warmup = val()?.parse()?,
                 "--initial" => a.initial = val()?.parse()?,
                 "--poll-ms" => a.poll = Duration::from_millis(val()?.parse::<u64>()?.max(1)),
+                "--wait-s" => a.wait = val()?.parse::<u64>()?.min(30),
                 "--proc" => {
                     let v = val()?;
                     let (n, p) = v.split_once('=').context("--proc wants NAME=PID")?;
@@ -145,6 +150,7 @@ struct Target {
     base: String,
     http: reqwest::Client,
     poll: Duration,
+    wait: u64,
 }
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -296,10 +302,15 @@ impl Target {
                 let id = v["order_id"].as_str().context("no order_id")?.to_owned();
                 let give_up = Instant::now() + TIMEOUT;
                 loop {
+                    let wait = if self.wait > 0 {
+                        format!("?wait={}s", self.wait)
+                    } else {
+                        String::new()
+                    };
                     let o = self
                         .expect(
                             M::GET,
-                            &format!("/api/v1/orders/{id}"),
+                            &format!("/api/v1/orders/{id}{wait}"),
                             Some(&a.token),
                             None,
                             200,
@@ -309,6 +320,7 @@ impl Target {
                         Some("CONFIRMED") => break "CONFIRMED".to_owned(),
                         Some("CANCELLED") => break "DECLINED".to_owned(),
                         _ if Instant::now() > give_up => bail!("order {id} did not end: {o}"),
+                        _ if self.wait > 0 => {}
                         _ => tokio::time::sleep(self.poll).await,
                     }
                 }
@@ -403,6 +415,7 @@ async fn main() -> anyhow::Result<()> {
         base: args.base.clone(),
         http,
         poll: args.poll,
+        wait: args.wait,
     });
 
     let mut accounts = Vec::new();
@@ -524,7 +537,8 @@ async fn main() -> anyhow::Result<()> {
             to.busy().saturating_sub(from.busy()) as f64 / TICKS_PER_SEC / window.as_secs_f64() * 100.0 / 2.0
         ),
         "warmup_s": args.warmup,
-        "poll_ms": (args.system == System::Ordersys).then_some(args.poll.as_millis() as u64),
+        "poll_ms": (args.system == System::Ordersys && args.wait == 0).then_some(args.poll.as_millis() as u64),
+        "wait_s": (args.system == System::Ordersys && args.wait > 0).then_some(args.wait),
         "run_s": round2(started.elapsed().as_secs_f64()),
     });
     println!("{result}");

@@ -72,6 +72,9 @@ pub struct Shared {
     pub(crate) login_limiter: Arc<dyn RateLimiter>,
     proxies: client_ip::TrustedProxies,
     pub(crate) metrics: Metrics,
+    /// The longest one call of a waiting `GET /api/v1/orders/{id}?wait=` is held by the
+    /// order service: well within the downstream deadline.
+    pub(crate) wait_slice: Duration,
 }
 
 impl std::fmt::Debug for AppState {
@@ -255,6 +258,7 @@ fn build(config: &Config, backends: Backends, security: Security) -> anyhow::Res
         login_limiter,
         proxies: client_ip::TrustedProxies::parse(&config.trusted_proxies)?,
         metrics: metrics.clone(),
+        wait_slice: (timeout * 2 / 3).min(Duration::from_secs(2)),
     }));
 
     let protected = Router::new()

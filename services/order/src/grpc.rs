@@ -106,9 +106,13 @@ impl<B: Backend> Rpc for OrderGrpc<B> {
     ) -> Result<Response<pb::Order>, Status> {
         let user = self.users.user(&req, &req.get_ref().user_id)?;
         let r = req.into_inner();
-        Ok(Response::new(to_pb(
-            self.service.get(&user, &r.order_id).await?,
-        )))
+        let o = if r.wait_ms == 0 {
+            self.service.get(&user, &r.order_id).await?
+        } else {
+            let wait = std::time::Duration::from_millis(u64::from(r.wait_ms));
+            self.service.wait(&user, &r.order_id, wait).await?
+        };
+        Ok(Response::new(to_pb(o)))
     }
 
     async fn list_orders(

@@ -7,6 +7,7 @@
 
 #![warn(missing_docs)]
 
+pub mod changes;
 pub mod config;
 pub mod domain;
 pub mod grpc;
@@ -19,6 +20,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use changes::Changes;
 use ordersys_kit::admin::Admin;
 use ordersys_kit::callers::Callers;
 use ordersys_kit::launch::{GrpcApi, Launcher};
@@ -92,6 +94,7 @@ pub async fn run_with(
             ordersys_kit::db::connect_sqlite_readers(&config.stores.database_url).await?,
         );
         let mut admin = Admin::new("order").sqlite(pool.clone());
+        let mut changes = Changes::local();
         let (cache, idempotency): (Arc<dyn Cache>, Arc<dyn IdempotencyStore>) =
             if config.stores.redis_url.is_empty() {
                 // The keys are a fast path in front of the orders' unique
@@ -108,6 +111,7 @@ pub async fn run_with(
                     .get_connection_manager()
                     .await?;
                 admin = admin.redis(conn.clone());
+                changes = Changes::redis(conn.clone());
                 (
                     Arc::new(RedisCache::new(conn.clone(), "order:")),
                     Arc::new(RedisIdempotencyStore::new(conn)),
@@ -120,6 +124,7 @@ pub async fn run_with(
             repo,
             sagas: SqliteSagaStore::new(pool.clone()),
             outbox: SqliteOutbox::new(pool.clone()),
+            changes,
         };
         serve(
             config,
@@ -151,6 +156,7 @@ pub async fn run_with(
             repo,
             sagas: MySqlSagaStore::new(pool.clone()),
             outbox: MySqlServiceOutbox::new(pool.clone(), messaging.outbox_stream()),
+            changes: Changes::redis(conn.clone()),
         };
         let cache: Arc<dyn Cache> = Arc::new(RedisCache::new(conn.clone(), "order:"));
         serve(
@@ -168,11 +174,12 @@ pub async fn run_with(
     }
 }
 
-/// The stores of one backend.
+/// The stores of one backend, and where orders' changes are told.
 struct Parts<B: saga::Backend> {
     repo: B::Repo,
     sagas: B::Sagas,
     outbox: B::Outbox,
+    changes: Changes,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -193,8 +200,17 @@ async fn serve<B: saga::Backend, I: Inbox<Tx = B::Tx> + Clone>(
         repo,
         sagas,
         outbox,
+        changes,
     } = parts;
     let mut launcher = Launcher::new("order", messaging, topics.clone()).await?;
+    // Every invalidation of an order's entry is news for the readers waiting on it —
+    // here, and with Redis in the other replicas too.
+    let cache: Arc<dyn Cache> = Arc::new(changes.watching(cache));
+    if !config.stores.redis_url.is_empty() {
+        let client = ordersys_kit::redis_client::client(&config.stores.redis_url)?;
+        let stop = launcher.stop();
+        launcher.spawn(changes.clone().follow(client, stop.wait()));
+    }
     let wake = launcher.relay(outbox.clone());
     let deadline = Duration::from_secs(config.payment_deadline_secs);
     let orchestrator = Arc::new(
@@ -217,6 +233,7 @@ async fn serve<B: saga::Backend, I: Inbox<Tx = B::Tx> + Clone>(
         idempotency,
         wake.clone(),
     )
+    .with_changes(changes)
     .accepting(
         config
             .accepted_currencies

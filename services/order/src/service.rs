@@ -11,6 +11,7 @@ use resilience::Retry;
 use saga_core::{SagaDefinition, SagaEvent, SagaId};
 use uuid::Uuid;
 
+use crate::changes::Changes;
 use crate::domain::{
     idempotency_key, Cursor, Item, NewOrder, Order, OrderId, OrderStatus, SagaData, UserId,
     ValidationError,
@@ -100,6 +101,9 @@ fn cache_ttl(o: &Order) -> Duration {
         CACHE_TTL_IN_FLIGHT
     }
 }
+/// The longest [`OrderService::wait`].
+pub const MAX_WAIT: Duration = Duration::from_secs(30);
+
 /// Idempotency result lifetime (SPEC: 24 hours).
 const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -113,6 +117,8 @@ pub struct OrderService<B: Backend> {
     relay: RelayHandle,
     /// Currencies the wallets hold; empty: any known currency.
     accepted: Arc<Vec<String>>,
+    /// Who waits for which order ([`OrderService::wait`]).
+    changes: Changes,
 }
 
 impl<B: Backend> Clone for OrderService<B> {
@@ -125,6 +131,7 @@ impl<B: Backend> Clone for OrderService<B> {
             idempotency: self.idempotency.clone(),
             relay: self.relay.clone(),
             accepted: self.accepted.clone(),
+            changes: self.changes.clone(),
         }
     }
 }
@@ -160,7 +167,15 @@ impl<B: Backend> OrderService<B> {
             idempotency,
             relay,
             accepted: Arc::new(Vec::new()),
+            changes: Changes::local(),
         }
+    }
+
+    /// Learn of orders' changes from `changes` (the one the cache reports to:
+    /// [`Changes::watching`]) for [`OrderService::wait`].
+    pub fn with_changes(mut self, changes: Changes) -> Self {
+        self.changes = changes;
+        self
     }
 
     /// Accept orders only in these currencies (those the wallets hold): an order no
@@ -381,6 +396,38 @@ impl<B: Backend> OrderService<B> {
             Ok(o)
         } else {
             Err(OrderError::NotFound)
+        }
+    }
+
+    /// One of the caller's orders as soon as it is no longer PENDING, or as it is when
+    /// `wait` has passed (at most [`MAX_WAIT`]; zero: at once, as [`OrderService::get`]).
+    /// The order is read again only when it changed ([`Changes`]) — or a second passed
+    /// without news, in case a notice was lost. Counted in
+    /// `ordersys_order_waits_total{outcome=decided|timed_out}` and the reads again in
+    /// `ordersys_order_wait_reads_total{reason=changed|recheck}`.
+    pub async fn wait(&self, user: &str, id: &str, wait: Duration) -> Result<Order, OrderError> {
+        let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
+        let Ok(order) = Uuid::parse_str(id) else {
+            return Err(OrderError::NotFound);
+        };
+        let watch = self.changes.watch(order);
+        loop {
+            let changed = watch.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let o = self.get(user, id).await?;
+            let now = tokio::time::Instant::now();
+            let decided = o.status != OrderStatus::Pending;
+            if decided || now >= deadline {
+                let outcome = if decided { "decided" } else { "timed_out" };
+                metrics::counter!("ordersys_order_waits_total", "outcome" => outcome).increment(1);
+                return Ok(o);
+            }
+            let reason = tokio::select! {
+                () = changed => "changed",
+                () = tokio::time::sleep_until(deadline.min(now + Duration::from_secs(1))) => "recheck",
+            };
+            metrics::counter!("ordersys_order_wait_reads_total", "reason" => reason).increment(1);
         }
     }
 

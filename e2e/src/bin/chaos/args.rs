@@ -25,8 +25,11 @@ chaos — the ordersys fault suite
   --breaker-open S     BREAKER_OPEN_SECS of the gateway (30, the spec's figure)
   --initial N          INITIAL_BALANCE of a new account (2000000)
   --cancel-percent P   orders the client tries to cancel right after placing (10)
-  --poll-ms MS         how often a client polls its order until it ends (25); small
-                       values measure latency finely, at the cost of GET load
+  --wait-s S           a client follows its order with `GET …?wait=Ss`, answered as
+                       soon as the order is decided (5); 0: poll instead
+  --poll-ms MS         with --wait-s 0, how often a client polls its order until it
+                       ends (25); small values measure latency finely, at the cost of
+                       GET load
   --warmup S           measure throughput, latency and CPU per order only after the
                        first S seconds of load (0); printed as the `bench:` line
   --slap N             after the load, N single-row INSERT commits from 16 clients
@@ -66,6 +69,7 @@ pub(crate) struct Args {
     pub(crate) initial: i64,
     pub(crate) cancel_percent: u32,
     pub(crate) poll_ms: u64,
+    pub(crate) wait_s: u64,
     pub(crate) warmup: u64,
     pub(crate) slap: u64,
     pub(crate) embedded: bool,
@@ -109,6 +113,7 @@ impl Args {
             initial: 2_000_000,
             cancel_percent: 10,
             poll_ms: 25,
+            wait_s: 5,
             warmup: 0,
             slap: 0,
             embedded: false,
@@ -169,6 +174,7 @@ impl Args {
                 "--initial" => a.initial = val()?.parse()?,
                 "--cancel-percent" => a.cancel_percent = val()?.parse()?,
                 "--poll-ms" => a.poll_ms = val()?.parse()?,
+                "--wait-s" => a.wait_s = val()?.parse::<u64>()?.min(9),
                 "--warmup" => a.warmup = val()?.parse()?,
                 "--slap" => a.slap = val()?.parse()?,
                 "--embedded" => a.embedded = true,

@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     pub(crate) limit: u64,
     pub(crate) cancel_percent: u32,
     pub(crate) poll: Duration,
+    /// `?wait=Ns` to follow an order with (`None`: poll every `poll`).
+    pub(crate) wait: Option<String>,
     /// Every request's answer as the client saw it: when, and whether it was refused
     /// (no answer, or a 5xx).
     pub(crate) answers: Mutex<Vec<(Instant, bool)>>,
@@ -322,11 +324,13 @@ pub(crate) async fn client(s: Arc<Shared>, rec: Arc<Mutex<ClientRec>>) {
         }
         // Follow it until it ends (bounded: the final check follows the rest).
         let give_up = Instant::now() + Duration::from_secs(60);
+        let wait = s.wait.as_deref().unwrap_or("");
         while Instant::now() < give_up && !s.stop.load(Ordering::Relaxed) {
+            let mut waited = false;
             if let Some((200, o)) = send(
                 &s,
                 reqwest::Method::GET,
-                &format!("/api/v1/orders/{id}"),
+                &format!("/api/v1/orders/{id}{wait}"),
                 Some(&token),
                 None,
                 None,
@@ -334,6 +338,8 @@ pub(crate) async fn client(s: Arc<Shared>, rec: Arc<Mutex<ClientRec>>) {
             .await
             {
                 let st = o["status"].as_str().unwrap_or("");
+                // Still PENDING after a wait: the gateway waited; ask again at once.
+                waited = !wait.is_empty() && st == "PENDING";
                 if terminal(st, cancel_accepted) {
                     let mut r = rec.lock().expect("lock");
                     if let Some(last) = r.orders.last_mut() {
@@ -342,7 +348,9 @@ pub(crate) async fn client(s: Arc<Shared>, rec: Arc<Mutex<ClientRec>>) {
                     break;
                 }
             }
-            tokio::time::sleep(s.poll).await;
+            if !waited {
+                tokio::time::sleep(s.poll).await;
+            }
         }
     }
 }

@@ -90,6 +90,7 @@ async fn main() -> anyhow::Result<()> {
         limit: args.orders,
         cancel_percent: args.cancel_percent,
         poll: Duration::from_millis(args.poll_ms.max(1)),
+        wait: (args.wait_s > 0).then(|| format!("?wait={}s", args.wait_s)),
         answers: Mutex::default(),
     });
     let clients: Vec<Arc<Mutex<ClientRec>>> = (0..args.clients).map(|_| Arc::default()).collect();

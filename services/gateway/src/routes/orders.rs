@@ -170,14 +170,19 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(OrderBody::try_from(o)?)).into_response())
 }
 
-/// `GET /api/v1/orders/{id}`; `404` for an unknown id or another user's order.
+/// `GET /api/v1/orders/{id}?wait=`; `404` for an unknown id or another user's order.
 #[utoipa::path(get, path = "/api/v1/orders/{id}", tag = "orders",
-    summary = "One of the caller's orders",
+    summary = "One of the caller's orders — at once, or once it is no longer PENDING",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "The order id")),
+    params(
+        ("id" = String, Path, description = "The order id"),
+        ("wait" = Option<String>, Query, pattern = "^[0-9]{1,5}(ms|s)?$", example = "5s",
+            description = "Wait up to this long (`5s`, `1500ms`, or seconds: `5`; at most 30 s) for the order to leave PENDING, and answer as soon as it does — instead of polling. Absent or 0: answer at once. The answer after the wait is the order as it then is (perhaps still PENDING). At most once"),
+    ),
     responses(
         (status = 200, description = "The order", body = OrderBody),
         (status = 404, description = "No such order of the caller's", body = crate::error::ErrorBody),
+        (status = 422, description = "`wait` is not a duration of at most 30 s, or given twice", body = crate::error::ErrorBody),
     ))]
 pub async fn get(
     State(s): State<AppState>,
@@ -185,18 +190,69 @@ pub async fn get(
     Extension(claims): Extension<Claims>,
     Extension(token): Extension<BearerToken>,
     PathParam(id): PathParam<String>,
+    Query(q): Query<Vec<(String, String)>>,
 ) -> Result<Json<OrderBody>, ApiError> {
-    let msg = pb::GetOrderRequest {
-        user_id: claims.sub,
-        order_id: id,
+    let deadline = tokio::time::Instant::now() + wait_param(&q)?;
+    loop {
+        // The order service holds each call until the order changes or the slice ends:
+        // a long wait is a few such calls, each within the downstream deadline.
+        let started = tokio::time::Instant::now();
+        let slice = deadline
+            .saturating_duration_since(started)
+            .min(s.wait_slice);
+        let msg = pb::GetOrderRequest {
+            user_id: claims.sub.clone(),
+            order_id: id.clone(),
+            wait_ms: u32::try_from(slice.as_millis()).unwrap_or(u32::MAX),
+        };
+        let o = s
+            .orders
+            .request(Effect::Read, &ctx, Some(&token), msg, |t, req| async move {
+                OrderServiceClient::new(t).get_order(req).await
+            })
+            .await?;
+        if o.status != "PENDING" || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(o.try_into()?));
+        }
+        // Still PENDING before the slice ended: a service that does not wait (an older
+        // version, mid-rollout) — ask again when the slice is over, not at once.
+        tokio::time::sleep_until(started + slice).await;
+    }
+}
+
+/// The longest `wait` of `GET /api/v1/orders/{id}`.
+pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `wait` of `GET /api/v1/orders/{id}`: `5s`, `1500ms` or `5` (seconds), at most
+/// [`MAX_WAIT`], at most once; absent: zero.
+fn wait_param(q: &[(String, String)]) -> Result<std::time::Duration, ApiError> {
+    use std::time::Duration;
+    let mut values = q
+        .iter()
+        .filter(|(k, _)| k == "wait")
+        .map(|(_, v)| v.as_str());
+    let (Some(v), None) = (values.next(), values.next()) else {
+        return if q.iter().any(|(k, _)| k == "wait") {
+            Err(ApiError::validation("wait given more than once"))
+        } else {
+            Ok(Duration::ZERO)
+        };
     };
-    let o = s
-        .orders
-        .request(Effect::Read, &ctx, Some(&token), msg, |t, req| async move {
-            OrderServiceClient::new(t).get_order(req).await
+    let (digits, unit) = match v.strip_suffix("ms") {
+        Some(d) => (d, Duration::from_millis(1)),
+        None => (v.strip_suffix('s').unwrap_or(v), Duration::from_secs(1)),
+    };
+    digits
+        .parse::<u32>()
+        .ok()
+        .filter(|_| {
+            !digits.is_empty() && digits.len() <= 5 && digits.bytes().all(|b| b.is_ascii_digit())
         })
-        .await?;
-    Ok(Json(o.try_into()?))
+        .map(|n| unit * n)
+        .filter(|d| *d <= MAX_WAIT)
+        .ok_or_else(|| {
+            ApiError::validation("wait must be a duration of at most 30s, e.g. 5s or 1500ms")
+        })
 }
 
 /// Page of orders.
@@ -334,4 +390,43 @@ pub async fn wallet(
         balance: b.amount_minor,
         currency: b.currency,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn wait(q: &[(&str, &str)]) -> Result<Duration, u16> {
+        let q: Vec<(String, String)> = q
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        wait_param(&q).map_err(|e| e.into_response().status().as_u16())
+    }
+
+    #[test]
+    fn a_wait_is_seconds_or_milliseconds_up_to_thirty_seconds() {
+        assert_eq!(wait(&[]), Ok(Duration::ZERO));
+        assert_eq!(wait(&[("wait", "5s")]), Ok(Duration::from_secs(5)));
+        assert_eq!(wait(&[("wait", "5")]), Ok(Duration::from_secs(5)));
+        assert_eq!(wait(&[("wait", "1500ms")]), Ok(Duration::from_millis(1500)));
+        assert_eq!(wait(&[("wait", "30s")]), Ok(MAX_WAIT));
+        assert_eq!(wait(&[("wait", "0")]), Ok(Duration::ZERO));
+        for bad in [
+            "31s",
+            "30001ms",
+            "",
+            "s",
+            "ms",
+            "-1",
+            "+5",
+            "5m",
+            "1.5s",
+            "999999999s",
+        ] {
+            assert_eq!(wait(&[("wait", bad)]), Err(422), "{bad:?}");
+        }
+        assert_eq!(wait(&[("wait", "1s"), ("wait", "1s")]), Err(422));
+    }
 }
