@@ -9,6 +9,7 @@
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod passwords;
 pub mod repository;
 pub mod service;
 

@@ -3,9 +3,6 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 use authz::{Authenticator, IssuedToken, TokenIssuer};
 
 use crate::domain::{Email, Password, User, UserId, ValidationError};
@@ -124,21 +121,11 @@ fn now_ms() -> i64 {
 }
 
 fn hash(password: &str) -> Result<String, UserError> {
-    let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| UserError::Internal(e.to_string()))
+    crate::passwords::hash(password.as_bytes()).map_err(|e| UserError::Internal(e.to_string()))
 }
 
 fn verify(password: &str, phc: &str) -> bool {
-    PasswordHash::new(phc)
-        .map(|h| {
-            Argon2::default()
-                .verify_password(password.as_bytes(), &h)
-                .is_ok()
-        })
-        .unwrap_or(false)
+    crate::passwords::verify(password.as_bytes(), phc)
 }
 
 async fn blocking<T: Send + 'static>(
