@@ -75,6 +75,9 @@ pub struct Shared {
     /// The longest one call of a waiting `GET /api/v1/orders/{id}?wait=` is held by the
     /// order service: well within the downstream deadline.
     pub(crate) wait_slice: Duration,
+    /// The longest `?wait=` honoured: 30 s, and 2 s short of the request timeout (a wait
+    /// answers 200 with the order as it is, never 408).
+    pub(crate) longest_wait: Duration,
 }
 
 impl std::fmt::Debug for AppState {
@@ -208,10 +211,11 @@ fn build(config: &Config, backends: Backends, security: Security) -> anyhow::Res
     };
 
     // On the admin port; readiness without backend error text all the same (an admin
-    // port is sometimes published by mistake). Readiness is the gateway's own (its Redis), not the services': with one service down the gateway
-    // stays in the load balancer and answers that service's routes with 503 (its
-    // breaker), every other route as usual — a downstream check here would take every
-    // gateway replica out at once.
+    // port is sometimes published by mistake). Readiness is the gateway's own (its
+    // Redis), not the services': with one service down the gateway stays in the load
+    // balancer and answers that service's routes with 503 (its breaker), every other
+    // route as usual — a downstream check here would take every gateway replica out at
+    // once.
     let mut admin = Admin::new("gateway").public();
     if let Some(conn) = backends.redis {
         admin = admin.redis(conn);
@@ -259,6 +263,9 @@ fn build(config: &Config, backends: Backends, security: Security) -> anyhow::Res
         proxies: client_ip::TrustedProxies::parse(&config.trusted_proxies)?,
         metrics: metrics.clone(),
         wait_slice: (timeout * 2 / 3).min(Duration::from_secs(2)),
+        longest_wait: Duration::from_secs(config.request_timeout_secs.max(1))
+            .saturating_sub(Duration::from_secs(2))
+            .min(routes::orders::MAX_WAIT),
     }));
 
     let protected = Router::new()

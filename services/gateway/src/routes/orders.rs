@@ -177,7 +177,7 @@ pub async fn create(
     params(
         ("id" = String, Path, description = "The order id"),
         ("wait" = Option<String>, Query, pattern = "^[0-9]{1,5}(ms|s)?$", example = "5s",
-            description = "Wait up to this long (`5s`, `1500ms`, or seconds: `5`; at most 30 s) for the order to leave PENDING, and answer as soon as it does — instead of polling. Absent or 0: answer at once. The answer after the wait is the order as it then is (perhaps still PENDING). At most once"),
+            description = "Wait up to this long (`5s`, `1500ms`, or seconds: `5`; at most 30 s — with a request timeout of 30 s, the gateway's default, 28 s are waited) for the order to leave PENDING, and answer as soon as it does — instead of polling. Absent or 0: answer at once. The answer after the wait is the order as it then is (perhaps still PENDING). At most once"),
     ),
     responses(
         (status = 200, description = "The order", body = OrderBody),
@@ -192,7 +192,7 @@ pub async fn get(
     PathParam(id): PathParam<String>,
     Query(q): Query<Vec<(String, String)>>,
 ) -> Result<Json<OrderBody>, ApiError> {
-    let deadline = tokio::time::Instant::now() + wait_param(&q)?;
+    let deadline = tokio::time::Instant::now() + wait_param(&q)?.min(s.longest_wait);
     loop {
         // The order service holds each call until the order changes or the slice ends:
         // a long wait is a few such calls, each within the downstream deadline.
