@@ -3,7 +3,7 @@
 //! Every test uses topics and consumer groups of its own.
 #![cfg(feature = "kafka")]
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use outbox::kafka::{
@@ -18,98 +18,10 @@ use outbox::{
 use tokio::sync::watch;
 
 mod support;
+use support::kafka::{
+    brokers, consumer_config, publish_numbered, spawn_collecting, stopper, unique, Collect,
+};
 use support::DownInbox;
-
-fn brokers() -> String {
-    let b = std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
-    let first = b.split(',').next().unwrap().to_owned();
-    std::net::TcpStream::connect_timeout(
-        &first.parse().expect("KAFKA_BROKERS host:port"),
-        Duration::from_secs(3),
-    )
-    .unwrap_or_else(|e| panic!("Kafka at {b} is not reachable ({e}); run scripts/kafka-up"));
-    b
-}
-
-fn unique(name: &str) -> String {
-    format!("test.{name}.{}", uuid::Uuid::new_v4().simple())
-}
-
-fn consumer_config(topic: &str) -> ConsumerConfig {
-    let mut c = ConsumerConfig::new(brokers(), unique("group"), &[topic]);
-    c.session_timeout = Duration::from_secs(6);
-    c
-}
-
-/// Collects what it handles, transactionally (on commit of the inbox unit of work).
-#[derive(Clone, Default)]
-struct Collect {
-    seen: Arc<Mutex<Vec<Delivery>>>,
-    count: Arc<watch::Sender<usize>>,
-    poison: Option<&'static str>,
-}
-
-impl Collect {
-    /// The numeric payloads handled so far, sorted.
-    fn sorted_numbers(&self) -> Vec<u32> {
-        let mut n: Vec<u32> = self.payloads().iter().map(|p| p.parse().unwrap()).collect();
-        n.sort();
-        n
-    }
-
-    /// The payloads handled so far, as text.
-    fn payloads(&self) -> Vec<String> {
-        self.seen
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|d| String::from_utf8(d.payload.to_vec()).unwrap())
-            .collect()
-    }
-
-    async fn wait_for(&self, n: usize) {
-        let mut rx = self.count.subscribe();
-        tokio::time::timeout(Duration::from_secs(60), rx.wait_for(|c| *c >= n))
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "only {} of {n} messages arrived",
-                    self.seen.lock().unwrap().len()
-                )
-            })
-            .unwrap();
-    }
-}
-
-impl MessageHandler<MemoryTx> for Collect {
-    type Output = ();
-    async fn handle(&self, tx: &mut MemoryTx, msg: &Delivery) -> Result<(), HandlerError> {
-        if Some(&msg.payload[..]) == self.poison.map(str::as_bytes) {
-            return Err(HandlerError::permanent("cannot decode payload"));
-        }
-        let (seen, count, msg) = (self.seen.clone(), self.count.clone(), msg.clone());
-        tx.on_commit(move || {
-            let mut s = seen.lock().unwrap();
-            s.push(msg);
-            count.send_replace(s.len());
-        });
-        Ok(())
-    }
-}
-
-fn stopper() -> (
-    watch::Sender<bool>,
-    impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
-) {
-    let (tx, rx) = watch::channel(false);
-    let make = move || {
-        let mut rx = rx.clone();
-        Box::pin(async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
-    };
-    (tx, make)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_to_kafka_to_idempotent_consumer_keeps_keys_headers_and_order() {
@@ -452,30 +364,6 @@ async fn a_group_offset_beyond_the_end_of_the_log_is_noticed_and_consumption_res
 }
 
 /// Publish `n` messages numbered 0.. to `topic`, keys spread over `keys`.
-async fn publish_numbered(topic: &str, n: usize, keys: usize) {
-    let publisher = KafkaPublisher::new(&brokers()).unwrap();
-    for i in 0..n {
-        let m = OutboxMessage::new(topic, format!("k{}", i % keys), format!("{i}"));
-        outbox::Publisher::publish(&publisher, &m).await.unwrap();
-    }
-}
-
-/// A consumer with a fresh memory inbox feeding a [`Collect`], running until stopped.
-fn spawn_collecting(
-    config: ConsumerConfig,
-) -> (
-    Collect,
-    watch::Sender<bool>,
-    tokio::task::JoinHandle<outbox::Result<outbox::kafka::ConsumerStats>>,
-) {
-    let consumer = IdempotentConsumer::new("test", MemoryInbox::new(), MemoryDeadLetters::new());
-    let collect = Collect::default();
-    let (stop, stopped) = stopper();
-    let (h, s) = (collect.clone(), stopped());
-    let task = tokio::spawn(async move { run_consumer(&config, &consumer, &h, s).await });
-    (collect, stop, task)
-}
-
 /// Publish `n` messages numbered 0.. to `topic` at once through a producer that lingers,
 /// so they land in record batches of several messages (as the relay's concurrent
 /// publishes do under load).
@@ -911,85 +799,4 @@ async fn a_timed_out_delivery_replaces_the_producer() {
     );
     assert!(outbox::Publisher::publish(&publisher, &msg).await.is_err());
     assert_eq!(publisher.recreations(), 2);
-}
-
-/// Publish `n` messages to each of `partitions` partitions of `topic`, chosen
-/// explicitly, each payload naming its partition (`p{partition}-{i}`).
-async fn publish_to_partitions(topic: &str, partitions: i32, n: usize) {
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
-    for p in 0..partitions {
-        for i in 0..n {
-            let payload = format!("p{p}-{i}");
-            producer
-                .send(
-                    FutureRecord::to(topic)
-                        .key(&payload)
-                        .payload(&payload)
-                        .partition(p),
-                    Duration::from_secs(10),
-                )
-                .await
-                .map_err(|(e, _)| e)
-                .unwrap();
-        }
-    }
-}
-
-/// Two replicas with a static assignment share one group id but join no group: each
-/// consumes exactly its own partitions (`p % 2`), nothing of the other's.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn static_replicas_consume_their_own_partitions_and_nothing_else() {
-    let topic = unique("static");
-    ensure_topics(&brokers(), &[(&topic, 4)]).await.unwrap();
-    publish_to_partitions(&topic, 4, 5).await;
-    let config = consumer_config(&topic);
-    let (even, stop_even, even_task) =
-        spawn_collecting(config.clone().with_static_assignment(0, 2));
-    let (odd, stop_odd, odd_task) = spawn_collecting(config.with_static_assignment(1, 2));
-    even.wait_for(10).await;
-    odd.wait_for(10).await;
-    for (collect, mine) in [(&even, ["p0-", "p2-"]), (&odd, ["p1-", "p3-"])] {
-        let payloads = collect.payloads();
-        assert!(
-            payloads
-                .iter()
-                .all(|p| mine.iter().any(|m| p.starts_with(m))),
-            "{mine:?}: {payloads:?}"
-        );
-        assert_eq!(payloads.len(), 10);
-    }
-    stop_even.send_replace(true);
-    stop_odd.send_replace(true);
-    even_task.await.unwrap().unwrap();
-    odd_task.await.unwrap().unwrap();
-}
-
-/// A statically assigned consumer started again (with an empty inbox, so a re-read would
-/// show) resumes from the offset it committed under its group id — no membership needed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_static_consumer_resumes_from_its_committed_offsets() {
-    let topic = unique("static-resume");
-    ensure_topics(&brokers(), &[(&topic, 1)]).await.unwrap();
-    let config = consumer_config(&topic).with_static_assignment(0, 1);
-    publish_numbered(&topic, 10, 3).await;
-    let (first, stop, task) = spawn_collecting(config.clone());
-    first.wait_for(10).await;
-    stop.send_replace(true);
-    task.await.unwrap().unwrap();
-    assert_eq!(first.sorted_numbers(), (0..10).collect::<Vec<_>>());
-
-    let publisher = KafkaPublisher::new(&brokers()).unwrap();
-    for i in 10..15 {
-        let m = OutboxMessage::new(topic.clone(), format!("k{}", i % 3), format!("{i}"));
-        outbox::Publisher::publish(&publisher, &m).await.unwrap();
-    }
-    let (second, stop, task) = spawn_collecting(config);
-    second.wait_for(5).await;
-    stop.send_replace(true);
-    task.await.unwrap().unwrap();
-    assert_eq!(second.sorted_numbers(), (10..15).collect::<Vec<_>>());
 }

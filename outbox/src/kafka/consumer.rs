@@ -89,6 +89,18 @@ pub struct ConsumerConfig {
     pub max_in_flight: usize,
     /// How the consumer gets its partitions (default [`Assignment::Group`]).
     pub assignment: Assignment,
+    /// With [`Assignment::Static`] and peers (`replicas > 1`): how long a peer's
+    /// partition may stand with messages waiting — the group's committed offset on it
+    /// unmoved — before this replica takes it over (default 500 ms; `None`: never). The
+    /// replica drains it and gives it back as soon as nothing waits there, so a dead
+    /// peer's messages wait about this long instead of until the peer is back. Checked
+    /// every quarter of it; a statically assigned consumer with peers commits its
+    /// offsets every fifth of it (at most every second) so that a live peer's offsets
+    /// are seen moving. A peer that is alive but stands still this long (its store
+    /// down, a message retried) is taken over too: both then handle the partition for
+    /// a while — the inbox still processes each message once, but the per-key order
+    /// across the two replicas is not kept in that window.
+    pub takeover_after: Option<Duration>,
     /// More librdkafka settings.
     pub extra: Vec<(String, String)>,
 }
@@ -112,7 +124,9 @@ pub enum Assignment {
     /// stable index (a StatefulSet ordinal, a compose service each) — two processes with
     /// one index consume the same partitions (the inbox still processes each message
     /// once, but the per-key order across them is lost). Partitions added to a topic
-    /// later are seen at the next start.
+    /// later are seen at the next start. Nobody takes a dead replica's partitions over
+    /// for good; with [`ConsumerConfig::takeover_after`] (the default) a live replica
+    /// drains a peer's partition whose messages stand waiting, and gives it back.
     Static {
         /// This replica's index, `0..replicas`.
         replica: u32,
@@ -157,6 +171,7 @@ impl ConsumerConfig {
             close_timeout: Duration::from_secs(5),
             max_in_flight: 32,
             assignment: Assignment::Group,
+            takeover_after: Some(Duration::from_millis(500)),
             extra: Vec::new(),
         }
     }
@@ -165,6 +180,13 @@ impl ConsumerConfig {
     /// of `replicas`.
     pub fn with_static_assignment(mut self, replica: u32, replicas: u32) -> Self {
         self.assignment = Assignment::Static { replica, replicas };
+        self
+    }
+
+    /// [`takeover_after`](Self::takeover_after) (`None`: a dead peer's partitions wait
+    /// for it).
+    pub fn with_takeover_after(mut self, takeover_after: Option<Duration>) -> Self {
+        self.takeover_after = takeover_after;
         self
     }
 
@@ -312,6 +334,13 @@ impl ConsumerConfig {
                 self.fetch_wait_max.as_millis().to_string(),
             )
             .set("statistics.interval.ms", "5000");
+        if let (Some(after), Assignment::Static { replicas: 2.., .. }) =
+            (self.takeover_after, self.assignment)
+        {
+            // Peers judge this replica alive by its committed offsets moving.
+            let every = (after / 5).clamp(Duration::from_millis(10), Duration::from_secs(1));
+            cc.set("auto.commit.interval.ms", every.as_millis().to_string());
+        }
         if let (Some(id), Assignment::Group) = (&self.instance_id, self.assignment) {
             cc.set("group.instance.id", id);
         }
@@ -411,6 +440,10 @@ where
     let mut stopping = false;
     let mut window = Window::default();
     let mut running = futures::stream::FuturesUnordered::new();
+    let takeover = super::takeover::Takeover::of(config).map(|t| {
+        let run = super::takeover::run(t, kafka.clone(), config.topics.clone(), stop_rx.clone());
+        tokio::spawn(run)
+    });
     loop {
         if stopping && running.is_empty() {
             break;
@@ -496,6 +529,10 @@ where
                 }));
             }
         }
+    }
+    if let Some(takeover) = takeover {
+        // It holds the consumer: let its check end before closing.
+        let _ = tokio::time::timeout(config.close_timeout, takeover).await;
     }
     if let Some(check) = checking {
         // It holds the consumer: let it end (bounded by its own timeouts) before closing.
@@ -585,6 +622,27 @@ mod tests {
             .with_property("security.protocol", "ssl")
             .client_config();
         assert_eq!(cc.get("group.instance.id"), Some("order-0"));
+        assert_eq!(cc.get("auto.commit.interval.ms"), Some("1000"));
+
+        // Static replicas with peers commit often: peers see them alive by it.
+        let of = |c: ConsumerConfig| {
+            c.client_config()
+                .get("auto.commit.interval.ms")
+                .map(str::to_owned)
+        };
+        let config = ConsumerConfig::new("k:9092", "g", &["t"]);
+        assert_eq!(
+            of(config.clone().with_static_assignment(1, 2)).as_deref(),
+            Some("100")
+        );
+        assert_eq!(
+            of(config.clone().with_static_assignment(0, 1)).as_deref(),
+            Some("1000")
+        );
+        let off = config
+            .with_static_assignment(1, 2)
+            .with_takeover_after(None);
+        assert_eq!(of(off).as_deref(), Some("1000"));
         assert_eq!(cc.get("statistics.interval.ms"), Some("100"));
         assert_eq!(cc.get("security.protocol"), Some("ssl"));
     }

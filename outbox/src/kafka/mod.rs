@@ -10,6 +10,7 @@
 mod consumer;
 mod dead_letter;
 mod publisher;
+mod takeover;
 mod topics;
 mod watchdog;
 mod window;

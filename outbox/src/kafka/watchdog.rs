@@ -237,7 +237,7 @@ fn not_held(held: &[(String, i32)], all: Vec<(String, i32)>) -> Vec<(String, i32
 /// Where the group stands on a partition with messages waiting: its committed offset (the
 /// log's start `low` when it has none) if that lies below the log end `high`. The log end
 /// may be under-reported, never over-reported: below it always means messages wait.
-fn waiting_from(committed: Offset, low: i64, high: i64) -> Option<i64> {
+pub(super) fn waiting_from(committed: Offset, low: i64, high: i64) -> Option<i64> {
     let at = match committed {
         Offset::Offset(o) => o,
         _ => low,

@@ -7,6 +7,9 @@ use std::time::Duration;
 use outbox::memory::{MemoryInbox, MemoryTx};
 use outbox::Transactional;
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
+
 /// A memory inbox whose unit of work cannot begin while `down` is set.
 #[derive(Clone, Default)]
 pub struct DownInbox {

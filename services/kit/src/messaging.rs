@@ -108,8 +108,14 @@ pub struct KafkaTuning {
     /// it back — ≈ 8 s on Tansu); `static` (one replica: every partition) or
     /// `static:I/N` (replica I of N takes the partitions p with p % N == I), no group
     /// join — a restarted service consumes again at once, but nobody takes over a dead
-    /// replica's partitions until it is back ([`outbox::kafka::Assignment`]).
+    /// replica's partitions until it is back ([`outbox::kafka::Assignment`]) — unless
+    /// the takeover below drains them meanwhile.
     pub kafka_assignment: String,
+    /// With `static:I/N`, N > 1: after how many milliseconds a peer's partition whose
+    /// messages wait unconsumed is taken over and drained by this replica
+    /// (`KAFKA_TAKEOVER_MS`, default 500; 0: never —
+    /// [`outbox::kafka::ConsumerConfig::takeover_after`]).
+    pub kafka_takeover_ms: u64,
 }
 
 impl Default for KafkaTuning {
@@ -124,6 +130,7 @@ impl Default for KafkaTuning {
             kafka_replication_factor: 1,
             kafka_min_insync_replicas: 1,
             kafka_assignment: "group".into(),
+            kafka_takeover_ms: 500,
         }
     }
 }
@@ -207,6 +214,8 @@ impl KafkaTuning {
         config.fetch_wait_max = Duration::from_millis(self.kafka_fetch_wait_max_ms);
         config.max_in_flight = self.kafka_max_in_flight.max(1);
         config.assignment = self.assignment()?;
+        config.takeover_after =
+            (self.kafka_takeover_ms > 0).then(|| Duration::from_millis(self.kafka_takeover_ms));
         config.extra.extend(self.properties()?);
         Ok(config)
     }
@@ -488,6 +497,18 @@ mod tests {
                 replicas: 3
             }
         );
+        assert_eq!(
+            consumer.takeover_after,
+            Some(std::time::Duration::from_millis(500))
+        );
+        let never = KafkaTuning {
+            kafka_assignment: "static:0/3".into(),
+            kafka_takeover_ms: 0,
+            ..KafkaTuning::default()
+        }
+        .consumer(outbox::kafka::ConsumerConfig::new("b", "g", &["t"]))
+        .unwrap();
+        assert_eq!(never.takeover_after, None);
     }
     use std::sync::Arc;
     use std::time::Duration;
