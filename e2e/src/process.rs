@@ -440,6 +440,16 @@ pub(crate) fn env_or(key: &str, default: &str) -> String {
 /// Run `ordersys-admin --url url args…` with `token`: its exit code and its JSON answer
 /// (stdout, or the JSON part of stderr on an error).
 pub fn admin_cli(url: &str, token: &str, args: &[&str]) -> (i32, serde_json::Value) {
+    let (code, text) = admin_cli_text(url, token, args);
+    let json_part = text.find('{').map(|i| &text[i..]).unwrap_or("null");
+    let value = serde_json::from_str(json_part)
+        .unwrap_or_else(|e| panic!("ordersys-admin {args:?}: not JSON ({e}): {text}"));
+    (code, value)
+}
+
+/// `ordersys-admin --url URL ARGS…` with `token`: its exit code and what it printed
+/// (standard output on success, standard error otherwise).
+pub fn admin_cli_text(url: &str, token: &str, args: &[&str]) -> (i32, String) {
     let out = Command::new(bin("ordersys-admin"))
         .args(["--url", url])
         .args(args)
@@ -453,8 +463,5 @@ pub fn admin_cli(url: &str, token: &str, args: &[&str]) -> (i32, serde_json::Val
         &out.stderr
     })
     .into_owned();
-    let json_part = text.find('{').map(|i| &text[i..]).unwrap_or("null");
-    let value = serde_json::from_str(json_part)
-        .unwrap_or_else(|e| panic!("ordersys-admin {args:?}: not JSON ({e}): {text}"));
-    (out.status.code().unwrap_or(-1), value)
+    (out.status.code().unwrap_or(-1), text)
 }

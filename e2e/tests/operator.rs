@@ -253,6 +253,22 @@ async fn operators_list_show_and_compensate_sagas_and_replay_dead_letters() {
     let again = ok(&sys, &["sagas", "compensate", &saga_id]);
     assert_eq!(again["saga"]["status"], "COMPENSATING", "{again}");
     let shown = ok(&sys, &["sagas", "show", &saga_id]);
+    // Drawn where it stands: order created, the payment's refund awaited.
+    let drawn = shown["diagram"].as_str().unwrap_or_default();
+    for mark in ["class s0 done", "class c1 current"] {
+        assert!(drawn.contains(mark), "{mark}: {shown}");
+    }
+    let (code, text) = ordersys_e2e::admin_cli_text(
+        &sys.operator,
+        TOKEN,
+        &["sagas", "show", &saga_id, "--diagram"],
+    );
+    assert_eq!(
+        (code, text.as_str()),
+        (0, drawn),
+        "the chart alone, as Mermaid"
+    );
+    assert!(text.starts_with("flowchart TD\n"), "{text}");
     assert!(
         shown["history"]
             .as_array()

@@ -10,6 +10,9 @@
 
 use std::future::Future;
 
+mod parallel;
+pub use parallel::{parallel_saga, trip_saga};
+
 use bytes::Bytes;
 
 use crate::{

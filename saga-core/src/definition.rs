@@ -1,4 +1,5 @@
-//! Saga definitions: ordered steps, each with an action and an optional compensation.
+//! Saga definitions: ordered steps (alone or in groups run side by side), each with an
+//! action and an optional compensation.
 
 use std::time::Duration;
 
@@ -99,10 +100,31 @@ impl Step {
 ///     .unwrap();
 /// assert_eq!(create_order.steps()[1].pending_state, "PAYMENT_PENDING");
 /// ```
+///
+/// Steps can also run side by side: [`parallel`](SagaDefinitionBuilder::parallel)
+/// dispatches a group of steps together and goes on once every member succeeded.
+///
+/// ```
+/// use std::time::Duration;
+/// use saga_core::{SagaDefinition, Step};
+///
+/// let trip = SagaDefinition::new("trip")
+///     .parallel([
+///         Step::new("flight").compensate_with("flight.cancel").deadline(Duration::from_secs(20)),
+///         Step::new("hotel").compensate_with("hotel.cancel").deadline(Duration::from_secs(10)),
+///     ])
+///     .step(Step::new("charge").compensate_with("refund"))
+///     .build()
+///     .unwrap();
+/// assert_eq!(trip.stage(1), 0..2, "hotel runs beside the flight");
+/// assert_eq!(trip.stage(2), 2..3);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SagaDefinition {
     name: String,
     steps: Vec<Step>,
+    /// Per step, the index of its stage (steps of one stage run side by side).
+    stages: Vec<usize>,
 }
 
 impl SagaDefinition {
@@ -112,6 +134,8 @@ impl SagaDefinition {
         SagaDefinitionBuilder {
             name: name.into(),
             steps: Vec::new(),
+            stages: Vec::new(),
+            empty_group: false,
         }
     }
 
@@ -143,6 +167,22 @@ impl SagaDefinition {
     pub fn step_index(&self, name: &str) -> Option<usize> {
         self.steps.iter().position(|s| s.name == name)
     }
+
+    /// The steps dispatched together with step `step` (its stage): `step..step + 1` for a
+    /// step of its own, the whole group for a member of a
+    /// [`parallel`](SagaDefinitionBuilder::parallel) group. Panics if `step` is out of
+    /// range.
+    pub fn stage(&self, step: usize) -> std::ops::Range<usize> {
+        let stage = self.stages[step];
+        let start = self.stages.partition_point(|s| *s < stage);
+        let end = self.stages.partition_point(|s| *s <= stage);
+        start..end
+    }
+
+    /// Whether some steps run side by side.
+    pub fn has_parallel_steps(&self) -> bool {
+        self.stages.windows(2).any(|w| w[0] == w[1])
+    }
 }
 
 /// Builder returned by [`SagaDefinition::new`].
@@ -150,12 +190,36 @@ impl SagaDefinition {
 pub struct SagaDefinitionBuilder {
     name: String,
     steps: Vec<Step>,
+    stages: Vec<usize>,
+    empty_group: bool,
 }
 
 impl SagaDefinitionBuilder {
-    /// Append a step.
-    pub fn step(mut self, step: Step) -> Self {
-        self.steps.push(step);
+    /// Append a step, run after the steps before it.
+    pub fn step(self, step: Step) -> Self {
+        self.parallel([step])
+    }
+
+    /// Append a group of steps run side by side, after the steps before it: their
+    /// actions are sent together, each with its own deadline, and the saga goes on once
+    /// **every** member succeeded.
+    ///
+    /// When a member fails (or gets no reply in time, or the saga is aborted) the saga
+    /// compensates: members still awaited are *abandoned* — not waited for, and
+    /// compensated if a success arrives late (a member that timed out and has
+    /// `compensate_on_timeout` is compensated at once, as a step of its own would be) —
+    /// and the members that succeeded are compensated **all at once**, then the
+    /// stages before, latest first. Duplicate and out-of-order replies change nothing.
+    /// A group of one is a plain step; an empty group is refused by
+    /// [`build`](Self::build).
+    pub fn parallel(mut self, steps: impl IntoIterator<Item = Step>) -> Self {
+        let stage = self.stages.last().map_or(0, |s| s + 1);
+        let before = self.steps.len();
+        for step in steps {
+            self.steps.push(step);
+            self.stages.push(stage);
+        }
+        self.empty_group |= self.steps.len() == before;
         self
     }
 
@@ -169,6 +233,9 @@ impl SagaDefinitionBuilder {
                 "a saga needs at least one step".into(),
             ));
         }
+        if self.empty_group {
+            return Err(Error::InvalidDefinition("an empty parallel group".into()));
+        }
         for (i, s) in self.steps.iter().enumerate() {
             if self.steps[..i].iter().any(|o| o.name == s.name) {
                 return Err(Error::InvalidDefinition(format!(
@@ -180,6 +247,7 @@ impl SagaDefinitionBuilder {
         Ok(SagaDefinition {
             name: self.name,
             steps: self.steps,
+            stages: self.stages,
         })
     }
 }
@@ -256,5 +324,38 @@ mod tests {
             ),
             "duplicate step `a`"
         );
+        assert_eq!(
+            invalid(SagaDefinition::new("x").step(Step::new("a")).parallel([])),
+            "an empty parallel group"
+        );
+        assert_eq!(
+            invalid(
+                SagaDefinition::new("x")
+                    .parallel([Step::new("a"), Step::new("b")])
+                    .parallel([Step::new("a")])
+            ),
+            "duplicate step `a`"
+        );
+    }
+
+    #[test]
+    fn parallel_groups_are_stages_of_their_own() {
+        let def = SagaDefinition::new("trip")
+            .step(Step::new("quote"))
+            .parallel([Step::new("flight"), Step::new("hotel"), Step::new("car")])
+            .step(Step::new("charge"))
+            .parallel([Step::new("mail")])
+            .build()
+            .unwrap();
+        let stages: Vec<_> = (0..def.steps().len()).map(|i| def.stage(i)).collect();
+        assert_eq!(stages, [0..1, 1..4, 1..4, 1..4, 4..5, 5..6]);
+        assert!(def.has_parallel_steps());
+        let plain = SagaDefinition::new("s")
+            .step(Step::new("a"))
+            .parallel([Step::new("b")])
+            .build()
+            .unwrap();
+        assert!(!plain.has_parallel_steps());
+        assert_eq!((plain.stage(0), plain.stage(1)), (0..1, 1..2));
     }
 }

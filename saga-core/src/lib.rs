@@ -87,6 +87,7 @@
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod definition;
+mod diagram;
 mod error;
 mod instance;
 mod machine;

@@ -131,13 +131,15 @@ impl SagaState {
         }
     }
 
-    /// The step whose action is awaited, if any.
+    /// The step whose action is awaited, if any (the first, when the members of a
+    /// parallel group are awaited).
     pub fn awaiting_step(&self) -> Option<usize> {
         self.steps.iter().position(|s| *s == StepStatus::Awaiting)
     }
 
     /// The label for users: `STARTED`, the awaited step's pending label (e.g.
-    /// `PAYMENT_PENDING`), `COMPLETED`, `COMPENSATING` or `FAILED`.
+    /// `PAYMENT_PENDING`; of the first awaited member of a parallel group),
+    /// `COMPLETED`, `COMPENSATING` or `FAILED`.
     pub fn label(&self, def: &SagaDefinition) -> String {
         match (self.status, self.awaiting_step()) {
             (SagaStatus::Running, Some(i)) => def.steps()[i].pending_state.clone(),
@@ -289,8 +291,11 @@ fn ignored(state: &SagaState, event: &SagaEvent) -> Ignored {
 
 /// Apply `event` to `state`. Pure: the same inputs always give the same output.
 ///
-/// Rules in short: steps run in order; a failure (or a missed deadline, or an abort)
-/// compensates the succeeded steps in reverse order, one at a time, and ends FAILED; a
+/// Rules in short: steps run in order (the members of a
+/// [`parallel`](crate::SagaDefinitionBuilder::parallel) group side by side, the next stage
+/// once all succeeded); a failure (or a missed deadline, or an abort) abandons the steps
+/// still awaited and compensates the succeeded steps in reverse order, one stage at a
+/// time (a group's members at once), and ends FAILED; a
 /// missed deadline of a step with a compensation compensates that step too (its
 /// outcome is unknown); a success that arrives after its step was given up triggers
 /// that step's compensation; a failed or timed-out compensation is sent again;
@@ -349,8 +354,7 @@ pub fn transition(
                 false
             } else {
                 next.status = S::Running;
-                next.steps[0] = P::Awaiting;
-                commands.push(action(def, 0));
+                dispatch_stage(def, &mut next, &mut commands, 0);
                 true
             }
         }
@@ -359,11 +363,14 @@ pub fn transition(
             match state.steps[i] {
                 P::Awaiting if state.status == S::Running => {
                     next.steps[i] = P::Succeeded;
-                    if i + 1 < n {
-                        next.steps[i + 1] = P::Awaiting;
-                        commands.push(action(def, i + 1));
-                    } else {
-                        next.status = S::Completed;
+                    let stage = def.stage(i);
+                    // The stage is done once every member is: then the next one, or the end.
+                    if stage.clone().all(|j| next.steps[j] == P::Succeeded) {
+                        if stage.end < n {
+                            dispatch_stage(def, &mut next, &mut commands, stage.end);
+                        } else {
+                            next.status = S::Completed;
+                        }
                     }
                     true
                 }
@@ -387,6 +394,7 @@ pub fn transition(
             match state.steps[i] {
                 P::Awaiting if state.status == S::Running => {
                     next.steps[i] = P::Failed;
+                    abandon_awaited(&mut next);
                     begin_compensation(def, &mut next, &mut commands, reason.clone());
                     true
                 }
@@ -449,8 +457,13 @@ pub fn transition(
                 true
             }
             S::Running => {
-                let i = state.awaiting_step().expect("a running saga awaits a step");
-                give_up(def, &mut next, &mut commands, i, reason.clone());
+                // Give up on every awaited step (a stage may await several).
+                let awaited: Vec<usize> =
+                    (0..n).filter(|&j| state.steps[j] == P::Awaiting).collect();
+                for &j in &awaited {
+                    stop_awaiting(def, &mut next, &mut commands, j);
+                }
+                begin_compensation(def, &mut next, &mut commands, reason.clone());
                 true
             }
             _ => false,
@@ -485,13 +498,27 @@ fn compensation(def: &SagaDefinition, i: usize) -> StepCommand {
     }
 }
 
-/// The awaited step `i` will not be waited for any longer.
-fn give_up(
+/// Send the actions of the stage that starts at step `first`.
+fn dispatch_stage(
+    def: &SagaDefinition,
+    next: &mut SagaState,
+    commands: &mut Vec<StepCommand>,
+    first: usize,
+) {
+    for j in def.stage(first) {
+        next.steps[j] = StepStatus::Awaiting;
+        commands.push(action(def, j));
+    }
+}
+
+/// The awaited step `i` will not be waited for any longer (its time ran out, or the saga
+/// is aborted): compensated at once if it has a compensation and
+/// `compensate_on_timeout`, abandoned otherwise.
+fn stop_awaiting(
     def: &SagaDefinition,
     next: &mut SagaState,
     commands: &mut Vec<StepCommand>,
     i: usize,
-    reason: String,
 ) {
     let step = &def.steps()[i];
     if step.compensation.is_some() && step.compensate_on_timeout {
@@ -500,6 +527,29 @@ fn give_up(
     } else {
         next.steps[i] = StepStatus::Abandoned;
     }
+}
+
+/// The members of a stage still awaited when another one failed or timed out: not
+/// waited for, and compensated only if their success arrives late.
+fn abandon_awaited(next: &mut SagaState) {
+    for st in &mut next.steps {
+        if *st == StepStatus::Awaiting {
+            *st = StepStatus::Abandoned;
+        }
+    }
+}
+
+/// The awaited step `i` timed out: stop awaiting it, abandon the other members of its
+/// stage, compensate.
+fn give_up(
+    def: &SagaDefinition,
+    next: &mut SagaState,
+    commands: &mut Vec<StepCommand>,
+    i: usize,
+    reason: String,
+) {
+    stop_awaiting(def, next, commands, i);
+    abandon_awaited(next);
     begin_compensation(def, next, commands, reason);
 }
 
@@ -514,7 +564,8 @@ fn begin_compensation(
     continue_compensation(def, next, commands);
 }
 
-/// Compensate the highest succeeded step, one at a time; FAILED when none is left.
+/// Compensate the latest stage with succeeded steps to undo — all of its succeeded
+/// members at once —, one stage at a time; FAILED when none is left.
 fn continue_compensation(
     def: &SagaDefinition,
     next: &mut SagaState,
@@ -524,18 +575,25 @@ fn continue_compensation(
         next.status = SagaStatus::Compensating;
         return;
     }
-    let candidate = (0..next.steps.len())
-        .rev()
-        .find(|&j| next.steps[j] == StepStatus::Succeeded && def.steps()[j].compensation.is_some());
+    let undoable = |next: &SagaState, j: usize| {
+        next.steps[j] == StepStatus::Succeeded && def.steps()[j].compensation.is_some()
+    };
+    let candidate = (0..next.steps.len()).rev().find(|&j| undoable(next, j));
     match candidate {
-        Some(j) => {
-            next.steps[j] = StepStatus::Compensating;
+        Some(latest) => {
+            for j in def.stage(latest) {
+                if undoable(next, j) {
+                    next.steps[j] = StepStatus::Compensating;
+                    commands.push(compensation(def, j));
+                }
+            }
             next.status = SagaStatus::Compensating;
-            commands.push(compensation(def, j));
         }
         None => next.status = SagaStatus::Failed,
     }
 }
 
+#[cfg(test)]
+mod parallel_tests;
 #[cfg(test)]
 mod tests;

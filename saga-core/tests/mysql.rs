@@ -142,3 +142,14 @@ async fn saga_order_and_command_commit_together() {
     assert_eq!(status(id).await.as_deref(), Some("CONFIRMED"));
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_parallel_saga() {
+    let db = db().await;
+    saga_core::conformance::parallel_saga(
+        MySqlSagaStore::new(db.pool.clone()),
+        MySqlOutbox::new(db.pool.clone()),
+    )
+    .await;
+    db.drop_db().await;
+}

@@ -1078,3 +1078,8 @@ async fn find_answers_the_operators_query() {
     );
     assert_eq!(find(saga_core::SagaQuery::default()).await.len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_parallel_saga() {
+    saga_core::conformance::parallel_saga(MemorySagaStore::new(), MemoryOutbox::new()).await;
+}

@@ -82,3 +82,14 @@ async fn a_saga_in_flight_survives_a_restart() {
     );
     pool.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_parallel_saga() {
+    let file = temp();
+    let pool = fresh(file.path()).await;
+    saga_core::conformance::parallel_saga(
+        SqliteSagaStore::new(pool.clone()),
+        SqliteOutbox::new(pool),
+    )
+    .await;
+}

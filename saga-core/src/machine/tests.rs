@@ -10,7 +10,7 @@ fn spec_def(compensate_on_timeout: bool) -> SagaDefinition {
     crate::conformance::create_order_saga(compensate_on_timeout)
 }
 
-fn st(status: SagaStatus, steps: &str) -> SagaState {
+pub(super) fn st(status: SagaStatus, steps: &str) -> SagaState {
     SagaState {
         status,
         steps: steps
@@ -31,14 +31,19 @@ fn st(status: SagaStatus, steps: &str) -> SagaState {
 }
 
 fn all_events() -> Vec<SagaEvent> {
+    // Step 3 is out of range for a 3-step saga.
+    events_for(4)
+}
+
+/// Every event, for steps `0..steps`.
+pub(super) fn events_for(steps: usize) -> Vec<SagaEvent> {
     let mut v = vec![
         SagaEvent::Start,
         SagaEvent::Abort {
             reason: "user".into(),
         },
     ];
-    for step in 0..4 {
-        // step 3 is out of range for a 3-step saga
+    for step in 0..steps {
         v.push(SagaEvent::StepSucceeded { step });
         v.push(SagaEvent::StepFailed {
             step,
@@ -127,11 +132,11 @@ fn check(def: &SagaDefinition, states: &[SagaState], table: &[Row]) {
 
 /// Every state reachable from `Started` by any sequence of events (failure reasons
 /// dropped: the table compares status and steps).
-fn reachable(def: &SagaDefinition) -> Vec<SagaState> {
+pub(super) fn reachable(def: &SagaDefinition) -> Vec<SagaState> {
     let mut seen = vec![SagaState::new(def)];
     let mut queue = seen.clone();
     while let Some(state) = queue.pop() {
-        for event in all_events() {
+        for event in events_for(def.steps().len().max(4)) {
             if let Ok(t) = transition(def, &state, &event) {
                 let next = SagaState {
                     failure_reason: None,

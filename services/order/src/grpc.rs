@@ -33,7 +33,6 @@ impl From<OrderError> for Status {
             OrderError::AlreadyCancelled => {
                 Status::failed_precondition("order is already cancelled")
             }
-            OrderError::InProgress => Status::aborted(e.to_string()),
             OrderError::KeyReused => {
                 let mut st = Status::failed_precondition(e.to_string());
                 st.metadata_mut().insert(

@@ -286,8 +286,17 @@ async fn show<B: Backend>(State(op): State<Arc<Operator<B>>>, Path(id): Path<Str
                 "name": h.name, "detail": h.detail, "trace_id": h.trace_id })
         })
         .collect();
-    Json(json!({ "saga": saga_json(&op, &saga, now_ms()), "orders": orders, "history": history }))
-        .into_response()
+    // The definition drawn with this instance's place in it (Mermaid).
+    let diagram = op
+        .orchestrator
+        .definition(&saga.saga_type)
+        .ok()
+        .map(|d| d.to_mermaid_at(&saga.state));
+    Json(
+        json!({ "saga": saga_json(&op, &saga, now_ms()), "orders": orders,
+        "history": history, "diagram": diagram }),
+    )
+    .into_response()
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -35,9 +35,6 @@ pub enum OrderError {
     /// currency): refused rather than answered with the first order.
     #[error("this Idempotency-Key was used for a different order")]
     KeyReused,
-    /// The same Idempotency-Key is being processed right now.
-    #[error("a request with this Idempotency-Key is in progress")]
-    InProgress,
     /// A dependency is down.
     #[error("dependency unavailable: {0}")]
     Unavailable(String),
@@ -248,7 +245,11 @@ impl<B: Backend> OrderService<B> {
                 }
                 Ok(Reservation::InProgress) => {
                     // Another request with this key is being handled: give it a moment
-                    // (up to 2 s) to commit its order, then answer with that order.
+                    // (up to 2 s) to commit its order, then answer with that order. If
+                    // none appears, the holder may have died after reserving (its
+                    // reservation would stand for 30 s): place the order here — the
+                    // database's unique key on (user, key) still allows one order only,
+                    // and whichever request comes second answers with the first's.
                     let found = in_progress_wait()
                         .call_if(
                             || async {
@@ -261,13 +262,18 @@ impl<B: Backend> OrderService<B> {
                             Option::is_none,
                         )
                         .await;
-                    return match found {
-                        Ok(id) => replay(self.load(id).await?.ok_or(OrderError::NotFound)?, &new),
-                        Err(e) => match e.into_last() {
-                            Some(Some(db)) => Err(db.into()),
-                            _ => Err(OrderError::InProgress),
-                        },
-                    };
+                    match found {
+                        Ok(id) => {
+                            return replay(self.load(id).await?.ok_or(OrderError::NotFound)?, &new)
+                        }
+                        Err(e) => {
+                            if let Some(Some(db)) = e.into_last() {
+                                return Err(db.into());
+                            }
+                            tracing::warn!(user_id = %user,
+                                "ключ идемпотентности занят, но заказа нет: заказ создаётся здесь");
+                        }
+                    }
                 }
                 Ok(Reservation::Reserved) => {}
                 Err(e) => tracing::warn!(error = %e, "хранилище идемпотентности недоступно"),

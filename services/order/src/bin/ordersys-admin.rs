@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! ordersys-admin sagas list [--status S] [--older-than 10m] [--overdue] [--limit N]
-//! ordersys-admin sagas show <saga-id>
+//! ordersys-admin sagas show <saga-id> [--diagram]
 //! ordersys-admin sagas compensate <saga-id> [--reason TEXT]
 //! ordersys-admin dlq list [--limit N]
 //! ordersys-admin dlq show <offset> [--partition P | --service S]
@@ -19,7 +19,8 @@ use std::process::ExitCode;
 const USAGE: &str = "usage:
   ordersys-admin [--url URL] sagas list [--status STARTED|RUNNING|COMPENSATING|COMPLETED|FAILED]
                                         [--older-than DURATION] [--overdue] [--limit N]
-  ordersys-admin [--url URL] sagas show SAGA_ID
+  ordersys-admin [--url URL] sagas show SAGA_ID [--diagram]   (--diagram: the saga's
+                             definition as a Mermaid flowchart, where it stands marked)
   ordersys-admin [--url URL] sagas compensate SAGA_ID [--reason TEXT]
   ordersys-admin [--url URL] dlq list [--limit N]
   ordersys-admin [--url URL] dlq show OFFSET [--partition P | --service order|payment]
@@ -37,7 +38,7 @@ fn parse(raw: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut it = raw.peekable();
     while let Some(a) = it.next() {
         if let Some(name) = a.strip_prefix("--") {
-            let takes_value = !matches!(name, "overdue" | "help");
+            let takes_value = !matches!(name, "overdue" | "help" | "diagram");
             let value = if takes_value {
                 Some(it.next().ok_or(format!("--{name} needs a value"))?)
             } else {
@@ -183,10 +184,21 @@ async fn main() -> ExitCode {
     };
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
-    let pretty = serde_json::from_str::<serde_json::Value>(&text)
-        .and_then(|v| serde_json::to_string_pretty(&v))
+    let answer = serde_json::from_str::<serde_json::Value>(&text).ok();
+    let diagram = answer
+        .as_ref()
+        .and_then(|v| v["diagram"].as_str().map(str::to_owned));
+    let pretty = answer
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
         .unwrap_or(text);
-    if status.is_success() {
+    if status.is_success() && args.has("diagram") {
+        let Some(diagram) = diagram else {
+            eprintln!("ordersys-admin: the answer has no diagram (unknown saga type?)\n{pretty}");
+            return ExitCode::FAILURE;
+        };
+        print!("{diagram}");
+        ExitCode::SUCCESS
+    } else if status.is_success() {
         println!("{pretty}");
         ExitCode::SUCCESS
     } else {
