@@ -11,7 +11,9 @@
 use std::future::Future;
 
 mod parallel;
+mod versions;
 pub use parallel::{parallel_saga, trip_saga};
+pub use versions::versioned_sagas;
 
 use bytes::Bytes;
 
@@ -62,6 +64,8 @@ impl<O: outbox::OutboxStore> crate::CommandSink<O::Tx> for OutboxSink<O> {
 
 fn def() -> SagaDefinition {
     SagaDefinition::new("conformance")
+        // Not the default version: a store must keep it.
+        .version(7)
         .step(Step::new("a").compensate_with("undo_a"))
         .step(Step::new("b"))
         .build()

@@ -122,6 +122,7 @@ impl Step {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SagaDefinition {
     name: String,
+    version: u32,
     steps: Vec<Step>,
     /// Per step, the index of its stage (steps of one stage run side by side).
     stages: Vec<usize>,
@@ -133,6 +134,7 @@ impl SagaDefinition {
     pub fn new(name: impl Into<String>) -> SagaDefinitionBuilder {
         SagaDefinitionBuilder {
             name: name.into(),
+            version: 1,
             steps: Vec::new(),
             stages: Vec::new(),
             empty_group: false,
@@ -142,6 +144,13 @@ impl SagaDefinition {
     /// The saga type name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The definition's version (1 unless [`SagaDefinitionBuilder::version`] says
+    /// otherwise). Each instance records the version it was started with and is driven
+    /// by that version to its end: see [`Orchestrator::register`](crate::Orchestrator::register).
+    pub fn version(&self) -> u32 {
+        self.version
     }
 
     /// The steps, in execution order.
@@ -189,12 +198,33 @@ impl SagaDefinition {
 #[derive(Debug, Clone)]
 pub struct SagaDefinitionBuilder {
     name: String,
+    version: u32,
     steps: Vec<Step>,
     stages: Vec<usize>,
     empty_group: bool,
 }
 
 impl SagaDefinitionBuilder {
+    /// The definition's version (default 1; at least 1). Change it whenever a deploy
+    /// changes the steps of a saga that may be running: instances started on the old
+    /// version finish on it as long as the orchestrator still has it registered.
+    ///
+    /// ```
+    /// use saga_core::{SagaDefinition, Step};
+    /// let v2 = SagaDefinition::new("create_order")
+    ///     .version(2)
+    ///     .step(Step::new("create_order"))
+    ///     .step(Step::new("fraud_check"))
+    ///     .step(Step::new("payment"))
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(v2.version(), 2);
+    /// ```
+    pub fn version(mut self, version: u32) -> Self {
+        self.version = version;
+        self
+    }
+
     /// Append a step, run after the steps before it.
     pub fn step(self, step: Step) -> Self {
         self.parallel([step])
@@ -233,6 +263,9 @@ impl SagaDefinitionBuilder {
                 "a saga needs at least one step".into(),
             ));
         }
+        if self.version == 0 {
+            return Err(Error::InvalidDefinition("versions start at 1".into()));
+        }
         if self.empty_group {
             return Err(Error::InvalidDefinition("an empty parallel group".into()));
         }
@@ -246,6 +279,7 @@ impl SagaDefinitionBuilder {
         }
         Ok(SagaDefinition {
             name: self.name,
+            version: self.version,
             steps: self.steps,
             stages: self.stages,
         })
@@ -323,6 +357,10 @@ mod tests {
                     .step(Step::new("a"))
             ),
             "duplicate step `a`"
+        );
+        assert_eq!(
+            invalid(SagaDefinition::new("x").version(0).step(Step::new("a"))),
+            "versions start at 1"
         );
         assert_eq!(
             invalid(SagaDefinition::new("x").step(Step::new("a")).parallel([])),

@@ -7,9 +7,10 @@ use crate::{SagaDefinition, SagaState, SagaStatus, StepStatus};
 
 impl SagaDefinition {
     /// The definition as a [Mermaid](https://mermaid.js.org) flowchart: each step with
-    /// its command (and deadline), the path forward to `COMPLETED`, and the path back
-    /// when a step fails or gets no reply in time — the compensations of the steps before
-    /// it, latest first, to `FAILED`. GitHub, GitLab and most Markdown viewers draw it
+    /// its command (and deadline), the path forward to `COMPLETED` (the members of a
+    /// parallel group side by side, joined at an `all ok` node), and the path back when
+    /// a step fails or gets no reply in time — the compensations of its group's other
+    /// members, then of the stages before it, latest first, to `FAILED`. GitHub, GitLab and most Markdown viewers draw it
     /// from a ` ```mermaid ` block.
     ///
     /// ```
@@ -82,35 +83,94 @@ impl SagaDefinition {
         }
         line("completed([\"COMPLETED\"])".into());
         line("failed([\"FAILED\"])".into());
-        // Where the way back starts when step `i` did not happen: the compensation of the
-        // latest compensable step before it, or the end.
-        let undo_before = |i: usize| {
-            (0..i)
+        // The stages: one step, or the members of a parallel group (joined at `j{k}`).
+        let mut stages: Vec<std::ops::Range<usize>> = Vec::new();
+        for i in 0..steps.len() {
+            if stages.last().is_none_or(|r| !r.contains(&i)) {
+                stages.push(self.stage(i));
+            }
+        }
+        let stage_of = |i: usize| stages.iter().position(|r| r.contains(&i)).unwrap_or(0);
+        for (k, r) in stages.iter().enumerate() {
+            if r.len() > 1 {
+                line(format!("j{k}((\"all ok\"))"));
+            }
+        }
+        let compensable = |j: usize| steps[j].compensation.is_some();
+        // Where the way back goes once stage `k` is undone (or had nothing to undo): the
+        // compensations of the latest earlier stage with compensable steps, or the end.
+        let undo_before_stage = |k: usize| -> Vec<String> {
+            (0..k)
                 .rev()
-                .find(|&j| steps[j].compensation.is_some())
-                .map_or_else(|| "failed".to_owned(), |j| format!("c{j}"))
+                .map(|e| {
+                    stages[e]
+                        .clone()
+                        .filter(|&j| compensable(j))
+                        .collect::<Vec<_>>()
+                })
+                .find(|c| !c.is_empty())
+                .map_or_else(
+                    || vec!["failed".to_owned()],
+                    |c| c.iter().map(|j| format!("c{j}")).collect(),
+                )
         };
-        line("start --> s0".into());
-        for (i, s) in steps.iter().enumerate() {
-            let next = if i + 1 < steps.len() {
-                format!("s{}", i + 1)
+        // Where the way back starts when step `i` did not happen: the compensations of
+        // its compensable group members, else of the stages before.
+        let undo_after_failure = |i: usize| -> Vec<String> {
+            let k = stage_of(i);
+            let siblings: Vec<String> = stages[k]
+                .clone()
+                .filter(|&j| j != i && compensable(j))
+                .map(|j| format!("c{j}"))
+                .collect();
+            if siblings.is_empty() {
+                undo_before_stage(k)
             } else {
-                "completed".into()
-            };
-            line(format!("s{i} -->|ok| {next}"));
-            line(format!("s{i} -.->|failed| {}", undo_before(i)));
+                siblings
+            }
+        };
+        let entries = |k: usize| -> Vec<String> {
+            stages.get(k).map_or_else(
+                || vec!["completed".to_owned()],
+                |r| r.clone().map(|j| format!("s{j}")).collect(),
+            )
+        };
+        for e in entries(0) {
+            line(format!("start --> {e}"));
+        }
+        for (i, s) in steps.iter().enumerate() {
+            let k = stage_of(i);
+            if stages[k].len() > 1 {
+                line(format!("s{i} -->|ok| j{k}"));
+                if i + 1 == stages[k].end {
+                    for e in entries(k + 1) {
+                        line(format!("j{k} --> {e}"));
+                    }
+                }
+            } else {
+                for e in entries(k + 1) {
+                    line(format!("s{i} -->|ok| {e}"));
+                }
+            }
+            for t in undo_after_failure(i) {
+                line(format!("s{i} -.->|failed| {t}"));
+            }
             if let Some(d) = s.deadline {
                 let late = format!("no reply in {}", seconds(d));
                 if s.resend_on_timeout {
                     line(format!("s{i} -.->|\"{late}: sent again\"| s{i}"));
-                } else if s.compensation.is_some() && s.compensate_on_timeout {
+                } else if compensable(i) && s.compensate_on_timeout {
                     line(format!("s{i} -.->|\"{late}\"| c{i}"));
                 } else {
-                    line(format!("s{i} -.->|\"{late}\"| {}", undo_before(i)));
+                    for t in undo_after_failure(i) {
+                        line(format!("s{i} -.->|\"{late}\"| {t}"));
+                    }
                 }
             }
-            if s.compensation.is_some() {
-                line(format!("c{i} -.->|undone| {}", undo_before(i)));
+            if compensable(i) {
+                for t in undo_before_stage(k) {
+                    line(format!("c{i} -.->|undone| {t}"));
+                }
                 line(format!("c{i} -.->|\"failed: sent again\"| c{i}"));
             }
         }
@@ -222,6 +282,31 @@ mod tests {
         );
         // Not compensated on timeout: the way back starts before it.
         assert!(chart.contains(r#"s2 -.->|"no reply in 5s"| c0"#), "{chart}");
+    }
+
+    #[test]
+    fn a_parallel_group_fans_out_and_joins() {
+        let chart = crate::conformance::trip_saga().to_mermaid();
+        for edge in [
+            "start --> s0",
+            "start --> s1",
+            "s0 -->|ok| j0",
+            "s1 -->|ok| j0",
+            "j0 --> s2",
+            "s2 -->|ok| completed",
+            // A member failing undoes the other member; the group undone, the end.
+            "s1 -.->|failed| c0",
+            "s0 -.->|failed| c1",
+            "c0 -.->|undone| failed",
+            // The step after the group undoes both members at once.
+            "s2 -.->|failed| c0",
+            "s2 -.->|failed| c1",
+            "c2 -.->|undone| c0",
+            "c2 -.->|undone| c1",
+        ] {
+            assert!(chart.contains(&format!("    {edge}\n")), "{edge}: {chart}");
+        }
+        assert!(!chart.contains("s0 -->|ok| s1"), "{chart}");
     }
 
     #[test]

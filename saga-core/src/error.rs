@@ -16,6 +16,16 @@ pub enum Error {
     /// No definition is registered under this saga type.
     #[error("unknown saga type `{0}`")]
     UnknownType(String),
+    /// The saga was started on a version of its definition that is not registered
+    /// (a deploy dropped it while instances of it still run): the instance is left as
+    /// it is until the version is registered again.
+    #[error("saga `{saga_type}` version {version} is not registered")]
+    UnknownVersion {
+        /// The saga type.
+        saga_type: String,
+        /// The version the instance was started on.
+        version: u32,
+    },
     /// The definition is unusable (no steps, duplicate names, ...).
     #[error("invalid saga definition: {0}")]
     InvalidDefinition(String),

@@ -66,14 +66,17 @@ impl fmt::Debug for SagaId {
     }
 }
 
-/// A saga instance as stored: its definition's name, state, the application's data
-/// (opaque bytes, e.g. protobuf), per-step deadlines and an optimistic-lock version.
+/// A saga instance as stored: its definition's name and version, state, the
+/// application's data (opaque bytes, e.g. protobuf), per-step deadlines and an
+/// optimistic-lock version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SagaInstance {
     /// Id.
     pub id: SagaId,
     /// Name of the [`SagaDefinition`].
     pub saga_type: String,
+    /// Version of the [`SagaDefinition`] it was started with, and is driven by.
+    pub definition_version: u32,
     /// State machine state.
     pub state: SagaState,
     /// Application data the commands are built from (order id, amount, ...).
@@ -94,6 +97,7 @@ impl SagaInstance {
         Self {
             id,
             saga_type: def.name().to_owned(),
+            definition_version: def.version(),
             state: SagaState::new(def),
             data,
             deadlines: vec![None; def.steps().len()],
@@ -128,6 +132,7 @@ impl SagaInstance {
     pub(crate) fn from_columns(
         id: &[u8],
         saga_type: String,
+        definition_version: u32,
         state: &str,
         data: Vec<u8>,
         deadlines: &str,
@@ -138,6 +143,7 @@ impl SagaInstance {
         Ok(Self {
             id: SagaId(Uuid::from_slice(id).map_err(crate::Error::storage)?),
             saga_type,
+            definition_version,
             state: serde_json::from_str(state).map_err(crate::Error::storage)?,
             data: data.into(),
             deadlines: serde_json::from_str(deadlines).map_err(crate::Error::storage)?,

@@ -62,6 +62,7 @@ fn decode(row: &MySqlRow) -> Result<SagaInstance> {
     SagaInstance::from_columns(
         &id,
         row.try_get("saga_type").map_err(get)?,
+        row.try_get::<u32, _>("definition_version").map_err(get)?,
         &state,
         row.try_get("data").map_err(get)?,
         &deadlines,

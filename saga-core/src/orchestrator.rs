@@ -1,7 +1,7 @@
 //! The orchestrator: applies events to persisted sagas and dispatches their commands in
 //! the same unit of work.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -133,7 +133,8 @@ type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 pub struct Orchestrator<S, D> {
     store: S,
     sink: D,
-    definitions: HashMap<String, Arc<SagaDefinition>>,
+    /// Per saga type, every registered version.
+    definitions: HashMap<String, BTreeMap<u32, Arc<SagaDefinition>>>,
     clock: Clock,
     default_retry: Duration,
 }
@@ -141,7 +142,14 @@ pub struct Orchestrator<S, D> {
 impl<S, D> fmt::Debug for Orchestrator<S, D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Orchestrator")
-            .field("definitions", &self.definitions.keys().collect::<Vec<_>>())
+            .field(
+                "definitions",
+                &self
+                    .definitions
+                    .iter()
+                    .map(|(name, versions)| (name, versions.keys().collect::<Vec<_>>()))
+                    .collect::<BTreeMap<_, _>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -168,7 +176,34 @@ impl<S: SagaStore, D: CommandSink<S::Tx>> Orchestrator<S, D> {
         }
     }
 
-    /// Register a saga definition under its name.
+    /// Register a saga definition under its name and [version](SagaDefinition::version)
+    /// (registering a name and version again replaces that version).
+    ///
+    /// New sagas of a type start on its **highest** registered version; every instance
+    /// records the version it started on and is driven by that version to its end. So
+    /// a deploy that changes a saga gives the new definition a new version and keeps
+    /// the old one registered until no instance of it is left
+    /// ([`SagaStore::find`] by type shows them). An instance whose version is not
+    /// registered is not driven by another one: its events fail with
+    /// [`Error::UnknownVersion`] (logged, the instance left exactly as it is) until the
+    /// version is registered again.
+    ///
+    /// ```
+    /// use saga_core::{MemorySagaStore, Orchestrator, SagaDefinition, Step};
+    /// # use saga_core::{CommandSink, Dispatched, SagaCommand, SagaInstance};
+    /// # struct Local;
+    /// # impl CommandSink<outbox::memory::MemoryTx> for Local {
+    /// #     async fn dispatch(&self, _: &mut outbox::memory::MemoryTx, _: &SagaInstance, _: &SagaCommand)
+    /// #         -> saga_core::Result<Dispatched> { Ok(Dispatched::Sent) }
+    /// # }
+    /// let v1 = SagaDefinition::new("trip").step(Step::new("book")).build().unwrap();
+    /// let v2 = SagaDefinition::new("trip").version(2)
+    ///     .step(Step::new("quote")).step(Step::new("book")).build().unwrap();
+    /// let orch = Orchestrator::new(MemorySagaStore::new(), Local).register(v1).register(v2);
+    /// assert_eq!(orch.definition("trip").unwrap().version(), 2, "new sagas start on v2");
+    /// assert_eq!(orch.definition_version("trip", 1).unwrap().steps().len(), 1);
+    /// assert!(orch.definition_version("trip", 3).is_err());
+    /// ```
     pub fn register(mut self, def: SagaDefinition) -> Self {
         // Every counter exists (at 0) from the start, for dashboards and alerts.
         let saga = def.name().to_owned();
@@ -179,7 +214,9 @@ impl<S: SagaStore, D: CommandSink<S::Tx>> Orchestrator<S, D> {
                 .increment(0);
         }
         self.definitions
-            .insert(def.name().to_owned(), Arc::new(def));
+            .entry(def.name().to_owned())
+            .or_default()
+            .insert(def.version(), Arc::new(def));
         self
     }
 
@@ -206,11 +243,33 @@ impl<S: SagaStore, D: CommandSink<S::Tx>> Orchestrator<S, D> {
         &self.sink
     }
 
-    /// A registered definition.
+    /// The definition new sagas of `saga_type` start on: its highest registered version.
     pub fn definition(&self, saga_type: &str) -> Result<&Arc<SagaDefinition>> {
         self.definitions
             .get(saga_type)
+            .and_then(|versions| versions.values().next_back())
             .ok_or_else(|| Error::UnknownType(saga_type.to_owned()))
+    }
+
+    /// Version `version` of the definition of `saga_type`.
+    pub fn definition_version(
+        &self,
+        saga_type: &str,
+        version: u32,
+    ) -> Result<&Arc<SagaDefinition>> {
+        let versions = self
+            .definitions
+            .get(saga_type)
+            .ok_or_else(|| Error::UnknownType(saga_type.to_owned()))?;
+        versions.get(&version).ok_or_else(|| Error::UnknownVersion {
+            saga_type: saga_type.to_owned(),
+            version,
+        })
+    }
+
+    /// The definition `saga` is driven by: the version it started on.
+    pub fn definition_of(&self, saga: &SagaInstance) -> Result<&Arc<SagaDefinition>> {
+        self.definition_version(&saga.saga_type, saga.definition_version)
     }
 
     /// Create saga `id` of `saga_type` with `data` inside `tx` (next to the business
@@ -246,7 +305,18 @@ impl<S: SagaStore, D: CommandSink<S::Tx>> Orchestrator<S, D> {
         async {
             let saga = self.store.load(tx, id).await?.ok_or(Error::NotFound(id))?;
             tracing::Span::current().record("saga_type", saga.saga_type.as_str());
-            let def = self.definition(&saga.saga_type)?.clone();
+            let def = match self.definition_of(&saga) {
+                Ok(def) => def.clone(),
+                Err(e) => {
+                    tracing::error!(saga_id = %id, saga_type = %saga.saga_type,
+                        definition_version = saga.definition_version, error = %e,
+                        "saga left as it is: its definition version is not registered");
+                    metrics::counter!("saga_unknown_version_total",
+                        "saga" => saga.saga_type.clone())
+                    .increment(1);
+                    return Err(e);
+                }
+            };
             let applied = self.drive(tx, &def, saga, event).await?;
             if applied.changed {
                 self.store.update(tx, &applied.saga).await?;

@@ -5,8 +5,8 @@
 /// `decode(&Row)` function in scope) over transaction type `$tx`.
 /// The columns every SQL saga store reads.
 pub(crate) const SELECT_SAGA: &str =
-    "SELECT id, saga_type, state, data, deadlines, version, created_at_ms, \
-     updated_at_ms FROM saga_instances WHERE id = ?";
+    "SELECT id, saga_type, definition_version, state, data, deadlines, version, \
+     created_at_ms, updated_at_ms FROM saga_instances WHERE id = ?";
 
 macro_rules! sql_saga_store {
     ($store:ident, $tx:ty, $version:ty, $for_update:literal) => {
@@ -14,11 +14,13 @@ macro_rules! sql_saga_store {
             async fn insert(&self, tx: &mut $tx, saga: &SagaInstance) -> Result<()> {
                 let (state, deadlines) = saga.json_columns()?;
                 sqlx::query(
-                    "INSERT INTO saga_instances (id, saga_type, status, state, data, deadlines, next_deadline, \
-                     version, created_at_ms, updated_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO saga_instances (id, saga_type, definition_version, status, state, data, \
+                     deadlines, next_deadline, version, created_at_ms, updated_at_ms) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 )
                 .bind(saga.id.0.as_bytes().as_slice())
                 .bind(&saga.saga_type)
+                .bind(i64::from(saga.definition_version))
                 .bind(saga.state.status.as_str())
                 .bind(state)
                 .bind(saga.data.as_ref())
@@ -155,8 +157,8 @@ macro_rules! sql_saga_store {
 
             async fn find(&self, query: &crate::SagaQuery) -> Result<Option<Vec<SagaInstance>>> {
                 let mut q = sqlx::QueryBuilder::new(
-                    "SELECT id, saga_type, state, data, deadlines, version, created_at_ms, \
-                     updated_at_ms FROM saga_instances WHERE 1 = 1",
+                    "SELECT id, saga_type, definition_version, state, data, deadlines, version, \
+                     created_at_ms, updated_at_ms FROM saga_instances WHERE 1 = 1",
                 );
                 if let Some(status) = query.status {
                     q.push(" AND status = ").push_bind(status.as_str());

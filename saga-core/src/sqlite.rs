@@ -48,6 +48,8 @@ fn decode(row: &SqliteRow) -> Result<SagaInstance> {
     SagaInstance::from_columns(
         &id,
         row.try_get("saga_type").map_err(get)?,
+        u32::try_from(row.try_get::<i64, _>("definition_version").map_err(get)?)
+            .map_err(Error::storage)?,
         &state,
         row.try_get("data").map_err(get)?,
         &deadlines,

@@ -394,9 +394,11 @@ where
             .await
         {
             Ok(applied) => Ok(applied),
-            Err(e @ (Error::NotFound(_) | Error::UnknownType(_))) => {
-                Err(HandlerError::permanent(e))
-            }
+            // A saga of a definition version that is not registered is dead-lettered
+            // with the reason: replay it once the version is registered again.
+            Err(
+                e @ (Error::NotFound(_) | Error::UnknownType(_) | Error::UnknownVersion { .. }),
+            ) => Err(HandlerError::permanent(e)),
             Err(e) => Err(HandlerError::infrastructure(e)),
         }
     }

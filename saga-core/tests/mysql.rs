@@ -153,3 +153,14 @@ async fn mysql_parallel_saga() {
     .await;
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_versioned_sagas() {
+    let db = db().await;
+    saga_core::conformance::versioned_sagas(
+        MySqlSagaStore::new(db.pool.clone()),
+        MySqlOutbox::new(db.pool.clone()),
+    )
+    .await;
+    db.drop_db().await;
+}

@@ -1083,3 +1083,8 @@ async fn find_answers_the_operators_query() {
 async fn memory_parallel_saga() {
     saga_core::conformance::parallel_saga(MemorySagaStore::new(), MemoryOutbox::new()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_versioned_sagas() {
+    saga_core::conformance::versioned_sagas(MemorySagaStore::new(), MemoryOutbox::new()).await;
+}

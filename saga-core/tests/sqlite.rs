@@ -93,3 +93,14 @@ async fn sqlite_parallel_saga() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_versioned_sagas() {
+    let file = temp();
+    let pool = fresh(file.path()).await;
+    saga_core::conformance::versioned_sagas(
+        SqliteSagaStore::new(pool.clone()),
+        SqliteOutbox::new(pool),
+    )
+    .await;
+}

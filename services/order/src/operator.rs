@@ -152,7 +152,7 @@ fn now_ms() -> i64 {
 fn saga_json<B: Backend>(op: &Operator<B>, s: &SagaInstance, now: i64) -> Value {
     let label = op
         .orchestrator
-        .definition(&s.saga_type)
+        .definition_of(s)
         .map(|d| s.state.label(d))
         .unwrap_or_else(|_| s.state.status.as_str().to_owned());
     let steps: Vec<Value> = s
@@ -164,6 +164,7 @@ fn saga_json<B: Backend>(op: &Operator<B>, s: &SagaInstance, now: i64) -> Value 
     json!({
         "id": s.id.0.to_string(),
         "saga_type": s.saga_type,
+        "definition_version": s.definition_version,
         "status": s.state.status.as_str(),
         "state": label,
         "steps": steps,
@@ -289,7 +290,7 @@ async fn show<B: Backend>(State(op): State<Arc<Operator<B>>>, Path(id): Path<Str
     // The definition drawn with this instance's place in it (Mermaid).
     let diagram = op
         .orchestrator
-        .definition(&saga.saga_type)
+        .definition_of(&saga)
         .ok()
         .map(|d| d.to_mermaid_at(&saga.state));
     Json(
