@@ -247,6 +247,7 @@ chaos-short:
 example: services-up
 	$(CARGO) run -p example-saga-in-memory
 	$(CARGO) run -p example-saga-sqlite
+	$(CARGO) run -p example-trip-booking
 	$(CARGO) run -p example-axum-jwt
 	$(CARGO) run -p example-outbox-mysql-kafka
 	$(CARGO) run -p example-tonic-resilience
