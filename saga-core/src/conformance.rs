@@ -62,6 +62,22 @@ impl<O: outbox::OutboxStore> crate::CommandSink<O::Tx> for OutboxSink<O> {
     }
 }
 
+/// Start a `saga_type` saga `id` in a unit of work of its own and commit it; the names
+/// of the commands it sent.
+async fn start_committed<S: SagaStore, K: crate::CommandSink<S::Tx>>(
+    orch: &crate::Orchestrator<S, K>,
+    saga_type: &str,
+    id: crate::SagaId,
+) -> Vec<String> {
+    let mut tx = orch.store().begin().await.expect("begin");
+    let applied = orch
+        .start(&mut tx, saga_type, id, Bytes::from_static(b"data"))
+        .await
+        .expect("start");
+    orch.store().commit(tx).await.expect("commit");
+    applied.sent.into_iter().map(|c| c.name).collect()
+}
+
 fn def() -> SagaDefinition {
     SagaDefinition::new("conformance")
         // Not the default version: a store must keep it.

@@ -6,8 +6,6 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-
 use super::OutboxSink;
 use crate::{Orchestrator, SagaDefinition, SagaEvent, SagaId, SagaStatus, SagaStore, Step};
 
@@ -50,18 +48,7 @@ where
         .register(trip_saga())
         .with_clock(move || c.load(Ordering::SeqCst));
     let def = trip_saga();
-    let start = |id: SagaId| {
-        let orch = &orch;
-        async move {
-            let mut tx = orch.store().begin().await.expect("begin");
-            let applied = orch
-                .start(&mut tx, "trip", id, Bytes::from_static(b"trip"))
-                .await
-                .expect("start");
-            orch.store().commit(tx).await.expect("commit");
-            applied.sent.into_iter().map(|c| c.name).collect::<Vec<_>>()
-        }
-    };
+    let start = |id: SagaId| super::start_committed(&orch, "trip", id);
     let on = |id: SagaId, event: SagaEvent| {
         let orch = &orch;
         async move {

@@ -1,8 +1,6 @@
 //! Versioned definitions across a deploy: instances finish on the version they started
 //! on, new ones start on the newest, and an instance whose version is gone is left alone.
 
-use bytes::Bytes;
-
 use super::OutboxSink;
 use crate::{Error, Orchestrator, SagaDefinition, SagaEvent, SagaId, SagaStatus, SagaStore, Step};
 
@@ -41,13 +39,7 @@ where
         orch: &Orchestrator<S, K>,
     ) -> (SagaId, Vec<String>) {
         let id = SagaId::new();
-        let mut tx = orch.store().begin().await.expect("begin");
-        let a = orch
-            .start(&mut tx, "deploy", id, Bytes::from_static(b"d"))
-            .await
-            .expect("start");
-        orch.store().commit(tx).await.expect("commit");
-        (id, a.sent.into_iter().map(|c| c.name).collect())
+        (id, super::start_committed(orch, "deploy", id).await)
     }
     async fn ok<S: SagaStore, K: crate::CommandSink<S::Tx>>(
         orch: &Orchestrator<S, K>,
