@@ -412,6 +412,12 @@ impl<B: Backend> MessageHandler<B::Tx> for ReplyHandler<B> {
             Err(saga_core::Error::NotFound(_)) => {
                 Err(HandlerError::permanent(format!("no saga {saga_id}")))
             }
+            // A saga of a version this deploy no longer registers: parked with the
+            // reason (the saga left as it is) instead of holding up its partition; replay
+            // it once the version is registered again.
+            Err(
+                e @ (saga_core::Error::UnknownVersion { .. } | saga_core::Error::UnknownType(_)),
+            ) => Err(HandlerError::permanent(e.to_string())),
             // Storage trouble and version conflicts: retried until they pass.
             Err(e) => Err(HandlerError::infrastructure(e.to_string())),
         }
