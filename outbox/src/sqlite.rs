@@ -1,8 +1,20 @@
 //! SQLite backends (feature `sqlite`) for single-process, embedded use:
 //! [`SqliteOutbox`], [`SqliteInbox`], [`SqliteIdempotencyStore`] and
-//! [`SqliteDeadLetters`]. Their unit of work is
-//! `sqlx::Transaction<'static, Sqlite>` opened with `BEGIN IMMEDIATE` (SQLite has one
-//! writer; taking the write lock up front avoids lock-upgrade failures).
+//! [`SqliteDeadLetters`]. Their unit of work is a [`SqliteTx`]: statements run on it as
+//! on a connection (`&mut **tx`), and the units of one pool take turns on one writer
+//! transaction opened with `BEGIN IMMEDIATE` (SQLite has one writer; taking the write
+//! lock up front avoids lock-upgrade failures).
+//!
+//! **Group commit.** A unit that commits while others wait for their turn does not
+//! commit alone: it hands the open transaction to the next unit (which runs in a
+//! savepoint of it, so its rollback undoes only its own work) and waits; the last unit
+//! of the group — nobody waiting, or [`MAX_GROUP`] units committed ([`set_max_group`])
+//! — commits them all
+//! at once, one disk flush for the group. Each unit's commit returns only once that
+//! `COMMIT` returned, so what a commit acknowledges is as durable as before (at the
+//! file's `synchronous` level); if the group's `COMMIT` fails, every member's commit
+//! fails and none of their writes took effect. A lone unit commits at once, as a plain
+//! transaction.
 //!
 //! Times are the application's clock (SQLite has no microsecond `NOW()`), which is
 //! right for one process. Run [`migrate`] first; [`connect`] opens a file database in
@@ -24,26 +36,25 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::idempotency::{IdempotencyStore, Reservation};
 use crate::store::{Inbox, OutboxStore, Transactional};
 use crate::{Error, Headers, MessageId, OutboxMessage, Result};
 
 mod dead_letters;
+mod group;
+mod idempotency;
 
 pub use dead_letters::{ParkedMessage, SqliteDeadLetters};
-
-/// The transaction type of the SQLite backends.
-pub type SqliteTx = Transaction<'static, Sqlite>;
+pub use group::{set_max_group, waiting as writers_waiting, SqliteTx, MAX_GROUP};
+pub use idempotency::SqliteIdempotencyStore;
 
 fn storage(e: sqlx::Error) -> Error {
     Error::storage(e)
@@ -89,14 +100,16 @@ pub async fn migrate(pool: &SqlitePool) -> Result<()> {
     m.run(pool).await.map_err(Error::storage)
 }
 
-/// Begin a write unit of work (`BEGIN IMMEDIATE`).
+/// Begin a write unit of work on `pool`: its turn on the pool's writer transaction
+/// (`BEGIN IMMEDIATE`, or a savepoint in the group transaction of the units before it).
 pub async fn begin(pool: &SqlitePool) -> Result<SqliteTx> {
-    pool.begin_with("BEGIN IMMEDIATE").await.map_err(storage)
+    group::begin(pool).await
 }
 
-/// Commit a unit of work.
+/// Commit a unit of work: returns once it is committed, with the units of its group
+/// ([`SqliteTx`]).
 pub async fn commit(tx: SqliteTx) -> Result<()> {
-    tx.commit().await.map_err(storage)
+    tx.commit().await
 }
 
 /// The statement's first five parameters: a message's id, topic, key, payload and
@@ -517,95 +530,5 @@ impl Inbox for SqliteInbox {
             .await
             .map(|r| r.rows_affected())
             .map_err(storage)
-    }
-}
-
-/// SQLite [`IdempotencyStore`]: keys survive a restart of the embedded system.
-#[derive(Debug, Clone)]
-pub struct SqliteIdempotencyStore {
-    pool: SqlitePool,
-}
-
-impl SqliteIdempotencyStore {
-    /// A store over `pool` (run [`migrate`] first).
-    pub fn new(pool: SqlitePool) -> Self {
-        Self { pool }
-    }
-}
-
-#[async_trait]
-impl IdempotencyStore for SqliteIdempotencyStore {
-    /// One statement on the common path (a new or expired key): insert the
-    /// reservation, or take over an expired one, atomically; only a live key costs a
-    /// second statement to read its state.
-    async fn reserve(&self, key: &str, ttl: Duration) -> Result<Reservation> {
-        loop {
-            let now = now_us();
-            let taken = sqlx::query(
-                "INSERT INTO idempotency_keys (key, done, result, expires_at_us) \
-                 VALUES (?1, 0, NULL, ?2) \
-                 ON CONFLICT (key) DO UPDATE SET done = 0, result = NULL, \
-                 expires_at_us = excluded.expires_at_us \
-                 WHERE idempotency_keys.expires_at_us <= ?3",
-            )
-            .bind(key)
-            .bind(now.saturating_add(ttl.as_micros() as i64))
-            .bind(now)
-            .execute(&self.pool)
-            .await
-            .map_err(storage)?
-            .rows_affected()
-                == 1;
-            if taken {
-                return Ok(Reservation::Reserved);
-            }
-            let row = sqlx::query(
-                "SELECT done, result FROM idempotency_keys WHERE key = ? AND expires_at_us > ?",
-            )
-            .bind(key)
-            .bind(now)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(storage)?;
-            // `None`: released (or expired) since the insert found it — try again.
-            if let Some(r) = row {
-                let done: i64 = r.try_get("done").map_err(storage)?;
-                return Ok(if done != 0 {
-                    let result: Option<Vec<u8>> = r.try_get("result").map_err(storage)?;
-                    Reservation::Completed(Bytes::from(result.unwrap_or_default()))
-                } else {
-                    Reservation::InProgress
-                });
-            }
-        }
-    }
-
-    async fn complete(&self, key: &str, result: &[u8], ttl: Duration) -> Result<()> {
-        sqlx::query("INSERT OR REPLACE INTO idempotency_keys (key, done, result, expires_at_us) VALUES (?, 1, ?, ?)")
-            .bind(key)
-            .bind(result)
-            .bind(now_us() + ttl.as_micros() as i64)
-            .execute(&self.pool)
-            .await
-            .map_err(storage)?;
-        Ok(())
-    }
-
-    async fn purge_expired(&self) -> Result<u64> {
-        sqlx::query("DELETE FROM idempotency_keys WHERE expires_at_us <= ?")
-            .bind(now_us())
-            .execute(&self.pool)
-            .await
-            .map(|r| r.rows_affected())
-            .map_err(storage)
-    }
-
-    async fn release(&self, key: &str) -> Result<()> {
-        sqlx::query("DELETE FROM idempotency_keys WHERE key = ? AND done = 0")
-            .bind(key)
-            .execute(&self.pool)
-            .await
-            .map_err(storage)?;
-        Ok(())
     }
 }

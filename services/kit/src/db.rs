@@ -52,6 +52,9 @@ async fn try_connect(
 /// flushed to disk before it returns; with `normal` (WAL) a commit survives the process
 /// being killed but not a power loss or OS crash, which can take back the last commits
 /// of each file — and the files (orders, payments) are not flushed together.
+/// `SQLITE_GROUP_COMMIT` (default 64): how many units of work queued behind each other
+/// may share one `COMMIT` (one disk flush; each still returns only once committed —
+/// `outbox::sqlite::SqliteTx`); `1`: every unit commits alone.
 pub async fn connect_sqlite(url: &str) -> anyhow::Result<sqlx::SqlitePool> {
     let sync = match std::env::var("SQLITE_SYNCHRONOUS").as_deref() {
         Err(_) | Ok("" | "full") => sqlx::sqlite::SqliteSynchronous::Full,
@@ -90,6 +93,13 @@ async fn open_sqlite(
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(sync)
         .busy_timeout(Duration::from_secs(5));
+    let group: usize = match std::env::var("SQLITE_GROUP_COMMIT") {
+        Err(_) => outbox::sqlite::MAX_GROUP,
+        Ok(v) => match v.parse() {
+            Ok(n) if n > 0 => n,
+            _ => anyhow::bail!("SQLITE_GROUP_COMMIT must be a positive number, not {v:?}"),
+        },
+    };
     let size: u32 = match std::env::var("SQLITE_POOL_SIZE") {
         Err(_) => 1,
         Ok(v) => match v.parse() {
@@ -97,13 +107,15 @@ async fn open_sqlite(
             _ => anyhow::bail!("SQLITE_POOL_SIZE must be a positive number, not {v:?}"),
         },
     };
-    Ok(SqlitePoolOptions::new()
+    let pool = SqlitePoolOptions::new()
         .max_connections(size)
         // A connection to a local file does not go stale: no ping (a round trip to the
         // connection's thread) before every transaction.
         .test_before_acquire(false)
         .connect_with(opts)
-        .await?)
+        .await?;
+    outbox::sqlite::set_max_group(&pool, group);
+    Ok(pool)
 }
 
 /// Make the database file at `path` readable and writable by its owner only (0600) —
