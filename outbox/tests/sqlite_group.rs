@@ -152,3 +152,29 @@ async fn a_lone_unit_commits_at_once_and_a_dropped_one_leaves_nothing() {
     commit(tx).await.unwrap();
     assert_eq!(rows(&pool).await, [1, 3]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_group_transaction_is_lost_every_member_is_told_it_failed() {
+    let (pool, _file, _) = writer().await;
+    let mut first = begin(&pool).await.unwrap();
+    insert(&mut first, 1).await.unwrap();
+    let p = pool.clone();
+    let breaker = tokio::spawn(async move {
+        let mut tx = begin(&p).await.unwrap();
+        insert(&mut tx, 2).await.unwrap();
+        // A unit that ends the group transaction under everyone's feet.
+        sqlx::query("ROLLBACK").execute(&mut *tx).await.unwrap();
+        commit(tx).await
+    });
+    queued(&pool, 1).await;
+    // The first unit hands the group on and waits for its COMMIT, which never comes.
+    let first = commit(first).await;
+    assert!(first.is_err(), "told committed, but its write was rolled back");
+    assert!(breaker.await.unwrap().is_err());
+    assert_eq!(rows(&pool).await, Vec::<i64>::new());
+    // The writer works again afterwards.
+    let mut tx = begin(&pool).await.unwrap();
+    insert(&mut tx, 3).await.unwrap();
+    commit(tx).await.unwrap();
+    assert_eq!(rows(&pool).await, [3]);
+}
