@@ -14,7 +14,9 @@
 //! `COMMIT` returned, so what a commit acknowledges is as durable as before (at the
 //! file's `synchronous` level); if the group's `COMMIT` fails, every member's commit
 //! fails and none of their writes took effect. A lone unit commits at once, as a plain
-//! transaction.
+//! transaction. Beginning and committing run to their end on a task of their own even
+//! when the caller's future is dropped half way; a unit dropped unfinished is rolled
+//! back.
 //!
 //! Times are the application's clock (SQLite has no microsecond `NOW()`), which is
 //! right for one process. Run [`migrate`] first; [`connect`] opens a file database in

@@ -180,12 +180,26 @@ impl DerefMut for SqliteTx {
 /// Begin a unit of work on `pool` (see [`SqliteTx`]).
 pub(crate) async fn begin(pool: &SqlitePool) -> Result<SqliteTx> {
     let group = group_of(pool);
-    let mut guard = {
+    let guard = {
         let mut waiting = Waiting::new(&group);
         let guard = group.slot.clone().lock_owned().await;
         waiting.served = true;
         guard
     };
+    // Once it is this unit's turn, opening it runs to its end even if the caller gives
+    // up half way (a dropped future must not leave the group transaction in between):
+    // a unit opened for nobody is dropped, which rolls it back.
+    let pool = pool.clone();
+    tokio::spawn(open(guard, group, pool))
+        .await
+        .unwrap_or_else(|e| Err(Error::storage(format!("beginning a unit of work: {e}"))))
+}
+
+async fn open(
+    mut guard: OwnedMutexGuard<Slot>,
+    group: Arc<Group>,
+    pool: SqlitePool,
+) -> Result<SqliteTx> {
     let first = guard.conn.is_none();
     if first {
         let mut conn = pool.acquire().await.map_err(storage)?;
@@ -215,31 +229,24 @@ impl SqliteTx {
     /// see the module docs of [`sqlite`](crate::sqlite)). An error means none of them
     /// took effect.
     pub async fn commit(mut self) -> Result<()> {
-        let Some(mut unit) = self.unit.take() else {
+        let Some(unit) = self.unit.take() else {
             return Ok(());
         };
-        if !unit.first {
-            if let Err(e) = unit.conn().execute("RELEASE ordersys_unit").await {
-                fail(&mut unit.guard, &e).await;
-                return Err(storage(e));
-            }
-        }
-        let (tx, rx) = oneshot::channel();
-        unit.guard.members.push(tx);
-        finish(unit.guard, &unit.group).await;
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Error::storage(e)),
-            Err(_) => Err(Error::storage("the group commit was abandoned")),
-        }
+        // Runs to its end even if the caller gives up waiting: the group's members
+        // must all be told, and the transaction never left half way.
+        tokio::spawn(commit_unit(unit))
+            .await
+            .unwrap_or_else(|e| Err(Error::storage(format!("committing a unit of work: {e}"))))
     }
 
     /// Roll back: none of the unit's writes take effect.
     pub async fn rollback(mut self) -> Result<()> {
-        match self.unit.take() {
-            Some(unit) => roll_back(unit).await,
-            None => Ok(()),
-        }
+        let Some(unit) = self.unit.take() else {
+            return Ok(());
+        };
+        tokio::spawn(roll_back(unit))
+            .await
+            .unwrap_or_else(|e| Err(Error::storage(format!("rolling back a unit of work: {e}"))))
     }
 }
 
@@ -265,6 +272,23 @@ impl Drop for SqliteTx {
                 }
             }
         }
+    }
+}
+
+async fn commit_unit(mut unit: Unit) -> Result<()> {
+    if !unit.first {
+        if let Err(e) = unit.conn().execute("RELEASE ordersys_unit").await {
+            fail(&mut unit.guard, &e).await;
+            return Err(storage(e));
+        }
+    }
+    let (tx, rx) = oneshot::channel();
+    unit.guard.members.push(tx);
+    finish(unit.guard, &unit.group).await;
+    match rx.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Error::storage(e)),
+        Err(_) => Err(Error::storage("the group commit was abandoned")),
     }
 }
 
