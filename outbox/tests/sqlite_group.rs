@@ -169,7 +169,10 @@ async fn when_the_group_transaction_is_lost_every_member_is_told_it_failed() {
     queued(&pool, 1).await;
     // The first unit hands the group on and waits for its COMMIT, which never comes.
     let first = commit(first).await;
-    assert!(first.is_err(), "told committed, but its write was rolled back");
+    assert!(
+        first.is_err(),
+        "told committed, but its write was rolled back"
+    );
     assert!(breaker.await.unwrap().is_err());
     assert_eq!(rows(&pool).await, Vec::<i64>::new());
     // The writer works again afterwards.
@@ -177,4 +180,23 @@ async fn when_the_group_transaction_is_lost_every_member_is_told_it_failed() {
     insert(&mut tx, 3).await.unwrap();
     commit(tx).await.unwrap();
     assert_eq!(rows(&pool).await, [3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_caller_gives_up_still_ends_cleanly() {
+    let (pool, _file, _) = writer().await;
+    let mut tx = begin(&pool).await.unwrap();
+    insert(&mut tx, 1).await.unwrap();
+    // The caller is dropped right after its commit started (a client that hung up).
+    tokio::select! {
+        biased;
+        _ = commit(tx) => panic!("a COMMIT does not finish within one poll"),
+        () = std::future::ready(()) => {}
+    }
+    // The commit ran to its end: the next unit starts a transaction of its own and is
+    // told the truth about it.
+    let mut tx = begin(&pool).await.unwrap();
+    insert(&mut tx, 2).await.unwrap();
+    commit(tx).await.unwrap();
+    assert_eq!(rows(&pool).await, [1, 2]);
 }
