@@ -67,6 +67,7 @@ pub mod redis;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 mod token;
+mod verified;
 
 #[cfg(feature = "tower")]
 pub mod layer;

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use uuid::Uuid;
 
+use crate::verified::VerifiedTokens;
 use crate::{Claims, Error, Result, SigningKey, VerifyingKey};
 
 /// Source of "now" in unix seconds. The system clock by default; tests pin it.
@@ -185,6 +186,7 @@ pub struct TokenValidator {
     audience: String,
     leeway: Duration,
     clock: Clock,
+    verified: Option<Arc<VerifiedTokens>>,
 }
 
 impl TokenValidator {
@@ -198,6 +200,7 @@ impl TokenValidator {
             audience: audience.into(),
             leeway: DEFAULT_LEEWAY,
             clock: Clock::system(),
+            verified: None,
         }
     }
 
@@ -211,6 +214,37 @@ impl TokenValidator {
     pub fn with_clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         self
+    }
+
+    /// Remember up to `capacity` tokens that validated, so that the same token shown
+    /// again (every request of a session, and again at each service it is forwarded
+    /// to) is not parsed and its signature not checked again — for Ed25519 that check
+    /// is most of a validation's cost. Its time window (`nbf`, `exp`, with the leeway)
+    /// is still checked at every use; a token is remembered by its whole text, so one
+    /// that differs in any byte is verified afresh, and one that failed is never
+    /// remembered. When full, expired tokens are forgotten first, then all. Clones of
+    /// this validator share the memo; `0` turns it off (the default).
+    ///
+    /// ```
+    /// use authz::{SigningKey, TokenIssuer};
+    ///
+    /// let key = SigningKey::hs256(b"an example secret of 32 bytes!!!").unwrap();
+    /// let issuer = TokenIssuer::new(key, "ordersys", "ordersys-api");
+    /// let validator = issuer.validator().with_verified_cache(10_000);
+    /// let token = issuer.issue("alice").unwrap().token;
+    /// assert_eq!(validator.validate(&token).unwrap().sub, "alice"); // verified
+    /// assert_eq!(validator.validate(&token).unwrap().sub, "alice"); // remembered
+    /// assert_eq!(validator.verified_tokens(), 1);
+    /// ```
+    pub fn with_verified_cache(mut self, capacity: usize) -> Self {
+        self.verified = (capacity > 0).then(|| Arc::new(VerifiedTokens::new(capacity)));
+        self
+    }
+
+    /// How many verified tokens are remembered (see
+    /// [`with_verified_cache`](Self::with_verified_cache)).
+    pub fn verified_tokens(&self) -> usize {
+        self.verified.as_ref().map_or(0, |v| v.len())
     }
 
     /// The configured leeway.
@@ -229,6 +263,11 @@ impl TokenValidator {
     /// validator's, `jti` is not empty, and now is within `nbf..=exp` give or take the
     /// leeway.
     pub fn validate(&self, token: &str) -> Result<Claims> {
+        let now = self.clock.now();
+        if let Some(claims) = self.verified.as_ref().and_then(|v| v.get(token)) {
+            self.check_window(&claims, now)?;
+            return Ok(claims);
+        }
         let claims: Claims = crate::jws::decode(token, self.key.verifier())?;
         if claims.iss != self.issuer {
             return Err(Error::InvalidIssuer);
@@ -239,14 +278,26 @@ impl TokenValidator {
         if claims.jti.is_empty() {
             return Err(Error::Malformed("empty jti".into()));
         }
-        let now = self.clock.now();
-        let leeway = self.leeway.as_secs() as i64;
+        self.check_window(&claims, now)?;
+        if let Some(verified) = &self.verified {
+            verified.insert(token, &claims, now.saturating_sub(self.leeway_secs()));
+        }
+        Ok(claims)
+    }
+
+    fn leeway_secs(&self) -> i64 {
+        self.leeway.as_secs() as i64
+    }
+
+    /// `now` within `nbf..=exp`, give or take the leeway.
+    fn check_window(&self, claims: &Claims, now: i64) -> Result<()> {
+        let leeway = self.leeway_secs();
         if now > claims.exp.saturating_add(leeway) {
             return Err(Error::Expired);
         }
         if now < claims.nbf.saturating_sub(leeway) {
             return Err(Error::NotYetValid);
         }
-        Ok(claims)
+        Ok(())
     }
 }

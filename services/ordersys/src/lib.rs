@@ -54,6 +54,9 @@ pub struct Config {
     /// Seconds an expired token is still accepted, for clock skew (`JWT_LEEWAY_SECS`,
     /// default 5).
     pub jwt_leeway_secs: u64,
+    /// Tokens that validated, remembered so that a session's token is verified once
+    /// (`JWT_VERIFIED_TOKENS`, default 10,000; `0` verifies every time).
+    pub jwt_verified_tokens: usize,
     /// Requests per minute per client IP (`RATE_LIMIT_PER_MINUTE`, default 100).
     pub rate_limit_per_minute: u32,
     /// Proxies whose `X-Forwarded-For` is believed (`TRUSTED_PROXIES`, comma-separated
@@ -86,6 +89,7 @@ impl Default for Config {
             jwt_secret: Secret::default(),
             jwt_ttl_secs: 900,
             jwt_leeway_secs: 5,
+            jwt_verified_tokens: 10_000,
             rate_limit_per_minute: 100,
             trusted_proxies: String::new(),
             body_limit_bytes: 64 * 1024,
@@ -180,6 +184,7 @@ pub async fn run(
     };
     let leeway = |jwt: Jwt| Jwt {
         jwt_leeway_secs: config.jwt_leeway_secs,
+        jwt_verified_tokens: config.jwt_verified_tokens,
         ..jwt
     };
     // Only the user service signs; the others are given what verifies.

@@ -10,7 +10,7 @@ use super::Secret;
 /// `JWT_PRIVATE_KEY` + `JWT_PUBLIC_KEY` (EdDSA, the default of every deployment: only
 /// the user service holds the private key, the others the public one) or `JWT_SECRET`
 /// (HS256, one secret shared by all — each holder can mint tokens), `JWT_ISSUER`,
-/// `JWT_AUDIENCE`, `JWT_LEEWAY_SECS`.
+/// `JWT_AUDIENCE`, `JWT_LEEWAY_SECS`, `JWT_VERIFIED_TOKENS`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct Jwt {
@@ -29,6 +29,11 @@ pub struct Jwt {
     /// Seconds an expired (or not yet valid) token is still accepted, for clock skew
     /// (`JWT_LEEWAY_SECS`, default 5); a logout revokes a token this much longer.
     pub jwt_leeway_secs: u64,
+    /// How many tokens that validated each process remembers, so that a session's
+    /// token is verified once, not at every request and again at every service it is
+    /// forwarded to; expiry is still checked at each use (`JWT_VERIFIED_TOKENS`,
+    /// default 10,000 — a token and its claims are ≈ 1 KiB; `0` verifies every time).
+    pub jwt_verified_tokens: usize,
 }
 
 impl Default for Jwt {
@@ -40,6 +45,7 @@ impl Default for Jwt {
             jwt_issuer: "ordersys".into(),
             jwt_audience: "ordersys-api".into(),
             jwt_leeway_secs: 5,
+            jwt_verified_tokens: 10_000,
         }
     }
 }
@@ -117,11 +123,13 @@ impl Jwt {
             .map_err(|e| anyhow::anyhow!("JWT_SECRET: {e}"))
     }
 
-    /// The validator of the tokens issued under these settings.
+    /// The validator of the tokens issued under these settings, remembering up to
+    /// `jwt_verified_tokens` tokens that validated (`TokenValidator::with_verified_cache`).
     pub fn validator(&self) -> anyhow::Result<authz::TokenValidator> {
         Ok(
             authz::TokenValidator::new(self.verifying_key()?, &self.jwt_issuer, &self.jwt_audience)
-                .with_leeway(std::time::Duration::from_secs(self.jwt_leeway_secs)),
+                .with_leeway(std::time::Duration::from_secs(self.jwt_leeway_secs))
+                .with_verified_cache(self.jwt_verified_tokens),
         )
     }
 
@@ -158,17 +166,25 @@ mod tests {
                 "JWT_LEEWAY_SECS",
                 "JWT_PRIVATE_KEY",
                 "JWT_PUBLIC_KEY",
-                "JWT_SECRET"
+                "JWT_SECRET",
+                "JWT_VERIFIED_TOKENS"
             ]
         );
         let jwt = Jwt::with_secret("a-secret-of-at-least-thirty-two-bytes!");
         let issuer =
             authz::TokenIssuer::new(jwt.signing_key().unwrap(), "ordersys", "ordersys-api");
         let token = issuer.issue("user-1").unwrap();
-        assert_eq!(
-            jwt.validator().unwrap().validate(&token.token).unwrap().sub,
-            "user-1"
-        );
+        let validator = jwt.validator().unwrap();
+        assert_eq!(validator.validate(&token.token).unwrap().sub, "user-1");
+        assert_eq!(validator.verified_tokens(), 1, "remembered by default");
+        let every_time = Jwt {
+            jwt_verified_tokens: 0,
+            ..jwt.clone()
+        }
+        .validator()
+        .unwrap();
+        every_time.validate(&token.token).unwrap();
+        assert_eq!(every_time.verified_tokens(), 0);
         let other = Jwt {
             jwt_audience: "elsewhere".into(),
             ..jwt.clone()
