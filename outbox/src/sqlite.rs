@@ -213,24 +213,6 @@ impl SqliteOutbox {
         }
     }
 
-    /// Arm the connection of `tx` to signal [`commit_signal`](OutboxStore::commit_signal)
-    /// once, at its next commit — the commit of `tx` (a rollback leaves it armed, and the
-    /// connection's next commit gives the relay one needless look). Any commit of the
-    /// transaction signals, whichever store's `commit` (or `sqlx`'s own) ends it.
-    async fn wake_relay_on_commit(&self, tx: &mut SqliteTx) -> Result<()> {
-        let committed = self.committed.clone();
-        let mut armed = true;
-        let mut handle = tx.lock_handle().await.map_err(storage)?;
-        handle.set_commit_hook(move || {
-            if std::mem::take(&mut armed) {
-                committed.notify_one();
-            }
-            // `false` would turn the commit into a rollback.
-            true
-        });
-        Ok(())
-    }
-
     /// A connection, and whether the relay's bookkeeping on it must relax and restore its
     /// `synchronous` level: the SQL that restores it (`None`: it already waits for no
     /// disk).
@@ -372,7 +354,9 @@ impl OutboxStore for SqliteOutbox {
             }
             _ => storage(e),
         })?;
-        self.wake_relay_on_commit(tx).await
+        // The relay looks once the unit's commit succeeded (not on a rollback).
+        tx.notify_on_commit(&self.committed);
+        Ok(())
     }
 
     async fn claim(

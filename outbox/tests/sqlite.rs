@@ -198,9 +198,9 @@ async fn relay_bookkeeping_leaves_a_full_sync_connection_full() {
 }
 
 /// A relay polling once an hour publishes at once when a unit of work that enqueued
-/// commits — whichever way it commits (the outbox's `commit`,
-/// or `sqlx`'s own on the shared transaction) — and when its handle is woken. A
-/// rolled-back unit of work publishes nothing.
+/// commits — whichever way it commits (the outbox's `commit` or the unit's own
+/// `SqliteTx::commit`) — and when its handle is woken. A rolled-back unit of work
+/// publishes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_wakes_on_commit_without_waiting_for_its_poll() {
     use outbox::memory::MemoryBroker;
@@ -246,11 +246,11 @@ async fn the_relay_wakes_on_commit_without_waiting_for_its_poll() {
     // Woken by the commit through the outbox.
     store.commit(enqueue("second").await).await.unwrap();
     published(2, "the commit through the outbox did not wake the relay").await;
-    // A rollback: nothing to publish. Then a commit by sqlx itself wakes the relay.
+    // A rollback: nothing to publish. Then the unit's own commit wakes the relay.
     enqueue("rolled back").await.rollback().await.unwrap();
     let tx = enqueue("third").await;
     tx.commit().await.unwrap();
-    published(3, "sqlx's own commit did not wake the relay").await;
+    published(3, "the unit's own commit did not wake the relay").await;
     // A row written without the outbox (as another process would): no commit signal,
     // the relay's handle wakes it.
     let handle = relay_handle;

@@ -89,6 +89,35 @@ async fn units_queued_behind_each_other_commit_together() {
     assert!(n < 10, "41 units took {n} commits: not grouped");
 }
 
+/// `set_max_group(pool, 2)`: five units queued behind each other commit as 2 + 2 + 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_holds_at_most_max_group_committed_units() {
+    let (pool, _file, commits) = writer().await;
+    outbox::sqlite::set_max_group(&pool, 2);
+    let mut first = begin(&pool).await.unwrap();
+    insert(&mut first, 1).await.unwrap();
+    let mut tasks = Vec::new();
+    for n in 2..=5 {
+        let p = pool.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tx = begin(&p).await.unwrap();
+            insert(&mut tx, n).await.unwrap();
+            commit(tx).await.unwrap();
+        }));
+        queued(&pool, tasks.len()).await;
+    }
+    commit(first).await.unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(rows(&pool).await, [1, 2, 3, 4, 5]);
+    assert_eq!(
+        commits.load(Ordering::SeqCst),
+        3,
+        "groups of two: 2 + 2 + 1"
+    );
+}
+
 /// Wait until `n` units wait for their turn on `pool`'s writer (queued behind the open
 /// unit).
 async fn queued(pool: &SqlitePool, n: usize) {
@@ -134,6 +163,47 @@ async fn a_unit_rolled_back_inside_a_group_takes_only_its_own_writes() {
     insert(&mut tx, 5).await.unwrap();
     commit(tx).await.unwrap();
     assert_eq!(rows(&pool).await, [1, 2, 5]);
+}
+
+/// Units in a fixed order behind an open one — rolled back, committed, dropped,
+/// committed, rolled back: each later unit starts where the one before left the group
+/// transaction, and the group — ended by a rolled-back unit — still commits once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn units_after_a_rolled_back_one_in_the_same_group_keep_their_writes() {
+    let (pool, _file, commits) = writer().await;
+    let mut first = begin(&pool).await.unwrap();
+    insert(&mut first, 1).await.unwrap();
+    let mut tasks = Vec::new();
+    for (n, end) in [
+        (2, "rollback"),
+        (3, "commit"),
+        (4, "drop"),
+        (5, "commit"),
+        (6, "rollback"),
+    ] {
+        let p = pool.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tx = begin(&p).await.unwrap();
+            insert(&mut tx, n).await.unwrap();
+            match end {
+                "rollback" => tx.rollback().await.unwrap(),
+                "drop" => drop(tx),
+                _ => commit(tx).await.unwrap(),
+            }
+        }));
+        // The writer's queue is first come, first served: this fixes the order.
+        queued(&pool, tasks.len()).await;
+    }
+    commit(first).await.unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(rows(&pool).await, [1, 3, 5]);
+    assert_eq!(
+        commits.load(Ordering::SeqCst),
+        1,
+        "the group committed more than once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,8 +5,9 @@
 //! connection: the first opens the transaction (`BEGIN IMMEDIATE`); when it commits while
 //! others wait for their turn, it does not `COMMIT` but hands the open transaction to the
 //! next one and waits. Each later unit runs inside a savepoint of that transaction (its
-//! rollback undoes only its own work) and, at its commit, releases the savepoint and
-//! hands on or — when nobody waits, or [`MAX_GROUP`] units wait for the flush — commits
+//! rollback undoes only its own work; the unit handing on opens it for the next, in the
+//! same round trip to the connection as its own release) and, at its commit, releases
+//! the savepoint and hands on or — when nobody waits, or [`MAX_GROUP`] units wait for the flush — commits
 //! the whole group. Every member's `commit` returns only after that `COMMIT` returned:
 //! what a commit acknowledges is on disk exactly as before (at the file's `synchronous`
 //! level), and a failed group `COMMIT` fails every member's commit (none of them took
@@ -19,7 +20,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 use sqlx::pool::PoolConnection;
 use sqlx::{Executor, Sqlite, SqliteConnection, SqlitePool};
-use tokio::sync::{oneshot, Mutex as AsyncMutex, OwnedMutexGuard};
+use tokio::sync::{oneshot, Mutex as AsyncMutex, Notify, OwnedMutexGuard};
 
 use crate::{Error, Result};
 
@@ -65,6 +66,8 @@ pub fn set_max_group(pool: &SqlitePool, max: usize) {
 struct Slot {
     /// The connection while a group transaction is open on it.
     conn: Option<PoolConnection<Sqlite>>,
+    /// A savepoint is open on it, fresh, for the next unit.
+    savepoint: bool,
     /// Committed units waiting for the group's `COMMIT`.
     members: Vec<oneshot::Sender<std::result::Result<(), String>>>,
 }
@@ -140,6 +143,8 @@ struct Unit {
     /// It opened the group transaction (so it has no savepoint: until it hands on, the
     /// transaction is its own).
     first: bool,
+    /// Signalled once the unit's commit succeeded.
+    on_commit: Vec<Arc<Notify>>,
 }
 
 impl std::fmt::Debug for SqliteTx {
@@ -180,13 +185,20 @@ impl DerefMut for SqliteTx {
 /// Begin a unit of work on `pool` (see [`SqliteTx`]).
 pub(crate) async fn begin(pool: &SqlitePool) -> Result<SqliteTx> {
     let group = group_of(pool);
-    let guard = {
+    let mut guard = {
         let mut waiting = Waiting::new(&group);
         let guard = group.slot.clone().lock_owned().await;
         waiting.served = true;
         guard
     };
-    // Once it is this unit's turn, opening it runs to its end even if the caller gives
+    if guard.conn.is_some() {
+        // A group transaction is open: the unit before opened this one's savepoint in
+        // it (`finish` never hands on without one), nothing to run.
+        debug_assert!(guard.savepoint, "a group handed on without a savepoint");
+        guard.savepoint = false;
+        return Ok(SqliteTx::new(guard, group, false));
+    }
+    // Once it is this unit's turn, opening the group transaction runs to its end even if the caller gives
     // up half way (a dropped future must not leave the group transaction in between):
     // a unit opened for nobody is dropped, which rolls it back.
     let pool = pool.clone();
@@ -195,36 +207,42 @@ pub(crate) async fn begin(pool: &SqlitePool) -> Result<SqliteTx> {
         .unwrap_or_else(|e| Err(Error::storage(format!("beginning a unit of work: {e}"))))
 }
 
+/// Open the group transaction, for its first unit.
 async fn open(
     mut guard: OwnedMutexGuard<Slot>,
     group: Arc<Group>,
     pool: SqlitePool,
 ) -> Result<SqliteTx> {
-    let first = guard.conn.is_none();
-    if first {
-        let mut conn = pool.acquire().await.map_err(storage)?;
-        if let Err(e) = conn.execute("BEGIN IMMEDIATE").await {
-            // Nothing was opened: the connection goes back as it came.
-            return Err(storage(e));
-        }
-        guard.conn = Some(conn);
-    } else {
-        let conn = guard.conn.as_mut().expect("open group");
-        if let Err(e) = conn.execute("SAVEPOINT ordersys_unit").await {
-            fail(&mut guard, &e).await;
-            return Err(storage(e));
-        }
+    let mut conn = pool.acquire().await.map_err(storage)?;
+    if let Err(e) = conn.execute("BEGIN IMMEDIATE").await {
+        // Nothing was opened: the connection goes back as it came.
+        return Err(storage(e));
     }
-    Ok(SqliteTx {
-        unit: Some(Unit {
-            guard,
-            group,
-            first,
-        }),
-    })
+    guard.conn = Some(conn);
+    Ok(SqliteTx::new(guard, group, true))
 }
 
 impl SqliteTx {
+    fn new(guard: OwnedMutexGuard<Slot>, group: Arc<Group>, first: bool) -> Self {
+        Self {
+            unit: Some(Unit {
+                guard,
+                group,
+                first,
+                on_commit: Vec::new(),
+            }),
+        }
+    }
+
+    /// Signal `signal` (`notify_one`) once this unit's commit has succeeded — never on
+    /// a rollback; the same signal given twice is signalled once.
+    pub(crate) fn notify_on_commit(&mut self, signal: &Arc<Notify>) {
+        let unit = self.unit.as_mut().expect("unit of work still open");
+        if !unit.on_commit.iter().any(|s| Arc::ptr_eq(s, signal)) {
+            unit.on_commit.push(signal.clone());
+        }
+    }
+
     /// Commit: returns once the unit's writes are committed (with the group it joined,
     /// see the module docs of [`sqlite`](crate::sqlite)). An error means none of them
     /// took effect.
@@ -264,6 +282,7 @@ impl Drop for SqliteTx {
             // No runtime left to roll back on: the connection is closed instead (its
             // open transaction dies with it), and the members waiting learn it failed.
             Err(_) => {
+                unit.guard.savepoint = false;
                 if let Some(mut conn) = unit.guard.conn.take() {
                     conn.close_on_drop();
                 }
@@ -276,17 +295,32 @@ impl Drop for SqliteTx {
 }
 
 async fn commit_unit(mut unit: Unit) -> Result<()> {
+    let (tx, rx) = oneshot::channel();
+    unit.guard.members.push(tx);
     if !unit.first {
-        if let Err(e) = unit.conn().execute("RELEASE ordersys_unit").await {
+        // Someone waits: open their savepoint in the same round trip (`finish` opens it
+        // if the guess was wrong; an unused one is committed or rolled back with the
+        // group).
+        let sql = if hand_on(&unit.guard, &unit.group) {
+            unit.guard.savepoint = true;
+            "RELEASE ordersys_unit; SAVEPOINT ordersys_unit"
+        } else {
+            "RELEASE ordersys_unit"
+        };
+        if let Err(e) = unit.conn().execute(sql).await {
+            // Tells every member, this unit too.
             fail(&mut unit.guard, &e).await;
             return Err(storage(e));
         }
     }
-    let (tx, rx) = oneshot::channel();
-    unit.guard.members.push(tx);
     finish(unit.guard, &unit.group).await;
     match rx.await {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(())) => {
+            for signal in unit.on_commit {
+                signal.notify_one();
+            }
+            Ok(())
+        }
         Ok(Err(e)) => Err(Error::storage(e)),
         Err(_) => Err(Error::storage("the group commit was abandoned")),
     }
@@ -302,10 +336,9 @@ async fn roll_back(mut unit: Unit) -> Result<()> {
         }
         return result.map(drop).map_err(storage);
     }
-    let result = unit
-        .conn()
-        .execute("ROLLBACK TO ordersys_unit; RELEASE ordersys_unit")
-        .await;
+    // `ROLLBACK TO` leaves the savepoint open: fresh again, for the next unit.
+    let result = unit.conn().execute("ROLLBACK TO ordersys_unit").await;
+    unit.guard.savepoint = true;
     if let Err(e) = result {
         fail(&mut unit.guard, &e).await;
         return Err(storage(e));
@@ -320,11 +353,24 @@ async fn finish(mut guard: OwnedMutexGuard<Slot>, group: &Group) {
     if guard.conn.is_none() {
         return;
     }
-    let room = guard.members.len() < group.max.load(Ordering::SeqCst);
-    if group.waiting.load(Ordering::SeqCst) > 0 && room {
+    if hand_on(&guard, group) {
+        if !guard.savepoint {
+            let opened = guard
+                .conn
+                .as_mut()
+                .expect("open group")
+                .execute("SAVEPOINT ordersys_unit")
+                .await;
+            if let Err(e) = opened {
+                fail(&mut guard, &e).await;
+                return;
+            }
+            guard.savepoint = true;
+        }
         // The next unit takes the lock (a waiter that gives up flushes, see `flush`).
         return;
     }
+    guard.savepoint = false;
     if guard.members.is_empty() {
         // Only rolled-back work in it: nothing to commit.
         let conn = guard.conn.as_mut().expect("open group");
@@ -351,9 +397,17 @@ async fn finish(mut guard: OwnedMutexGuard<Slot>, group: &Group) {
     }
 }
 
+/// Whether the group goes on to a waiting unit: someone waits, and it has room for
+/// more committed units than it holds.
+fn hand_on(slot: &Slot, group: &Group) -> bool {
+    let room = slot.members.len() < group.max.load(Ordering::SeqCst);
+    group.waiting.load(Ordering::SeqCst) > 0 && room
+}
+
 /// The group transaction failed: roll back what is left of it, close its connection
 /// and fail every member waiting for it.
 async fn fail(slot: &mut Slot, e: &sqlx::Error) {
+    slot.savepoint = false;
     if let Some(mut conn) = slot.conn.take() {
         let _ = conn.execute("ROLLBACK").await;
         conn.close_on_drop();
