@@ -54,6 +54,40 @@ pub trait IdempotencyStore: Send + Sync {
     async fn complete(&self, key: &str, result: &[u8], ttl: Duration) -> Result<()>;
     /// Drop a reservation whose work failed, so a retry may run.
     async fn release(&self, key: &str) -> Result<()>;
+    /// The result stored for `key` if it was [completed](Self::complete) and has not
+    /// expired — a read that reserves nothing, and `None` for a free or a reserved key.
+    ///
+    /// For callers whose database already guards against doing the work twice (a
+    /// unique key written in the same transaction as the work): they need no
+    /// reservation to hold a second caller off, only the earlier answer to give again —
+    /// one read where a reservation costs a write, and a release on failure.
+    ///
+    /// The default asks [`reserve`](Self::reserve) and releases what it reserved; the
+    /// stores of this crate answer with a plain read.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use outbox::idempotency::{IdempotencyStore, MemoryIdempotencyStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> outbox::Result<()> {
+    /// let store = MemoryIdempotencyStore::new();
+    /// assert_eq!(store.completed("debit:o-17").await?, None);
+    /// store.complete("debit:o-17", b"paid", Duration::from_secs(60)).await?;
+    /// assert_eq!(store.completed("debit:o-17").await?, Some("paid".into()));
+    /// # Ok(())
+    /// # }
+    /// ```
+    async fn completed(&self, key: &str) -> Result<Option<Bytes>> {
+        Ok(match self.reserve(key, Duration::from_secs(60)).await? {
+            Reservation::Completed(result) => Some(result),
+            Reservation::Reserved => {
+                self.release(key).await?;
+                None
+            }
+            Reservation::InProgress => None,
+        })
+    }
     /// Delete expired keys; returns how many. Stores whose keys expire by themselves
     /// (Redis) have nothing to do and return 0; table-backed stores must be purged
     /// periodically or they grow forever.
@@ -113,6 +147,13 @@ impl IdempotencyStore for MemoryIdempotencyStore {
                 Ok(Reservation::Reserved)
             }
         }
+    }
+
+    async fn completed(&self, key: &str) -> Result<Option<Bytes>> {
+        Ok(match lock(&self.slots).get(key) {
+            Some((Slot::Done(result), until)) if *until > Instant::now() => Some(result.clone()),
+            _ => None,
+        })
     }
 
     async fn complete(&self, key: &str, result: &[u8], ttl: Duration) -> Result<()> {
@@ -285,6 +326,19 @@ return 0
                 (1, _) => Reservation::Reserved,
                 (_, Some(&DONE)) => Reservation::Completed(Bytes::copy_from_slice(&value[1..])),
                 _ => Reservation::InProgress,
+            })
+        }
+
+        async fn completed(&self, key: &str) -> Result<Option<Bytes>> {
+            let mut conn = self.conn.clone();
+            let value: Option<Vec<u8>> = redis::cmd("GET")
+                .arg(format!("{}{key}", self.prefix))
+                .query_async(&mut conn)
+                .await
+                .map_err(Error::storage)?;
+            Ok(match value {
+                Some(v) if v.first() == Some(&DONE) => Some(Bytes::copy_from_slice(&v[1..])),
+                _ => None,
             })
         }
 

@@ -2,11 +2,37 @@
 //! Redis for real (`REDIS_URL`, default the local server; see scripts/services-up).
 
 use outbox::conformance::{cache_all, idempotency_all};
-use outbox::idempotency::{MemoryCache, MemoryIdempotencyStore};
+use std::time::Duration;
+
+use outbox::idempotency::{IdempotencyStore, MemoryCache, MemoryIdempotencyStore, Reservation};
 
 #[tokio::test(start_paused = true)]
 async fn memory_idempotency_conformance() {
     idempotency_all(&MemoryIdempotencyStore::new()).await;
+}
+
+/// A store with only the required methods: `completed` is the trait's default.
+struct RequiredOnly(MemoryIdempotencyStore);
+
+#[async_trait::async_trait]
+impl IdempotencyStore for RequiredOnly {
+    async fn reserve(&self, key: &str, ttl: Duration) -> outbox::Result<Reservation> {
+        self.0.reserve(key, ttl).await
+    }
+    async fn complete(&self, key: &str, result: &[u8], ttl: Duration) -> outbox::Result<()> {
+        self.0.complete(key, result, ttl).await
+    }
+    async fn release(&self, key: &str) -> outbox::Result<()> {
+        self.0.release(key).await
+    }
+    async fn purge_expired(&self) -> outbox::Result<u64> {
+        self.0.purge_expired().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_completed_meets_the_contract() {
+    idempotency_all(&RequiredOnly(MemoryIdempotencyStore::new())).await;
 }
 
 #[tokio::test(start_paused = true)]

@@ -58,6 +58,18 @@ async fn sqlite_inbox_and_idempotency_conformance() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_idempotency_conformance_with_readers_of_their_own() {
+    let (pool, file) = fresh().await;
+    let readers = connect(file.path().to_str().unwrap()).await.unwrap();
+    conformance::idempotency_all(
+        &SqliteIdempotencyStore::new(pool.clone()).with_readers(readers.clone()),
+    )
+    .await;
+    readers.close().await;
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_outbox_survives_a_reopen() {
     use outbox::{OutboxMessage, OutboxStore, Transactional};
     let (pool, file) = fresh().await;

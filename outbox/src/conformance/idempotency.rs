@@ -5,8 +5,8 @@ use std::time::Duration;
 
 /// [`IdempotencyStore`](crate::idempotency::IdempotencyStore) contract: reserve once,
 /// in-progress while pending, the stored result after completion, release re-opens a
-/// pending key but never a completed one, expiry frees the key. Concurrent reserves:
-/// exactly one wins.
+/// pending key but never a completed one, expiry frees the key, `completed` reads a
+/// live result only and disturbs no reservation. Concurrent reserves: exactly one wins.
 pub async fn idempotency_all<S: crate::idempotency::IdempotencyStore>(store: &S) {
     use crate::idempotency::Reservation;
     let day = Duration::from_secs(86_400);
@@ -39,12 +39,45 @@ pub async fn idempotency_all<S: crate::idempotency::IdempotencyStore>(store: &S)
         .count();
     assert_eq!(winners, 1);
 
+    // `completed` reads the result only, and leaves a reservation as it is.
+    let read = format!("k-{}", uuid::Uuid::new_v4());
+    assert_eq!(store.completed(&read).await.unwrap(), None, "a free key");
+    assert_eq!(
+        store.reserve(&read, day).await.unwrap(),
+        Reservation::Reserved
+    );
+    assert_eq!(
+        store.completed(&read).await.unwrap(),
+        None,
+        "a reserved key"
+    );
+    assert_eq!(
+        store.reserve(&read, day).await.unwrap(),
+        Reservation::InProgress,
+        "completed() released someone's reservation"
+    );
+    store.complete(&read, b"\x00read\xff", day).await.unwrap();
+    assert_eq!(
+        store.completed(&read).await.unwrap(),
+        Some(bytes::Bytes::from_static(b"\x00read\xff"))
+    );
+    let ended = format!("k-{}", uuid::Uuid::new_v4());
+    store
+        .complete(&ended, b"gone", Duration::from_millis(300))
+        .await
+        .unwrap();
+
     let short = format!("k-{}", uuid::Uuid::new_v4());
     store
         .reserve(&short, Duration::from_millis(300))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        store.completed(&ended).await.unwrap(),
+        None,
+        "an expired result"
+    );
     assert_eq!(
         store.reserve(&short, day).await.unwrap(),
         Reservation::Reserved

@@ -15,12 +15,26 @@ use crate::Result;
 #[derive(Debug, Clone)]
 pub struct SqliteIdempotencyStore {
     pool: SqlitePool,
+    /// Where [`completed`](IdempotencyStore::completed) reads: `pool` unless
+    /// [`with_readers`](Self::with_readers) gave connections of their own.
+    readers: SqlitePool,
 }
 
 impl SqliteIdempotencyStore {
     /// A store over `pool` (run [`migrate`](super::migrate) first).
     pub fn new(pool: SqlitePool) -> Self {
-        Self { pool }
+        Self {
+            readers: pool.clone(),
+            pool,
+        }
+    }
+
+    /// Answer [`completed`](IdempotencyStore::completed) from `readers` — connections
+    /// to the same file (read-only ones will do) — so that the read waits neither for
+    /// the writes queued on `pool` nor, in WAL mode, for the file's writer.
+    pub fn with_readers(mut self, readers: SqlitePool) -> Self {
+        self.readers = readers;
+        self
     }
 }
 
@@ -69,6 +83,22 @@ impl IdempotencyStore for SqliteIdempotencyStore {
                 });
             }
         }
+    }
+
+    async fn completed(&self, key: &str) -> Result<Option<Bytes>> {
+        let row = sqlx::query(
+            "SELECT result FROM idempotency_keys WHERE key = ? AND done = 1 AND expires_at_us > ?",
+        )
+        .bind(key)
+        .bind(now_us())
+        .fetch_optional(&self.readers)
+        .await
+        .map_err(storage)?;
+        row.map(|r| {
+            let result: Option<Vec<u8>> = r.try_get("result").map_err(storage)?;
+            Ok(Bytes::from(result.unwrap_or_default()))
+        })
+        .transpose()
     }
 
     async fn complete(&self, key: &str, result: &[u8], ttl: Duration) -> Result<()> {
