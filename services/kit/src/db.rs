@@ -160,6 +160,19 @@ pub async fn sqlite_idempotency_keys(url: &str) -> anyhow::Result<sqlx::SqlitePo
     Ok(keys)
 }
 
+/// [`sqlite_idempotency_keys`] as a store whose lookups of completed keys
+/// ([`completed`](outbox::idempotency::IdempotencyStore::completed)) read on connections
+/// of their own ([`connect_sqlite_readers`]): a handler asking inside its unit of work
+/// waits neither for the keys' writes queued on the one writing connection nor for the
+/// file's writer.
+pub async fn sqlite_idempotency_store(
+    url: &str,
+) -> anyhow::Result<outbox::sqlite::SqliteIdempotencyStore> {
+    let keys = sqlite_idempotency_keys(url).await?;
+    let readers = connect_sqlite_readers(&sibling_sqlite(url, "idempotency")).await?;
+    Ok(outbox::sqlite::SqliteIdempotencyStore::new(keys).with_readers(readers))
+}
+
 /// Read-only connections (`SQLITE_READERS`, default 2) to the SQLite database `url`
 /// names, for reads outside transactions: in WAL mode a reader sees every committed
 /// write and never waits for the writer, nor it for them. Open the writing pool

@@ -65,12 +65,31 @@ pub fn decide_debit(
         Some((PaymentStatus::Refunded | PaymentStatus::Cancelled, _)) => {
             DebitDecision::AlreadyRefused("payment was cancelled".into())
         }
-        None if currency != account_currency => DebitDecision::Decline(format!(
+        None => match first_debit(balance, account_currency, amount, currency) {
+            Ok(()) => DebitDecision::Take,
+            Err(reason) => DebitDecision::Decline(reason),
+        },
+    }
+}
+
+/// The first debit of an order (no payment row yet) of `amount` `currency` against an
+/// account: `Ok` takes the money, `Err` declines it with the reason.
+pub fn first_debit(
+    balance: i64,
+    account_currency: &str,
+    amount: i64,
+    currency: &str,
+) -> Result<(), String> {
+    if currency != account_currency {
+        Err(format!(
             "currency {currency} does not match the account currency {account_currency}"
-        )),
-        None if amount <= 0 => DebitDecision::Decline("amount must be positive".into()),
-        None if balance < amount => DebitDecision::Decline("insufficient funds".into()),
-        None => DebitDecision::Take,
+        ))
+    } else if amount <= 0 {
+        Err("amount must be positive".into())
+    } else if balance < amount {
+        Err("insufficient funds".into())
+    } else {
+        Ok(())
     }
 }
 

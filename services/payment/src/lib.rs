@@ -26,7 +26,7 @@ use ordersys_kit::outbox_store::MySqlServiceOutbox;
 use ordersys_proto::payment::v1::payment_service_server::PaymentServiceServer;
 use outbox::idempotency::{IdempotencyStore, RedisIdempotencyStore};
 use outbox::mysql::MySqlInbox;
-use outbox::sqlite::{SqliteIdempotencyStore, SqliteInbox, SqliteOutbox};
+use outbox::sqlite::{SqliteInbox, SqliteOutbox};
 use outbox::{Inbox, OutboxStore};
 
 pub use config::Config;
@@ -95,12 +95,11 @@ pub async fn run_with(
         repo.migrate().await?;
         let mut admin = Admin::new("payment").sqlite(pool.clone());
         let idempotency: Arc<dyn IdempotencyStore> = if config.stores.redis_url.is_empty() {
-            // A file of its own: the handler consults it while its unit of work holds
-            // the payment database's write lock. A fast path in front of the payments'
-            // unique key, so a cache: its commits wait for no disk.
-            let keys =
-                ordersys_kit::db::sqlite_idempotency_keys(&config.stores.database_url).await?;
-            Arc::new(SqliteIdempotencyStore::new(keys))
+            // A file of its own: the handler reads it while its unit of work holds the
+            // payment database's write lock — on reading connections, never queued
+            // behind the keys' writes. A fast path in front of the payments' unique
+            // key, so a cache: its commits wait for no disk.
+            Arc::new(ordersys_kit::db::sqlite_idempotency_store(&config.stores.database_url).await?)
         } else {
             let conn = ordersys_kit::redis_client::client(&config.stores.redis_url)?
                 .get_connection_manager()

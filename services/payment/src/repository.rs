@@ -93,12 +93,14 @@ pub trait PaymentRepo: Clone + Send + Sync + 'static {
         tx: &mut Self::Tx,
         order: Uuid,
     ) -> impl Future<Output = sqlx::Result<Option<PaymentRow>>> + Send;
-    /// Record a payment (the unique `order_id` refuses a second one).
+    /// Record a payment unless the order has one: `false` (nothing written) when the
+    /// unique `order_id` already holds a row — one statement where a read and a write
+    /// would be two, and the claim that makes a second debit impossible.
     fn insert_payment(
         &self,
         tx: &mut Self::Tx,
         p: NewPayment<'_>,
-    ) -> impl Future<Output = sqlx::Result<()>> + Send;
+    ) -> impl Future<Output = sqlx::Result<bool>> + Send;
     /// Change a payment's status.
     fn set_status(
         &self,
@@ -193,12 +195,13 @@ macro_rules! sql_repo {
                     .transpose()
             }
 
-            async fn insert_payment(&self, tx: &mut $tx, p: NewPayment<'_>) -> sqlx::Result<()> {
+            async fn insert_payment(&self, tx: &mut $tx, p: NewPayment<'_>) -> sqlx::Result<bool> {
                 let now = now_ms();
-                sqlx::query(
-                    "INSERT INTO payments (id, order_id, user_id, amount, currency, status, reason, created_at_ms, updated_at_ms) \
+                sqlx::query(concat!(
+                    $insert_ignore,
+                    " INTO payments (id, order_id, user_id, amount, currency, status, reason, created_at_ms, updated_at_ms) \
                      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                )
+                ))
                 .bind(p.id.as_bytes().as_slice())
                 .bind(p.order.as_bytes().as_slice())
                 .bind(p.user.as_bytes().as_slice())
@@ -210,7 +213,7 @@ macro_rules! sql_repo {
                 .bind(now)
                 .execute(&mut **tx)
                 .await
-                .map(drop)
+                .map(|r| r.rows_affected() == 1)
             }
 
             async fn set_status(&self, tx: &mut $tx, id: Uuid, status: PaymentStatus) -> sqlx::Result<()> {

@@ -7,14 +7,16 @@ use ordersys_kit::messaging::{forward_headers, Topics};
 use ordersys_kit::saga_mac::SagaMac;
 use ordersys_proto::common::v1::Money;
 use ordersys_proto::saga::v1::{CommandType, ReplyStatus, SagaCommand, SagaReply, StepKind};
-use outbox::idempotency::{IdempotencyStore, Reservation};
+use outbox::idempotency::IdempotencyStore;
 use outbox::{Delivery, HandlerError, MessageHandler, OutboxStore};
 use prost::Message;
 use saga_core::wire::SagaReply as WireReply;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::domain::{decide_debit, decide_refund, DebitDecision, PaymentStatus, RefundDecision};
+use crate::domain::{
+    decide_debit, decide_refund, first_debit, DebitDecision, PaymentStatus, RefundDecision,
+};
 use crate::repository::{NewPayment, PaymentRepo};
 
 /// Account settings.
@@ -53,7 +55,6 @@ impl<R, O> std::fmt::Debug for CommandHandler<R, O> {
 }
 
 const RESULT_TTL: Duration = Duration::from_secs(24 * 3600);
-const PENDING_TTL: Duration = Duration::from_secs(60);
 
 /// The commands the payment service carries out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,7 +171,7 @@ impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> CommandHandler<R, O> {
         cmd: &SagaCommand,
         order: Uuid,
         user: Uuid,
-    ) -> Result<SagaReply, HandlerError> {
+    ) -> Result<Answer, HandlerError> {
         let money = cmd.amount.clone().unwrap_or_default();
         // The account first (write-locked: one user's debits queue here instead of
         // deadlocking on the payments index), opened on the first debit.
@@ -194,35 +195,61 @@ impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> CommandHandler<R, O> {
             }
             Err(e) => return Err(transient(e)),
         };
-        let existing = self.repo.lock_payment(tx, order).await.map_err(transient)?;
-        let decision = decide_debit(
-            existing.as_ref().map(|p| (p.status, p.reason.clone())),
+        // The payment row is the claim: recorded first as this debit would decide it,
+        // read back only when the order already has one (a resend, or a refund that
+        // overtook the debit) — one statement on the common path.
+        let id = Uuid::now_v7();
+        let first = first_debit(
             balance,
             &account_currency,
             money.amount_minor,
             &money.currency,
         );
+        let (status, reason) = match &first {
+            Ok(()) => (PaymentStatus::Debited, None),
+            Err(reason) => (PaymentStatus::Declined, Some(reason.as_str())),
+        };
+        let new = NewPayment {
+            id,
+            order,
+            user,
+            amount: money.amount_minor,
+            currency: &money.currency,
+            status,
+            reason,
+        };
+        let (decision, existing) = if self.repo.insert_payment(tx, new).await.map_err(transient)? {
+            let decision = match first {
+                Ok(()) => DebitDecision::Take,
+                Err(reason) => DebitDecision::Decline(reason),
+            };
+            (decision, None)
+        } else {
+            // Not the first delivery: the answer it got, if the cache still has it
+            // (none can exist while the order has no payment row — so only here).
+            if let Some(reply) = self.cached(wire).await {
+                return Ok(Answer::Cached(reply));
+            }
+            let existing = self
+                .repo
+                .lock_payment(tx, order)
+                .await
+                .map_err(transient)?
+                .ok_or_else(|| transient("the order's payment row is neither new nor there"))?;
+            let decision = decide_debit(
+                Some((existing.status, existing.reason.clone())),
+                balance,
+                &account_currency,
+                money.amount_minor,
+                &money.currency,
+            );
+            (decision, Some(existing))
+        };
         let mut reply = reply_to(wire);
         match decision {
             DebitDecision::Take => {
-                let id = Uuid::now_v7();
                 self.repo
                     .add_balance(tx, user, -money.amount_minor)
-                    .await
-                    .map_err(transient)?;
-                self.repo
-                    .insert_payment(
-                        tx,
-                        NewPayment {
-                            id,
-                            order,
-                            user,
-                            amount: money.amount_minor,
-                            currency: &money.currency,
-                            status: PaymentStatus::Debited,
-                            reason: None,
-                        },
-                    )
                     .await
                     .map_err(transient)?;
                 tracing::info!(order_id = %order, user_id = %user, amount = money.amount_minor, payment_id = %id, "средства списаны");
@@ -230,21 +257,6 @@ impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> CommandHandler<R, O> {
                 reply.payment_id = id.to_string();
             }
             DebitDecision::Decline(reason) => {
-                self.repo
-                    .insert_payment(
-                        tx,
-                        NewPayment {
-                            id: Uuid::now_v7(),
-                            order,
-                            user,
-                            amount: money.amount_minor,
-                            currency: &money.currency,
-                            status: PaymentStatus::Declined,
-                            reason: Some(reason.as_str()),
-                        },
-                    )
-                    .await
-                    .map_err(transient)?;
                 tracing::info!(order_id = %order, user_id = %user, reason = %reason, "списание отклонено");
                 reply.status = ReplyStatus::Failed as i32;
                 reply.error = reason;
@@ -259,7 +271,7 @@ impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> CommandHandler<R, O> {
                 reply.error = reason;
             }
         }
-        Ok(reply)
+        Ok(Answer::Fresh(reply))
     }
 
     async fn refund(
@@ -298,7 +310,8 @@ impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> CommandHandler<R, O> {
                     .as_ref()
                     .map(|m| m.currency.clone())
                     .unwrap_or_default();
-                self.repo
+                let recorded = self
+                    .repo
                     .insert_payment(
                         tx,
                         NewPayment {
@@ -313,6 +326,10 @@ impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> CommandHandler<R, O> {
                     )
                     .await
                     .map_err(transient)?;
+                if !recorded {
+                    // A debit committed since the read: the next attempt refunds it.
+                    return Err(transient("the order's payment appeared meanwhile"));
+                }
                 tracing::info!(order_id = %order, "возврат до списания: списание по заказу заблокировано");
             }
             RefundDecision::Nothing => {
@@ -333,36 +350,47 @@ impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> CommandHandler<R, O> {
         order: Uuid,
         user: Uuid,
     ) -> Result<Option<Answered>, HandlerError> {
-        // Fast path: a command we already answered gets the same answer again.
-        let key = format!("payment:{}", wire.idempotency_key);
-        match self.idempotency.reserve(&key, PENDING_TTL).await {
-            Ok(Reservation::Completed(bytes)) => {
-                if let Ok(reply) = SagaReply::decode(bytes.as_ref()) {
-                    tracing::info!("повторная команда: ответ из кэша идемпотентности");
-                    self.send_reply(tx, msg, wire, &reply).await?;
-                    return Ok(None);
-                }
-            }
-            Ok(_) => {}
-            // Redis down: the database still guarantees at-most-once.
-            Err(e) => tracing::warn!(error = %e, "хранилище идемпотентности недоступно"),
-        }
-        let reply = match command {
-            Command::Debit => self.debit(tx, wire, cmd, order, user).await,
-            Command::Refund => self.refund(tx, wire, cmd, order, user).await,
+        // Fast path: a command answered before gets the same answer again — asked of
+        // the cache only where the database says it may have been (a debit asks once
+        // its payment row turned out to exist already).
+        let answer = match command {
+            Command::Debit => self.debit(tx, wire, cmd, order, user).await?,
+            Command::Refund => match self.cached(wire).await {
+                Some(reply) => Answer::Cached(reply),
+                None => Answer::Fresh(self.refund(tx, wire, cmd, order, user).await?),
+            },
         };
-        let reply = match reply {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = self.idempotency.release(&key).await;
-                return Err(e);
+        let reply = match answer {
+            Answer::Cached(reply) => {
+                self.send_reply(tx, msg, wire, &reply).await?;
+                return Ok(None);
             }
+            Answer::Fresh(reply) => reply,
         };
         self.send_reply(tx, msg, wire, &reply).await?;
         Ok(Some(Answered {
-            key,
+            key: cache_key(wire),
             reply: reply.encode_to_vec(),
         }))
+    }
+
+    /// The reply the idempotency cache holds for `wire` — a read only, no
+    /// reservation: the payment row is the claim (a second delivery racing this one
+    /// finds it), so there is no one to hold off.
+    async fn cached(&self, wire: &saga_core::SagaCommand) -> Option<SagaReply> {
+        match self.idempotency.completed(&cache_key(wire)).await {
+            Ok(Some(bytes)) => {
+                let reply = SagaReply::decode(bytes.as_ref()).ok()?;
+                tracing::info!("повторная команда: ответ из кэша идемпотентности");
+                Some(reply)
+            }
+            Ok(None) => None,
+            // Redis down: the database still guarantees at-most-once.
+            Err(e) => {
+                tracing::warn!(error = %e, "хранилище идемпотентности недоступно");
+                None
+            }
+        }
     }
 
     /// The reply as the saga wire format (`saga_core::wire`) says — its outcome in the
@@ -409,6 +437,17 @@ fn reply_to(wire: &saga_core::SagaCommand) -> SagaReply {
         kind: wire.kind.as_str().to_owned(),
         step_kind: StepKind::from(wire.kind) as i32,
     }
+}
+
+/// A command's reply: decided now, or the one given before (from the idempotency cache).
+enum Answer {
+    Fresh(SagaReply),
+    Cached(SagaReply),
+}
+
+/// The idempotency cache's key of a command.
+fn cache_key(wire: &saga_core::SagaCommand) -> String {
+    format!("payment:{}", wire.idempotency_key)
 }
 
 /// A command answered in a unit of work: the reply to store under its idempotency key

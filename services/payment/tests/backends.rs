@@ -79,7 +79,7 @@ where
         currency: "USD".into(),
     };
     let handler = CommandHandler::new(
-        accounts,
+        accounts.clone(),
         repo.clone(),
         outbox.clone(),
         Topics::new(""),
@@ -226,6 +226,74 @@ where
         repo.account(other).await.unwrap().0,
         9_000,
         "the one named did not"
+    );
+
+    // Resent with the idempotency cache gone (Redis restarted empty, or down): the
+    // payments' unique key answers as the first time — no second debit, the same
+    // payment, the same refusal (even where the balance would now allow it).
+    let forgetful = CommandHandler::new(
+        accounts,
+        repo.clone(),
+        outbox.clone(),
+        Topics::new(""),
+        Arc::new(MemoryIdempotencyStore::new()),
+    );
+    // Last, the first debit of `order`, refunded since, resent twice: the cache gives
+    // its first answer again; without the cache the database refuses it now.
+    for (resent, by) in [
+        (
+            command(CommandType::Debit, others_order, other, 1_000),
+            &forgetful,
+        ),
+        (command(CommandType::Debit, poor, user, 1), &forgetful),
+        (command(CommandType::Debit, order, user, 2_500), &handler),
+        (command(CommandType::Debit, order, user, 2_500), &forgetful),
+    ] {
+        assert_eq!(
+            consumer.process(&resent.to_delivery(), by).await.unwrap(),
+            DeliveryOutcome::Processed
+        );
+    }
+    assert_eq!(repo.account(other).await.unwrap().0, 9_000);
+    assert_eq!(repo.account(user).await.unwrap().0, 10_000);
+    let mut answers: Vec<(String, i32, String, String)> = outbox
+        .claim("test", 100, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let r = SagaReply::decode(m.payload.as_ref()).unwrap();
+            (m.key.clone(), r.status, r.payment_id, r.error)
+        })
+        .collect();
+    let first_payment = |of: Uuid| {
+        let id = answers
+            .iter()
+            .find(|a| a.0 == of.to_string())
+            .map(|a| a.2.clone())
+            .expect("the first debit's reply");
+        assert!(!id.is_empty());
+        id
+    };
+    let (others_payment, refunded_payment) = (first_payment(others_order), first_payment(order));
+    assert_eq!(
+        answers.split_off(answers.len() - 4),
+        vec![
+            (others_order.to_string(), ok, others_payment, String::new()),
+            (
+                poor.to_string(),
+                failed,
+                String::new(),
+                "insufficient funds".to_owned()
+            ),
+            (order.to_string(), ok, refunded_payment, String::new()),
+            (
+                order.to_string(),
+                failed,
+                String::new(),
+                "payment was cancelled".to_owned()
+            ),
+        ]
     );
 }
 
