@@ -483,6 +483,23 @@ mod memory_tests {
         ));
     }
 
+    /// A completed result is read back exactly for its TTL: up to the last instant, not
+    /// at the instant it ends (when `reserve` finds the key free again too).
+    #[tokio::test(start_paused = true)]
+    async fn a_completed_result_is_read_exactly_for_its_ttl() {
+        let store = MemoryIdempotencyStore::new();
+        let ttl = Duration::from_secs(10);
+        store.complete("k", b"done", ttl).await.unwrap();
+        tokio::time::advance(ttl - Duration::from_millis(1)).await;
+        assert_eq!(store.completed("k").await.unwrap(), Some("done".into()));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(store.completed("k").await.unwrap(), None);
+        assert_eq!(
+            store.reserve("k", ttl).await.unwrap(),
+            Reservation::Reserved
+        );
+    }
+
     /// A cached value lives exactly its TTL, for `get` and for `set_if_absent`.
     #[tokio::test(start_paused = true)]
     async fn a_cached_value_lives_exactly_its_ttl() {
