@@ -31,7 +31,7 @@ use outbox::idempotency::{
     Cache, IdempotencyStore, MemoryCache, RedisCache, RedisIdempotencyStore,
 };
 use outbox::mysql::MySqlInbox;
-use outbox::sqlite::{SqliteIdempotencyStore, SqliteInbox, SqliteOutbox};
+use outbox::sqlite::{SqliteInbox, SqliteOutbox};
 use outbox::Inbox;
 use saga_core::mysql::MySqlSagaStore;
 use saga_core::sqlite::SqliteSagaStore;
@@ -99,13 +99,11 @@ pub async fn run_with(
             if config.stores.redis_url.is_empty() {
                 // The keys are a fast path in front of the orders' unique
                 // (user, Idempotency-Key): a cache in a file of its own, whose commits
-                // wait for no disk and never queue behind the orders' writes.
+                // wait for no disk and never queue behind the orders' writes, read
+                // (once per order) on connections of its own.
                 let keys =
-                    ordersys_kit::db::sqlite_idempotency_keys(&config.stores.database_url).await?;
-                (
-                    Arc::new(MemoryCache::new()),
-                    Arc::new(SqliteIdempotencyStore::new(keys)),
-                )
+                    ordersys_kit::db::sqlite_idempotency_store(&config.stores.database_url).await?;
+                (Arc::new(MemoryCache::new()), Arc::new(keys))
             } else {
                 let conn = ordersys_kit::redis_client::client(&config.stores.redis_url)?
                     .get_connection_manager()

@@ -152,6 +152,14 @@ pub trait OrderRepo: Clone + Send + Sync + 'static {
         status: OrderStatus,
         reason: Option<&str>,
     ) -> impl Future<Output = sqlx::Result<u64>> + Send;
+    /// Confirm a PENDING order and, when given, record its payment id — one
+    /// statement. Returns the rows changed (0: the order is no longer pending).
+    fn confirm(
+        &self,
+        tx: &mut Self::Tx,
+        id: Uuid,
+        payment_id: Option<&str>,
+    ) -> impl Future<Output = sqlx::Result<u64>> + Send;
     /// Record the payment id.
     fn set_payment(
         &self,
@@ -265,6 +273,19 @@ macro_rules! sql_repo {
                 ))
                 .bind(status.as_str())
                 .bind(reason)
+                .bind(now_ms())
+                .bind(id.as_bytes().as_slice())
+                .execute(&mut **tx)
+                .await?
+                .rows_affected())
+            }
+
+            async fn confirm(&self, tx: &mut $tx, id: Uuid, payment_id: Option<&str>) -> sqlx::Result<u64> {
+                Ok(sqlx::query(
+                    "UPDATE orders SET status = 'CONFIRMED', payment_id = COALESCE(?, payment_id), updated_at_ms = ? \
+                     WHERE id = ? AND status = 'PENDING'",
+                )
+                .bind(payment_id)
                 .bind(now_ms())
                 .bind(id.as_bytes().as_slice())
                 .execute(&mut **tx)

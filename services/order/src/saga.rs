@@ -218,14 +218,21 @@ impl<B: Backend> CommandSink<B::Tx> for OrderSink<B> {
                 Ok(Dispatched::Succeeded)
             }
             Command::ConfirmOrder => {
+                // Right after the debit's reply (the usual way here): its payment id is
+                // recorded by the same statement, and taken once it was.
+                let payment = DEBIT_PAYMENT
+                    .try_with(|slot| slot.lock().expect("lock").clone())
+                    .ok()
+                    .flatten();
                 let n = self
                     .repo
-                    .set_status(tx, data.order_id, OrderStatus::Confirmed, None)
+                    .confirm(tx, data.order_id, payment.as_deref())
                     .await
                     .map_err(db)?;
                 if n == 0 {
                     return Ok(Dispatched::Failed("order is no longer pending".into()));
                 }
+                let _ = DEBIT_PAYMENT.try_with(|slot| slot.lock().expect("lock").take());
                 tracing::info!(order_id = %data.order_id, "заказ подтверждён");
                 Ok(Dispatched::Succeeded)
             }
@@ -281,6 +288,13 @@ impl<B: Backend> CommandSink<B::Tx> for OrderSink<B> {
             }
         }
     }
+}
+
+tokio::task_local! {
+    /// The payment id a debit's reply carries, while the reply is applied: the order's
+    /// confirmation (a local step the reply's `handle` runs) takes it to record it in
+    /// the same `UPDATE` — one statement per order less.
+    static DEBIT_PAYMENT: Arc<std::sync::Mutex<Option<String>>>;
 }
 
 /// The orchestrator type of the order service.
@@ -386,7 +400,19 @@ impl<B: Backend> MessageHandler<B::Tx> for ReplyHandler<B> {
         let (saga_id, event) = (reply.saga_id, reply.event());
         let debited = reply.command.name == Command::PaymentDebit.as_str()
             && matches!(event, SagaEvent::StepSucceeded { .. });
-        match self.orchestrator.handle(tx, saga_id, event).await {
+        // The payment id of a successful debit, for the confirmation this reply leads
+        // to (a local step run inside `handle`) to record in its own statement; left
+        // here if no step took it.
+        let payment = Arc::new(std::sync::Mutex::new(
+            debited.then(|| payload.payment_id.clone()),
+        ));
+        let handled = DEBIT_PAYMENT
+            .scope(
+                payment.clone(),
+                self.orchestrator.handle(tx, saga_id, event),
+            )
+            .await;
+        match handled {
             Ok(applied) => {
                 if !applied.changed {
                     tracing::info!(saga_id = %saga_id, "ответ саги проигнорирован (дубликат или устарел)");
@@ -399,10 +425,11 @@ impl<B: Backend> MessageHandler<B::Tx> for ReplyHandler<B> {
                     applied.saga.state.status,
                     SagaStatus::Running | SagaStatus::Completed
                 );
-                if debited && applied.changed && kept {
+                let untaken = payment.lock().expect("lock").take();
+                if let (Some(payment_id), true) = (untaken, applied.changed && kept) {
                     if let Ok(order) = Uuid::parse_str(&msg.key) {
                         self.repo
-                            .set_payment(tx, order, &payload.payment_id)
+                            .set_payment(tx, order, &payment_id)
                             .await
                             .map_err(|e| HandlerError::infrastructure(e.to_string()))?;
                     }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ordersys_kit::context::RequestContext;
-use outbox::idempotency::{Cache, IdempotencyStore, Reservation};
+use outbox::idempotency::{Cache, IdempotencyStore};
 use outbox::{RelayHandle, Transactional};
 use resilience::Retry;
 use saga_core::{SagaDefinition, SagaEvent, SagaId};
@@ -70,8 +70,8 @@ fn replay(order: Order, new: &NewOrder) -> Result<Order, OrderError> {
 }
 
 /// Cache entry lifetime (SPEC: `order:{id}` for 10 minutes).
-/// How long a request waits for a concurrent one with the same `Idempotency-Key` to
-/// commit its order: 20 looks, 100 ms apart.
+/// How long a request whose insert found its `Idempotency-Key` taken waits for the
+/// order that took it to become readable: 20 looks, 100 ms apart.
 fn in_progress_wait() -> Retry {
     Retry::new()
         .named("idempotency_key_in_progress")
@@ -231,9 +231,14 @@ impl<B: Backend> OrderService<B> {
         let key = idempotency_key(idempotency)?;
         let redis_key = key.as_ref().map(|k| format!("order:{user}:{k}"));
 
-        if let (Some(k), Some(rk)) = (&key, &redis_key) {
-            match self.idempotency.reserve(rk, Duration::from_secs(30)).await {
-                Ok(Reservation::Completed(id)) => {
+        // The keys store is a cache in front of the orders' unique (user, key): a retry
+        // whose first answer it holds is answered without the orders' database. It is
+        // only read — no reservation to write and release per order: two requests
+        // with one key at once both try to insert, the unique key lets one through and
+        // the other answers with that order (`place`).
+        if let Some(rk) = &redis_key {
+            match self.idempotency.completed(rk).await {
+                Ok(Some(id)) => {
                     if let Some(o) = std::str::from_utf8(&id)
                         .ok()
                         .and_then(|s| Uuid::parse_str(s).ok())
@@ -243,60 +248,55 @@ impl<B: Backend> OrderService<B> {
                         }
                     }
                 }
-                Ok(Reservation::InProgress) => {
-                    // Another request with this key is being handled: give it a moment
-                    // (up to 2 s) to commit its order, then answer with that order. If
-                    // none appears, the holder may have died after reserving (its
-                    // reservation would stand for 30 s): place the order here — the
-                    // database's unique key on (user, key) still allows one order only,
-                    // and whichever request comes second answers with the first's.
-                    let found = in_progress_wait()
-                        .call_if(
-                            || async {
-                                match self.repo.by_idempotency_key(user, k).await {
-                                    Ok(Some(id)) => Ok(id),
-                                    Ok(None) => Err(None),
-                                    Err(e) => Err(Some(e)),
-                                }
-                            },
-                            Option::is_none,
-                        )
-                        .await;
-                    match found {
-                        Ok(id) => {
-                            return replay(self.load(id).await?.ok_or(OrderError::NotFound)?, &new)
-                        }
-                        Err(e) => {
-                            if let Some(Some(db)) = e.into_last() {
-                                return Err(db.into());
-                            }
-                            tracing::warn!(user_id = %user,
-                                "ключ идемпотентности занят, но заказа нет: заказ создаётся здесь");
-                        }
-                    }
-                }
-                Ok(Reservation::Reserved) => {}
+                Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "хранилище идемпотентности недоступно"),
             }
         }
 
-        let result = self.place(user, new, key.as_deref(), ctx).await;
+        let order = self.place(user, new, key.as_deref(), ctx).await?;
         if let Some(rk) = &redis_key {
-            let stored = match &result {
-                Ok(o) => {
-                    self.idempotency
-                        .complete(rk, o.id.to_string().as_bytes(), IDEMPOTENCY_TTL)
-                        .await
-                }
-                // Let a retry with the same key run instead of waiting for the pending
-                // reservation to expire.
-                Err(_) => self.idempotency.release(rk).await,
-            };
-            if let Err(e) = stored {
+            if let Err(e) = self
+                .idempotency
+                .complete(rk, order.id.to_string().as_bytes(), IDEMPOTENCY_TTL)
+                .await
+            {
                 tracing::warn!(error = %e, "не удалось обновить ключ идемпотентности");
             }
         }
-        result
+        Ok(order)
+    }
+
+    /// The order `user` placed with `key`, for a request whose insert found the key
+    /// taken. The order that took it may not be visible to a read yet — its unit of
+    /// work still open (SQLite: a group of units commits together) — so look again for
+    /// a while (up to 2 s) before giving up.
+    async fn placed_with(
+        &self,
+        user: Uuid,
+        key: &str,
+        new: &NewOrder,
+    ) -> Result<Order, OrderError> {
+        let found = in_progress_wait()
+            .call_if(
+                || async {
+                    match self.repo.by_idempotency_key(user, key).await {
+                        Ok(Some(id)) => Ok(id),
+                        Ok(None) => Err(None),
+                        Err(e) => Err(Some(e)),
+                    }
+                },
+                Option::is_none,
+            )
+            .await;
+        match found {
+            Ok(id) => replay(self.load(id).await?.ok_or(OrderError::NotFound)?, new),
+            Err(e) => match e.into_last() {
+                Some(Some(db)) => Err(db.into()),
+                _ => Err(OrderError::Unavailable(
+                    "the order holding this Idempotency-Key is not readable yet; retry".into(),
+                )),
+            },
+        }
     }
 
     async fn place(
@@ -333,13 +333,7 @@ impl<B: Backend> OrderService<B> {
         let Some(created_at) = inserted else {
             // The database says this key was used: the same order, never a second one.
             drop(tx);
-            let existing = self
-                .repo
-                .by_idempotency_key(user, key.unwrap_or_default())
-                .await?
-                .ok_or(OrderError::NotFound)?;
-            let order = self.load(existing).await?.ok_or(OrderError::NotFound)?;
-            return replay(order, &new);
+            return self.placed_with(user, key.unwrap_or_default(), &new).await;
         };
         let bytes = Bytes::from(serde_json::to_vec(&data).expect("saga data serialises"));
         let applied = self

@@ -8,7 +8,8 @@
 //! saga driven by version 2 would take its debit's reply for the wrong step and fail.
 //! The old orders finish on version 1, new ones run version 2. A process that no longer
 //! registers version 1 dead-letters the replies of a version-1 saga and leaves it as it
-//! was, until version 1 is registered again.
+//! was, until version 1 is registered again. And a debit's payment id reaches its order
+//! whether a confirmation step records it (versions 1, 2) or the reply itself (3).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +50,22 @@ fn create_v2() -> SagaDefinition {
         .expect("valid saga")
 }
 
+/// Version 3: the saga ends with the payment — no confirmation step to record the
+/// debit's payment id, so the reply handler records it itself.
+fn create_v3() -> SagaDefinition {
+    SagaDefinition::new(CREATE)
+        .version(3)
+        .step(Step::new("create_order").compensate_with("cancel_order"))
+        .step(
+            Step::new("payment")
+                .action("payment.debit")
+                .compensate_with("payment.refund")
+                .deadline(DEADLINE),
+        )
+        .build()
+        .expect("valid saga")
+}
+
 /// One start of the order service over `db`, with these create-saga versions.
 struct Process {
     service: OrderService<MySql>,
@@ -68,6 +85,7 @@ fn process(db: &TestDb, versions: &[u32]) -> Process {
         orchestrator = orchestrator.register(match v {
             1 => saga::create_order(DEADLINE),
             2 => create_v2(),
+            3 => create_v3(),
             _ => unreachable!(),
         });
     }
@@ -156,11 +174,14 @@ async fn saga_of(p: &Process, order: &Order) -> saga_core::SagaInstance {
 }
 
 async fn status(p: &Process, order: &Order) -> OrderStatus {
+    read(p, order).await.status
+}
+
+async fn read(p: &Process, order: &Order) -> Order {
     p.service
         .get(&order.user_id.to_string(), &order.id.to_string())
         .await
         .unwrap()
-        .status
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,9 +227,36 @@ async fn old_orders_finish_on_the_old_saga_and_new_ones_run_the_new() {
             assert_eq!(saga.state.status, SagaStatus::Completed, "{saga:?}");
             assert_eq!(saga.state.steps.len(), steps);
             assert!(saga.state.steps.iter().all(|s| *s == StepStatus::Succeeded));
-            assert_eq!(status(&today, order).await, OrderStatus::Confirmed);
+            // The debit's payment id, recorded by the confirmation's own statement.
+            let shown = read(&today, order).await;
+            assert_eq!(shown.status, OrderStatus::Confirmed);
+            assert_eq!(
+                shown.payment_id.as_deref(),
+                Some(format!("pay-{}", saga.id).as_str())
+            );
         }
     }
+    db.drop_db().await;
+}
+
+/// A saga whose debit no confirmation follows (version 3) still shows the debit's
+/// payment on its order: the reply handler records what no step took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_no_confirmation_records_is_recorded_by_the_reply() {
+    let db = TestDb::new().await;
+    MySqlOrders::new(db.pool.clone()).migrate().await.unwrap();
+    let p = process(&db, &[3]);
+    let order = place(&p, Uuid::new_v4()).await;
+    let debit = debits(&db).await.pop().expect("one debit");
+    assert_eq!(answer(&db, &p, &debit).await, DeliveryOutcome::Processed);
+    let saga = saga_of(&p, &order).await;
+    assert_eq!(saga.state.status, SagaStatus::Completed, "{saga:?}");
+    let shown = read(&p, &order).await;
+    assert_eq!(shown.status, OrderStatus::Pending, "no step confirmed it");
+    assert_eq!(
+        shown.payment_id.as_deref(),
+        Some(format!("pay-{}", saga.id).as_str())
+    );
     db.drop_db().await;
 }
 

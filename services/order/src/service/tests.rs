@@ -1,4 +1,5 @@
 use super::*;
+use outbox::idempotency::Reservation;
 
 fn order(status: OrderStatus, saga_state: &str) -> Order {
     Order {
@@ -72,6 +73,14 @@ impl OrderRepo for FlakyReads {
     ) -> sqlx::Result<u64> {
         self.inner.set_status(tx, id, status, reason).await
     }
+    async fn confirm(
+        &self,
+        tx: &mut Self::Tx,
+        id: Uuid,
+        payment: Option<&str>,
+    ) -> sqlx::Result<u64> {
+        self.inner.confirm(tx, id, payment).await
+    }
     async fn set_payment(&self, tx: &mut Self::Tx, id: Uuid, payment: &str) -> sqlx::Result<()> {
         self.inner.set_payment(tx, id, payment).await
     }
@@ -106,6 +115,13 @@ impl Fixture {
         let pool = ordersys_kit::db::connect_sqlite(&file.url()).await.unwrap();
         let inner = crate::repository::SqliteOrders::new(pool.clone());
         inner.migrate().await.unwrap();
+        // Reads on connections of their own, as the service runs: they see only what
+        // committed.
+        let inner = inner.with_readers(
+            ordersys_kit::db::connect_sqlite_readers(&file.url())
+                .await
+                .unwrap(),
+        );
         let repo = FlakyReads {
             inner,
             fail_reads: Arc::default(),
@@ -279,38 +295,53 @@ fn only_settled_orders_stay_cached_for_long() {
     );
 }
 
-/// A key store that first says "down" (so the first request creates its order through
-/// the database alone), then "in progress" for every key: another request holds it.
-struct HeldElsewhere(std::sync::atomic::AtomicBool);
+/// The memory key store, counting what an order asks of it.
+#[derive(Default)]
+struct Counted {
+    inner: outbox::idempotency::MemoryIdempotencyStore,
+    reserves: std::sync::atomic::AtomicUsize,
+    lookups: std::sync::atomic::AtomicUsize,
+    answers: std::sync::atomic::AtomicUsize,
+}
 
-#[async_trait::async_trait]
-impl IdempotencyStore for HeldElsewhere {
-    async fn reserve(&self, _: &str, _: Duration) -> outbox::Result<Reservation> {
-        if self.0.load(std::sync::atomic::Ordering::SeqCst) {
-            Ok(Reservation::InProgress)
-        } else {
-            Err(outbox::Error::storage("redis is down"))
-        }
-    }
-    async fn complete(&self, _: &str, _: &[u8], _: Duration) -> outbox::Result<()> {
-        Ok(())
-    }
-    async fn release(&self, _: &str) -> outbox::Result<()> {
-        Ok(())
-    }
-    async fn purge_expired(&self) -> outbox::Result<u64> {
-        Ok(0)
+impl Counted {
+    fn counts(&self) -> (usize, usize, usize) {
+        let n = |c: &std::sync::atomic::AtomicUsize| c.load(std::sync::atomic::Ordering::SeqCst);
+        (n(&self.reserves), n(&self.lookups), n(&self.answers))
     }
 }
 
-/// A request whose `Idempotency-Key` another request is handling waits for that
-/// request's order and answers with it; if none appears within the wait (the holder
-/// died after reserving the key), it places the order itself — one order per key all
-/// the same, the database's unique key sees to that — instead of refusing until the
-/// dead holder's reservation expires.
+#[async_trait::async_trait]
+impl IdempotencyStore for Counted {
+    async fn reserve(&self, key: &str, ttl: Duration) -> outbox::Result<Reservation> {
+        self.reserves
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.reserve(key, ttl).await
+    }
+    async fn completed(&self, key: &str) -> outbox::Result<Option<Bytes>> {
+        self.lookups
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.completed(key).await
+    }
+    async fn complete(&self, key: &str, result: &[u8], ttl: Duration) -> outbox::Result<()> {
+        self.answers
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.complete(key, result, ttl).await
+    }
+    async fn release(&self, key: &str) -> outbox::Result<()> {
+        self.inner.release(key).await
+    }
+    async fn purge_expired(&self) -> outbox::Result<u64> {
+        self.inner.purge_expired().await
+    }
+}
+
+/// The key store is a cache in front of the database's unique key: an order reads it
+/// and records its answer there, and reserves nothing (no write before the order and
+/// none to undo after); a retry is answered from it.
 #[tokio::test]
-async fn a_key_in_progress_elsewhere_waits_for_that_order() {
-    let store = Arc::new(HeldElsewhere(Default::default()));
+async fn an_order_reads_the_key_store_and_records_its_answer_without_reserving() {
+    let store = Arc::new(Counted::default());
     let f = Fixture::new(store.clone()).await;
     let user = Uuid::now_v7().to_string();
     let first = f
@@ -318,27 +349,53 @@ async fn a_key_in_progress_elsewhere_waits_for_that_order() {
         .create(&user, one_line(), "USD", "k1", None)
         .await
         .unwrap();
-    store.0.store(true, std::sync::atomic::Ordering::SeqCst);
-    let same = f
+    assert_eq!(store.counts(), (0, 1, 1), "reserves, lookups, answers");
+    assert_eq!(
+        store
+            .inner
+            .completed(&format!("order:{user}:k1"))
+            .await
+            .unwrap(),
+        Some(Bytes::from(first.id.to_string()))
+    );
+    let again = f
         .service
         .create(&user, one_line(), "USD", "k1", None)
         .await
         .unwrap();
-    assert_eq!(same.id, first.id);
-    let held_by_the_dead = f
+    assert_eq!(again.id, first.id);
+    assert_eq!(
+        store.counts(),
+        (0, 2, 1),
+        "the retry answered from the store"
+    );
+    // The same key for another order: refused, from the store's answer too.
+    let mut other = one_line();
+    other[0].quantity = 3;
+    let e = f
         .service
-        .create(&user, one_line(), "USD", "k2", None)
+        .create(&user, other, "USD", "k1", None)
         .await
-        .unwrap();
-    assert_ne!(held_by_the_dead.id, first.id);
-    // Retried again (the key still looks held): the order placed, not a third one.
-    let again = f
-        .service
-        .create(&user, one_line(), "USD", "k2", None)
-        .await
-        .unwrap();
-    assert_eq!(again.id, held_by_the_dead.id);
+        .unwrap_err();
+    assert!(matches!(e, OrderError::KeyReused), "{e:?}");
+    f.close().await;
+}
+
+/// Requests with one `Idempotency-Key` at the same moment, none answered by the key
+/// store yet: one order, and every request answers with it — the unique key lets
+/// one insert through, the others find its order (on SQLite once the group of units
+/// it joined has committed).
+#[tokio::test]
+async fn requests_with_one_key_at_once_place_one_order() {
+    let f = Fixture::new(Arc::new(Down)).await;
+    let user = Uuid::now_v7().to_string();
+    let answers = futures::future::join_all(
+        (0..8).map(|_| f.service.create(&user, one_line(), "USD", "together", None)),
+    )
+    .await;
+    let ids: Vec<Uuid> = answers.into_iter().map(|a| a.unwrap().id).collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
     let (orders, _) = f.service.list(&user, 10, "").await.unwrap();
-    assert_eq!(orders.len(), 2, "one order per key");
+    assert_eq!(orders.len(), 1, "one order per key");
     f.close().await;
 }
