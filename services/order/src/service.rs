@@ -69,7 +69,6 @@ fn replay(order: Order, new: &NewOrder) -> Result<Order, OrderError> {
     }
 }
 
-/// Cache entry lifetime (SPEC: `order:{id}` for 10 minutes).
 /// How long a request whose insert found its `Idempotency-Key` taken waits for the
 /// order that took it to become readable: 20 looks, 100 ms apart.
 fn in_progress_wait() -> Retry {
@@ -82,6 +81,7 @@ fn in_progress_wait() -> Retry {
         .jitter(0.0)
 }
 
+/// Cache entry lifetime (SPEC: `order:{id}` for 10 minutes).
 const CACHE_TTL: Duration = Duration::from_secs(600);
 /// How long an order whose saga is still running stays cached. Its changes are
 /// invalidated after each commit, but a process killed between a commit and the
