@@ -9,26 +9,34 @@ use std::time::{Duration, Instant};
 
 /// A free TCP port on 127.0.0.1, never one this process handed out before.
 ///
-/// The port is found by binding port 0 and released for the child to bind later, so the
-/// kernel may offer it again meanwhile — to the next call of this very function (seen:
-/// a gateway given its own HTTP port as the user service's port). A process-wide record
-/// of the ports handed out rules that out for every system a test process starts; a
-/// port taken by another process in the gap makes the child fail to start, and the
-/// readiness check (service name + pid) fails loudly instead of passing against a
-/// stranger.
+/// The port is checked free by binding it and released for the child to bind later. It
+/// is taken from below the kernel's ephemeral range (20000–32767; Linux hands out
+/// 32768 and up to `bind(…:0)` and to outgoing connections), so no connection opened in
+/// the gap — a test's own client, a service's pool reaching MariaDB — can land on it
+/// before the child binds it (seen: `Address already in use` from a service whose port
+/// a connection had taken). A process-wide record of the ports handed out rules out
+/// handing one out twice; each test process starts at a place of its own in the range
+/// (its pid), away from the ports an earlier one's children may still hold. Should a
+/// stranger take the port all the same, the child fails to start and the readiness
+/// check (service name + pid) fails loudly instead of passing against it.
 pub fn free_port() -> u16 {
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_768;
     static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        let mut taken = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
-        if !taken.contains(&port) {
+    let mut taken = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    let start = std::process::id().wrapping_mul(7_919) % SPAN;
+    // 11 and SPAN (2^5 · 3 · 7 · 19) are coprime: the walk visits every port once.
+    for i in 0..SPAN {
+        let port = u16::try_from(LOW + (start + i * 11) % SPAN).expect("a port below 32768");
+        if taken.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             taken.push(port);
             return port;
         }
     }
+    panic!("no free port left in 20000–32767");
 }
 
 /// The path of workspace binary `name` (built first under `cargo test`): a service, or a
