@@ -1,7 +1,7 @@
 # ordersys — developer entry points. `make test` is the test command CI runs.
 CARGO ?= cargo
 
-.PHONY: compose-test run test test-unit mutants mutants-changed coverage services-up kafka-down dev-up dev-down lint fmt doc bench bench-ab bench-peers fuzz-api api-clients publish-check outside-user features deploy-check proto build up down migrate smoke example check chaos chaos-short
+.PHONY: compose-test run test test-unit mutants mutants-changed coverage services-up kafka-down dev-up dev-down lint fmt doc bench bench-ab bench-peers fuzz-api api-clients publish-check outside-user features deploy-check proto build up down migrate smoke example check chaos chaos-short soak
 
 ## The whole system in one process, embedded (SQLite + in-process bus) on :8080.
 run:
@@ -234,6 +234,18 @@ chaos:
 	$(CARGO) build --release --bins $(PRODUCT)
 	$(CARGO) build --release -p ordersys-e2e --bin chaos
 	$${CARGO_TARGET_DIR:-target}/release/chaos $(CHAOS_ARGS)
+
+## Staying power (issue #33, item 4): 64 clients for SOAK_SECONDS (1800) on the separate
+## services, no faults, on the durable broker (Tansu built with SQLite storage, ≈ 10
+## minutes to build once; its log grows all run long), every process's memory sampled
+## every 30 s; the `soak:` line has orders/s minute by minute, the last and slowest
+## minute against the first, and each process's memory first → peak → last.
+SOAK_SECONDS ?= 1800
+soak:
+	$(CARGO) build --release --bins $(PRODUCT)
+	$(CARGO) build --release -p ordersys-e2e --bin chaos
+	TANSU_STORAGE=sqlite TANSU_BIN="$$(scripts/cargo-tool tansu 0.6.0 --no-default-features --features libsql)/tansu" \
+	  $(BENCH_E2E) --clients 64 --seconds $(SOAK_SECONDS) --warmup 15 --soak
 
 ## The short fault run CI does (debug build, about two minutes).
 CHAOS_SHORT_ARGS ?= --clients 8 --seconds 60 --faults all --every 4-7 --deadline 10 --settle 120 --initial 2000000

@@ -94,6 +94,41 @@ pub fn tansu_bin() -> PathBuf {
     tools_dir().join("tansu-calfkit-0.1.2/tansu")
 }
 
+/// Whether the broker keeps its log in a SQLite file (`TANSU_STORAGE=sqlite`).
+fn tansu_sqlite() -> bool {
+    std::env::var("TANSU_STORAGE").as_deref() == Ok("sqlite")
+}
+
+/// The index Tansu 0.6's SQLite schema lacks on the `header` table's record key:
+/// without it every fetched record scans all headers ever stored, and the broker slows
+/// down as its log grows (docs/BENCHMARKS.md, issue #33 item 4). The compose
+/// deployment's broker gets it too (`deployments/compose/offline/kafka-entrypoint`).
+/// Made on a connection of our own once the broker listens (its tables exist then);
+/// SQLite re-prepares the broker's statements after the schema change.
+const TANSU_HEADER_INDEX: &str =
+    "CREATE INDEX IF NOT EXISTS ordersys_header_record ON header (topition, offset_id)";
+
+fn index_tansu_headers(db: &Path) -> anyhow::Result<()> {
+    let db = db.to_owned();
+    let made = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            use sqlx::ConnectOptions;
+            let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&db)
+                .busy_timeout(Duration::from_secs(30))
+                .connect()
+                .await?;
+            sqlx::query(TANSU_HEADER_INDEX).execute(&mut conn).await?;
+            anyhow::Ok(())
+        })
+    })
+    .join();
+    made.map_err(|_| anyhow::anyhow!("indexing the broker's headers panicked"))?
+}
+
 /// Where the project's scripts install their tools: `ORDERSYS_TOOLS`, else
 /// `~/.cache/ordersys`.
 pub fn tools_dir() -> PathBuf {
@@ -221,9 +256,10 @@ impl Daemon {
                 // feature): the log in a SQLite file of the server's directory, kept
                 // across a kill; otherwise in memory, lost with the process.
                 // (The file's URL is relative to the working directory: the server's.)
-                let storage = match std::env::var("TANSU_STORAGE").as_deref() {
-                    Ok("sqlite") => "sqlite://tansu.db",
-                    _ => "memory://tansu/",
+                let storage = if tansu_sqlite() {
+                    "sqlite://tansu.db"
+                } else {
+                    "memory://tansu/"
                 };
                 let mut c = Command::new(tansu_bin());
                 c.current_dir(&self.dir);
@@ -268,6 +304,9 @@ impl Daemon {
                 self.port
             );
             std::thread::sleep(Duration::from_millis(50));
+        }
+        if self.kind == Kind::Broker && tansu_sqlite() {
+            index_tansu_headers(&self.dir.join("tansu.db"))?;
         }
         Ok(())
     }

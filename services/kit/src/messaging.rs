@@ -35,8 +35,8 @@ impl Topics {
     }
 
     /// Create the topics if missing (commands and replies 3 partitions, dead letters 1;
-    /// replication factor and `min.insync.replicas` from `tuning`), retrying while the
-    /// broker is not up yet.
+    /// replication factor, `min.insync.replicas` and the `KAFKA_TOPIC_CONFIG` settings
+    /// from `tuning`), retrying while the broker is not up yet.
     pub async fn ensure(
         &self,
         brokers: &str,
@@ -46,7 +46,15 @@ impl Topics {
         let config = tuning.client_config(brokers)?;
         let topics = [(&*self.commands, 3), (&*self.replies, 3), (&*self.dlq, 1)];
         let isr = tuning.kafka_min_insync_replicas.to_string();
-        let settings = [("min.insync.replicas", isr.as_str())];
+        let mut owned = tuning.topic_config()?;
+        // KAFKA_MIN_INSYNC_REPLICAS unless KAFKA_TOPIC_CONFIG names it too.
+        if !owned.iter().any(|(k, _)| k == "min.insync.replicas") {
+            owned.push(("min.insync.replicas".to_owned(), isr));
+        }
+        let settings: Vec<(&str, &str)> = owned
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         let replication = tuning.kafka_replication_factor;
         crate::retry::until_up(
             "kafka_topics",
@@ -102,6 +110,12 @@ pub struct KafkaTuning {
     /// (`KAFKA_MIN_INSYNC_REPLICAS`, default 1). Producers use `acks=all`: with 2, a
     /// message is acknowledged once two replicas hold it. On a cluster: 2.
     pub kafka_min_insync_replicas: u32,
+    /// Settings of the topics the service creates (`KAFKA_TOPIC_CONFIG`, `;`-separated
+    /// `name=value`, default none: the broker's defaults), e.g.
+    /// `cleanup.policy=delete;retention.ms=604800000` — Apache Kafka's defaults, made
+    /// explicit for brokers that keep everything unless a topic says otherwise (Tansu
+    /// trims a topic's log only when its `cleanup.policy` names `delete`).
+    pub kafka_topic_config: String,
     /// How the consumers get their partitions (`KAFKA_ASSIGNMENT`, default `group`):
     /// `group`, membership of the consumer group (the coordinator shares the partitions
     /// and hands a dead member's to the others; a restart waits for the group to take
@@ -129,26 +143,34 @@ impl Default for KafkaTuning {
             outbox_stream: false,
             kafka_replication_factor: 1,
             kafka_min_insync_replicas: 1,
+            kafka_topic_config: String::new(),
             kafka_assignment: "group".into(),
             kafka_takeover_ms: 500,
         }
     }
 }
 
+/// `;`-separated `name=value` pairs of the variable `var`.
+fn name_values(var: &str, text: &str) -> anyhow::Result<Vec<(String, String)>> {
+    text.split(';')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+            _ => anyhow::bail!("{var}: {p:?} is not name=value"),
+        })
+        .collect()
+}
+
 impl KafkaTuning {
     /// `KAFKA_PROPERTIES` as (name, value) pairs; an entry without `=` is an error.
     pub fn properties(&self) -> anyhow::Result<Vec<(String, String)>> {
-        self.kafka_properties
-            .split(';')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .map(|p| match p.split_once('=') {
-                Some((k, v)) if !k.trim().is_empty() => {
-                    Ok((k.trim().to_owned(), v.trim().to_owned()))
-                }
-                _ => anyhow::bail!("KAFKA_PROPERTIES: {p:?} is not name=value"),
-            })
-            .collect()
+        name_values("KAFKA_PROPERTIES", &self.kafka_properties)
+    }
+
+    /// `KAFKA_TOPIC_CONFIG` as (name, value) pairs; an entry without `=` is an error.
+    pub fn topic_config(&self) -> anyhow::Result<Vec<(String, String)>> {
+        name_values("KAFKA_TOPIC_CONFIG", &self.kafka_topic_config)
     }
 
     /// `KAFKA_ASSIGNMENT` as an [`outbox::kafka::Assignment`]; anything but `group`,
@@ -388,167 +410,4 @@ pub fn spawn_housekeeping<I: outbox::Inbox>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::KafkaTuning;
-
-    #[test]
-    fn a_sasl_password_never_reaches_a_log_line() {
-        let tuning = KafkaTuning {
-            kafka_properties: "security.protocol=SASL_SSL;sasl.password=hunter2".into(),
-            ..KafkaTuning::default()
-        };
-        let shown = format!("{tuning:?}");
-        assert!(!shown.contains("hunter2"), "{shown}");
-        assert!(shown.contains("kafka_properties: <redacted>"), "{shown}");
-        assert_eq!(tuning.properties().unwrap()[1].1, "hunter2");
-    }
-
-    #[test]
-    fn kafka_properties_reach_every_client() {
-        let tuning = KafkaTuning {
-            kafka_properties: " security.protocol=ssl ; ssl.ca.location=/nonexistent/ca.pem;"
-                .into(),
-            ..KafkaTuning::default()
-        };
-        assert_eq!(
-            tuning.properties().unwrap(),
-            [
-                ("security.protocol".to_owned(), "ssl".to_owned()),
-                (
-                    "ssl.ca.location".to_owned(),
-                    "/nonexistent/ca.pem".to_owned()
-                )
-            ]
-        );
-        let admin = tuning.client_config("127.0.0.1:9092").unwrap();
-        assert_eq!(admin.get("security.protocol"), Some("ssl"));
-        let consumer = tuning
-            .consumer(outbox::kafka::ConsumerConfig::new(
-                "127.0.0.1:9092",
-                "g",
-                &["t"],
-            ))
-            .unwrap();
-        assert!(consumer
-            .extra
-            .contains(&("security.protocol".into(), "ssl".into())));
-        // The producer really gets them: librdkafka refuses the missing CA file.
-        let err = tuning
-            .publisher("127.0.0.1:9092")
-            .expect_err("a producer with a missing CA");
-        assert!(err.to_string().contains("ssl.ca.location"), "{err}");
-        // Malformed entries are an error, not ignored.
-        let bad = KafkaTuning {
-            kafka_properties: "security.protocol".into(),
-            ..KafkaTuning::default()
-        };
-        assert!(bad.properties().is_err());
-    }
-
-    #[test]
-    fn kafka_assignment_is_group_static_or_one_replica_of_several() {
-        use outbox::kafka::Assignment;
-        let of = |text: &str| {
-            KafkaTuning {
-                kafka_assignment: text.into(),
-                ..KafkaTuning::default()
-            }
-            .assignment()
-        };
-        assert_eq!(
-            KafkaTuning::default().assignment().unwrap(),
-            Assignment::Group
-        );
-        assert_eq!(of("").unwrap(), Assignment::Group);
-        assert_eq!(
-            of("static").unwrap(),
-            Assignment::Static {
-                replica: 0,
-                replicas: 1
-            }
-        );
-        assert_eq!(
-            of(" static:1/2 ").unwrap(),
-            Assignment::Static {
-                replica: 1,
-                replicas: 2
-            }
-        );
-        for bad in [
-            "static:2/2",
-            "static:1",
-            "static:a/2",
-            "static:0/b",
-            "dynamic",
-        ] {
-            let e = of(bad).unwrap_err().to_string();
-            assert!(e.contains("KAFKA_ASSIGNMENT"), "{bad}: {e}");
-        }
-        let consumer = KafkaTuning {
-            kafka_assignment: "static:0/3".into(),
-            ..KafkaTuning::default()
-        }
-        .consumer(outbox::kafka::ConsumerConfig::new("b", "g", &["t"]))
-        .unwrap();
-        assert_eq!(
-            consumer.assignment,
-            Assignment::Static {
-                replica: 0,
-                replicas: 3
-            }
-        );
-        assert_eq!(
-            consumer.takeover_after,
-            Some(std::time::Duration::from_millis(500))
-        );
-        let never = KafkaTuning {
-            kafka_assignment: "static:0/3".into(),
-            kafka_takeover_ms: 0,
-            ..KafkaTuning::default()
-        }
-        .consumer(outbox::kafka::ConsumerConfig::new("b", "g", &["t"]))
-        .unwrap();
-        assert_eq!(never.takeover_after, None);
-    }
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    use outbox::idempotency::{IdempotencyStore, MemoryIdempotencyStore, Reservation};
-    use outbox::memory::MemoryInbox;
-    use outbox::{Inbox, MessageId, Transactional};
-
-    #[tokio::test(start_paused = true)]
-    async fn housekeeping_purges_old_inbox_records_and_expired_keys() {
-        let inbox = MemoryInbox::new();
-        let old = MessageId::new();
-        let mut tx = inbox.begin().await.unwrap();
-        assert!(inbox.try_record(&mut tx, "c", old).await.unwrap());
-        inbox.commit(tx).await.unwrap();
-        let keys = Arc::new(MemoryIdempotencyStore::new());
-        keys.reserve("k", Duration::from_secs(60)).await.unwrap();
-
-        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(super::housekeeping(
-            inbox.clone(),
-            keys.clone(),
-            Duration::from_secs(2 * 3600 + 600),
-            Duration::from_secs(3600),
-            async {
-                let _ = rx.await;
-            },
-        ));
-        // Purges at 0, 1 h, 2 h, 3 h; the record's retention is 2 h 10 min.
-        tokio::time::sleep(Duration::from_secs(2 * 3600 + 1)).await;
-        assert!(inbox.contains("c", old), "purged before its retention");
-        tokio::time::sleep(Duration::from_secs(3600)).await;
-        assert!(!inbox.contains("c", old), "kept past its retention");
-        // The key (expired at 1 min) was already deleted by the purge at 1 h.
-        assert_eq!(keys.purge_expired().await.unwrap(), 0);
-        assert_eq!(
-            keys.reserve("k", Duration::from_secs(60)).await.unwrap(),
-            Reservation::Reserved
-        );
-        stop.send(()).unwrap();
-        task.await.unwrap();
-    }
-}
+mod tests;

@@ -304,8 +304,17 @@ const BUCKETS: &[f64] = &[
     60.0, 300.0,
 ];
 
+/// How often the recorder's histograms are drained into their buckets when nobody
+/// scrapes them (the exporter's own default).
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Install the process-wide recorder of the `metrics` facade (Prometheus text, histograms
 /// with buckets from 0.5 ms to 300 s); later calls return the same handle.
+///
+/// A histogram keeps every value recorded until its samples are drained into the
+/// buckets — by a scrape ([`render_metrics`]) and, so that a process nobody scrapes
+/// does not grow by every value it ever recorded (≈ 60–90 bytes per order in the order
+/// and payment services, docs/BENCHMARKS.md), every 5 s by a thread of its own.
 pub fn metrics_recorder() -> &'static metrics_exporter_prometheus::PrometheusHandle {
     PROMETHEUS.get_or_init(|| {
         let builder = metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -314,7 +323,20 @@ pub fn metrics_recorder() -> &'static metrics_exporter_prometheus::PrometheusHan
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
         // Another recorder already installed (a test harness): keep ours unused.
-        let _ = metrics::set_global_recorder(recorder);
+        if metrics::set_global_recorder(recorder).is_ok() {
+            let upkeep = handle.clone();
+            let spawned = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(UPKEEP_EVERY);
+                    upkeep.run_upkeep();
+                });
+            if let Err(e) = spawned {
+                eprintln!(
+                    "metrics upkeep thread not started ({e}): histograms drain on scrapes only"
+                );
+            }
+        }
         handle
     })
 }

@@ -37,6 +37,9 @@ chaos — the ordersys fault suite
   --embedded           load the one-process system (`ordersys`, SQLite + in-process
                        bus) instead of the separate services; no faults, and the
                        invariants checked through the REST API only
+  --soak               staying power: every process's resident memory every 30 s
+                       during the load, then the orders ended per minute and the
+                       memory's first → peak → last in a `soak:` line (`make soak`)
   --keep               keep the work directory (logs, data) after a pass
   --compose PROJECT    attach to the running compose deployment PROJECT instead of
                        starting one (the gateway at its published port 8080, MySQL at
@@ -74,6 +77,7 @@ pub(crate) struct Args {
     pub(crate) slap: u64,
     pub(crate) embedded: bool,
     pub(crate) keep: bool,
+    pub(crate) soak: bool,
     pub(crate) compose: Option<String>,
     pub(crate) compose_faults: Vec<Fault>,
     pub(crate) partition_secs: u64,
@@ -118,6 +122,7 @@ impl Args {
             slap: 0,
             embedded: false,
             keep: false,
+            soak: false,
             compose: None,
             compose_faults: [
                 "crash:order",
@@ -187,6 +192,7 @@ impl Args {
                     );
                 }
                 "--keep" => a.keep = true,
+                "--soak" => a.soak = true,
                 "--compose" => a.compose = Some(val()?),
                 "--compose-faults" => {
                     a.compose_faults = (val()?.split(',').filter(|f| !f.is_empty()))

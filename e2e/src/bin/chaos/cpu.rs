@@ -2,8 +2,8 @@
 
 use super::*;
 
-/// The CPU snapshot of every process of the deployment and of this driver.
-pub(crate) fn snapshot(dep: &Deployment) -> CpuSnap {
+/// The deployment's processes (services and servers) by name, with their pids.
+pub(crate) fn processes(dep: &Deployment) -> Vec<(String, u32)> {
     let mut pids: Vec<(String, u32)> = Vec::new();
     for (name, s) in dep.services() {
         if let Some(pid) = s.pid() {
@@ -16,6 +16,12 @@ pub(crate) fn snapshot(dep: &Deployment) -> CpuSnap {
         }
     }
     pids.sort();
+    pids
+}
+
+/// The CPU snapshot of every process of the deployment and of this driver.
+pub(crate) fn snapshot(dep: &Deployment) -> CpuSnap {
+    let mut pids = processes(dep);
     pids.push(("driver".to_owned(), std::process::id()));
     CpuSnap::take(&pids)
 }

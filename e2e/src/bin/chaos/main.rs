@@ -31,6 +31,7 @@ mod compose;
 mod cpu;
 mod deployment;
 mod load;
+mod soak;
 
 use args::*;
 use check::*;
@@ -38,6 +39,7 @@ use compose::*;
 use cpu::*;
 use deployment::*;
 use load::*;
+use soak::*;
 
 fn log(msg: impl AsRef<str>) {
     eprintln!("chaos {}: {}", chrono_now(), msg.as_ref());
@@ -211,6 +213,18 @@ async fn main() -> anyhow::Result<()> {
             snapshot(&*dep.lock().await)
         })
     };
+    let rss_samples = Arc::new(Mutex::new(Vec::<RssSample>::new()));
+    let rss_sampler = args.soak.then(|| {
+        let (dep, samples) = (dep.clone(), rss_samples.clone());
+        tokio::spawn(async move {
+            loop {
+                let sample = rss_sample(&*dep.lock().await);
+                log(sample.show());
+                samples.lock().expect("lock").push(sample);
+                tokio::time::sleep(RSS_EVERY).await;
+            }
+        })
+    });
     let progress_every = Duration::from_secs(10);
     while started.elapsed() < Duration::from_secs(args.seconds)
         && !load.is_empty()
@@ -230,6 +244,11 @@ async fn main() -> anyhow::Result<()> {
     shared.stop.store(true, Ordering::Relaxed);
     while load.join_next().await.is_some() {}
     let load_secs = started.elapsed().as_secs_f64();
+    if let Some(sampler) = rss_sampler {
+        sampler.abort();
+        let last = rss_sample(&*dep.lock().await);
+        rss_samples.lock().expect("lock").push(last);
+    }
     log("load stopped; waiting for every order to end");
 
     let summary;
@@ -334,6 +353,13 @@ async fn main() -> anyhow::Result<()> {
     if args.faults.is_empty() {
         // A load measurement (with faults the figures would mean little).
         println!("{}", bench_line(&clients, &window_start, &window_end, slap));
+    }
+    if args.soak {
+        let per_minute = ended_per_minute(&orders_of(&clients), started, load_secs);
+        println!(
+            "{}",
+            soak_line(&per_minute, &rss_samples.lock().expect("lock"))
+        );
     }
     let failed = s.failed() || s.orders == 0;
     let keep = failed || args.keep;
