@@ -345,7 +345,7 @@ impl<B: Backend> OrderService<B> {
         tracing::info!(order_id = %id, user_id = %user, total = new.total, currency = %new.currency, "заказ создан, сага запущена");
         // The answer is the row as committed, not a second read: a read could fail
         // (the database went away a moment later) and turn a placed order into a 5xx.
-        Ok(self.to_order(OrderRow {
+        let order = self.to_order(OrderRow {
             id,
             user_id: user,
             status: OrderStatus::Pending,
@@ -358,7 +358,17 @@ impl<B: Backend> OrderService<B> {
             cancel_saga_id: None,
             saga_state: Some(applied.saga.state),
             created_at,
-        }))
+        });
+        // The client's first read of it (a wait for its outcome) is then answered
+        // without the database. `set_if_absent`: a reply that already changed it left
+        // its invalidation marker, which this must not overwrite.
+        if let Ok(bytes) = serde_json::to_vec(&order) {
+            let _ = self
+                .cache
+                .set_if_absent(&cache_key(id), &bytes, cache_ttl(&order))
+                .await;
+        }
+        Ok(order)
     }
 
     /// One of the caller's orders (from the cache when possible).

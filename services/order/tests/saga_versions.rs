@@ -297,3 +297,36 @@ async fn a_reply_for_a_version_no_longer_registered_is_dead_lettered_and_the_sag
     assert_eq!(status(&fixed, &order).await, OrderStatus::Confirmed);
     db.drop_db().await;
 }
+
+/// A placed order's first reads — the client waiting for its outcome — are answered
+/// from the cache the placing filled, not from its row; the change its reply makes
+/// replaces what is cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placed_order_is_read_from_the_cache_until_its_reply_changes_it() {
+    let db = TestDb::new().await;
+    MySqlOrders::new(db.pool.clone()).migrate().await.unwrap();
+    let p = process(&db, &[1]);
+    let order = place(&p, Uuid::new_v4()).await;
+    // The row changed behind the service's back: a read of the row would show it.
+    sqlx::query("UPDATE orders SET total_amount = total_amount + 1 WHERE id = ?")
+        .bind(order.id.as_bytes().as_slice())
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let shown = read(&p, &order).await;
+    assert_eq!(
+        (shown.status, shown.total),
+        (OrderStatus::Pending, order.total),
+        "answered from the cache"
+    );
+
+    let debit = debits(&db).await.pop().expect("one debit");
+    assert_eq!(answer(&db, &p, &debit).await, DeliveryOutcome::Processed);
+    let shown = read(&p, &order).await;
+    assert_eq!(
+        (shown.status, shown.total),
+        (OrderStatus::Confirmed, order.total + 1),
+        "read again after the change"
+    );
+    db.drop_db().await;
+}

@@ -80,6 +80,17 @@ pub trait PaymentRepo: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = sqlx::Result<Option<(i64, String)>>> + Send;
     /// Balance and currency.
     fn account(&self, user: Uuid) -> impl Future<Output = sqlx::Result<(i64, String)>> + Send;
+    /// Take `amount` from the account if it holds that much in `currency` — the check
+    /// and the change in one statement, which write-locks the account as
+    /// [`lock_account`](Self::lock_account) would: `false` (nothing changed) when it
+    /// does not (or there is no account yet).
+    fn take_balance(
+        &self,
+        tx: &mut Self::Tx,
+        user: Uuid,
+        amount: i64,
+        currency: &str,
+    ) -> impl Future<Output = sqlx::Result<bool>> + Send;
     /// Add `delta` to the balance.
     fn add_balance(
         &self,
@@ -173,6 +184,21 @@ macro_rules! sql_repo {
                     .fetch_one(&self.pool)
                     .await?;
                 Ok((row.try_get("balance")?, row.try_get("currency")?))
+            }
+
+            async fn take_balance(&self, tx: &mut $tx, user: Uuid, amount: i64, currency: &str) -> sqlx::Result<bool> {
+                sqlx::query(
+                    "UPDATE accounts SET balance = balance - ?, updated_at_ms = ? \
+                     WHERE user_id = ? AND currency = ? AND balance >= ?",
+                )
+                .bind(amount)
+                .bind(now_ms())
+                .bind(user.as_bytes().as_slice())
+                .bind(currency)
+                .bind(amount)
+                .execute(&mut **tx)
+                .await
+                .map(|r| r.rows_affected() == 1)
             }
 
             async fn add_balance(&self, tx: &mut $tx, user: Uuid, delta: i64) -> sqlx::Result<()> {

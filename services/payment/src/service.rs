@@ -125,6 +125,21 @@ fn parse_uuid(field: &str, s: &str) -> Result<Uuid, HandlerError> {
     Uuid::parse_str(s).map_err(|_| HandlerError::permanent(format!("{field} is not a UUID: {s:?}")))
 }
 
+/// The answer to a debit that took `amount` from `user` as payment `id` (logged).
+fn debited(
+    wire: &saga_core::SagaCommand,
+    order: Uuid,
+    user: Uuid,
+    amount: i64,
+    id: Uuid,
+) -> SagaReply {
+    tracing::info!(order_id = %order, user_id = %user, amount, payment_id = %id, "средства списаны");
+    let mut reply = reply_to(wire);
+    reply.status = ReplyStatus::Succeeded as i32;
+    reply.payment_id = id.to_string();
+    reply
+}
+
 /// A storage failure: the database is down, a deadlock, a lock-wait timeout — retried
 /// until it passes, never dead-lettered.
 fn transient(e: impl std::fmt::Display) -> HandlerError {
@@ -173,6 +188,43 @@ impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> CommandHandler<R, O> {
         user: Uuid,
     ) -> Result<Answer, HandlerError> {
         let money = cmd.amount.clone().unwrap_or_default();
+        let id = Uuid::now_v7();
+        let payment = |status, reason| NewPayment {
+            id,
+            order,
+            user,
+            amount: money.amount_minor,
+            currency: &money.currency,
+            status,
+            reason,
+        };
+        // The common case in two statements: the account holds the amount in the
+        // order's currency — checked and taken in one (which write-locks the account
+        // first, as below), and the payment row records it. Where the order has a row
+        // already (a resend, or a refund that overtook the debit) the money goes back
+        // and that row decides, as below.
+        if money.amount_minor > 0
+            && self
+                .repo
+                .take_balance(tx, user, money.amount_minor, &money.currency)
+                .await
+                .map_err(transient)?
+        {
+            let new = payment(PaymentStatus::Debited, None);
+            if self.repo.insert_payment(tx, new).await.map_err(transient)? {
+                return Ok(Answer::Fresh(debited(
+                    wire,
+                    order,
+                    user,
+                    money.amount_minor,
+                    id,
+                )));
+            }
+            self.repo
+                .add_balance(tx, user, money.amount_minor)
+                .await
+                .map_err(transient)?;
+        }
         // The account first (write-locked: one user's debits queue here instead of
         // deadlocking on the payments index), opened on the first debit.
         let (balance, account_currency) = match self.repo.lock_account(tx, user).await {
@@ -197,8 +249,7 @@ impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> CommandHandler<R, O> {
         };
         // The payment row is the claim: recorded first as this debit would decide it,
         // read back only when the order already has one (a resend, or a refund that
-        // overtook the debit) — one statement on the common path.
-        let id = Uuid::now_v7();
+        // overtook the debit).
         let first = first_debit(
             balance,
             &account_currency,
@@ -209,15 +260,7 @@ impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> CommandHandler<R, O> {
             Ok(()) => (PaymentStatus::Debited, None),
             Err(reason) => (PaymentStatus::Declined, Some(reason.as_str())),
         };
-        let new = NewPayment {
-            id,
-            order,
-            user,
-            amount: money.amount_minor,
-            currency: &money.currency,
-            status,
-            reason,
-        };
+        let new = payment(status, reason);
         let (decision, existing) = if self.repo.insert_payment(tx, new).await.map_err(transient)? {
             let decision = match first {
                 Ok(()) => DebitDecision::Take,
@@ -252,9 +295,7 @@ impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> CommandHandler<R, O> {
                     .add_balance(tx, user, -money.amount_minor)
                     .await
                     .map_err(transient)?;
-                tracing::info!(order_id = %order, user_id = %user, amount = money.amount_minor, payment_id = %id, "средства списаны");
-                reply.status = ReplyStatus::Succeeded as i32;
-                reply.payment_id = id.to_string();
+                reply = debited(wire, order, user, money.amount_minor, id);
             }
             DebitDecision::Decline(reason) => {
                 tracing::info!(order_id = %order, user_id = %user, reason = %reason, "списание отклонено");
