@@ -37,27 +37,9 @@ async fn try_connect(
     Ok(MySqlPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        // sqlx pings a connection when it goes back to the pool, and by default again
-        // when it is taken out: a round trip per transaction that found nothing under
-        // load (≈ 4.5 per order, docs/BENCHMARKS.md). Ping on the way out only a
-        // connection that sat idle long enough for the server to have gone away since
-        // its last ping; one that fails is closed and another taken.
-        .test_before_acquire(false)
-        .before_acquire(|conn, meta| {
-            Box::pin(async move {
-                if meta.idle_for >= PING_IDLE_AFTER {
-                    conn.ping().await?;
-                }
-                Ok(true)
-            })
-        })
         .connect_with(opts.clone())
         .await?)
 }
-
-/// How long a MySQL connection may sit in the pool and still be used without a ping
-/// first (`connect`).
-const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// Open (creating if missing) a SQLite database from a `sqlite://path` URL — WAL journal,
 /// 5 s busy timeout — for the embedded mode.
@@ -230,53 +212,5 @@ pub fn sibling_sqlite(url: &str, suffix: &str) -> String {
     match url.strip_suffix(".db") {
         Some(stem) => format!("{stem}-{suffix}.db"),
         None => format!("{url}-{suffix}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The test server (`DATABASE_URL`, default the local one) with a database of the
-    /// test's own.
-    fn test_url(db: &str) -> String {
-        let base = std::env::var("DATABASE_URL")
-            .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
-        let (server, _) = base.rsplit_once('/').expect("a mysql:// URL");
-        format!("{server}/{db}")
-    }
-
-    async fn connection_id(pool: &MySqlPool) -> u64 {
-        sqlx::query_scalar("SELECT CONNECTION_ID()")
-            .fetch_one(pool)
-            .await
-            .expect("a query on the pool")
-    }
-
-    /// A connection that sat in the pool long enough to be pinged, and was closed by
-    /// the server meanwhile (a restart, `wait_timeout`), is replaced before use, not
-    /// handed to the caller broken.
-    #[tokio::test]
-    async fn an_idle_connection_the_server_closed_is_replaced_before_use() {
-        let db = format!("kit_db_{}", std::process::id());
-        let pool = connect(&test_url(&db), 1, Duration::from_secs(10))
-            .await
-            .expect("the test server");
-        let first = connection_id(&pool).await;
-        let admin = connect(&test_url(&db), 1, Duration::from_secs(10))
-            .await
-            .unwrap();
-        sqlx::query(&format!("KILL {first}"))
-            .execute(&admin)
-            .await
-            .unwrap();
-        // Idle this long, the pool's one connection is pinged when next taken.
-        tokio::time::sleep(PING_IDLE_AFTER + Duration::from_millis(100)).await;
-        let second = connection_id(&pool).await;
-        assert_ne!(first, second, "a new connection");
-        sqlx::query(&format!("DROP DATABASE `{db}`"))
-            .execute(&admin)
-            .await
-            .unwrap();
     }
 }
