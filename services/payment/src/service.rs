@@ -203,6 +203,7 @@ impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> CommandHandler<R, O> {
         // first, as below), and the payment row records it. Where the order has a row
         // already (a resend, or a refund that overtook the debit) the money goes back
         // and that row decides, as below.
+        let mut row_known = false;
         if money.amount_minor > 0
             && self
                 .repo
@@ -224,6 +225,7 @@ impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> CommandHandler<R, O> {
                 .add_balance(tx, user, money.amount_minor)
                 .await
                 .map_err(transient)?;
+            row_known = true;
         }
         // The account first (write-locked: one user's debits queue here instead of
         // deadlocking on the payments index), opened on the first debit.
@@ -260,8 +262,14 @@ impl<R: PaymentRepo, O: OutboxStore<Tx = R::Tx>> CommandHandler<R, O> {
             Ok(()) => (PaymentStatus::Debited, None),
             Err(reason) => (PaymentStatus::Declined, Some(reason.as_str())),
         };
-        let new = payment(status, reason);
-        let (decision, existing) = if self.repo.insert_payment(tx, new).await.map_err(transient)? {
+        // (Where the row met above is known to be there, it is not tried again.)
+        let recorded = !row_known
+            && self
+                .repo
+                .insert_payment(tx, payment(status, reason))
+                .await
+                .map_err(transient)?;
+        let (decision, existing) = if recorded {
             let decision = match first {
                 Ok(()) => DebitDecision::Take,
                 Err(reason) => DebitDecision::Decline(reason),
