@@ -407,9 +407,15 @@ impl Service {
 
     /// Whether the process has exited.
     pub fn exited(&mut self) -> bool {
+        self.exit_status().is_some()
+    }
+
+    /// How the process ended (`exit status: 1`, `signal: 6 (SIGABRT)`), if it has;
+    /// "not started" when there is no process.
+    pub fn exit_status(&mut self) -> Option<String> {
         match &mut self.child {
-            Some(c) => c.try_wait().ok().flatten().is_some(),
-            None => true,
+            Some(c) => c.try_wait().ok().flatten().map(|s| s.to_string()),
+            None => Some("not started".into()),
         }
     }
 }

@@ -189,8 +189,8 @@ async fn main() -> anyhow::Result<()> {
                             continue;
                         }
                         let s = d.service_mut(name).expect("service");
-                        if s.exited() {
-                            log(format!("{name} exited by itself; restarting it"));
+                        if let Some(status) = s.exit_status() {
+                            log(format!("{name} exited by itself ({status}); restarting it"));
                             *crashes
                                 .lock()
                                 .expect("lock")
