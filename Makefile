@@ -200,6 +200,7 @@ bench:
 	scripts/kafka-up --install-only
 	$(CARGO) build --release --bins $(PRODUCT)
 	$(CARGO) build --release -p ordersys-bench --bins
+	$(CARGO) build --release -p ordersys-e2e --bin chaos
 	$${CARGO_TARGET_DIR:-target}/release/relay-bench --rows 100000 --profile-rounds 5
 	# The gateway's security layers: GET /api/v1/orders/{id} with and without them.
 	$${CARGO_TARGET_DIR:-target}/release/gateway-bench --clients 32 --seconds 8 --warmup 2 --rounds 3
