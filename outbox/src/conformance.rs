@@ -27,11 +27,13 @@ async fn enqueue_committed<S: OutboxStore>(store: &S, msgs: Vec<OutboxMessage>) 
     store.commit(tx).await.expect("commit");
 }
 
+mod batch;
 mod idempotency;
 mod inbox;
 mod outbox_store;
 mod relay;
 
+pub use batch::*;
 pub use idempotency::*;
 pub use inbox::*;
 pub use outbox_store::*;

@@ -10,6 +10,8 @@ use crate::error::BoxError;
 use crate::store::{DeadLetter, Inbox};
 use crate::{Delivery, Error, Result};
 
+mod batch;
+
 /// Why a handler failed, which decides whether it is retried.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -50,6 +52,19 @@ impl HandlerError {
 /// Business logic for one message, run inside the unit of work that also records the
 /// message in the inbox: its writes (including outbox replies) commit together with
 /// that record, or not at all.
+///
+/// The unit of work may carry other messages too
+/// ([`IdempotentConsumer::process_batch`], which `run_consumer` and the in-process bus
+/// use when several messages wait): a handler must not end it (commit or roll back by
+/// hand), and should not count on it being fresh. A batch that runs over its time is
+/// given up — its handlers' futures dropped where they wait, the unit of work rolled
+/// back — and redone message by message, so `handle` must leave nothing half done
+/// outside its unit of work when dropped at an `.await`. On MySQL's default isolation
+/// (repeatable read) a plain `SELECT` sees the snapshot of the unit's first read, which
+/// may be an earlier message's: read rows that other transactions change with a locking
+/// read (`FOR UPDATE`) or guard the write (`UPDATE … WHERE version = ?`) — a stale read
+/// then fails the write, the handler returns an error, and the message is redone on its
+/// own.
 pub trait MessageHandler<Tx>: Send + Sync {
     /// What [`handle`](Self::handle) decided that must only act once its unit of work
     /// committed (a reply to cache, an id to announce): handed to
@@ -150,6 +165,8 @@ pub struct IdempotentConsumer<I, D> {
     inbox: I,
     dead_letter: D,
     retry: Retry,
+    /// How long a batch's unit of work may take before it is given up.
+    batch_timeout: std::time::Duration,
     /// Topics whose outcome counters exist (registered at 0 on first sight, so a
     /// dashboard or alert sees `dead_lettered 0`, not nothing).
     topics_seen: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -178,6 +195,7 @@ impl<I: Inbox, D: DeadLetter> IdempotentConsumer<I, D> {
             inbox,
             dead_letter,
             retry: Retry::default().named("outbox.consume"),
+            batch_timeout: std::time::Duration::from_secs(1),
             topics_seen: Default::default(),
         }
     }
@@ -185,6 +203,16 @@ impl<I: Inbox, D: DeadLetter> IdempotentConsumer<I, D> {
     /// Use another retry policy for transient failures.
     pub fn with_retry(mut self, retry: Retry) -> Self {
         self.retry = retry;
+        self
+    }
+
+    /// How long the unit of work of a batch ([`process_batch`](Self::process_batch))
+    /// may take before it is rolled back and its messages are handled one by one
+    /// (default 1 s; a batch normally takes milliseconds): the longest one slow message
+    /// — a handler waiting for a lock or a slow service — holds back the others of its
+    /// batch.
+    pub fn with_batch_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.batch_timeout = timeout;
         self
     }
 
@@ -227,6 +255,20 @@ impl<I: Inbox, D: DeadLetter> IdempotentConsumer<I, D> {
         msg: &Delivery,
         handler: &H,
     ) -> Result<DeliveryOutcome> {
+        let span = self.span(msg);
+        let started = std::time::Instant::now();
+        let result = self
+            .process_inner(msg, handler)
+            .instrument(span.clone())
+            .await;
+        let outcome = outcome_name(&result);
+        span.record("outcome", outcome);
+        self.count(msg, outcome, started);
+        result
+    }
+
+    /// The `outbox.consume` span of `msg`, continuing the trace in its headers.
+    fn span(&self, msg: &Delivery) -> tracing::Span {
         let span = tracing::info_span!(
             "outbox.consume",
             otel.name = %format_args!("{} process", msg.topic),
@@ -238,18 +280,12 @@ impl<I: Inbox, D: DeadLetter> IdempotentConsumer<I, D> {
             outcome = tracing::field::Empty,
         );
         crate::trace::set_parent(&span, &msg.headers);
-        let started = std::time::Instant::now();
-        let result = self
-            .process_inner(msg, handler)
-            .instrument(span.clone())
-            .await;
-        let outcome = match &result {
-            Ok(DeliveryOutcome::Processed) => "processed",
-            Ok(DeliveryOutcome::Duplicate) => "duplicate",
-            Ok(DeliveryOutcome::DeadLettered { .. }) => "dead_lettered",
-            Err(_) => "failed",
-        };
-        span.record("outcome", outcome);
+        span
+    }
+
+    /// Count one delivery's outcome (`outbox_consumer_messages_total`, registering every
+    /// outcome of a topic at 0 on first sight) and time it.
+    fn count(&self, msg: &Delivery, outcome: &'static str, started: std::time::Instant) {
         let (consumer, topic) = (self.name.clone(), msg.topic.clone());
         let first_sight = self
             .topics_seen
@@ -269,7 +305,6 @@ impl<I: Inbox, D: DeadLetter> IdempotentConsumer<I, D> {
         metrics::histogram!("outbox_consumer_handle_duration_seconds",
             "consumer" => consumer, "topic" => topic)
         .record(started.elapsed().as_secs_f64());
-        result
     }
 
     async fn process_inner<H: MessageHandler<I::Tx>>(
@@ -327,6 +362,16 @@ impl<I: Inbox, D: DeadLetter> IdempotentConsumer<I, D> {
             }
         }
         Ok(DeliveryOutcome::DeadLettered { reason })
+    }
+}
+
+/// The `outcome` label of a delivery's result.
+fn outcome_name(result: &Result<DeliveryOutcome>) -> &'static str {
+    match result {
+        Ok(DeliveryOutcome::Processed) => "processed",
+        Ok(DeliveryOutcome::Duplicate) => "duplicate",
+        Ok(DeliveryOutcome::DeadLettered { .. }) => "dead_lettered",
+        Err(_) => "failed",
     }
 }
 

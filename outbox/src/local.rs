@@ -8,6 +8,17 @@
 //! drop the repeat. Per-key order comes from the relay, which publishes one key's
 //! messages one after the other.
 //!
+//! A subscription's deliveries that arrive together — a relay round publishes its keys
+//! concurrently — share one unit of work
+//! ([`IdempotentConsumer::process_batch`]): the first caller handles its own and, in
+//! the same unit of work or the next, whatever queued behind it meanwhile (at most 64
+//! in one), on its own task; the others wait for their outcome. One transaction and
+//! one commit for a whole round instead of one each. Each publish still returns only
+//! once its own delivery settled; a batch that fails is redone message by message. If
+//! the caller handling the queue gives up (its future is dropped), the deliveries it
+//! was handling or that waited fail (their publishes are retried) and the next caller
+//! takes over.
+//!
 //! ```
 //! use outbox::local::LocalBus;
 //! use outbox::memory::{MemoryDeadLetters, MemoryInbox, MemoryOutbox, MemoryTx};
@@ -41,6 +52,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::oneshot;
 
 use crate::store::{DeadLetter, Inbox, Publisher};
 use crate::{
@@ -91,12 +104,15 @@ impl LocalBus {
         D: DeadLetter,
         H: MessageHandler<I::Tx> + 'static,
     {
-        let consumer = Arc::new(consumer);
-        let handler = Arc::new(handler);
         let name = consumer.name().to_owned();
+        let batcher = Arc::new(Batcher {
+            consumer,
+            handler,
+            state: Mutex::new(BatchState::default()),
+        });
         let deliver: Deliver = Arc::new(move |d: Delivery| {
-            let (consumer, handler) = (consumer.clone(), handler.clone());
-            Box::pin(async move { consumer.process(&d, &*handler).await })
+            let batcher = batcher.clone();
+            Box::pin(async move { batcher.deliver(d).await })
         });
         self.routes
             .write()
@@ -121,6 +137,97 @@ impl LocalBus {
             .get(topic)
             .cloned()
             .unwrap_or_default()
+    }
+}
+
+/// At most this many deliveries share one unit of work of a subscription.
+const MAX_BATCH: usize = 64;
+
+/// A subscription's deliveries: the ones that arrive while a unit of work runs are
+/// handled together in the next, by the caller that started the first
+/// ([`IdempotentConsumer::process_batch`]) — no task of its own, no thread woken.
+struct Batcher<I, D, H> {
+    consumer: IdempotentConsumer<I, D>,
+    handler: H,
+    state: Mutex<BatchState>,
+}
+
+/// A delivery waiting for its unit of work, and where its outcome goes.
+type Waiting = (Delivery, oneshot::Sender<Result<DeliveryOutcome>>);
+
+#[derive(Default)]
+struct BatchState {
+    queue: Vec<Waiting>,
+    /// A caller is handling the queue.
+    leading: bool,
+}
+
+impl<I: Inbox, D: DeadLetter, H: MessageHandler<I::Tx>> Batcher<I, D, H> {
+    fn state(&self) -> std::sync::MutexGuard<'_, BatchState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Settle `d`: queued for the unit of work in progress's successor, or — if none is
+    /// in progress — handled by this caller, together with whatever queues meanwhile,
+    /// until the queue is empty.
+    async fn deliver(&self, d: Delivery) -> Result<DeliveryOutcome> {
+        let (done, outcome) = oneshot::channel();
+        let lead = {
+            let mut state = self.state();
+            state.queue.push((d, done));
+            !std::mem::replace(&mut state.leading, true)
+        };
+        if lead {
+            let mut lead = Leading(self);
+            // The relay publishes a round's keys concurrently from one task: let the
+            // others of the round queue up behind this one first.
+            tokio::task::yield_now().await;
+            lead.run().await;
+        }
+        outcome
+            .await
+            .unwrap_or_else(|_| Err(Error::storage("the delivery was abandoned")))
+    }
+}
+
+/// The caller handling a subscription's queue. Dropped half way (its caller gave up),
+/// it hands back the lead and fails what waits, so that nothing waits forever: those
+/// publishes fail and are retried.
+struct Leading<'a, I, D, H>(&'a Batcher<I, D, H>);
+
+impl<I: Inbox, D: DeadLetter, H: MessageHandler<I::Tx>> Leading<'_, I, D, H> {
+    async fn run(&mut self) {
+        loop {
+            let batch: Vec<Waiting> = {
+                let mut state = self.0.state();
+                if state.queue.is_empty() {
+                    state.leading = false;
+                    return;
+                }
+                let take = state.queue.len().min(MAX_BATCH);
+                let rest = state.queue.split_off(take);
+                std::mem::replace(&mut state.queue, rest)
+            };
+            let (deliveries, senders): (Vec<Delivery>, Vec<_>) = batch.into_iter().unzip();
+            let outcomes = self
+                .0
+                .consumer
+                .process_batch(&deliveries, &self.0.handler)
+                .await;
+            for (done, outcome) in senders.into_iter().zip(outcomes) {
+                let _ = done.send(outcome); // its caller may have given up
+            }
+        }
+    }
+}
+
+impl<I, D, H> Drop for Leading<'_, I, D, H> {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.leading {
+            state.leading = false;
+            state.queue.clear(); // their senders dropped: those deliveries fail
+        }
     }
 }
 

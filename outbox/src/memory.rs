@@ -34,6 +34,9 @@ type Apply = Box<dyn FnOnce() + Send>;
 pub struct MemoryTx {
     checks: Vec<Check>,
     applies: Vec<Apply>,
+    /// Inbox records staged in this unit of work (inbox, consumer, message): a second
+    /// record of one of them in the same unit is refused, as a database would.
+    recorded: std::collections::HashSet<(usize, String, MessageId)>,
 }
 
 impl fmt::Debug for MemoryTx {
@@ -323,6 +326,10 @@ impl Inbox for MemoryInbox {
         let key = (consumer.to_owned(), id);
         if lock(&self.seen).contains_key(&key) {
             return Ok(false);
+        }
+        let staged = (Arc::as_ptr(&self.seen) as usize, key.0.clone(), id);
+        if !tx.recorded.insert(staged) {
+            return Ok(false); // recorded earlier in this unit of work
         }
         let seen = self.seen.clone();
         let k = key.clone();

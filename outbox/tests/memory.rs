@@ -27,6 +27,7 @@ async fn memory_relay_conformance() {
 #[tokio::test]
 async fn memory_inbox_conformance() {
     conformance::inbox_all(&MemoryInbox::new()).await;
+    conformance::inbox_batches(&MemoryInbox::new()).await;
 }
 
 fn config() -> RelayConfig {

@@ -55,6 +55,7 @@ async fn mysql_relay_conformance() {
 async fn mysql_inbox_conformance() {
     let db = TestDb::new().await;
     conformance::inbox_all(&MySqlInbox::new(db.pool.clone())).await;
+    conformance::inbox_batches(&MySqlInbox::new(db.pool.clone())).await;
     db.drop_db().await;
 }
 

@@ -53,6 +53,7 @@ async fn sqlite_relay_conformance() {
 async fn sqlite_inbox_and_idempotency_conformance() {
     let (pool, _file) = fresh().await;
     conformance::inbox_all(&SqliteInbox::new(pool.clone())).await;
+    conformance::inbox_batches(&SqliteInbox::new(pool.clone())).await;
     conformance::idempotency_all(&SqliteIdempotencyStore::new(pool.clone())).await;
     pool.close().await;
 }

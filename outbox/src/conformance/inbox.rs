@@ -6,11 +6,16 @@ use crate::store::Inbox;
 use crate::MessageId;
 
 /// Inbox contract: a record is visible only after commit, a second record of the same
-/// message by the same consumer is refused, other consumers are independent.
+/// message by the same consumer is refused (in the same unit of work too), other
+/// consumers are independent.
 pub async fn inbox_all<I: Inbox>(inbox: &I) {
     let id = MessageId::new();
     let mut tx = inbox.begin().await.unwrap();
     assert!(inbox.try_record(&mut tx, "c1", id).await.unwrap());
+    assert!(
+        !inbox.try_record(&mut tx, "c1", id).await.unwrap(),
+        "a second record in the same unit of work must be refused"
+    );
     drop(tx); // rollback
     let mut tx = inbox.begin().await.unwrap();
     assert!(

@@ -8,6 +8,7 @@
 //! are used.
 
 mod consumer;
+mod consumer_config;
 mod dead_letter;
 mod publisher;
 mod takeover;
@@ -15,7 +16,8 @@ mod topics;
 mod watchdog;
 mod window;
 
-pub use consumer::{run_consumer, to_delivery, Assignment, ConsumerConfig, ConsumerStats};
+pub use consumer::{run_consumer, to_delivery, ConsumerStats};
+pub use consumer_config::{Assignment, ConsumerConfig};
 pub use dead_letter::{
     read_dead_letters, DeadLetterRecord, KafkaDeadLetter, DLQ_REASON_HEADER, DLQ_REPLAY_OF_HEADER,
     DLQ_TOPIC_HEADER,

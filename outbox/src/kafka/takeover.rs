@@ -8,7 +8,8 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::consumer::{Assignment, ConsumerConfig, LagContext};
+use super::consumer::LagContext;
+use super::consumer_config::{Assignment, ConsumerConfig};
 use super::watchdog::waiting_from;
 
 /// A partition: topic and number.

@@ -83,6 +83,11 @@ pub struct KafkaTuning {
     /// Messages a consumer handles at once, one key at a time
     /// (`KAFKA_MAX_IN_FLIGHT`, default 32; 1 = strictly one after the other).
     pub kafka_max_in_flight: usize,
+    /// Messages a consumer handles in one database transaction when several wait
+    /// (`KAFKA_MAX_BATCH`, default 16; 1 = one transaction per message) — one begin
+    /// and one commit for all of them; a batch that fails is handled again message by
+    /// message ([`outbox::kafka::ConsumerConfig::max_batch`]).
+    pub kafka_max_batch: usize,
     /// More librdkafka properties for every client — producer, consumer, topic admin —,
     /// `;`-separated `name=value` pairs (`KAFKA_PROPERTIES`): TLS and SASL, e.g.
     /// `security.protocol=SASL_SSL;sasl.mechanism=SCRAM-SHA-512;sasl.username=order;
@@ -138,6 +143,7 @@ impl Default for KafkaTuning {
             kafka_fetch_wait_max_ms: 20,
             kafka_linger_ms: 0,
             kafka_max_in_flight: 32,
+            kafka_max_batch: 16,
             kafka_properties: crate::config::Secret::default(),
             kafka_static_membership: true,
             outbox_stream: false,
@@ -235,6 +241,7 @@ impl KafkaTuning {
     ) -> anyhow::Result<outbox::kafka::ConsumerConfig> {
         config.fetch_wait_max = Duration::from_millis(self.kafka_fetch_wait_max_ms);
         config.max_in_flight = self.kafka_max_in_flight.max(1);
+        config.max_batch = self.kafka_max_batch.max(1);
         config.assignment = self.assignment()?;
         config.takeover_after =
             (self.kafka_takeover_ms > 0).then(|| Duration::from_millis(self.kafka_takeover_ms));
