@@ -12,7 +12,7 @@
 //! concurrently — share one unit of work
 //! ([`IdempotentConsumer::process_batch`]): the first caller handles its own and, in
 //! the same unit of work or the next, whatever queued behind it meanwhile (at most 64
-//! in one), on its own task; the others wait for their outcome. One transaction and
+//! in one), in its own task — none is spawned; the others wait for their outcome. One transaction and
 //! one commit for a whole round instead of one each. Each publish still returns only
 //! once its own delivery settled; a batch that fails is redone message by message. If
 //! the caller handling the queue gives up (its future is dropped), the deliveries it
@@ -178,7 +178,10 @@ impl<I: Inbox, D: DeadLetter, H: MessageHandler<I::Tx>> Batcher<I, D, H> {
             !std::mem::replace(&mut state.leading, true)
         };
         if lead {
-            let mut lead = Leading(self);
+            let mut lead = Leading {
+                batcher: self,
+                done: false,
+            };
             // The relay publishes a round's keys concurrently from one task: let the
             // others of the round queue up behind this one first.
             tokio::task::yield_now().await;
@@ -193,15 +196,20 @@ impl<I: Inbox, D: DeadLetter, H: MessageHandler<I::Tx>> Batcher<I, D, H> {
 /// The caller handling a subscription's queue. Dropped half way (its caller gave up),
 /// it hands back the lead and fails what waits, so that nothing waits forever: those
 /// publishes fail and are retried.
-struct Leading<'a, I, D, H>(&'a Batcher<I, D, H>);
+struct Leading<'a, I, D, H> {
+    batcher: &'a Batcher<I, D, H>,
+    /// The queue was found empty and the lead handed back.
+    done: bool,
+}
 
 impl<I: Inbox, D: DeadLetter, H: MessageHandler<I::Tx>> Leading<'_, I, D, H> {
     async fn run(&mut self) {
         loop {
             let batch: Vec<Waiting> = {
-                let mut state = self.0.state();
+                let mut state = self.batcher.state();
                 if state.queue.is_empty() {
                     state.leading = false;
+                    self.done = true;
                     return;
                 }
                 let take = state.queue.len().min(MAX_BATCH);
@@ -210,9 +218,9 @@ impl<I: Inbox, D: DeadLetter, H: MessageHandler<I::Tx>> Leading<'_, I, D, H> {
             };
             let (deliveries, senders): (Vec<Delivery>, Vec<_>) = batch.into_iter().unzip();
             let outcomes = self
-                .0
+                .batcher
                 .consumer
-                .process_batch(&deliveries, &self.0.handler)
+                .process_batch(&deliveries, &self.batcher.handler)
                 .await;
             for (done, outcome) in senders.into_iter().zip(outcomes) {
                 let _ = done.send(outcome); // its caller may have given up
@@ -223,11 +231,12 @@ impl<I: Inbox, D: DeadLetter, H: MessageHandler<I::Tx>> Leading<'_, I, D, H> {
 
 impl<I, D, H> Drop for Leading<'_, I, D, H> {
     fn drop(&mut self) {
-        let mut state = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
-        if state.leading {
-            state.leading = false;
-            state.queue.clear(); // their senders dropped: those deliveries fail
+        if self.done {
+            return; // another caller may lead by now
         }
+        let mut state = self.batcher.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.leading = false;
+        state.queue.clear(); // their senders dropped: those deliveries fail
     }
 }
 
