@@ -291,6 +291,26 @@ mod tests {
     use super::ConsumerConfig;
 
     #[test]
+    fn a_static_replica_owns_every_nth_partition_from_its_index() {
+        use super::Assignment;
+        let of = |replica, replicas| {
+            (0..7)
+                .filter(|p| Assignment::Static { replica, replicas }.owns(*p))
+                .collect::<Vec<i32>>()
+        };
+        assert_eq!(of(0, 3), [0, 3, 6]);
+        assert_eq!(of(2, 3), [2, 5]);
+        assert_eq!(of(0, 1), [0, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(of(0, 0), [0, 1, 2, 3, 4, 5, 6], "0 replicas count as 1");
+        let only = Assignment::Static {
+            replica: 0,
+            replicas: 1,
+        };
+        assert!(!only.owns(-1), "no partition below 0");
+        assert!(Assignment::Group.owns(5) && Assignment::Group.owns(-1));
+    }
+
+    #[test]
     fn a_members_settings_are_ours_with_the_callers_over_them() {
         let config = ConsumerConfig::new("k:9092", "g", &["t"])
             .with_session_timeout(Duration::from_secs(6))
