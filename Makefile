@@ -254,7 +254,8 @@ chaos-short:
 	scripts/kafka-up --install-only
 	$(CARGO) build --bins $(PRODUCT)
 	$(CARGO) build -p ordersys-e2e --bin chaos
-	$${CARGO_TARGET_DIR:-target}/debug/chaos $(CHAOS_SHORT_ARGS)
+	# Core dumps on: a service that crashes gets its backtrace in the log (needs gdb).
+	ulimit -c unlimited 2>/dev/null || true; $${CARGO_TARGET_DIR:-target}/debug/chaos $(CHAOS_SHORT_ARGS)
 
 ## Run the in-memory saga example.
 example: services-up

@@ -339,6 +339,46 @@ impl Service {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// After the process died of a signal with a core dump: the backtrace of the thread
+    /// that crashed, from `gdb` on the core file the kernel wrote into the current
+    /// directory (`kernel.core_pattern` `core` or `core.<pid>`, and `ulimit -c` not 0 —
+    /// `make chaos-short` raises it). The whole report (every thread) is written next to
+    /// the log as `<log>.backtrace.txt`; the core itself is removed. `None` when there
+    /// is no fresh core file or no `gdb`.
+    pub fn core_backtrace(&self, pid: u32) -> Option<String> {
+        let fresh = |p: &std::path::Path| {
+            std::fs::metadata(p)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < Duration::from_secs(120)))
+        };
+        let core = [PathBuf::from(format!("core.{pid}")), PathBuf::from("core")]
+            .into_iter()
+            .find(|p| fresh(p))?;
+        let out = Command::new("gdb")
+            .args([
+                "-batch",
+                "-q",
+                "-ex",
+                "bt 40",
+                "-ex",
+                "thread apply all bt 25",
+            ])
+            .arg(bin(self.name))
+            .arg(&core)
+            .output()
+            .ok()?;
+        let _ = std::fs::remove_file(&core);
+        let report = String::from_utf8_lossy(&out.stdout).into_owned();
+        let _ = std::fs::write(self.log.with_extension("backtrace.txt"), &report);
+        // The crashing thread's frames come first, up to the first thread listing.
+        let crashed: Vec<&str> = report
+            .lines()
+            .skip_while(|l| !l.starts_with('#'))
+            .take_while(|l| !l.starts_with("Thread "))
+            .collect();
+        Some(crashed.join("\n"))
+    }
+
     /// The process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

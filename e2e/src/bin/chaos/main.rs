@@ -191,6 +191,16 @@ async fn main() -> anyhow::Result<()> {
                         let s = d.service_mut(name).expect("service");
                         if let Some(status) = s.exit_status() {
                             log(format!("{name} exited by itself ({status}); restarting it"));
+                            let core = status.contains("core dumped");
+                            if let Some(bt) =
+                                s.pid().filter(|_| core).and_then(|p| s.core_backtrace(p))
+                            {
+                                let all = s.log_path().with_extension("backtrace.txt");
+                                log(format!(
+                                    "{name}: where it crashed (every thread: {}):\n{bt}",
+                                    all.display()
+                                ));
+                            }
                             *crashes
                                 .lock()
                                 .expect("lock")
